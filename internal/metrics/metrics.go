@@ -1,0 +1,143 @@
+// Package metrics defines every Prometheus metric the worker exports, on a
+// registry the caller owns. Names follow the Prometheus conventions (_total,
+// _seconds, _bytes) and no label carries a cohort id or uid.
+package metrics
+
+import (
+	"runtime"
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/cohortsync/cohortsync-worker/internal/event"
+)
+
+const ns = "cohortsync"
+
+// Metrics holds the worker's metrics. A nil *Metrics is not valid; use
+// NewMetrics(nil) (an unregistered set) in tests that do not look at them.
+// All fields are safe for concurrent use.
+type Metrics struct {
+	EventsConsumed     prometheus.Counter
+	EventsInvalid      *prometheus.CounterVec // reason
+	EventsDeadLettered *prometheus.CounterVec // reason
+	EventsSkipped      prometheus.Counter     // tombstones
+	EventsCompacted    prometheus.Counter     // superseded members
+	BatchMembers       prometheus.Histogram
+	BatchBytes         prometheus.Histogram
+	BatchesFlushed     *prometheus.CounterVec // action, trigger
+	Requests           *prometheus.CounterVec // action, code
+	RequestDuration    prometheus.Histogram
+	Retries            *prometheus.CounterVec // reason
+	RateLimitWait      prometheus.Counter     // seconds spent waiting for a permit
+	RateLimitRPM       prometheus.Gauge       // this replica's current share
+	PendingMembers     prometheus.Gauge
+	InFlight           prometheus.Gauge
+	CommittedOffset    *prometheus.GaugeVec   // topic, partition
+	Lag                *prometheus.GaugeVec   // topic, partition
+	Commits            *prometheus.CounterVec // outcome
+	AssignedPartitions prometheus.Gauge
+	Rebalances         prometheus.Counter
+	AuthFailing        prometheus.Gauge
+	Ready              prometheus.Gauge
+	BuildInfo          *prometheus.GaugeVec
+}
+
+// Triggers are the bounded values of the batches_flushed_total trigger label.
+var Triggers = []string{"bytes", "members", "window", "shutdown"}
+
+// RetryReasons are the bounded values of the retries_total reason label.
+var RetryReasons = []string{"rate_limited", "server_error", "timeout", "network", "too_large", "invalid", "auth"}
+
+// NewMetrics builds the metrics and registers them on reg (nil: not
+// registered). Known label values are pre-initialised so that series exist
+// from the start.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		EventsConsumed: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "events_consumed_total",
+			Help: "Kafka records read from the input topics."}),
+		EventsInvalid: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "events_invalid_total",
+			Help: "Records that failed decoding or validation, by reason."}, []string{"reason"}),
+		EventsDeadLettered: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "events_dead_lettered_total",
+			Help: "Records written to the dead-letter topic, by reason."}, []string{"reason"}),
+		EventsSkipped: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "events_skipped_total",
+			Help: "Records skipped on purpose (tombstones)."}),
+		EventsCompacted: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "events_compacted_total",
+			Help: "Member changes superseded by a later change for the same cohort and uid before being sent."}),
+		BatchMembers: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "batch_members",
+			Help:    "Members per request sent.",
+			Buckets: prometheus.ExponentialBuckets(1, 4, 9)}),
+		BatchBytes: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "batch_bytes",
+			Help:    "Encoded request body size in bytes.",
+			Buckets: prometheus.ExponentialBuckets(256, 2, 10)}),
+		BatchesFlushed: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "batches_flushed_total",
+			Help: "Batches handed to the sink, by action and what made them due."}, []string{"action", "trigger"}),
+		Requests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "requests_total",
+			Help: "HTTP requests to the Cohort Sync API, by action and status code (0 = no response)."}, []string{"action", "code"}),
+		RequestDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "request_duration_seconds",
+			Help: "Duration of one HTTP attempt.", Buckets: prometheus.DefBuckets}),
+		Retries: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "retries_total",
+			Help: "Attempts repeated after a failure, by reason."}, []string{"reason"}),
+		RateLimitWait: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "rate_limit_wait_seconds_total",
+			Help: "Time spent waiting for a rate-limit permit or a 429 pause."}),
+		RateLimitRPM: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "rate_limit_requests_per_minute",
+			Help: "This replica's share of the fleet-wide request budget."}),
+		PendingMembers: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "pending_members",
+			Help: "Member changes read but not yet accepted, superseded or dead-lettered."}),
+		InFlight: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "in_flight_requests",
+			Help: "Batches being sent."}),
+		CommittedOffset: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "committed_offset",
+			Help: "Last offset committed, per partition."}, []string{"topic", "partition"}),
+		Lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "consumer_lag",
+			Help: "Records between the committed offset and the end of the partition."}, []string{"topic", "partition"}),
+		Commits: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "offset_commits_total",
+			Help: "Offset commit calls, by outcome."}, []string{"outcome"}),
+		AssignedPartitions: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "assigned_partitions",
+			Help: "Partitions assigned to this replica in the current generation."}),
+		Rebalances: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "rebalances_total",
+			Help: "Consumer-group generations this replica has joined."}),
+		AuthFailing: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "auth_failing",
+			Help: "1 while the API rejects the credentials (401/403) and sending is stopped."}),
+		Ready: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "ready",
+			Help: "1 when the replica has joined the group and is not in auth failure."}),
+		BuildInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "build_info",
+			Help: "Build information; always 1."}, []string{"version", "goversion"}),
+	}
+	for _, r := range event.Reasons {
+		m.EventsInvalid.WithLabelValues(string(r))
+		m.EventsDeadLettered.WithLabelValues(string(r))
+	}
+	for _, a := range []event.Action{event.Add, event.Remove} {
+		for _, tr := range Triggers {
+			m.BatchesFlushed.WithLabelValues(string(a), tr)
+		}
+	}
+	for _, r := range RetryReasons {
+		m.Retries.WithLabelValues(r)
+	}
+	for _, o := range []string{"ok", "error"} {
+		m.Commits.WithLabelValues(o)
+	}
+	if reg != nil {
+		reg.MustRegister(m.EventsConsumed, m.EventsInvalid, m.EventsDeadLettered, m.EventsSkipped,
+			m.EventsCompacted, m.BatchMembers, m.BatchBytes, m.BatchesFlushed, m.Requests,
+			m.RequestDuration, m.Retries, m.RateLimitWait, m.RateLimitRPM, m.PendingMembers, m.InFlight,
+			m.CommittedOffset, m.Lag, m.Commits, m.AssignedPartitions, m.Rebalances, m.AuthFailing,
+			m.Ready, m.BuildInfo)
+	}
+	return m
+}
+
+// SetBuildInfo sets cohortsync_build_info{version, goversion} to 1.
+func (m *Metrics) SetBuildInfo(version string) {
+	m.BuildInfo.WithLabelValues(version, runtime.Version()).Set(1)
+}
+
+// Code renders an HTTP status for the code label (0 when there was no response).
+func Code(status int) string { return strconv.Itoa(status) }
+
+// RegisterRuntime adds the Go and process collectors to reg.
+func RegisterRuntime(reg prometheus.Registerer) {
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+}

@@ -1,0 +1,81 @@
+package wire_test
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/cohortsync/cohortsync-worker/internal/event"
+	"github.com/cohortsync/cohortsync-worker/internal/wire"
+)
+
+func TestAppendBodyMatchesDocumentedExample(t *testing.T) {
+	r := wire.Request{Action: event.Add, Partner: "6HNBXFm7ZS", CohortID: "JKTAuqTRhC",
+		CohortName: "Partner_Name", CohortDescription: "A cohort of users from a partner.",
+		UIDs: []string{"mm1UR87z4T", "AtCxliflui"}}
+	got := string(wire.AppendBody(nil, r))
+	want := `{"action":"add_members","partner":"6HNBXFm7ZS","parameters":{"cohort_name":"Partner_Name","cohort_id":"JKTAuqTRhC","cohort_description":"A cohort of users from a partner.","members":[{"uid":"mm1UR87z4T"},{"uid":"AtCxliflui"}]}}`
+	if got != want {
+		t.Fatalf("body:\n got %s\nwant %s", got, want)
+	}
+	if n := wire.Size(r); n != len(want) {
+		t.Fatalf("Size = %d, want %d", n, len(want))
+	}
+}
+
+func TestDescriptionOmittedWhenEmpty(t *testing.T) {
+	r := wire.Request{Action: event.Remove, Partner: "p", CohortID: "c", CohortName: "n", UIDs: []string{"u"}}
+	got := string(wire.AppendBody(nil, r))
+	if strings.Contains(got, "cohort_description") {
+		t.Fatalf("empty description must be omitted: %s", got)
+	}
+	if wire.Size(r) != len(got) {
+		t.Fatalf("Size = %d, len = %d", wire.Size(r), len(got))
+	}
+}
+
+func TestQuotedMatchesEncodingJSON(t *testing.T) {
+	for _, s := range []string{"", "plain", `q"uote`, `back\slash`, "nl\n\r\t", "\x00\x1f", "ünï", "\u2028\u2029", "bad\xffutf8", "<&>"} {
+		got := wire.AppendQuoted(nil, s)
+		if len(got) != wire.QuotedLen(s) {
+			t.Errorf("%q: QuotedLen %d != len %d", s, wire.QuotedLen(s), len(got))
+		}
+		var back string
+		if err := json.Unmarshal(got, &back); err != nil {
+			t.Fatalf("%q: not valid JSON %s: %v", s, got, err)
+		}
+		want, _ := json.Marshal(s)
+		var wantBack string
+		_ = json.Unmarshal(want, &wantBack)
+		if back != wantBack {
+			t.Errorf("%q: round trip %q, encoding/json gives %q", s, back, wantBack)
+		}
+	}
+}
+
+func FuzzBodySize(f *testing.F) {
+	f.Add("add_members", "p", "c", "n", "d", "u1", "u\"2")
+	f.Add("remove_members", "", "", "", "", "\xff", "\u2028")
+	f.Fuzz(func(t *testing.T, action, partner, id, name, desc, u1, u2 string) {
+		r := wire.Request{Action: event.Action(action), Partner: partner, CohortID: id,
+			CohortName: name, CohortDescription: desc, UIDs: []string{u1, u2}}
+		body := wire.AppendBody(nil, r)
+		if len(body) != wire.Size(r) {
+			t.Fatalf("Size %d != encoded %d", wire.Size(r), len(body))
+		}
+		var v struct {
+			Action     string `json:"action"`
+			Parameters struct {
+				Members []struct {
+					UID string `json:"uid"`
+				} `json:"members"`
+			} `json:"parameters"`
+		}
+		if err := json.Unmarshal(body, &v); err != nil {
+			t.Fatalf("invalid JSON %s: %v", body, err)
+		}
+		if len(v.Parameters.Members) != 2 {
+			t.Fatalf("members = %d", len(v.Parameters.Members))
+		}
+	})
+}
