@@ -1,0 +1,125 @@
+package consumer
+
+import (
+	"math/rand/v2"
+	"testing"
+)
+
+// TestTrackerRandomRelease releases tracked offsets in random orders and
+// checks after every release that the watermark never passes an unreleased
+// offset and always reaches the highest contiguous released one.
+func TestTrackerRandomRelease(t *testing.T) {
+	for seed := range uint64(200) {
+		rng := rand.New(rand.NewPCG(seed, 7))
+		start := int64(rng.IntN(1000))
+		tr := newTracker("t", 0, start)
+		n := 1 + rng.IntN(300)
+		offsets := make([]int64, n)
+		seqs := make([]int64, n)
+		off := start
+		for i := range n {
+			off += int64(1 + rng.IntN(3)) // gaps, as after compaction or transactions
+			if i == 0 {
+				off = start + int64(rng.IntN(2))
+			}
+			offsets[i] = off
+			s, ok := tr.track(off)
+			if !ok {
+				t.Fatalf("seed %d: track(%d) refused", seed, off)
+			}
+			seqs[i] = s
+		}
+		released := make([]bool, n)
+		for _, i := range rng.Perm(n) {
+			tr.release(seqs[i])
+			released[i] = true
+			want := start
+			for j := range n {
+				if !released[j] {
+					break
+				}
+				want = offsets[j] + 1
+			}
+			if got := tr.watermark(); got != want {
+				t.Fatalf("seed %d: watermark %d, want %d", seed, got, want)
+			}
+			for j := range n {
+				if !released[j] && tr.watermark() > offsets[j] {
+					t.Fatalf("seed %d: watermark %d passed unreleased offset %d", seed, tr.watermark(), offsets[j])
+				}
+			}
+		}
+		if tr.outstanding() != 0 {
+			t.Fatalf("seed %d: %d outstanding", seed, tr.outstanding())
+		}
+	}
+}
+
+func TestTrackerInterleaved(t *testing.T) {
+	// Tracking continues while releases happen, as in the worker.
+	rng := rand.New(rand.NewPCG(1, 1))
+	tr := newTracker("t", 0, 0)
+	var open []int64
+	var offs = map[int64]int64{}
+	next := int64(0)
+	for range 20000 {
+		if rng.IntN(2) == 0 || len(open) == 0 {
+			s, _ := tr.track(next)
+			offs[s] = next
+			open = append(open, s)
+			next++
+			continue
+		}
+		k := rng.IntN(len(open))
+		s := open[k]
+		open = append(open[:k], open[k+1:]...)
+		tr.release(s)
+		low := next
+		for _, o := range open {
+			low = min(low, offs[o])
+		}
+		if tr.watermark() != low {
+			t.Fatalf("watermark %d, want %d", tr.watermark(), low)
+		}
+	}
+}
+
+func TestTrackerDuplicateDelivery(t *testing.T) {
+	tr := newTracker("t", 0, 10)
+	if _, ok := tr.track(10); !ok {
+		t.Fatal("first track refused")
+	}
+	if _, ok := tr.track(10); ok {
+		t.Fatal("the same offset tracked twice")
+	}
+	if _, ok := tr.track(9); ok {
+		t.Fatal("an older offset tracked")
+	}
+}
+
+func TestTrackerDoubleReleasePanics(t *testing.T) {
+	tr := newTracker("t", 0, 0)
+	s, _ := tr.track(0)
+	tr.release(s)
+	defer func() {
+		if recover() == nil {
+			t.Fatal("double release did not panic")
+		}
+	}()
+	tr.release(s)
+}
+
+func TestRecordAckReleasesAfterAllMembers(t *testing.T) {
+	tr := newTracker("t", 0, 0)
+	s, _ := tr.track(0)
+	a := newRecordAck(tr, s, 0, nil, 3)
+	a.Done()
+	a.Done()
+	if tr.watermark() != 0 {
+		t.Fatal("released before every member settled")
+	}
+	a.Done()
+	if tr.watermark() != 1 {
+		t.Fatalf("watermark %d after all members settled", tr.watermark())
+	}
+}
