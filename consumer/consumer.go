@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -183,7 +184,11 @@ func (c *Consumer) runGeneration(ctx context.Context, group *kafka.ConsumerGroup
 	}
 	c.m.AssignedPartitions.Set(float64(len(parts)))
 	log := c.log.With("generation", gen.ID)
-	log.Info("joined generation", "member", gen.MemberID, "partitions", len(parts))
+	names := make([]string, len(parts))
+	for i, p := range parts {
+		names[i] = p.topic + "/" + strconv.Itoa(p.partition)
+	}
+	log.Info("joined generation", "member", gen.MemberID, "partitions", len(parts), "assigned", strings.Join(names, ","))
 	if c.cfg.OnAssign != nil {
 		total, err := c.totalPartitions(ctx)
 		if err != nil {
@@ -219,6 +224,7 @@ func (c *Consumer) runGeneration(ctx context.Context, group *kafka.ConsumerGroup
 		if err := c.cfg.Batcher.Revoke(rctx); err != nil {
 			log.Error("in-flight requests outlived the rebalance timeout", "err", err)
 		}
+		log.Info("fenced generation: nothing of it is pending or in flight", "assigned", strings.Join(names, ","))
 	})
 	gen.Start(func(gctx context.Context) {
 		t := time.NewTicker(c.cfg.CommitInterval)

@@ -123,3 +123,22 @@ func TestRecordAckReleasesAfterAllMembers(t *testing.T) {
 		t.Fatalf("watermark %d after all members settled", tr.watermark())
 	}
 }
+
+func BenchmarkTrackRelease(b *testing.B) {
+	tr := newTracker("t", 0, 0)
+	const window = 1024
+	seqs := make([]int64, 0, window)
+	b.ReportAllocs()
+	off := int64(0)
+	for b.Loop() {
+		s, _ := tr.track(off)
+		off++
+		seqs = append(seqs, s)
+		if len(seqs) == window {
+			for i := len(seqs) - 1; i >= 0; i-- { // release newest first: the worst order
+				tr.release(seqs[i])
+			}
+			seqs = seqs[:0]
+		}
+	}
+}

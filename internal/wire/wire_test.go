@@ -79,3 +79,16 @@ func FuzzBodySize(f *testing.F) {
 		}
 	})
 }
+
+func BenchmarkAppendBody(b *testing.B) {
+	r := wire.Request{Action: event.Add, Partner: "6HNBXFm7ZS", CohortID: "JKTAuqTRhC", CohortName: "Partner_Name"}
+	for i := range 5000 {
+		r.UIDs = append(r.UIDs, strings.Repeat("x", 4)+string(rune('a'+i%26))+"12345")
+	}
+	buf := make([]byte, 0, 128000)
+	b.ReportAllocs()
+	b.SetBytes(int64(wire.Size(r)))
+	for b.Loop() {
+		buf = wire.AppendBody(buf[:0], r)
+	}
+}

@@ -1,0 +1,71 @@
+package batcher_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/cohortsync/cohortsync-worker/batcher"
+	"github.com/cohortsync/cohortsync-worker/internal/event"
+	"github.com/cohortsync/cohortsync-worker/internal/wire"
+)
+
+type nopAck struct{}
+
+func (nopAck) Done() {}
+
+type nopSink struct{}
+
+func (nopSink) Send(context.Context, wire.Request) ([]wire.Rejection, error) { return nil, nil }
+
+// BenchmarkAdd measures Add of one change at a time over 1,000 cohorts and
+// 100,000 users (70% adds), with full batches sent to a sink that accepts
+// at once.
+func BenchmarkAdd(b *testing.B) {
+	for _, name := range []string{"distinct", "compacting"} {
+		b.Run(name, func(b *testing.B) {
+			bt, err := batcher.New(batcher.Config{Window: time.Hour, MaxInFlight: 64, Sink: nopSink{},
+				DeadLetter: func(context.Context, []batcher.Rejected) error { return nil }})
+			if err != nil {
+				b.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			go bt.Run(ctx)
+			const cohorts, users = 1000, 100000
+			hdrs := make([]wire.Header, 2*cohorts)
+			for i := range cohorts {
+				hdrs[2*i] = wire.Header{Action: event.Add, Partner: "p", CohortID: fmt.Sprintf("c%04d", i), CohortName: "name"}
+				hdrs[2*i+1] = hdrs[2*i]
+				hdrs[2*i+1].Action = event.Remove
+			}
+			uids := make([]string, users)
+			for i := range uids {
+				uids[i] = fmt.Sprintf("u%09d", i)
+			}
+			ch := make([]batcher.Change, 1)
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				i++
+				h := hdrs[2*(i%cohorts)+btoi(i%10 >= 7)]
+				u := uids[(i*7919)%users]
+				if name == "compacting" {
+					u = uids[i%50]
+				}
+				ch[0] = batcher.Change{Header: h, UID: u, Ack: nopAck{}}
+				if err := bt.Add(ctx, ch); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
