@@ -1,0 +1,28 @@
+package deploy_test
+
+import (
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/cohortsync/cohortsync-worker/internal/metrics"
+)
+
+func exportedMetrics(t *testing.T) map[string]bool {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	m := metrics.NewMetrics(reg)
+	m.SetBuildInfo("test")
+	m.Requests.WithLabelValues("add_members", "200")
+	m.CommittedOffset.WithLabelValues("t", "0")
+	m.Lag.WithLabelValues("t", "0")
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]bool{}
+	for _, mf := range mfs {
+		out[mf.GetName()] = true
+	}
+	return out
+}
