@@ -102,6 +102,9 @@ type Consumer struct {
 	m   *metrics.Metrics
 
 	inGen atomic.Bool
+	// commitMu serialises commits: the cadence loop and the final commit
+	// of a drain may overlap. It guards partitionState.committed.
+	commitMu sync.Mutex
 }
 
 // New validates cfg and returns a Consumer.
@@ -268,6 +271,8 @@ func (c *Consumer) runGeneration(ctx context.Context, group *kafka.ConsumerGroup
 
 // commit commits every partition whose watermark moved.
 func (c *Consumer) commit(gen *kafka.Generation, parts []*partitionState, log *slog.Logger) {
+	c.commitMu.Lock()
+	defer c.commitMu.Unlock()
 	offsets := map[string]map[int]int64{}
 	var moved []*partitionState
 	for _, p := range parts {

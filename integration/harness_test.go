@@ -1,0 +1,690 @@
+package integration
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/cohortsync/cohortsync-worker/internal/emulator"
+	"github.com/cohortsync/cohortsync-worker/internal/event"
+	"github.com/cohortsync/cohortsync-worker/internal/localkafka"
+)
+
+const (
+	workspace = "it-workspace"
+	apiKey    = "it-key-5f3c9a1e"
+	partner   = "it-partner"
+)
+
+var (
+	brokerAddr string
+	broker     *localkafka.Broker // nil when KAFKA_BROKERS names a cluster
+	workerBin  string
+)
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	if testing.Short() {
+		fmt.Println("integration: skipped in -short mode")
+		os.Exit(0)
+	}
+	os.Exit(setupAndRun(m))
+}
+
+func setupAndRun(m *testing.M) int {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	tmp, err := os.MkdirTemp("", "cohortsync-it-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "integration:", err)
+		return 1
+	}
+	defer os.RemoveAll(tmp)
+
+	workerBin = filepath.Join(tmp, "cohortsync-worker")
+	build := exec.CommandContext(ctx, "go", "build", "-race", "-o", workerBin, "../cmd/cohortsync-worker")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "integration: building the worker:", err)
+		return 1
+	}
+
+	if env := os.Getenv("KAFKA_BROKERS"); env != "" {
+		brokerAddr = env
+		fmt.Printf("integration: using the cluster at %s\n", env)
+	} else {
+		start := time.Now()
+		broker, err = localkafka.Start(ctx, localkafka.Options{
+			Partitions: 4,
+			Logger:     slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "integration: starting Apache Kafka:", err)
+			return 1
+		}
+		defer broker.Stop()
+		brokerAddr = broker.Addr()
+		fmt.Printf("integration: Apache Kafka %s started at %s in %s\n", broker.Version(), brokerAddr, time.Since(start).Round(time.Millisecond))
+	}
+	return m.Run()
+}
+
+// ---- topics and events ----
+
+var topicSeq int
+
+// newTopic creates a fresh input topic and its dead-letter topic.
+func newTopic(t *testing.T, partitions int) (topic, dlq string) {
+	t.Helper()
+	topicSeq++
+	topic = fmt.Sprintf("it-%s-%d-%d", strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-")), topicSeq, time.Now().UnixNano()%1e6)
+	dlq = topic + ".dlq"
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	client := &kafka.Client{Addr: kafka.TCP(brokerAddr), Timeout: 20 * time.Second}
+	res, err := client.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{
+		{Topic: topic, NumPartitions: partitions, ReplicationFactor: 1},
+		{Topic: dlq, NumPartitions: 1, ReplicationFactor: 1},
+	}})
+	if err != nil {
+		t.Fatalf("create topics: %v", err)
+	}
+	for name, err := range res.Errors {
+		if err != nil {
+			t.Fatalf("create topic %s: %v", name, err)
+		}
+	}
+	waitFor(t, 30*time.Second, "topic metadata", func() bool {
+		md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic, dlq}})
+		if err != nil || len(md.Topics) != 2 {
+			return false
+		}
+		for _, tp := range md.Topics {
+			if tp.Error != nil || len(tp.Partitions) == 0 {
+				return false
+			}
+			for _, p := range tp.Partitions {
+				if p.Leader.Port == 0 {
+					return false
+				}
+			}
+		}
+		return true
+	})
+	return topic, dlq
+}
+
+type cohortKey struct{ partner, id string }
+
+// model is the fold of the event log: the membership it implies.
+type model map[cohortKey]map[string]bool
+
+func (m model) apply(ev event.Event) {
+	k := cohortKey{ev.Partner, ev.CohortID}
+	if m[k] == nil {
+		m[k] = map[string]bool{}
+	}
+	for _, u := range ev.UIDs {
+		if ev.Action == event.Add {
+			m[k][u] = true
+		} else {
+			delete(m[k], u)
+		}
+	}
+}
+
+// gen makes random valid events over cohorts and users.
+type gen struct {
+	rng     *rand.Rand
+	cohorts int
+	users   int
+	bulk    bool // sometimes emit the bulk "uids" form
+}
+
+func newGen(seed uint64, cohorts, users int) *gen {
+	return &gen{rng: rand.New(rand.NewPCG(seed, 99)), cohorts: cohorts, users: users}
+}
+
+func (g *gen) next() event.Event {
+	c := g.rng.IntN(g.cohorts)
+	ev := event.Event{Action: event.Add, Partner: partner, CohortID: fmt.Sprintf("cohort-%03d", c),
+		CohortName: fmt.Sprintf("IT_Cohort_%03d", c)}
+	if g.rng.Float64() >= 0.7 {
+		ev.Action = event.Remove
+	}
+	n := 1
+	if g.bulk && g.rng.IntN(10) == 0 {
+		n = 1 + g.rng.IntN(20)
+	}
+	for range n {
+		ev.UIDs = append(ev.UIDs, fmt.Sprintf("u%07d", g.rng.IntN(g.users)))
+	}
+	slices.Sort(ev.UIDs)
+	ev.UIDs = slices.Compact(ev.UIDs)
+	return ev
+}
+
+// producer writes events keyed by cohort_id (or uid) and folds them.
+type producer struct {
+	t     *testing.T
+	w     *kafka.Writer
+	mu    sync.Mutex
+	want  model
+	count int
+	byUID bool
+}
+
+func newProducer(t *testing.T, topic string) *producer {
+	w := &kafka.Writer{Addr: kafka.TCP(brokerAddr), Topic: topic, Balancer: &kafka.Hash{},
+		BatchTimeout: 2 * time.Millisecond, BatchSize: 1000, RequiredAcks: kafka.RequireAll}
+	t.Cleanup(func() { w.Close() })
+	return &producer{t: t, w: w, want: model{}}
+}
+
+func (p *producer) key(ev event.Event) []byte {
+	if p.byUID && len(ev.UIDs) == 1 {
+		return []byte(ev.UIDs[0])
+	}
+	return []byte(ev.CohortID)
+}
+
+// send produces events; valid ones are folded into the expected model.
+func (p *producer) send(ctx context.Context, evs ...event.Event) error {
+	msgs := make([]kafka.Message, len(evs))
+	for i, ev := range evs {
+		msgs[i] = kafka.Message{Key: p.key(ev), Value: event.Encode(ev)}
+	}
+	if err := p.w.WriteMessages(ctx, msgs...); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, ev := range evs {
+		p.want.apply(ev)
+	}
+	p.count += len(evs)
+	return nil
+}
+
+// raw produces records as they are (poison).
+func (p *producer) raw(ctx context.Context, msgs ...kafka.Message) error {
+	return p.w.WriteMessages(ctx, msgs...)
+}
+
+func (p *producer) sendN(t *testing.T, g *gen, n int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	const chunk = 1000
+	for n > 0 {
+		k := min(n, chunk)
+		evs := make([]event.Event, k)
+		for i := range evs {
+			evs[i] = g.next()
+		}
+		if err := p.send(ctx, evs...); err != nil {
+			t.Fatalf("produce: %v", err)
+		}
+		n -= k
+	}
+}
+
+// background produces at roughly rate events/s until stop is called.
+func (p *producer) background(t *testing.T, g *gen, rate int) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		per := max(rate/20, 1)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			evs := make([]event.Event, per)
+			for i := range evs {
+				evs[i] = g.next()
+			}
+			if err := p.send(ctx, evs...); err != nil && ctx.Err() == nil {
+				t.Errorf("background produce: %v", err)
+				return
+			}
+		}
+	}()
+	var once sync.Once
+	stop = func() { once.Do(func() { cancel(); <-done }) }
+	t.Cleanup(stop)
+	return stop
+}
+
+func (p *producer) model() model {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := model{}
+	for k, v := range p.want {
+		out[k] = map[string]bool{}
+		for u := range v {
+			out[k][u] = true
+		}
+	}
+	return out
+}
+
+// ---- emulator ----
+
+type api struct {
+	*emulator.Emulator
+	URL string
+}
+
+func startAPI(t *testing.T, mutate func(*emulator.Config)) *api {
+	t.Helper()
+	cfg := emulator.DefaultConfig()
+	cfg.Credentials = map[string]string{workspace: apiKey}
+	cfg.RateLimit = 6000 // tests that exercise the real limit set it back
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	e, err := emulator.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: e, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { srv.Close() })
+	return &api{Emulator: e, URL: "http://" + ln.Addr().String()}
+}
+
+// state returns the emulator's membership for our workspace.
+func (a *api) state() model {
+	out := model{}
+	for _, s := range a.Segments() {
+		if s.Workspace != workspace {
+			continue
+		}
+		k := cohortKey{s.Partner, s.CohortID}
+		out[k] = map[string]bool{}
+		for _, u := range s.Members {
+			out[k][u] = true
+		}
+	}
+	return out
+}
+
+// diff describes how got differs from want ("" when equal). Cohorts that
+// are empty in want may be absent or empty in got.
+func diff(want, got model) string {
+	var b strings.Builder
+	n := 0
+	keys := map[cohortKey]bool{}
+	for k := range want {
+		keys[k] = true
+	}
+	for k := range got {
+		keys[k] = true
+	}
+	for k := range keys {
+		for u := range want[k] {
+			if !got[k][u] {
+				n++
+				if n <= 5 {
+					fmt.Fprintf(&b, "  %s: %s missing\n", k.id, u)
+				}
+			}
+		}
+		for u := range got[k] {
+			if !want[k][u] {
+				n++
+				if n <= 5 {
+					fmt.Fprintf(&b, "  %s: %s should not be a member\n", k.id, u)
+				}
+			}
+		}
+	}
+	if n == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%d differences, e.g.\n%s", n, b.String())
+}
+
+// waitConverged waits until the emulator's state equals want.
+func waitConverged(t *testing.T, a *api, want model, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		d := diff(want, a.state())
+		if d == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("membership did not converge in %s: %s", timeout, d)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// checkRequests asserts that every request the emulator saw from the worker
+// was authenticated and no larger than maxBytes, and returns the accepted ones.
+func checkRequests(t *testing.T, a *api, maxBytes int) []emulator.RequestRecord {
+	t.Helper()
+	var ok []emulator.RequestRecord
+	for _, r := range a.Requests() {
+		if r.BodyBytes > maxBytes {
+			t.Errorf("request %d body %d bytes > %d", r.Seq, r.BodyBytes, maxBytes)
+		}
+		if r.Status == 401 || r.Status == 403 || r.Status == 415 || r.Status == 400 {
+			t.Errorf("request %d answered %d %s: %s", r.Seq, r.Status, r.ErrorType, r.ErrorMessage)
+		}
+		if r.Status == 200 {
+			ok = append(ok, r)
+		}
+	}
+	return ok
+}
+
+// ---- the worker process ----
+
+type worker struct {
+	t      *testing.T
+	name   string
+	cmd    *exec.Cmd
+	out    *syncBuffer
+	done   chan struct{}
+	err    error
+	addr   string // HTTP address
+	exited bool
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// workerEnv is the base configuration for a worker on topic.
+func workerEnv(a *api, topic, dlq, group string) map[string]string {
+	return map[string]string{
+		"KAFKA_BROKERS":          brokerAddr,
+		"KAFKA_TOPIC":            topic,
+		"KAFKA_DLQ_TOPIC":        dlq,
+		"KAFKA_GROUP_ID":         group,
+		"MOENGAGE_BASE_URL":      a.URL,
+		"MOENGAGE_WORKSPACE_ID":  workspace,
+		"MOENGAGE_DATA_API_KEY":  apiKey,
+		"BATCH_WINDOW":           "300ms",
+		"RATE_LIMIT_RPM":         "6000",
+		"RETRY_INITIAL_INTERVAL": "100ms",
+		"RETRY_MAX_INTERVAL":     "1s",
+		"HTTP_ADDR":              "127.0.0.1:0",
+		"SHUTDOWN_TIMEOUT":       "20s",
+		"LOG_LEVEL":              "info",
+		"LOG_FORMAT":             "json",
+	}
+}
+
+// startWorker starts the worker binary and waits until it serves HTTP.
+func startWorker(t *testing.T, name string, env map[string]string) *worker {
+	t.Helper()
+	w := &worker{t: t, name: name, out: &syncBuffer{}, done: make(chan struct{})}
+	w.cmd = exec.Command(workerBin)
+	w.cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "GORACE=halt_on_error=1"}
+	for k, v := range env {
+		w.cmd.Env = append(w.cmd.Env, k+"="+v)
+	}
+	w.cmd.Stdout = w.out
+	w.cmd.Stderr = w.out
+	if err := w.cmd.Start(); err != nil {
+		t.Fatalf("start worker: %v", err)
+	}
+	go func() {
+		w.err = w.cmd.Wait()
+		close(w.done)
+	}()
+	t.Cleanup(func() {
+		w.kill()
+		if t.Failed() {
+			t.Logf("---- worker %s output (tail) ----\n%s", name, tail(w.out.String(), 60))
+		}
+		if strings.Contains(w.out.String(), "WARNING: DATA RACE") {
+			t.Errorf("worker %s: data race:\n%s", name, w.out.String())
+		}
+	})
+	waitFor(t, 30*time.Second, "worker HTTP address", func() bool {
+		for _, l := range w.logs() {
+			if l["msg"] == "serving /metrics, /healthz, /readyz" {
+				w.addr, _ = l["addr"].(string)
+				return true
+			}
+		}
+		select {
+		case <-w.done:
+			t.Fatalf("worker %s exited at start: %v\n%s", name, w.err, w.out.String())
+		default:
+		}
+		return false
+	})
+	return w
+}
+
+// logs parses the worker's JSON log lines.
+func (w *worker) logs() []map[string]any {
+	var out []map[string]any
+	sc := bufio.NewScanner(strings.NewReader(w.out.String()))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var m map[string]any
+		if json.Unmarshal(sc.Bytes(), &m) == nil {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// ready reports whether /readyz answers 200.
+func (w *worker) ready() bool {
+	resp, err := http.Get("http://" + w.addr + "/readyz")
+	if err != nil {
+		return false
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode == 200
+}
+
+// metric returns the sum of a metric's samples from /metrics.
+func (w *worker) metric(name string) float64 {
+	resp, err := http.Get("http://" + w.addr + "/metrics")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	var sum float64
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, name) {
+			continue
+		}
+		rest := line[len(name):]
+		if rest != "" && rest[0] != ' ' && rest[0] != '{' {
+			continue
+		}
+		var v float64
+		fields := strings.Fields(line)
+		fmt.Sscan(fields[len(fields)-1], &v)
+		sum += v
+	}
+	return sum
+}
+
+// stop sends SIGTERM and waits for a clean exit.
+func (w *worker) stop(timeout time.Duration) error {
+	if w.exited {
+		return nil
+	}
+	_ = w.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-w.done:
+		w.exited = true
+		return w.err
+	case <-time.After(timeout):
+		w.kill()
+		return fmt.Errorf("worker %s did not stop within %s", w.name, timeout)
+	}
+}
+
+// kill sends SIGKILL (a crash) and waits for the process to go.
+func (w *worker) kill() {
+	if w.exited {
+		return
+	}
+	_ = w.cmd.Process.Kill()
+	<-w.done
+	w.exited = true
+}
+
+// ---- Kafka helpers ----
+
+// groupLag returns the total records between the group's committed offsets
+// and the ends of topic's partitions.
+func groupLag(ctx context.Context, topic, group string) (int64, error) {
+	ends, committed, err := offsets(ctx, topic, group)
+	if err != nil {
+		return -1, err
+	}
+	var lag int64
+	for p, end := range ends {
+		c := max(committed[p], 0)
+		lag += max(end-c, 0)
+	}
+	return lag, nil
+}
+
+// offsets returns the end offset and the committed offset (-1: none) of
+// every partition of topic.
+func offsets(ctx context.Context, topic, group string) (ends, committed map[int]int64, err error) {
+	client := &kafka.Client{Addr: kafka.TCP(brokerAddr), Timeout: 10 * time.Second}
+	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(md.Topics) != 1 {
+		return nil, nil, errors.New("no such topic")
+	}
+	var parts []int
+	var reqs []kafka.OffsetRequest
+	for _, p := range md.Topics[0].Partitions {
+		parts = append(parts, p.ID)
+		reqs = append(reqs, kafka.LastOffsetOf(p.ID))
+	}
+	lo, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: reqs}})
+	if err != nil {
+		return nil, nil, err
+	}
+	of, err := client.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{topic: parts}})
+	if err != nil {
+		return nil, nil, err
+	}
+	ends, committed = map[int]int64{}, map[int]int64{}
+	for _, po := range lo.Topics[topic] {
+		ends[po.Partition] = po.LastOffset
+	}
+	for _, po := range of.Topics[topic] {
+		committed[po.Partition] = po.CommittedOffset
+	}
+	return ends, committed, nil
+}
+
+func waitNoLag(t *testing.T, topic, group string, timeout time.Duration) {
+	t.Helper()
+	ctx := context.Background()
+	var last int64
+	waitFor(t, timeout, "zero group lag", func() bool {
+		lag, err := groupLag(ctx, topic, group)
+		last = lag
+		return err == nil && lag == 0
+	})
+	_ = last
+}
+
+// readTopic reads every record of a single-partition topic present now.
+func readTopic(t *testing.T, topic string, want int, timeout time.Duration) []kafka.Message {
+	t.Helper()
+	r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{brokerAddr}, Topic: topic, Partition: 0,
+		MinBytes: 1, MaxBytes: 10 << 20, MaxWait: 200 * time.Millisecond})
+	defer r.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var out []kafka.Message
+	for len(out) < want {
+		m, err := r.ReadMessage(ctx)
+		if err != nil {
+			t.Fatalf("reading %s: got %d of %d records: %v", topic, len(out), want, err)
+		}
+		out = append(out, m)
+	}
+	// Anything more arriving shortly after is unexpected.
+	ctx2, cancel2 := context.WithTimeout(context.Background(), time.Second)
+	defer cancel2()
+	if m, err := r.ReadMessage(ctx2); err == nil {
+		out = append(out, m)
+	}
+	return out
+}
+
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func tail(s string, lines int) string {
+	parts := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(parts) > lines {
+		parts = parts[len(parts)-lines:]
+	}
+	return strings.Join(parts, "\n")
+}
