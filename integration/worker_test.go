@@ -209,7 +209,9 @@ func TestAPIFaults(t *testing.T) {
 	if err := a.SetFaults(emulator.Faults{Force429: 3}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, "429s answered", func() bool { return w.metric(`cohortsync_requests_total{action="add_members",code="429"}`) > 0 || w.metric(`cohortsync_requests_total{action="remove_members",code="429"}`) > 0 })
+	waitFor(t, 30*time.Second, "429s answered", func() bool {
+		return w.metric(`cohortsync_requests_total{action="add_members",code="429"}`) > 0 || w.metric(`cohortsync_requests_total{action="remove_members",code="429"}`) > 0
+	})
 
 	// A 30-second outage: nothing accepted, so nothing may be committed.
 	if err := a.SetFaults(emulator.Faults{Outage: true}); err != nil {
