@@ -114,6 +114,10 @@ func New(cfg Config) (*Client, error) {
 	}, nil
 }
 
+// CloseIdleConnections closes the HTTP client's idle connections; call it
+// when the client is no longer used.
+func (c *Client) CloseIdleConnections() { c.cfg.HTTPClient.CloseIdleConnections() }
+
 // AuthFailing reports whether the API is rejecting the credentials (or the
 // configuration): sending is stopped until a request is accepted again.
 func (c *Client) AuthFailing() bool { return c.authFailing.Load() }

@@ -77,6 +77,7 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
+	defer transport.CloseIdleConnections()
 
 	limiter := sink.NewLimiter(cfg.RateLimitRPM)
 	m.RateLimitRPM.Set(cfg.RateLimitRPM)
@@ -98,6 +99,7 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
+	defer client.CloseIdleConnections()
 
 	dlq := consumer.NewDLQ(consumer.NewWriter(cfg.KafkaBrokers, cfg.KafkaDLQTopic, transport, log),
 		cfg.KafkaDLQTopic, log, m)
