@@ -172,7 +172,10 @@ func settings() []setting {
 		secret("KAFKA_SASL_PASSWORD", "SASL password", func(c *Config, v string) error { c.KafkaSASLPassword = NewSecret(v); return nil }),
 		secret("KAFKA_SASL_PASSWORD_FILE", "file holding the SASL password", nil),
 		s("MOENGAGE_DC", "01", "MoEngage data center: 01, 02, 03, 04, 05, 06 or 101; the base URL is https://api-{dc}.moengage.com", func(c *Config, v string) error { c.MoEngageDC = strings.TrimSpace(v); return nil }),
-		s("MOENGAGE_BASE_URL", "", "overrides the URL built from the DC (emulator, proxies)", func(c *Config, v string) error { c.MoEngageBaseURL = strings.TrimRight(strings.TrimSpace(v), "/"); return nil }),
+		s("MOENGAGE_BASE_URL", "", "overrides the URL built from the DC (emulator, proxies)", func(c *Config, v string) error {
+			c.MoEngageBaseURL = strings.TrimRight(strings.TrimSpace(v), "/")
+			return nil
+		}),
 		s("MOENGAGE_WORKSPACE_ID", "", "required: workspace ID (Basic-auth username and MOE-APPKEY header)", func(c *Config, v string) error { c.MoEngageWorkspaceID = strings.TrimSpace(v); return nil }),
 		s("MOENGAGE_WORKSPACE_ID_FILE", "", "file holding the workspace ID", nil),
 		secret("MOENGAGE_DATA_API_KEY", "required: Data API key (Basic-auth password)", func(c *Config, v string) error { c.MoEngageDataAPIKey = NewSecret(v); return nil }),
