@@ -24,7 +24,10 @@ func TestDemo(t *testing.T) {
 	figures := map[string]string{}
 	for _, line := range strings.Split(report, "\n") {
 		f := strings.Fields(line)
-		if len(f) >= 3 {
+		switch {
+		case len(f) >= 2 && f[0] == "dead-lettered":
+			figures[f[0]] = f[1]
+		case len(f) >= 3:
 			figures[f[0]+" "+f[1]] = f[2]
 		}
 	}
