@@ -369,7 +369,12 @@ func (c *Consumer) fetch(gctx context.Context, stop <-chan struct{}, p *partitio
 			if ctx.Err() != nil {
 				return
 			}
-			log.Warn("fetch failed", "err", err)
+			log.Warn("fetch failed; retrying", "err", err)
+			select { // kafka-go retries inside FetchMessage: an error here is not transient enough to spin on
+			case <-time.After(time.Second):
+			case <-ctx.Done():
+				return
+			}
 			continue
 		}
 		if tr == nil {
