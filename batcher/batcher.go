@@ -479,12 +479,15 @@ func (b *Batcher) send(ctx context.Context, c *cohort, bt *batch, req wire.Reque
 		b.log.Error("batch abandoned: the sink gave up; restarting is needed to deliver it",
 			"err", err, "cohort_id", req.CohortID, "action", req.Action, "members", len(req.UIDs))
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
 	if err == nil {
-		rejected := make(map[string]bool, len(rejections))
-		for _, r := range rejections {
-			rejected[r.UID] = true
+		// An in-flight batch is owned by this goroutine alone: its acks are
+		// released without the lock.
+		var rejected map[string]bool
+		if len(rejections) > 0 {
+			rejected = make(map[string]bool, len(rejections))
+			for _, r := range rejections {
+				rejected[r.UID] = true
+			}
 		}
 		for i := range bt.members {
 			s := &bt.members[i]
@@ -496,7 +499,10 @@ func (b *Batcher) send(ctx context.Context, c *cohort, bt *batch, req wire.Reque
 				a.Done()
 			}
 		}
-	} else if ctx.Err() == nil && b.fatal == nil {
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if err != nil && ctx.Err() == nil && b.fatal == nil {
 		b.fatal = fmt.Errorf("batcher: send cohort %s: %w", req.CohortID, err)
 		b.signal()
 	}

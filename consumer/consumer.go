@@ -360,6 +360,19 @@ func (c *Consumer) fetch(gctx context.Context, stop <-chan struct{}, p *partitio
 		log.Error("setting the start offset failed", "err", err, "offset", p.start)
 		return
 	}
+	// Decoding happens here, one goroutine per partition; a second one
+	// hands the changes to the batcher, many records per call when they
+	// come fast, so that partitions do not queue on the batcher's lock.
+	recs := make(chan []batcher.Change, 512)
+	added := make(chan struct{})
+	go func() {
+		defer close(added)
+		c.add(ctx, recs)
+	}()
+	defer func() {
+		close(recs)
+		<-added // no Add after fetchers.Done
+	}()
 	// The tracker starts at the first offset actually read: with no commit
 	// yet, the assignment says "first offset", not a number.
 	var tr *tracker
@@ -386,31 +399,70 @@ func (c *Consumer) fetch(gctx context.Context, stop <-chan struct{}, p *partitio
 			p.tr.Store(tr)
 		}
 		tr.hwm.Store(m.HighWaterMark)
-		if err := c.handle(ctx, tr, m); err != nil {
+		changes, err := c.handle(ctx, tr, m)
+		if err != nil {
 			return // ctx ended while handing the record on
+		}
+		if len(changes) == 0 {
+			continue
+		}
+		select {
+		case recs <- changes:
+		case <-ctx.Done():
+			return
 		}
 	}
 }
 
-// handle tracks one record and hands it to the batcher or the DLQ.
-func (c *Consumer) handle(ctx context.Context, tr *tracker, m kafka.Message) error {
+// maxAdd bounds the changes handed to the batcher in one call.
+const maxAdd = 2048
+
+// add hands the changes of one partition to the batcher in read order,
+// joining the records already waiting into one call.
+func (c *Consumer) add(ctx context.Context, recs <-chan []batcher.Change) {
+	buf := make([]batcher.Change, 0, maxAdd)
+	for first := range recs {
+		buf = append(buf[:0], first...)
+	more:
+		for len(buf) < maxAdd {
+			select {
+			case next, ok := <-recs:
+				if !ok {
+					break more
+				}
+				buf = append(buf, next...)
+			default:
+				break more
+			}
+		}
+		if err := c.cfg.Batcher.Add(ctx, buf); err != nil {
+			for range recs { // the generation is over: what is left is read again later
+			}
+			return
+		}
+	}
+}
+
+// handle tracks one record, dead-letters it if it is invalid, and returns
+// its changes otherwise.
+func (c *Consumer) handle(ctx context.Context, tr *tracker, m kafka.Message) ([]batcher.Change, error) {
 	seq, ok := tr.track(m.Offset)
 	if !ok {
-		return nil // delivered twice after a reader restart: already tracked
+		return nil, nil // delivered twice after a reader restart: already tracked
 	}
 	c.m.EventsConsumed.Inc()
 	ev, err := event.Decode(m.Value, c.cfg.DefaultPartner)
 	if errors.Is(err, event.ErrTombstone) {
 		c.m.EventsSkipped.Inc()
 		tr.release(seq)
-		return nil
+		return nil, nil
 	}
 	var inv *event.InvalidError
 	if errors.As(err, &inv) {
 		c.m.EventsInvalid.WithLabelValues(string(inv.Reason)).Inc()
 		c.log.Debug("invalid event; dead-lettering", "reason", inv.Reason, "err", inv.Detail,
 			"topic", m.Topic, "partition", m.Partition, "offset", m.Offset)
-		return c.cfg.DLQ.invalid(ctx, m, inv, newRecordAck(tr, seq, m.Offset, m.Key, 1))
+		return nil, c.cfg.DLQ.invalid(ctx, m, inv, newRecordAck(tr, seq, m.Offset, m.Key, 1))
 	}
 	ack := newRecordAck(tr, seq, m.Offset, m.Key, len(ev.UIDs))
 	h := wire.Header{Action: ev.Action, Partner: ev.Partner, CohortID: ev.CohortID,
@@ -419,5 +471,5 @@ func (c *Consumer) handle(ctx context.Context, tr *tracker, m kafka.Message) err
 	for i, u := range ev.UIDs {
 		changes[i] = batcher.Change{Header: h, UID: u, Ack: ack}
 	}
-	return c.cfg.Batcher.Add(ctx, changes)
+	return changes, nil
 }
