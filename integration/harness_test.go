@@ -189,9 +189,10 @@ type producer struct {
 	t     *testing.T
 	w     *kafka.Writer
 	mu    sync.Mutex
-	want  model
-	count int
-	byUID bool
+	want    model
+	count   int // events
+	changes int // member changes (a bulk event carries several)
+	byUID   bool
 }
 
 func newProducer(t *testing.T, topic string) *producer {
@@ -221,6 +222,7 @@ func (p *producer) send(ctx context.Context, evs ...event.Event) error {
 	defer p.mu.Unlock()
 	for _, ev := range evs {
 		p.want.apply(ev)
+		p.changes += len(ev.UIDs)
 	}
 	p.count += len(evs)
 	return nil
@@ -687,4 +689,22 @@ func tail(s string, lines int) string {
 		parts = parts[len(parts)-lines:]
 	}
 	return strings.Join(parts, "\n")
+}
+
+// eventT names the event type for helpers in other files.
+type eventT = event.Event
+
+// readAll reads every record of a single-partition topic up to its end offset.
+func readAll(t *testing.T, topic string) []kafka.Message {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ends, _, err := offsets(ctx, topic, "none")
+	if err != nil {
+		t.Fatalf("end offset of %s: %v", topic, err)
+	}
+	if ends[0] == 0 {
+		return nil
+	}
+	return readTopic(t, topic, int(ends[0]), time.Minute)
 }

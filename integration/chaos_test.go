@@ -1,0 +1,376 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/cohortsync/cohortsync-worker/consumer"
+	"github.com/cohortsync/cohortsync-worker/internal/emulator"
+)
+
+// The chaos run: over a duration, a seeded random schedule of worker
+// SIGKILLs and restarts, replicas scaled between one and three, the broker
+// killed and restarted, TCP faults between worker and API (latency, resets,
+// black holes) through an in-process proxy, and emulator 5xx, 429 and
+// outages — while a producer writes throughout, poison included. At the
+// end the emulator's membership must equal the fold of the log and the
+// dead-letter topic must hold exactly the poison records.
+//
+// The suite runs a short variant. A long run:
+//
+//	CHAOS_DURATION=30m CHAOS_SEED=7 go test -run TestChaos -v -timeout 2h ./integration/
+//
+// CHAOS_SEED reproduces a schedule (the log prints the seed of every run).
+
+// proxy forwards TCP connections to target, with faults set at run time.
+type proxy struct {
+	ln      net.Listener
+	target  string
+	latency atomic.Int64 // per chunk, nanoseconds
+	reset   atomic.Bool  // accept then close new connections at once
+	black   atomic.Bool  // accept and swallow: the worker's attempts time out
+	mu      sync.Mutex
+	conns   map[net.Conn]bool
+}
+
+func startProxy(t *testing.T, target string) *proxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{ln: ln, target: target, conns: map[net.Conn]bool{}}
+	go p.serve()
+	t.Cleanup(func() { ln.Close(); p.cut() })
+	return p
+}
+
+func (p *proxy) addr() string { return p.ln.Addr().String() }
+
+func (p *proxy) track(c net.Conn, on bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if on {
+		p.conns[c] = true
+	} else {
+		delete(p.conns, c)
+	}
+}
+
+// cut closes every open connection (a reset of everything in flight).
+func (p *proxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for c := range p.conns {
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetLinger(0)
+		}
+		c.Close()
+	}
+}
+
+func (p *proxy) serve() {
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		go p.handle(c)
+	}
+}
+
+func (p *proxy) handle(c net.Conn) {
+	p.track(c, true)
+	defer p.track(c, false)
+	defer c.Close()
+	if p.reset.Load() {
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetLinger(0)
+		}
+		return
+	}
+	if p.black.Load() {
+		_, _ = io.Copy(io.Discard, c)
+		return
+	}
+	up, err := net.Dial("tcp", p.target)
+	if err != nil {
+		return
+	}
+	p.track(up, true)
+	defer p.track(up, false)
+	defer up.Close()
+	done := make(chan struct{}, 2)
+	pipe := func(dst, src net.Conn) {
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := src.Read(buf)
+			if n > 0 {
+				if d := time.Duration(p.latency.Load()); d > 0 {
+					time.Sleep(d)
+				}
+				if _, werr := dst.Write(buf[:n]); werr != nil {
+					break
+				}
+			}
+			if err != nil {
+				break
+			}
+		}
+		done <- struct{}{}
+	}
+	go pipe(up, c)
+	go pipe(c, up)
+	<-done
+}
+
+func envDuration(name string, def time.Duration) time.Duration {
+	if v := os.Getenv(name); v != "" {
+		if d, err := time.ParseDuration(v); err == nil {
+			return d
+		}
+	}
+	return def
+}
+
+func TestChaos(t *testing.T) {
+	for _, keying := range []string{"cohort", "uid"} {
+		t.Run("keyed-by-"+keying, func(t *testing.T) { chaos(t, keying == "uid") })
+	}
+}
+
+func chaos(t *testing.T, byUID bool) {
+	duration := envDuration("CHAOS_DURATION", 30*time.Second)
+	seed := uint64(time.Now().UnixNano())
+	if v := os.Getenv("CHAOS_SEED"); v != "" {
+		seed, _ = strconv.ParseUint(v, 10, 64)
+	}
+	t.Logf("chaos: seed %d, duration %s, keyed by %s (reproduce with CHAOS_SEED=%d)", seed, duration, map[bool]string{true: "uid", false: "cohort_id"}[byUID], seed)
+	rng := rand.New(rand.NewPCG(seed, 1))
+
+	topic, dlq := newTopic(t, 6)
+	a := startAPI(t, func(c *emulator.Config) { c.RateWindow = 10 * time.Second; c.RateLimit = 1000 })
+	px := startProxy(t, a.URL[len("http://"):])
+	p := newProducer(t, topic)
+	p.byUID = byUID
+	g := newGen(seed, 40, 1500)
+	g.bulk = !byUID // the bulk form carries several uids: keyed by uid only with one
+	env := workerEnv(a, topic, dlq, "g-"+topic)
+	env["MOENGAGE_BASE_URL"] = "http://" + px.addr()
+	env["SHUTDOWN_TIMEOUT"] = "10s"
+	group := env["KAFKA_GROUP_ID"]
+
+	var poison atomic.Int64
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	prodDone := make(chan struct{})
+	go func() { // the producer: valid events throughout, a poison record now and then
+		defer close(prodDone)
+		prng := rand.New(rand.NewPCG(seed, 2))
+		for ctx.Err() == nil {
+			evs := make([]kafkaEvent, 0, 20)
+			for range 20 {
+				evs = append(evs, kafkaEvent{ev: g.next()})
+			}
+			if prng.IntN(10) == 0 {
+				evs = append(evs, kafkaEvent{poison: fmt.Sprintf(`{"action":"add","cohort_id":"x","cohort_name":"bad|name","uid":"p%d"}`, poison.Load())})
+			}
+			if err := sendMixed(ctx, p, evs, &poison); err != nil {
+				t.Errorf("produce: %v", err)
+				return
+			}
+			time.Sleep(25 * time.Millisecond)
+		}
+	}()
+
+	// Commit watcher: the longest time a partition with lag went without a commit.
+	var longest atomic.Int64
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		last := map[int]int64{}
+		since := map[int]time.Time{}
+		for ctx.Err() == nil {
+			ends, committed, err := offsets(context.Background(), topic, group)
+			now := time.Now()
+			if err == nil {
+				for part, c := range committed {
+					if c != last[part] || ends[part] <= c {
+						last[part], since[part] = c, now
+					} else if s, ok := since[part]; ok {
+						if d := now.Sub(s); int64(d) > longest.Load() {
+							longest.Store(int64(d))
+						}
+					}
+				}
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+	}()
+
+	var replicas []*worker
+	n := 0
+	spawn := func() {
+		n++
+		replicas = append(replicas, startWorker(t, fmt.Sprint("c", n), env))
+	}
+	spawn()
+	counts := map[string]int{}
+	end := time.Now().Add(duration)
+	for time.Now().Before(end) {
+		time.Sleep(time.Duration(1000+rng.IntN(3000)) * time.Millisecond)
+		switch k := rng.IntN(9); {
+		case k == 0 && len(replicas) > 0: // crash one and bring it back
+			i := rng.IntN(len(replicas))
+			replicas[i].kill()
+			replicas = append(replicas[:i], replicas[i+1:]...)
+			spawn()
+			counts["kill"]++
+		case k == 1 && len(replicas) < 3:
+			spawn()
+			counts["scale-up"]++
+		case k == 2 && len(replicas) > 1:
+			i := rng.IntN(len(replicas))
+			_ = replicas[i].stop(30 * time.Second)
+			replicas = append(replicas[:i], replicas[i+1:]...)
+			counts["scale-down"]++
+		case k == 3 && broker != nil && os.Getenv("KAFKA_BROKERS") == "":
+			if err := broker.Kill(); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(time.Duration(500+rng.IntN(2000)) * time.Millisecond)
+			rctx, rcancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			if err := broker.Restart(rctx); err != nil {
+				rcancel()
+				t.Fatalf("broker restart: %v", err)
+			}
+			rcancel()
+			counts["broker-restart"]++
+		case k == 4:
+			px.latency.Store(int64(time.Duration(50+rng.IntN(400)) * time.Millisecond))
+			counts["latency"]++
+		case k == 5:
+			px.cut()
+			px.reset.Store(true)
+			time.Sleep(time.Duration(rng.IntN(2000)) * time.Millisecond)
+			px.reset.Store(false)
+			counts["resets"]++
+		case k == 6:
+			px.black.Store(true)
+			time.Sleep(time.Duration(1000+rng.IntN(4000)) * time.Millisecond)
+			px.black.Store(false)
+			px.cut()
+			counts["black-hole"]++
+		case k == 7:
+			f := emulator.Faults{ErrorRate: 0.3 + 0.5*rng.Float64(), Force429: rng.IntN(4)}
+			if err := a.SetFaults(f); err != nil {
+				t.Fatal(err)
+			}
+			counts["5xx-429"]++
+		case k == 8:
+			if err := a.SetFaults(emulator.Faults{Outage: true}); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(time.Duration(1000+rng.IntN(5000)) * time.Millisecond)
+			counts["outage"]++
+		}
+		if rng.IntN(3) == 0 { // faults come and go
+			_ = a.SetFaults(emulator.Faults{})
+			px.latency.Store(0)
+		}
+	}
+	cancel()
+	<-prodDone
+	<-watchDone
+	_ = a.SetFaults(emulator.Faults{})
+	px.latency.Store(0)
+	if len(replicas) == 0 {
+		spawn()
+	}
+	waitConverged(t, a, p.model(), 3*time.Minute)
+	waitNoLag(t, topic, group, 2*time.Minute)
+
+	// The dead-letter topic holds the poison records: each one at least
+	// once (a crash between the dead-letter write and the commit repeats one).
+	want := int(poison.Load())
+	got := readAll(t, dlq)
+	seen := map[string]bool{}
+	for _, m := range got {
+		h := map[string]string{}
+		for _, x := range m.Headers {
+			h[x.Key] = string(x.Value)
+		}
+		if h[consumer.HeaderReason] != "forbidden_character" {
+			t.Errorf("dead letter with reason %q: %s", h[consumer.HeaderReason], m.Value)
+		}
+		seen[string(m.Value)] = true
+	}
+	if len(seen) != want {
+		t.Fatalf("dead-letter topic holds %d distinct poison records, %d were produced", len(seen), want)
+	}
+	accepted, members := 0, 0
+	for _, r := range a.Requests() {
+		if r.Status == 200 {
+			accepted++
+			members += len(r.Members)
+		}
+	}
+	retries := 0.0
+	for _, w := range replicas {
+		retries += w.metric("cohortsync_retries_total")
+	}
+	t.Logf("chaos: %d events (%d poison, %d dead letters), %d requests (%d accepted, %d members sent for %d member changes: %d sent more than once), faults %v, longest partition without a commit %s, retries on the surviving replicas %.0f",
+		p.count, want, len(got), len(a.Requests()), accepted, members, p.changes, members-p.changes, counts,
+		time.Duration(longest.Load()).Round(100*time.Millisecond), retries)
+	for _, w := range replicas {
+		if err := w.stop(30 * time.Second); err != nil {
+			t.Errorf("stopping %s: %v", w.name, err)
+		}
+	}
+}
+
+type kafkaEvent struct {
+	ev     eventT
+	poison string
+}
+
+// sendMixed produces valid events (folded into the model) and poison
+// records in order. A failed write is retried until it succeeds: with the
+// broker being killed, a write that reported an error may still be in the
+// log, and the retry only repeats it right after itself, which changes
+// neither the fold nor the set of poison records.
+func sendMixed(_ context.Context, p *producer, evs []kafkaEvent, poison *atomic.Int64) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	for _, e := range evs {
+		for {
+			var err error
+			if e.poison != "" {
+				err = p.raw(ctx, kafka.Message{Key: []byte("poison"), Value: []byte(e.poison)})
+			} else {
+				err = p.send(ctx, e.ev)
+			}
+			if err == nil {
+				break
+			}
+			if ctx.Err() != nil {
+				return err
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		if e.poison != "" {
+			poison.Add(1)
+		}
+	}
+	return nil
+}
