@@ -186,9 +186,9 @@ func (g *gen) next() event.Event {
 
 // producer writes events keyed by cohort_id (or uid) and folds them.
 type producer struct {
-	t     *testing.T
-	w     *kafka.Writer
-	mu    sync.Mutex
+	t       *testing.T
+	w       *kafka.Writer
+	mu      sync.Mutex
 	want    model
 	count   int // events
 	changes int // member changes (a bulk event carries several)
