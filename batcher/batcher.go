@@ -164,6 +164,7 @@ func (b *Batcher) Add(ctx context.Context, changes []Change) error {
 	b.mu.Lock()
 	for i := 0; i < len(changes); {
 		if b.pending >= b.cfg.MaxPending {
+			b.m.PendingMembers.Set(float64(b.pending)) // visible while we wait
 			space := b.space
 			b.mu.Unlock()
 			select {
