@@ -1,6 +1,8 @@
 // Command cohortsync-worker keeps MoEngage custom segments (cohorts) in step
 // with a Kafka stream of membership changes. Run it with --help for its
 // configuration; every setting is an environment variable and a flag.
+// `cohortsync-worker dlq replay` re-publishes dead-lettered records (see
+// package internal/replay).
 package main
 
 import (
@@ -16,6 +18,7 @@ import (
 
 	"github.com/cohortsync/cohortsync-worker/internal/app"
 	"github.com/cohortsync/cohortsync-worker/internal/config"
+	"github.com/cohortsync/cohortsync-worker/internal/replay"
 )
 
 // version is stamped at build time: -ldflags "-X main.version=v1.2.3".
@@ -30,8 +33,14 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		fmt.Fprintln(stdout, "cohortsync-worker", version)
 		return 0
 	}
+	if len(args) > 0 && args[0] == "dlq" { // subcommands: only the Kafka settings apply
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+		defer stop()
+		return replay.Main(ctx, args[1:], getenv, stdout, stderr)
+	}
 	cfg, err := config.Load(args, getenv, stdout)
 	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintf(stdout, "\nSubcommands:\n  dlq replay\n\tre-publish dead-lettered records to their source topic (dlq replay --help)\n")
 		return 0
 	}
 	if err != nil {
