@@ -59,6 +59,8 @@ type options struct {
 	pending     int
 	latencyRate int
 	latencyRun  time.Duration
+	latencyCoh  int
+	memLimit    string
 	window      time.Duration
 	out         string
 	phases      string
@@ -66,18 +68,19 @@ type options struct {
 }
 
 type results struct {
-	Machine      string             `json:"machine"`
-	KafkaVersion string             `json:"kafka_version"`
-	Events       int                `json:"events"`
-	Cohorts      int                `json:"cohorts"`
-	Partitions   int                `json:"partitions"`
-	BareReader   *throughput        `json:"bare_reader,omitempty"`
-	Worker       *throughput        `json:"worker_unlimited,omitempty"`
-	WorkerRatio  float64            `json:"worker_to_bare_ratio,omitempty"`
-	RateLimited  []rateResult       `json:"rate_limited,omitempty"`
-	PeakRSS      *rssResult         `json:"peak_rss,omitempty"`
-	Latency      *latencyResult     `json:"latency,omitempty"`
-	Targets      map[string]verdict `json:"targets"`
+	Machine        string             `json:"machine"`
+	KafkaVersion   string             `json:"kafka_version"`
+	Events         int                `json:"events"`
+	Cohorts        int                `json:"cohorts"`
+	Partitions     int                `json:"partitions"`
+	BareReader     *throughput        `json:"bare_reader,omitempty"`
+	Worker         *throughput        `json:"worker_unlimited,omitempty"`
+	WorkerRatio    float64            `json:"worker_to_bare_ratio,omitempty"`
+	RateLimited    []rateResult       `json:"rate_limited,omitempty"`
+	PeakRSS        *rssResult         `json:"peak_rss,omitempty"`
+	PeakRSSLimited *rssResult         `json:"peak_rss_with_gomemlimit,omitempty"`
+	Latency        *latencyResult     `json:"latency,omitempty"`
+	Targets        map[string]verdict `json:"targets"`
 }
 
 type throughput struct {
@@ -109,9 +112,11 @@ type rateResult struct {
 type rssResult struct {
 	PendingMembers int     `json:"pending_members"`
 	PeakRSSMiB     float64 `json:"peak_rss_mib"`
+	GOMEMLIMIT     string  `json:"gomemlimit,omitempty"`
 }
 
 type latencyResult struct {
+	Cohorts int     `json:"cohorts"`
 	Rate    int     `json:"events_per_second"`
 	Samples int     `json:"samples"`
 	P50     float64 `json:"p50_seconds"`
@@ -147,6 +152,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.pending, "pending", 1_000_000, "MAX_PENDING_MEMBERS for (d)")
 	fs.IntVar(&o.latencyRate, "latency-rate", 50, "events per second for (e)")
 	fs.DurationVar(&o.latencyRun, "latency-run", 30*time.Second, "how long (e) produces")
+	fs.IntVar(&o.latencyCoh, "latency-cohorts", 3, "cohorts of the (e) load: light means few requests per window (the budget is 5/s)")
+	fs.StringVar(&o.memLimit, "memlimit", "200MiB", "GOMEMLIMIT of the second (d) run (empty: skip it)")
 	fs.DurationVar(&o.window, "window", time.Second, "BATCH_WINDOW for (e)")
 	fs.StringVar(&o.out, "out", "bench-results/bench.json", "where the JSON goes")
 	fs.StringVar(&o.phases, "phases", "a,b,c,d,e", "which phases to run")
@@ -218,13 +225,22 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	if phase("d") {
-		rss, err := peakRSS(ctx, brokers, o, say)
+		rss, err := peakRSS(ctx, brokers, o, "", say)
 		if err != nil {
 			return err
 		}
 		res.PeakRSS = rss
 		say("(d) peak RSS %.1f MiB with %d members pending", rss.PeakRSSMiB, rss.PendingMembers)
 		res.Targets["d"] = verdict{"<= 256 MiB", fmt.Sprintf("%.1f MiB", rss.PeakRSSMiB), rss.PeakRSSMiB <= 256}
+		if o.memLimit != "" {
+			rss, err := peakRSS(ctx, brokers, o, o.memLimit, say)
+			if err != nil {
+				return err
+			}
+			res.PeakRSSLimited = rss
+			say("(d) with GOMEMLIMIT=%s: peak RSS %.1f MiB", o.memLimit, rss.PeakRSSMiB)
+			res.Targets["d, GOMEMLIMIT="+o.memLimit] = verdict{"<= 256 MiB", fmt.Sprintf("%.1f MiB", rss.PeakRSSMiB), rss.PeakRSSMiB <= 256}
+		}
 	}
 	if phase("e") {
 		lr, err := latency(ctx, brokers, o, log)
@@ -666,7 +682,7 @@ func rateLimited(ctx context.Context, brokers []string, o options, replicas int,
 
 // peakRSS runs the worker binary against an API that accepts nothing, so
 // that MAX_PENDING_MEMBERS members end up pending, and reads its peak RSS.
-func peakRSS(ctx context.Context, brokers []string, o options, say func(string, ...any)) (*rssResult, error) {
+func peakRSS(ctx context.Context, brokers []string, o options, memLimit string, say func(string, ...any)) (*rssResult, error) {
 	topic := fmt.Sprintf("bench-rss-%d", time.Now().Unix())
 	if err := createTopics(ctx, brokers, o.partitions, topic, topic+".dlq"); err != nil {
 		return nil, err
@@ -699,6 +715,9 @@ func peakRSS(ctx context.Context, brokers []string, o options, say func(string, 
 		"MOENGAGE_BASE_URL="+a.url, "MOENGAGE_WORKSPACE_ID=bench", "MOENGAGE_DATA_API_KEY=bench-key",
 		"MAX_PENDING_MEMBERS="+strconv.Itoa(o.pending), "RATE_LIMIT_RPM=0", "HTTP_ADDR="+addr,
 		"BATCH_WINDOW=1h", "LOG_LEVEL=warn")
+	if memLimit != "" {
+		cmd.Env = append(cmd.Env, "GOMEMLIMIT="+memLimit)
+	}
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
@@ -727,7 +746,7 @@ func peakRSS(ctx context.Context, brokers []string, o options, say func(string, 
 			fmt.Sscanf(strings.TrimPrefix(line, "VmHWM:"), "%f", &kb)
 		}
 	}
-	return &rssResult{PendingMembers: int(pending), PeakRSSMiB: kb / 1024}, nil
+	return &rssResult{PendingMembers: int(pending), PeakRSSMiB: kb / 1024, GOMEMLIMIT: memLimit}, nil
 }
 
 func scrape(url, name string) float64 {
@@ -771,7 +790,7 @@ func latency(ctx context.Context, brokers []string, o options, log *slog.Logger)
 	stopAt := time.Now().Add(o.latencyRun)
 	for time.Now().Before(stopAt) {
 		<-tick.C
-		c := rng.IntN(o.cohorts)
+		c := rng.IntN(o.latencyCoh)
 		u := uid(rng)
 		ev := event.Event{Action: event.Add, Partner: "bench", CohortID: fmt.Sprintf("cohort-%04d", c), CohortName: "Latency", UIDs: []string{u}}
 		t := time.Now()
@@ -799,7 +818,10 @@ func latency(ctx context.Context, brokers []string, o options, log *slog.Logger)
 	}
 	slices.Sort(lat)
 	q := func(p float64) float64 { return lat[min(int(p*float64(len(lat))), len(lat)-1)] }
-	return &latencyResult{Rate: o.latencyRate, Samples: len(lat), P50: q(0.5), P99: q(0.99), Window: o.window.Seconds()}, nil
+	if len(sent) > 0 {
+		return nil, fmt.Errorf("%d of %d events not accepted %s after the load ended", len(sent), len(sent)+len(lat), o.window+3*time.Second)
+	}
+	return &latencyResult{Cohorts: o.latencyCoh, Rate: o.latencyRate, Samples: len(lat), P50: q(0.5), P99: q(0.99), Window: o.window.Seconds()}, nil
 }
 
 func printTable(w io.Writer, r *results) {
@@ -824,8 +846,11 @@ func printTable(w io.Writer, r *results) {
 	if r.PeakRSS != nil {
 		row("(d) peak RSS", fmt.Sprintf("%.1f MiB with %d members pending", r.PeakRSS.PeakRSSMiB, r.PeakRSS.PendingMembers))
 	}
+	if r.PeakRSSLimited != nil {
+		row("(d) peak RSS, GOMEMLIMIT="+r.PeakRSSLimited.GOMEMLIMIT, fmt.Sprintf("%.1f MiB", r.PeakRSSLimited.PeakRSSMiB))
+	}
 	if r.Latency != nil {
-		row("(e) produce→accept latency", fmt.Sprintf("p50 %.3fs, p99 %.3fs (%d samples at %d/s, BATCH_WINDOW=%.1fs)", r.Latency.P50, r.Latency.P99, r.Latency.Samples, r.Latency.Rate, r.Latency.Window))
+		row("(e) produce→accept latency", fmt.Sprintf("p50 %.3fs, p99 %.3fs (%d samples at %d/s over %d cohorts, BATCH_WINDOW=%.1fs)", r.Latency.P50, r.Latency.P99, r.Latency.Samples, r.Latency.Rate, r.Latency.Cohorts, r.Latency.Window))
 	}
 	if len(r.Targets) > 0 {
 		fmt.Fprintf(w, "\n%-20s %-36s %-22s %s\n", "target", "goal", "measured", "met")
