@@ -1,425 +1,391 @@
-// Package config reads the worker's configuration from the environment and
-// the command line. The names and defaults are a contract (DESIGN.md,
-// "Configuration"): every variable is also a --flag of the same name in
-// kebab case, and flags win over the environment.
 package config
 
 import (
+	"crypto/x509"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"math"
+	"net"
 	"net/url"
 	"os"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 )
 
-// Secret holds a credential. Every way of printing it renders "[REDACTED]"
-// (or "" when empty); Reveal returns the value.
-type Secret struct{ v string }
-
-// NewSecret wraps s.
-func NewSecret(s string) Secret { return Secret{s} }
-
-// Reveal returns the secret value.
-func (s Secret) Reveal() string { return s.v }
-
-func (s Secret) redacted() string {
-	if s.v == "" {
-		return ""
-	}
-	return "[REDACTED]"
-}
-
-// String implements fmt.Stringer.
-func (s Secret) String() string { return s.redacted() }
-
-// GoString implements fmt.GoStringer.
-func (s Secret) GoString() string { return `config.Secret("` + s.redacted() + `")` }
-
-// Format implements fmt.Formatter for every verb.
-func (s Secret) Format(f fmt.State, _ rune) { _, _ = io.WriteString(f, s.redacted()) }
-
-// MarshalJSON implements json.Marshaler.
-func (s Secret) MarshalJSON() ([]byte, error) { return []byte(strconv.Quote(s.redacted())), nil }
-
-// MarshalText implements encoding.TextMarshaler.
-func (s Secret) MarshalText() ([]byte, error) { return []byte(s.redacted()), nil }
-
-// LogValue implements slog.LogValuer.
-func (s Secret) LogValue() slog.Value { return slog.StringValue(s.redacted()) }
-
-// Config is the worker's configuration. See Vars for each field's variable.
+// Config is the worker's configuration. Load builds it from the environment
+// and flags; code that builds one itself starts from Default and must call
+// Validate, which also fills the derived fields. Each field's comment names
+// its variable; Vars has the help text and default of each.
 type Config struct {
-	KafkaBrokers         []string
-	KafkaTopics          []string
-	KafkaGroupID         string
-	KafkaDLQTopic        string
-	KafkaTLS             bool
-	KafkaTLSCAFile       string
-	KafkaSASLMechanism   string // "", PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512
-	KafkaSASLUsername    string
-	KafkaSASLPassword    Secret
-	MoEngageDC           string
-	MoEngageBaseURL      string // derived from MoEngageDC when empty
-	MoEngageWorkspaceID  string
-	MoEngageDataAPIKey   Secret
-	CohortsyncPartner    string
-	BatchMaxBytes        int
-	BatchMaxMembers      int // 0: only the byte cap limits members
-	BatchWindow          time.Duration
-	RateLimitRPM         float64 // 0: no client-side limit (emulator and benchmarks only)
-	MaxInFlight          int
-	MaxPendingMembers    int
+	// KafkaBrokers are the bootstrap servers, host:port each
+	// (KAFKA_BROKERS, comma-separated).
+	KafkaBrokers []string
+	// KafkaTopics are the topics to consume (KAFKA_TOPIC, comma-separated).
+	KafkaTopics []string
+	// KafkaGroupID is the consumer group (KAFKA_GROUP_ID).
+	KafkaGroupID string
+	// KafkaDLQTopic is the dead-letter topic (KAFKA_DLQ_TOPIC). Empty means
+	// derived: Validate sets it to the first input topic + ".dlq". It must
+	// not be one of the input topics.
+	KafkaDLQTopic string
+	// KafkaTLS connects to the brokers with TLS (KAFKA_TLS). Validate sets
+	// it when KafkaTLSCAFile is set.
+	KafkaTLS bool
+	// KafkaTLSCAFile is a PEM file of CA certificates to verify the brokers
+	// with instead of the system roots (KAFKA_TLS_CA_FILE). Empty: system
+	// roots.
+	KafkaTLSCAFile string
+	// KafkaSASLMechanism is "" (no SASL), PLAIN, SCRAM-SHA-256 or
+	// SCRAM-SHA-512 (KAFKA_SASL_MECHANISM, any case; stored upper case).
+	KafkaSASLMechanism string
+	// KafkaSASLUsername is the SASL username (KAFKA_SASL_USERNAME), required
+	// with a mechanism.
+	KafkaSASLUsername string
+	// KafkaSASLPassword is the SASL password (KAFKA_SASL_PASSWORD or
+	// KAFKA_SASL_PASSWORD_FILE), required with a mechanism.
+	KafkaSASLPassword Secret
+	// MoEngageDC is the MoEngage data center, one of DataCenters
+	// (MOENGAGE_DC).
+	MoEngageDC string
+	// MoEngageBaseURL is the API's base URL without a trailing slash
+	// (MOENGAGE_BASE_URL). Empty means derived: Validate sets it to
+	// https://api-{dc}.moengage.com.
+	MoEngageBaseURL string
+	// MoEngageWorkspaceID is the workspace (app) ID, sent as the Basic-auth
+	// username and the MOE-APPKEY header (MOENGAGE_WORKSPACE_ID or
+	// MOENGAGE_WORKSPACE_ID_FILE). Required. It is an identifier, not a
+	// credential, and is logged.
+	MoEngageWorkspaceID string
+	// MoEngageDataAPIKey is the Data API key, sent as the Basic-auth password
+	// (MOENGAGE_DATA_API_KEY or MOENGAGE_DATA_API_KEY_FILE). Required.
+	MoEngageDataAPIKey Secret
+	// CohortsyncPartner is the partner used for events that name none
+	// (COHORTSYNC_PARTNER). Empty: such events are invalid.
+	CohortsyncPartner string
+	// BatchMaxBytes caps a request body (BATCH_MAX_BYTES), 512..131072. The
+	// default 128000 is under the documented 128 KB whichever way it is read.
+	BatchMaxBytes int
+	// BatchMaxMembers caps the members of one request (BATCH_MAX_MEMBERS).
+	// 0, the default, means derived: only BatchMaxBytes limits a batch.
+	BatchMaxMembers int
+	// BatchWindow is the longest an open batch waits before it is due
+	// (BATCH_WINDOW), > 0.
+	BatchWindow time.Duration
+	// RateLimitRPM is the fleet-wide request budget per minute
+	// (RATE_LIMIT_RPM), >= 0. 0 disables the client-side limit: that is for
+	// the emulator and benchmarks only, never for the real API.
+	RateLimitRPM float64
+	// MaxInFlight is the number of concurrent requests per replica
+	// (MAX_IN_FLIGHT), >= 1.
+	MaxInFlight int
+	// MaxPendingMembers is the backpressure threshold: member changes read
+	// but not yet settled before fetching stops (MAX_PENDING_MEMBERS), >= 1.
+	MaxPendingMembers int
+	// RetryInitialInterval is the first backoff interval
+	// (RETRY_INITIAL_INTERVAL), > 0.
 	RetryInitialInterval time.Duration
-	RetryMaxInterval     time.Duration
-	RetryMaxElapsed      time.Duration // 0: retry forever
-	HTTPAddr             string        // "": no HTTP endpoints
-	ShutdownTimeout      time.Duration
-	LogLevel             slog.Level
-	LogFormat            string // json or text
+	// RetryMaxInterval is the longest backoff interval (RETRY_MAX_INTERVAL),
+	// >= RetryInitialInterval.
+	RetryMaxInterval time.Duration
+	// RetryMaxElapsed is how long a batch is retried before the worker gives
+	// up (RETRY_MAX_ELAPSED), >= 0. 0, the default, retries forever.
+	RetryMaxElapsed time.Duration
+	// HTTPAddr is the listen address of /metrics, /healthz and /readyz
+	// (HTTP_ADDR). Empty disables the endpoints; since an empty environment
+	// variable reads as unset, disable them with --http-addr= .
+	HTTPAddr string
+	// ShutdownTimeout is the drain budget on SIGTERM/SIGINT
+	// (SHUTDOWN_TIMEOUT), > 0.
+	ShutdownTimeout time.Duration
+	// LogLevel is the slog level (LOG_LEVEL: debug, info, warn or error).
+	LogLevel slog.Level
+	// LogFormat is the slog handler, json or text (LOG_FORMAT).
+	LogFormat string
 }
 
-// Var describes one setting, for --help and the README table.
-type Var struct {
-	Env, Flag, Default, Help string
-	Secret                   bool
-}
-
-// DataCenters are the MoEngage data centers.
+// DataCenters are the MoEngage data centers MOENGAGE_DC accepts, exactly
+// as written in the API host name (cohortsync-api.md §2): "101" is not
+// zero-padded, and "1" is not "01".
 var DataCenters = []string{"01", "02", "03", "04", "05", "06", "101"}
 
-type setting struct {
-	Var
-	set func(c *Config, v string) error
-}
+// SASLMechanisms are the values KAFKA_SASL_MECHANISM accepts besides "".
+var SASLMechanisms = []string{"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"}
 
-func flagName(env string) string { return strings.ToLower(strings.ReplaceAll(env, "_", "-")) }
-
-func s(env, def, help string, set func(*Config, string) error) setting {
-	return setting{Var{Env: env, Flag: flagName(env), Default: def, Help: help}, set}
-}
-
-func secret(env, help string, set func(*Config, string) error) setting {
-	st := s(env, "", help, set)
-	st.Secret = true
-	return st
-}
-
-func list(v string) []string {
-	var out []string
-	for _, p := range strings.Split(v, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
-		}
-	}
-	return out
-}
-
-func dur(dst *time.Duration) func(*Config, string) error {
-	return func(_ *Config, v string) error {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			return fmt.Errorf("invalid duration %q", v)
-		}
-		*dst = d
-		return nil
-	}
-}
-
-func integer(v string) (int, error) {
-	n, err := strconv.Atoi(strings.TrimSpace(v))
-	if err != nil {
-		return 0, fmt.Errorf("invalid integer %q", v)
-	}
-	return n, nil
-}
-
-func boolean(v string) (bool, error) {
-	b, err := strconv.ParseBool(strings.TrimSpace(v))
-	if err != nil {
-		return false, fmt.Errorf("invalid boolean %q", v)
-	}
-	return b, nil
-}
-
-// settings lists every variable in the DESIGN.md order. The *_FILE variants
-// follow the variable they provide.
-func settings() []setting {
-	return []setting{
-		s("KAFKA_BROKERS", "localhost:9092", "comma-separated bootstrap servers", func(c *Config, v string) error {
-			c.KafkaBrokers = list(v)
-			return nil
-		}),
-		s("KAFKA_TOPIC", "cohort-membership-changes", "topic(s) to consume, comma-separated", func(c *Config, v string) error {
-			c.KafkaTopics = list(v)
-			return nil
-		}),
-		s("KAFKA_GROUP_ID", "cohortsync-worker", "consumer group", func(c *Config, v string) error { c.KafkaGroupID = v; return nil }),
-		s("KAFKA_DLQ_TOPIC", "<first topic>.dlq", "dead-letter topic", func(c *Config, v string) error { c.KafkaDLQTopic = v; return nil }),
-		s("KAFKA_TLS", "false", "connect to Kafka with TLS", func(c *Config, v string) (err error) { c.KafkaTLS, err = boolean(v); return }),
-		s("KAFKA_TLS_CA_FILE", "", "PEM file of the CA that signed the brokers' certificates (implies TLS)", func(c *Config, v string) error { c.KafkaTLSCAFile = v; return nil }),
-		s("KAFKA_SASL_MECHANISM", "", "SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (empty: no SASL)", func(c *Config, v string) error {
-			c.KafkaSASLMechanism = strings.ToUpper(strings.TrimSpace(v))
-			return nil
-		}),
-		s("KAFKA_SASL_USERNAME", "", "SASL username", func(c *Config, v string) error { c.KafkaSASLUsername = v; return nil }),
-		secret("KAFKA_SASL_PASSWORD", "SASL password", func(c *Config, v string) error { c.KafkaSASLPassword = NewSecret(v); return nil }),
-		secret("KAFKA_SASL_PASSWORD_FILE", "file holding the SASL password", nil),
-		s("MOENGAGE_DC", "01", "MoEngage data center: 01, 02, 03, 04, 05, 06 or 101; the base URL is https://api-{dc}.moengage.com", func(c *Config, v string) error { c.MoEngageDC = strings.TrimSpace(v); return nil }),
-		s("MOENGAGE_BASE_URL", "", "overrides the URL built from the DC (emulator, proxies)", func(c *Config, v string) error {
-			c.MoEngageBaseURL = strings.TrimRight(strings.TrimSpace(v), "/")
-			return nil
-		}),
-		s("MOENGAGE_WORKSPACE_ID", "", "required: workspace ID (Basic-auth username and MOE-APPKEY header)", func(c *Config, v string) error { c.MoEngageWorkspaceID = strings.TrimSpace(v); return nil }),
-		s("MOENGAGE_WORKSPACE_ID_FILE", "", "file holding the workspace ID", nil),
-		secret("MOENGAGE_DATA_API_KEY", "required: Data API key (Basic-auth password)", func(c *Config, v string) error { c.MoEngageDataAPIKey = NewSecret(v); return nil }),
-		secret("MOENGAGE_DATA_API_KEY_FILE", "file holding the Data API key", nil),
-		s("COHORTSYNC_PARTNER", "", "partner used when an event has none", func(c *Config, v string) error { c.CohortsyncPartner = v; return nil }),
-		s("BATCH_MAX_BYTES", "128000", "request body cap in bytes (512 to 131072)", func(c *Config, v string) (err error) { c.BatchMaxBytes, err = integer(v); return }),
-		s("BATCH_MAX_MEMBERS", "0", "optional member cap per request (0: derived from BATCH_MAX_BYTES only)", func(c *Config, v string) (err error) { c.BatchMaxMembers, err = integer(v); return }),
-		s("BATCH_WINDOW", "5s", "longest an open batch waits before it is due", func(c *Config, v string) error { return dur(&c.BatchWindow)(c, v) }),
-		s("RATE_LIMIT_RPM", "300", "fleet-wide requests per minute (0: no client-side limit; for the emulator and benchmarks only)", func(c *Config, v string) error {
-			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-			if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
-				return fmt.Errorf("invalid number %q", v)
-			}
-			c.RateLimitRPM = f
-			return nil
-		}),
-		s("MAX_IN_FLIGHT", "4", "concurrent requests per replica", func(c *Config, v string) (err error) { c.MaxInFlight, err = integer(v); return }),
-		s("MAX_PENDING_MEMBERS", "1000000", "backpressure threshold: unsettled member changes before fetching stops", func(c *Config, v string) (err error) { c.MaxPendingMembers, err = integer(v); return }),
-		s("RETRY_INITIAL_INTERVAL", "500ms", "first backoff interval for retryable failures", func(c *Config, v string) error { return dur(&c.RetryInitialInterval)(c, v) }),
-		s("RETRY_MAX_INTERVAL", "60s", "longest backoff interval", func(c *Config, v string) error { return dur(&c.RetryMaxInterval)(c, v) }),
-		s("RETRY_MAX_ELAPSED", "0", "give up a batch after this long (0: retry forever; giving up stops the worker, nothing is lost)", func(c *Config, v string) error { return dur(&c.RetryMaxElapsed)(c, v) }),
-		s("HTTP_ADDR", ":9090", "address of /metrics, /healthz, /readyz (empty: disabled)", func(c *Config, v string) error { c.HTTPAddr = v; return nil }),
-		s("SHUTDOWN_TIMEOUT", "30s", "drain budget on SIGTERM/SIGINT", func(c *Config, v string) error { return dur(&c.ShutdownTimeout)(c, v) }),
-		s("LOG_LEVEL", "info", "debug, info, warn or error", func(c *Config, v string) error {
-			return c.LogLevel.UnmarshalText([]byte(strings.TrimSpace(v)))
-		}),
-		s("LOG_FORMAT", "json", "json or text", func(c *Config, v string) error { c.LogFormat = strings.ToLower(strings.TrimSpace(v)); return nil }),
-	}
-}
-
-// Vars lists every setting in the DESIGN.md order.
-var Vars = func() []Var {
-	var out []Var
-	for _, st := range settings() {
-		out = append(out, st.Var)
-	}
-	return out
-}()
-
-// fileVars maps a *_FILE variable to the variable it provides.
-var fileVars = map[string]string{
-	"KAFKA_SASL_PASSWORD_FILE":   "KAFKA_SASL_PASSWORD",
-	"MOENGAGE_WORKSPACE_ID_FILE": "MOENGAGE_WORKSPACE_ID",
-	"MOENGAGE_DATA_API_KEY_FILE": "MOENGAGE_DATA_API_KEY",
-}
-
-// Default returns the configuration with every default applied and no
-// credentials.
+// Default returns the configuration with every default of Vars applied. It
+// has no workspace ID or API key, so it does not validate until those are
+// set; the derived fields (KafkaDLQTopic, MoEngageBaseURL) are left empty for
+// Validate to fill, so that they follow the topics and DC a caller sets.
 func Default() Config {
 	var c Config
 	for _, st := range settings() {
 		if st.set == nil || st.Default == "" || strings.HasPrefix(st.Default, "<") {
 			continue
 		}
-		if err := st.set(&c, st.Default); err != nil {
-			panic("config: bad default for " + st.Env + ": " + err.Error())
+		if !st.set(&c, st.Default) {
+			panic("config: bad default for " + st.Env) // a bug in settings, caught by the tests
 		}
 	}
 	return c
 }
 
-// Usage writes the help text: every variable with its flag and default.
-func Usage(w io.Writer) {
-	fmt.Fprintf(w, "Usage: cohortsync-worker [flags]\n\n")
-	fmt.Fprintf(w, "Every setting is an environment variable and a flag; flags win.\n\n")
-	for _, v := range Vars {
-		def := v.Default
-		if v.Secret || def == "" {
-			def = "none"
-		}
-		fmt.Fprintf(w, "  --%s  (%s)\n\t%s (default: %s)\n", v.Flag, v.Env, v.Help, def)
-	}
-	fmt.Fprintf(w, "\n  --version\n\tprint the version and exit\n")
-}
-
-// MarkdownTable renders the README's configuration table from Vars.
-func MarkdownTable() string {
-	var b strings.Builder
-	b.WriteString("| variable | flag | default | meaning |\n| --- | --- | --- | --- |\n")
-	for _, v := range Vars {
-		def := v.Default
-		if def == "" {
-			def = "—"
-		} else {
-			def = "`" + def + "`"
-		}
-		fmt.Fprintf(&b, "| `%s` | `--%s` | %s | %s |\n", v.Env, v.Flag, def, strings.ReplaceAll(v.Help, "|", `\|`))
-	}
-	return b.String()
-}
-
-// Load builds the configuration: defaults, then the environment, then the
-// command-line flags. -h or --help writes Usage to usage and returns
-// flag.ErrHelp. Errors are one line naming the variable and never contain a
-// secret.
-func Load(args []string, getenv func(string) string, usage io.Writer) (Config, error) {
-	if usage == nil {
-		usage = io.Discard
-	}
-	values := map[string]string{}
-	set := map[string]bool{}
-	sts := settings()
-	for _, st := range sts {
-		if v := getenv(st.Env); v != "" {
-			values[st.Env], set[st.Env] = v, true
-		}
-	}
-	fs := flag.NewFlagSet("cohortsync-worker", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	fs.Usage = func() {}
-	for _, st := range sts {
-		fs.Func(st.Flag, st.Help, func(v string) error {
-			values[st.Env], set[st.Env] = v, true
-			return nil
-		})
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			Usage(usage)
-			return Config{}, flag.ErrHelp
-		}
-		return Config{}, fmt.Errorf("config: %s", firstLine(err.Error()))
-	}
-	if fs.NArg() > 0 {
-		return Config{}, fmt.Errorf("config: unexpected argument %q", fs.Arg(0))
-	}
-	for fileVar, target := range fileVars {
-		if !set[fileVar] {
-			continue
-		}
-		if set[target] {
-			return Config{}, fmt.Errorf("config: set either %s or %s, not both", target, fileVar)
-		}
-		path := values[fileVar]
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return Config{}, fmt.Errorf("config: %s: cannot read %s: %v", fileVar, path, errors.Unwrap(err))
-		}
-		values[target], set[target] = strings.TrimRight(string(b), "\r\n"), true
-	}
-	c := Default()
-	for _, st := range sts {
-		if st.set == nil || !set[st.Env] {
-			continue
-		}
-		if err := st.set(&c, values[st.Env]); err != nil {
-			if st.Secret {
-				return Config{}, fmt.Errorf("config: %s: invalid value", st.Env)
-			}
-			return Config{}, fmt.Errorf("config: %s: %s", st.Env, firstLine(err.Error()))
-		}
-	}
-	if err := c.Validate(); err != nil {
-		return Config{}, err
-	}
-	return c, nil
-}
-
-func firstLine(s string) string {
-	if i := strings.IndexByte(s, '\n'); i >= 0 {
-		return s[:i]
-	}
-	return s
-}
-
-// Validate checks c and fills the derived values (DLQ topic, base URL). It
-// returns one error naming the first invalid variable.
+// Validate checks c and returns one error, on one line, naming the first
+// invalid variable; the error never contains a secret. When c is valid it
+// also normalises c in place: it fills KafkaDLQTopic and MoEngageBaseURL
+// when empty, sets KafkaTLS when KafkaTLSCAFile is set, upper-cases
+// KafkaSASLMechanism, lower-cases LogFormat and trims a trailing slash from
+// MoEngageBaseURL — hence the pointer receiver. A failed Validate leaves c
+// unchanged. It reads KafkaTLSCAFile to check that it holds a PEM
+// certificate. Load calls it; code that builds a Config itself must too.
 func (c *Config) Validate() error {
-	bad := func(env, format string, a ...any) error {
-		return fmt.Errorf("config: %s: %s", env, fmt.Sprintf(format, a...))
+	return c.validate(hider{c.KafkaSASLPassword.Reveal(), c.MoEngageDataAPIKey.Reveal()})
+}
+
+// validate normalises a copy of c and stores it back only when it is valid:
+// a failed Validate leaves c as it was, so a derived field never outlives
+// the fields it was derived from.
+func (c *Config) validate(h hider) error {
+	n := *c
+	if err := n.check(h); err != nil {
+		return err
 	}
-	switch {
-	case len(c.KafkaBrokers) == 0:
-		return bad("KAFKA_BROKERS", "at least one broker is required")
-	case len(c.KafkaTopics) == 0:
-		return bad("KAFKA_TOPIC", "at least one topic is required")
-	case c.KafkaGroupID == "":
-		return bad("KAFKA_GROUP_ID", "must not be empty")
+	*c = n
+	return nil
+}
+
+// configError is the one-line error Load and Validate return.
+func configError(env, format string, a ...any) error {
+	return fmt.Errorf("config: %s: %s", env, fmt.Sprintf(format, a...))
+}
+
+// hider renders user-supplied values for error messages. A value that
+// contains any of its secrets (say, an API key pasted into the wrong
+// variable) is not shown at all; others are quoted (so the message stays on
+// one line) and cut to a readable length.
+type hider []string
+
+// leaks reports whether v contains one of h's secrets. It ignores case and
+// the white space around a secret, because values are trimmed and some are
+// case-folded (LOG_FORMAT, KAFKA_SASL_MECHANISM) before they are shown.
+func (h hider) leaks(v string) bool {
+	v = strings.ToLower(v)
+	for _, s := range h {
+		if s = strings.ToLower(strings.TrimSpace(s)); s != "" && strings.Contains(v, s) {
+			return true
+		}
+	}
+	return false
+}
+
+func (h hider) show(v string) string {
+	if h.leaks(v) {
+		return "(value not shown: it contains a secret)"
+	}
+	const max = 100
+	if r := []rune(v); len(r) > max {
+		v = string(r[:max]) + "…"
+	}
+	return strconv.Quote(v)
+}
+
+// check validates c, normalising it on the way.
+func (c *Config) check(h hider) error {
+	// Kafka.
+	if len(c.KafkaBrokers) == 0 {
+		return configError("KAFKA_BROKERS", "at least one broker is required")
+	}
+	for _, b := range c.KafkaBrokers {
+		if _, port, err := net.SplitHostPort(b); err != nil || port == "" {
+			return configError("KAFKA_BROKERS", "%s is not host:port", h.show(b))
+		}
+	}
+	if len(c.KafkaTopics) == 0 {
+		return configError("KAFKA_TOPIC", "at least one topic is required")
+	}
+	for i, t := range c.KafkaTopics {
+		if !validTopic(t) {
+			return configError("KAFKA_TOPIC", "%s is not a valid Kafka topic name", h.show(t))
+		}
+		if slices.Contains(c.KafkaTopics[:i], t) {
+			return configError("KAFKA_TOPIC", "%s is listed twice", h.show(t))
+		}
+	}
+	if c.KafkaGroupID == "" {
+		return configError("KAFKA_GROUP_ID", "must not be empty")
 	}
 	if c.KafkaDLQTopic == "" {
 		c.KafkaDLQTopic = c.KafkaTopics[0] + ".dlq"
 	}
+	if !validTopic(c.KafkaDLQTopic) {
+		return configError("KAFKA_DLQ_TOPIC", "%s is not a valid Kafka topic name", h.show(c.KafkaDLQTopic))
+	}
 	if slices.Contains(c.KafkaTopics, c.KafkaDLQTopic) {
-		return bad("KAFKA_DLQ_TOPIC", "%q is also an input topic", c.KafkaDLQTopic)
+		return configError("KAFKA_DLQ_TOPIC", "%s is also an input topic (KAFKA_TOPIC)", h.show(c.KafkaDLQTopic))
 	}
 	if c.KafkaTLSCAFile != "" {
-		if _, err := os.Stat(c.KafkaTLSCAFile); err != nil {
-			return bad("KAFKA_TLS_CA_FILE", "cannot read %s", c.KafkaTLSCAFile)
+		if err := checkCAFile(c.KafkaTLSCAFile, h); err != nil {
+			return err
 		}
 		c.KafkaTLS = true
 	}
-	switch c.KafkaSASLMechanism {
-	case "":
-	case "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512":
-		if c.KafkaSASLUsername == "" {
-			return bad("KAFKA_SASL_USERNAME", "required with KAFKA_SASL_MECHANISM=%s", c.KafkaSASLMechanism)
+	c.KafkaSASLMechanism = strings.ToUpper(c.KafkaSASLMechanism)
+	switch {
+	case c.KafkaSASLMechanism == "":
+		if c.KafkaSASLUsername != "" || c.KafkaSASLPassword.Reveal() != "" {
+			return configError("KAFKA_SASL_MECHANISM", "required when KAFKA_SASL_USERNAME or KAFKA_SASL_PASSWORD is set (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)")
 		}
-		if c.KafkaSASLPassword.Reveal() == "" {
-			return bad("KAFKA_SASL_PASSWORD", "required with KAFKA_SASL_MECHANISM=%s", c.KafkaSASLMechanism)
-		}
-	default:
-		return bad("KAFKA_SASL_MECHANISM", "%q is not PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", c.KafkaSASLMechanism)
+	case !slices.Contains(SASLMechanisms, c.KafkaSASLMechanism):
+		return configError("KAFKA_SASL_MECHANISM", "%s is not PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", h.show(c.KafkaSASLMechanism))
+	case c.KafkaSASLUsername == "":
+		return configError("KAFKA_SASL_USERNAME", "required with KAFKA_SASL_MECHANISM=%s", c.KafkaSASLMechanism)
+	case c.KafkaSASLPassword.Reveal() == "":
+		return configError("KAFKA_SASL_PASSWORD", "required with KAFKA_SASL_MECHANISM=%s (or KAFKA_SASL_PASSWORD_FILE)", c.KafkaSASLMechanism)
 	}
+
+	// MoEngage.
 	if !slices.Contains(DataCenters, c.MoEngageDC) {
-		return bad("MOENGAGE_DC", "%q is not one of %s", c.MoEngageDC, strings.Join(DataCenters, ", "))
+		return configError("MOENGAGE_DC", "%s is not one of %s", h.show(c.MoEngageDC), strings.Join(DataCenters, ", "))
 	}
+	c.MoEngageBaseURL = strings.TrimRight(c.MoEngageBaseURL, "/")
 	if c.MoEngageBaseURL == "" {
 		c.MoEngageBaseURL = "https://api-" + c.MoEngageDC + ".moengage.com"
 	}
-	if u, err := url.Parse(c.MoEngageBaseURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return bad("MOENGAGE_BASE_URL", "%q is not an http(s) URL", c.MoEngageBaseURL)
+	if err := checkBaseURL(c.MoEngageBaseURL, h); err != nil {
+		return err
 	}
+	if c.MoEngageWorkspaceID == "" {
+		return errors.New("config: MOENGAGE_WORKSPACE_ID is required")
+	}
+	if strings.ContainsFunc(c.MoEngageWorkspaceID, func(r rune) bool { return r == ':' || unicode.IsSpace(r) || unicode.IsControl(r) }) {
+		// Basic auth cannot carry a username with a colon, and the ID is
+		// also a header value.
+		return configError("MOENGAGE_WORKSPACE_ID", "%s must not contain a colon, white space or control characters", h.show(c.MoEngageWorkspaceID))
+	}
+	if c.MoEngageDataAPIKey.Reveal() == "" {
+		return errors.New("config: MOENGAGE_DATA_API_KEY is required")
+	}
+
+	// Batching, rate, retries, process.
 	switch {
-	case c.MoEngageWorkspaceID == "":
-		return bad("MOENGAGE_WORKSPACE_ID", "is required")
-	case c.MoEngageDataAPIKey.Reveal() == "":
-		return bad("MOENGAGE_DATA_API_KEY", "is required (or MOENGAGE_DATA_API_KEY_FILE)")
 	case c.BatchMaxBytes < 512 || c.BatchMaxBytes > 131072:
-		return bad("BATCH_MAX_BYTES", "%d is outside 512..131072 (the API caps bodies at 128 KB)", c.BatchMaxBytes)
+		return configError("BATCH_MAX_BYTES", "%d is outside 512..131072 (the API caps bodies at 128 KB)", c.BatchMaxBytes)
 	case c.BatchMaxMembers < 0:
-		return bad("BATCH_MAX_MEMBERS", "must not be negative")
+		return configError("BATCH_MAX_MEMBERS", "%d is negative (0: no member cap)", c.BatchMaxMembers)
 	case c.BatchWindow <= 0:
-		return bad("BATCH_WINDOW", "must be positive")
-	case c.RateLimitRPM < 0:
-		return bad("RATE_LIMIT_RPM", "must not be negative")
+		return configError("BATCH_WINDOW", "%s is not positive", c.BatchWindow)
+	case c.RateLimitRPM < 0 || math.IsNaN(c.RateLimitRPM) || math.IsInf(c.RateLimitRPM, 0):
+		return configError("RATE_LIMIT_RPM", "%v is not a finite number >= 0", c.RateLimitRPM)
 	case c.MaxInFlight < 1:
-		return bad("MAX_IN_FLIGHT", "must be at least 1")
+		return configError("MAX_IN_FLIGHT", "%d is less than 1", c.MaxInFlight)
 	case c.MaxPendingMembers < 1:
-		return bad("MAX_PENDING_MEMBERS", "must be at least 1")
+		return configError("MAX_PENDING_MEMBERS", "%d is less than 1", c.MaxPendingMembers)
 	case c.RetryInitialInterval <= 0:
-		return bad("RETRY_INITIAL_INTERVAL", "must be positive")
+		return configError("RETRY_INITIAL_INTERVAL", "%s is not positive", c.RetryInitialInterval)
 	case c.RetryMaxInterval < c.RetryInitialInterval:
-		return bad("RETRY_MAX_INTERVAL", "must be at least RETRY_INITIAL_INTERVAL")
+		return configError("RETRY_MAX_INTERVAL", "%s is less than RETRY_INITIAL_INTERVAL (%s)", c.RetryMaxInterval, c.RetryInitialInterval)
 	case c.RetryMaxElapsed < 0:
-		return bad("RETRY_MAX_ELAPSED", "must not be negative")
+		return configError("RETRY_MAX_ELAPSED", "%s is negative (0: retry forever)", c.RetryMaxElapsed)
 	case c.ShutdownTimeout <= 0:
-		return bad("SHUTDOWN_TIMEOUT", "must be positive")
-	case c.LogFormat != "json" && c.LogFormat != "text":
-		return bad("LOG_FORMAT", "%q is not json or text", c.LogFormat)
+		return configError("SHUTDOWN_TIMEOUT", "%s is not positive", c.ShutdownTimeout)
+	}
+	if c.HTTPAddr != "" {
+		if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
+			return configError("HTTP_ADDR", "%s is not [host]:port", h.show(c.HTTPAddr))
+		}
+	}
+	c.LogFormat = strings.ToLower(c.LogFormat)
+	if c.LogFormat != "json" && c.LogFormat != "text" {
+		return configError("LOG_FORMAT", "%s is not json or text", h.show(c.LogFormat))
 	}
 	return nil
 }
 
-// LogValue is a safe summary for the start-up log line.
+// validTopic reports whether t is a legal Kafka topic name.
+func validTopic(t string) bool {
+	if t == "" || t == "." || t == ".." || len(t) > 249 {
+		return false
+	}
+	for _, r := range t {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// maxCAFile bounds how much of KAFKA_TLS_CA_FILE is read: a CA bundle is a
+// few hundred KB at most, and a wrong path (a device, a log) must not hang or
+// exhaust the process.
+const maxCAFile = 4 << 20
+
+func checkCAFile(path string, h hider) error {
+	b, err := readLimited(path, maxCAFile)
+	if err != nil {
+		return configError("KAFKA_TLS_CA_FILE", "cannot read %s: %s", h.show(path), err)
+	}
+	if !x509.NewCertPool().AppendCertsFromPEM(b) {
+		return configError("KAFKA_TLS_CA_FILE", "%s holds no PEM certificate", h.show(path))
+	}
+	return nil
+}
+
+// readLimited reads at most max bytes of the file at path; a larger file is
+// an error. Errors name neither the path nor the content (callers add the
+// path).
+func readLimited(path string, max int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, pathErr(err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err != nil {
+		return nil, pathErr(err)
+	}
+	if int64(len(b)) > max {
+		return nil, fmt.Errorf("larger than %d bytes", max)
+	}
+	return b, nil
+}
+
+// pathErr drops the operation and path that *fs.PathError adds, leaving
+// the reason ("no such file or directory").
+func pathErr(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+func checkBaseURL(raw string, h hider) error {
+	u, err := url.Parse(raw)
+	switch {
+	case err != nil && strings.Contains(raw, "@"):
+		// Never echo it: what precedes the @ may be a password.
+		return configError("MOENGAGE_BASE_URL", "is not a URL")
+	case err != nil:
+		return configError("MOENGAGE_BASE_URL", "%s is not a URL", h.show(raw))
+	case u.User != nil:
+		// Never echo it: the user info may hold a password.
+		return configError("MOENGAGE_BASE_URL", "must not hold credentials (they come from MOENGAGE_WORKSPACE_ID and MOENGAGE_DATA_API_KEY)")
+	case u.Scheme != "http" && u.Scheme != "https":
+		return configError("MOENGAGE_BASE_URL", "%s is not an http(s) URL", h.show(raw))
+	case u.Host == "":
+		return configError("MOENGAGE_BASE_URL", "%s has no host", h.show(raw))
+	case u.RawQuery != "" || u.Fragment != "" || u.ForceQuery:
+		return configError("MOENGAGE_BASE_URL", "%s must not have a query or fragment", h.show(raw))
+	}
+	return nil
+}
+
+// LogValue implements slog.LogValuer: a summary of c for the start-up log
+// line. It holds no secret: for each credential it says only whether it is
+// set.
 func (c Config) LogValue() slog.Value {
 	return slog.GroupValue(
 		slog.String("kafka_brokers", strings.Join(c.KafkaBrokers, ",")),
@@ -427,15 +393,27 @@ func (c Config) LogValue() slog.Value {
 		slog.String("kafka_group_id", c.KafkaGroupID),
 		slog.String("kafka_dlq_topic", c.KafkaDLQTopic),
 		slog.Bool("kafka_tls", c.KafkaTLS),
+		slog.String("kafka_tls_ca_file", c.KafkaTLSCAFile),
 		slog.String("kafka_sasl_mechanism", c.KafkaSASLMechanism),
+		slog.String("kafka_sasl_username", c.KafkaSASLUsername),
+		slog.Bool("kafka_sasl_password_set", c.KafkaSASLPassword.Reveal() != ""),
+		slog.String("moengage_dc", c.MoEngageDC),
 		slog.String("moengage_base_url", c.MoEngageBaseURL),
 		slog.String("moengage_workspace_id", c.MoEngageWorkspaceID),
+		slog.Bool("moengage_data_api_key_set", c.MoEngageDataAPIKey.Reveal() != ""),
+		slog.String("cohortsync_partner", c.CohortsyncPartner),
 		slog.Int("batch_max_bytes", c.BatchMaxBytes),
 		slog.Int("batch_max_members", c.BatchMaxMembers),
 		slog.Duration("batch_window", c.BatchWindow),
 		slog.Float64("rate_limit_rpm", c.RateLimitRPM),
 		slog.Int("max_in_flight", c.MaxInFlight),
 		slog.Int("max_pending_members", c.MaxPendingMembers),
+		slog.Duration("retry_initial_interval", c.RetryInitialInterval),
+		slog.Duration("retry_max_interval", c.RetryMaxInterval),
+		slog.Duration("retry_max_elapsed", c.RetryMaxElapsed),
+		slog.String("http_addr", c.HTTPAddr),
 		slog.Duration("shutdown_timeout", c.ShutdownTimeout),
+		slog.String("log_level", c.LogLevel.String()),
+		slog.String("log_format", c.LogFormat),
 	)
 }

@@ -1,14 +1,11 @@
 package config_test
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
-	"os"
-	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -16,126 +13,453 @@ import (
 	"github.com/cohortsync/cohortsync-worker/internal/config"
 )
 
-// designVars is the configuration table of DESIGN.md: a contract.
-var designVars = []string{"KAFKA_BROKERS", "KAFKA_TOPIC", "KAFKA_GROUP_ID", "KAFKA_DLQ_TOPIC", "KAFKA_TLS",
-	"KAFKA_TLS_CA_FILE", "KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD", "MOENGAGE_DC",
-	"MOENGAGE_BASE_URL", "MOENGAGE_WORKSPACE_ID", "MOENGAGE_DATA_API_KEY", "COHORTSYNC_PARTNER", "BATCH_MAX_BYTES",
-	"BATCH_MAX_MEMBERS", "BATCH_WINDOW", "RATE_LIMIT_RPM", "MAX_IN_FLIGHT", "MAX_PENDING_MEMBERS",
-	"RETRY_INITIAL_INTERVAL", "RETRY_MAX_INTERVAL", "RETRY_MAX_ELAPSED", "HTTP_ADDR", "SHUTDOWN_TIMEOUT",
-	"LOG_LEVEL", "LOG_FORMAT"}
-
-const secretValue = "s3cr3t-VALUE-never-printed"
-
-func env(m map[string]string) func(string) string {
-	return func(k string) string { return m[k] }
-}
-
-func required() map[string]string {
-	return map[string]string{"MOENGAGE_WORKSPACE_ID": "ws", "MOENGAGE_DATA_API_KEY": secretValue}
-}
-
-func TestDefaults(t *testing.T) {
-	c, err := config.Load(nil, env(required()), nil)
+// TestDefaultsMatchDesign checks each default against DESIGN.md's table,
+// both as documented (Vars) and as loaded.
+func TestDefaultsMatchDesign(t *testing.T) {
+	c, err := config.Load(nil, getenv(required()), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	checks := []struct {
-		name      string
-		got, want any
-	}{
-		{"KAFKA_BROKERS", strings.Join(c.KafkaBrokers, ","), "localhost:9092"},
-		{"KAFKA_TOPIC", strings.Join(c.KafkaTopics, ","), "cohort-membership-changes"},
-		{"KAFKA_GROUP_ID", c.KafkaGroupID, "cohortsync-worker"},
-		{"KAFKA_DLQ_TOPIC", c.KafkaDLQTopic, "cohort-membership-changes.dlq"},
-		{"KAFKA_TLS", c.KafkaTLS, false},
-		{"MOENGAGE_DC", c.MoEngageDC, "01"},
-		{"MOENGAGE_BASE_URL", c.MoEngageBaseURL, "https://api-01.moengage.com"},
-		{"BATCH_MAX_BYTES", c.BatchMaxBytes, 128000},
-		{"BATCH_MAX_MEMBERS", c.BatchMaxMembers, 0},
-		{"BATCH_WINDOW", c.BatchWindow, 5 * time.Second},
-		{"RATE_LIMIT_RPM", c.RateLimitRPM, 300.0},
-		{"MAX_IN_FLIGHT", c.MaxInFlight, 4},
-		{"MAX_PENDING_MEMBERS", c.MaxPendingMembers, 1000000},
-		{"RETRY_INITIAL_INTERVAL", c.RetryInitialInterval, 500 * time.Millisecond},
-		{"RETRY_MAX_INTERVAL", c.RetryMaxInterval, 60 * time.Second},
-		{"RETRY_MAX_ELAPSED", c.RetryMaxElapsed, time.Duration(0)},
-		{"HTTP_ADDR", c.HTTPAddr, ":9090"},
-		{"SHUTDOWN_TIMEOUT", c.ShutdownTimeout, 30 * time.Second},
-		{"LOG_LEVEL", c.LogLevel, slog.LevelInfo},
-		{"LOG_FORMAT", c.LogFormat, "json"},
+	vars := map[string]config.Var{}
+	for _, v := range config.Vars {
+		vars[v.Env] = v
 	}
-	for _, ck := range checks {
-		if ck.got != ck.want {
-			t.Errorf("%s default = %v, want %v", ck.name, ck.got, ck.want)
+	// design is the "default" column of DESIGN.md; doc is what Vars shows
+	// for it, got what Load produced.
+	for _, tc := range []struct {
+		env, design, doc string
+		got, want        any
+	}{
+		{"KAFKA_BROKERS", "localhost:9092", "localhost:9092", c.KafkaBrokers, []string{"localhost:9092"}},
+		{"KAFKA_TOPIC", "cohort-membership-changes", "cohort-membership-changes", c.KafkaTopics, []string{"cohort-membership-changes"}},
+		{"KAFKA_GROUP_ID", "cohortsync-worker", "cohortsync-worker", c.KafkaGroupID, "cohortsync-worker"},
+		{"KAFKA_DLQ_TOPIC", "<first topic>.dlq", "<first topic>.dlq", c.KafkaDLQTopic, "cohort-membership-changes.dlq"},
+		{"KAFKA_TLS", "off", "false", c.KafkaTLS, false},
+		{"KAFKA_TLS_CA_FILE", "off", "", c.KafkaTLSCAFile, ""},
+		{"KAFKA_SASL_MECHANISM", "off", "", c.KafkaSASLMechanism, ""},
+		{"KAFKA_SASL_USERNAME", "off", "", c.KafkaSASLUsername, ""},
+		{"KAFKA_SASL_PASSWORD", "off", "", c.KafkaSASLPassword, config.Secret{}},
+		{"MOENGAGE_DC", "01", "01", c.MoEngageDC, "01"},
+		{"MOENGAGE_BASE_URL", "—", "", c.MoEngageBaseURL, "https://api-01.moengage.com"},
+		{"COHORTSYNC_PARTNER", "—", "", c.CohortsyncPartner, ""},
+		{"BATCH_MAX_BYTES", "128000", "128000", c.BatchMaxBytes, 128000},
+		{"BATCH_MAX_MEMBERS", "derived", "0", c.BatchMaxMembers, 0},
+		{"BATCH_WINDOW", "5s", "5s", c.BatchWindow, 5 * time.Second},
+		{"RATE_LIMIT_RPM", "300", "300", c.RateLimitRPM, 300.0},
+		{"MAX_IN_FLIGHT", "4", "4", c.MaxInFlight, 4},
+		{"MAX_PENDING_MEMBERS", "1000000", "1000000", c.MaxPendingMembers, 1000000},
+		{"RETRY_INITIAL_INTERVAL", "500ms", "500ms", c.RetryInitialInterval, 500 * time.Millisecond},
+		{"RETRY_MAX_INTERVAL", "60s", "60s", c.RetryMaxInterval, 60 * time.Second},
+		{"RETRY_MAX_ELAPSED", "0", "0", c.RetryMaxElapsed, time.Duration(0)},
+		{"HTTP_ADDR", ":9090", ":9090", c.HTTPAddr, ":9090"},
+		{"SHUTDOWN_TIMEOUT", "30s", "30s", c.ShutdownTimeout, 30 * time.Second},
+		{"LOG_LEVEL", "info", "info", c.LogLevel, slog.LevelInfo},
+		{"LOG_FORMAT", "json", "json", c.LogFormat, "json"},
+	} {
+		t.Run(tc.env, func(t *testing.T) {
+			if !reflect.DeepEqual(tc.got, tc.want) {
+				t.Errorf("loaded %#v, want %#v (DESIGN.md: %s)", tc.got, tc.want, tc.design)
+			}
+			if v := vars[tc.env]; v.Default != tc.doc {
+				t.Errorf("Vars default %q, want %q (DESIGN.md: %s)", v.Default, tc.doc, tc.design)
+			}
+		})
+	}
+	for _, env := range []string{"MOENGAGE_WORKSPACE_ID", "MOENGAGE_DATA_API_KEY"} { // "required"
+		if !strings.HasPrefix(vars[env].Help, "required") || vars[env].Default != "" {
+			t.Errorf("%s must be documented as required, without a default", env)
 		}
 	}
 }
 
-func TestEnvAndFlags(t *testing.T) {
-	e := required()
-	e["KAFKA_BROKERS"] = "a:1, b:2"
-	e["KAFKA_TOPIC"] = "t1,t2"
-	e["BATCH_WINDOW"] = "2s"
-	e["MOENGAGE_DC"] = "101"
-	e["KAFKA_SASL_MECHANISM"] = "scram-sha-512"
-	e["KAFKA_SASL_USERNAME"] = "u"
-	e["KAFKA_SASL_PASSWORD"] = secretValue
-	e["LOG_LEVEL"] = "debug"
-	c, err := config.Load([]string{"--batch-window", "3s", "--max-in-flight=7"}, env(e), nil)
+// TestDefaultIsLoadWithoutEnvironment: Default is what Load builds from an
+// empty environment, minus the required credentials and the derived fields.
+func TestDefaultIsLoadWithoutEnvironment(t *testing.T) {
+	c, err := config.Load(nil, getenv(required()), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if fmt.Sprint(c.KafkaBrokers) != "[a:1 b:2]" || fmt.Sprint(c.KafkaTopics) != "[t1 t2]" || c.KafkaDLQTopic != "t1.dlq" {
-		t.Fatalf("lists: %v %v %s", c.KafkaBrokers, c.KafkaTopics, c.KafkaDLQTopic)
-	}
-	if c.BatchWindow != 3*time.Second || c.MaxInFlight != 7 {
-		t.Fatal("flags must override the environment")
-	}
-	if c.MoEngageBaseURL != "https://api-101.moengage.com" {
-		t.Fatalf("DC 101 URL %s", c.MoEngageBaseURL)
-	}
-	if c.KafkaSASLMechanism != "SCRAM-SHA-512" || c.KafkaSASLPassword.Reveal() != secretValue || c.LogLevel != slog.LevelDebug {
-		t.Fatalf("%+v", c)
+	c.MoEngageWorkspaceID, c.MoEngageDataAPIKey = "", config.Secret{}
+	c.KafkaDLQTopic, c.MoEngageBaseURL = "", ""
+	if d := config.Default(); !reflect.DeepEqual(c, d) {
+		t.Fatalf("Default() = %+v\nLoad      = %+v", d, c)
 	}
 }
 
-func TestInvalid(t *testing.T) {
-	cases := map[string]map[string]string{
-		"MOENGAGE_WORKSPACE_ID":  {"MOENGAGE_WORKSPACE_ID": ""},
-		"MOENGAGE_DATA_API_KEY":  {"MOENGAGE_DATA_API_KEY": ""},
-		"BATCH_WINDOW":           {"BATCH_WINDOW": "5x"},
-		"BATCH_MAX_BYTES":        {"BATCH_MAX_BYTES": "200000"},
-		"BATCH_MAX_MEMBERS":      {"BATCH_MAX_MEMBERS": "-1"},
-		"RATE_LIMIT_RPM":         {"RATE_LIMIT_RPM": "NaN"},
-		"MAX_IN_FLIGHT":          {"MAX_IN_FLIGHT": "0"},
-		"MAX_PENDING_MEMBERS":    {"MAX_PENDING_MEMBERS": "x"},
-		"MOENGAGE_DC":            {"MOENGAGE_DC": "07"},
-		"MOENGAGE_BASE_URL":      {"MOENGAGE_BASE_URL": "ftp://x"},
-		"KAFKA_DLQ_TOPIC":        {"KAFKA_DLQ_TOPIC": "cohort-membership-changes"},
-		"KAFKA_SASL_MECHANISM":   {"KAFKA_SASL_MECHANISM": "GSSAPI"},
-		"KAFKA_SASL_USERNAME":    {"KAFKA_SASL_MECHANISM": "PLAIN", "KAFKA_SASL_PASSWORD": secretValue},
-		"KAFKA_SASL_PASSWORD":    {"KAFKA_SASL_MECHANISM": "PLAIN", "KAFKA_SASL_USERNAME": "u"},
-		"KAFKA_TLS":              {"KAFKA_TLS": "maybe"},
-		"KAFKA_TLS_CA_FILE":      {"KAFKA_TLS_CA_FILE": "/nonexistent/ca.pem"},
-		"RETRY_MAX_INTERVAL":     {"RETRY_MAX_INTERVAL": "1ms"},
-		"RETRY_INITIAL_INTERVAL": {"RETRY_INITIAL_INTERVAL": "0s"},
-		"SHUTDOWN_TIMEOUT":       {"SHUTDOWN_TIMEOUT": "-1s"},
-		"LOG_FORMAT":             {"LOG_FORMAT": "xml"},
-		"LOG_LEVEL":              {"LOG_LEVEL": "loud"},
+// fields reads the Config field of each variable.
+var fields = map[string]func(config.Config) any{
+	"KAFKA_BROKERS":          func(c config.Config) any { return c.KafkaBrokers },
+	"KAFKA_TOPIC":            func(c config.Config) any { return c.KafkaTopics },
+	"KAFKA_GROUP_ID":         func(c config.Config) any { return c.KafkaGroupID },
+	"KAFKA_DLQ_TOPIC":        func(c config.Config) any { return c.KafkaDLQTopic },
+	"KAFKA_TLS":              func(c config.Config) any { return c.KafkaTLS },
+	"KAFKA_TLS_CA_FILE":      func(c config.Config) any { return c.KafkaTLSCAFile },
+	"KAFKA_SASL_MECHANISM":   func(c config.Config) any { return c.KafkaSASLMechanism },
+	"KAFKA_SASL_USERNAME":    func(c config.Config) any { return c.KafkaSASLUsername },
+	"KAFKA_SASL_PASSWORD":    func(c config.Config) any { return c.KafkaSASLPassword.Reveal() },
+	"MOENGAGE_DC":            func(c config.Config) any { return c.MoEngageDC },
+	"MOENGAGE_BASE_URL":      func(c config.Config) any { return c.MoEngageBaseURL },
+	"MOENGAGE_WORKSPACE_ID":  func(c config.Config) any { return c.MoEngageWorkspaceID },
+	"MOENGAGE_DATA_API_KEY":  func(c config.Config) any { return c.MoEngageDataAPIKey.Reveal() },
+	"COHORTSYNC_PARTNER":     func(c config.Config) any { return c.CohortsyncPartner },
+	"BATCH_MAX_BYTES":        func(c config.Config) any { return c.BatchMaxBytes },
+	"BATCH_MAX_MEMBERS":      func(c config.Config) any { return c.BatchMaxMembers },
+	"BATCH_WINDOW":           func(c config.Config) any { return c.BatchWindow },
+	"RATE_LIMIT_RPM":         func(c config.Config) any { return c.RateLimitRPM },
+	"MAX_IN_FLIGHT":          func(c config.Config) any { return c.MaxInFlight },
+	"MAX_PENDING_MEMBERS":    func(c config.Config) any { return c.MaxPendingMembers },
+	"RETRY_INITIAL_INTERVAL": func(c config.Config) any { return c.RetryInitialInterval },
+	"RETRY_MAX_INTERVAL":     func(c config.Config) any { return c.RetryMaxInterval },
+	"RETRY_MAX_ELAPSED":      func(c config.Config) any { return c.RetryMaxElapsed },
+	"HTTP_ADDR":              func(c config.Config) any { return c.HTTPAddr },
+	"SHUTDOWN_TIMEOUT":       func(c config.Config) any { return c.ShutdownTimeout },
+	"LOG_LEVEL":              func(c config.Config) any { return c.LogLevel },
+	"LOG_FORMAT":             func(c config.Config) any { return c.LogFormat },
+}
+
+type parseCase struct {
+	env   string
+	value string            // set in the environment or as the flag
+	other string            // another valid value, for the environment when the flag must win
+	extra map[string]string // other variables the case needs
+	want  any
+}
+
+func parseCases(t *testing.T) []parseCase {
+	ca := writeFile(t, "ca.pem", caPEM(t))
+	ca2 := writeFile(t, "ca2.pem", caPEM(t))
+	sasl := func(drop string) map[string]string {
+		m := map[string]string{"KAFKA_SASL_MECHANISM": "PLAIN", "KAFKA_SASL_USERNAME": "alice", "KAFKA_SASL_PASSWORD": saslPassword}
+		delete(m, drop)
+		return m
 	}
-	for name, over := range cases {
-		t.Run(name, func(t *testing.T) {
-			e := required()
-			for k, v := range over {
-				e[k] = v
+	return []parseCase{
+		{env: "KAFKA_BROKERS", value: " a:1 , b:2,,", other: "c:3", want: []string{"a:1", "b:2"}},
+		{env: "KAFKA_BROKERS", value: "[::1]:9092", other: "c:3", want: []string{"[::1]:9092"}},
+		{env: "KAFKA_TOPIC", value: "t1, t2", other: "x", want: []string{"t1", "t2"}},
+		{env: "KAFKA_GROUP_ID", value: "g1", other: "g2", want: "g1"},
+		{env: "KAFKA_DLQ_TOPIC", value: "dead", other: "dead2", want: "dead"},
+		{env: "KAFKA_TLS", value: "true", other: "false", want: true},
+		{env: "KAFKA_TLS", value: "false", other: "true", want: false},
+		{env: "KAFKA_TLS", value: "1", other: "0", want: true},
+		{env: "KAFKA_TLS_CA_FILE", value: ca, other: ca2, want: ca},
+		{env: "KAFKA_SASL_MECHANISM", value: "scram-sha-256", other: "PLAIN", extra: sasl("KAFKA_SASL_MECHANISM"), want: "SCRAM-SHA-256"},
+		{env: "KAFKA_SASL_MECHANISM", value: "Scram-Sha-512", other: "PLAIN", extra: sasl("KAFKA_SASL_MECHANISM"), want: "SCRAM-SHA-512"},
+		{env: "KAFKA_SASL_MECHANISM", value: "plain", other: "SCRAM-SHA-256", extra: sasl("KAFKA_SASL_MECHANISM"), want: "PLAIN"},
+		{env: "KAFKA_SASL_USERNAME", value: "bob", other: "carol", extra: sasl("KAFKA_SASL_USERNAME"), want: "bob"},
+		{env: "KAFKA_SASL_PASSWORD", value: saslPassword, other: "other-pw", extra: sasl("KAFKA_SASL_PASSWORD"), want: saslPassword},
+		{env: "MOENGAGE_DC", value: "101", other: "02", want: "101"},
+		{env: "MOENGAGE_DC", value: " 06 ", other: "02", want: "06"},
+		{env: "MOENGAGE_BASE_URL", value: "http://127.0.0.1:8080/", other: "https://proxy", want: "http://127.0.0.1:8080"},
+		{env: "MOENGAGE_BASE_URL", value: "https://proxy.internal/moengage", other: "https://proxy", want: "https://proxy.internal/moengage"},
+		{env: "MOENGAGE_WORKSPACE_ID", value: " ws2 ", other: "ws3", want: "ws2"},
+		{env: "MOENGAGE_DATA_API_KEY", value: apiKey, other: "other-key", want: apiKey},
+		{env: "COHORTSYNC_PARTNER", value: "6HNBXFm7ZS", other: "p2", want: "6HNBXFm7ZS"},
+		{env: "BATCH_MAX_BYTES", value: "512", other: "1000", want: 512},
+		{env: "BATCH_MAX_BYTES", value: "131072", other: "1000", want: 131072},
+		{env: "BATCH_MAX_MEMBERS", value: "100", other: "5", want: 100},
+		{env: "BATCH_WINDOW", value: "250ms", other: "1s", want: 250 * time.Millisecond},
+		{env: "RATE_LIMIT_RPM", value: "0", other: "60", want: 0.0},
+		{env: "RATE_LIMIT_RPM", value: "12.5", other: "60", want: 12.5},
+		{env: "MAX_IN_FLIGHT", value: "1", other: "8", want: 1},
+		{env: "MAX_PENDING_MEMBERS", value: "10", other: "20", want: 10},
+		{env: "RETRY_INITIAL_INTERVAL", value: "1s", other: "2s", want: time.Second},
+		{env: "RETRY_MAX_INTERVAL", value: "500ms", other: "2m", want: 500 * time.Millisecond},
+		{env: "RETRY_MAX_ELAPSED", value: "15m", other: "1h", want: 15 * time.Minute},
+		{env: "HTTP_ADDR", value: "127.0.0.1:0", other: ":8080", want: "127.0.0.1:0"},
+		{env: "SHUTDOWN_TIMEOUT", value: "1m", other: "10s", want: time.Minute},
+		{env: "LOG_LEVEL", value: "DEBUG", other: "error", want: slog.LevelDebug},
+		{env: "LOG_LEVEL", value: "warn", other: "error", want: slog.LevelWarn},
+		{env: "LOG_LEVEL", value: "error", other: "debug", want: slog.LevelError},
+		{env: "LOG_FORMAT", value: "TEXT", other: "json", want: "text"},
+	}
+}
+
+// TestParse sets each variable in the environment, as a flag, and in both
+// with a different environment value (the flag must win).
+func TestParse(t *testing.T) {
+	seen := map[string]bool{}
+	for _, tc := range parseCases(t) {
+		seen[tc.env] = true
+		flagArg := "--" + strings.ToLower(strings.ReplaceAll(tc.env, "_", "-")) + "=" + tc.value
+		for _, mode := range []struct {
+			name string
+			env  map[string]string
+			args []string
+		}{
+			{"env", with(required(), with(tc.extra, map[string]string{tc.env: tc.value})), nil},
+			{"flag", with(required(), tc.extra), []string{flagArg}},
+			{"flag-overrides-env", with(required(), with(tc.extra, map[string]string{tc.env: tc.other})), []string{flagArg}},
+		} {
+			t.Run(tc.env+"="+tc.value+"/"+mode.name, func(t *testing.T) {
+				c, err := config.Load(mode.args, getenv(mode.env), nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got := fields[tc.env](c); !reflect.DeepEqual(got, tc.want) {
+					t.Fatalf("%s = %#v, want %#v", tc.env, got, tc.want)
+				}
+			})
+		}
+	}
+	for env := range fields {
+		if !seen[env] {
+			t.Errorf("no parse case for %s", env)
+		}
+	}
+}
+
+func TestFlagForms(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		args []string
+		env2 string
+		want any
+	}{
+		{"separate value", nil, []string{"--batch-window", "3s"}, "BATCH_WINDOW", 3 * time.Second},
+		{"single dash", nil, []string{"-max-in-flight=7"}, "MAX_IN_FLIGHT", 7},
+		{"bool alone", nil, []string{"--kafka-tls"}, "KAFKA_TLS", true},
+		{"bool false overrides env", map[string]string{"KAFKA_TLS": "true"}, []string{"--kafka-tls=false"}, "KAFKA_TLS", false},
+		{"last flag wins", nil, []string{"--max-in-flight=2", "--max-in-flight=3"}, "MAX_IN_FLIGHT", 3},
+		{"empty flag disables HTTP", nil, []string{"--http-addr="}, "HTTP_ADDR", ""},
+		{"empty env is unset", map[string]string{"HTTP_ADDR": ""}, nil, "HTTP_ADDR", ":9090"},
+		{"CA file implies TLS", map[string]string{"KAFKA_TLS_CA_FILE": "CA"}, nil, "KAFKA_TLS", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := with(required(), tc.env)
+			if e["KAFKA_TLS_CA_FILE"] == "CA" {
+				e["KAFKA_TLS_CA_FILE"] = writeFile(t, "ca.pem", caPEM(t))
 			}
-			_, err := config.Load(nil, env(e), nil)
+			c, err := config.Load(tc.args, getenv(e), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := fields[tc.env2](c); !reflect.DeepEqual(got, tc.want) {
+				t.Fatalf("%s = %#v, want %#v", tc.env2, got, tc.want)
+			}
+		})
+	}
+}
+
+type invalidCase struct {
+	env   string            // the variable the error must name
+	over  map[string]string // changes to the valid environment ("" unsets)
+	args  []string          // flags
+	exact string            // when set, the whole message
+	has   string            // when set, a part of the message
+}
+
+func invalidCases(t *testing.T) []invalidCase {
+	notPEM := writeFile(t, "not.pem", "not a certificate\n")
+	one := func(env, v string) invalidCase { return invalidCase{env: env, over: map[string]string{env: v}} }
+	return []invalidCase{
+		one("KAFKA_BROKERS", " , "),
+		one("KAFKA_BROKERS", "localhost"),
+		one("KAFKA_BROKERS", "kafka://b:9092"),
+		one("KAFKA_TOPIC", ","),
+		one("KAFKA_TOPIC", "has space"),
+		one("KAFKA_TOPIC", "a,a"),
+		one("KAFKA_GROUP_ID", "  "),
+		one("KAFKA_DLQ_TOPIC", "cohort-membership-changes"),
+		{env: "KAFKA_DLQ_TOPIC", over: map[string]string{"KAFKA_TOPIC": "a,b", "KAFKA_DLQ_TOPIC": "b"}},
+		{env: "KAFKA_DLQ_TOPIC", over: map[string]string{"KAFKA_TOPIC": "x,x.dlq"}}, // the derived name collides
+		one("KAFKA_DLQ_TOPIC", "bad/name"),
+		{env: "KAFKA_TLS", over: map[string]string{"KAFKA_TLS": "maybe"}, exact: `config: KAFKA_TLS: invalid boolean "maybe"`},
+		{env: "KAFKA_TLS", args: []string{"--kafka-tls=yes"}},
+		one("KAFKA_TLS_CA_FILE", "/nonexistent/ca.pem"),
+		one("KAFKA_TLS_CA_FILE", notPEM),
+		one("KAFKA_TLS_CA_FILE", t.TempDir()),
+		one("KAFKA_SASL_MECHANISM", "GSSAPI"),
+		one("KAFKA_SASL_MECHANISM", ""), // username and password without a mechanism
+		one("KAFKA_SASL_USERNAME", ""),
+		one("KAFKA_SASL_PASSWORD", ""),
+		one("MOENGAGE_DC", "1"),
+		one("MOENGAGE_DC", "001"),
+		one("MOENGAGE_DC", "07"),
+		one("MOENGAGE_DC", "0101"),
+		one("MOENGAGE_DC", "dc-01"),
+		{env: "MOENGAGE_DC", args: []string{"--moengage-dc="}},
+		one("MOENGAGE_BASE_URL", "ftp://x"),
+		one("MOENGAGE_BASE_URL", "http://"),
+		one("MOENGAGE_BASE_URL", "api-01.moengage.com"),
+		one("MOENGAGE_BASE_URL", "https://u:pw@host"),
+		one("MOENGAGE_BASE_URL", "http://h/?x=1"),
+		one("MOENGAGE_BASE_URL", "http://h/#frag"),
+		one("MOENGAGE_BASE_URL", "http://[::1"),
+		{env: "MOENGAGE_WORKSPACE_ID", over: map[string]string{"MOENGAGE_WORKSPACE_ID": ""}, exact: "config: MOENGAGE_WORKSPACE_ID is required"},
+		one("MOENGAGE_WORKSPACE_ID", "ws:1"),
+		one("MOENGAGE_WORKSPACE_ID", "w s"),
+		one("MOENGAGE_WORKSPACE_ID", "ws\x00"),
+		{env: "MOENGAGE_DATA_API_KEY", over: map[string]string{"MOENGAGE_DATA_API_KEY": ""}, exact: "config: MOENGAGE_DATA_API_KEY is required"},
+		one("BATCH_MAX_BYTES", "511"),
+		one("BATCH_MAX_BYTES", "131073"),
+		{env: "BATCH_MAX_BYTES", over: map[string]string{"BATCH_MAX_BYTES": "128KB"}, exact: `config: BATCH_MAX_BYTES: invalid integer "128KB"`},
+		one("BATCH_MAX_MEMBERS", "-1"),
+		one("BATCH_MAX_MEMBERS", "many"),
+		{env: "BATCH_WINDOW", over: map[string]string{"BATCH_WINDOW": "5x"}, exact: `config: BATCH_WINDOW: invalid duration "5x"`},
+		{env: "BATCH_WINDOW", args: []string{"--batch-window=soon"}, exact: `config: BATCH_WINDOW: invalid duration "soon"`},
+		one("BATCH_WINDOW", "5"),
+		one("BATCH_WINDOW", "0s"),
+		one("BATCH_WINDOW", "-1s"),
+		one("RATE_LIMIT_RPM", "-1"),
+		one("RATE_LIMIT_RPM", "NaN"),
+		one("RATE_LIMIT_RPM", "+Inf"),
+		one("RATE_LIMIT_RPM", "lots"),
+		one("MAX_IN_FLIGHT", "0"),
+		one("MAX_IN_FLIGHT", "1.5"),
+		one("MAX_PENDING_MEMBERS", "0"),
+		one("MAX_PENDING_MEMBERS", "1e6"),
+		one("RETRY_INITIAL_INTERVAL", "0"),
+		one("RETRY_INITIAL_INTERVAL", "fast"),
+		one("RETRY_MAX_INTERVAL", "100ms"),
+		one("RETRY_MAX_ELAPSED", "-1s"),
+		one("HTTP_ADDR", "localhost"),
+		one("SHUTDOWN_TIMEOUT", "0s"),
+		one("LOG_LEVEL", "loud"),
+		one("LOG_LEVEL", "info+2"),
+		one("LOG_FORMAT", "xml"),
+		{env: "MOENGAGE_DATA_API_KEY_FILE", over: map[string]string{"MOENGAGE_DATA_API_KEY": "", "MOENGAGE_DATA_API_KEY_FILE": "/nonexistent/key"}, has: `cannot read "/nonexistent/key": no such file`},
+		{env: "KAFKA_SASL_PASSWORD_FILE", over: map[string]string{"KAFKA_SASL_PASSWORD": "", "KAFKA_SASL_PASSWORD_FILE": "/nonexistent/pw"}, has: "/nonexistent/pw"},
+		{env: "MOENGAGE_WORKSPACE_ID_FILE", over: map[string]string{"MOENGAGE_WORKSPACE_ID": "", "MOENGAGE_WORKSPACE_ID_FILE": "/nonexistent/ws"}, has: "/nonexistent/ws"},
+	}
+}
+
+// TestInvalid: each invalid value fails with one line that names the
+// variable and holds no secret, although both secrets are set.
+func TestInvalid(t *testing.T) {
+	named := map[string]bool{}
+	for _, tc := range invalidCases(t) {
+		named[tc.env] = true
+		t.Run(fmt.Sprintf("%s/%q%q", tc.env, tc.over[tc.env], tc.args), func(t *testing.T) {
+			_, err := config.Load(tc.args, getenv(with(full(), tc.over)), nil)
 			if err == nil {
 				t.Fatal("accepted")
 			}
 			msg := err.Error()
-			if !strings.Contains(msg, name) || strings.Contains(msg, "\n") || strings.Contains(msg, secretValue) {
-				t.Fatalf("error %q must be one line naming %s without secrets", msg, name)
+			if tc.exact != "" && msg != tc.exact {
+				t.Errorf("error %q, want %q", msg, tc.exact)
+			}
+			if !strings.Contains(msg, tc.has) {
+				t.Errorf("error %q does not say %q", msg, tc.has)
+			}
+			checkErr(t, msg, tc.env)
+		})
+	}
+	for _, env := range designVars {
+		if !named[env] && env != "COHORTSYNC_PARTNER" { // any partner is valid
+			t.Errorf("no invalid case for %s", env)
+		}
+	}
+}
+
+func checkErr(t *testing.T, msg, env string) {
+	t.Helper()
+	if !strings.HasPrefix(msg, "config: ") || strings.ContainsAny(msg, "\r\n") {
+		t.Errorf("error %q is not one line starting with config:", msg)
+	}
+	if env != "" && !strings.Contains(msg, env) {
+		t.Errorf("error %q does not name %s", msg, env)
+	}
+	if leaks(msg) {
+		t.Errorf("error %q contains a secret", msg)
+	}
+}
+
+func TestHelp(t *testing.T) {
+	var want strings.Builder
+	config.Usage(&want)
+	for _, arg := range []string{"-h", "--help", "-help"} {
+		t.Run(arg, func(t *testing.T) {
+			var out strings.Builder
+			_, err := config.Load([]string{"--batch-window=1s", arg}, getenv(nil), &out)
+			if !errors.Is(err, flag.ErrHelp) {
+				t.Fatalf("err = %v, want flag.ErrHelp", err)
+			}
+			if out.String() != want.String() {
+				t.Fatalf("help output differs from Usage:\n%s", out.String())
+			}
+		})
+	}
+	if _, err := config.Load([]string{"-h"}, nil, nil); !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("nil getenv and usage: %v", err)
+	}
+}
+
+func TestBadCommandLine(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--no-such-flag=1"}, "no-such-flag"},
+		{[]string{"extra"}, `unexpected argument "extra"`},
+		{[]string{"--batch-window"}, "batch-window"},
+		{[]string{"---moengage-data-api-key=" + apiKey}, "bad flag syntax"},
+		{[]string{"--kafka-tls", apiKey}, "unexpected argument"},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			_, err := config.Load(tc.args, getenv(full()), nil)
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			checkErr(t, err.Error(), "")
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %q does not mention %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestDataCenters(t *testing.T) {
+	want := map[string]string{
+		"01": "https://api-01.moengage.com", "02": "https://api-02.moengage.com",
+		"03": "https://api-03.moengage.com", "04": "https://api-04.moengage.com",
+		"05": "https://api-05.moengage.com", "06": "https://api-06.moengage.com",
+		"101": "https://api-101.moengage.com", // not zero-padded
+	}
+	if len(config.DataCenters) != len(want) {
+		t.Fatalf("DataCenters = %v", config.DataCenters)
+	}
+	for _, dc := range config.DataCenters {
+		t.Run(dc, func(t *testing.T) {
+			c, err := config.Load(nil, getenv(with(required(), map[string]string{"MOENGAGE_DC": dc})), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.MoEngageDC != dc || c.MoEngageBaseURL != want[dc] {
+				t.Fatalf("DC %s: %s %s", dc, c.MoEngageDC, c.MoEngageBaseURL)
+			}
+		})
+	}
+	// An explicit base URL wins over the DC, which is still validated.
+	c, err := config.Load([]string{"--moengage-dc=101", "--moengage-base-url=http://emulator:8080/"}, getenv(required()), nil)
+	if err != nil || c.MoEngageBaseURL != "http://emulator:8080" || c.MoEngageDC != "101" {
+		t.Fatalf("override: %v %q", err, c.MoEngageBaseURL)
+	}
+	_, err = config.Load([]string{"--moengage-dc=7", "--moengage-base-url=http://emulator:8080"}, getenv(required()), nil)
+	if err == nil || !strings.Contains(err.Error(), "MOENGAGE_DC") {
+		t.Fatalf("bad DC with a base URL: %v", err)
+	}
+}
+
+func TestDLQTopic(t *testing.T) {
+	for _, tc := range []struct {
+		topic, dlq, want string
+	}{
+		{"", "", "cohort-membership-changes.dlq"},
+		{"in", "", "in.dlq"},
+		{"a,b", "", "a.dlq"},
+		{"a,b", "dead", "dead"},
+		{"a", "a.dlq", "a.dlq"},
+	} {
+		t.Run(tc.topic+"/"+tc.dlq, func(t *testing.T) {
+			e := with(required(), map[string]string{"KAFKA_TOPIC": tc.topic, "KAFKA_DLQ_TOPIC": tc.dlq})
+			c, err := config.Load(nil, getenv(e), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.KafkaDLQTopic != tc.want {
+				t.Fatalf("DLQ %q, want %q", c.KafkaDLQTopic, tc.want)
 			}
 		})
 	}
@@ -143,104 +467,144 @@ func TestInvalid(t *testing.T) {
 
 func TestFileVariants(t *testing.T) {
 	dir := t.TempDir()
-	key := filepath.Join(dir, "key")
-	if err := os.WriteFile(key, []byte(secretValue+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	e := map[string]string{"MOENGAGE_WORKSPACE_ID": "ws", "MOENGAGE_DATA_API_KEY_FILE": key}
-	c, err := config.Load(nil, env(e), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if c.MoEngageDataAPIKey.Reveal() != secretValue {
-		t.Fatalf("key %q", c.MoEngageDataAPIKey.Reveal())
-	}
-	e["MOENGAGE_DATA_API_KEY"] = "x"
-	if _, err := config.Load(nil, env(e), nil); err == nil || !strings.Contains(err.Error(), "MOENGAGE_DATA_API_KEY_FILE") {
-		t.Fatalf("both set: %v", err)
-	}
-	delete(e, "MOENGAGE_DATA_API_KEY")
-	e["MOENGAGE_DATA_API_KEY_FILE"] = filepath.Join(dir, "missing")
-	_, err = config.Load(nil, env(e), nil)
-	if err == nil || !strings.Contains(err.Error(), "MOENGAGE_DATA_API_KEY_FILE") {
-		t.Fatalf("unreadable file: %v", err)
-	}
-}
+	keyFile := writeFile(t, "key", apiKey+"\n")
+	crlfFile := writeFile(t, "key-crlf", apiKey+"\r\n\r\n")
+	spacedFile := writeFile(t, "key-spaced", " "+apiKey+" \n")
+	wsFile := writeFile(t, "ws", " ws-from-file \n")
+	pwFile := writeFile(t, "pw", saslPassword)
+	emptyFile := writeFile(t, "empty", "\n")
+	bigFile := writeFile(t, "big", strings.Repeat("x", 1<<20))
+	sasl := map[string]string{"KAFKA_SASL_MECHANISM": "PLAIN", "KAFKA_SASL_USERNAME": "alice"}
+	noKey := map[string]string{"MOENGAGE_WORKSPACE_ID": "ws"}
 
-func TestSecretsNeverPrinted(t *testing.T) {
-	e := required()
-	e["KAFKA_SASL_MECHANISM"], e["KAFKA_SASL_USERNAME"], e["KAFKA_SASL_PASSWORD"] = "PLAIN", "u", secretValue
-	c, err := config.Load(nil, env(e), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var buf bytes.Buffer
-	slog.New(slog.NewJSONHandler(&buf, nil)).Info("start", "config", c)
-	j, _ := json.Marshal(c)
-	out := strings.Join([]string{buf.String(), string(j), fmt.Sprintf("%v %+v %#v %s", c, c, c, c.MoEngageDataAPIKey)}, "\n")
-	if strings.Contains(out, secretValue) {
-		t.Fatalf("secret printed: %s", out)
-	}
-	var usage bytes.Buffer
-	if _, err := config.Load([]string{"--help"}, env(e), &usage); !errors.Is(err, flag.ErrHelp) {
-		t.Fatalf("--help: %v", err)
-	}
-	if strings.Contains(usage.String(), secretValue) {
-		t.Fatal("secret in usage")
-	}
-	for _, v := range designVars {
-		if !strings.Contains(usage.String(), v) {
-			t.Errorf("--help does not list %s", v)
-		}
-	}
-}
-
-func TestVarsCoverDesign(t *testing.T) {
-	have := map[string]bool{}
-	for _, v := range config.Vars {
-		have[v.Env] = true
-		if v.Flag != strings.ToLower(strings.ReplaceAll(v.Env, "_", "-")) {
-			t.Errorf("%s flag %s", v.Env, v.Flag)
-		}
-	}
-	for _, v := range designVars {
-		if !have[v] {
-			t.Errorf("%s missing from Vars", v)
-		}
-	}
-}
-
-func TestREADMETableMatchesCode(t *testing.T) {
-	b, err := os.ReadFile("../../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	const start, end = "<!-- config-table:start -->\n", "<!-- config-table:end -->"
-	s := string(b)
-	i, j := strings.Index(s, start), strings.Index(s, end)
-	if i < 0 || j < i {
-		t.Fatal("README has no config-table markers")
-	}
-	if got, want := s[i+len(start):j], config.MarkdownTable(); got != want {
-		if os.Getenv("UPDATE_README") != "" {
-			if err := os.WriteFile("../../README.md", []byte(s[:i+len(start)]+want+s[j:]), 0o644); err != nil {
+	for _, tc := range []struct {
+		name    string
+		env     map[string]string
+		args    []string
+		check   func(config.Config) bool
+		errVars []string // when set, Load fails naming these
+	}{
+		{name: "key file", env: with(noKey, map[string]string{"MOENGAGE_DATA_API_KEY_FILE": keyFile}),
+			check: func(c config.Config) bool { return c.MoEngageDataAPIKey.Reveal() == apiKey }},
+		{name: "key file CRLF", env: with(noKey, map[string]string{"MOENGAGE_DATA_API_KEY_FILE": crlfFile}),
+			check: func(c config.Config) bool { return c.MoEngageDataAPIKey.Reveal() == apiKey }},
+		{name: "only trailing newlines trimmed", env: with(noKey, map[string]string{"MOENGAGE_DATA_API_KEY_FILE": spacedFile}),
+			check: func(c config.Config) bool { return c.MoEngageDataAPIKey.Reveal() == " "+apiKey+" " }},
+		{name: "key file flag", env: noKey, args: []string{"--moengage-data-api-key-file", keyFile},
+			check: func(c config.Config) bool { return c.MoEngageDataAPIKey.Reveal() == apiKey }},
+		{name: "workspace file", env: map[string]string{"MOENGAGE_DATA_API_KEY": apiKey, "MOENGAGE_WORKSPACE_ID_FILE": wsFile},
+			check: func(c config.Config) bool { return c.MoEngageWorkspaceID == "ws-from-file" }},
+		{name: "SASL password file", env: with(required(), with(sasl, map[string]string{"KAFKA_SASL_PASSWORD_FILE": pwFile})),
+			check: func(c config.Config) bool { return c.KafkaSASLPassword.Reveal() == saslPassword }},
+		{name: "flag file replaces env value", env: with(noKey, map[string]string{"MOENGAGE_DATA_API_KEY": "env-key"}),
+			args:  []string{"--moengage-data-api-key-file=" + keyFile},
+			check: func(c config.Config) bool { return c.MoEngageDataAPIKey.Reveal() == apiKey }},
+		{name: "flag value replaces env file", env: with(noKey, map[string]string{"MOENGAGE_DATA_API_KEY_FILE": "/nonexistent"}),
+			args:  []string{"--moengage-data-api-key=flag-key"},
+			check: func(c config.Config) bool { return c.MoEngageDataAPIKey.Reveal() == "flag-key" }},
+		{name: "both in env", env: with(required(), map[string]string{"MOENGAGE_DATA_API_KEY_FILE": keyFile}),
+			errVars: []string{"MOENGAGE_DATA_API_KEY", "MOENGAGE_DATA_API_KEY_FILE"}},
+		{name: "both as flags", env: noKey, args: []string{"--moengage-data-api-key=" + apiKey, "--moengage-data-api-key-file=" + keyFile},
+			errVars: []string{"MOENGAGE_DATA_API_KEY", "MOENGAGE_DATA_API_KEY_FILE"}},
+		{name: "both workspace", env: with(required(), map[string]string{"MOENGAGE_WORKSPACE_ID_FILE": wsFile}),
+			errVars: []string{"MOENGAGE_WORKSPACE_ID", "MOENGAGE_WORKSPACE_ID_FILE"}},
+		{name: "both SASL password", env: with(full(), map[string]string{"KAFKA_SASL_PASSWORD_FILE": pwFile}),
+			errVars: []string{"KAFKA_SASL_PASSWORD", "KAFKA_SASL_PASSWORD_FILE"}},
+		{name: "missing file", env: with(noKey, map[string]string{"MOENGAGE_DATA_API_KEY_FILE": dir + "/missing"}),
+			errVars: []string{"MOENGAGE_DATA_API_KEY_FILE", dir + "/missing", "no such file"}},
+		{name: "directory", env: with(noKey, map[string]string{"MOENGAGE_DATA_API_KEY_FILE": dir}),
+			errVars: []string{"MOENGAGE_DATA_API_KEY_FILE", dir}},
+		{name: "empty file", env: with(noKey, map[string]string{"MOENGAGE_DATA_API_KEY_FILE": emptyFile}),
+			errVars: []string{"MOENGAGE_DATA_API_KEY_FILE", emptyFile, "empty"}},
+		{name: "huge file", env: with(noKey, map[string]string{"MOENGAGE_DATA_API_KEY_FILE": bigFile}),
+			errVars: []string{"MOENGAGE_DATA_API_KEY_FILE", bigFile}},
+		{name: "file content never in a later error", env: with(noKey, map[string]string{"MOENGAGE_DATA_API_KEY_FILE": keyFile, "LOG_FORMAT": apiKey}),
+			errVars: []string{"LOG_FORMAT"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := config.Load(tc.args, getenv(tc.env), nil)
+			if tc.errVars != nil {
+				if err == nil {
+					t.Fatal("accepted")
+				}
+				checkErr(t, err.Error(), "")
+				for _, s := range tc.errVars {
+					if !strings.Contains(err.Error(), s) {
+						t.Errorf("error %q does not name %s", err, s)
+					}
+				}
+				return
+			}
+			if err != nil {
 				t.Fatal(err)
 			}
-			return
-		}
-		t.Fatalf("README configuration table is stale; run UPDATE_README=1 go test ./internal/config/\nwant:\n%s", want)
+			if !tc.check(c) {
+				t.Fatalf("unexpected result %+v", c)
+			}
+		})
 	}
 }
 
-func FuzzLoad(f *testing.F) {
-	f.Add("5s", "128000", "300", "01", "x")
-	f.Add("", "-1", "NaN", "101", "\n")
-	f.Fuzz(func(t *testing.T, window, maxBytes, rpm, dc, other string) {
-		e := required()
-		e["BATCH_WINDOW"], e["BATCH_MAX_BYTES"], e["RATE_LIMIT_RPM"], e["MOENGAGE_DC"], e["KAFKA_GROUP_ID"] = window, maxBytes, rpm, dc, other
-		_, err := config.Load(nil, env(e), nil)
-		if err != nil && strings.Contains(err.Error(), secretValue) {
-			t.Fatalf("secret in %q", err)
-		}
-	})
+// TestValidateInCode covers configurations built in code from Default, as
+// the bench, the demo and the app tests build them.
+func TestValidateInCode(t *testing.T) {
+	c := config.Default()
+	if err := c.Validate(); err == nil || err.Error() != "config: MOENGAGE_WORKSPACE_ID is required" {
+		t.Fatalf("Default().Validate() = %v", err)
+	}
+	c.MoEngageWorkspaceID = "ws"
+	c.MoEngageDataAPIKey = config.NewSecret(apiKey)
+	c.KafkaTopics = []string{"in"}
+	c.MoEngageDC = "101"
+	c.KafkaSASLMechanism = "scram-sha-512"
+	c.KafkaSASLUsername = "alice"
+	c.KafkaSASLPassword = config.NewSecret(saslPassword)
+	c.LogFormat = "TEXT"
+	c.MoEngageBaseURL = ""
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if c.KafkaDLQTopic != "in.dlq" || c.MoEngageBaseURL != "https://api-101.moengage.com" ||
+		c.KafkaSASLMechanism != "SCRAM-SHA-512" || c.LogFormat != "text" {
+		t.Fatalf("not normalised: %+v", c)
+	}
+
+	for _, tc := range []struct {
+		env    string
+		mutate func(*config.Config)
+	}{
+		{"RATE_LIMIT_RPM", func(c *config.Config) { c.RateLimitRPM = -0.5 }},
+		{"KAFKA_BROKERS", func(c *config.Config) { c.KafkaBrokers = nil }},
+		{"MOENGAGE_BASE_URL", func(c *config.Config) { c.MoEngageBaseURL = "mailto:x@y" }},
+		{"KAFKA_DLQ_TOPIC", func(c *config.Config) { c.KafkaDLQTopic = "in" }},
+		{"LOG_FORMAT", func(c *config.Config) { c.LogFormat = apiKey }},
+		{"MOENGAGE_DC", func(c *config.Config) { c.MoEngageDC = saslPassword }},
+	} {
+		t.Run(tc.env, func(t *testing.T) {
+			bad := c
+			tc.mutate(&bad)
+			err := bad.Validate()
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			checkErr(t, err.Error(), tc.env)
+		})
+	}
+}
+
+func TestCAFile(t *testing.T) {
+	ca := writeFile(t, "ca.pem", "# comment\n"+caPEM(t))
+	c, err := config.Load([]string{"--kafka-tls-ca-file=" + ca}, getenv(required()), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.KafkaTLS || c.KafkaTLSCAFile != ca {
+		t.Fatalf("TLS %v, CA %q", c.KafkaTLS, c.KafkaTLSCAFile)
+	}
+	key := writeFile(t, "key.pem", "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+	_, err = config.Load([]string{"--kafka-tls-ca-file=" + key}, getenv(required()), nil)
+	if err == nil || !strings.Contains(err.Error(), "KAFKA_TLS_CA_FILE") || !strings.Contains(err.Error(), key) ||
+		strings.Contains(err.Error(), "PRIVATE") {
+		t.Fatalf("a PEM file without a certificate: %v", err)
+	}
 }
