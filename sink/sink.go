@@ -1,19 +1,15 @@
 package sink
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
-	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -23,58 +19,131 @@ import (
 	"github.com/cohortsync/cohortsync-worker/internal/wire"
 )
 
-// Path is the Cohort Sync endpoint, relative to the base URL.
+// Path is the Cohort Sync endpoint, relative to Config.BaseURL.
 const Path = "/v1/integrations/cohortsync"
 
-// ErrGaveUp is returned by Send when MaxElapsed passed without success.
-var ErrGaveUp = errors.New("sink: gave up retrying")
+// Defaults for the zero values of Config.
+const (
+	DefaultMaxBodyBytes      = 128000
+	DefaultAttemptTimeout    = 15 * time.Second
+	DefaultInitialInterval   = 500 * time.Millisecond
+	DefaultMaxInterval       = 60 * time.Second
+	DefaultAuthRetryInterval = 30 * time.Second
+	DefaultUserAgent         = "cohortsync-worker"
+)
 
 // Config configures a Client. Zero values take the documented defaults.
 type Config struct {
-	BaseURL           string        // scheme://host[:port][/prefix]; requests go to BaseURL + Path
-	WorkspaceID       string        // Basic-auth username and MOE-APPKEY header
-	APIKey            string        // Basic-auth password; never logged, never in errors
-	MaxBodyBytes      int           // a larger body is split before sending; default 128000
-	AttemptTimeout    time.Duration // per HTTP attempt; default 15s
-	InitialInterval   time.Duration // backoff; default 500ms
-	MaxInterval       time.Duration // default 60s
-	MaxElapsed        time.Duration // 0: retry forever (on purpose: at-least-once blocks rather than drops)
-	AuthRetryInterval time.Duration // pause between attempts while credentials are rejected; default 30s
-	UserAgent         string        // default "cohortsync-worker"
-	ReplicaID         string        // sent as X-Cohortsync-Replica when set
-	HTTPClient        *http.Client  // default: a pooled client without an overall timeout
-	Limiter           *Limiter      // permits for every attempt after the first; nil: unlimited
-	Logger            *slog.Logger
-	Metrics           *metrics.Metrics
+	// BaseURL is scheme://host[:port][/prefix]; requests go to BaseURL + Path.
+	// It must be http or https and must not carry credentials, a query or a
+	// fragment.
+	BaseURL string
+	// WorkspaceID is the Basic-auth username and the MOE-APPKEY header.
+	WorkspaceID string
+	// APIKey is the Basic-auth password. It is never logged and never part
+	// of an error: if the server echoes it, it is replaced by [REDACTED].
+	APIKey string
+	// MaxBodyBytes caps a request body: a larger one is split in halves
+	// before sending (never sent), and a single member that alone exceeds
+	// it is rejected. 0 means 128000, safe under either reading of the
+	// API's "128KB".
+	MaxBodyBytes int
+	// AttemptTimeout bounds one HTTP attempt, reading the answer included;
+	// 0 means 15s. An attempt that times out is retried like a 5xx.
+	AttemptTimeout time.Duration
+	// InitialInterval and MaxInterval shape the exponential backoff
+	// (multiplier 1.5, ±50% jitter) between retries of 408, 5xx, network
+	// errors and timeouts, and of a 429 without a usable delay header.
+	// 0 means 500ms and 60s.
+	InitialInterval time.Duration
+	MaxInterval     time.Duration
+	// MaxElapsed is how long Send keeps retrying without progress (an
+	// accepted or rejected part) before it returns ErrGaveUp: Send gives
+	// up instead of starting a wait that would end past it, so it returns
+	// at most one attempt's duration after MaxElapsed. 0 means retry
+	// forever, the default on purpose: at-least-once delivery blocks
+	// rather than drops. Time spent while the credentials are rejected
+	// does not count (those are retried forever).
+	MaxElapsed time.Duration
+	// AuthRetryInterval is the pause between attempts while the API answers
+	// 401, 403, 415, 404, 405 or a 3xx (wrong credentials or configuration);
+	// 0 means 30s.
+	AuthRetryInterval time.Duration
+	// UserAgent is the User-Agent header; "" means "cohortsync-worker".
+	UserAgent string
+	// ReplicaID, when set, is sent as the X-Cohortsync-Replica header (the
+	// emulator's request log records it).
+	ReplicaID string
+	// HTTPClient sends the requests. nil means a pooled client
+	// (MaxIdleConnsPerHost 32) with no overall Timeout, since attempts
+	// have their own. Redirects are never followed, whoever built the
+	// client (New uses a copy with its own CheckRedirect): a 3xx means a
+	// wrong BaseURL, and following it would turn the POST into a GET or
+	// carry the credentials to another host.
+	HTTPClient *http.Client
+	// Limiter gives the permits for every attempt after the first (the
+	// caller takes the first) and is paused on a 429. nil means unlimited
+	// (a 429 then only delays the Send that got it).
+	Limiter *Limiter
+	// Logger receives the client's logs, with component=sink. nil means
+	// slog.Default().
+	Logger *slog.Logger
+	// Metrics receives the request metrics. nil means an unregistered set.
+	Metrics *metrics.Metrics
 }
 
-// Validate checks the configuration.
+// Validate reports the first problem with c. Its errors never contain the
+// API key (nor a password in BaseURL).
 func (c Config) Validate() error {
 	u, err := url.Parse(c.BaseURL)
+	if c.BaseURL == "" {
+		return errors.New("sink: BaseURL is required")
+	}
+	if err != nil {
+		return errors.New("sink: BaseURL is not a valid URL") // not echoed: it may hold a secret
+	}
+	// shown is the URL without the parts that may hold a secret.
+	shown := (&url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path}).String()
 	switch {
-	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
-		return fmt.Errorf("sink: base URL %q is not an http(s) URL", c.BaseURL)
+	case u.Scheme != "http" && u.Scheme != "https" || u.Host == "":
+		return fmt.Errorf("sink: BaseURL %q is not an http(s)://host URL", shown)
+	case u.User != nil:
+		return fmt.Errorf("sink: BaseURL %q must not carry credentials (use WorkspaceID and APIKey)", shown)
+	case u.RawQuery != "" || u.Fragment != "" || u.ForceQuery:
+		return fmt.Errorf("sink: BaseURL %q must not have a query or a fragment", shown)
 	case c.WorkspaceID == "":
-		return errors.New("sink: workspace ID is required")
+		return errors.New("sink: WorkspaceID is required")
+	case strings.ContainsFunc(c.WorkspaceID, func(r rune) bool { return r == ':' || r < 0x21 || r == 0x7f }):
+		return errors.New("sink: WorkspaceID must not contain ':', spaces or control characters")
 	case c.APIKey == "":
-		return errors.New("sink: API key is required")
-	case c.MaxBodyBytes < 0 || c.AttemptTimeout < 0 || c.InitialInterval < 0 || c.MaxInterval < 0 || c.MaxElapsed < 0 || c.AuthRetryInterval < 0:
-		return errors.New("sink: negative limit")
+		return errors.New("sink: APIKey is required")
+	case c.MaxBodyBytes < 0:
+		return errors.New("sink: MaxBodyBytes is negative")
+	case c.AttemptTimeout < 0, c.InitialInterval < 0, c.MaxInterval < 0, c.MaxElapsed < 0, c.AuthRetryInterval < 0:
+		return errors.New("sink: a timeout or interval is negative")
+	case strings.ContainsFunc(c.UserAgent+c.ReplicaID, func(r rune) bool { return r < 0x20 || r == 0x7f }):
+		return errors.New("sink: UserAgent and ReplicaID must not contain control characters")
 	}
 	return nil
 }
 
-// Client sends batches to the Cohort Sync API. It is safe for concurrent use.
+// Client sends batches to the Cohort Sync API. It is safe for concurrent use
+// by any number of Sends (one per cohort, say); each Send has at most one
+// request in flight.
 type Client struct {
-	cfg         Config
-	url         string
-	auth        string
-	log         *slog.Logger
-	m           *metrics.Metrics
+	cfg     Config
+	url     string
+	secrets []string // scrubbed from server-sent strings
+	log     *slog.Logger
+	m       *metrics.Metrics
+
+	hvAuth, hvAppKey, hvUserAgent, hvReplica []string // header values, read-only
+
 	authFailing atomic.Bool
+	authMu      sync.Mutex // orders the flag and the gauge together
 }
 
-// New returns a Client.
+// New validates cfg, fills in its defaults and returns a Client.
 func New(cfg Config) (*Client, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -84,20 +153,25 @@ func New(cfg Config) (*Client, error) {
 			*d = v
 		}
 	}
-	def(&cfg.AttemptTimeout, 15*time.Second)
-	def(&cfg.InitialInterval, 500*time.Millisecond)
-	def(&cfg.MaxInterval, 60*time.Second)
-	def(&cfg.AuthRetryInterval, 30*time.Second)
+	def(&cfg.AttemptTimeout, DefaultAttemptTimeout)
+	def(&cfg.InitialInterval, DefaultInitialInterval)
+	def(&cfg.MaxInterval, DefaultMaxInterval)
+	def(&cfg.AuthRetryInterval, DefaultAuthRetryInterval)
+	if cfg.MaxInterval < cfg.InitialInterval {
+		cfg.MaxInterval = cfg.InitialInterval
+	}
 	if cfg.MaxBodyBytes == 0 {
-		cfg.MaxBodyBytes = 128000
+		cfg.MaxBodyBytes = DefaultMaxBodyBytes
 	}
 	if cfg.UserAgent == "" {
-		cfg.UserAgent = "cohortsync-worker"
+		cfg.UserAgent = DefaultUserAgent
 	}
 	if cfg.HTTPClient == nil {
-		t := http.DefaultTransport.(*http.Transport).Clone()
-		t.MaxIdleConnsPerHost = 32
-		cfg.HTTPClient = &http.Client{Transport: t}
+		cfg.HTTPClient = defaultHTTPClient()
+	} else {
+		hc := *cfg.HTTPClient // a copy: the caller's client is not modified
+		hc.CheckRedirect = noRedirect
+		cfg.HTTPClient = &hc
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -105,93 +179,159 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Metrics == nil {
 		cfg.Metrics = metrics.NewMetrics(nil)
 	}
-	return &Client{
-		cfg:  cfg,
-		url:  strings.TrimRight(cfg.BaseURL, "/") + Path,
-		auth: "Basic " + base64.StdEncoding.EncodeToString([]byte(cfg.WorkspaceID+":"+cfg.APIKey)),
-		log:  cfg.Logger.With("component", "sink"),
-		m:    cfg.Metrics,
-	}, nil
+	cred := base64.StdEncoding.EncodeToString([]byte(cfg.WorkspaceID + ":" + cfg.APIKey))
+	c := &Client{
+		cfg:         cfg,
+		url:         strings.TrimRight(cfg.BaseURL, "/") + Path,
+		secrets:     []string{cfg.APIKey, cred},
+		log:         cfg.Logger.With("component", "sink"),
+		m:           cfg.Metrics,
+		hvAuth:      []string{"Basic " + cred},
+		hvAppKey:    []string{cfg.WorkspaceID},
+		hvUserAgent: []string{cfg.UserAgent},
+	}
+	if cfg.ReplicaID != "" {
+		c.hvReplica = []string{cfg.ReplicaID}
+	}
+	return c, nil
 }
 
 // CloseIdleConnections closes the HTTP client's idle connections; call it
-// when the client is no longer used.
+// when the Client is no longer used.
 func (c *Client) CloseIdleConnections() { c.cfg.HTTPClient.CloseIdleConnections() }
 
-// AuthFailing reports whether the API is rejecting the credentials (or the
-// configuration): sending is stopped until a request is accepted again.
+// AuthFailing reports whether the API currently rejects the credentials or
+// the configuration (401, 403, 415, 404, 405, 3xx): Sends are stopped,
+// retrying every AuthRetryInterval, until one gets a 2xx. The worker reports
+// not-ready meanwhile. Mirrored by the cohortsync_auth_failing gauge.
 func (c *Client) AuthFailing() bool { return c.authFailing.Load() }
 
-// StatusError is a non-2xx answer from the API. Its text never holds the
-// API key.
-type StatusError struct {
-	Code       int
-	Type       string
-	Message    string
-	Attribute  string
-	RequestID  string
-	RetryAfter time.Duration // from Retry-After or x-ratelimit-reset; 0 if absent
+func (c *Client) setAuthFailing(failing bool) bool {
+	if c.authFailing.Load() == failing {
+		return false
+	}
+	c.authMu.Lock()
+	defer c.authMu.Unlock()
+	if !c.authFailing.CompareAndSwap(!failing, failing) {
+		return false
+	}
+	if failing {
+		c.m.AuthFailing.Set(1)
+	} else {
+		c.m.AuthFailing.Set(0)
+	}
+	return true
 }
 
-func (e *StatusError) Error() string {
-	s := fmt.Sprintf("cohortsync API answered %d", e.Code)
-	if e.Type != "" || e.Message != "" {
-		s += fmt.Sprintf(" %s: %s", e.Type, e.Message)
-	}
-	if e.Attribute != "" {
-		s += " (attribute " + e.Attribute + ")"
-	}
-	if e.RequestID != "" {
-		s += " request_id " + e.RequestID
-	}
-	return s
-}
-
-// envelopeAttrs are the request fields outside members: an error about one
-// of them concerns the whole batch.
+// envelopeAttrs are the request fields outside the members: a 4xx naming one
+// of them concerns the whole batch, so splitting cannot isolate anything.
 var envelopeAttrs = map[string]bool{"action": true, "partner": true, "parameters": true,
 	"cohort_name": true, "cohort_id": true, "cohort_description": true}
 
-// Send delivers one batch; see the package doc and DESIGN.md's retry table.
+// authTypes are error types that mean the credentials are wrong whatever the
+// status (the Data API documents "Authentication Mismatch" as a 409).
+var authTypes = map[string]bool{"Authentication Mismatch": true, "Authentication required": true}
+
+// Send delivers one batch, req, and returns once every member of it has been
+// either accepted by a 2xx or rejected on its own by the API. Rejected
+// members come back as Rejections, for the caller to dead-letter; the error
+// is then nil. A non-nil error means the batch was not (entirely) delivered:
+// nothing of it may be acknowledged, and the rejections are not returned. A
+// request with no members sends nothing and returns nil.
 //
-// The caller holds a Limiter permit for the first attempt; every further
-// attempt (a retry, or each part of a split) takes one first. Send returns
-// nil once every member of req was accepted by a 2xx or rejected on its own
-// (returned as Rejections, to be dead-lettered). Parts of a split are sent
-// one after the other, in member order: Send never has more than one
-// request in flight.
+// Permits: the caller already holds a Limiter permit for the first attempt;
+// every further attempt (a retry, or each part of a split) first takes one
+// with Limiter.Wait. Time spent there, and in 429 pauses, is added to the
+// rate-limit wait metric.
 //
-// When ctx ends, Send stops retrying and returns an error wrapping
-// ctx.Err(); an HTTP attempt already under way is not aborted (it runs
-// under AttemptTimeout only), so that a fenced replica never leaves a
-// request half-sent while the partition's new owner sends.
+// Size: a body larger than MaxBodyBytes is never sent; it is split in halves
+// first (not counted as a retry), and a member whose request alone is too
+// large is rejected without being sent.
+//
+// Outcomes, per answer (DESIGN.md "Retry policy"):
+//   - 2xx: accepted, whatever the body.
+//   - 429: the Limiter is paused (PauseUntil) for the server's delay
+//     (RetryAfter: Retry-After, else x-ratelimit-reset), else the next
+//     backoff interval; then the same body is retried.
+//   - 408, 5xx, connection error, attempt timeout: the same body is retried
+//     after the next backoff interval (exponential with jitter, one
+//     backoff.ExponentialBackOff per Send, Reset after progress); a
+//     Retry-After on such an answer raises the delay to it.
+//   - 413: the members are split in halves, sent in order; a single member
+//     that still gets a 413 is rejected ("413 ...: ... too large ...").
+//   - Another 4xx (400, 409, 422, ...): if the error's attribute names an
+//     envelope field (action, partner, parameters, cohort_name, cohort_id,
+//     cohort_description), or the request has one member, every member is
+//     rejected with the reason "<status> <type>: <message>". Otherwise the
+//     members are split in halves, recursively, to isolate the ones the API
+//     rejects on their own; the rest are accepted by the successful halves.
+//   - 401, 403, 415 (a bug in the worker), 404, 405 and 3xx (a wrong base
+//     URL), and any 4xx whose type is "Authentication required" or
+//     "Authentication Mismatch": the credentials or the configuration are
+//     wrong. Send logs it at error level, marks the client AuthFailing, and
+//     retries the same body every AuthRetryInterval, forever: it never
+//     rejects and never returns success before a 2xx, which clears
+//     AuthFailing.
+//
+// Ordering: the parts of a split are sent one after the other, in member
+// order, and Send never has more than one request in flight.
+//
+// Cancellation: when ctx ends, Send stops retrying (and sends no further
+// part) and returns an error wrapping ctx.Err(). An HTTP attempt already
+// under way is NOT aborted: it runs under context.WithoutCancel(ctx) and
+// AttemptTimeout, so that a request for a revoked partition is never left
+// half-sent, with an unknown outcome, while the partition's new owner
+// sends. Cancellation therefore takes up to AttemptTimeout. If that last
+// attempt is accepted and completes the batch, Send returns nil.
+//
+// Giving up: with MaxElapsed > 0, Send returns an error wrapping ErrGaveUp
+// and the last failure (a *StatusError, or the network error) rather than
+// start a wait that would end more than MaxElapsed after the last progress;
+// auth failures never give up.
+//
+// Every request is a POST with Content-Type: application/json,
+// Authorization: Basic base64(workspace:key), MOE-APPKEY: workspace and
+// User-Agent (never MOE-DESTINATION-PARTNER). Response bodies are always
+// drained (up to 128 KiB) and closed, so connections are reused.
 func (c *Client) Send(ctx context.Context, req wire.Request) ([]wire.Rejection, error) {
-	s := &send{c: c, start: time.Now(), first: true}
-	s.bo = backoff.NewExponentialBackOff()
-	s.bo.InitialInterval = c.cfg.InitialInterval
-	s.bo.MaxInterval = c.cfg.MaxInterval
-	s.bo.MaxElapsedTime = 0 // MaxElapsed is checked here, across splits
-	s.bo.Reset()
-	err := s.deliver(ctx, req)
-	return s.rejected, err
-}
-
-// send is the state of one Send call.
-type send struct {
-	c        *Client
-	bo       *backoff.ExponentialBackOff
-	start    time.Time
-	first    bool // the caller's permit is unused
-	rejected []wire.Rejection
-	lastErr  string
-}
-
-func (s *send) rejectAll(uids []string, reason string) {
-	for _, u := range uids {
-		s.rejected = append(s.rejected, wire.Rejection{UID: u, Reason: reason})
+	s := &sender{c: c, req: req, first: true, since: time.Now()}
+	s.bo = backoff.ExponentialBackOff{
+		InitialInterval:     c.cfg.InitialInterval,
+		RandomizationFactor: backoff.DefaultRandomizationFactor,
+		Multiplier:          backoff.DefaultMultiplier,
+		MaxInterval:         c.cfg.MaxInterval,
+		MaxElapsedTime:      0, // never backoff.Stop: MaxElapsed is enforced here, across splits
+		Stop:                backoff.Stop,
+		Clock:               backoff.SystemClock,
 	}
+	s.bo.Reset()
+	if err := s.deliver(ctx, req, ""); err != nil {
+		return nil, err
+	}
+	return s.rejected, nil
 }
 
+// sender is the state of one Send. It is used by one goroutine.
+type sender struct {
+	c        *Client
+	req      wire.Request // the whole batch
+	bo       backoff.ExponentialBackOff
+	logger   *slog.Logger // built on first use: most Sends log nothing
+	first    bool         // the caller's permit is not used yet
+	since    time.Time    // last progress, for MaxElapsed
+	rejected []wire.Rejection
+	lastKey  string // the failure last logged, to log a repeating one once
+}
+
+// log returns the Send's logger, with cohort_id and action.
+func (s *sender) log() *slog.Logger {
+	if s.logger == nil {
+		s.logger = s.c.log.With("cohort_id", s.req.CohortID, "action", string(s.req.Action))
+	}
+	return s.logger
+}
+
+// split cuts req's members in two halves (the first one the smaller).
 func split(req wire.Request) (wire.Request, wire.Request) {
 	mid := len(req.UIDs) / 2
 	a, b := req, req
@@ -199,130 +339,200 @@ func split(req wire.Request) (wire.Request, wire.Request) {
 	return a, b
 }
 
-func (s *send) deliverParts(ctx context.Context, req wire.Request) error {
+// deliverHalves sends the two halves of req, in order. retry is the retry
+// reason of their first attempts ("" when never sent).
+func (s *sender) deliverHalves(ctx context.Context, req wire.Request, retry string) error {
 	a, b := split(req)
-	if err := s.deliver(ctx, a); err != nil {
+	if err := s.deliver(ctx, a, retry); err != nil {
 		return err
 	}
-	return s.deliver(ctx, b)
+	return s.deliver(ctx, b, retry)
 }
 
-// deliver sends req until every member is accepted or rejected.
-func (s *send) deliver(ctx context.Context, req wire.Request) error {
+func (s *sender) reject(uids []string, reason string) {
+	for _, u := range uids {
+		s.rejected = append(s.rejected, wire.Rejection{UID: u, Reason: reason})
+	}
+	s.progress()
+}
+
+// progress restarts the backoff and the MaxElapsed clock.
+func (s *sender) progress() {
+	s.bo.Reset()
+	s.since = time.Now()
+}
+
+// deliver sends req until each of its members is accepted or rejected. retry
+// is the Retries reason to count for its first attempt ("" if these members
+// were never sent).
+func (s *sender) deliver(ctx context.Context, req wire.Request, retry string) error {
 	c := s.c
 	if len(req.UIDs) == 0 {
 		return nil
 	}
-	if wire.Size(req) > c.cfg.MaxBodyBytes {
+	if size := wire.Size(req); size > c.cfg.MaxBodyBytes {
 		if len(req.UIDs) == 1 {
-			s.rejectAll(req.UIDs, fmt.Sprintf("the request for this member alone exceeds %d bytes", c.cfg.MaxBodyBytes))
+			reason := fmt.Sprintf("too large: the request for this member alone is %d bytes, over the %d-byte cap", size, c.cfg.MaxBodyBytes)
+			s.log().Warn("member rejected: too large to send", "members", 1, "bytes", size, "max_bytes", c.cfg.MaxBodyBytes)
+			s.reject(req.UIDs, reason)
 			return nil
 		}
-		return s.deliverParts(ctx, req)
+		return s.deliverHalves(ctx, req, retry) // never sent: not a retry
 	}
 	body := wire.AppendBody(make([]byte, 0, wire.Size(req)), req)
-	log := c.log.With("cohort_id", req.CohortID, "action", req.Action, "members", len(req.UIDs))
+	var last error // the last failure of this part
 	for attempt := 1; ; attempt++ {
 		if err := s.permit(ctx); err != nil {
-			return err
+			return s.stopped(req, attempt-1, err, last)
+		}
+		if retry != "" {
+			c.m.Retries.WithLabelValues(retry).Inc()
 		}
 		serr, err := c.attempt(ctx, req, body)
-		if err == nil && serr == nil {
-			if c.authFailing.CompareAndSwap(true, false) {
-				c.m.AuthFailing.Set(0)
-				c.log.Info("the API accepts the credentials again; sending resumed")
-			}
-			s.bo.Reset()
+		if serr == nil && err == nil {
+			s.accepted(req, attempt)
 			return nil
 		}
-		var delay time.Duration
-		var reason string
-		switch {
-		case err != nil:
-			reason, delay = "network", s.bo.NextBackOff()
-			if errors.Is(err, context.DeadlineExceeded) {
-				reason = "timeout"
+
+		var (
+			delay  time.Duration
+			status int
+			key    string
+			cause  error
+			pause  bool // a 429: pause the Limiter rather than sleep
+		)
+		if err != nil {
+			cause, key = err, err.Error()
+			retry = "network"
+			if isTimeout(err) {
+				retry = "timeout"
 			}
-		case serr.Code == http.StatusTooManyRequests:
-			reason = "rate_limited"
-			delay = serr.RetryAfter
-			if delay <= 0 {
-				delay = s.bo.NextBackOff()
-			}
-			if c.cfg.Limiter != nil {
-				c.cfg.Limiter.PauseUntil(time.Now().Add(delay))
-				delay = 0 // the permit waits out the pause
-			}
-		case serr.Code == http.StatusRequestTimeout || serr.Code >= 500:
-			reason, delay = "server_error", s.bo.NextBackOff()
-		case serr.Code == http.StatusRequestEntityTooLarge:
-			c.m.Retries.WithLabelValues("too_large").Inc()
-			if len(req.UIDs) == 1 {
-				s.rejectAll(req.UIDs, serr.Error())
-				return nil
-			}
-			return s.deliverParts(ctx, req)
-		case serr.Code == 401 || serr.Code == 403 || serr.Code == 415 || serr.Code == 404 || serr.Code == 405:
-			reason, delay = "auth", c.cfg.AuthRetryInterval
-			if c.authFailing.CompareAndSwap(false, true) {
-				c.m.AuthFailing.Set(1)
-			}
-			msg := "the API rejects the credentials; sending stopped, nothing is dropped or committed"
-			if serr.Code == 415 {
-				msg = "the API rejects the request's content type: a bug in the worker; sending stopped"
-			} else if serr.Code == 404 || serr.Code == 405 {
-				msg = "the API endpoint was not found: check MOENGAGE_BASE_URL / MOENGAGE_DC; sending stopped"
-			}
-			if serr.Error() != s.lastErr {
-				log.Error(msg, "err", serr, "status", serr.Code, "retry_in", delay)
-			}
-		default: // other 4xx: the request is invalid
-			c.m.Retries.WithLabelValues("invalid").Inc()
-			if envelopeAttrs[serr.Attribute] || len(req.UIDs) == 1 {
-				log.Warn("the API rejected the batch; dead-lettering its members", "err", serr, "status", serr.Code)
-				s.rejectAll(req.UIDs, serr.Error())
-				return nil
-			}
-			return s.deliverParts(ctx, req)
-		}
-		cause := err
-		if cause == nil {
-			cause = serr
-		}
-		if c.cfg.MaxElapsed > 0 && time.Since(s.start)+delay > c.cfg.MaxElapsed {
-			return fmt.Errorf("%w after %d attempts: %w", ErrGaveUp, attempt, cause)
-		}
-		c.m.Retries.WithLabelValues(reason).Inc()
-		if cause.Error() != s.lastErr {
-			s.lastErr = cause.Error()
-			if reason != "auth" {
-				log.Warn("request failed; retrying", "err", cause, "reason", reason, "attempt", attempt, "delay", delay)
+			delay = s.bo.NextBackOff()
+		} else {
+			cause, key, status = serr, serr.dedupeKey(), serr.Code
+			switch code := serr.Code; {
+			case code == http.StatusTooManyRequests:
+				retry, pause = "rate_limited", true
+				delay = serr.RetryAfter
+				if delay <= 0 {
+					delay = s.bo.NextBackOff()
+				}
+			case code == http.StatusRequestTimeout || code >= 500:
+				retry = "server_error"
+				if code == http.StatusRequestTimeout {
+					retry = "timeout"
+				}
+				delay = max(s.bo.NextBackOff(), serr.RetryAfter)
+			case isConfigError(serr):
+				retry, delay = "auth", c.cfg.AuthRetryInterval
+				if c.setAuthFailing(true) || key != s.lastKey {
+					s.lastKey = key
+					s.log().Error(configMessage(serr), "err", serr, "status", code, "attempt", attempt,
+						"delay", delay, "members", len(req.UIDs))
+				}
+			case code == http.StatusRequestEntityTooLarge:
+				if len(req.UIDs) == 1 {
+					reason := serr.summary() + " (too large even for this member alone)"
+					s.log().Warn("member rejected by the API: too large", "err", serr, "status", code, "members", 1)
+					s.reject(req.UIDs, reason)
+					return nil
+				}
+				s.log().Debug("payload too large; splitting", "err", serr, "status", code, "members", len(req.UIDs))
+				return s.deliverHalves(ctx, req, "too_large")
+			default: // another 4xx: the request is invalid
+				if envelopeAttrs[serr.Attribute] || len(req.UIDs) == 1 {
+					s.log().Warn("the API rejected the request; its members are rejected", "err", serr,
+						"status", code, "attempt", attempt, "members", len(req.UIDs))
+					s.reject(req.UIDs, serr.summary())
+					return nil
+				}
+				s.log().Debug("the API rejected the request; splitting to isolate the members at fault",
+					"err", serr, "status", code, "members", len(req.UIDs))
+				return s.deliverHalves(ctx, req, "invalid")
 			}
 		}
-		if err := sleep(ctx, delay); err != nil {
-			return fmt.Errorf("sink: stopped retrying cohort %s: %w", req.CohortID, err)
+		last = cause
+
+		if retry != "auth" && c.cfg.MaxElapsed > 0 && time.Since(s.since)+delay > c.cfg.MaxElapsed {
+			s.log().Error("giving up: no progress within MaxElapsed", "err", cause, "status", status,
+				"attempt", attempt, "members", len(req.UIDs), "max_elapsed", c.cfg.MaxElapsed)
+			return fmt.Errorf("%w: cohort %s %s, %d members, after %d attempts: %w",
+				ErrGaveUp, req.CohortID, req.Action, len(req.UIDs), attempt, cause)
+		}
+		if retry != "auth" && key != s.lastKey {
+			s.lastKey = key
+			s.log().Warn("cohortsync request failed; retrying", "err", cause, "status", status, "reason", retry,
+				"attempt", attempt, "delay", delay, "members", len(req.UIDs))
+		}
+		if err := s.wait(ctx, delay, pause); err != nil {
+			return s.stopped(req, attempt, err, last)
+		}
+		if retry == "auth" {
+			s.since = time.Now() // an auth outage does not count toward MaxElapsed
 		}
 	}
 }
 
-// permit takes a rate-limit permit, except for the very first attempt.
-func (s *send) permit(ctx context.Context) error {
+// accepted records a 2xx for req.
+func (s *sender) accepted(req wire.Request, attempt int) {
+	s.progress()
+	if s.c.setAuthFailing(false) {
+		s.log().Info("the API accepts the credentials again; sending resumed", "attempt", attempt)
+	}
+	if s.lastKey != "" {
+		s.lastKey = ""
+		s.log().Info("cohortsync request succeeded after retrying", "attempt", attempt, "members", len(req.UIDs))
+	}
+}
+
+// permit takes a rate-limit permit, except for the caller's first attempt.
+// It fails once ctx has ended, even without a Limiter: no new attempt starts
+// after cancellation.
+func (s *sender) permit(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	if s.first {
 		s.first = false
 		return nil
 	}
-	if s.c.cfg.Limiter == nil {
+	lim := s.c.cfg.Limiter
+	if lim == nil {
 		return nil
 	}
 	start := time.Now()
-	err := s.c.cfg.Limiter.Wait(ctx)
+	err := lim.Wait(ctx)
 	s.c.m.RateLimitWait.Add(time.Since(start).Seconds())
-	if err != nil {
-		return fmt.Errorf("sink: waiting for a rate-limit permit: %w", err)
-	}
-	return nil
+	return err
 }
 
+// wait spends the delay before the next attempt. A 429's delay pauses the
+// shared Limiter (the next permit then waits it out); without a Limiter it
+// is slept here, and counted as rate-limit wait.
+func (s *sender) wait(ctx context.Context, d time.Duration, pause bool) error {
+	if pause {
+		if lim := s.c.cfg.Limiter; lim != nil {
+			lim.PauseUntil(time.Now().Add(d))
+			return ctx.Err()
+		}
+		start := time.Now()
+		defer func() { s.c.m.RateLimitWait.Add(time.Since(start).Seconds()) }()
+	}
+	return sleep(ctx, d)
+}
+
+// stopped is the error for a Send ended by ctx: it wraps ctx's error and the
+// last failure.
+func (s *sender) stopped(req wire.Request, attempts int, err, last error) error {
+	if last == nil {
+		return fmt.Errorf("sink: send cohort %s %s, %d members: stopped after %d attempts: %w",
+			req.CohortID, req.Action, len(req.UIDs), attempts, err)
+	}
+	return fmt.Errorf("sink: send cohort %s %s, %d members: stopped after %d attempts: %w (last failure: %w)",
+		req.CohortID, req.Action, len(req.UIDs), attempts, err, last)
+}
+
+// sleep waits d, or until ctx ends.
 func sleep(ctx context.Context, d time.Duration) error {
 	if d <= 0 {
 		return ctx.Err()
@@ -337,80 +547,31 @@ func sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// attempt makes one HTTP request. It returns a *StatusError for a non-2xx
-// answer and an error when there was no answer.
-func (c *Client) attempt(ctx context.Context, req wire.Request, body []byte) (*StatusError, error) {
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.AttemptTimeout)
-	defer cancel()
-	hreq, err := http.NewRequestWithContext(actx, http.MethodPost, c.url, bytes.NewReader(body))
-	if err != nil {
-		return nil, fmt.Errorf("sink: build request: %w", err)
+// isConfigError reports whether an answer means that the credentials or the
+// configuration are wrong, so that no request can succeed until an operator
+// acts: retried slowly, forever; never a rejection.
+func isConfigError(e *StatusError) bool {
+	switch {
+	case e.Code == http.StatusUnauthorized, e.Code == http.StatusForbidden,
+		e.Code == http.StatusUnsupportedMediaType, e.Code == http.StatusNotFound,
+		e.Code == http.StatusMethodNotAllowed:
+		return true
+	case e.Code >= 300 && e.Code < 400:
+		return true
+	case e.Code >= 400 && e.Code < 500 && authTypes[e.Type]:
+		return true
 	}
-	h := hreq.Header
-	h.Set("Content-Type", "application/json")
-	h.Set("Authorization", c.auth)
-	h.Set("MOE-APPKEY", c.cfg.WorkspaceID)
-	h.Set("User-Agent", c.cfg.UserAgent)
-	if c.cfg.ReplicaID != "" {
-		h.Set("X-Cohortsync-Replica", c.cfg.ReplicaID)
-	}
-	start := time.Now()
-	resp, err := c.cfg.HTTPClient.Do(hreq)
-	c.m.RequestDuration.Observe(time.Since(start).Seconds())
-	if err != nil {
-		c.m.Requests.WithLabelValues(string(req.Action), "0").Inc()
-		var uerr *url.Error
-		if errors.As(err, &uerr) {
-			err = uerr.Err // the URL is safe, but keep errors short
-		}
-		var nerr net.Error
-		if errors.As(err, &nerr) && nerr.Timeout() {
-			return nil, fmt.Errorf("sink: POST %s: %w", Path, context.DeadlineExceeded)
-		}
-		return nil, fmt.Errorf("sink: POST %s: %w", Path, err)
-	}
-	defer resp.Body.Close()
-	c.m.Requests.WithLabelValues(string(req.Action), metrics.Code(resp.StatusCode)).Inc()
-	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	_, _ = io.CopyN(io.Discard, resp.Body, 64<<10) // drain so the connection is reused
-	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
-		return nil, nil
-	}
-	serr := &StatusError{Code: resp.StatusCode, RetryAfter: retryAfter(resp.Header, time.Now())}
-	var env struct {
-		Error struct {
-			Attribute string `json:"attribute"`
-			Message   string `json:"message"`
-			Type      string `json:"type"`
-			RequestID string `json:"request_id"`
-		} `json:"error"`
-	}
-	if json.Unmarshal(raw, &env) == nil {
-		serr.Type, serr.Message = env.Error.Type, env.Error.Message
-		serr.Attribute, serr.RequestID = env.Error.Attribute, env.Error.RequestID
-	}
-	return serr, nil
+	return false
 }
 
-// retryAfter reads the server's requested delay: Retry-After (seconds or an
-// HTTP date), else x-ratelimit-reset (a value below 1e9 is seconds from now,
-// a larger one UTC epoch seconds). It returns 0 when neither is usable.
-func retryAfter(h http.Header, now time.Time) time.Duration {
-	if v := strings.TrimSpace(h.Get("Retry-After")); v != "" {
-		if n, err := strconv.ParseFloat(v, 64); err == nil && n >= 0 {
-			return time.Duration(n * float64(time.Second))
-		}
-		if t, err := http.ParseTime(v); err == nil {
-			return max(t.Sub(now), 0)
-		}
+// configMessage is the loud log line for a configuration error.
+func configMessage(e *StatusError) string {
+	switch {
+	case e.Code == http.StatusUnsupportedMediaType:
+		return "the API rejects the request's content type: this is a bug in the worker; sending is stopped, nothing is dropped or committed"
+	case e.Code == http.StatusNotFound || e.Code == http.StatusMethodNotAllowed || e.Code >= 300 && e.Code < 400:
+		return "the API endpoint is wrong: check MOENGAGE_BASE_URL / MOENGAGE_DC; sending is stopped, nothing is dropped or committed"
+	default:
+		return "the API rejects the credentials (workspace ID and data API key) or the account is suspended; sending is stopped, nothing is dropped or committed"
 	}
-	if v := strings.TrimSpace(h.Get("x-ratelimit-reset")); v != "" {
-		if n, err := strconv.ParseFloat(v, 64); err == nil && n >= 0 {
-			if n < 1e9 {
-				return time.Duration(n * float64(time.Second))
-			}
-			return max(time.Unix(int64(n), 0).Sub(now), 0)
-		}
-	}
-	return 0
 }

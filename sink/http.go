@@ -1,0 +1,149 @@
+package sink
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/cohortsync/cohortsync-worker/internal/metrics"
+	"github.com/cohortsync/cohortsync-worker/internal/wire"
+)
+
+const (
+	// readLimit bounds how much of a response body is parsed, and then
+	// how much more is drained so that the connection can be reused. A
+	// larger body costs the connection, never memory.
+	readLimit = 64 << 10
+	// maxField bounds each string taken from an error envelope.
+	maxField = 512
+	// redacted replaces the API key wherever the server echoes it.
+	redacted = "[REDACTED]"
+)
+
+// Header values, built once; never modified after.
+var (
+	hvJSON = []string{"application/json"}
+)
+
+// noRedirect makes an http.Client return a 3xx as the answer. A 3xx on this
+// POST means a wrong base URL; following it would turn the POST into a GET
+// (301/302/303) or send the credentials on to another host.
+func noRedirect(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+
+// defaultHTTPClient is a pooled client without an overall timeout (every
+// attempt has its own).
+func defaultHTTPClient() *http.Client {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConns = 100
+	t.MaxIdleConnsPerHost = 32
+	t.IdleConnTimeout = 90 * time.Second
+	return &http.Client{Transport: t, CheckRedirect: noRedirect}
+}
+
+// attempt makes one HTTP request with body. It returns (nil, nil) for a 2xx,
+// a *StatusError for another answer, and an error when there was no answer
+// (connection error, attempt timeout).
+//
+// The request runs under context.WithoutCancel(ctx) and AttemptTimeout:
+// cancelling ctx does not abort it (see Send).
+func (c *Client) attempt(ctx context.Context, req wire.Request, body []byte) (*StatusError, error) {
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.AttemptTimeout)
+	defer cancel()
+	hreq, err := http.NewRequestWithContext(actx, http.MethodPost, c.url, bytes.NewReader(body))
+	if err != nil {
+		return nil, fmt.Errorf("sink: build request: %w", err)
+	}
+	h := hreq.Header
+	h["Content-Type"] = hvJSON
+	h["Authorization"] = c.hvAuth
+	h["Moe-Appkey"] = c.hvAppKey
+	h["User-Agent"] = c.hvUserAgent
+	if c.hvReplica != nil {
+		h["X-Cohortsync-Replica"] = c.hvReplica
+	}
+
+	start := time.Now()
+	resp, err := c.cfg.HTTPClient.Do(hreq)
+	if err != nil {
+		c.m.RequestDuration.Observe(time.Since(start).Seconds())
+		c.m.Requests.WithLabelValues(string(req.Action), "0").Inc()
+		return nil, fmt.Errorf("sink: %w", err) // *url.Error: names the URL, which holds no secret
+	}
+	raw, _ := io.ReadAll(io.LimitReader(resp.Body, readLimit))
+	_, _ = io.CopyN(io.Discard, resp.Body, readLimit) // drain, so the connection is reused
+	resp.Body.Close()
+	c.m.RequestDuration.Observe(time.Since(start).Seconds())
+	c.m.Requests.WithLabelValues(string(req.Action), metrics.Code(resp.StatusCode)).Inc()
+	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		return nil, nil // any body, any extra fields: accepted
+	}
+	serr := &StatusError{Code: resp.StatusCode, RetryAfter: RetryAfter(resp.Header, time.Now())}
+	c.parseEnvelope(serr, raw)
+	return serr, nil
+}
+
+// parseEnvelope fills serr from the error envelope in raw, if it is one.
+// It tolerates a string "error" and unknown fields.
+func (c *Client) parseEnvelope(serr *StatusError, raw []byte) {
+	var env struct {
+		Error json.RawMessage `json:"error"`
+	}
+	if json.Unmarshal(raw, &env) != nil || len(env.Error) == 0 {
+		return
+	}
+	var det struct {
+		Attribute string `json:"attribute"`
+		Message   string `json:"message"`
+		Type      string `json:"type"`
+		RequestID string `json:"request_id"`
+	}
+	if json.Unmarshal(env.Error, &det) != nil {
+		var s string
+		if json.Unmarshal(env.Error, &s) != nil {
+			return
+		}
+		det.Message = s
+	}
+	serr.Type = c.clean(det.Type)
+	serr.Message = c.clean(det.Message)
+	serr.Attribute = c.clean(det.Attribute)
+	serr.RequestID = c.clean(det.RequestID)
+}
+
+// clean truncates a server-sent string and removes the credentials from it,
+// should the server echo them.
+func (c *Client) clean(s string) string {
+	s = c.scrub(s) // first too: truncating could cut a key and leave its start
+	if len(s) > maxField {
+		s = strings.ToValidUTF8(s[:maxField], "") + "…"
+	}
+	if !utf8.ValidString(s) {
+		s = strings.ToValidUTF8(s, "\uFFFD")
+	}
+	return c.scrub(s)
+}
+
+// scrub replaces every occurrence of the API key (and of the encoded
+// Basic credentials) in s.
+func (c *Client) scrub(s string) string {
+	for _, secret := range c.secrets {
+		if secret != "" && strings.Contains(s, secret) {
+			s = strings.ReplaceAll(s, secret, redacted)
+		}
+	}
+	return s
+}
+
+// isTimeout reports whether a transport error is an attempt timeout.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
+}
