@@ -202,10 +202,7 @@ func TestAPIFaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	stop := p.background(t, g, 200)
-	time.Sleep(8 * time.Second)
-	if r := w.metric("cohortsync_retries_total"); r < 5 {
-		t.Fatalf("retries_total %v after the 5xx burst: the faults were not exercised", r)
-	}
+	waitFor(t, time.Minute, "retries during the 5xx burst", func() bool { return w.metric("cohortsync_retries_total") >= 5 })
 	if err := a.SetFaults(emulator.Faults{Force429: 3}); err != nil {
 		t.Fatal(err)
 	}
