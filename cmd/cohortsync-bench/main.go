@@ -46,6 +46,7 @@ import (
 	"github.com/cohortsync/cohortsync-worker/internal/config"
 	"github.com/cohortsync/cohortsync-worker/internal/emulator"
 	"github.com/cohortsync/cohortsync-worker/internal/event"
+	"github.com/cohortsync/cohortsync-worker/internal/kafkaadmin"
 	"github.com/cohortsync/cohortsync-worker/internal/localkafka"
 )
 
@@ -181,7 +182,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	topic := fmt.Sprintf("bench-%d", time.Now().Unix())
 	if phase("a") || phase("b") {
-		if err := createTopics(ctx, brokers, o.partitions, topic, topic+".dlq"); err != nil {
+		if err := kafkaadmin.CreateTopics(ctx, brokers, o.partitions, topic, topic+".dlq"); err != nil {
 			return err
 		}
 		start := time.Now()
@@ -282,25 +283,6 @@ func kafkaCluster(ctx context.Context, log *slog.Logger) ([]string, string, func
 	return []string{b.Addr()}, b.Version(), func() { _ = b.Stop() }, nil
 }
 
-func createTopics(ctx context.Context, brokers []string, partitions int, topics ...string) error {
-	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 30 * time.Second}
-	req := &kafka.CreateTopicsRequest{}
-	for _, t := range topics {
-		req.Topics = append(req.Topics, kafka.TopicConfig{Topic: t, NumPartitions: partitions, ReplicationFactor: 1})
-	}
-	res, err := client.CreateTopics(ctx, req)
-	if err != nil {
-		return err
-	}
-	for t, err := range res.Errors {
-		if err != nil {
-			return fmt.Errorf("create %s: %w", t, err)
-		}
-	}
-	time.Sleep(time.Second) // leaders settle
-	return nil
-}
-
 // uid returns a 10-character uid.
 func uid(rng *rand.Rand) string {
 	const letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
@@ -358,14 +340,14 @@ func produce(ctx context.Context, brokers []string, topic string, n, cohorts int
 // bareReader reads every record of topic with one kafka-go Reader per
 // partition (as the worker does) and nothing else.
 func bareReader(ctx context.Context, brokers []string, topic string, want int) (*throughput, error) {
-	parts, err := partitions(ctx, brokers, topic)
+	parts, err := kafkaadmin.Partitions(ctx, brokers, topic)
 	if err != nil {
 		return nil, err
 	}
 	var total atomic.Int64
 	start := time.Now()
 	var wg sync.WaitGroup
-	ends, err := endOffsets(ctx, brokers, topic, parts)
+	ends, err := kafkaadmin.EndOffsets(ctx, brokers, topic, parts)
 	if err != nil {
 		return nil, err
 	}
@@ -395,57 +377,6 @@ func bareReader(ctx context.Context, brokers []string, topic string, want int) (
 		return nil, fmt.Errorf("bare reader read %d of %d", n, want)
 	}
 	return &throughput{Events: n, Seconds: secs, PerSec: float64(n) / secs}, nil
-}
-
-func partitions(ctx context.Context, brokers []string, topic string) ([]int, error) {
-	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
-	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
-	if err != nil {
-		return nil, err
-	}
-	var out []int
-	for _, p := range md.Topics[0].Partitions {
-		out = append(out, p.ID)
-	}
-	return out, nil
-}
-
-func endOffsets(ctx context.Context, brokers []string, topic string, parts []int) (map[int]int64, error) {
-	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
-	var reqs []kafka.OffsetRequest
-	for _, p := range parts {
-		reqs = append(reqs, kafka.LastOffsetOf(p))
-	}
-	lo, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: reqs}})
-	if err != nil {
-		return nil, err
-	}
-	out := map[int]int64{}
-	for _, po := range lo.Topics[topic] {
-		out[po.Partition] = po.LastOffset
-	}
-	return out, nil
-}
-
-func groupLag(ctx context.Context, brokers []string, topic, group string) (int64, error) {
-	parts, err := partitions(ctx, brokers, topic)
-	if err != nil {
-		return -1, err
-	}
-	ends, err := endOffsets(ctx, brokers, topic, parts)
-	if err != nil {
-		return -1, err
-	}
-	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
-	of, err := client.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{topic: parts}})
-	if err != nil {
-		return -1, err
-	}
-	var lag int64
-	for _, po := range of.Topics[topic] {
-		lag += max(ends[po.Partition]-max(po.CommittedOffset, 0), 0)
-	}
-	return lag, nil
 }
 
 // api runs an in-process emulator.
@@ -532,7 +463,7 @@ func waitLag(ctx context.Context, brokers []string, topic, group string, done <-
 			return fmt.Errorf("worker stopped: %v", err)
 		case <-time.After(100 * time.Millisecond):
 		}
-		if lag, err := groupLag(ctx, brokers, topic, group); err == nil && lag == 0 {
+		if lag, err := kafkaadmin.GroupLag(ctx, brokers, topic, group); err == nil && lag == 0 {
 			return nil
 		}
 	}
@@ -608,7 +539,7 @@ func workerUnlimited(ctx context.Context, brokers []string, topic string, o opti
 // o.rateRun and measures the requests the emulator saw.
 func rateLimited(ctx context.Context, brokers []string, o options, replicas int, log *slog.Logger, say func(string, ...any)) (*rateResult, error) {
 	topic := fmt.Sprintf("bench-rate%d-%d", replicas, time.Now().Unix())
-	if err := createTopics(ctx, brokers, o.partitions, topic, topic+".dlq"); err != nil {
+	if err := kafkaadmin.CreateTopics(ctx, brokers, o.partitions, topic, topic+".dlq"); err != nil {
 		return nil, err
 	}
 	if err := produce(ctx, brokers, topic, o.backlog, o.backlogCoh, uint64(replicas)+10); err != nil {
@@ -684,7 +615,7 @@ func rateLimited(ctx context.Context, brokers []string, o options, replicas int,
 // that MAX_PENDING_MEMBERS members end up pending, and reads its peak RSS.
 func peakRSS(ctx context.Context, brokers []string, o options, memLimit string, say func(string, ...any)) (*rssResult, error) {
 	topic := fmt.Sprintf("bench-rss-%d", time.Now().Unix())
-	if err := createTopics(ctx, brokers, o.partitions, topic, topic+".dlq"); err != nil {
+	if err := kafkaadmin.CreateTopics(ctx, brokers, o.partitions, topic, topic+".dlq"); err != nil {
 		return nil, err
 	}
 	if err := produce(ctx, brokers, topic, o.pending+o.pending/10, o.cohorts, 77); err != nil {
@@ -769,7 +700,7 @@ func scrape(url, name string) float64 {
 // each, the time from produce to the emulator's acceptance.
 func latency(ctx context.Context, brokers []string, o options, log *slog.Logger) (*latencyResult, error) {
 	topic := fmt.Sprintf("bench-latency-%d", time.Now().Unix())
-	if err := createTopics(ctx, brokers, o.partitions, topic, topic+".dlq"); err != nil {
+	if err := kafkaadmin.CreateTopics(ctx, brokers, o.partitions, topic, topic+".dlq"); err != nil {
 		return nil, err
 	}
 	a, err := startAPI(300, emulator.Faults{})

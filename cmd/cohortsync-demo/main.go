@@ -35,6 +35,7 @@ import (
 	"github.com/cohortsync/cohortsync-worker/internal/config"
 	"github.com/cohortsync/cohortsync-worker/internal/emulator"
 	"github.com/cohortsync/cohortsync-worker/internal/event"
+	"github.com/cohortsync/cohortsync-worker/internal/kafkaadmin"
 	"github.com/cohortsync/cohortsync-worker/internal/localkafka"
 )
 
@@ -173,7 +174,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 func startKafka(ctx context.Context, o options, log *slog.Logger, topics ...string) ([]string, func(), string, error) {
 	if env := os.Getenv("KAFKA_BROKERS"); env != "" {
 		brokers := strings.Split(env, ",")
-		if err := createTopics(ctx, brokers, o.partitions, topics...); err != nil {
+		if err := kafkaadmin.CreateTopics(ctx, brokers, o.partitions, topics...); err != nil {
 			return nil, nil, "", err
 		}
 		return brokers, func() {}, "the cluster named by KAFKA_BROKERS", nil
@@ -196,24 +197,6 @@ func startKafka(ctx context.Context, o options, log *slog.Logger, topics ...stri
 		return nil, nil, "", err
 	}
 	return c.ListenAddrs(), c.Close, "in-process (kfake)", nil
-}
-
-func createTopics(ctx context.Context, brokers []string, partitions int, topics ...string) error {
-	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
-	req := &kafka.CreateTopicsRequest{}
-	for _, t := range topics {
-		req.Topics = append(req.Topics, kafka.TopicConfig{Topic: t, NumPartitions: partitions, ReplicationFactor: 1})
-	}
-	res, err := client.CreateTopics(ctx, req)
-	if err != nil {
-		return err
-	}
-	for t, err := range res.Errors {
-		if err != nil && !errors.Is(err, kafka.TopicAlreadyExists) {
-			return fmt.Errorf("create topic %s: %w", t, err)
-		}
-	}
-	return nil
 }
 
 type cohortKey struct{ partner, id string }
@@ -280,7 +263,6 @@ func produce(ctx context.Context, brokers []string, topic string, o options) (ma
 // waitNoLag polls until the group's committed offsets reach the end of every
 // partition of topic.
 func waitNoLag(ctx context.Context, brokers []string, topic, group string, done <-chan error) error {
-	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
 	for {
@@ -291,45 +273,11 @@ func waitNoLag(ctx context.Context, brokers []string, topic, group string, done 
 			return fmt.Errorf("the worker stopped early: %v", err)
 		case <-t.C:
 		}
-		lag, err := groupLag(ctx, client, topic, group)
+		lag, err := kafkaadmin.GroupLag(ctx, brokers, topic, group)
 		if err == nil && lag == 0 {
 			return nil
 		}
 	}
-}
-
-func groupLag(ctx context.Context, client *kafka.Client, topic, group string) (int64, error) {
-	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
-	if err != nil || len(md.Topics) == 0 {
-		return -1, fmt.Errorf("metadata: %v", err)
-	}
-	var parts []int
-	var reqs []kafka.OffsetRequest
-	for _, p := range md.Topics[0].Partitions {
-		parts = append(parts, p.ID)
-		reqs = append(reqs, kafka.LastOffsetOf(p.ID))
-	}
-	ends, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: reqs}})
-	if err != nil {
-		return -1, err
-	}
-	committed, err := client.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{topic: parts}})
-	if err != nil {
-		return -1, err
-	}
-	end := map[int]int64{}
-	for _, po := range ends.Topics[topic] {
-		end[po.Partition] = po.LastOffset
-	}
-	var lag int64
-	for _, po := range committed.Topics[topic] {
-		c := po.CommittedOffset
-		if c < 0 {
-			c = 0
-		}
-		lag += max(end[po.Partition]-c, 0)
-	}
-	return lag, nil
 }
 
 func report(ctx context.Context, w io.Writer, reg *prometheus.Registry, emu *emulator.Emulator, baseURL, workspace string,
