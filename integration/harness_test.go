@@ -652,10 +652,17 @@ func waitNoLag(t *testing.T, topic, group string, timeout time.Duration) {
 	_ = last
 }
 
-// readTopic reads every record of a single-partition topic present now.
+// readTopic reads want records of a single-partition topic (and any one
+// more that arrives within a second).
 func readTopic(t *testing.T, topic string, want int, timeout time.Duration) []kafka.Message {
 	t.Helper()
-	r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{brokerAddr}, Topic: topic, Partition: 0,
+	return readTopicAt(t, brokerAddr, topic, want, timeout)
+}
+
+// readTopicAt is readTopic on the broker at addr.
+func readTopicAt(t *testing.T, addr, topic string, want int, timeout time.Duration) []kafka.Message {
+	t.Helper()
+	r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{addr}, Topic: topic, Partition: 0,
 		MinBytes: 1, MaxBytes: 10 << 20, MaxWait: 200 * time.Millisecond})
 	defer r.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)

@@ -516,23 +516,5 @@ func (sb *secBroker) waitNoLag(t *testing.T, topic, group string, timeout time.D
 // readTopic reads a single-partition topic over the PLAINTEXT listener.
 func (sb *secBroker) readTopic(t *testing.T, topic string, want int, timeout time.Duration) []kafka.Message {
 	t.Helper()
-	r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{sb.admin}, Topic: topic, Partition: 0,
-		MinBytes: 1, MaxBytes: 10 << 20, MaxWait: 200 * time.Millisecond})
-	defer r.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	var out []kafka.Message
-	for len(out) < want {
-		m, err := r.ReadMessage(ctx)
-		if err != nil {
-			t.Fatalf("reading %s: got %d of %d records: %v", topic, len(out), want, err)
-		}
-		out = append(out, m)
-	}
-	ctx2, cancel2 := context.WithTimeout(context.Background(), time.Second)
-	defer cancel2()
-	if m, err := r.ReadMessage(ctx2); err == nil {
-		out = append(out, m)
-	}
-	return out
+	return readTopicAt(t, sb.admin, topic, want, timeout)
 }
