@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -133,14 +134,15 @@ func Run(ctx context.Context, opts Options) error {
 		DLQ:            dlq,
 		DrainTimeout:   drain,
 		OnAssign: func(assigned []consumer.TopicPartition, total int) {
-			rpm := cfg.RateLimitRPM
-			if total > 0 {
-				rpm = cfg.RateLimitRPM * float64(len(assigned)) / float64(total)
-			}
-			if cfg.RateLimitRPM > 0 && rpm == 0 {
-				rpm = cfg.RateLimitRPM / 1e6 // nothing assigned: nothing to send
-			}
+			rpm := share(cfg.RateLimitRPM, len(assigned), total)
 			limiter.SetRPM(rpm)
+			if rpm > 0 {
+				// Every replica starts its new share two of its intervals
+				// late: the permits the old shares granted just before the
+				// rebalance then cannot push the fleet over the budget in
+				// any 60-second window.
+				limiter.PauseUntil(time.Now().Add(2 * sink.Spacing(rpm)))
+			}
 			m.RateLimitRPM.Set(rpm)
 			log.Info("rate-limit share", "requests_per_minute", rpm, "assigned", len(assigned), "partitions", total)
 		},
@@ -285,4 +287,24 @@ func kafkaSecurity(cfg config.Config) (*kafka.Dialer, *kafka.Transport, error) {
 		transport.SASL = mech
 	}
 	return dialer, transport, nil
+}
+
+// share is this replica's part of the fleet-wide budget of rpm requests per
+// minute: rpm × assigned/total, rounded down to whole requests so that the
+// shares never add up to more than the budget and no 60-second window holds
+// more than a replica's share. A share below one request per minute is kept
+// as it is (rounding it down would stop the replica); with nothing assigned
+// it is a token rate (nothing is sent anyway). rpm <= 0 means unlimited.
+func share(rpm float64, assigned, total int) float64 {
+	if rpm <= 0 || total <= 0 {
+		return rpm
+	}
+	if assigned == 0 {
+		return rpm / 1e6
+	}
+	s := rpm * float64(assigned) / float64(total)
+	if s >= 1 {
+		return math.Floor(s)
+	}
+	return s
 }
