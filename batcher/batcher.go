@@ -578,6 +578,7 @@ func (b *Batcher) Revoke(ctx context.Context) error {
 	b.cancel()
 	b.sendCtx, b.cancel = context.WithCancel(context.Background())
 	b.flushAll = false
+	b.permit = false // a permit taken under the old share must not bypass the new one
 	idle := b.idle
 	busy := b.inFlight > 0
 	b.mu.Unlock()
