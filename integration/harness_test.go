@@ -608,12 +608,16 @@ func groupLag(ctx context.Context, topic, group string) (int64, error) {
 // offsets returns the end offset and the committed offset (-1: none) of
 // every partition of topic.
 func offsets(ctx context.Context, topic, group string) (ends, committed map[int]int64, err error) {
-	client := &kafka.Client{Addr: kafka.TCP(brokerAddr), Timeout: 10 * time.Second}
+	return offsetsVia(ctx, &kafka.Client{Addr: kafka.TCP(brokerAddr), Timeout: 10 * time.Second}, topic, group)
+}
+
+// offsetsVia is offsets through client.
+func offsetsVia(ctx context.Context, client *kafka.Client, topic, group string) (ends, committed map[int]int64, err error) {
 	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
 	if err != nil {
 		return nil, nil, err
 	}
-	if len(md.Topics) != 1 {
+	if len(md.Topics) != 1 || md.Topics[0].Error != nil {
 		return nil, nil, errors.New("no such topic")
 	}
 	var parts []int
@@ -632,9 +636,15 @@ func offsets(ctx context.Context, topic, group string) (ends, committed map[int]
 	}
 	ends, committed = map[int]int64{}, map[int]int64{}
 	for _, po := range lo.Topics[topic] {
+		if po.Error != nil {
+			return nil, nil, po.Error
+		}
 		ends[po.Partition] = po.LastOffset
 	}
 	for _, po := range of.Topics[topic] {
+		if po.Error != nil {
+			return nil, nil, po.Error
+		}
 		committed[po.Partition] = po.CommittedOffset
 	}
 	return ends, committed, nil
@@ -642,14 +652,10 @@ func offsets(ctx context.Context, topic, group string) (ends, committed map[int]
 
 func waitNoLag(t *testing.T, topic, group string, timeout time.Duration) {
 	t.Helper()
-	ctx := context.Background()
-	var last int64
 	waitFor(t, timeout, "zero group lag", func() bool {
-		lag, err := groupLag(ctx, topic, group)
-		last = lag
+		lag, err := groupLag(context.Background(), topic, group)
 		return err == nil && lag == 0
 	})
-	_ = last
 }
 
 // readTopic reads want records of a single-partition topic (and any one

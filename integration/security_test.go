@@ -8,7 +8,6 @@ import (
 	"crypto/sha512"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"hash"
 	"log/slog"
@@ -445,42 +444,7 @@ func (sb *secBroker) checkNoSecret(t *testing.T, w *worker) {
 func (sb *secBroker) offsets(ctx context.Context, topic, group string) (ends, committed map[int]int64, err error) {
 	tr := &kafka.Transport{DialTimeout: 5 * time.Second} // fresh metadata, see producer
 	defer tr.CloseIdleConnections()
-	client := &kafka.Client{Addr: kafka.TCP(sb.admin), Transport: tr, Timeout: 10 * time.Second}
-	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
-	if err != nil {
-		return nil, nil, err
-	}
-	if len(md.Topics) != 1 || md.Topics[0].Error != nil {
-		return nil, nil, errors.New("no such topic")
-	}
-	var parts []int
-	var reqs []kafka.OffsetRequest
-	for _, p := range md.Topics[0].Partitions {
-		parts = append(parts, p.ID)
-		reqs = append(reqs, kafka.LastOffsetOf(p.ID))
-	}
-	lo, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: reqs}})
-	if err != nil {
-		return nil, nil, err
-	}
-	of, err := client.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{topic: parts}})
-	if err != nil {
-		return nil, nil, err
-	}
-	ends, committed = map[int]int64{}, map[int]int64{}
-	for _, po := range lo.Topics[topic] {
-		if po.Error != nil {
-			return nil, nil, po.Error
-		}
-		ends[po.Partition] = po.LastOffset
-	}
-	for _, po := range of.Topics[topic] {
-		if po.Error != nil {
-			return nil, nil, po.Error
-		}
-		committed[po.Partition] = po.CommittedOffset
-	}
-	return ends, committed, nil
+	return offsetsVia(ctx, &kafka.Client{Addr: kafka.TCP(sb.admin), Transport: tr, Timeout: 10 * time.Second}, topic, group)
 }
 
 // waitNoLag waits until the group has committed the end of every partition.
