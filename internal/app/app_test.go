@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -201,16 +202,20 @@ func TestNotReadyOnAuthFailure(t *testing.T) {
 	}
 }
 
+// lockedWriter is a strings.Builder safe for the logger's goroutines.
 type lockedWriter struct {
-	mu chan struct{}
+	mu sync.Mutex
 	w  *strings.Builder
 }
 
 func (l *lockedWriter) Write(p []byte) (int, error) {
-	if l.mu == nil {
-		l.mu = make(chan struct{}, 1)
-	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	return l.w.Write(p)
 }
 
-func (l *lockedWriter) String() string { return l.w.String() }
+func (l *lockedWriter) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.String()
+}
