@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -146,6 +147,14 @@ func (b *Broker) prepare(ctx context.Context) (autoPorts bool, err error) {
 	// A fixed (or remembered) port must be free now; free ports are picked
 	// for the others.
 	allAuto := true
+	// Picked ports stay bound until all are picked, so that no two
+	// listeners get the same one.
+	var held []net.Listener
+	defer func() {
+		for _, l := range held {
+			l.Close()
+		}
+	}()
 	pick := func(p *int) error {
 		if *p != 0 {
 			allAuto = false
@@ -154,9 +163,13 @@ func (b *Broker) prepare(ctx context.Context) (autoPorts bool, err error) {
 			}
 			return nil
 		}
-		var err error
-		*p, err = freePort()
-		return err
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return err
+		}
+		held = append(held, l)
+		*p = l.Addr().(*net.TCPAddr).Port
+		return nil
 	}
 	if err := pick(&st.Port); err != nil {
 		return false, fmt.Errorf("localkafka: %w", err)
