@@ -161,6 +161,7 @@ func (b *Batcher) Fits(h wire.Header, uid string) bool {
 // fit in a request is handed to DeadLetter.
 func (b *Batcher) Add(ctx context.Context, changes []Change) error {
 	var tooLarge []Rejected
+	now := time.Now()
 	b.mu.Lock()
 	for i := 0; i < len(changes); {
 		if b.pending >= b.cfg.MaxPending {
@@ -183,7 +184,7 @@ func (b *Batcher) Add(ctx context.Context, changes []Change) error {
 				Acks:   []Ack{ch.Ack}})
 			continue
 		}
-		b.add(ch, time.Now())
+		b.add(ch, now)
 	}
 	b.m.PendingMembers.Set(float64(b.pending))
 	b.mu.Unlock()
@@ -198,33 +199,33 @@ func (b *Batcher) add(ch Change, now time.Time) {
 	key := cohortKey{ch.Header.Partner, ch.Header.CohortID}
 	c := b.cohorts[key]
 	if c == nil {
-		c = &cohort{key: key, index: make(map[string]slotRef), heapIdx: -1}
+		c = &cohort{key: key, heapIdx: -1}
 		b.cohorts[key] = c
 	}
-	s := slot{uid: ch.UID, ack: ch.Ack}
-	if ref, ok := c.index[ch.UID]; ok {
-		old := &ref.b.members[ref.i]
+	h := hashUID(ch.UID)
+	ms := wire.MemberSize(ch.UID)
+	var carried []Ack
+	if old, i := c.find(ch.UID, h); old != nil {
 		b.m.EventsCompacted.Inc()
-		if ref.b == c.open[actionIndex(ch.Header.Action)] && ref.b.hdr == ch.Header {
+		if old == c.open[actionIndex(ch.Header.Action)] && old.hdr == ch.Header {
 			// The same change again in the batch that would take it: the new
 			// record rides on the slot already there.
-			old.more = append(old.more, ch.Ack)
+			old.m.ride(i, ch.Ack)
 			return
 		}
 		// A different change supersedes the pending one: the pending one is
 		// removed from its batch and its acks travel with the new change.
-		s.more = make([]Ack, 0, 1+len(old.more)+1)
-		s.more = append(s.more, old.ack)
-		s.more = append(s.more, old.more...)
-		b.removeSlot(c, ref)
+		ack, more := old.m.kill(i)
+		carried = make([]Ack, 0, 1+len(more))
+		carried = append(append(carried, ack), more...)
+		b.dropMember(c, old, ms)
 	} else {
 		b.pending++
 	}
-	bt := b.openBatch(c, ch.Header, wire.MemberSize(ch.UID), now)
-	c.index[ch.UID] = slotRef{bt, int32(len(bt.members))}
-	bt.members = append(bt.members, s)
+	bt := b.openBatch(c, ch.Header, ms, now)
+	bt.m.carry(bt.m.add(ch.UID, h, ch.Ack), carried)
 	bt.live++
-	bt.memberBytes += wire.MemberSize(ch.UID)
+	bt.memberBytes += ms
 	if bt.remaining(b.cfg.MaxBytes) < minMember || (b.cfg.MaxMembers > 0 && bt.live >= b.cfg.MaxMembers) {
 		b.seal(c, bt, now)
 	}
@@ -268,13 +269,11 @@ func (b *Batcher) seal(c *cohort, bt *batch, now time.Time) {
 	b.updateDue(c, bt.dueAt)
 }
 
-// removeSlot marks a pending member dead and drops its batch when empty.
-func (b *Batcher) removeSlot(c *cohort, ref slotRef) {
-	bt := ref.b
-	s := &bt.members[ref.i]
-	bt.memberBytes -= wire.MemberSize(s.uid)
+// dropMember accounts for a superseded member of size ms in bt and drops
+// bt when no live member is left.
+func (b *Batcher) dropMember(c *cohort, bt *batch, ms int) {
+	bt.memberBytes -= ms
 	bt.live--
-	*s = slot{dead: true}
 	if bt.live > 0 {
 		return
 	}
@@ -453,12 +452,12 @@ func (b *Batcher) dispatch(c *cohort, now time.Time) {
 	req := wire.Request{Action: bt.hdr.Action, Partner: bt.hdr.Partner, CohortID: bt.hdr.CohortID,
 		CohortName: bt.hdr.CohortName, CohortDescription: bt.hdr.CohortDescription,
 		UIDs: make([]string, 0, bt.live)}
-	for _, s := range bt.members {
-		if !s.dead {
-			req.UIDs = append(req.UIDs, s.uid)
-			delete(c.index, s.uid)
+	for i := range bt.m.slots {
+		if bt.m.slots[i].ack != nil {
+			req.UIDs = append(req.UIDs, bt.m.uid(int32(i)))
 		}
 	}
+	bt.m.table = nil // no longer looked up
 	b.inFlight++
 	b.m.InFlight.Set(float64(b.inFlight))
 	b.m.BatchesFlushed.WithLabelValues(string(bt.hdr.Action), trigger).Inc()
@@ -490,13 +489,13 @@ func (b *Batcher) send(ctx context.Context, c *cohort, bt *batch, req wire.Reque
 				rejected[r.UID] = true
 			}
 		}
-		for i := range bt.members {
-			s := &bt.members[i]
-			if s.dead || rejected[s.uid] {
+		for i := range bt.m.slots {
+			s := &bt.m.slots[i]
+			if s.ack == nil || rejected[bt.m.uid(int32(i))] {
 				continue
 			}
 			s.ack.Done()
-			for _, a := range s.more {
+			for _, a := range bt.m.more[int32(i)] {
 				a.Done()
 			}
 		}
@@ -507,7 +506,7 @@ func (b *Batcher) send(ctx context.Context, c *cohort, bt *batch, req wire.Reque
 		b.fatal = fmt.Errorf("batcher: send cohort %s: %w", req.CohortID, err)
 		b.signal()
 	}
-	bt.members = nil
+	bt.m = members{}
 	b.settle(c, bt.live)
 }
 
@@ -538,19 +537,19 @@ func (b *Batcher) release(n int) {
 }
 
 func (b *Batcher) deadLetterRejections(ctx context.Context, bt *batch, rejections []wire.Rejection) error {
-	byUID := make(map[string]*slot, len(bt.members))
-	for i := range bt.members {
-		if s := &bt.members[i]; !s.dead {
-			byUID[s.uid] = s
+	byUID := make(map[string]int32, bt.live)
+	for i := range bt.m.slots {
+		if bt.m.slots[i].ack != nil {
+			byUID[bt.m.uid(int32(i))] = int32(i)
 		}
 	}
 	out := make([]Rejected, 0, len(rejections))
 	for _, r := range rejections {
-		s := byUID[r.UID]
-		if s == nil {
+		i, ok := byUID[r.UID]
+		if !ok {
 			continue // the sink named a member we did not send: nothing to settle
 		}
-		acks := append([]Ack{s.ack}, s.more...)
+		acks := append([]Ack{bt.m.slots[i].ack}, bt.m.more[i]...)
 		out = append(out, Rejected{Header: bt.hdr, UID: r.UID, Reason: r.Reason, Acks: acks})
 	}
 	return b.cfg.DeadLetter(ctx, out)
@@ -568,7 +567,7 @@ func (b *Batcher) Revoke(ctx context.Context) error {
 		for _, bt := range c.queue {
 			dropped += bt.live
 		}
-		c.queue, c.open, c.index = nil, [2]*batch{}, make(map[string]slotRef)
+		c.queue, c.open = nil, [2]*batch{}
 		if c.heapIdx >= 0 {
 			heap.Remove(&b.ready, c.heapIdx)
 		}
@@ -649,9 +648,8 @@ type cohortKey struct{ partner, cohortID string }
 // cohort is the state of one (partner, cohort_id).
 type cohort struct {
 	key      cohortKey
-	index    map[string]slotRef // uid -> its pending (not in-flight) change
-	queue    []*batch           // pending batches, in creation order; sent head first
-	open     [2]*batch          // the batch taking new members, per action
+	queue    []*batch  // pending batches, in creation order; sent head first
+	open     [2]*batch // the batch taking new members, per action
 	inFlight *batch
 	dueAt    time.Time // earliest due time in queue
 	heapIdx  int       // index in Batcher.ready, -1 when absent
@@ -660,7 +658,7 @@ type cohort struct {
 type batch struct {
 	hdr         wire.Header
 	env         int
-	members     []slot
+	m           members
 	live        int
 	memberBytes int
 	sealed      bool
@@ -673,16 +671,16 @@ func (bt *batch) remaining(max int) int {
 	return max - wire.BodySize(bt.env, bt.live, bt.memberBytes) - 1
 }
 
-type slot struct {
-	uid  string
-	ack  Ack
-	more []Ack // acks of the records this change superseded or repeated
-	dead bool
-}
-
-type slotRef struct {
-	b *batch
-	i int32
+// find returns the pending (not in-flight) batch holding a live change for
+// uid, and its slot. h is hashUID(uid). A uid has at most one live change
+// in the pending batches of a cohort.
+func (c *cohort) find(uid string, h uint64) (*batch, int32) {
+	for _, bt := range c.queue {
+		if i := bt.m.find(uid, h); i >= 0 {
+			return bt, i
+		}
+	}
+	return nil, -1
 }
 
 func actionIndex(a event.Action) int {

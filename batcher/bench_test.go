@@ -19,11 +19,18 @@ type nopSink struct{}
 
 func (nopSink) Send(context.Context, wire.Request) ([]wire.Rejection, error) { return nil, nil }
 
-// BenchmarkAdd measures Add of one change at a time over 1,000 cohorts and
-// 100,000 users (70% adds), with full batches sent to a sink that accepts
-// at once.
+// BenchmarkAdd measures Add of one change at a time (70% adds), with full
+// batches sent to a sink that accepts at once: "distinct" spreads 100,000
+// users over 1,000 cohorts (each cohort sees ~100 of them, so most changes
+// supersede or repeat one), "compacting" repeats 50 users, and "fresh"
+// gives every change a new uid in one of 20 cohorts (a backlog: batches
+// fill and are sent full).
 func BenchmarkAdd(b *testing.B) {
-	for _, name := range []string{"distinct", "compacting"} {
+	fresh := make([]string, 1<<20)
+	for i := range fresh {
+		fresh[i] = fmt.Sprintf("f%09d", i)
+	}
+	for _, name := range []string{"distinct", "compacting", "fresh"} {
 		b.Run(name, func(b *testing.B) {
 			bt, err := batcher.New(batcher.Config{Window: time.Hour, MaxInFlight: 64, Sink: nopSink{},
 				DeadLetter: func(context.Context, []batcher.Rejected) error { return nil }})
@@ -51,8 +58,12 @@ func BenchmarkAdd(b *testing.B) {
 				i++
 				h := hdrs[2*(i%cohorts)+btoi(i%10 >= 7)]
 				u := uids[(i*7919)%users]
-				if name == "compacting" {
+				switch name {
+				case "compacting":
 					u = uids[i%50]
+				case "fresh":
+					h = hdrs[2*(i%20)+btoi(i%10 >= 7)]
+					u = fresh[i&(len(fresh)-1)]
 				}
 				ch[0] = batcher.Change{Header: h, UID: u, Ack: nopAck{}}
 				if err := bt.Add(ctx, ch); err != nil {

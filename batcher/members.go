@@ -1,0 +1,179 @@
+package batcher
+
+import (
+	"hash/maphash"
+	"unsafe"
+)
+
+// A batch stores its members compactly: the uids side by side in one byte
+// arena, a 24-byte slot per member, and an open-addressing table of slot
+// numbers for the compaction look-up. Per pending member that is about a
+// third of what a map[string]… index and a slot holding a string header
+// cost, and it gives the garbage collector almost no pointers to follow.
+//
+// Slots are only ever appended: a superseded member keeps its slot with a
+// nil ack (and its bytes in the arena) until the batch is sent or dropped.
+
+// slot is one member of a batch. ack is nil once the member was superseded.
+type slot struct {
+	off uint32 // the uid is arena[off : off+n]
+	n   uint32
+	ack Ack
+}
+
+// members is the member store of one batch.
+type members struct {
+	arena []byte
+	slots []slot
+	table []int32         // slot index + 1 per bucket; 0 = empty; len is a power of two
+	more  map[int32][]Ack // acks of the records a slot's change superseded or repeated
+	used  int             // occupied buckets (live and superseded slots)
+}
+
+// uid returns the uid of slot i. The string shares the arena's memory:
+// it stays valid (and unchanged) because the arena is appended to only
+// while the batch is open, and a uid is read only after that or by the
+// look-up that compares it right away.
+func (m *members) uid(i int32) string {
+	s := &m.slots[i]
+	if s.n == 0 {
+		return ""
+	}
+	return unsafe.String(&m.arena[s.off], int(s.n))
+}
+
+// find returns the live slot holding uid, or -1. h is hash(uid).
+func (m *members) find(uid string, h uint64) int32 {
+	if len(m.table) == 0 {
+		return -1
+	}
+	mask := uint64(len(m.table) - 1)
+	for j := h & mask; ; j = (j + 1) & mask {
+		e := m.table[j]
+		if e == 0 {
+			return -1
+		}
+		i := e - 1
+		if s := &m.slots[i]; s.ack != nil && int(s.n) == len(uid) && string(m.arena[s.off:s.off+s.n]) == uid {
+			return i
+		}
+	}
+}
+
+// add appends a live slot for uid, indexes it and returns its number. The
+// table grows (and the slots may be compacted) before the slot is added, so
+// the number returned stays valid until the next add.
+func (m *members) add(uid string, h uint64, ack Ack) int32 {
+	if (m.used+1)*4 > len(m.table)*3 {
+		m.rehash()
+	}
+	i := int32(len(m.slots))
+	m.slots = append(m.slots, slot{off: uint32(len(m.arena)), n: uint32(len(uid)), ack: ack})
+	m.arena = append(m.arena, uid...)
+	m.insert(i, h)
+	return i
+}
+
+func (m *members) insert(i int32, h uint64) {
+	mask := uint64(len(m.table) - 1)
+	j := h & mask
+	for m.table[j] != 0 {
+		j = (j + 1) & mask
+	}
+	m.table[j] = i + 1
+	m.used++
+}
+
+// rehash sizes the table for the live slots and indexes them again. When
+// superseded slots outnumber the live ones, it first compacts the slots and
+// the arena (keeping the members' order), so that a uid flipping between
+// add and remove cannot grow an open batch without bound.
+func (m *members) rehash() {
+	live := 0
+	for k := range m.slots {
+		if m.slots[k].ack != nil {
+			live++
+		}
+	}
+	if dead := len(m.slots) - live; dead > live {
+		m.compact()
+	}
+	size := 16
+	for size*3 < (live+1)*8 { // at most 3/8 full after a rehash
+		size *= 2
+	}
+	if size != len(m.table) {
+		m.table = make([]int32, size)
+	} else {
+		clear(m.table)
+	}
+	m.used = 0
+	for k := range m.slots {
+		if m.slots[k].ack != nil {
+			m.insert(int32(k), hashUID(m.uid(int32(k))))
+		}
+	}
+}
+
+// compact drops the superseded slots and their arena bytes, in place.
+func (m *members) compact() {
+	var more map[int32][]Ack
+	arena := m.arena[:0]
+	n := 0
+	for k := range m.slots {
+		s := m.slots[k]
+		if s.ack == nil {
+			continue
+		}
+		// In place: the write position never passes the read position.
+		off := uint32(len(arena))
+		arena = append(arena, m.arena[s.off:s.off+s.n]...)
+		s.off = off
+		if acks := m.more[int32(k)]; acks != nil {
+			if more == nil {
+				more = make(map[int32][]Ack, len(m.more))
+			}
+			more[int32(n)] = acks
+		}
+		m.slots[n] = s
+		n++
+	}
+	clear(m.slots[n:]) // drop the acks they held
+	m.slots = m.slots[:n]
+	m.arena = arena
+	m.more = more
+}
+
+// kill marks slot i superseded and returns the acks it carried.
+func (m *members) kill(i int32) (Ack, []Ack) {
+	s := &m.slots[i]
+	ack, more := s.ack, m.more[i]
+	s.ack = nil
+	if more != nil {
+		delete(m.more, i)
+	}
+	return ack, more
+}
+
+// ride adds ack to the acks carried by slot i.
+func (m *members) ride(i int32, ack Ack) {
+	if m.more == nil {
+		m.more = make(map[int32][]Ack)
+	}
+	m.more[i] = append(m.more[i], ack)
+}
+
+// carry records that slot i also settles acks.
+func (m *members) carry(i int32, acks []Ack) {
+	if len(acks) == 0 {
+		return
+	}
+	if m.more == nil {
+		m.more = make(map[int32][]Ack)
+	}
+	m.more[i] = acks
+}
+
+var uidSeed = maphash.MakeSeed()
+
+func hashUID(uid string) uint64 { return maphash.String(uidSeed, uid) }
