@@ -289,12 +289,22 @@ func kafkaSecurity(cfg config.Config) (*kafka.Dialer, *kafka.Transport, error) {
 	return dialer, transport, nil
 }
 
+// arrivalSlack is the spread of the delay between a permit and the request's
+// arrival at the API (encoding, connection, network) that the shares allow
+// for. The limiter spaces permits, but the API counts arrivals: with permits
+// exactly 60s/rpm apart, one request that arrives late and a later one that
+// arrives early put rpm+1 requests in one 60-second window. Spreading each
+// share over 60s+arrivalSlack keeps every window of arrivals within the
+// budget as long as the delays differ by less than arrivalSlack.
+const arrivalSlack = time.Second
+
 // share is this replica's part of the fleet-wide budget of rpm requests per
-// minute: rpm × assigned/total, rounded down to whole requests so that the
-// shares never add up to more than the budget and no 60-second window holds
-// more than a replica's share. A share below one request per minute is kept
-// as it is (rounding it down would stop the replica); with nothing assigned
-// it is a token rate (nothing is sent anyway). rpm <= 0 means unlimited.
+// minute: rpm × assigned/total, scaled by 60s/(60s+arrivalSlack) and rounded
+// down to whole requests, so that the shares never add up to more than the
+// budget and no 60-second window holds more than a replica's share of
+// arrivals. A share below one request per minute is kept as it is (rounding
+// it down would stop the replica); with nothing assigned it is a token rate
+// (nothing is sent anyway). rpm <= 0 means unlimited.
 func share(rpm float64, assigned, total int) float64 {
 	if rpm <= 0 || total <= 0 {
 		return rpm
@@ -302,7 +312,7 @@ func share(rpm float64, assigned, total int) float64 {
 	if assigned == 0 {
 		return rpm / 1e6
 	}
-	s := rpm * float64(assigned) / float64(total)
+	s := rpm * float64(assigned) / float64(total) * float64(time.Minute) / float64(time.Minute+arrivalSlack)
 	if s >= 1 {
 		return math.Floor(s)
 	}

@@ -1,6 +1,14 @@
 package app
 
-import "testing"
+import (
+	"math"
+	"math/rand/v2"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/cohortsync/cohortsync-worker/sink"
+)
 
 func TestShare(t *testing.T) {
 	cases := []struct {
@@ -8,17 +16,17 @@ func TestShare(t *testing.T) {
 		assigned, total int
 		want            float64
 	}{
-		{300, 6, 6, 300},
-		{300, 2, 6, 100},
-		{300, 3, 7, 128}, // 128.57 rounded down: 128 + 171 <= 300
-		{300, 4, 7, 171},
-		{300, 1, 1000, 0.3},
+		{300, 6, 6, 295}, // 300 × 60/61 = 295.08
+		{300, 2, 6, 98},  // 100 × 60/61 = 98.36
+		{300, 3, 7, 126}, // 128.57 × 60/61 = 126.46; 126 + 168 <= 300
+		{300, 4, 7, 168},
+		{300, 1, 1000, 0.3 * 60 / 61},
 		{300, 0, 6, 300 / 1e6},
 		{0, 2, 6, 0},
 		{300, 2, 0, 300},
 	}
 	for _, c := range cases {
-		if got := share(c.rpm, c.assigned, c.total); got != c.want {
+		if got := share(c.rpm, c.assigned, c.total); math.Abs(got-c.want) > 1e-9 {
 			t.Errorf("share(%v, %d, %d) = %v, want %v", c.rpm, c.assigned, c.total, got, c.want)
 		}
 	}
@@ -28,6 +36,47 @@ func TestShare(t *testing.T) {
 		for a := 1; a < total; a++ {
 			if sum := share(300, a, total) + share(300, total-a, total); sum > 300 {
 				t.Fatalf("split %d/%d of %d: shares add up to %v", a, total-a, total, sum)
+			}
+		}
+	}
+}
+
+// TestShareArrivals checks the budget where the API counts it: at arrival.
+// Replicas take permits at their shares' spacing, each request arrives
+// after a delay anywhere in [0, arrivalSlack), and no 60-second window of
+// arrivals may hold more than the fleet budget. (Shares without the slack
+// fail this: a late first request and an early last one put one request
+// more per replica in a window.)
+func TestShareArrivals(t *testing.T) {
+	const rpm, total = 300, 6
+	for _, split := range [][]int{{6}, {3, 3}, {2, 2, 2}, {1, 2, 3}, {1, 1, 1, 1, 1, 1}} {
+		for seed := range uint64(20) {
+			rng := rand.New(rand.NewPCG(seed, uint64(len(split))))
+			var arrivals []time.Duration
+			for _, assigned := range split {
+				spacing := sink.Spacing(share(rpm, assigned, total))
+				grant := time.Duration(rng.Int64N(int64(spacing)))
+				for ; grant < 10*time.Minute; grant += spacing {
+					delay := time.Duration(rng.Int64N(int64(arrivalSlack)))
+					if rng.IntN(2) == 0 { // the extremes are the adversarial case
+						delay = time.Duration(rng.IntN(2)) * (arrivalSlack - 1)
+					}
+					arrivals = append(arrivals, grant+delay)
+				}
+			}
+			slices.Sort(arrivals)
+			busiest := 0
+			for i, j := 0, 0; i < len(arrivals); i++ {
+				for j < len(arrivals) && arrivals[j]-arrivals[i] < time.Minute {
+					j++
+				}
+				busiest = max(busiest, j-i)
+			}
+			if busiest > rpm {
+				t.Fatalf("split %v, seed %d: %d arrivals in one 60-second window, budget %d", split, seed, busiest, rpm)
+			}
+			if perMin := float64(len(arrivals)) / 10; perMin < 0.95*rpm {
+				t.Fatalf("split %v, seed %d: %.1f requests/min, under 95%% of the budget", split, seed, perMin)
 			}
 		}
 	}
