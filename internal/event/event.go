@@ -104,7 +104,24 @@ func ParseAction(s string) (Action, bool) {
 // Decode parses and validates one record value. defaultPartner is used when
 // the event names no partner. A nil or empty value returns ErrTombstone; any
 // other problem returns an *InvalidError.
+//
+// The strings of the returned Event may share memory with each other (the
+// header strings one allocation, the members another), never with value.
+// To decode the records of one partition, a Decoder allocates less.
 func Decode(value []byte, defaultPartner string) (Event, error) {
+	if ev, ok := decodeFast(value, defaultPartner); ok {
+		return ev, nil
+	}
+	return decodeSlow(value, defaultPartner)
+}
+
+// decodeSlow is Decode written with encoding/json. It is the reference that
+// defines what Decode accepts and returns, quirks of encoding/json included
+// (keys match case-insensitively, the last of duplicate keys wins, null is
+// absence, invalid UTF-8 becomes U+FFFD), and the fallback of the fast path
+// (fast.go) for every input that path is not sure about. Every error of
+// Decode comes from here.
+func decodeSlow(value []byte, defaultPartner string) (Event, error) {
 	if len(bytes.TrimSpace(value)) == 0 {
 		return Event{}, ErrTombstone
 	}

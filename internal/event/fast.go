@@ -1,0 +1,521 @@
+package event
+
+import (
+	"bytes"
+	"time"
+	"unicode/utf8"
+)
+
+// This file holds the fast path of Decode: a hand-written parser for the
+// shape that producers write, one flat object of lower-case known keys with
+// plain string values and a "uids" array of plain strings. A plain string is
+// one without escape sequences, of valid UTF-8: its bytes are its value.
+//
+// The fast path only ever answers "this is the event decodeSlow returns" or
+// "not sure". It is not sure, and leaves the input to decodeSlow, whenever it
+// meets anything else: an escape sequence or a non-ASCII byte in a key, a key
+// that matches a known key only case-insensitively, a duplicate known key, a
+// null, a value of a known key that is not a plain string (or array of plain
+// strings for uids), an object or array as the value of an unknown key, any
+// syntax error, and any event that fails validation. It therefore never
+// produces an error itself, and it cannot change the reason or message of
+// one. Unknown keys whose values are strings (escapes allowed), numbers,
+// true, false or null are skipped after checking their syntax exactly.
+//
+// FuzzDecodeFast checks the fast path against decodeSlow.
+
+// The fields of raw, as indexes of fastFields.str and bits of fastFields.has.
+const (
+	fieldAction = iota
+	fieldCohortID
+	fieldCohortName
+	fieldCohortDescription
+	fieldPartner
+	fieldUID
+	fieldUIDs
+	fieldOccurredAt
+	numFields
+
+	fieldUnknown = -1 // a key that matches no field of raw
+)
+
+// fieldNames are the JSON names of the fields of raw, by field.
+var fieldNames = [numFields]string{
+	fieldAction:            "action",
+	fieldCohortID:          "cohort_id",
+	fieldCohortName:        "cohort_name",
+	fieldCohortDescription: "cohort_description",
+	fieldPartner:           "partner",
+	fieldUID:               "uid",
+	fieldUIDs:              "uids",
+	fieldOccurredAt:        "occurred_at",
+}
+
+// span is the value of a plain string: value[lo:hi], quotes excluded.
+type span struct{ lo, hi int }
+
+func (s span) len() int { return s.hi - s.lo }
+
+// fastFields is what the fast path read from a document.
+type fastFields struct {
+	has  uint16          // bit 1<<field is set when field is present
+	str  [numFields]span // the value of each present field but fieldUIDs
+	uids []span          // the elements of uids
+}
+
+func (f *fastFields) present(field int) bool { return f.has&(1<<field) != 0 }
+
+func (f *fastFields) bytes(v []byte, field int) []byte {
+	s := f.str[field]
+	return v[s.lo:s.hi]
+}
+
+// decodeFast is Decode for the inputs the fast path is sure about: when ok,
+// ev is the Event that decodeSlow returns (with a fresh UIDs slice).
+// Otherwise the caller must run decodeSlow.
+func decodeFast(value []byte, defaultPartner string) (ev Event, ok bool) {
+	var scratch [16]span
+	f, ok := scanEvent(value, scratch[:0])
+	if !ok {
+		return Event{}, false
+	}
+	ev.Action, f.uids, ok = f.check(value, defaultPartner)
+	if !ok {
+		return Event{}, false
+	}
+
+	// The header strings share one allocation and the members another, so
+	// that holding on to a cohort's name does not keep its members alive.
+	// occurred_at is parsed from the header string and not kept.
+	var buf [256]byte
+	b := buf[:0]
+	for _, field := range [...]int{fieldCohortID, fieldCohortName, fieldCohortDescription, fieldPartner, fieldOccurredAt} {
+		b = append(b, f.bytes(value, field)...) // absent fields are empty
+	}
+	s := string(b)
+	ev.CohortID = take(&s, f.str[fieldCohortID].len())
+	ev.CohortName = take(&s, f.str[fieldCohortName].len())
+	ev.CohortDescription = take(&s, f.str[fieldCohortDescription].len())
+	ev.Partner = take(&s, f.str[fieldPartner].len())
+	if ev.Partner == "" {
+		ev.Partner = defaultPartner
+	}
+	if f.present(fieldOccurredAt) {
+		t, err := time.Parse(time.RFC3339Nano, s)
+		if err != nil {
+			return Event{}, false
+		}
+		ev.OccurredAt = t
+	}
+
+	b = buf[:0]
+	for _, u := range f.uids {
+		b = append(b, value[u.lo:u.hi]...)
+	}
+	s = string(b)
+	ev.UIDs = make([]string, len(f.uids))
+	for i, u := range f.uids {
+		ev.UIDs[i] = take(&s, u.len())
+	}
+	return ev, true
+}
+
+// take returns the first n bytes of *s and removes them from it.
+func take(s *string, n int) string {
+	t := (*s)[:n]
+	*s = (*s)[n:]
+	return t
+}
+
+// check applies the rules of decodeSlow to f, except the parsing of
+// occurred_at, which the caller does. When they pass it returns the action
+// and the members: uid first, then uids, each once in the order given. The
+// members reuse the memory of f.uids.
+func (f *fastFields) check(v []byte, defaultPartner string) (a Action, members []span, ok bool) {
+	if !f.present(fieldAction) {
+		return "", nil, false
+	}
+	if a, ok = ParseAction(string(f.bytes(v, fieldAction))); !ok {
+		return "", nil, false
+	}
+	if f.str[fieldCohortID].len() == 0 || f.str[fieldCohortName].len() == 0 {
+		return "", nil, false // absent fields are empty too
+	}
+	for _, c := range f.bytes(v, fieldCohortName) {
+		if forbiddenName[c] {
+			return "", nil, false
+		}
+	}
+	if f.str[fieldPartner].len() == 0 && defaultPartner == "" {
+		return "", nil, false
+	}
+	members = f.uids
+	if f.present(fieldUID) {
+		members = append(members, span{})
+		copy(members[1:], members)
+		members[0] = f.str[fieldUID]
+	}
+	if len(members) == 0 { // neither uid nor uids, or uids is []
+		return "", nil, false
+	}
+	for _, u := range members {
+		if u.len() == 0 {
+			return "", nil, false
+		}
+	}
+	return a, dedupeSpans(v, members), true
+}
+
+// forbiddenName[c] reports whether c is in ForbiddenNameChars. As those are
+// ASCII, a name of valid UTF-8 contains one exactly when it contains its byte.
+var forbiddenName = func() (t [256]bool) {
+	for _, c := range []byte(ForbiddenNameChars) {
+		t[c] = true
+	}
+	return t
+}()
+
+// dedupeSpans is dedupe for spans of v: it keeps the first occurrence of each
+// value, preserving order, in the memory of s.
+func dedupeSpans(v []byte, s []span) []span {
+	if len(s) < 2 {
+		return s
+	}
+	out := s[:0]
+	if len(s) <= 32 {
+		// Quadratic, but no allocation for the usual few members.
+		for _, u := range s {
+			dup := false
+			for _, w := range out {
+				if bytes.Equal(v[w.lo:w.hi], v[u.lo:u.hi]) {
+					dup = true
+					break
+				}
+			}
+			if !dup {
+				out = append(out, u)
+			}
+		}
+		return out
+	}
+	vs := string(v) // one allocation for the keys of seen
+	seen := make(map[string]struct{}, len(s))
+	for _, u := range s {
+		if _, dup := seen[vs[u.lo:u.hi]]; dup {
+			continue
+		}
+		seen[vs[u.lo:u.hi]] = struct{}{}
+		out = append(out, u)
+	}
+	return out
+}
+
+// scanEvent parses v as one JSON object of the shape the fast path handles,
+// appending the elements of uids to uids. ok is false when v is anything
+// else, valid or not. f.uids is returned even then, for reuse.
+func scanEvent(v []byte, uids []span) (f fastFields, ok bool) {
+	f.uids = uids
+	i := skipSpace(v, 0)
+	if i == len(v) || v[i] != '{' {
+		return f, false
+	}
+	i = skipSpace(v, i+1)
+	if i < len(v) && v[i] == '}' {
+		return f, skipSpace(v, i+1) == len(v)
+	}
+	for {
+		if i == len(v) || v[i] != '"' {
+			return f, false
+		}
+		end, ok := scanKey(v, i+1)
+		if !ok {
+			return f, false
+		}
+		field, ok := lookupField(v[i+1 : end])
+		if !ok {
+			return f, false
+		}
+		i = skipSpace(v, end+1)
+		if i == len(v) || v[i] != ':' {
+			return f, false
+		}
+		i = skipSpace(v, i+1)
+		if i == len(v) {
+			return f, false
+		}
+		switch field {
+		case fieldUnknown:
+			i, ok = skipScalar(v, i)
+		case fieldUIDs:
+			f.uids, i, ok = scanStrings(v, i, f.uids)
+		default:
+			if v[i] != '"' {
+				return f, false
+			}
+			end, ok = scanPlain(v, i+1)
+			f.str[field] = span{i + 1, end}
+			i = end + 1
+		}
+		if !ok {
+			return f, false
+		}
+		if field != fieldUnknown {
+			if f.present(field) {
+				return f, false // the last one wins: leave it to decodeSlow
+			}
+			f.has |= 1 << field
+		}
+		i = skipSpace(v, i)
+		if i == len(v) {
+			return f, false
+		}
+		switch v[i] {
+		case ',':
+			i = skipSpace(v, i+1)
+		case '}':
+			return f, skipSpace(v, i+1) == len(v)
+		default:
+			return f, false
+		}
+	}
+}
+
+// lookupField returns the field of raw that key, an ASCII key without
+// escapes, names, or fieldUnknown. ok is false when encoding/json would match
+// key to a field case-insensitively.
+func lookupField(key []byte) (field int, ok bool) {
+	switch string(key) {
+	case "action":
+		return fieldAction, true
+	case "cohort_id":
+		return fieldCohortID, true
+	case "cohort_name":
+		return fieldCohortName, true
+	case "cohort_description":
+		return fieldCohortDescription, true
+	case "partner":
+		return fieldPartner, true
+	case "uid":
+		return fieldUID, true
+	case "uids":
+		return fieldUIDs, true
+	case "occurred_at":
+		return fieldOccurredAt, true
+	}
+	for _, name := range fieldNames {
+		if equalFoldASCII(key, name) {
+			return 0, false
+		}
+	}
+	return fieldUnknown, true
+}
+
+// equalFoldASCII reports whether the ASCII key equals the lower-case name
+// under ASCII case folding, which is how encoding/json folds ASCII keys.
+func equalFoldASCII(key []byte, name string) bool {
+	if len(key) != len(name) {
+		return false
+	}
+	for i, c := range key {
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != name[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// plainASCII[c] reports whether c stands for itself in a JSON string and is
+// ASCII: it is not a control character, '"' or '\\'.
+var plainASCII = func() (t [256]bool) {
+	for c := 0x20; c < utf8.RuneSelf; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
+
+// scanKey scans the rest of a key whose opening quote is v[i-1] and returns
+// the index of its closing quote. ok is false for a key with an escape
+// sequence or a non-ASCII byte, and for an invalid one.
+func scanKey(v []byte, i int) (end int, ok bool) {
+	for ; i < len(v); i++ {
+		if !plainASCII[v[i]] {
+			return i, v[i] == '"'
+		}
+	}
+	return i, false
+}
+
+// scanPlain scans the rest of a plain string whose opening quote is v[i-1]
+// and returns the index of its closing quote. ok is false for a string with
+// an escape sequence or invalid UTF-8, and for an invalid one.
+func scanPlain(v []byte, i int) (end int, ok bool) {
+	start, ascii := i, true
+	for ; i < len(v); i++ {
+		c := v[i]
+		if plainASCII[c] {
+			continue
+		}
+		if c == '"' {
+			return i, ascii || utf8.Valid(v[start:i])
+		}
+		if c < utf8.RuneSelf {
+			return i, false // an escape sequence or a control character
+		}
+		ascii = false
+	}
+	return i, false
+}
+
+// scanStrings scans an array of plain strings that starts at v[i], appending
+// their spans to s, and returns the index after it.
+func scanStrings(v []byte, i int, s []span) (_ []span, next int, ok bool) {
+	if v[i] != '[' {
+		return s, i, false
+	}
+	i = skipSpace(v, i+1)
+	if i < len(v) && v[i] == ']' {
+		return s, i + 1, true
+	}
+	for {
+		if i == len(v) || v[i] != '"' {
+			return s, i, false
+		}
+		end, ok := scanPlain(v, i+1)
+		if !ok {
+			return s, i, false
+		}
+		s = append(s, span{i + 1, end})
+		i = skipSpace(v, end+1)
+		if i == len(v) {
+			return s, i, false
+		}
+		switch v[i] {
+		case ',':
+			i = skipSpace(v, i+1)
+		case ']':
+			return s, i + 1, true
+		default:
+			return s, i, false
+		}
+	}
+}
+
+// skipScalar skips the string, number, true, false or null that starts at
+// v[i] and returns the index after it. ok is false for anything else (an
+// object or an array included) and for invalid JSON.
+func skipScalar(v []byte, i int) (next int, ok bool) {
+	switch c := v[i]; {
+	case c == '"':
+		return skipString(v, i+1)
+	case c == '-' || '0' <= c && c <= '9':
+		return skipNumber(v, i)
+	case c == 't':
+		return skipLiteral(v, i, "true")
+	case c == 'f':
+		return skipLiteral(v, i, "false")
+	case c == 'n':
+		return skipLiteral(v, i, "null")
+	}
+	return i, false
+}
+
+func skipLiteral(v []byte, i int, lit string) (next int, ok bool) {
+	if len(v)-i < len(lit) || string(v[i:i+len(lit)]) != lit {
+		return i, false
+	}
+	return i + len(lit), true
+}
+
+// skipString skips the rest of any valid string whose opening quote is
+// v[i-1] and returns the index after its closing quote.
+func skipString(v []byte, i int) (next int, ok bool) {
+	for i < len(v) {
+		switch c := v[i]; {
+		case c == '"':
+			return i + 1, true
+		case c == '\\':
+			if i+1 == len(v) {
+				return i, false
+			}
+			switch v[i+1] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+				i += 2
+			case 'u':
+				if len(v)-i < 6 || !isHex(v[i+2]) || !isHex(v[i+3]) || !isHex(v[i+4]) || !isHex(v[i+5]) {
+					return i, false
+				}
+				i += 6
+			default:
+				return i, false
+			}
+		case c < 0x20:
+			return i, false
+		default:
+			i++ // encoding/json does not check the UTF-8 of ignored strings
+		}
+	}
+	return i, false
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+// skipNumber skips the number that starts at v[i], following the JSON
+// grammar exactly, and returns the index after it.
+func skipNumber(v []byte, i int) (next int, ok bool) {
+	if v[i] == '-' {
+		i++
+	}
+	switch {
+	case i < len(v) && v[i] == '0':
+		i++
+	case i < len(v) && '1' <= v[i] && v[i] <= '9':
+		i = skipDigits(v, i+1)
+	default:
+		return i, false
+	}
+	if i < len(v) && v[i] == '.' {
+		j := skipDigits(v, i+1)
+		if j == i+1 {
+			return i, false
+		}
+		i = j
+	}
+	if i < len(v) && (v[i] == 'e' || v[i] == 'E') {
+		i++
+		if i < len(v) && (v[i] == '+' || v[i] == '-') {
+			i++
+		}
+		j := skipDigits(v, i)
+		if j == i {
+			return i, false
+		}
+		i = j
+	}
+	return i, true
+}
+
+func skipDigits(v []byte, i int) int {
+	for i < len(v) && '0' <= v[i] && v[i] <= '9' {
+		i++
+	}
+	return i
+}
+
+// skipSpace returns the index of the first byte at or after v[i] that is not
+// JSON white space.
+func skipSpace(v []byte, i int) int {
+	for i < len(v) {
+		switch v[i] {
+		case ' ', '\t', '\n', '\r':
+			i++
+		default:
+			return i
+		}
+	}
+	return i
+}
