@@ -360,22 +360,20 @@ func (c *Consumer) fetch(gctx context.Context, stop <-chan struct{}, p *partitio
 		log.Error("setting the start offset failed", "err", err, "offset", p.start)
 		return
 	}
-	// Decoding happens here, one goroutine per partition; a second one
-	// hands the changes to the batcher, many records per call when they
-	// come fast, so that partitions do not queue on the batcher's lock.
-	recs := make(chan []batcher.Change, 512)
-	added := make(chan struct{})
+	// This goroutine only fetches; a second one per partition decodes and
+	// tracks the records and hands their changes to the batcher, as many
+	// as are waiting per call, so that partitions do not queue on the
+	// batcher's lock and no record needs an allocation of its own.
+	msgs := make(chan kafka.Message, fetchQueue)
+	processed := make(chan struct{})
 	go func() {
-		defer close(added)
-		c.add(ctx, recs)
+		defer close(processed)
+		c.process(ctx, p, msgs)
 	}()
 	defer func() {
-		close(recs)
-		<-added // no Add after fetchers.Done
+		close(msgs)
+		<-processed // no Add after fetchers.Done
 	}()
-	// The tracker starts at the first offset actually read: with no commit
-	// yet, the assignment says "first offset", not a number.
-	var tr *tracker
 	for {
 		m, err := r.FetchMessage(ctx)
 		if err != nil {
@@ -390,86 +388,94 @@ func (c *Consumer) fetch(gctx context.Context, stop <-chan struct{}, p *partitio
 			}
 			continue
 		}
-		if tr == nil {
-			start := p.start
-			if start < 0 {
-				start = m.Offset
-			}
-			tr = newTracker(p.topic, p.partition, start)
-			p.tr.Store(tr)
-		}
-		tr.hwm.Store(m.HighWaterMark)
-		changes, err := c.handle(ctx, tr, m)
-		if err != nil {
-			return // ctx ended while handing the record on
-		}
-		if len(changes) == 0 {
-			continue
-		}
-		select {
-		case recs <- changes:
-		case <-ctx.Done():
-			return
-		}
+		msgs <- m // process drains msgs until it is closed: this cannot block for good
 	}
 }
 
-// maxAdd bounds the changes handed to the batcher in one call.
-const maxAdd = 2048
+const (
+	// fetchQueue is how many fetched records may wait for decoding.
+	fetchQueue = 1024
+	// maxAdd bounds the changes handed to the batcher in one call.
+	maxAdd = 2048
+)
 
-// add hands the changes of one partition to the batcher in read order,
-// joining the records already waiting into one call.
-func (c *Consumer) add(ctx context.Context, recs <-chan []batcher.Change) {
+// process decodes and tracks the records of one partition in read order
+// and adds their changes to the batcher, joining the records already
+// waiting into one call. It returns when msgs is closed, or when an Add
+// fails because the generation is over (what is left is read again later).
+func (c *Consumer) process(ctx context.Context, p *partitionState, msgs <-chan kafka.Message) {
+	dec := event.NewDecoder(c.cfg.DefaultPartner)
 	buf := make([]batcher.Change, 0, maxAdd)
-	for first := range recs {
-		buf = append(buf[:0], first...)
-	more:
-		for len(buf) < maxAdd {
-			select {
-			case next, ok := <-recs:
-				if !ok {
-					break more
+	var tr *tracker
+	var err error
+	for m := range msgs {
+		buf = buf[:0]
+		for {
+			if tr == nil {
+				// The tracker starts at the first offset actually read: with
+				// no commit yet, the assignment says "first offset", not a
+				// number.
+				start := p.start
+				if start < 0 {
+					start = m.Offset
 				}
-				buf = append(buf, next...)
+				tr = newTracker(p.topic, p.partition, start)
+				p.tr.Store(tr)
+			}
+			tr.hwm.Store(m.HighWaterMark)
+			if buf, err = c.handle(ctx, tr, dec, m, buf); err != nil {
+				break
+			}
+			if len(buf) >= maxAdd {
+				break
+			}
+			var ok bool
+			select {
+			case m, ok = <-msgs:
 			default:
-				break more
+			}
+			if !ok {
+				break
 			}
 		}
-		if err := c.cfg.Batcher.Add(ctx, buf); err != nil {
-			for range recs { // the generation is over: what is left is read again later
+		if err == nil && len(buf) > 0 {
+			err = c.cfg.Batcher.Add(ctx, buf)
+		}
+		if err != nil {
+			for range msgs {
 			}
 			return
 		}
 	}
 }
 
-// handle tracks one record, dead-letters it if it is invalid, and returns
-// its changes otherwise.
-func (c *Consumer) handle(ctx context.Context, tr *tracker, m kafka.Message) ([]batcher.Change, error) {
+// handle tracks one record, dead-letters it if it is invalid, and appends
+// its changes to buf otherwise. It fails only when ctx ended while a
+// dead-letter write was being queued.
+func (c *Consumer) handle(ctx context.Context, tr *tracker, dec *event.Decoder, m kafka.Message, buf []batcher.Change) ([]batcher.Change, error) {
 	seq, ok := tr.track(m.Offset)
 	if !ok {
-		return nil, nil // delivered twice after a reader restart: already tracked
+		return buf, nil // delivered twice after a reader restart: already tracked
 	}
 	c.m.EventsConsumed.Inc()
-	ev, err := event.Decode(m.Value, c.cfg.DefaultPartner)
+	ev, err := dec.Decode(m.Value)
 	if errors.Is(err, event.ErrTombstone) {
 		c.m.EventsSkipped.Inc()
 		tr.release(seq)
-		return nil, nil
+		return buf, nil
 	}
 	var inv *event.InvalidError
 	if errors.As(err, &inv) {
 		c.m.EventsInvalid.WithLabelValues(string(inv.Reason)).Inc()
 		c.log.Debug("invalid event; dead-lettering", "reason", inv.Reason, "err", inv.Detail,
 			"topic", m.Topic, "partition", m.Partition, "offset", m.Offset)
-		return nil, c.cfg.DLQ.invalid(ctx, m, inv, newRecordAck(tr, seq, m.Offset, m.Key, 1))
+		return buf, c.cfg.DLQ.invalid(ctx, m, inv, newRecordAck(tr, seq, m.Key, nil, 1))
 	}
-	ack := newRecordAck(tr, seq, m.Offset, m.Key, len(ev.UIDs))
+	ack := newRecordAck(tr, seq, m.Key, &ev, len(ev.UIDs))
 	h := wire.Header{Action: ev.Action, Partner: ev.Partner, CohortID: ev.CohortID,
 		CohortName: ev.CohortName, CohortDescription: ev.CohortDescription}
-	changes := make([]batcher.Change, len(ev.UIDs))
-	for i, u := range ev.UIDs {
-		changes[i] = batcher.Change{Header: h, UID: u, Ack: ack}
+	for _, u := range ev.UIDs {
+		buf = append(buf, batcher.Change{Header: h, UID: u, Ack: ack})
 	}
-	return changes, nil
+	return buf, nil
 }

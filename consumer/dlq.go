@@ -128,9 +128,9 @@ func (d *DLQ) DeadLetter(ctx context.Context, rejected []batcher.Rejected) error
 		reason := event.ReasonAPIRejected
 		msg := kafka.Message{Value: event.Encode(ev)}
 		if len(r.Acks) > 0 {
-			if ra, ok := r.Acks[0].(*recordAck); ok {
-				msg.Key = ra.key
-				msg.Headers = sourceHeaders(reason, r.Reason, ra.t.topic, ra.t.partition, ra.offset)
+			if ra, offset, key, ok := source(r.Acks[0], r.Header, r.UID); ok {
+				msg.Key = key
+				msg.Headers = sourceHeaders(reason, r.Reason, ra.t.topic, ra.t.partition, offset)
 			}
 		}
 		if msg.Headers == nil {

@@ -121,7 +121,7 @@ func runModel(t *testing.T, ops []byte) {
 			if !ok {
 				t.Fatalf("track(%d) refused", read)
 			}
-			ack := newRecordAck(tr, seq, read, nil, 1)
+			ack := newRecordAck(tr, seq, nil, nil, 1)
 			h := wire.Header{Action: rec.action, Partner: "p", CohortID: rec.cohort, CohortName: "n"}
 			if err := b.Add(context.Background(), []batcher.Change{{Header: h, UID: rec.uid, Ack: ack}}); err != nil {
 				t.Fatal(err)

@@ -3,6 +3,10 @@ package consumer
 import (
 	"sync"
 	"sync/atomic"
+
+	"github.com/cohortsync/cohortsync-worker/batcher"
+	"github.com/cohortsync/cohortsync-worker/internal/event"
+	"github.com/cohortsync/cohortsync-worker/internal/wire"
 )
 
 // tracker follows the records of one partition from fetch to settlement and
@@ -16,17 +20,15 @@ type tracker struct {
 	topic     string
 	partition int
 
-	mu      sync.Mutex
-	base    int64     // sequence number of pending[0]
-	pending []pendRec // tracked, not yet popped
-	next    int64     // commit offset: every record below it is settled
-	last    int64     // highest offset tracked, -1 before the first
+	mu   sync.Mutex
+	base int64 // sequence number of pending[0]
+	// pending holds the offsets of the records tracked and not yet popped,
+	// in fetch order; a settled record's entry is stored inverted (^offset,
+	// negative, since offsets are not), 8 bytes a record.
+	pending []int64
+	next    int64 // commit offset: every record below it is settled
+	last    int64 // highest offset tracked, -1 before the first
 	hwm     atomic.Int64
-}
-
-type pendRec struct {
-	offset int64
-	done   bool
 }
 
 // newTracker starts at the first offset to be read (the committed offset).
@@ -44,7 +46,7 @@ func (t *tracker) track(offset int64) (int64, bool) {
 		return 0, false
 	}
 	t.last = offset
-	t.pending = append(t.pending, pendRec{offset: offset})
+	t.pending = append(t.pending, offset)
 	return t.base + int64(len(t.pending)) - 1, true
 }
 
@@ -54,18 +56,18 @@ func (t *tracker) release(seq int64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	i := seq - t.base
-	if i < 0 || i >= int64(len(t.pending)) || t.pending[i].done {
+	if i < 0 || i >= int64(len(t.pending)) || t.pending[i] < 0 {
 		panic("consumer: record released twice or never tracked")
 	}
-	t.pending[i].done = true
+	t.pending[i] = ^t.pending[i]
 	if i != 0 {
 		return
 	}
 	n := 0
-	for n < len(t.pending) && t.pending[n].done {
+	for n < len(t.pending) && t.pending[n] < 0 {
 		n++
 	}
-	t.next = t.pending[n-1].offset + 1
+	t.next = ^t.pending[n-1] + 1
 	t.base += int64(n)
 	// Reuse the backing array once the popped prefix dominates it.
 	rest := len(t.pending) - n
@@ -75,6 +77,17 @@ func (t *tracker) release(seq int64) {
 	} else {
 		t.pending = t.pending[n:]
 	}
+}
+
+// offset returns the offset of the tracked, not yet settled record seq.
+func (t *tracker) offset(seq int64) int64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	i := seq - t.base
+	if i < 0 || i >= int64(len(t.pending)) || t.pending[i] < 0 {
+		return -1
+	}
+	return t.pending[i]
 }
 
 // watermark returns the offset to commit: the next offset to read after
@@ -94,18 +107,60 @@ func (t *tracker) outstanding() int {
 
 // recordAck is the batcher.Ack of one record. A record with n members is
 // settled when all n are; the record is released in its tracker then.
+//
+// It is kept small (24 bytes), as there is one per pending record: the
+// record's offset is read from the tracker when needed (a record is tracked
+// until it is settled), and its key is not kept when it can be rebuilt from
+// the change, as with the keyings the README recommends (cohort_id or uid).
+// Other keys ride in a keyedAck.
 type recordAck struct {
-	t      *tracker
-	seq    int64
-	offset int64
-	key    []byte
-	n      atomic.Int32
+	t   *tracker
+	seq int64
+	n   atomic.Int32
+	key keyKind
 }
 
-func newRecordAck(t *tracker, seq, offset int64, key []byte, members int) *recordAck {
-	a := &recordAck{t: t, seq: seq, offset: offset, key: key}
-	a.n.Store(int32(members))
+// keyKind says how to rebuild a record's key.
+type keyKind uint8
+
+const (
+	keyNull   keyKind = iota // no key
+	keyCohort                // the key is the event's cohort_id
+	keyUID                   // the key is the event's only uid
+	keyOther                 // the key is kept (keyedAck)
+)
+
+// keyedAck is the recordAck of a record whose key is kept.
+type keyedAck struct {
+	recordAck
+	k []byte
+}
+
+// newRecordAck returns the Ack of record seq, whose key is key and whose
+// event (when it decoded) is ev.
+func newRecordAck(t *tracker, seq int64, key []byte, ev *event.Event, members int) batcher.Ack {
+	kind := keyOther
+	switch {
+	case key == nil:
+		kind = keyNull
+	case ev != nil && string(key) == ev.CohortID:
+		kind = keyCohort
+	case ev != nil && len(ev.UIDs) == 1 && string(key) == ev.UIDs[0]:
+		kind = keyUID
+	}
+	if kind == keyOther {
+		a := &keyedAck{k: key}
+		a.init(t, seq, kind, members)
+		return a
+	}
+	a := &recordAck{}
+	a.init(t, seq, kind, members)
 	return a
+}
+
+func (a *recordAck) init(t *tracker, seq int64, kind keyKind, members int) {
+	a.t, a.seq, a.key = t, seq, kind
+	a.n.Store(int32(members))
 }
 
 // Done settles one member of the record.
@@ -116,4 +171,25 @@ func (a *recordAck) Done() {
 	case n < 0:
 		panic("consumer: record acknowledged more times than it has members")
 	}
+}
+
+// source returns the record an Ack stands for: its tracker, offset and key
+// (rebuilt from the change h/uid where it was not kept). ok is false for an
+// Ack of another kind.
+func source(ack batcher.Ack, h wire.Header, uid string) (a *recordAck, offset int64, key []byte, ok bool) {
+	switch x := ack.(type) {
+	case *keyedAck:
+		a, key = &x.recordAck, x.k
+	case *recordAck:
+		a = x
+		switch x.key {
+		case keyCohort:
+			key = []byte(h.CohortID)
+		case keyUID:
+			key = []byte(uid)
+		}
+	default:
+		return nil, -1, nil, false
+	}
+	return a, a.t.offset(a.seq), key, true
 }

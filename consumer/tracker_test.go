@@ -3,6 +3,9 @@ package consumer
 import (
 	"math/rand/v2"
 	"testing"
+
+	"github.com/cohortsync/cohortsync-worker/internal/event"
+	"github.com/cohortsync/cohortsync-worker/internal/wire"
 )
 
 // TestTrackerRandomRelease releases tracked offsets in random orders and
@@ -112,7 +115,7 @@ func TestTrackerDoubleReleasePanics(t *testing.T) {
 func TestRecordAckReleasesAfterAllMembers(t *testing.T) {
 	tr := newTracker("t", 0, 0)
 	s, _ := tr.track(0)
-	a := newRecordAck(tr, s, 0, nil, 3)
+	a := newRecordAck(tr, s, nil, nil, 3)
 	a.Done()
 	a.Done()
 	if tr.watermark() != 0 {
@@ -142,3 +145,53 @@ func BenchmarkTrackRelease(b *testing.B) {
 		}
 	}
 }
+
+// TestRecordAckSource checks that a dead letter gets its source record's
+// key and offset back from the compact ack, for every way a key is kept.
+func TestRecordAckSource(t *testing.T) {
+	tr := newTracker("t", 3, 100)
+	h := wire.Header{Action: event.Add, Partner: "p", CohortID: "c1", CohortName: "n"}
+	cases := []struct {
+		name string
+		key  []byte
+		ev   *event.Event
+		uid  string
+		want []byte
+		kind keyKind
+	}{
+		{"null key", nil, &event.Event{CohortID: "c1", UIDs: []string{"u1"}}, "u1", nil, keyNull},
+		{"cohort key", []byte("c1"), &event.Event{CohortID: "c1", UIDs: []string{"u1", "u2"}}, "u2", []byte("c1"), keyCohort},
+		{"uid key", []byte("u1"), &event.Event{CohortID: "c1", UIDs: []string{"u1"}}, "u1", []byte("u1"), keyUID},
+		// A bulk record keyed by one of its uids: the key is not the
+		// rejected member's, so it is kept.
+		{"bulk uid key", []byte("u1"), &event.Event{CohortID: "c1", UIDs: []string{"u1", "u2"}}, "u2", []byte("u1"), keyOther},
+		{"other key", []byte("tenant-7"), &event.Event{CohortID: "c1", UIDs: []string{"u1"}}, "u1", []byte("tenant-7"), keyOther},
+		{"empty key", []byte{}, &event.Event{CohortID: "c1", UIDs: []string{"u1"}}, "u1", []byte{}, keyOther},
+		{"invalid record", []byte("k"), nil, "", []byte("k"), keyOther},
+	}
+	for i, c := range cases {
+		offset := int64(100 + 2*i)
+		seq, ok := tr.track(offset)
+		if !ok {
+			t.Fatalf("%s: not tracked", c.name)
+		}
+		ack := newRecordAck(tr, seq, c.key, c.ev, 1)
+		ra, gotOffset, key, ok := source(ack, h, c.uid)
+		if !ok || ra.key != c.kind {
+			t.Fatalf("%s: source ok=%v kind=%v, want kind %v", c.name, ok, ra.key, c.kind)
+		}
+		if gotOffset != offset {
+			t.Errorf("%s: offset %d, want %d", c.name, gotOffset, offset)
+		}
+		if (key == nil) != (c.want == nil) || string(key) != string(c.want) {
+			t.Errorf("%s: key %q (nil %v), want %q (nil %v)", c.name, key, key == nil, c.want, c.want == nil)
+		}
+	}
+	if _, _, _, ok := source(nopAck{}, h, "u"); ok {
+		t.Error("source accepted an ack of another kind")
+	}
+}
+
+type nopAck struct{}
+
+func (nopAck) Done() {}
