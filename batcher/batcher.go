@@ -226,7 +226,7 @@ func (b *Batcher) add(ch Change, now time.Time) {
 	bt.m.carry(bt.m.add(ch.UID, h, ch.Ack), carried)
 	bt.live++
 	bt.memberBytes += ms
-	if bt.remaining(b.cfg.MaxBytes) < minMember || (b.cfg.MaxMembers > 0 && bt.live >= b.cfg.MaxMembers) {
+	if bt.remaining(b.cfg.MaxBytes) < minMember || (b.cfg.MaxMembers > 0 && bt.live >= b.cfg.MaxMembers) || bt.m.full() {
 		b.seal(c, bt, now)
 	}
 }

@@ -11,8 +11,9 @@ import (
 // third of what a map[string]… index and a slot holding a string header
 // cost, and it gives the garbage collector almost no pointers to follow.
 //
-// Slots are only ever appended: a superseded member keeps its slot with a
-// nil ack (and its bytes in the arena) until the batch is sent or dropped.
+// A superseded member keeps its slot with a nil ack (and its bytes in the
+// arena) until the table is next rebuilt; if superseded slots are the
+// majority then, they are compacted away (rehash).
 
 // slot is one member of a batch. ack is nil once the member was superseded.
 type slot struct {
@@ -25,15 +26,16 @@ type slot struct {
 type members struct {
 	arena []byte
 	slots []slot
-	table []int32         // slot index + 1 per bucket; 0 = empty; len is a power of two
+	table []uint32        // per bucket: 0 = empty, else tag<<24 | slot index+1; len is a power of two
 	more  map[int32][]Ack // acks of the records a slot's change superseded or repeated
 	used  int             // occupied buckets (live and superseded slots)
 }
 
-// uid returns the uid of slot i. The string shares the arena's memory:
-// it stays valid (and unchanged) because the arena is appended to only
-// while the batch is open, and a uid is read only after that or by the
-// look-up that compares it right away.
+// uid returns the uid of slot i. The string shares the arena's memory,
+// which changes only while the batch is open (add appends to it, and a
+// rehash may compact it in place). So a uid string is kept only once the
+// batch was dispatched (the request, rejections); while it is open, uid is
+// used only by code that is done with the string before the next add.
 func (m *members) uid(i int32) string {
 	s := &m.slots[i]
 	if s.n == 0 {
@@ -42,29 +44,50 @@ func (m *members) uid(i int32) string {
 	return unsafe.String(&m.arena[s.off], int(s.n))
 }
 
-// find returns the live slot holding uid, or -1. h is hash(uid).
+// A table entry packs the slot number (plus one, so that 0 is empty) into
+// its low 24 bits and 8 bits of the uid's hash above them, so that most
+// probes that miss compare integers, not uids. A batch never holds more
+// than maxSlots slots (see full).
+const (
+	slotBits = 24
+	slotMask = 1<<slotBits - 1
+	maxSlots = slotMask - 1
+)
+
+func tag(h uint64) uint32 { return uint32(h>>56) << slotBits }
+
+// find returns the live slot holding uid, or -1. h is hashUID(uid).
 func (m *members) find(uid string, h uint64) int32 {
 	if len(m.table) == 0 {
 		return -1
 	}
 	mask := uint64(len(m.table) - 1)
+	t := tag(h)
 	for j := h & mask; ; j = (j + 1) & mask {
 		e := m.table[j]
 		if e == 0 {
 			return -1
 		}
-		i := e - 1
+		if e&^slotMask != t {
+			continue
+		}
+		i := int32(e&slotMask) - 1
 		if s := &m.slots[i]; s.ack != nil && int(s.n) == len(uid) && string(m.arena[s.off:s.off+s.n]) == uid {
 			return i
 		}
 	}
 }
 
+// full reports whether the batch must take no more members: its slot
+// numbers would no longer fit a table entry. (Far beyond any body the API
+// accepts; it bounds a Batcher configured with a huge MaxBytes.)
+func (m *members) full() bool { return len(m.slots) >= maxSlots }
+
 // add appends a live slot for uid, indexes it and returns its number. The
 // table grows (and the slots may be compacted) before the slot is added, so
 // the number returned stays valid until the next add.
 func (m *members) add(uid string, h uint64, ack Ack) int32 {
-	if (m.used+1)*4 > len(m.table)*3 {
+	if (m.used+1)*2 > len(m.table) {
 		m.rehash()
 	}
 	i := int32(len(m.slots))
@@ -80,7 +103,7 @@ func (m *members) insert(i int32, h uint64) {
 	for m.table[j] != 0 {
 		j = (j + 1) & mask
 	}
-	m.table[j] = i + 1
+	m.table[j] = tag(h) | uint32(i+1)
 	m.used++
 }
 
@@ -99,11 +122,11 @@ func (m *members) rehash() {
 		m.compact()
 	}
 	size := 16
-	for size*3 < (live+1)*8 { // at most 3/8 full after a rehash
+	for size < (live+1)*4 { // at most 1/4 full after a rehash, 1/2 before the next
 		size *= 2
 	}
 	if size != len(m.table) {
-		m.table = make([]int32, size)
+		m.table = make([]uint32, size)
 	} else {
 		clear(m.table)
 	}

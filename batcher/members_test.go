@@ -87,3 +87,24 @@ func TestMembersAgainstMap(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkMembersFill fills one batch's store with 6,000 new 10-character
+// uids, each looked up first (a miss) as Add does: the backlog case.
+func BenchmarkMembersFill(b *testing.B) {
+	uids := make([]string, 6000)
+	for i := range uids {
+		uids[i] = fmt.Sprintf("%010d", i*7919)
+	}
+	ack := &testAck{}
+	b.ReportAllocs()
+	for b.Loop() {
+		var m members
+		for _, u := range uids {
+			h := hashUID(u)
+			if m.find(u, h) >= 0 {
+				b.Fatal("found a uid never added")
+			}
+			m.add(u, h, ack)
+		}
+	}
+}
