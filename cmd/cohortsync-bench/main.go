@@ -147,8 +147,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.events, "events", 1_000_000, "events for (a) and (b)")
 	fs.IntVar(&o.cohorts, "cohorts", 1000, "cohorts for (a), (b) and (e)")
 	fs.IntVar(&o.partitions, "partitions", 6, "partitions of the benchmark topics")
-	fs.IntVar(&o.backlog, "backlog", 2_500_000, "backlog events for (c): enough for full bodies at the budget for the whole run")
-	fs.IntVar(&o.backlogCoh, "backlog-cohorts", 20, "cohorts of the (c) backlog: few, so that full bodies exist")
+	fs.IntVar(&o.backlog, "backlog", 3_000_000, "backlog events for (c): enough for full bodies at the budget for the whole run, with 25% to spare")
+	fs.IntVar(&o.backlogCoh, "backlog-cohorts", 24, "cohorts of the (c) backlog: few, so that full bodies exist; spread evenly over the partitions, so that no replica's backlog runs out first")
 	fs.DurationVar(&o.rateRun, "rate-run", 75*time.Second, "how long each (c) run lasts (over 60 s, for the busiest-window figure)")
 	fs.IntVar(&o.pending, "pending", 1_000_000, "MAX_PENDING_MEMBERS for (d)")
 	fs.IntVar(&o.latencyRate, "latency-rate", 50, "events per second for (e)")
@@ -186,7 +186,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		start := time.Now()
-		if err := produce(ctx, brokers, topic, o.events, o.cohorts, 1); err != nil {
+		if err := produce(ctx, brokers, topic, o.events, cohortIDs(o.cohorts), 1); err != nil {
 			return err
 		}
 		say("produced %d events in %s", o.events, time.Since(start).Round(time.Millisecond))
@@ -293,9 +293,41 @@ func uid(rng *rand.Rand) string {
 	return string(b[:])
 }
 
-// produce writes n events over cohorts (70% adds, 10-character uids)
-// keyed by cohort_id.
-func produce(ctx context.Context, brokers []string, topic string, n, cohorts int, seed uint64) error {
+// cohortIDs returns the cohort ids cohort-0000 … of n cohorts.
+func cohortIDs(n int) []string {
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("cohort-%04d", i)
+	}
+	return ids
+}
+
+// balancedCohortIDs returns n cohort ids that the producer's balancer
+// (kafka.Hash on the cohort_id key) spreads evenly over the partitions:
+// the first ids of the sequence cohort-0000 … that keep every partition's
+// count within ceil(n/partitions).
+func balancedCohortIDs(n, partitions int) []string {
+	parts := make([]int, partitions)
+	for i := range parts {
+		parts[i] = i
+	}
+	per := (n + partitions - 1) / partitions
+	count := make([]int, partitions)
+	var ids []string
+	for i := 0; len(ids) < n; i++ {
+		id := fmt.Sprintf("cohort-%04d", i)
+		p := (&kafka.Hash{}).Balance(kafka.Message{Key: []byte(id)}, parts...)
+		if count[p] < per {
+			count[p]++
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
+// produce writes n events over the cohorts ids (70% adds, 10-character
+// uids) keyed by cohort_id.
+func produce(ctx context.Context, brokers []string, topic string, n int, ids []string, seed uint64) error {
 	w := &kafka.Writer{Addr: kafka.TCP(brokers...), Topic: topic, Balancer: &kafka.Hash{},
 		BatchSize: 5000, BatchBytes: 4 << 20, BatchTimeout: 5 * time.Millisecond, RequiredAcks: kafka.RequireOne,
 		Compression: kafka.Lz4}
@@ -315,9 +347,9 @@ func produce(ctx context.Context, brokers []string, topic string, n, cohorts int
 			rng := rand.New(rand.NewPCG(seed, uint64(g)))
 			msgs := make([]kafka.Message, 0, 5000)
 			for i := 0; i < count; i++ {
-				c := rng.IntN(cohorts)
-				ev := event.Event{Action: event.Add, Partner: "bench", CohortID: fmt.Sprintf("cohort-%04d", c),
-					CohortName: fmt.Sprintf("Bench_Cohort_%04d", c), UIDs: []string{uid(rng)}}
+				id := ids[rng.IntN(len(ids))]
+				ev := event.Event{Action: event.Add, Partner: "bench", CohortID: id,
+					CohortName: "Bench_" + id, UIDs: []string{uid(rng)}}
 				if rng.Float64() >= 0.7 {
 					ev.Action = event.Remove
 				}
@@ -542,7 +574,7 @@ func rateLimited(ctx context.Context, brokers []string, o options, replicas int,
 	if err := kafkaadmin.CreateTopics(ctx, brokers, o.partitions, topic, topic+".dlq"); err != nil {
 		return nil, err
 	}
-	if err := produce(ctx, brokers, topic, o.backlog, o.backlogCoh, uint64(replicas)+10); err != nil {
+	if err := produce(ctx, brokers, topic, o.backlog, balancedCohortIDs(o.backlogCoh, o.partitions), uint64(replicas)+10); err != nil {
 		return nil, err
 	}
 	a, err := startAPI(300, emulator.Faults{})
@@ -618,7 +650,7 @@ func peakRSS(ctx context.Context, brokers []string, o options, memLimit string, 
 	if err := kafkaadmin.CreateTopics(ctx, brokers, o.partitions, topic, topic+".dlq"); err != nil {
 		return nil, err
 	}
-	if err := produce(ctx, brokers, topic, o.pending+o.pending/10, o.cohorts, 77); err != nil {
+	if err := produce(ctx, brokers, topic, o.pending+o.pending/10, cohortIDs(o.cohorts), 77); err != nil {
 		return nil, err
 	}
 	a, err := startAPI(0, emulator.Faults{Latency: time.Hour})
