@@ -15,6 +15,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -66,6 +67,7 @@ type options struct {
 	out         string
 	phases      string
 	cpuprofile  string
+	repeat      int
 }
 
 type results struct {
@@ -74,9 +76,12 @@ type results struct {
 	Events         int                `json:"events"`
 	Cohorts        int                `json:"cohorts"`
 	Partitions     int                `json:"partitions"`
-	BareReader     *throughput        `json:"bare_reader,omitempty"`
+	BareReader     *throughput        `json:"bare_reader,omitempty"` // the median run
 	Worker         *throughput        `json:"worker_unlimited,omitempty"`
-	WorkerRatio    float64            `json:"worker_to_bare_ratio,omitempty"`
+	WorkerRatio    float64            `json:"worker_to_bare_ratio,omitempty"` // median of the runs' ratios
+	BareRuns       []float64          `json:"bare_reader_runs_events_per_second,omitempty"`
+	WorkerRuns     []float64          `json:"worker_runs_events_per_second,omitempty"`
+	RatioRuns      []float64          `json:"ratio_runs,omitempty"`
 	RateLimited    []rateResult       `json:"rate_limited,omitempty"`
 	PeakRSS        *rssResult         `json:"peak_rss,omitempty"`
 	PeakRSSLimited *rssResult         `json:"peak_rss_with_gomemlimit,omitempty"`
@@ -158,7 +163,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&o.window, "window", time.Second, "BATCH_WINDOW for (e)")
 	fs.StringVar(&o.out, "out", "bench-results/bench.json", "where the JSON goes")
 	fs.StringVar(&o.phases, "phases", "a,b,c,d,e", "which phases to run")
-	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of phase (b) to this file")
+	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of phase (b) to this file (its first run)")
+	fs.IntVar(&o.repeat, "repeat", 3, "runs of (a) and (b), alternating over the same topic; the figures are the medians, the ratio the median of the runs' ratios")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -191,23 +197,36 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		say("produced %d events in %s", o.events, time.Since(start).Round(time.Millisecond))
 	}
-	if phase("a") {
-		tp, err := bareReader(ctx, brokers, topic, o.events)
-		if err != nil {
-			return err
+	if phase("a") || phase("b") {
+		// Alternating runs over the same topic: on a shared machine one run
+		// can be slowed by a neighbour, and a pair run back to back sees
+		// about the same machine.
+		var bares, workers []*throughput
+		for i := range max(o.repeat, 1) {
+			var a, b *throughput
+			if phase("a") {
+				if a, err = bareReader(ctx, brokers, topic, o.events); err != nil {
+					return err
+				}
+				bares = append(bares, a)
+				res.BareRuns = append(res.BareRuns, a.PerSec)
+				say("(a) bare reader, run %d: %.0f events/s", i+1, a.PerSec)
+			}
+			if phase("b") {
+				if b, err = workerUnlimited(ctx, brokers, topic, fmt.Sprintf("bench-unlimited-%s-%d", topic, i), i == 0, o, log); err != nil {
+					return err
+				}
+				workers = append(workers, b)
+				res.WorkerRuns = append(res.WorkerRuns, b.PerSec)
+				say("(b) worker, no rate limit, run %d: %.0f events/s", i+1, b.PerSec)
+			}
+			if a != nil && b != nil {
+				res.RatioRuns = append(res.RatioRuns, b.PerSec/a.PerSec)
+			}
 		}
-		res.BareReader = tp
-		say("(a) bare reader: %.0f events/s", tp.PerSec)
-	}
-	if phase("b") {
-		tp, err := workerUnlimited(ctx, brokers, topic, o, log)
-		if err != nil {
-			return err
-		}
-		res.Worker = tp
-		say("(b) worker, no rate limit: %.0f events/s", tp.PerSec)
-		if res.BareReader != nil {
-			res.WorkerRatio = tp.PerSec / res.BareReader.PerSec
+		res.BareReader, res.Worker = medianRun(bares), medianRun(workers)
+		if len(res.RatioRuns) > 0 {
+			res.WorkerRatio = median(res.RatioRuns)
 			res.Targets["b/a"] = verdict{">= 0.7", fmt.Sprintf("%.2f", res.WorkerRatio), res.WorkerRatio >= 0.7}
 		}
 	}
@@ -262,6 +281,23 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "\nJSON: %s\n", o.out)
 	return nil
+}
+
+// median returns the median of xs (the lower middle one of an even count).
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	return s[(len(s)-1)/2]
+}
+
+// medianRun returns the run with the median throughput, or nil.
+func medianRun(runs []*throughput) *throughput {
+	if len(runs) == 0 {
+		return nil
+	}
+	s := slices.Clone(runs)
+	slices.SortFunc(s, func(a, b *throughput) int { return cmp.Compare(a.PerSec, b.PerSec) })
+	return s[(len(s)-1)/2]
 }
 
 func numCPU() int {
@@ -501,18 +537,19 @@ func waitLag(ctx context.Context, brokers []string, topic, group string, done <-
 	}
 }
 
-// workerUnlimited runs the worker over topic with no rate limit until its
-// lag is zero.
-func workerUnlimited(ctx context.Context, brokers []string, topic string, o options, log *slog.Logger) (*throughput, error) {
+// workerUnlimited runs the worker over topic, in consumer group group, with
+// no rate limit until its lag is zero; profile says whether to write the
+// CPU profile asked for.
+func workerUnlimited(ctx context.Context, brokers []string, topic, group string, profile bool, o options, log *slog.Logger) (*throughput, error) {
 	a, err := startAPI(0, emulator.Faults{})
 	if err != nil {
 		return nil, err
 	}
 	defer a.close()
-	cfg := workerConfig(brokers, topic, "bench-unlimited-"+topic, a.url)
+	cfg := workerConfig(brokers, topic, group, a.url)
 	cfg.RateLimitRPM = 0
 	cfg.BatchWindow = 200 * time.Millisecond
-	if o.cpuprofile != "" {
+	if profile && o.cpuprofile != "" {
 		f, err := os.Create(o.cpuprofile)
 		if err != nil {
 			return nil, err
@@ -787,18 +824,28 @@ func latency(ctx context.Context, brokers []string, o options, log *slog.Logger)
 	return &latencyResult{Cohorts: o.latencyCoh, Rate: o.latencyRate, Samples: len(lat), P50: q(0.5), P99: q(0.99), Window: o.window.Seconds()}, nil
 }
 
+// runs formats a run list as "x / y / z".
+func runs(xs []float64, format string) string {
+	parts := make([]string, len(xs))
+	for i, x := range xs {
+		parts[i] = fmt.Sprintf(format, x)
+	}
+	return strings.Join(parts, " / ")
+}
+
 func printTable(w io.Writer, r *results) {
 	fmt.Fprintf(w, "\ncohortsync-worker benchmark — %s, Apache Kafka %s, %d partitions\n\n", r.Machine, r.KafkaVersion, r.Partitions)
 	fmt.Fprintf(w, "%-48s %s\n", "figure", "value")
 	row := func(k, v string) { fmt.Fprintf(w, "%-48s %s\n", k, v) }
 	if r.BareReader != nil {
-		row("(a) bare kafka-go reader", fmt.Sprintf("%.0f events/s (%d events, %.2fs)", r.BareReader.PerSec, r.BareReader.Events, r.BareReader.Seconds))
+		row("(a) bare kafka-go reader", fmt.Sprintf("%.0f events/s (%d events, %.2fs; median of runs %s)", r.BareReader.PerSec, r.BareReader.Events, r.BareReader.Seconds, runs(r.BareRuns, "%.0f")))
 	}
 	if r.Worker != nil {
 		row("(b) worker, no rate limit", fmt.Sprintf("%.0f events/s (first fetch to last acceptance %.2fs, %d requests)", r.Worker.PerSec, r.Worker.Seconds, r.Worker.Requests))
 		row("(b) from start: first fetch / all read / all accepted / lag 0", fmt.Sprintf("%.2fs / %.2fs / %.2fs / %.2fs",
 			r.Worker.FirstFetchSeconds, r.Worker.AllReadSeconds, r.Worker.AllAcceptedSecs, r.Worker.LagZeroSeconds))
-		row("(b)/(a)", fmt.Sprintf("%.2f", r.WorkerRatio))
+		row("(b) runs", runs(r.WorkerRuns, "%.0f")+" events/s")
+		row("(b)/(a)", fmt.Sprintf("%.2f (median of the runs' ratios %s)", r.WorkerRatio, runs(r.RatioRuns, "%.2f")))
 	}
 	for _, rr := range r.RateLimited {
 		p := fmt.Sprintf("(c) %d replica(s), RATE_LIMIT_RPM=300", rr.Replicas)
