@@ -1,6 +1,7 @@
 package emulator
 
 import (
+	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"io"
@@ -183,7 +184,10 @@ func (e *Emulator) handle(r *http.Request, rec *RequestRecord) outcome {
 	if !isJSONContentType(r.Header.Get("Content-Type")) {
 		return early(outcome{err: errUnsupportedMedia})
 	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, int64(e.cfg.MaxBodyBytes)+1))
+	buf := getBodyBuffer(r.ContentLength, e.cfg.MaxBodyBytes)
+	defer putBodyBuffer(buf)
+	body, err := readAll(io.LimitReader(r.Body, int64(e.cfg.MaxBodyBytes)+1), (*buf)[:0])
+	*buf = body // keep the grown buffer for reuse
 	rec.BodyBytes = len(body)
 	if len(body) > e.cfg.MaxBodyBytes {
 		return early(outcome{err: errPayloadTooLarge})
@@ -202,7 +206,8 @@ func (e *Emulator) handle(r *http.Request, rec *RequestRecord) outcome {
 	rec.Workspace = ws
 
 	// Validation is pure, so it runs outside the lock; its result is used
-	// only at its place in the order of checks.
+	// only at its place in the order of checks. It keeps nothing of body,
+	// whose buffer goes back to the pool.
 	req, verr := e.validator.parse(body)
 	rec.Action, rec.Partner, rec.CohortID, rec.CohortName = req.Action, req.Partner, req.CohortID, req.CohortName
 	if verr == nil {
@@ -214,6 +219,53 @@ func (e *Emulator) handle(r *http.Request, rec *RequestRecord) outcome {
 	o := e.decideLocked(ws, &req, verr, rec)
 	e.recordLocked(rec, o)
 	return o
+}
+
+// bodyBuffers holds *[]byte buffers for reading request bodies.
+var bodyBuffers sync.Pool
+
+// maxPooledBody bounds the capacity of the buffers kept in bodyBuffers.
+const maxPooledBody = 1 << 20
+
+// getBodyBuffer returns an empty buffer from the pool with room for a body
+// of contentLength bytes, when known, read through a reader limited to
+// limit+1 bytes, and for the final read that finds the end.
+func getBodyBuffer(contentLength int64, limit int) *[]byte {
+	want := 512 // what io.ReadAll starts with
+	if contentLength > 0 {
+		want = int(min(contentLength, int64(limit)+1)) + 1
+	}
+	if buf, _ := bodyBuffers.Get().(*[]byte); buf != nil && cap(*buf) >= want {
+		return buf
+	}
+	// A pooled buffer too small for this body is dropped: the pool keeps
+	// the sizes bodies need.
+	b := make([]byte, 0, want)
+	return &b
+}
+
+func putBodyBuffer(buf *[]byte) {
+	if cap(*buf) <= maxPooledBody {
+		*buf = (*buf)[:0]
+		bodyBuffers.Put(buf)
+	}
+}
+
+// readAll is io.ReadAll reading into b, which it grows as needed.
+func readAll(r io.Reader, b []byte) ([]byte, error) {
+	for {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err != nil {
+			if err == io.EOF {
+				err = nil
+			}
+			return b, err
+		}
+	}
 }
 
 // decideLocked runs the checks that need shared state (forbidden, rate
@@ -330,6 +382,9 @@ func windowStart(now time.Time, d time.Duration) time.Time {
 // rateHeaders returns the x-ratelimit-* headers for win (none when the
 // limit is off) and, on a 429 with Config.RetryAfter, Retry-After.
 func (e *Emulator) rateHeaders(win *rateWindow, now time.Time, is429 bool) http.Header {
+	if win == nil && !(is429 && e.cfg.RetryAfter) {
+		return nil
+	}
 	h := make(http.Header)
 	end := windowStart(now, e.cfg.RateWindow).Add(e.cfg.RateWindow)
 	left := ceilSeconds(end.Sub(now))
@@ -383,8 +438,11 @@ func (e *Emulator) authenticate(r *http.Request) (string, *apiError) {
 // isJSONContentType accepts application/json with no charset or a UTF-8
 // charset, in any letter case.
 func isJSONContentType(v string) bool {
-	if v == "" {
+	switch v {
+	case "":
 		return false
+	case "application/json", "application/json; charset=utf-8":
+		return true // the common forms, without the allocations of ParseMediaType
 	}
 	mt, params, err := mime.ParseMediaType(v)
 	if err != nil || mt != "application/json" {
@@ -414,9 +472,12 @@ func (e *Emulator) recordLocked(rec *RequestRecord, o outcome) {
 
 // write sends the answer for o.
 func (e *Emulator) write(w http.ResponseWriter, rec *RequestRecord, o outcome) {
-	e.log.Debug("request", "seq", rec.Seq, "status", rec.Status, "workspace", rec.Workspace,
-		"action", rec.Action, "partner", rec.Partner, "cohort_id", rec.CohortID, "members", len(rec.Members),
-		"request_id", rec.RequestID, "fault", rec.Fault, "replica", rec.Replica)
+	// The check saves building the arguments when Debug is off.
+	if e.log.Enabled(context.Background(), slog.LevelDebug) {
+		e.log.Debug("request", "seq", rec.Seq, "status", rec.Status, "workspace", rec.Workspace,
+			"action", rec.Action, "partner", rec.Partner, "cohort_id", rec.CohortID, "members", len(rec.Members),
+			"request_id", rec.RequestID, "fault", rec.Fault, "replica", rec.Replica)
+	}
 	switch {
 	case o.aborted:
 		return
@@ -428,7 +489,7 @@ func (e *Emulator) write(w http.ResponseWriter, rec *RequestRecord, o outcome) {
 		w.Header()[k] = v
 	}
 	if o.err == nil {
-		writeJSON(w, http.StatusOK, SuccessResponse{Status: "success", Message: MessageSuccess})
+		writeBody(w, http.StatusOK, successJSON)
 		return
 	}
 	writeJSON(w, o.err.status, ErrorResponse{Status: "fail", Error: ErrorDetail{
@@ -439,12 +500,26 @@ func (e *Emulator) write(w http.ResponseWriter, rec *RequestRecord, o outcome) {
 	}})
 }
 
+// successJSON is the body of every 200, encoded once.
+var successJSON = func() []byte {
+	b, err := json.Marshal(SuccessResponse{Status: "success", Message: MessageSuccess})
+	if err != nil {
+		panic(err)
+	}
+	return b
+}()
+
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	b, err := json.Marshal(v)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return
 	}
+	writeBody(w, status, b)
+}
+
+// writeBody sends the JSON body b.
+func writeBody(w http.ResponseWriter, status int, b []byte) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
 	w.WriteHeader(status)

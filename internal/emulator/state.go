@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -82,7 +83,12 @@ func (e *Emulator) applyLocked(workspace string, req *cohortRequest, now time.Ti
 					continue
 				}
 			}
-			s.members[uid] = struct{}{}
+			// The uids of a request share memory (see parseFast): a new
+			// member gets its own copy, so that the members kept do not pin
+			// the uids of the requests that added them.
+			if _, ok := s.members[uid]; !ok {
+				s.members[strings.Clone(uid)] = struct{}{}
+			}
 		}
 	case ActionRemove:
 		for _, uid := range req.Members {
