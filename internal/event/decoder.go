@@ -28,6 +28,7 @@ type Decoder struct {
 	strBytes int               // total length of the strings in strs
 
 	spans []span   // scratch for the members' spans
+	esc   []byte   // scratch for the values of strings with escapes
 	buf   []byte   // scratch for the members' bytes
 	uids  []string // the UIDs of the last Event returned
 }
@@ -49,8 +50,13 @@ func NewDecoder(defaultPartner string) *Decoder {
 // themselves are never changed; the members of one event share one
 // allocation. Appending to the slice does not affect the Decoder.
 func (d *Decoder) Decode(value []byte) (Event, error) {
-	f, ok := scanEvent(value, d.spans[:0])
+	f, ok := scanEvent(value, d.spans[:0], d.esc[:0])
 	d.keepSpans(f.uids)
+	if cap(f.esc) <= maxKeptMembers*16 {
+		d.esc = f.esc[:0]
+	} else {
+		d.esc = nil
+	}
 	if ok {
 		if ev, ok := d.build(&f, value); ok {
 			return ev, nil
@@ -60,7 +66,9 @@ func (d *Decoder) Decode(value []byte) (Event, error) {
 }
 
 // build is the rest of decodeFast for a Decoder: it validates f and, if it
-// passes, returns the Event of value using the Decoder's memory.
+// passes, returns the Event of value using the Decoder's memory. The header
+// strings are interned by their values, unescaped (in f.esc, which the
+// next call reuses: intern copies what it keeps).
 func (d *Decoder) build(f *fastFields, value []byte) (ev Event, ok bool) {
 	var members []span
 	ev.Action, members, ok = f.check(value, d.defaultPartner)
@@ -79,9 +87,9 @@ func (d *Decoder) build(f *fastFields, value []byte) (ev Event, ok bool) {
 
 	// One allocation for the members, and for occurred_at, which is only
 	// parsed and is short.
-	b := d.buf[:0]
+	b, esc := d.buf[:0], f.esc
 	for _, u := range members {
-		b = append(b, value[u.lo:u.hi]...)
+		b = append(b, spanText(value, esc, u)...)
 	}
 	b = append(b, f.bytes(value, fieldOccurredAt)...)
 	s := string(b)

@@ -3,23 +3,26 @@ package event
 import (
 	"bytes"
 	"time"
+	"unicode/utf16"
 	"unicode/utf8"
 )
 
 // This file holds the fast path of Decode: a hand-written parser for the
 // shape that producers write, one flat object of lower-case known keys with
-// plain string values and a "uids" array of plain strings. A plain string is
-// one without escape sequences, of valid UTF-8: its bytes are its value.
+// string values and a "uids" array of strings. The raw bytes of those
+// strings must be valid UTF-8; their escape sequences are decoded exactly as
+// encoding/json decodes them (see unescape). A string without escape
+// sequences is its bytes, and the fast path uses them in place.
 //
 // The fast path only ever answers "this is the event decodeSlow returns" or
 // "not sure". It is not sure, and leaves the input to decodeSlow, whenever it
 // meets anything else: an escape sequence or a non-ASCII byte in a key, a key
 // that matches a known key only case-insensitively, a duplicate known key, a
-// null, a value of a known key that is not a plain string (or array of plain
-// strings for uids), an object or array as the value of an unknown key, any
-// syntax error, and any event that fails validation. It therefore never
-// produces an error itself, and it cannot change the reason or message of
-// one. Unknown keys whose values are strings (escapes allowed), numbers,
+// null, a value of a known key that is not a string (or array of strings for
+// uids), a string value with invalid UTF-8, an object or array as the value
+// of an unknown key, any syntax error, and any event that fails validation.
+// It therefore never produces an error itself, and it cannot change the
+// reason or message of one. Unknown keys whose values are strings, numbers,
 // true, false or null are skipped after checking their syntax exactly.
 //
 // FuzzDecodeFast checks the fast path against decodeSlow.
@@ -51,7 +54,13 @@ var fieldNames = [numFields]string{
 	fieldOccurredAt:        "occurred_at",
 }
 
-// span is the value of a plain string: value[lo:hi], quotes excluded.
+// span is the value of a string. For a string without escape sequences it
+// is value[lo:hi], quotes excluded. A string with escape sequences is
+// unescaped onto fastFields.esc, and its span is offset by len(value): its
+// value is esc[lo-len(value):hi-len(value)]. The spans index, in other words,
+// value and esc laid end to end. A string in value starts at or before its
+// closing quote, so lo < len(value) exactly when the string is in value (or
+// the span is the span{} of an absent field, whose value is empty).
 type span struct{ lo, hi int }
 
 func (s span) len() int { return s.hi - s.lo }
@@ -61,13 +70,26 @@ type fastFields struct {
 	has  uint16          // bit 1<<field is set when field is present
 	str  [numFields]span // the value of each present field but fieldUIDs
 	uids []span          // the elements of uids
+	esc  []byte          // the values of the strings with escape sequences
 }
 
 func (f *fastFields) present(field int) bool { return f.has&(1<<field) != 0 }
 
+// bytes returns the value of field, which is empty when field is absent.
 func (f *fastFields) bytes(v []byte, field int) []byte {
-	s := f.str[field]
-	return v[s.lo:s.hi]
+	return f.text(v, f.str[field])
+}
+
+// text returns the value of the string s of v.
+func (f *fastFields) text(v []byte, s span) []byte { return spanText(v, f.esc, s) }
+
+// spanText returns the value of the string s of v, whose strings with escape
+// sequences are unescaped in esc.
+func spanText(v, esc []byte, s span) []byte {
+	if s.lo < len(v) {
+		return v[s.lo:s.hi]
+	}
+	return esc[s.lo-len(v) : s.hi-len(v)]
 }
 
 // decodeFast is Decode for the inputs the fast path is sure about: when ok,
@@ -75,7 +97,8 @@ func (f *fastFields) bytes(v []byte, field int) []byte {
 // Otherwise the caller must run decodeSlow.
 func decodeFast(value []byte, defaultPartner string) (ev Event, ok bool) {
 	var scratch [16]span
-	f, ok := scanEvent(value, scratch[:0])
+	var esc [128]byte
+	f, ok := scanEvent(value, scratch[:0], esc[:0])
 	if !ok {
 		return Event{}, false
 	}
@@ -110,7 +133,7 @@ func decodeFast(value []byte, defaultPartner string) (ev Event, ok bool) {
 
 	b = buf[:0]
 	for _, u := range f.uids {
-		b = append(b, value[u.lo:u.hi]...)
+		b = append(b, f.text(value, u)...)
 	}
 	s = string(b)
 	ev.UIDs = make([]string, len(f.uids))
@@ -141,7 +164,7 @@ func (f *fastFields) check(v []byte, defaultPartner string) (a Action, members [
 	if f.str[fieldCohortID].len() == 0 || f.str[fieldCohortName].len() == 0 {
 		return "", nil, false // absent fields are empty too
 	}
-	for _, c := range f.bytes(v, fieldCohortName) {
+	for _, c := range f.bytes(v, fieldCohortName) { // unescaped
 		if forbiddenName[c] {
 			return "", nil, false
 		}
@@ -163,11 +186,13 @@ func (f *fastFields) check(v []byte, defaultPartner string) (a Action, members [
 			return "", nil, false
 		}
 	}
-	return a, dedupeSpans(v, members), true
+	return a, f.dedupeSpans(v, members), true
 }
 
 // forbiddenName[c] reports whether c is in ForbiddenNameChars. As those are
 // ASCII, a name of valid UTF-8 contains one exactly when it contains its byte.
+// Unescaped names are valid UTF-8 too: the fast path takes only strings
+// of valid UTF-8, and an escape sequence stands for the UTF-8 of a rune.
 var forbiddenName = func() (t [256]bool) {
 	for _, c := range []byte(ForbiddenNameChars) {
 		t[c] = true
@@ -175,19 +200,21 @@ var forbiddenName = func() (t [256]bool) {
 	return t
 }()
 
-// dedupeSpans is dedupe for spans of v: it keeps the first occurrence of each
-// value, preserving order, in the memory of s.
-func dedupeSpans(v []byte, s []span) []span {
+// dedupeSpans is dedupe for the strings s of v: it keeps the first
+// occurrence of each value (unescaped), preserving order, in the memory of s.
+func (f *fastFields) dedupeSpans(v []byte, s []span) []span {
 	if len(s) < 2 {
 		return s
 	}
 	out := s[:0]
 	if len(s) <= 32 {
 		// Quadratic, but no allocation for the usual few members.
+		esc := f.esc
 		for _, u := range s {
 			dup := false
+			ut := spanText(v, esc, u)
 			for _, w := range out {
-				if bytes.Equal(v[w.lo:w.hi], v[u.lo:u.hi]) {
+				if bytes.Equal(spanText(v, esc, w), ut) {
 					dup = true
 					break
 				}
@@ -198,7 +225,7 @@ func dedupeSpans(v []byte, s []span) []span {
 		}
 		return out
 	}
-	vs := string(v) // one allocation for the keys of seen
+	vs := string(v) + string(f.esc) // one allocation for the keys of seen
 	seen := make(map[string]struct{}, len(s))
 	for _, u := range s {
 		if _, dup := seen[vs[u.lo:u.hi]]; dup {
@@ -211,10 +238,11 @@ func dedupeSpans(v []byte, s []span) []span {
 }
 
 // scanEvent parses v as one JSON object of the shape the fast path handles,
-// appending the elements of uids to uids. ok is false when v is anything
-// else, valid or not. f.uids is returned even then, for reuse.
-func scanEvent(v []byte, uids []span) (f fastFields, ok bool) {
-	f.uids = uids
+// appending the elements of uids to uids and the values of strings with
+// escape sequences to esc. ok is false when v is anything else, valid or
+// not. f.uids and f.esc are returned even then, for reuse.
+func scanEvent(v []byte, uids []span, esc []byte) (f fastFields, ok bool) {
+	f.uids, f.esc = uids, esc
 	i := skipSpace(v, 0)
 	if i == len(v) || v[i] != '{' {
 		return f, false
@@ -247,13 +275,16 @@ func scanEvent(v []byte, uids []span) (f fastFields, ok bool) {
 		case fieldUnknown:
 			i, ok = skipScalar(v, i)
 		case fieldUIDs:
-			f.uids, i, ok = scanStrings(v, i, f.uids)
+			f.uids, f.esc, i, ok = scanStrings(v, i, f.uids, f.esc)
 		default:
 			if v[i] != '"' {
 				return f, false
 			}
 			end, ok = scanPlain(v, i+1)
 			f.str[field] = span{i + 1, end}
+			if !ok && end < len(v) && v[end] == '\\' {
+				f.str[field], f.esc, end, ok = unescape(v, i+1, end, f.esc)
+			}
 			i = end + 1
 		}
 		if !ok {
@@ -348,9 +379,11 @@ func scanKey(v []byte, i int) (end int, ok bool) {
 	return i, false
 }
 
-// scanPlain scans the rest of a plain string whose opening quote is v[i-1]
-// and returns the index of its closing quote. ok is false for a string with
-// an escape sequence or invalid UTF-8, and for an invalid one.
+// scanPlain scans the rest of a string without escape sequences whose
+// opening quote is v[i-1] and returns the index of its closing quote. ok is
+// false for a string of invalid UTF-8, and for an invalid one. It is false
+// too for a string with an escape sequence, and end is then the index of the
+// first backslash, for unescape to take over.
 func scanPlain(v []byte, i int) (end int, ok bool) {
 	start, ascii := i, true
 	for ; i < len(v); i++ {
@@ -369,36 +402,179 @@ func scanPlain(v []byte, i int) (end int, ok bool) {
 	return i, false
 }
 
-// scanStrings scans an array of plain strings that starts at v[i], appending
-// their spans to s, and returns the index after it.
-func scanStrings(v []byte, i int, s []span) (_ []span, next int, ok bool) {
+// unescape scans the rest of a string with escape sequences whose opening
+// quote is v[start-1] and first escape sequence v[i]. It returns the span of
+// the string, esc with the value of the string appended, and the index of its
+// closing quote. It decodes the escape sequences as encoding/json's unquote
+// does:
+//
+//   - \" \\ \/ \b \f \n \r \t stand for the byte they name;
+//   - \uXXXX (hex digits in either case) stands for the UTF-8 of U+XXXX,
+//     except that a \uXXXX of the UTF-16 surrogate range (D800-DFFF) followed
+//     by another \uXXXX forms one rune with it when they are a high and a
+//     low surrogate, in that order; otherwise that surrogate alone stands
+//     for U+FFFD and the next \uXXXX is decoded on its own;
+//   - any other escape sequence, and \u with fewer than four hex digits,
+//     are syntax errors (ok is false; encoding/json's unquote accepts \',
+//     but its scanner rejects it first).
+//
+// Raw control characters are syntax errors too, and raw bytes that are not
+// valid UTF-8 leave the string to decodeSlow (ok is false), which would
+// replace them.
+func unescape(v []byte, start, i int, esc []byte) (s span, _ []byte, end int, ok bool) {
+	if !utf8.Valid(v[start:i]) {
+		return span{}, esc, i, false
+	}
+	b := esc
+	lo := len(b)
+	b = append(b, v[start:i]...)
+	for i < len(v) {
+		switch c := v[i]; {
+		case c == '"':
+			return span{len(v) + lo, len(v) + len(b)}, b, i, true
+		case c == '\\':
+			if i+1 == len(v) {
+				return span{}, b, i, false
+			}
+			switch e := v[i+1]; e {
+			case '"', '\\', '/':
+				b = append(b, e)
+			case 'b':
+				b = append(b, '\b')
+			case 'f':
+				b = append(b, '\f')
+			case 'n':
+				b = append(b, '\n')
+			case 'r':
+				b = append(b, '\r')
+			case 't':
+				b = append(b, '\t')
+			case 'u':
+				r := getu4(v, i)
+				if r < 0 {
+					return span{}, b, i, false
+				}
+				i += 6
+				if utf16.IsSurrogate(r) {
+					if dec := utf16.DecodeRune(r, getu4(v, i)); dec != utf8.RuneError {
+						i += 6 // a valid pair
+						b = utf8.AppendRune(b, dec)
+						continue
+					}
+					r = utf8.RuneError // a lone or misordered surrogate
+				}
+				b = utf8.AppendRune(b, r)
+				continue
+			default:
+				return span{}, b, i, false
+			}
+			i += 2
+		case c < 0x20:
+			return span{}, b, i, false
+		case c < utf8.RuneSelf:
+			b = append(b, c)
+			i++
+		default:
+			r, size := utf8.DecodeRune(v[i:])
+			if r == utf8.RuneError && size == 1 {
+				return span{}, b, i, false
+			}
+			b = append(b, v[i:i+size]...)
+			i += size
+		}
+	}
+	return span{}, b, i, false
+}
+
+// getu4 decodes the \uXXXX escape sequence at v[i], returning -1 if there is
+// none. It is encoding/json's getu4.
+func getu4(v []byte, i int) rune {
+	if len(v)-i < 6 || v[i] != '\\' || v[i+1] != 'u' {
+		return -1
+	}
+	var r rune
+	for _, c := range v[i+2 : i+6] {
+		switch {
+		case '0' <= c && c <= '9':
+			c = c - '0'
+		case 'a' <= c && c <= 'f':
+			c = c - 'a' + 10
+		case 'A' <= c && c <= 'F':
+			c = c - 'A' + 10
+		default:
+			return -1
+		}
+		r = r*16 + rune(c)
+	}
+	return r
+}
+
+// scanStrings scans an array of strings that starts at v[i], appending their
+// spans to s and the values of those with escape sequences to esc, and
+// returns s, esc and the index after it.
+func scanStrings(v []byte, i int, s []span, esc []byte) (_ []span, _ []byte, next int, ok bool) {
 	if v[i] != '[' {
-		return s, i, false
+		return s, esc, i, false
 	}
 	i = skipSpace(v, i+1)
 	if i < len(v) && v[i] == ']' {
-		return s, i + 1, true
+		return s, esc, i + 1, true
 	}
 	for {
 		if i == len(v) || v[i] != '"' {
-			return s, i, false
+			return s, esc, i, false
 		}
 		end, ok := scanPlain(v, i+1)
 		if !ok {
-			return s, i, false
+			if end < len(v) && v[end] == '\\' {
+				return scanEscapedStrings(v, i, s, esc)
+			}
+			return s, esc, i, false
 		}
 		s = append(s, span{i + 1, end})
 		i = skipSpace(v, end+1)
 		if i == len(v) {
-			return s, i, false
+			return s, esc, i, false
 		}
 		switch v[i] {
 		case ',':
 			i = skipSpace(v, i+1)
 		case ']':
-			return s, i + 1, true
+			return s, esc, i + 1, true
 		default:
-			return s, i, false
+			return s, esc, i, false
+		}
+	}
+}
+
+// scanEscapedStrings is scanStrings from the string at v[i] on, the first
+// with an escape sequence. It is apart to keep the loop of scanStrings, for
+// strings without, short.
+func scanEscapedStrings(v []byte, i int, s []span, esc []byte) (_ []span, _ []byte, next int, ok bool) {
+	for {
+		if i == len(v) || v[i] != '"' {
+			return s, esc, i, false
+		}
+		end, ok := scanPlain(v, i+1)
+		u := span{i + 1, end}
+		if !ok && end < len(v) && v[end] == '\\' {
+			u, esc, end, ok = unescape(v, i+1, end, esc)
+		}
+		if !ok {
+			return s, esc, i, false
+		}
+		s = append(s, u)
+		i = skipSpace(v, end+1)
+		if i == len(v) {
+			return s, esc, i, false
+		}
+		switch v[i] {
+		case ',':
+			i = skipSpace(v, i+1)
+		case ']':
+			return s, esc, i + 1, true
+		default:
+			return s, esc, i, false
 		}
 	}
 }

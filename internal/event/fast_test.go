@@ -1,6 +1,7 @@
 package event
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"reflect"
@@ -8,6 +9,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 	"unsafe"
 )
 
@@ -20,6 +22,11 @@ var bulk = Encode(Event{Action: Remove, CohortID: "cohort-0042", CohortName: "Be
 	CohortDescription: "Members of the bench cohort.", Partner: "bench",
 	UIDs: []string{"aB3dE5gH7j", "bC4eF6hI8k", "cD5fG7iJ9l", "dE6gH8jK0m", "eF7hI9kL1n",
 		"fG8iJ0lM2o", "gH9jK1mN3p", "hI0kL2nO4q", "iJ1lM3oP5r", "jK2mN4pQ6s"}})
+
+// escaped is typical as json.Marshal writes a cohort whose name and
+// description hold characters it escapes (& < > U+2028).
+var escaped = Encode(Event{Action: Add, CohortID: "cohort-0042", CohortName: "Fans & Friends",
+	CohortDescription: "Fans & friends of <bench>\u2028since 2026.", Partner: "bench", UIDs: []string{"aB3dE5gH7j"}})
 
 // fastSeeds are inputs for FuzzDecodeFast: the shapes the fast path takes
 // and, around them, everything it must leave to decodeSlow.
@@ -213,8 +220,96 @@ var fastSeeds = func() []string {
 		uids = append(uids, fmt.Sprintf("%q", fmt.Sprint("u", i%50)))
 	}
 	s = append(s, `{"action":"add","cohort_id":"c","cohort_name":"n","partner":"p","uid":"u7","uids":[`+strings.Join(uids, ",")+`]}`)
+
+	// Every kind of escape sequence, valid or not, in every string field.
+	for _, e := range escapeSeeds {
+		for _, field := range []string{"action", "cohort_id", "cohort_name", "cohort_description", "partner", "uid", "uids", "occurred_at", "x"} {
+			s = append(s, withEscape(field, e))
+		}
+	}
+	// Escapes that stand for a forbidden character.
+	for _, c := range ForbiddenNameChars {
+		for _, e := range []string{fmt.Sprintf(`\u%04x`, c), fmt.Sprintf(`\u%04X`, c)} {
+			s = append(s, `{"action":"add","cohort_id":"c","cohort_name":"a`+e+`b","partner":"p","uid":"u"}`)
+		}
+	}
+	s = append(s,
+		`{"action":"add","cohort_id":"c","cohort_name":"a\\b","partner":"p","uid":"u"}`,
+		`{"action":"add","cohort_id":"c","cohort_name":"Fans \u0026 Friends \u003cVIP\u003e","partner":"p","uid":"u"}`,
+		`{"action":"add","cohort_id":"c","cohort_name":"Fans \u0026 Friends","cohort_description":"\u003cVIP\u003e","partner":"p","uid":"u"}`,
+	)
+	// Escapes that make members equal, or not.
+	s = append(s,
+		`{"action":"add","cohort_id":"c","cohort_name":"n","partner":"p","uids":["a&b","a\u0026b","a\u0026b","a\\u0026b"]}`,
+		`{"action":"add","cohort_id":"c","cohort_name":"n","partner":"p","uid":"\u0061","uids":["a","\u0041","\u0061"]}`,
+		`{"action":"add","cohort_id":"c","cohort_name":"n","partner":"p","uids":["\ud83d","\ufffd","\ude00","\uFFFD","�"]}`,
+		`{"action":"add","cohort_id":"c","cohort_name":"n","partner":"p","uids":["\ud83d\ude00","😀","\uD83D\uDE00","\ud83d\ude01"]}`,
+		`{"action":"add","cohort_id":"c","cohort_name":"n","partner":"p","uids":["\/","/","\"","\\"]}`,
+		`{"action":"add","cohort_id":"c","cohort_name":"n","partner":"p","uids":["\u0000","\u0000\u0000",""]}`,
+		`{"action":"add","cohort_id":"c","cohort_name":"n","partner":"p","uid":"\u0000","uids":["\u0000"]}`,
+	)
+	uids = uids[:0]
+	for i := range 80 {
+		if i%3 == 0 {
+			uids = append(uids, fmt.Sprintf(`"\u0075%d\u00e9"`, i%50))
+		} else {
+			uids = append(uids, fmt.Sprintf(`"u%dé"`, i%50))
+		}
+	}
+	s = append(s, `{"action":"add","cohort_id":"c","cohort_name":"n","partner":"p","uid":"u7\u00e9","uids":[`+strings.Join(uids, ",")+`]}`)
+	// Truncated inside an escape sequence.
+	esc := withEscape("cohort_name", `\ud83d\ude00\u0026\n`)
+	for i := strings.Index(esc, `\`); i < strings.LastIndex(esc, `\`)+3; i++ {
+		s = append(s, esc[:i], esc[:i]+`","partner":"p","uid":"u"}`)
+	}
+	// Long escaped values, past the scratch space of decodeFast.
+	s = append(s, withEscape("cohort_description", strings.Repeat(`\u00e9\ud83d\ude00&`, 40)),
+		withEscape("uid", strings.Repeat(`\u2028x`, 100)))
 	return s
 }()
+
+// escapeSeeds are the contents of strings with escape sequences for
+// fastSeeds: valid ones, which the fast path decodes, and invalid ones,
+// which it leaves to decodeSlow.
+var escapeSeeds = []string{
+	`\"`, `\\`, `\/`, `\b`, `\f`, `\n`, `\r`, `\t`,
+	`\u0026`, `\u003c`, `\u003e`, `\u003C`, `\u003E`, `\u2028`, `\u2029`,
+	`\u0041dd`, `\u0061`, `\u00e9`, `\u00E9`, `caf\u00e9 \u00c9t\u00C9`, `\u0000`, `\u001f`, `\u007f`, `\u0080`,
+	`\u07ff`, `\u0800`, `\ufffd`, `\uffff`, `\uFEFF`, `\uabcd\uABCD\uAbCd`,
+	`\ud83d\ude00`, `\uD83D\uDE00`, `\ud800\udc00`, `\udbff\udfff`, `x\ud83d\ude00y`,
+	`\ud83d`, `\udbff`, `\ude00`, `\udfff`, `\ude00\ud83d`, `\ud83d\ud83d\ude00`, `\ud83d\u0041`,
+	`\ud83dx`, `\ud83d\n`, `\ud83d\`, `\ud83d\u`, `\ud83d\ude0`, `\ud83d\udeXX`, `\ud83d\uDe00`,
+	`\udc00\udc00`, `\ud800\ud800`, `a\ud800`,
+	"\\u0026\xff", "\\u0026\xed\xa0\x80", "\xc3\\u0026", "é\\n😀", "\\n\x01", "\\n\t", "\\n\x7f",
+	`\u12`, `\u12g4`, `\uXXXX`, `\u`, `\u-123`, `\u+123`, `\u 123`, `\U0041`, `\x41`, `\'`, `\a`, `\0`,
+	`\v`, `\e`, `\ `, `\`, `a\`, `\\\`,
+}
+
+// withEscape returns an event whose field has the value "e" (with e
+// inside the quotes as it is, escapes and all). uids gets e as its second
+// element; x is an unknown field.
+func withEscape(field, e string) string {
+	vals := map[string]string{"action": "add", "cohort_id": "c", "cohort_name": "n", "partner": "p", "uid": "u"}
+	var b strings.Builder
+	b.WriteString("{")
+	for _, k := range []string{"action", "cohort_id", "cohort_name", "cohort_description", "partner", "uid", "uids", "occurred_at", "x"} {
+		v, ok := vals[k]
+		if k == field {
+			v, ok = e, true
+		}
+		switch {
+		case !ok:
+			continue
+		case k == "uids":
+			fmt.Fprintf(&b, `"uids":["a","%s"],`, v)
+		case k == "occurred_at":
+			fmt.Fprintf(&b, `"occurred_at":"2026-11-28T10:00:00%sZ",`, v)
+		default:
+			fmt.Fprintf(&b, `"%s":"%s",`, k, v)
+		}
+	}
+	return strings.TrimSuffix(b.String(), ",") + "}"
+}
 
 // fuzzPartners are the default partners FuzzDecodeFast decodes with.
 var fuzzPartners = []string{"", "default-partner"}
@@ -340,19 +435,173 @@ func TestDecodeFastTakesCommonInputs(t *testing.T) {
 	}
 }
 
+// TestDecodeFastTakesEscapes keeps the fast path taking strings with escape
+// sequences, as json.Marshal writes them (it escapes &, <, >, U+2028, U+2029,
+// control characters and invalid UTF-8) and as other producers do.
+func TestDecodeFastTakesEscapes(t *testing.T) {
+	marshal := func(v any) string {
+		b, err := json.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	tests := []struct {
+		name string
+		in   string
+		want Event
+	}{
+		{name: "Encode &", in: string(Encode(Event{Action: Add, CohortID: "c&1", CohortName: "Fans & Friends", Partner: "p&q", UIDs: []string{"u&1"}})),
+			want: Event{Action: Add, CohortID: "c&1", CohortName: "Fans & Friends", Partner: "p&q", UIDs: []string{"u&1"}}},
+		{name: "Encode escaped", in: string(escaped),
+			want: Event{Action: Add, CohortID: "cohort-0042", CohortName: "Fans & Friends", CohortDescription: "Fans & friends of <bench>\u2028since 2026.",
+				Partner: "bench", UIDs: []string{"aB3dE5gH7j"}}},
+		{name: "json.Marshal", in: marshal(map[string]any{"action": "add_members", "cohort_id": "<c>", "cohort_name": "A & B\u2028\u2029",
+			"cohort_description": "<b>\"quoted\"</b>\n\t\r\b\f\x00\x1f\x7f é 😀 \xff", "partner": "p>", "uids": []string{"<a>", "a&b", "\u2029", "\xff", "\ufffd"}}),
+			want: Event{Action: Add, CohortID: "<c>", CohortName: "A & B\u2028\u2029", CohortDescription: "<b>\"quoted\"</b>\n\t\r\b\f\x00\x1f\x7f é 😀 \ufffd",
+				Partner: "p>", UIDs: []string{"<a>", "a&b", "\u2029", "\ufffd"}}},
+		{name: "short escapes",
+			in:   `{"action":"add","cohort_id":"a\/b\\c","cohort_name":"\/\b\f\n\r\t","cohort_description":"\"\\\/","partner":"p","uid":"\"u\""}`,
+			want: Event{Action: Add, CohortID: `a/b\c`, CohortName: "/\b\f\n\r\t", CohortDescription: `"\/`, Partner: "p", UIDs: []string{`"u"`}}},
+		{name: "\\u, either case",
+			in:   `{"action":"add","cohort_id":"caf\u00e9","cohort_name":"CAF\u00C9 \u00c9t\u00E9 \u4e16\u754C","partner":"\u0070","uid":"\u0000\u001F\u007f\uFFFF"}`,
+			want: Event{Action: Add, CohortID: "café", CohortName: "CAFÉ Été 世界", Partner: "p", UIDs: []string{"\x00\x1f\x7f\uffff"}}},
+		{name: "surrogates",
+			in: `{"action":"add","cohort_id":"\ud83d\ude00","cohort_name":"\uD83D\uDE00\ud800\udc00\udbff\udfff","cohort_description":"\ud83d|\ude00|\ude00\ud83d|\ud83d\ud83d\ude00|\ud83d\u0041|\ud83d\n",` +
+				`"partner":"p","uids":["\ud83d","\ude00","\ufffd","\ud83d\ude00","😀"]}`,
+			want: Event{Action: Add, CohortID: "😀", CohortName: "😀\U00010000\U0010ffff",
+				CohortDescription: "\ufffd|\ufffd|\ufffd\ufffd|\ufffd😀|\ufffdA|\ufffd\n", Partner: "p", UIDs: []string{"\ufffd", "😀"}}},
+		{name: "uids deduplicated unescaped",
+			in:   `{"action":"add","cohort_id":"c","cohort_name":"n","partner":"p","uid":"a\u0026b","uids":["a&b","\u0061\u0026b","x","\u0078","a\\u0026b"]}`,
+			want: Event{Action: Add, CohortID: "c", CohortName: "n", Partner: "p", UIDs: []string{"a&b", "x", `a\u0026b`}}},
+		{name: "occurred_at",
+			in: `{"action":"add","cohort_id":"c","cohort_name":"n","partner":"p","uid":"u","occurred_at":"2026\u002d11-28T10\u003a00:00.5\u002B02:00"}`,
+			want: Event{Action: Add, CohortID: "c", CohortName: "n", Partner: "p", UIDs: []string{"u"},
+				OccurredAt: time.Date(2026, 11, 28, 10, 0, 0, 5e8, time.FixedZone("", 2*3600))}},
+		{name: "default partner", in: `{"action":"\u0061dd","cohort_id":"c","cohort_name":"\u006e","partner":"","uid":"\u0075"}`,
+			want: Event{Action: Add, CohortID: "c", CohortName: "n", Partner: "default-partner", UIDs: []string{"u"}}},
+		{name: "long", in: withEscape("cohort_description", strings.Repeat(`\u00e9\ud83d\ude00&`, 40)),
+			want: Event{Action: Add, CohortID: "c", CohortName: "n", CohortDescription: strings.Repeat("é😀&", 40), Partner: "p", UIDs: []string{"u"}}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			in := []byte(tc.in)
+			if !strings.Contains(tc.in, `\`) {
+				t.Fatalf("%s has no escape sequence", in)
+			}
+			want, err := decodeSlow(in, "default-partner")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := diffEvent(want, tc.want); d != "" {
+				t.Fatalf("decodeSlow: %s", d)
+			}
+			ev, ok := decodeFast(in, "default-partner")
+			if !ok {
+				t.Fatalf("the fast path left %s to decodeSlow", in)
+			}
+			if d := diffEvent(ev, want); d != "" {
+				t.Fatalf("differs from decodeSlow: %s", d)
+			}
+			d := NewDecoder("default-partner")
+			for i := range 2 { // the second time from the intern cache
+				f, ok := scanEvent(in, nil, nil)
+				if ok {
+					ev, ok = d.build(&f, in)
+				}
+				if !ok {
+					t.Fatalf("call %d: the Decoder left %s to decodeSlow", i+1, in)
+				}
+				if d := diffEvent(ev, want); d != "" {
+					t.Fatalf("call %d: the Decoder differs from decodeSlow: %s", i+1, d)
+				}
+			}
+		})
+	}
+}
+
+// TestDecodeFastEscapeCombinations decodes members made of two or three
+// pieces of strings, valid and invalid escape sequences among them, with the
+// fast path and decodeSlow: they must agree, and the fast path must take
+// every valid one (of valid UTF-8).
+func TestDecodeFastEscapeCombinations(t *testing.T) {
+	pieces := []string{`a`, `é`, "\xff", "\x01", `\"`, `\\`, `\/`, `\b`, `\f`, `\n`, `\r`, `\t`, `\'`, `\x`, `\`,
+		`\u0026`, `\u00E9`, `\u0000`, `\u12`, `\u12g4`, `\u`, `\ud83d`, `\uD83D`, `\ude00`, `\uDE00`, `\udbff`, `\udc00`, `\ufffd`}
+	n, took := 0, 0
+	check := func(uid string) {
+		n++
+		in := []byte(`{"action":"add","cohort_id":"c","cohort_name":"n","partner":"p","uid":"` + uid + `"}`)
+		want, wantErr := decodeSlow(in, "")
+		ev, ok := decodeFast(in, "")
+		switch {
+		case ok && wantErr != nil:
+			t.Fatalf("%s: the fast path took it; decodeSlow: %v", in, wantErr)
+		case ok:
+			took++
+			if d := diffEvent(ev, want); d != "" {
+				t.Fatalf("%s: %s", in, d)
+			}
+		case wantErr == nil && utf8.Valid(in):
+			t.Fatalf("%s: the fast path left it to decodeSlow", in)
+		}
+	}
+	for _, a := range pieces {
+		for _, b := range pieces {
+			check(a + b)
+			for _, c := range pieces {
+				check(a + b + c)
+			}
+		}
+	}
+	t.Logf("%d members, %d taken by the fast path", n, took)
+}
+
+// TestDecoderInternsUnescaped checks that the Decoder interns header strings
+// by their values, escaped or not, and that an escaped known cohort costs no
+// more than a plain one.
+func TestDecoderInternsUnescaped(t *testing.T) {
+	d := NewDecoder("")
+	plain, err := d.Decode([]byte(`{"action":"add","cohort_id":"c&1","cohort_name":"Fans & Friends","partner":"p","uid":"u"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := d.Decode(Encode(plain))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(Encode(plain)), `\u0026`) {
+		t.Fatalf("Encode wrote %s", Encode(plain))
+	}
+	for _, s := range [][2]string{{ev.CohortID, plain.CohortID}, {ev.CohortName, plain.CohortName}} {
+		if s[0] != s[1] || unsafe.StringData(s[0]) != unsafe.StringData(s[1]) {
+			t.Fatalf("%q is not the interned %q", s[0], s[1])
+		}
+	}
+	if _, err := d.Decode(escaped); err != nil {
+		t.Fatal(err)
+	}
+	if n := testing.AllocsPerRun(100, func() {
+		if _, err := d.Decode(escaped); err != nil {
+			t.Fatal(err)
+		}
+	}); n != 1 {
+		t.Errorf("Decode of a known escaped cohort allocates %v times, want 1 (the uid)", n)
+	}
+}
+
 // TestDecodeFastLeavesToSlow lists inputs that decodeSlow accepts and the
 // fast path leaves to it, each for a quirk of encoding/json.
 func TestDecodeFastLeavesToSlow(t *testing.T) {
 	const tail = `"cohort_id":"c","cohort_name":"n","partner":"p","uid":"u"}`
 	for _, in := range []string{
-		`{"action":"add",` + `"cohort_description":"caf\u00e9",` + tail, // an escape in a value
-		`{"\u0061ction":"add",` + tail,                                  // an escape in a key
-		`{"ACTION":"add",` + tail,                                       // a key in another case
-		`{"action":"upsert","action":"add",` + tail,                     // the last duplicate wins
-		`{"action":"add","cohort_description":null,` + tail,             // null is absence
-		`{"action":"add","x":{"y":1},` + tail,                           // a nested unknown value
-		"{\"action\":\"add\",\"cohort_description\":\"\xff\"," + tail,   // invalid UTF-8 becomes U+FFFD
-		`{"action":"add","uidſ":["v"],` + tail,                          // ſ folds to s
+		`{"\u0061ction":"add",` + tail,                                       // an escape in a key
+		`{"ACTION":"add",` + tail,                                            // a key in another case
+		`{"action":"upsert","action":"add",` + tail,                          // the last duplicate wins
+		`{"action":"add","cohort_description":null,` + tail,                  // null is absence
+		`{"action":"add","x":{"y":1},` + tail,                                // a nested unknown value
+		"{\"action\":\"add\",\"cohort_description\":\"\xff\"," + tail,        // invalid UTF-8 becomes U+FFFD
+		"{\"action\":\"add\",\"cohort_description\":\"\\u00e9\xff\"," + tail, // likewise beside an escape
+		`{"action":"add","uidſ":["v"],` + tail,                               // ſ folds to s
 	} {
 		if _, err := decodeSlow([]byte(in), ""); err != nil {
 			t.Fatalf("%s: decodeSlow: %v", in, err)
@@ -485,6 +734,10 @@ func BenchmarkDecodeSlow(b *testing.B) {
 
 func BenchmarkDecoder(b *testing.B)     { benchmarkDecoder(b, typical) }
 func BenchmarkDecoderBulk(b *testing.B) { benchmarkDecoder(b, bulk) }
+
+// BenchmarkDecoderEscaped is BenchmarkDecoder for an event with escapes in
+// its header strings, as json.Marshal writes "&", "<", ">" and U+2028.
+func BenchmarkDecoderEscaped(b *testing.B) { benchmarkDecoder(b, escaped) }
 
 func benchmarkDecoder(b *testing.B, v []byte) {
 	d := NewDecoder("")
