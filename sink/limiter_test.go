@@ -1,5 +1,8 @@
 package sink_test
 
+// The Limiter, inside testing/synctest bubbles (every permit's time is
+// exact), and once on real time for the race detector.
+
 import (
 	"context"
 	"errors"
@@ -13,33 +16,70 @@ import (
 	"github.com/cohortsync/cohortsync-worker/sink"
 )
 
-// permits takes n permits from l and returns when each was granted.
-func permits(t *testing.T, l *sink.Limiter, n int) []time.Time {
-	t.Helper()
-	out := make([]time.Time, 0, n)
-	for range n {
-		if err := l.Wait(t.Context()); err != nil {
-			t.Fatal(err)
+func TestSpacing(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		rpm  float64
+		want time.Duration
+	}{
+		{300, 200 * time.Millisecond},
+		{60, time.Second},
+		{1, time.Minute},
+		{0.5, 2 * time.Minute},
+		{7, 8571428572 * time.Nanosecond}, // 60s/7 = 8571428571.43ns, rounded up
+		{1e12, time.Nanosecond},           // 0.06ns, rounded up
+		{0, 0},
+		{-5, 0},
+		{math.NaN(), 0},
+		{math.Inf(1), 0},
+		{math.Inf(-1), 0},
+	} {
+		if got := sink.Spacing(tc.rpm); got != tc.want {
+			t.Errorf("Spacing(%v) = %v, want %v", tc.rpm, got, tc.want)
 		}
-		out = append(out, time.Now())
 	}
-	return out
+	if got := sink.Spacing(1e-30); got <= 100*365*24*time.Hour {
+		t.Errorf("Spacing(1e-30) = %v, want practically never", got)
+	}
 }
 
+// TestLimiterSpacing: permits come exactly 60s/rpm apart, the first at
+// once, and again at once after an idle time longer than the spacing.
 func TestLimiterSpacing(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		l := sink.NewLimiter(300)
-		start := time.Now()
-		got := permits(t, l, 10)
-		for i, at := range got {
-			if want := start.Add(time.Duration(i) * 200 * time.Millisecond); !at.Equal(want) {
-				t.Fatalf("permit %d at +%v, want +%v", i, at.Sub(start), want.Sub(start))
-			}
-		}
-		if l.RPM() != 300 {
-			t.Fatalf("RPM() = %v", l.RPM())
-		}
-	})
+	for _, tc := range []struct {
+		rpm     float64
+		spacing time.Duration
+	}{
+		{300, 200 * time.Millisecond},
+		{60, time.Second},
+		{7, 8571428572 * time.Nanosecond},
+		{1, time.Minute},
+		{0.5, 2 * time.Minute},
+	} {
+		t.Run("", func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				l := sink.NewLimiter(tc.rpm)
+				if l.RPM() != tc.rpm {
+					t.Fatalf("RPM() = %v, want %v", l.RPM(), tc.rpm)
+				}
+				if sp := sink.Spacing(tc.rpm); sp != tc.spacing {
+					t.Fatalf("Spacing(%v) = %v, want %v", tc.rpm, sp, tc.spacing)
+				}
+				got := permits(t, l, 10, time.Now())
+				for i, at := range got {
+					if want := time.Duration(i) * tc.spacing; at != want {
+						t.Fatalf("rpm %v: permit %d at %v, want %v", tc.rpm, i, at, want)
+					}
+				}
+				// After an idle time longer than the spacing, at once.
+				time.Sleep(3 * tc.spacing)
+				start := time.Now()
+				if got := permits(t, l, 2, start); got[0] != 0 || got[1] != tc.spacing {
+					t.Fatalf("rpm %v: after idling, permits at %v, want [0 %v]", tc.rpm, got, tc.spacing)
+				}
+			})
+		})
+	}
 }
 
 // TestLimiterWindow: over a long run, no 60-second window holds more than
@@ -50,14 +90,14 @@ func TestLimiterWindow(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			l := sink.NewLimiter(rpm)
 			n := int(rpm) * 5
-			got := permits(t, l, n)
+			got := permits(t, l, n, time.Now())
 			k := int(rpm)
 			for i := 0; i+k < len(got); i++ {
-				if d := got[i+k].Sub(got[i]); d < time.Minute {
+				if d := got[i+k] - got[i]; d < time.Minute {
 					t.Fatalf("rpm %v: %d permits within %v (permits %d..%d)", rpm, k+1, d, i, i+k)
 				}
 			}
-			span := got[n-1].Sub(got[0])
+			span := got[n-1] - got[0]
 			if want := time.Duration(float64(n-1) * float64(time.Minute) / rpm); span-want > time.Duration(n) {
 				t.Fatalf("rpm %v: %d permits took %v, want %v", rpm, n, span, want)
 			}
@@ -65,71 +105,161 @@ func TestLimiterWindow(t *testing.T) {
 	}
 }
 
-func TestSpacing(t *testing.T) {
-	for _, tc := range []struct {
-		rpm  float64
-		want time.Duration
-	}{
-		{60, time.Second},
-		{300, 200 * time.Millisecond},
-		{7, 8571428572}, // 8571428571.43ns, rounded up
-		{0, 0},
-		{-5, 0},
-		{math.NaN(), 0},
-		{math.Inf(1), 0},
-	} {
-		if got := sink.Spacing(tc.rpm); got != tc.want {
-			t.Errorf("Spacing(%v) = %v, want %v", tc.rpm, got, tc.want)
-		}
-	}
-	if got := sink.Spacing(1e-30); got <= 0 {
-		t.Errorf("Spacing(tiny) = %v, want a huge positive spacing", got)
-	}
-}
-
-func TestLimiterPauseUntil(t *testing.T) {
+// TestLimiterLongRun: 2000 permits at 300 rpm taken by 4 concurrent
+// waiters: no 60-second window [t, t+60s) holds more than 300, no two are
+// closer than 200ms, and the mean rate is 300 a minute.
+func TestLimiterLongRun(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		l := sink.NewLimiter(60)
-		start := time.Now()
-		permits(t, l, 1)
-		l.PauseUntil(start.Add(10 * time.Second))
-		l.PauseUntil(start.Add(5 * time.Second)) // never shortens
-		got := permits(t, l, 2)
-		if !got[0].Equal(start.Add(10*time.Second)) || !got[1].Equal(start.Add(11*time.Second)) {
-			t.Fatalf("permits at +%v, +%v; want +10s, +11s", got[0].Sub(start), got[1].Sub(start))
+		const (
+			rpm     = 300
+			permits = 2000
+			waiters = 4
+		)
+		l := sink.NewLimiter(rpm)
+		times := permitsConcurrently(t, t.Context(), l, waiters, permits/waiters, time.Now())
+		if len(times) != permits {
+			t.Fatalf("%d permits, want %d", len(times), permits)
 		}
-		l.PauseUntil(start.Add(20 * time.Second)) // extends
-		if got := permits(t, l, 1); !got[0].Equal(start.Add(20 * time.Second)) {
-			t.Fatalf("permit at +%v, want +20s", got[0].Sub(start))
+		sp := sink.Spacing(rpm)
+		for i := 1; i < len(times); i++ {
+			if d := times[i] - times[i-1]; d < sp {
+				t.Fatalf("permits %d and %d only %v apart, want >= %v", i-1, i, d, sp)
+			}
+		}
+		// The busiest half-open window [times[i], times[i]+60s).
+		busiest, j := 0, 0
+		for i := range times {
+			for j < len(times) && times[j] < times[i]+time.Minute {
+				j++
+			}
+			busiest = max(busiest, j-i)
+		}
+		if busiest > rpm {
+			t.Fatalf("a 60s window holds %d permits, want <= %d", busiest, rpm)
+		}
+		if busiest < rpm {
+			t.Fatalf("the busiest 60s window holds %d permits: the Limiter is slower than %d rpm", busiest, rpm)
+		}
+		elapsed := times[len(times)-1] - times[0]
+		if mean := float64(permits-1) / elapsed.Minutes(); math.Abs(mean-rpm) > 0.01*rpm {
+			t.Fatalf("mean rate %.2f/min, want %d", mean, rpm)
 		}
 	})
 }
 
-// TestLimiterPausesWhenUnlimited: a 429 pauses even an unlimited Limiter.
+// TestLimiterPauseUntil: a pause delays the next permit, for every waiter,
+// and is never shortened; rate limiting resumes after it.
+func TestLimiterPauseUntil(t *testing.T) {
+	for _, rpm := range []float64{0, 60} {
+		t.Run("", func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				l := sink.NewLimiter(rpm)
+				start := time.Now()
+				permits(t, l, 1, start)
+				l.PauseUntil(start.Add(10 * time.Second))
+				l.PauseUntil(start.Add(2 * time.Second)) // does not shorten
+				l.PauseUntil(time.Time{})
+				got := permits(t, l, 3, start)
+				want := []time.Duration{10 * time.Second, 10 * time.Second, 10 * time.Second}
+				if rpm > 0 {
+					want = []time.Duration{10 * time.Second, 11 * time.Second, 12 * time.Second}
+				}
+				if !slices.Equal(got, want) {
+					t.Fatalf("rpm %v: permits at %v, want %v", rpm, got, want)
+				}
+				// A pause that arrives while a waiter sleeps holds it too.
+				l.PauseUntil(start.Add(20 * time.Second))
+				res := make(chan time.Duration)
+				go func() {
+					permits(t, l, 1, start)
+					res <- time.Since(start)
+				}()
+				time.Sleep(500 * time.Millisecond)
+				l.PauseUntil(start.Add(30 * time.Second))
+				if got := <-res; got != 30*time.Second {
+					t.Fatalf("rpm %v: the sleeping waiter got its permit at %v, want 30s", rpm, got)
+				}
+				// Extending a pause works.
+				l.PauseUntil(start.Add(40 * time.Second))
+				l.PauseUntil(start.Add(45 * time.Second))
+				if got := permits(t, l, 1, start); got[0] != 45*time.Second {
+					t.Fatalf("rpm %v: permit at %v, want 45s", rpm, got[0])
+				}
+			})
+		})
+	}
+}
+
+// TestLimiterPausesWhenUnlimited: a 429 pauses even an unlimited Limiter,
+// before its first permit.
 func TestLimiterPausesWhenUnlimited(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		l := sink.NewLimiter(0)
 		start := time.Now()
 		l.PauseUntil(start.Add(3 * time.Second))
-		if got := permits(t, l, 1); !got[0].Equal(start.Add(3 * time.Second)) {
-			t.Fatalf("permit at +%v, want +3s", got[0].Sub(start))
+		if got := permits(t, l, 1, start); got[0] != 3*time.Second {
+			t.Fatalf("permit at +%v, want +3s", got[0])
 		}
 	})
 }
 
+// TestLimiterSetRPM: a new rate applies to the next permit, counted from
+// the last one, also for a waiter already asleep.
 func TestLimiterSetRPM(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		l := sink.NewLimiter(60)
 		start := time.Now()
-		permits(t, l, 2) // +0, +1s
-		l.SetRPM(30)     // from the next permit on: 2s after the last one
-		got := permits(t, l, 2)
-		if !got[0].Equal(start.Add(3*time.Second)) || !got[1].Equal(start.Add(5*time.Second)) {
-			t.Fatalf("after SetRPM(30): +%v, +%v; want +3s, +5s", got[0].Sub(start), got[1].Sub(start))
+		permits(t, l, 2, start) // 0s, 1s
+		l.SetRPM(600)
+		if got := permits(t, l, 2, start); !slices.Equal(got, []time.Duration{1100 * time.Millisecond, 1200 * time.Millisecond}) {
+			t.Fatalf("after SetRPM(600): permits at %v, want [1.1s 1.2s]", got)
+		}
+		l.SetRPM(30)
+		if got := permits(t, l, 1, start); got[0] != 3200*time.Millisecond {
+			t.Fatalf("after SetRPM(30): permit at %v, want 3.2s", got[0])
+		}
+		// A waiter asleep for a slow rate is woken by a faster one.
+		l.SetRPM(1)
+		res := make(chan time.Duration)
+		go func() {
+			permits(t, l, 1, start)
+			res <- time.Since(start)
+		}()
+		time.Sleep(5 * time.Second) // 8.2s: the waiter sleeps until 63.2s
+		l.SetRPM(6)                 // due at 3.2s + 10s
+		if got := <-res; got != 13200*time.Millisecond {
+			t.Fatalf("after SetRPM(6): the sleeping waiter got its permit at %v, want 13.2s", got)
+		}
+		go func() {
+			permits(t, l, 1, start)
+			res <- time.Since(start)
+		}()
+		time.Sleep(time.Second)
+		l.SetRPM(0) // unlimited: at once
+		if got := <-res; got != 14200*time.Millisecond {
+			t.Fatalf("after SetRPM(0): the sleeping waiter got its permit at %v, want 14.2s", got)
+		}
+		if l.RPM() != 0 {
+			t.Fatalf("RPM() = %v, want 0", l.RPM())
+		}
+	})
+}
+
+// TestLimiterSetRPMSlowerThenFaster: slowing down spaces the next permits
+// at the new rate from the last one; speeding up again takes effect at once.
+func TestLimiterSetRPMSlowerThenFaster(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := sink.NewLimiter(60)
+		start := time.Now()
+		permits(t, l, 2, start) // +0, +1s
+		l.SetRPM(30)            // from the next permit on: 2s after the last one
+		got := permits(t, l, 2, start)
+		if got[0] != 3*time.Second || got[1] != 5*time.Second {
+			t.Fatalf("after SetRPM(30): +%v, +%v; want +3s, +5s", got[0], got[1])
 		}
 		l.SetRPM(600)
-		if got := permits(t, l, 1); !got[0].Equal(start.Add(5*time.Second + 100*time.Millisecond)) {
-			t.Fatalf("after SetRPM(600): +%v, want +5.1s", got[0].Sub(start))
+		if got := permits(t, l, 1, start); got[0] != 5*time.Second+100*time.Millisecond {
+			t.Fatalf("after SetRPM(600): +%v, want +5.1s", got[0])
 		}
 		if l.RPM() != 600 {
 			t.Fatalf("RPM() = %v", l.RPM())
@@ -143,7 +273,7 @@ func TestLimiterSetRPMWakesWaiters(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		l := sink.NewLimiter(1e-4) // one permit every 10 weeks
 		start := time.Now()
-		permits(t, l, 1)
+		permits(t, l, 1, start)
 		done := make(chan time.Time)
 		go func() {
 			if err := l.Wait(t.Context()); err != nil {
@@ -160,78 +290,86 @@ func TestLimiterSetRPMWakesWaiters(t *testing.T) {
 	})
 }
 
-func TestLimiterWaitRespectsContext(t *testing.T) {
+// TestLimiterWaitCancelled: a Wait that ends with ctx returns ctx.Err()
+// when ctx ends (also when it has already ended) and consumes nothing.
+func TestLimiterWaitCancelled(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		l := sink.NewLimiter(6) // every 10s
+		l := sink.NewLimiter(60)
 		start := time.Now()
-		permits(t, l, 1)
-		ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
-		defer cancel()
-		if err := l.Wait(ctx); !errors.Is(err, context.DeadlineExceeded) {
-			t.Fatalf("Wait = %v, want DeadlineExceeded", err)
-		}
-		if d := time.Since(start); d != 3*time.Second {
-			t.Fatalf("Wait returned after %v, want 3s", d)
-		}
-		// Nothing was consumed: the next permit is still due at +10s.
-		if got := permits(t, l, 1); !got[0].Equal(start.Add(10 * time.Second)) {
-			t.Fatalf("next permit at +%v, want +10s", got[0].Sub(start))
-		}
-		// An ended context gets no permit, even one that is free.
-		time.Sleep(time.Minute)
-		cancelled, cancel2 := context.WithCancel(t.Context())
-		cancel2()
-		if err := l.Wait(cancelled); !errors.Is(err, context.Canceled) {
+
+		// Already cancelled: an error even though a permit is free.
+		done, cancel := context.WithCancel(t.Context())
+		cancel()
+		if err := l.Wait(done); !errors.Is(err, context.Canceled) {
 			t.Fatalf("Wait(cancelled) = %v", err)
 		}
-		if got := permits(t, l, 1); !got[0].Equal(time.Now()) {
-			t.Fatal("the cancelled Wait consumed the free permit")
+		permits(t, l, 1, start) // still the first permit, at once
+
+		ctx, cancel2 := context.WithTimeout(t.Context(), 300*time.Millisecond)
+		defer cancel2()
+		err := l.Wait(ctx)
+		if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) != 300*time.Millisecond {
+			t.Fatalf("Wait = %v at %v, want DeadlineExceeded at 300ms", err, time.Since(start))
+		}
+		ctx3, cancel3 := context.WithCancel(t.Context())
+		go func() {
+			time.Sleep(200 * time.Millisecond)
+			cancel3()
+		}()
+		if err := l.Wait(ctx3); !errors.Is(err, context.Canceled) || time.Since(start) != 500*time.Millisecond {
+			t.Fatalf("Wait = %v at %v, want Canceled at 500ms", err, time.Since(start))
+		}
+		// Nothing consumed: the next permit is due 1s after the first.
+		if got := permits(t, l, 2, start); !slices.Equal(got, []time.Duration{time.Second, 2 * time.Second}) {
+			t.Fatalf("permits at %v, want [1s 2s]", got)
+		}
+		// Cancelled during a pause: nothing consumed either.
+		l.PauseUntil(start.Add(time.Minute))
+		ctx4, cancel4 := context.WithTimeout(t.Context(), time.Second)
+		defer cancel4()
+		if err := l.Wait(ctx4); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Wait during a pause = %v", err)
+		}
+		if got := permits(t, l, 1, start); got[0] != time.Minute {
+			t.Fatalf("permit at %v, want 1m", got[0])
 		}
 	})
 }
 
+// TestLimiterUnlimited: rpm <= 0 (and NaN, +Inf, the zero value) never
+// waits.
 func TestLimiterUnlimited(t *testing.T) {
-	for _, l := range []*sink.Limiter{sink.NewLimiter(0), sink.NewLimiter(-1), new(sink.Limiter)} {
+	for _, mk := range []func() *sink.Limiter{
+		func() *sink.Limiter { return sink.NewLimiter(0) },
+		func() *sink.Limiter { return sink.NewLimiter(-1) },
+		func() *sink.Limiter { return sink.NewLimiter(math.NaN()) },
+		func() *sink.Limiter { return sink.NewLimiter(math.Inf(1)) },
+		func() *sink.Limiter { return new(sink.Limiter) },
+	} {
 		synctest.Test(t, func(t *testing.T) {
+			l := mk()
 			start := time.Now()
-			permits(t, l, 1000)
+			if got := permitsConcurrently(t, t.Context(), l, 4, 250, start); len(got) != 1000 {
+				t.Fatalf("rpm %v: %d permits, want 1000", l.RPM(), len(got))
+			}
 			if d := time.Since(start); d != 0 {
-				t.Fatalf("1000 unlimited permits took %v", d)
+				t.Fatalf("rpm %v: 1000 permits took %v, want no wait", l.RPM(), d)
 			}
 		})
 	}
 }
 
 // TestLimiterConcurrentWaiters: many goroutines share one Limiter; every
-// permit is granted exactly once and spaced from the others.
+// permit is granted exactly once and spaced exactly from the others.
 func TestLimiterConcurrentWaiters(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		l := sink.NewLimiter(600) // 100ms
-		var (
-			mu    sync.Mutex
-			times []time.Time
-			wg    sync.WaitGroup
-		)
-		for range 10 {
-			wg.Go(func() {
-				for range 5 {
-					if err := l.Wait(t.Context()); err != nil {
-						t.Error(err)
-						return
-					}
-					mu.Lock()
-					times = append(times, time.Now())
-					mu.Unlock()
-				}
-			})
-		}
-		wg.Wait()
+		times := permitsConcurrently(t, t.Context(), l, 10, 5, time.Now())
 		if len(times) != 50 {
 			t.Fatalf("%d permits, want 50", len(times))
 		}
-		slices.SortFunc(times, func(a, b time.Time) int { return a.Compare(b) })
 		for i := 1; i < len(times); i++ {
-			if d := times[i].Sub(times[i-1]); d != 100*time.Millisecond {
+			if d := times[i] - times[i-1]; d != 100*time.Millisecond {
 				t.Fatalf("permits %d and %d are %v apart, want 100ms", i-1, i, d)
 			}
 		}
@@ -244,24 +382,7 @@ func TestLimiterConcurrentRealTime(t *testing.T) {
 	l := sink.NewLimiter(60000) // 1ms
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()
-	var (
-		mu    sync.Mutex
-		times []time.Time
-		wg    sync.WaitGroup
-	)
-	for range 8 {
-		wg.Go(func() {
-			for range 10 {
-				if err := l.Wait(ctx); err != nil {
-					t.Error(err)
-					return
-				}
-				mu.Lock()
-				times = append(times, time.Now())
-				mu.Unlock()
-			}
-		})
-	}
+	var wg sync.WaitGroup
 	wg.Go(func() {
 		for i := range 20 {
 			l.SetRPM(float64(60000 - i))
@@ -270,6 +391,7 @@ func TestLimiterConcurrentRealTime(t *testing.T) {
 			time.Sleep(time.Millisecond)
 		}
 	})
+	times := permitsConcurrently(t, ctx, l, 8, 10, time.Now())
 	wg.Wait()
 	if len(times) != 80 {
 		t.Fatalf("%d permits, want 80", len(times))
