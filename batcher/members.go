@@ -2,6 +2,7 @@ package batcher
 
 import (
 	"hash/maphash"
+	"slices"
 	"unsafe"
 )
 
@@ -89,6 +90,14 @@ func (m *members) full() bool { return len(m.slots) >= maxSlots }
 func (m *members) add(uid string, h uint64, ack Ack) int32 {
 	if (m.used+1)*2 > len(m.table) {
 		m.rehash()
+	}
+	// Grow by doubling: append's gentler growth for large slices would copy
+	// a full batch's slots and bytes several times over.
+	if len(m.slots) == cap(m.slots) {
+		m.slots = slices.Grow(m.slots, max(16, len(m.slots)))
+	}
+	if len(m.arena)+len(uid) > cap(m.arena) {
+		m.arena = slices.Grow(m.arena, max(256, len(m.arena), len(uid)))
 	}
 	i := int32(len(m.slots))
 	m.slots = append(m.slots, slot{off: uint32(len(m.arena)), n: uint32(len(uid)), ack: ack})

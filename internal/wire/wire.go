@@ -78,6 +78,16 @@ func BodySize(envelope, members, memberBytes int) int {
 	return envelope + memberBytes + members - 1
 }
 
+// SingleBodyBound is an upper bound of the body size of a request with
+// header h and the single member uid, computed from lengths alone (each byte
+// quotes to at most 6: \u00XX): a caller can skip the exact size when the
+// bound is already within its cap.
+func SingleBodyBound(h Header, uid string) int {
+	n := len(h.Action) + len(h.Partner) + len(h.CohortID) + len(h.CohortName) + len(h.CohortDescription) + len(uid)
+	return len(`{"action":,"partner":,"parameters":{"cohort_name":,"cohort_id":,"cohort_description":,"members":[{"uid":}]}}`) +
+		6*2 + 6*n // the quotes of six strings, and every byte escaped
+}
+
 // AppendBody appends the compact JSON body of r to dst.
 func AppendBody(dst []byte, r Request) []byte {
 	dst = append(dst, `{"action":`...)

@@ -56,12 +56,19 @@ func TestQuotedMatchesEncodingJSON(t *testing.T) {
 func FuzzBodySize(f *testing.F) {
 	f.Add("add_members", "p", "c", "n", "d", "u1", "u\"2")
 	f.Add("remove_members", "", "", "", "", "\xff", "\u2028")
+	f.Add("add_members", "\x01\x02", "\xff\xfe", "\u2029", "\"\\", "\x00", "\x1f\x1f\x1f")
+	f.Add("\x00", "\x01", "\x02", "\x03", "\x04", "\x05", "\x06") // every byte escaped: the bound is tight
 	f.Fuzz(func(t *testing.T, action, partner, id, name, desc, u1, u2 string) {
 		r := wire.Request{Action: event.Action(action), Partner: partner, CohortID: id,
 			CohortName: name, CohortDescription: desc, UIDs: []string{u1, u2}}
 		body := wire.AppendBody(nil, r)
 		if len(body) != wire.Size(r) {
 			t.Fatalf("Size %d != encoded %d", wire.Size(r), len(body))
+		}
+		one := r
+		one.UIDs = []string{u2}
+		if exact, bound := len(wire.AppendBody(nil, one)), wire.SingleBodyBound(r.Header(), u2); bound < exact {
+			t.Fatalf("SingleBodyBound %d < encoded %d", bound, exact)
 		}
 		var v struct {
 			Action     string `json:"action"`
