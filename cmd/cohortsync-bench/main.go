@@ -101,6 +101,8 @@ type throughput struct {
 	FirstFetchSeconds float64 `json:"first_fetch_seconds,omitempty"`
 	AllReadSeconds    float64 `json:"all_read_seconds,omitempty"`
 	AllAcceptedSecs   float64 `json:"all_accepted_seconds,omitempty"`
+	LastRequestSecs   float64 `json:"last_request_seconds,omitempty"`
+	RequestsAfterRead int     `json:"requests_after_all_read,omitempty"`
 	LagZeroSeconds    float64 `json:"lag_zero_seconds,omitempty"`
 }
 
@@ -599,9 +601,17 @@ func workerUnlimited(ctx context.Context, brokers []string, topic, group string,
 		return nil, err
 	}
 	busy := allAccepted.Sub(first).Seconds()
-	return &throughput{Events: o.events, Seconds: busy, PerSec: float64(o.events) / busy, Requests: len(a.Requests()),
+	reqs := a.Requests()
+	tp := &throughput{Events: o.events, Seconds: busy, PerSec: float64(o.events) / busy, Requests: len(reqs),
 		FirstFetchSeconds: first.Sub(start).Seconds(), AllReadSeconds: allRead.Sub(start).Seconds(),
-		AllAcceptedSecs: allAccepted.Sub(start).Seconds(), LagZeroSeconds: lagZero}, nil
+		AllAcceptedSecs: allAccepted.Sub(start).Seconds(), LagZeroSeconds: lagZero}
+	for _, r := range reqs {
+		if r.Time.After(allRead) {
+			tp.RequestsAfterRead++
+		}
+		tp.LastRequestSecs = max(tp.LastRequestSecs, r.Time.Sub(start).Seconds())
+	}
+	return tp, nil
 }
 
 // rateLimited runs replicas at RATE_LIMIT_RPM=300 over a fresh backlog for
@@ -844,6 +854,7 @@ func printTable(w io.Writer, r *results) {
 		row("(b) worker, no rate limit", fmt.Sprintf("%.0f events/s (first fetch to last acceptance %.2fs, %d requests)", r.Worker.PerSec, r.Worker.Seconds, r.Worker.Requests))
 		row("(b) from start: first fetch / all read / all accepted / lag 0", fmt.Sprintf("%.2fs / %.2fs / %.2fs / %.2fs",
 			r.Worker.FirstFetchSeconds, r.Worker.AllReadSeconds, r.Worker.AllAcceptedSecs, r.Worker.LagZeroSeconds))
+		row("(b) last request received / requests after all read", fmt.Sprintf("%.2fs / %d", r.Worker.LastRequestSecs, r.Worker.RequestsAfterRead))
 		row("(b) runs", runs(r.WorkerRuns, "%.0f")+" events/s")
 		row("(b)/(a)", fmt.Sprintf("%.2f (median of the runs' ratios %s)", r.WorkerRatio, runs(r.RatioRuns, "%.2f")))
 	}
