@@ -140,6 +140,7 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 	fs.BoolVar(&o.cfg.RetryAfter, "retry-after", def.RetryAfter, "also send Retry-After on 429")
 	fs.StringVar(&o.cfg.LeadingPeriod, "leading-period", def.LeadingPeriod, "cohort_name leading '.' policy: reject, require or ignore")
 	fs.BoolVar(&o.cfg.StrictMembers, "strict-members", false, "reject unknown member keys and parentheses in cohort_name")
+	fs.BoolVar(&o.cfg.DiscardMembers, "discard-members", false, "keep no segment membership (requests are still validated, counted and logged): for load tests")
 	fs.IntVar(&o.cfg.RequestLogSize, "request-log-size", emulator.DefaultRequestLogSize, "request records kept for /_emulator/requests; negative disables")
 	fs.Uint64Var(&o.cfg.Seed, "seed", 0, "seed for fault randomness; 0 = random")
 	fs.Float64Var(&o.cfg.Faults.ErrorRate, "error-rate", 0, "fault: fraction of valid requests answered 5xx")

@@ -104,6 +104,15 @@ type Config struct {
 	// The store can be changed at run time ([Emulator.SeedUsers]).
 	Users map[string][]string
 
+	// DiscardMembers keeps no segment membership: requests are
+	// authenticated, validated, rate-limited, logged and answered as usual,
+	// and each segment still records its name and request count, but
+	// members are not stored (Members and the admin API return none; with
+	// a user store, unknown uids are still counted as dropped). For load
+	// tests that read only the request log, where the bookkeeping of
+	// millions of members would compete with the system under test.
+	DiscardMembers bool
+
 	// Faults are the faults active from the start, and the faults
 	// [Emulator.Reset] restores. The zero value injects nothing.
 	Faults Faults

@@ -73,8 +73,18 @@ func (e *Emulator) applyLocked(workspace string, req *cohortRequest, now time.Ti
 	}
 	s.requests++
 	s.updatedAt = now
-	switch req.Action {
-	case ActionAdd:
+	switch {
+	case e.cfg.DiscardMembers && e.users == nil:
+	case e.cfg.DiscardMembers:
+		if req.Action == ActionAdd {
+			known := e.users[workspace]
+			for _, uid := range req.Members {
+				if _, ok := known[uid]; !ok {
+					dropped++
+				}
+			}
+		}
+	case req.Action == ActionAdd:
 		known := e.users[workspace]
 		for _, uid := range req.Members {
 			if e.users != nil {
@@ -90,7 +100,7 @@ func (e *Emulator) applyLocked(workspace string, req *cohortRequest, now time.Ti
 				s.members[strings.Clone(uid)] = struct{}{}
 			}
 		}
-	case ActionRemove:
+	case req.Action == ActionRemove:
 		for _, uid := range req.Members {
 			delete(s.members, uid)
 		}

@@ -136,3 +136,36 @@ func TestUserStore(t *testing.T) {
 		t.Errorf("users after reset = %v", got)
 	}
 }
+
+// TestStateDiscardMembers: with DiscardMembers, requests are answered and
+// logged as usual and segments count them, but no member is kept; with a
+// user store, unknown uids are still counted as dropped.
+func TestStateDiscardMembers(t *testing.T) {
+	e, _ := newEmulator(t, func(c *emulator.Config) { c.RateLimit = 0; c.DiscardMembers = true })
+	mustStatus(t, serve(e, apiReq{body: body("add_members", "p", "c1", "a", "b")}), 200)
+	mustStatus(t, serve(e, apiReq{body: body("remove_members", "p", "c1", "a")}), 200)
+	mustStatus(t, serve(e, apiReq{body: `{"action":"add_members"}`}), 400) // still validated
+	seg, ok := e.Segment("ws1", "p", "c1")
+	if !ok || seg.Requests != 2 || seg.Name != "Name_c1" || len(seg.Members) != 0 {
+		t.Fatalf("segment = %+v, %v; want 2 requests and no members", seg, ok)
+	}
+	if got := e.Members("ws1", "p", "c1"); len(got) != 0 {
+		t.Fatalf("members = %v, want none", got)
+	}
+	if rs := e.Requests(); len(rs) != 3 || !rs[0].Applied || len(rs[0].Members) != 2 {
+		t.Fatalf("request log = %+v, want 3 records, the first applied with its 2 members", rs)
+	}
+
+	e, _ = newEmulator(t, func(c *emulator.Config) {
+		c.RateLimit = 0
+		c.DiscardMembers = true
+		c.Users = map[string][]string{"ws1": {"a"}}
+	})
+	mustStatus(t, serve(e, apiReq{body: body("add_members", "p", "c1", "a", "b", "c")}), 200)
+	if rs := e.Requests(); len(rs) != 1 || rs[0].DroppedUnknown != 2 {
+		t.Fatalf("request log = %+v, want 2 unknown uids dropped", rs)
+	}
+	if got := e.Members("ws1", "p", "c1"); len(got) != 0 {
+		t.Fatalf("members = %v, want none", got)
+	}
+}
