@@ -4,7 +4,10 @@
 //
 //	a. a bare kafka-go reader consuming the topic: the input ceiling;
 //	b. the worker over the same topic with no rate limit, until its lag is
-//	   zero, and its ratio to (a);
+//	   zero, and its ratio to (a): against an emulator that keeps no segment
+//	   membership (the API's bookkeeping is not the worker's work, and here
+//	   it would share the worker's cores), and again, as (b'), against one
+//	   that keeps it;
 //	c. the worker at RATE_LIMIT_RPM=300 over a backlog, with one replica and
 //	   with three: requests in the busiest 60-second window, requests/min
 //	   over the run ÷ 300, and mean body bytes ÷ BATCH_MAX_BYTES (packing);
@@ -71,22 +74,28 @@ type options struct {
 }
 
 type results struct {
-	Machine        string             `json:"machine"`
-	KafkaVersion   string             `json:"kafka_version"`
-	Events         int                `json:"events"`
-	Cohorts        int                `json:"cohorts"`
-	Partitions     int                `json:"partitions"`
-	BareReader     *throughput        `json:"bare_reader,omitempty"` // the median run
-	Worker         *throughput        `json:"worker_unlimited,omitempty"`
-	WorkerRatio    float64            `json:"worker_to_bare_ratio,omitempty"` // median of the runs' ratios
-	BareRuns       []float64          `json:"bare_reader_runs_events_per_second,omitempty"`
-	WorkerRuns     []float64          `json:"worker_runs_events_per_second,omitempty"`
-	RatioRuns      []float64          `json:"ratio_runs,omitempty"`
-	RateLimited    []rateResult       `json:"rate_limited,omitempty"`
-	PeakRSS        *rssResult         `json:"peak_rss,omitempty"`
-	PeakRSSLimited *rssResult         `json:"peak_rss_with_gomemlimit,omitempty"`
-	Latency        *latencyResult     `json:"latency,omitempty"`
-	Targets        map[string]verdict `json:"targets"`
+	Machine      string      `json:"machine"`
+	KafkaVersion string      `json:"kafka_version"`
+	Events       int         `json:"events"`
+	Cohorts      int         `json:"cohorts"`
+	Partitions   int         `json:"partitions"`
+	BareReader   *throughput `json:"bare_reader,omitempty"` // the median run
+	Worker       *throughput `json:"worker_unlimited,omitempty"`
+	WorkerRatio  float64     `json:"worker_to_bare_ratio,omitempty"` // median of the runs' ratios
+	BareRuns     []float64   `json:"bare_reader_runs_events_per_second,omitempty"`
+	WorkerRuns   []float64   `json:"worker_runs_events_per_second,omitempty"`
+	RatioRuns    []float64   `json:"ratio_runs,omitempty"`
+	// (b) again against an emulator that keeps every segment's members, as
+	// the other phases do: the bookkeeping then runs on the same cores.
+	WorkerState      *throughput        `json:"worker_unlimited_emulator_state,omitempty"`
+	WorkerStateRatio float64            `json:"worker_emulator_state_to_bare_ratio,omitempty"`
+	WorkerStateRuns  []float64          `json:"worker_emulator_state_runs_events_per_second,omitempty"`
+	StateRatioRuns   []float64          `json:"ratio_emulator_state_runs,omitempty"`
+	RateLimited      []rateResult       `json:"rate_limited,omitempty"`
+	PeakRSS          *rssResult         `json:"peak_rss,omitempty"`
+	PeakRSSLimited   *rssResult         `json:"peak_rss_with_gomemlimit,omitempty"`
+	Latency          *latencyResult     `json:"latency,omitempty"`
+	Targets          map[string]verdict `json:"targets"`
 }
 
 type throughput struct {
@@ -203,9 +212,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		// Alternating runs over the same topic: on a shared machine one run
 		// can be slowed by a neighbour, and a pair run back to back sees
 		// about the same machine.
-		var bares, workers []*throughput
+		var bares, workers, states []*throughput
 		for i := range max(o.repeat, 1) {
-			var a, b *throughput
+			var a, b, st *throughput
 			if phase("a") {
 				if a, err = bareReader(ctx, brokers, topic, o.events); err != nil {
 					return err
@@ -215,20 +224,28 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 				say("(a) bare reader, run %d: %.0f events/s", i+1, a.PerSec)
 			}
 			if phase("b") {
-				if b, err = workerUnlimited(ctx, brokers, topic, fmt.Sprintf("bench-unlimited-%s-%d", topic, i), i == 0, o, log); err != nil {
+				if b, err = workerUnlimited(ctx, brokers, topic, fmt.Sprintf("bench-unlimited-%s-%d", topic, i), false, i == 0, o, log); err != nil {
 					return err
 				}
 				workers = append(workers, b)
 				res.WorkerRuns = append(res.WorkerRuns, b.PerSec)
 				say("(b) worker, no rate limit, run %d: %.0f events/s", i+1, b.PerSec)
+				if st, err = workerUnlimited(ctx, brokers, topic, fmt.Sprintf("bench-unlimited-state-%s-%d", topic, i), true, false, o, log); err != nil {
+					return err
+				}
+				states = append(states, st)
+				res.WorkerStateRuns = append(res.WorkerStateRuns, st.PerSec)
+				say("(b) worker, no rate limit, emulator keeping members, run %d: %.0f events/s", i+1, st.PerSec)
 			}
 			if a != nil && b != nil {
 				res.RatioRuns = append(res.RatioRuns, b.PerSec/a.PerSec)
+				res.StateRatioRuns = append(res.StateRatioRuns, st.PerSec/a.PerSec)
 			}
 		}
-		res.BareReader, res.Worker = medianRun(bares), medianRun(workers)
+		res.BareReader, res.Worker, res.WorkerState = medianRun(bares), medianRun(workers), medianRun(states)
 		if len(res.RatioRuns) > 0 {
 			res.WorkerRatio = median(res.RatioRuns)
+			res.WorkerStateRatio = median(res.StateRatioRuns)
 			res.Targets["b/a"] = verdict{">= 0.7", fmt.Sprintf("%.2f", res.WorkerRatio), res.WorkerRatio >= 0.7}
 		}
 	}
@@ -456,8 +473,10 @@ type api struct {
 	close func()
 }
 
-func startAPI(rateLimit int, faults emulator.Faults) (*api, error) {
+// startAPI starts an emulator; discard keeps no segment membership.
+func startAPI(rateLimit int, faults emulator.Faults, discard bool) (*api, error) {
 	cfg := emulator.DefaultConfig()
+	cfg.DiscardMembers = discard
 	cfg.Credentials = map[string]string{"bench": "bench-key"}
 	cfg.RateLimit = rateLimit
 	cfg.RequestLogMaxMembers = -1 // every record kept: the counts must be complete
@@ -540,10 +559,12 @@ func waitLag(ctx context.Context, brokers []string, topic, group string, done <-
 }
 
 // workerUnlimited runs the worker over topic, in consumer group group, with
-// no rate limit until its lag is zero; profile says whether to write the
-// CPU profile asked for.
-func workerUnlimited(ctx context.Context, brokers []string, topic, group string, profile bool, o options, log *slog.Logger) (*throughput, error) {
-	a, err := startAPI(0, emulator.Faults{})
+// no rate limit until its lag is zero. The emulator keeps no membership
+// unless keepMembers: its bookkeeping is the API's work, not the worker's,
+// and here it would run on the same cores. profile says whether to write
+// the CPU profile asked for.
+func workerUnlimited(ctx context.Context, brokers []string, topic, group string, keepMembers, profile bool, o options, log *slog.Logger) (*throughput, error) {
+	a, err := startAPI(0, emulator.Faults{}, !keepMembers)
 	if err != nil {
 		return nil, err
 	}
@@ -624,7 +645,7 @@ func rateLimited(ctx context.Context, brokers []string, o options, replicas int,
 	if err := produce(ctx, brokers, topic, o.backlog, balancedCohortIDs(o.backlogCoh, o.partitions), uint64(replicas)+10); err != nil {
 		return nil, err
 	}
-	a, err := startAPI(300, emulator.Faults{})
+	a, err := startAPI(300, emulator.Faults{}, false)
 	if err != nil {
 		return nil, err
 	}
@@ -700,7 +721,7 @@ func peakRSS(ctx context.Context, brokers []string, o options, memLimit string, 
 	if err := produce(ctx, brokers, topic, o.pending+o.pending/10, cohortIDs(o.cohorts), 77); err != nil {
 		return nil, err
 	}
-	a, err := startAPI(0, emulator.Faults{Latency: time.Hour})
+	a, err := startAPI(0, emulator.Faults{Latency: time.Hour}, false)
 	if err != nil {
 		return nil, err
 	}
@@ -782,7 +803,7 @@ func latency(ctx context.Context, brokers []string, o options, log *slog.Logger)
 	if err := kafkaadmin.CreateTopics(ctx, brokers, o.partitions, topic, topic+".dlq"); err != nil {
 		return nil, err
 	}
-	a, err := startAPI(300, emulator.Faults{})
+	a, err := startAPI(300, emulator.Faults{}, false)
 	if err != nil {
 		return nil, err
 	}
@@ -857,6 +878,10 @@ func printTable(w io.Writer, r *results) {
 		row("(b) last request received / requests after all read", fmt.Sprintf("%.2fs / %d", r.Worker.LastRequestSecs, r.Worker.RequestsAfterRead))
 		row("(b) runs", runs(r.WorkerRuns, "%.0f")+" events/s")
 		row("(b)/(a)", fmt.Sprintf("%.2f (median of the runs' ratios %s)", r.WorkerRatio, runs(r.RatioRuns, "%.2f")))
+		if r.WorkerState != nil {
+			row("(b') emulator keeping members: events/s", fmt.Sprintf("%.0f (runs %s)", r.WorkerState.PerSec, runs(r.WorkerStateRuns, "%.0f")))
+			row("(b')/(a)", fmt.Sprintf("%.2f (median of the runs' ratios %s)", r.WorkerStateRatio, runs(r.StateRatioRuns, "%.2f")))
+		}
 	}
 	for _, rr := range r.RateLimited {
 		p := fmt.Sprintf("(c) %d replica(s), RATE_LIMIT_RPM=300", rr.Replicas)
