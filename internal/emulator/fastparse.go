@@ -3,8 +3,8 @@ package emulator
 import (
 	"bytes"
 	"sync"
-	"unicode/utf16"
-	"unicode/utf8"
+
+	"github.com/cohortsync/cohortsync-worker/internal/jsonstr"
 )
 
 // parseFast decodes a valid body in one pass over its bytes, without
@@ -148,7 +148,7 @@ func (p *fastParser) action(req *cohortRequest) bool {
 		return false
 	}
 	if escaped {
-		p.s.tmp = appendUnescaped(p.s.tmp[:0], raw)
+		p.s.tmp = jsonstr.AppendUnescaped(p.s.tmp[:0], raw)
 		raw = p.s.tmp
 	}
 	switch string(raw) {
@@ -256,7 +256,7 @@ func (p *fastParser) member() bool {
 	}
 	s := p.s
 	if escaped {
-		s.uids = appendUnescaped(s.uids, raw)
+		s.uids = jsonstr.AppendUnescaped(s.uids, raw)
 	} else {
 		s.uids = append(s.uids, raw...)
 	}
@@ -301,7 +301,7 @@ func (p *fastParser) stringValue() (string, bool) {
 		return "", false
 	}
 	if escaped {
-		p.s.tmp = appendUnescaped(p.s.tmp[:0], raw)
+		p.s.tmp = jsonstr.AppendUnescaped(p.s.tmp[:0], raw)
 		raw = p.s.tmp
 	}
 	return string(raw), true
@@ -311,131 +311,18 @@ func (p *fastParser) stringValue() (string, bool) {
 // quotes, escapes not decoded) and whether it has escapes. It accepts
 // exactly the strings encoding/json accepts (valid escapes, no control
 // characters) and rejects invalid UTF-8, as parseSlow does for the whole
-// body.
+// body (see [jsonstr.Scan]).
 func (p *fastParser) str() (raw []byte, escaped, ok bool) {
 	b, i := p.b, p.i
 	if i >= len(b) || b[i] != '"' {
 		return nil, false, false
 	}
-	i++
-	start := i
-	for i < len(b) {
-		for i < len(b) && plainByte[b[i]] {
-			i++
-		}
-		if i >= len(b) {
-			break
-		}
-		switch c := b[i]; {
-		case c == '"':
-			p.i = i + 1
-			return b[start:i], escaped, true
-		case c == '\\':
-			n := escapeLen(b[i:])
-			if n == 0 {
-				return nil, false, false
-			}
-			escaped = true
-			i += n
-		case c < utf8.RuneSelf: // a control character
-			return nil, false, false
-		default:
-			r, size := utf8.DecodeRune(b[i:])
-			if r == utf8.RuneError && size == 1 {
-				return nil, false, false
-			}
-			i += size
-		}
+	n, escaped, ok := jsonstr.Scan(b[i+1:])
+	if !ok {
+		return nil, false, false
 	}
-	return nil, false, false
-}
-
-// plainByte reports the bytes that stand for themselves in a JSON string:
-// printable ASCII other than '"' and '\\'.
-var plainByte = func() (t [256]bool) {
-	for c := 0x20; c < utf8.RuneSelf; c++ {
-		t[c] = c != '"' && c != '\\'
-	}
-	return t
-}()
-
-// escapeLen returns the length of the valid escape sequence at the start of
-// b (which starts with a backslash), or 0 if there is none.
-func escapeLen(b []byte) int {
-	if len(b) < 2 {
-		return 0
-	}
-	switch b[1] {
-	case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
-		return 2
-	case 'u':
-		if len(b) >= 6 && hex4(b[2:6]) >= 0 {
-			return 6
-		}
-	}
-	return 0
-}
-
-// hex4 decodes four hexadecimal digits, or returns -1.
-func hex4(b []byte) rune {
-	var r rune
-	for _, c := range b[:4] {
-		switch {
-		case '0' <= c && c <= '9':
-			c -= '0'
-		case 'a' <= c && c <= 'f':
-			c -= 'a' - 10
-		case 'A' <= c && c <= 'F':
-			c -= 'A' - 10
-		default:
-			return -1
-		}
-		r = r<<4 | rune(c)
-	}
-	return r
-}
-
-// appendUnescaped appends the decoded raw contents of a string token that
-// str accepted. It decodes as encoding/json does: a \u escape of a UTF-16
-// surrogate combines with a following \u escape of the other half, and
-// becomes U+FFFD when there is none.
-func appendUnescaped(dst, raw []byte) []byte {
-	for {
-		i := bytes.IndexByte(raw, '\\')
-		if i < 0 {
-			return append(dst, raw...)
-		}
-		dst = append(dst, raw[:i]...)
-		c := raw[i+1]
-		raw = raw[i+2:]
-		switch c {
-		case 'u':
-			r := hex4(raw)
-			raw = raw[4:]
-			if utf16.IsSurrogate(r) {
-				r2 := rune(-1)
-				if len(raw) >= 6 && raw[0] == '\\' && raw[1] == 'u' {
-					r2 = hex4(raw[2:])
-				}
-				if r = utf16.DecodeRune(r, r2); r != utf8.RuneError {
-					raw = raw[6:]
-				}
-			}
-			dst = utf8.AppendRune(dst, r)
-		case 'b':
-			dst = append(dst, '\b')
-		case 'f':
-			dst = append(dst, '\f')
-		case 'n':
-			dst = append(dst, '\n')
-		case 'r':
-			dst = append(dst, '\r')
-		case 't':
-			dst = append(dst, '\t')
-		default: // '"', '\\', '/'
-			dst = append(dst, c)
-		}
-	}
+	p.i = i + 1 + n + 1
+	return b[i+1 : i+1+n], escaped, true
 }
 
 func (p *fastParser) ws() {

@@ -3,8 +3,9 @@ package event
 import (
 	"bytes"
 	"time"
-	"unicode/utf16"
 	"unicode/utf8"
+
+	"github.com/cohortsync/cohortsync-worker/internal/jsonstr"
 )
 
 // This file holds the fast path of Decode: a hand-written parser for the
@@ -406,21 +407,9 @@ func scanPlain(v []byte, i int) (end int, ok bool) {
 // quote is v[start-1] and first escape sequence v[i]. It returns the span of
 // the string, esc with the value of the string appended, and the index of its
 // closing quote. It decodes the escape sequences as encoding/json's unquote
-// does:
-//
-//   - \" \\ \/ \b \f \n \r \t stand for the byte they name;
-//   - \uXXXX (hex digits in either case) stands for the UTF-8 of U+XXXX,
-//     except that a \uXXXX of the UTF-16 surrogate range (D800-DFFF) followed
-//     by another \uXXXX forms one rune with it when they are a high and a
-//     low surrogate, in that order; otherwise that surrogate alone stands
-//     for U+FFFD and the next \uXXXX is decoded on its own;
-//   - any other escape sequence, and \u with fewer than four hex digits,
-//     are syntax errors (ok is false; encoding/json's unquote accepts \',
-//     but its scanner rejects it first).
-//
-// Raw control characters are syntax errors too, and raw bytes that are not
-// valid UTF-8 leave the string to decodeSlow (ok is false), which would
-// replace them.
+// does (see package jsonstr); invalid ones and raw control characters are
+// syntax errors (ok is false). Raw bytes that are not valid UTF-8 leave the
+// string to decodeSlow (ok is false too), which would replace them.
 func unescape(v []byte, start, i int, esc []byte) (s span, _ []byte, end int, ok bool) {
 	if !utf8.Valid(v[start:i]) {
 		return span{}, esc, i, false
@@ -429,51 +418,27 @@ func unescape(v []byte, start, i int, esc []byte) (s span, _ []byte, end int, ok
 	lo := len(b)
 	b = append(b, v[start:i]...)
 	for i < len(v) {
+		if plainASCII[v[i]] { // copy a run of plain ASCII at once
+			j := i + 1
+			for j < len(v) && plainASCII[v[j]] {
+				j++
+			}
+			b = append(b, v[i:j]...)
+			i = j
+			continue
+		}
 		switch c := v[i]; {
 		case c == '"':
 			return span{len(v) + lo, len(v) + len(b)}, b, i, true
 		case c == '\\':
-			if i+1 == len(v) {
+			r, n := jsonstr.DecodeEscape(v[i:])
+			if n == 0 {
 				return span{}, b, i, false
 			}
-			switch e := v[i+1]; e {
-			case '"', '\\', '/':
-				b = append(b, e)
-			case 'b':
-				b = append(b, '\b')
-			case 'f':
-				b = append(b, '\f')
-			case 'n':
-				b = append(b, '\n')
-			case 'r':
-				b = append(b, '\r')
-			case 't':
-				b = append(b, '\t')
-			case 'u':
-				r := getu4(v, i)
-				if r < 0 {
-					return span{}, b, i, false
-				}
-				i += 6
-				if utf16.IsSurrogate(r) {
-					if dec := utf16.DecodeRune(r, getu4(v, i)); dec != utf8.RuneError {
-						i += 6 // a valid pair
-						b = utf8.AppendRune(b, dec)
-						continue
-					}
-					r = utf8.RuneError // a lone or misordered surrogate
-				}
-				b = utf8.AppendRune(b, r)
-				continue
-			default:
-				return span{}, b, i, false
-			}
-			i += 2
-		case c < 0x20:
+			b = utf8.AppendRune(b, r)
+			i += n
+		case c < utf8.RuneSelf: // a control character
 			return span{}, b, i, false
-		case c < utf8.RuneSelf:
-			b = append(b, c)
-			i++
 		default:
 			r, size := utf8.DecodeRune(v[i:])
 			if r == utf8.RuneError && size == 1 {
@@ -484,29 +449,6 @@ func unescape(v []byte, start, i int, esc []byte) (s span, _ []byte, end int, ok
 		}
 	}
 	return span{}, b, i, false
-}
-
-// getu4 decodes the \uXXXX escape sequence at v[i], returning -1 if there is
-// none. It is encoding/json's getu4.
-func getu4(v []byte, i int) rune {
-	if len(v)-i < 6 || v[i] != '\\' || v[i+1] != 'u' {
-		return -1
-	}
-	var r rune
-	for _, c := range v[i+2 : i+6] {
-		switch {
-		case '0' <= c && c <= '9':
-			c = c - '0'
-		case 'a' <= c && c <= 'f':
-			c = c - 'a' + 10
-		case 'A' <= c && c <= 'F':
-			c = c - 'A' + 10
-		default:
-			return -1
-		}
-		r = r*16 + rune(c)
-	}
-	return r
 }
 
 // scanStrings scans an array of strings that starts at v[i], appending their
@@ -613,20 +555,11 @@ func skipString(v []byte, i int) (next int, ok bool) {
 		case c == '"':
 			return i + 1, true
 		case c == '\\':
-			if i+1 == len(v) {
+			n := jsonstr.EscapeLen(v[i:])
+			if n == 0 {
 				return i, false
 			}
-			switch v[i+1] {
-			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
-				i += 2
-			case 'u':
-				if len(v)-i < 6 || !isHex(v[i+2]) || !isHex(v[i+3]) || !isHex(v[i+4]) || !isHex(v[i+5]) {
-					return i, false
-				}
-				i += 6
-			default:
-				return i, false
-			}
+			i += n
 		case c < 0x20:
 			return i, false
 		default:
@@ -634,10 +567,6 @@ func skipString(v []byte, i int) (next int, ok bool) {
 		}
 	}
 	return i, false
-}
-
-func isHex(c byte) bool {
-	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
 }
 
 // skipNumber skips the number that starts at v[i], following the JSON
