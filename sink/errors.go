@@ -20,12 +20,17 @@ var ErrGaveUp = errors.New("sink: gave up retrying")
 // are empty when the body is not one. Strings the server sent are truncated
 // and scrubbed of the API key, so Error() never includes it.
 type StatusError struct {
-	Code       int           // HTTP status code
-	Type       string        // error.type, e.g. "MissingAttributeError"
-	Message    string        // error.message
-	Attribute  string        // error.attribute: the request field at fault, if any
-	RequestID  string        // error.request_id
-	RetryAfter time.Duration // the server's requested delay (RetryAfter); 0 if none
+	Code      int    // HTTP status code
+	Type      string // error.type, e.g. "MissingAttributeError"
+	Message   string // error.message
+	Attribute string // error.attribute: the request field at fault, if any
+	RequestID string // error.request_id
+	// RetryAfter is the delay the server asked for; 0 if none. On a 429 it
+	// is Retry-After, else x-ratelimit-reset (RetryAfter); on any other
+	// answer only an explicit Retry-After counts: x-ratelimit-reset says
+	// when the rate window resets, which is no reason to hold back the
+	// retry of a 5xx.
+	RetryAfter time.Duration
 }
 
 // Error describes the answer, e.g.
@@ -93,14 +98,14 @@ func RetryAfter(h http.Header, now time.Time) time.Duration {
 	return min(max(d, 0), maxServerDelay)
 }
 
+// RetryAfterHeader is RetryAfter with the Retry-After header alone.
+func RetryAfterHeader(h http.Header, now time.Time) time.Duration {
+	return min(max(retryAfterHeader(h, now), 0), maxServerDelay)
+}
+
 func retryAfter(h http.Header, now time.Time) time.Duration {
-	if v := strings.TrimSpace(h.Get("Retry-After")); v != "" {
-		if n, err := strconv.ParseFloat(v, 64); err == nil {
-			return seconds(n)
-		}
-		if t, err := http.ParseTime(v); err == nil {
-			return t.Sub(now)
-		}
+	if d, ok := retryAfterValue(h, now); ok {
+		return d
 	}
 	if v := strings.TrimSpace(h.Get("X-Ratelimit-Reset")); v != "" {
 		if n, err := strconv.ParseFloat(v, 64); err == nil {
@@ -112,6 +117,25 @@ func retryAfter(h http.Header, now time.Time) time.Duration {
 		}
 	}
 	return 0
+}
+
+func retryAfterHeader(h http.Header, now time.Time) time.Duration {
+	d, _ := retryAfterValue(h, now)
+	return d
+}
+
+// retryAfterValue reads Retry-After; ok is false when it is absent or
+// unreadable.
+func retryAfterValue(h http.Header, now time.Time) (time.Duration, bool) {
+	if v := strings.TrimSpace(h.Get("Retry-After")); v != "" {
+		if n, err := strconv.ParseFloat(v, 64); err == nil {
+			return seconds(n), true
+		}
+		if t, err := http.ParseTime(v); err == nil {
+			return t.Sub(now), true
+		}
+	}
+	return 0, false
 }
 
 // seconds converts n seconds to a Duration, saturating instead of

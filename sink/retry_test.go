@@ -99,6 +99,11 @@ func TestRetryTable(t *testing.T) {
 		{name: "503 Retry-After raises the delay", first: func(time.Time) reply {
 			return reply{status: 503, header: map[string]string{"Retry-After": "1"}}
 		}, reason: "server_error", code: "503", fixed: time.Second},
+		// x-ratelimit-reset says when the rate window resets: on a 5xx it is
+		// no reason to wait (the emulator and the API send it on every answer).
+		{name: "500 with x-ratelimit-reset backs off", first: func(time.Time) reply {
+			return reply{status: 500, header: map[string]string{"X-Ratelimit-Limit": "300", "X-Ratelimit-Remaining": "290", "X-Ratelimit-Reset": "30"}}
+		}, reason: "server_error", code: "500"},
 		{name: "connection reset", first: func(time.Time) reply { return reply{reset: true} }, reason: "network", code: "0"},
 		{name: "attempt timeout", first: func(time.Time) reply { return reply{hold: make(chan struct{})} }, reason: "timeout", code: "0", hang: true},
 		{name: "429 Retry-After seconds", first: func(time.Time) reply {
