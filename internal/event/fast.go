@@ -474,17 +474,9 @@ func scanStrings(v []byte, i int, s []span, esc []byte) (_ []span, _ []byte, nex
 			return s, esc, i, false
 		}
 		s = append(s, span{i + 1, end})
-		i = skipSpace(v, end+1)
-		if i == len(v) {
-			return s, esc, i, false
-		}
-		switch v[i] {
-		case ',':
-			i = skipSpace(v, i+1)
-		case ']':
-			return s, esc, i + 1, true
-		default:
-			return s, esc, i, false
+		var done bool
+		if i, done, ok = arrayNext(v, end+1); done || !ok {
+			return s, esc, i, ok
 		}
 	}
 }
@@ -506,19 +498,28 @@ func scanEscapedStrings(v []byte, i int, s []span, esc []byte) (_ []span, _ []by
 			return s, esc, i, false
 		}
 		s = append(s, u)
-		i = skipSpace(v, end+1)
-		if i == len(v) {
-			return s, esc, i, false
-		}
-		switch v[i] {
-		case ',':
-			i = skipSpace(v, i+1)
-		case ']':
-			return s, esc, i + 1, true
-		default:
-			return s, esc, i, false
+		var done bool
+		if i, done, ok = arrayNext(v, end+1); done || !ok {
+			return s, esc, i, ok
 		}
 	}
+}
+
+// arrayNext reads what follows an array element that ends before v[i]:
+// a comma (it returns the index of the next element) or the closing
+// bracket (done, and the index after it). ok is false for anything else.
+func arrayNext(v []byte, i int) (next int, done, ok bool) {
+	i = skipSpace(v, i)
+	if i == len(v) {
+		return i, false, false
+	}
+	switch v[i] {
+	case ',':
+		return skipSpace(v, i+1), false, true
+	case ']':
+		return i + 1, true, true
+	}
+	return i, false, false
 }
 
 // skipScalar skips the string, number, true, false or null that starts at
