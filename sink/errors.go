@@ -94,19 +94,21 @@ const maxServerDelay = 15 * time.Minute
 // the time is already past, and caps the delay at 15 minutes. Delta seconds
 // may be fractional.
 func RetryAfter(h http.Header, now time.Time) time.Duration {
-	d := retryAfter(h, now)
+	return serverDelay(h, now, true)
+}
+
+// serverDelay is RetryAfter, reading x-ratelimit-reset only when
+// readReset (on a 429: see StatusError.RetryAfter).
+func serverDelay(h http.Header, now time.Time, readReset bool) time.Duration {
+	d, ok := retryAfterValue(h, now)
+	if !ok && readReset {
+		d = rateLimitReset(h, now)
+	}
 	return min(max(d, 0), maxServerDelay)
 }
 
-// RetryAfterHeader is RetryAfter with the Retry-After header alone.
-func RetryAfterHeader(h http.Header, now time.Time) time.Duration {
-	return min(max(retryAfterHeader(h, now), 0), maxServerDelay)
-}
-
-func retryAfter(h http.Header, now time.Time) time.Duration {
-	if d, ok := retryAfterValue(h, now); ok {
-		return d
-	}
+// rateLimitReset reads x-ratelimit-reset as delta or epoch seconds.
+func rateLimitReset(h http.Header, now time.Time) time.Duration {
 	if v := strings.TrimSpace(h.Get("X-Ratelimit-Reset")); v != "" {
 		if n, err := strconv.ParseFloat(v, 64); err == nil {
 			if n < 1e9 {
@@ -117,11 +119,6 @@ func retryAfter(h http.Header, now time.Time) time.Duration {
 		}
 	}
 	return 0
-}
-
-func retryAfterHeader(h http.Header, now time.Time) time.Duration {
-	d, _ := retryAfterValue(h, now)
-	return d
 }
 
 // retryAfterValue reads Retry-After; ok is false when it is absent or

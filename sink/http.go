@@ -85,10 +85,8 @@ func (c *Client) attempt(ctx context.Context, req wire.Request, body []byte) (*S
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
 		return nil, nil // any body, any extra fields: accepted
 	}
-	serr := &StatusError{Code: resp.StatusCode, RetryAfter: RetryAfterHeader(resp.Header, time.Now())}
-	if resp.StatusCode == http.StatusTooManyRequests {
-		serr.RetryAfter = RetryAfter(resp.Header, time.Now())
-	}
+	serr := &StatusError{Code: resp.StatusCode,
+		RetryAfter: serverDelay(resp.Header, time.Now(), resp.StatusCode == http.StatusTooManyRequests)}
 	c.parseEnvelope(serr, raw)
 	return serr, nil
 }

@@ -73,18 +73,8 @@ func (e *Emulator) applyLocked(workspace string, req *cohortRequest, now time.Ti
 	}
 	s.requests++
 	s.updatedAt = now
-	switch {
-	case e.cfg.DiscardMembers && e.users == nil:
-	case e.cfg.DiscardMembers:
-		if req.Action == ActionAdd {
-			known := e.users[workspace]
-			for _, uid := range req.Members {
-				if _, ok := known[uid]; !ok {
-					dropped++
-				}
-			}
-		}
-	case req.Action == ActionAdd:
+	switch req.Action {
+	case ActionAdd:
 		known := e.users[workspace]
 		for _, uid := range req.Members {
 			if e.users != nil {
@@ -93,6 +83,9 @@ func (e *Emulator) applyLocked(workspace string, req *cohortRequest, now time.Ti
 					continue
 				}
 			}
+			if e.cfg.DiscardMembers {
+				continue
+			}
 			// The uids of a request share memory (see parseFast): a new
 			// member gets its own copy, so that the members kept do not pin
 			// the uids of the requests that added them.
@@ -100,7 +93,10 @@ func (e *Emulator) applyLocked(workspace string, req *cohortRequest, now time.Ti
 				s.members[strings.Clone(uid)] = struct{}{}
 			}
 		}
-	case req.Action == ActionRemove:
+	case ActionRemove:
+		if e.cfg.DiscardMembers {
+			break
+		}
 		for _, uid := range req.Members {
 			delete(s.members, uid)
 		}
