@@ -154,7 +154,7 @@ func Run(ctx context.Context, opts Options) error {
 	}
 
 	ready := func() bool { return cons.Joined() && !client.AuthFailing() }
-	srv, err := serveHTTP(cfg.HTTPAddr, reg, ready, m, log, opts.Listening)
+	srv, err := serveHTTP(cfg.HTTPAddr, reg, ready, m, log, opts.Listening, defaultHTTPTimeouts)
 	if err != nil {
 		return err
 	}
@@ -203,9 +203,38 @@ func Run(ctx context.Context, opts Options) error {
 	return nil
 }
 
+// httpTimeouts bound how long one client of the endpoints may hold a
+// connection and its goroutine. The endpoints are on the pod network, within
+// reach of anything there: without the bounds a client that opens
+// connections and sends nothing (or a byte at a time, or reads nothing)
+// keeps each one, and its goroutine, forever.
+type httpTimeouts struct {
+	// ReadHeader bounds the request line and headers, from the first byte.
+	ReadHeader time.Duration
+	// Read bounds the whole request, headers and body (the endpoints take
+	// none).
+	Read time.Duration
+	// Write bounds a response, from the end of the request headers. A
+	// /metrics scrape of the Go and process collectors plus per-partition
+	// series takes milliseconds; the bound is generous for slow scrapers
+	// and a busy, CPU-throttled process.
+	Write time.Duration
+	// Idle bounds a keep-alive connection's wait for its next request.
+	// Prometheus scrapes every 15-60 s over one connection; a longer idle
+	// bound would only keep abandoned connections.
+	Idle time.Duration
+}
+
+var defaultHTTPTimeouts = httpTimeouts{
+	ReadHeader: 5 * time.Second,
+	Read:       10 * time.Second,
+	Write:      30 * time.Second,
+	Idle:       90 * time.Second,
+}
+
 // serveHTTP starts /metrics, /healthz and /readyz; an empty addr disables them.
 func serveHTTP(addr string, reg *prometheus.Registry, ready func() bool, m *metrics.Metrics,
-	log *slog.Logger, listening func(string)) (*http.Server, error) {
+	log *slog.Logger, listening func(string), to httpTimeouts) (*http.Server, error) {
 	if addr == "" {
 		return nil, nil
 	}
@@ -230,7 +259,9 @@ func serveHTTP(addr string, reg *prometheus.Registry, ready func() bool, m *metr
 		m.Ready.Set(0)
 		http.Error(w, "not ready: not in a consumer-group generation, or the API rejects the credentials", http.StatusServiceUnavailable)
 	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: to.ReadHeader, ReadTimeout: to.Read,
+		WriteTimeout: to.Write, IdleTimeout: to.Idle, MaxHeaderBytes: 16 << 10,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("HTTP server failed", "err", err)

@@ -49,6 +49,11 @@ type Config struct {
 	// KafkaSASLPassword is the SASL password (KAFKA_SASL_PASSWORD or
 	// KAFKA_SASL_PASSWORD_FILE), required with a mechanism.
 	KafkaSASLPassword Secret
+	// KafkaSASLAllowInsecure accepts SASL PLAIN without TLS to brokers that
+	// are not on the loopback interface (KAFKA_SASL_ALLOW_INSECURE). PLAIN
+	// sends the password as it is, so Validate refuses that combination
+	// unless this is set; loopback brokers are always accepted.
+	KafkaSASLAllowInsecure bool
 	// MoEngageDC is the MoEngage data center, one of DataCenters
 	// (MOENGAGE_DC).
 	MoEngageDC string
@@ -56,6 +61,12 @@ type Config struct {
 	// (MOENGAGE_BASE_URL). Empty means derived: Validate sets it to
 	// https://api-{dc}.moengage.com.
 	MoEngageBaseURL string
+	// MoEngageAllowInsecure accepts an http:// MoEngageBaseURL whose host is
+	// not on the loopback interface (MOENGAGE_ALLOW_INSECURE). Every request
+	// carries the Data API key, so Validate refuses plain http unless this
+	// is set; loopback hosts (127.0.0.0/8, ::1, localhost) are always
+	// accepted.
+	MoEngageAllowInsecure bool
 	// MoEngageWorkspaceID is the workspace (app) ID, sent as the Basic-auth
 	// username and the MOE-APPKEY header (MOENGAGE_WORKSPACE_ID or
 	// MOENGAGE_WORKSPACE_ID_FILE). Required. It is an identifier, not a
@@ -244,6 +255,9 @@ func (c *Config) check(h hider) error {
 		return configError("KAFKA_SASL_USERNAME", "required with KAFKA_SASL_MECHANISM=%s", c.KafkaSASLMechanism)
 	case c.KafkaSASLPassword.Reveal() == "":
 		return configError("KAFKA_SASL_PASSWORD", "required with KAFKA_SASL_MECHANISM=%s (or KAFKA_SASL_PASSWORD_FILE)", c.KafkaSASLMechanism)
+	case c.KafkaSASLMechanism == "PLAIN" && !c.KafkaTLS && !c.KafkaSASLAllowInsecure && !allLoopback(c.KafkaBrokers):
+		return configError("KAFKA_SASL_MECHANISM", "PLAIN without TLS would send KAFKA_SASL_PASSWORD in clear text to the brokers; "+
+			"set KAFKA_TLS=true (or KAFKA_TLS_CA_FILE), use SCRAM-SHA-256 or SCRAM-SHA-512, or accept the risk with KAFKA_SASL_ALLOW_INSECURE=true")
 	}
 
 	// MoEngage.
@@ -256,6 +270,10 @@ func (c *Config) check(h hider) error {
 	}
 	if err := checkBaseURL(c.MoEngageBaseURL, h); err != nil {
 		return err
+	}
+	if u, _ := url.Parse(c.MoEngageBaseURL); u.Scheme == "http" && !c.MoEngageAllowInsecure && !isLoopback(u.Hostname()) {
+		return configError("MOENGAGE_BASE_URL", "%s is plain http: every request would carry MOENGAGE_DATA_API_KEY in clear text; "+
+			"use https, or accept the risk with MOENGAGE_ALLOW_INSECURE=true (loopback hosts need neither)", h.show(c.MoEngageBaseURL))
 	}
 	if c.MoEngageWorkspaceID == "" {
 		return errors.New("config: MOENGAGE_WORKSPACE_ID is required")
@@ -383,6 +401,31 @@ func checkBaseURL(raw string, h hider) error {
 	return nil
 }
 
+// isLoopback reports whether host (a name or an IP, without port or
+// brackets) is on the loopback interface: localhost (or a name under
+// .localhost), 127.0.0.0/8 or ::1. Other names are not resolved: a name
+// is trusted only for what it says, not for what DNS answers today.
+func isLoopback(host string) bool {
+	host = strings.TrimSuffix(strings.ToLower(host), ".")
+	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// allLoopback reports whether every host:port in brokers is on the
+// loopback interface.
+func allLoopback(brokers []string) bool {
+	for _, b := range brokers {
+		host, _, err := net.SplitHostPort(b)
+		if err != nil || !isLoopback(host) {
+			return false
+		}
+	}
+	return len(brokers) > 0
+}
+
 // LogValue implements slog.LogValuer: a summary of c for the start-up log
 // line. It holds no secret: for each credential it says only whether it is
 // set.
@@ -397,8 +440,10 @@ func (c Config) LogValue() slog.Value {
 		slog.String("kafka_sasl_mechanism", c.KafkaSASLMechanism),
 		slog.String("kafka_sasl_username", c.KafkaSASLUsername),
 		slog.Bool("kafka_sasl_password_set", c.KafkaSASLPassword.Reveal() != ""),
+		slog.Bool("kafka_sasl_allow_insecure", c.KafkaSASLAllowInsecure),
 		slog.String("moengage_dc", c.MoEngageDC),
 		slog.String("moengage_base_url", c.MoEngageBaseURL),
+		slog.Bool("moengage_allow_insecure", c.MoEngageAllowInsecure),
 		slog.String("moengage_workspace_id", c.MoEngageWorkspaceID),
 		slog.Bool("moengage_data_api_key_set", c.MoEngageDataAPIKey.Reveal() != ""),
 		slog.String("cohortsync_partner", c.CohortsyncPartner),

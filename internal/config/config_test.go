@@ -88,33 +88,35 @@ func TestDefaultIsLoadWithoutEnvironment(t *testing.T) {
 
 // fields reads the Config field of each variable.
 var fields = map[string]func(config.Config) any{
-	"KAFKA_BROKERS":          func(c config.Config) any { return c.KafkaBrokers },
-	"KAFKA_TOPIC":            func(c config.Config) any { return c.KafkaTopics },
-	"KAFKA_GROUP_ID":         func(c config.Config) any { return c.KafkaGroupID },
-	"KAFKA_DLQ_TOPIC":        func(c config.Config) any { return c.KafkaDLQTopic },
-	"KAFKA_TLS":              func(c config.Config) any { return c.KafkaTLS },
-	"KAFKA_TLS_CA_FILE":      func(c config.Config) any { return c.KafkaTLSCAFile },
-	"KAFKA_SASL_MECHANISM":   func(c config.Config) any { return c.KafkaSASLMechanism },
-	"KAFKA_SASL_USERNAME":    func(c config.Config) any { return c.KafkaSASLUsername },
-	"KAFKA_SASL_PASSWORD":    func(c config.Config) any { return c.KafkaSASLPassword.Reveal() },
-	"MOENGAGE_DC":            func(c config.Config) any { return c.MoEngageDC },
-	"MOENGAGE_BASE_URL":      func(c config.Config) any { return c.MoEngageBaseURL },
-	"MOENGAGE_WORKSPACE_ID":  func(c config.Config) any { return c.MoEngageWorkspaceID },
-	"MOENGAGE_DATA_API_KEY":  func(c config.Config) any { return c.MoEngageDataAPIKey.Reveal() },
-	"COHORTSYNC_PARTNER":     func(c config.Config) any { return c.CohortsyncPartner },
-	"BATCH_MAX_BYTES":        func(c config.Config) any { return c.BatchMaxBytes },
-	"BATCH_MAX_MEMBERS":      func(c config.Config) any { return c.BatchMaxMembers },
-	"BATCH_WINDOW":           func(c config.Config) any { return c.BatchWindow },
-	"RATE_LIMIT_RPM":         func(c config.Config) any { return c.RateLimitRPM },
-	"MAX_IN_FLIGHT":          func(c config.Config) any { return c.MaxInFlight },
-	"MAX_PENDING_MEMBERS":    func(c config.Config) any { return c.MaxPendingMembers },
-	"RETRY_INITIAL_INTERVAL": func(c config.Config) any { return c.RetryInitialInterval },
-	"RETRY_MAX_INTERVAL":     func(c config.Config) any { return c.RetryMaxInterval },
-	"RETRY_MAX_ELAPSED":      func(c config.Config) any { return c.RetryMaxElapsed },
-	"HTTP_ADDR":              func(c config.Config) any { return c.HTTPAddr },
-	"SHUTDOWN_TIMEOUT":       func(c config.Config) any { return c.ShutdownTimeout },
-	"LOG_LEVEL":              func(c config.Config) any { return c.LogLevel },
-	"LOG_FORMAT":             func(c config.Config) any { return c.LogFormat },
+	"KAFKA_BROKERS":             func(c config.Config) any { return c.KafkaBrokers },
+	"KAFKA_TOPIC":               func(c config.Config) any { return c.KafkaTopics },
+	"KAFKA_GROUP_ID":            func(c config.Config) any { return c.KafkaGroupID },
+	"KAFKA_DLQ_TOPIC":           func(c config.Config) any { return c.KafkaDLQTopic },
+	"KAFKA_TLS":                 func(c config.Config) any { return c.KafkaTLS },
+	"KAFKA_TLS_CA_FILE":         func(c config.Config) any { return c.KafkaTLSCAFile },
+	"KAFKA_SASL_MECHANISM":      func(c config.Config) any { return c.KafkaSASLMechanism },
+	"KAFKA_SASL_USERNAME":       func(c config.Config) any { return c.KafkaSASLUsername },
+	"KAFKA_SASL_PASSWORD":       func(c config.Config) any { return c.KafkaSASLPassword.Reveal() },
+	"MOENGAGE_DC":               func(c config.Config) any { return c.MoEngageDC },
+	"MOENGAGE_BASE_URL":         func(c config.Config) any { return c.MoEngageBaseURL },
+	"MOENGAGE_ALLOW_INSECURE":   func(c config.Config) any { return c.MoEngageAllowInsecure },
+	"KAFKA_SASL_ALLOW_INSECURE": func(c config.Config) any { return c.KafkaSASLAllowInsecure },
+	"MOENGAGE_WORKSPACE_ID":     func(c config.Config) any { return c.MoEngageWorkspaceID },
+	"MOENGAGE_DATA_API_KEY":     func(c config.Config) any { return c.MoEngageDataAPIKey.Reveal() },
+	"COHORTSYNC_PARTNER":        func(c config.Config) any { return c.CohortsyncPartner },
+	"BATCH_MAX_BYTES":           func(c config.Config) any { return c.BatchMaxBytes },
+	"BATCH_MAX_MEMBERS":         func(c config.Config) any { return c.BatchMaxMembers },
+	"BATCH_WINDOW":              func(c config.Config) any { return c.BatchWindow },
+	"RATE_LIMIT_RPM":            func(c config.Config) any { return c.RateLimitRPM },
+	"MAX_IN_FLIGHT":             func(c config.Config) any { return c.MaxInFlight },
+	"MAX_PENDING_MEMBERS":       func(c config.Config) any { return c.MaxPendingMembers },
+	"RETRY_INITIAL_INTERVAL":    func(c config.Config) any { return c.RetryInitialInterval },
+	"RETRY_MAX_INTERVAL":        func(c config.Config) any { return c.RetryMaxInterval },
+	"RETRY_MAX_ELAPSED":         func(c config.Config) any { return c.RetryMaxElapsed },
+	"HTTP_ADDR":                 func(c config.Config) any { return c.HTTPAddr },
+	"SHUTDOWN_TIMEOUT":          func(c config.Config) any { return c.ShutdownTimeout },
+	"LOG_LEVEL":                 func(c config.Config) any { return c.LogLevel },
+	"LOG_FORMAT":                func(c config.Config) any { return c.LogFormat },
 }
 
 type parseCase struct {
@@ -148,10 +150,12 @@ func parseCases(t *testing.T) []parseCase {
 		{env: "KAFKA_SASL_MECHANISM", value: "plain", other: "SCRAM-SHA-256", extra: sasl("KAFKA_SASL_MECHANISM"), want: "PLAIN"},
 		{env: "KAFKA_SASL_USERNAME", value: "bob", other: "carol", extra: sasl("KAFKA_SASL_USERNAME"), want: "bob"},
 		{env: "KAFKA_SASL_PASSWORD", value: saslPassword, other: "other-pw", extra: sasl("KAFKA_SASL_PASSWORD"), want: saslPassword},
+		{env: "KAFKA_SASL_ALLOW_INSECURE", value: "true", other: "false", want: true},
 		{env: "MOENGAGE_DC", value: "101", other: "02", want: "101"},
 		{env: "MOENGAGE_DC", value: " 06 ", other: "02", want: "06"},
 		{env: "MOENGAGE_BASE_URL", value: "http://127.0.0.1:8080/", other: "https://proxy", want: "http://127.0.0.1:8080"},
 		{env: "MOENGAGE_BASE_URL", value: "https://proxy.internal/moengage", other: "https://proxy", want: "https://proxy.internal/moengage"},
+		{env: "MOENGAGE_ALLOW_INSECURE", value: "1", other: "false", want: true},
 		{env: "MOENGAGE_WORKSPACE_ID", value: " ws2 ", other: "ws3", want: "ws2"},
 		{env: "MOENGAGE_DATA_API_KEY", value: apiKey, other: "other-key", want: apiKey},
 		{env: "COHORTSYNC_PARTNER", value: "6HNBXFm7ZS", other: "p2", want: "6HNBXFm7ZS"},
@@ -193,6 +197,13 @@ func TestParse(t *testing.T) {
 		} {
 			t.Run(tc.env+"="+tc.value+"/"+mode.name, func(t *testing.T) {
 				c, err := config.Load(mode.args, getenv(mode.env), nil)
+				if mode.args != nil && secretEnv[tc.env] {
+					// Secrets are refused as flags (TestSecretFlagsRefused).
+					if err == nil || !strings.Contains(err.Error(), tc.env+"_FILE") {
+						t.Fatalf("secret flag --%s: err = %v, want a refusal pointing to %s_FILE", tc.env, err, tc.env)
+					}
+					return
+				}
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -274,6 +285,10 @@ func invalidCases(t *testing.T) []invalidCase {
 		one("KAFKA_SASL_MECHANISM", ""), // username and password without a mechanism
 		one("KAFKA_SASL_USERNAME", ""),
 		one("KAFKA_SASL_PASSWORD", ""),
+		one("KAFKA_SASL_ALLOW_INSECURE", "sure"),
+		{env: "KAFKA_SASL_MECHANISM", over: map[string]string{"KAFKA_BROKERS": "kafka:9092"}}, // PLAIN in clear to a remote broker
+		one("MOENGAGE_ALLOW_INSECURE", "yes please"),
+		one("MOENGAGE_BASE_URL", "http://emulator:8080"), // plain http off the loopback interface
 		one("MOENGAGE_DC", "1"),
 		one("MOENGAGE_DC", "001"),
 		one("MOENGAGE_DC", "07"),
@@ -432,7 +447,7 @@ func TestDataCenters(t *testing.T) {
 		})
 	}
 	// An explicit base URL wins over the DC, which is still validated.
-	c, err := config.Load([]string{"--moengage-dc=101", "--moengage-base-url=http://emulator:8080/"}, getenv(required()), nil)
+	c, err := config.Load([]string{"--moengage-dc=101", "--moengage-base-url=http://emulator:8080/", "--moengage-allow-insecure"}, getenv(required()), nil)
 	if err != nil || c.MoEngageBaseURL != "http://emulator:8080" || c.MoEngageDC != "101" {
 		t.Fatalf("override: %v %q", err, c.MoEngageBaseURL)
 	}
@@ -499,9 +514,9 @@ func TestFileVariants(t *testing.T) {
 		{name: "flag file replaces env value", env: with(noKey, map[string]string{"MOENGAGE_DATA_API_KEY": "env-key"}),
 			args:  []string{"--moengage-data-api-key-file=" + keyFile},
 			check: func(c config.Config) bool { return c.MoEngageDataAPIKey.Reveal() == apiKey }},
-		{name: "flag value replaces env file", env: with(noKey, map[string]string{"MOENGAGE_DATA_API_KEY_FILE": "/nonexistent"}),
-			args:  []string{"--moengage-data-api-key=flag-key"},
-			check: func(c config.Config) bool { return c.MoEngageDataAPIKey.Reveal() == "flag-key" }},
+		{name: "flag value refused even over an env file", env: with(noKey, map[string]string{"MOENGAGE_DATA_API_KEY_FILE": "/nonexistent"}),
+			args:    []string{"--moengage-data-api-key=flag-key"},
+			errVars: []string{"MOENGAGE_DATA_API_KEY", "MOENGAGE_DATA_API_KEY_FILE"}},
 		{name: "both in env", env: with(required(), map[string]string{"MOENGAGE_DATA_API_KEY_FILE": keyFile}),
 			errVars: []string{"MOENGAGE_DATA_API_KEY", "MOENGAGE_DATA_API_KEY_FILE"}},
 		{name: "both as flags", env: noKey, args: []string{"--moengage-data-api-key=" + apiKey, "--moengage-data-api-key-file=" + keyFile},

@@ -25,6 +25,10 @@ const (
 
 var secrets = []string{apiKey, saslPassword}
 
+// secretEnv are the variables that hold a credential themselves (not a
+// file): Load refuses them as flags.
+var secretEnv = map[string]bool{"KAFKA_SASL_PASSWORD": true, "MOENGAGE_DATA_API_KEY": true}
+
 // leaks reports whether out shows a secret, in any case.
 func leaks(out string) bool {
 	out = strings.ToLower(out)
@@ -41,7 +45,10 @@ func leaks(out string) bool {
 var designVars = []string{
 	"KAFKA_BROKERS", "KAFKA_TOPIC", "KAFKA_GROUP_ID", "KAFKA_DLQ_TOPIC",
 	"KAFKA_TLS", "KAFKA_TLS_CA_FILE", "KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD",
-	"MOENGAGE_DC", "MOENGAGE_BASE_URL", "MOENGAGE_WORKSPACE_ID", "MOENGAGE_DATA_API_KEY",
+	"KAFKA_SASL_ALLOW_INSECURE", // issue 10 §5: the opt-in for SASL PLAIN without TLS
+	"MOENGAGE_DC", "MOENGAGE_BASE_URL",
+	"MOENGAGE_ALLOW_INSECURE", // issue 10 §5: the opt-in for an http:// base URL
+	"MOENGAGE_WORKSPACE_ID", "MOENGAGE_DATA_API_KEY",
 	"COHORTSYNC_PARTNER", "BATCH_MAX_BYTES", "BATCH_MAX_MEMBERS", "BATCH_WINDOW", "RATE_LIMIT_RPM",
 	"MAX_IN_FLIGHT", "MAX_PENDING_MEMBERS",
 	"RETRY_INITIAL_INTERVAL", "RETRY_MAX_INTERVAL", "RETRY_MAX_ELAPSED",

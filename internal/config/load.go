@@ -82,6 +82,15 @@ func Load(args []string, getenv func(string) string, usage io.Writer) (Config, e
 	if fs.NArg() > 0 {
 		return Config{}, fmt.Errorf("config: unexpected argument %s (flags take the form --name=value)", h.show(fs.Arg(0)))
 	}
+	// A secret given as a flag sits in argv, which ps and /proc show to
+	// every user of the host and which shells keep in their history: refuse
+	// it, pointing to the two forms that keep it out of sight.
+	for _, st := range sts {
+		if _, ok := flags[st.Env]; ok && st.Secret && st.fileOf == "" {
+			return Config{}, configError(st.Env, "not accepted as the flag --%s: a command line is visible to other processes; "+
+				"set the environment variable %s, or put the secret in a file and set %s_FILE", st.Flag, st.Env, st.Env)
+		}
+	}
 
 	// The value of each variable: a flag, else the environment.
 	values := map[string]string{}

@@ -81,6 +81,16 @@ func list(v string) []string {
 	return out
 }
 
+func boolVar(env, help string, field func(*Config) *bool) setting {
+	st := parsed(env, "false", "boolean", help, func(c *Config, v string) bool {
+		b, err := strconv.ParseBool(strings.TrimSpace(v))
+		*field(c) = b
+		return err == nil
+	})
+	st.isBool = true
+	return st
+}
+
 func durationVar(env, def, help string, field func(*Config) *time.Duration) setting {
 	return parsed(env, def, "duration", help, func(c *Config, v string) bool {
 		d, err := time.ParseDuration(strings.TrimSpace(v))
@@ -155,17 +165,21 @@ func settings() []setting {
 			func(c *Config, v string) { c.KafkaSASLMechanism = strings.ToUpper(strings.TrimSpace(v)) }),
 		str("KAFKA_SASL_USERNAME", "", "SASL username",
 			func(c *Config, v string) { c.KafkaSASLUsername = v }),
-		secretVar("KAFKA_SASL_PASSWORD", "SASL password",
+		secretVar("KAFKA_SASL_PASSWORD", "SASL password (environment only: the flag is refused, since any process can read a command line)",
 			func(c *Config, s Secret) { c.KafkaSASLPassword = s }),
 		fileVar("KAFKA_SASL_PASSWORD", "file holding the SASL password", true),
+		boolVar("KAFKA_SASL_ALLOW_INSECURE", "accept SASL PLAIN without TLS to brokers off the loopback interface (the password crosses the network in clear text)",
+			func(c *Config) *bool { return &c.KafkaSASLAllowInsecure }),
 		str("MOENGAGE_DC", "01", "MoEngage data center: 01, 02, 03, 04, 05, 06 or 101; the base URL is https://api-{dc}.moengage.com",
 			func(c *Config, v string) { c.MoEngageDC = strings.TrimSpace(v) }),
 		str("MOENGAGE_BASE_URL", "", "overrides the URL built from the DC (emulator, proxies)",
 			func(c *Config, v string) { c.MoEngageBaseURL = strings.TrimRight(strings.TrimSpace(v), "/") }),
+		boolVar("MOENGAGE_ALLOW_INSECURE", "accept an http:// MOENGAGE_BASE_URL off the loopback interface (the API key crosses the network in clear text)",
+			func(c *Config) *bool { return &c.MoEngageAllowInsecure }),
 		str("MOENGAGE_WORKSPACE_ID", "", "required: workspace ID (Basic-auth username and MOE-APPKEY header)",
 			func(c *Config, v string) { c.MoEngageWorkspaceID = strings.TrimSpace(v) }),
 		fileVar("MOENGAGE_WORKSPACE_ID", "file holding the workspace ID", false),
-		secretVar("MOENGAGE_DATA_API_KEY", "required: Data API key (Basic-auth password)",
+		secretVar("MOENGAGE_DATA_API_KEY", "required: Data API key (Basic-auth password; environment only: the flag is refused, since any process can read a command line)",
 			func(c *Config, s Secret) { c.MoEngageDataAPIKey = s }),
 		fileVar("MOENGAGE_DATA_API_KEY", "file holding the Data API key", true),
 		str("COHORTSYNC_PARTNER", "", "partner used when an event has none",
@@ -211,12 +225,13 @@ var Vars = func() []Var {
 }()
 
 // Usage writes the help text: every variable with its flag, environment
-// name, meaning and default. Secrets are listed as flags without any value.
+// name, meaning and default. Secrets are listed without any value.
 func Usage(w io.Writer) {
 	fmt.Fprintf(w, "Usage: cohortsync-worker [flags]\n\n")
 	fmt.Fprintf(w, "Every setting is an environment variable and a flag of the same name in kebab case;\n")
 	fmt.Fprintf(w, "flags override the environment. A *_FILE variable reads the value of the variable\n")
-	fmt.Fprintf(w, "it names from a file (trailing newlines removed); set one of the two, not both.\n\n")
+	fmt.Fprintf(w, "it names from a file (trailing newlines removed); set one of the two, not both.\n")
+	fmt.Fprintf(w, "The secrets are refused as flags: set them in the environment or use their *_FILE form.\n\n")
 	for _, v := range Vars {
 		def := v.Default
 		if v.Secret || def == "" {
