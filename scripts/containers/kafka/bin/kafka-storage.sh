@@ -1,0 +1,3 @@
+#!/usr/bin/env bash
+# kafka-storage.sh format|random-uuid|info ...
+exec /opt/kafka/bin/kafka-run-class.sh kafka.tools.StorageTool "$@"
