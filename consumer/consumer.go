@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -48,8 +50,22 @@ type Config struct {
 	MaxWait           time.Duration // fetch long-poll; default 500ms (it also bounds Reader.Close)
 	SessionTimeout    time.Duration // default 10s (brokers reject < 6s)
 	RebalanceTimeout  time.Duration // default 30s: the longest a generation's fencing may take
-	HeartbeatInterval time.Duration // default 3s
+	HeartbeatInterval time.Duration // default 3s; must be < SessionTimeout/3
 	DrainTimeout      time.Duration // shutdown budget for flushing open batches; default 30s
+	// PartitionWatchInterval is how often the partition counts of Topics
+	// are read during a generation. When one changes (partitions were
+	// added, or a topic that did not exist at the join was created), the
+	// generation ends and the group rebalances onto the new partitions.
+	// Default 5s; negative disables the watch (new partitions then wait
+	// for the next rebalance).
+	PartitionWatchInterval time.Duration
+	// FetchBufferBytes bounds, per assigned partition, the bytes (keys,
+	// values and headers) of records fetched but not yet decoded and
+	// handed to the Batcher. At the bound the partition's fetch loop
+	// waits; a record larger than the bound is still taken when nothing
+	// else is buffered. Default 4 MiB. kafka-go's reader holds up to
+	// readerQueue more records of its own per partition.
+	FetchBufferBytes int
 
 	Logger  *slog.Logger
 	Metrics *metrics.Metrics
@@ -67,6 +83,10 @@ func (c *Config) setDefaults() error {
 	def(&c.RebalanceTimeout, 30*time.Second)
 	def(&c.HeartbeatInterval, 3*time.Second)
 	def(&c.DrainTimeout, 30*time.Second)
+	def(&c.PartitionWatchInterval, 5*time.Second)
+	if c.FetchBufferBytes == 0 {
+		c.FetchBufferBytes = 4 << 20
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -85,6 +105,17 @@ func (c *Config) setDefaults() error {
 		return errors.New("consumer: no group id")
 	case c.Batcher == nil || c.DLQ == nil:
 		return errors.New("consumer: Batcher and DLQ are required")
+	case c.RebalanceTimeout < c.SessionTimeout:
+		// The fence of a generation may take RebalanceTimeout; a member
+		// that takes longer than the session to rejoin is expelled anyway.
+		return fmt.Errorf("consumer: RebalanceTimeout %s is less than SessionTimeout %s", c.RebalanceTimeout, c.SessionTimeout)
+	case 3*c.HeartbeatInterval >= c.SessionTimeout:
+		// Kafka's rule of thumb, and the membership lease's budget: a
+		// member must get three heartbeats into a session, so that one
+		// lost heartbeat neither expels it nor lets its lease run out.
+		return fmt.Errorf("consumer: HeartbeatInterval %s is not less than a third of SessionTimeout %s", c.HeartbeatInterval, c.SessionTimeout)
+	case c.FetchBufferBytes < 0:
+		return fmt.Errorf("consumer: FetchBufferBytes %d is negative", c.FetchBufferBytes)
 	}
 	return nil
 }
@@ -105,6 +136,14 @@ type Consumer struct {
 	// commitMu serialises commits: the cadence loop and the final commit
 	// of a drain may overlap. It guards partitionState.committed.
 	commitMu sync.Mutex
+
+	// openReader starts the reader of one partition at an offset (a test
+	// seam: tests make it fail).
+	openReader func(rcfg kafka.ReaderConfig, offset int64) (partitionReader, error)
+	// leaderCounts holds the partition count per topic that this member
+	// assigned from the last time it led a join (see countingBalancer); a
+	// generation takes it (nil when this member did not lead).
+	leaderCounts atomic.Pointer[map[string]int]
 }
 
 // New validates cfg and returns a Consumer.
@@ -112,7 +151,13 @@ func New(cfg Config) (*Consumer, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	return &Consumer{cfg: cfg, log: cfg.Logger.With("component", "consumer"), m: cfg.Metrics}, nil
+	// Every reader's configuration differs from this one only in topic and
+	// partition: an invalid one fails here, not in a generation.
+	if rc := cfg.readerConfig(cfg.Topics[0], 0); rc.Validate() != nil {
+		return nil, fmt.Errorf("consumer: invalid reader configuration: %w", rc.Validate())
+	}
+	return &Consumer{cfg: cfg, log: cfg.Logger.With("component", "consumer"), m: cfg.Metrics,
+		openReader: openKafkaReader}, nil
 }
 
 // Joined reports whether the consumer is a member of a live generation.
@@ -135,6 +180,19 @@ func (c *Consumer) Run(ctx context.Context) error {
 		Logger:            kafkaLogger(c.cfg.Logger, slog.LevelDebug),
 		ErrorLogger:       kafkaLogger(c.cfg.Logger, slog.LevelWarn),
 		Timeout:           10 * time.Second,
+		// kafka-go's defaults, wrapped to assign the partitions of topics
+		// kafka-go missed and to remember the partitions a join led by
+		// this member assigned (the partition watch's baseline).
+		// Their protocol names are kafka-go's: members of older versions
+		// still agree on a protocol.
+		GroupBalancers: []kafka.GroupBalancer{
+			countingBalancer{kafka.RangeGroupBalancer{}, c},
+			countingBalancer{kafka.RoundRobinGroupBalancer{}, c},
+		},
+		// kafka-go's own partition watcher (WatchPartitionChanges) is not
+		// used: it ends every generation at once while a topic does not
+		// exist (a rejoin loop), and it asks for metadata with automatic
+		// topic creation on. watchPartitions does the job.
 	}
 	if err := gcfg.Validate(); err != nil {
 		return fmt.Errorf("consumer: %w", err)
@@ -145,6 +203,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	}
 	defer group.Close()
 	var lastErr string
+	startFailures := 0 // consecutive generations in which a reader could not start
 	for {
 		gen, err := group.Next(ctx)
 		if ctx.Err() != nil {
@@ -159,11 +218,30 @@ func (c *Consumer) Run(ctx context.Context) error {
 			continue
 		}
 		lastErr = ""
-		if stop := c.runGeneration(ctx, group, gen); stop {
+		stop, err := c.runGeneration(ctx, group, gen)
+		if stop {
 			return nil
+		}
+		// A partition whose reader could not start ended its generation,
+		// so that the group rebalances and the partition gets a fresh
+		// reader (here or on another member) instead of staying unread.
+		// A failure that survives maxStartFailures generations in a row is
+		// not transient: stop, loudly, rather than rebalance the group for
+		// ever.
+		if err == nil {
+			startFailures = 0
+			continue
+		}
+		if startFailures++; startFailures >= maxStartFailures {
+			_ = group.Close()
+			return fmt.Errorf("consumer: %w (%d generations in a row)", err, startFailures)
 		}
 	}
 }
+
+// maxStartFailures is how many generations in a row may end because a
+// partition's reader could not start before Run gives up.
+const maxStartFailures = 3
 
 // partitionState is one assigned partition in one generation.
 type partitionState struct {
@@ -172,12 +250,17 @@ type partitionState struct {
 	start     int64
 	tr        atomic.Pointer[tracker] // nil until the first record is read
 	committed int64
+	// startErr is why the partition's reader could not start (nil: it
+	// started). fetch sets it before it returns.
+	startErr error
 }
 
 // runGeneration runs one generation. It returns true when ctx ended and the
 // drain finished (the group has been closed), false when the generation
-// ended (a rebalance) and the caller should join the next one.
-func (c *Consumer) runGeneration(ctx context.Context, group *kafka.ConsumerGroup, gen *kafka.Generation) bool {
+// ended (a rebalance) and the caller should join the next one; then err
+// says why if the generation ended because a partition's reader could not
+// start.
+func (c *Consumer) runGeneration(ctx context.Context, group *kafka.ConsumerGroup, gen *kafka.Generation) (stop bool, err error) {
 	c.m.Rebalances.Inc()
 	var parts []*partitionState
 	for topic, as := range gen.Assignments {
@@ -192,11 +275,14 @@ func (c *Consumer) runGeneration(ctx context.Context, group *kafka.ConsumerGroup
 		names[i] = p.topic + "/" + strconv.Itoa(p.partition)
 	}
 	log.Info("joined generation", "member", gen.MemberID, "partitions", len(parts), "assigned", strings.Join(names, ","))
+	counts, baseline := c.generationCounts(ctx, log)
 	if c.cfg.OnAssign != nil {
-		total, err := c.totalPartitions(ctx)
-		if err != nil {
-			log.Warn("reading the partition count failed; assuming this replica owns them all", "err", err)
-			total = len(parts)
+		total := len(parts) // unknown: assume this replica owns them all
+		if counts != nil {
+			total = 0
+			for _, n := range counts {
+				total += n
+			}
 		}
 		assigned := make([]TopicPartition, len(parts))
 		for i, p := range parts {
@@ -211,10 +297,14 @@ func (c *Consumer) runGeneration(ctx context.Context, group *kafka.ConsumerGroup
 	for _, p := range parts {
 		fetchers.Add(1)
 		gen.Start(func(gctx context.Context) {
-			c.fetch(gctx, stopFetch, p, &fetchers, log)
+			if !c.fetch(gctx, stopFetch, p, &fetchers, log) {
+				return // the reader could not start: end the generation (Run)
+			}
 			<-gctx.Done() // returning earlier would end the generation
 		})
 	}
+	// New partitions or a new topic end the generation (watchPartitions).
+	gen.Start(func(gctx context.Context) { c.watchPartitions(gctx, baseline, log) })
 	// The fence: when the generation ends, nothing of it may be sent once
 	// the group moves on. kafka-go rejoins only after this returns.
 	gen.Start(func(gctx context.Context) {
@@ -246,7 +336,12 @@ func (c *Consumer) runGeneration(ctx context.Context, group *kafka.ConsumerGroup
 	select {
 	case <-fenced:
 		log.Info("generation ended; rejoining")
-		return false
+		for _, p := range parts {
+			if p.startErr != nil { // written before fetchers.Done, read after the fence's Wait
+				return false, p.startErr
+			}
+		}
+		return false, nil
 	case <-ctx.Done():
 	}
 
@@ -266,7 +361,7 @@ func (c *Consumer) runGeneration(ctx context.Context, group *kafka.ConsumerGroup
 	_ = group.Close() // ends the generation (the fence runs) and leaves the group
 	<-fenced
 	log.Info("left the consumer group")
-	return true
+	return true, nil
 }
 
 // commit commits every partition whose watermark moved.
@@ -309,26 +404,244 @@ func (c *Consumer) commit(gen *kafka.Generation, parts []*partitionState, log *s
 	}
 }
 
-func (c *Consumer) totalPartitions(ctx context.Context) (int, error) {
-	client := &kafka.Client{Addr: kafka.TCP(c.cfg.Brokers...), Transport: c.cfg.Transport, Timeout: 10 * time.Second}
-	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: c.cfg.Topics})
+// metadata reads the metadata of topics from the brokers, through a
+// transport of its own, fresh each time: kafka-go's Transport answers
+// metadata requests from a cache that may be seconds old, and a stale
+// partition count is what the callers must not get. It never asks the
+// brokers to create a topic.
+func (c *Consumer) metadata(ctx context.Context, topics []string) (*kafka.MetadataResponse, error) {
+	tr := c.cfg.Transport
+	if t, ok := tr.(*kafka.Transport); ok {
+		fresh := &kafka.Transport{Dial: t.Dial, DialTimeout: t.DialTimeout, IdleTimeout: t.IdleTimeout,
+			MetadataTTL: t.MetadataTTL, MetadataTopics: topics, ClientID: t.ClientID,
+			TLS: t.TLS, SASL: t.SASL, Resolver: t.Resolver, Context: t.Context}
+		defer fresh.CloseIdleConnections()
+		tr = fresh
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	client := &kafka.Client{Addr: kafka.TCP(c.cfg.Brokers...), Transport: tr}
+	return client.Metadata(ctx, &kafka.MetadataRequest{Topics: topics})
+}
+
+// partitionCounts reads the partition count of every topic of Topics; a
+// topic that does not exist counts 0.
+func (c *Consumer) partitionCounts(ctx context.Context) (map[string]int, error) {
+	md, err := c.metadata(ctx, c.cfg.Topics)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	n := 0
+	counts := make(map[string]int, len(c.cfg.Topics))
+	for _, t := range c.cfg.Topics {
+		counts[t] = 0
+	}
 	for _, t := range md.Topics {
-		if t.Error != nil {
-			return 0, t.Error
+		if _, ok := counts[t.Name]; !ok {
+			continue
 		}
-		n += len(t.Partitions)
+		if t.Error != nil && !errors.Is(t.Error, kafka.UnknownTopicOrPartition) {
+			return nil, fmt.Errorf("metadata of topic %s: %w", t.Name, t.Error)
+		}
+		counts[t.Name] = len(t.Partitions)
 	}
-	return n, nil
+	return counts, nil
+}
+
+// generationCounts returns the partition counts of the topics at the start
+// of a generation (nil when they could not be read) and the baseline its
+// partition watch compares against: the counts this member assigned from
+// when it led the join, else the counts just read. The leader's counts are
+// what the whole group's assignment was made from, so a partition added
+// between that assignment and this read still ends the generation. (A
+// member that led a join whose sync then failed keeps that join's counts:
+// if they differ from the next generation's, the watch ends that one
+// generation early, which costs a rebalance and loses nothing.)
+func (c *Consumer) generationCounts(ctx context.Context, log *slog.Logger) (counts, baseline map[string]int) {
+	counts, err := c.partitionCounts(ctx)
+	if err != nil {
+		log.Warn("reading the partition counts failed; assuming this replica owns every partition", "err", err)
+	}
+	baseline = counts
+	if lc := c.leaderCounts.Swap(nil); lc != nil {
+		baseline = *lc
+		if counts == nil {
+			counts = baseline
+		}
+	}
+	return counts, baseline
+}
+
+// sawPartitions records the partitions a join led by this member assigned.
+func (c *Consumer) sawPartitions(parts []kafka.Partition) {
+	counts := make(map[string]int, len(c.cfg.Topics))
+	for _, t := range c.cfg.Topics {
+		counts[t] = 0
+	}
+	for _, p := range parts {
+		if _, ok := counts[p.Topic]; ok {
+			counts[p.Topic]++
+		}
+	}
+	c.leaderCounts.Store(&counts)
+}
+
+// completePartitions returns parts plus the partitions of the members'
+// topics that parts lacks. kafka-go's leader reads the partitions of all
+// the group's topics in one request and, when one of them does not exist,
+// gets an error and no partition at all: it then assigns nothing, not even
+// the topics that exist, and a watch that ends the generation when they
+// appear would end every generation. Reading the missing topics again, one
+// by one, fills in those that exist.
+func (c *Consumer) completePartitions(members []kafka.GroupMember, parts []kafka.Partition) []kafka.Partition {
+	have := map[string]bool{}
+	for _, p := range parts {
+		have[p.Topic] = true
+	}
+	var missing []string
+	for _, m := range members {
+		for _, t := range m.Topics {
+			if !have[t] {
+				have[t] = true
+				missing = append(missing, t)
+			}
+		}
+	}
+	if len(missing) == 0 {
+		return parts
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	md, err := c.metadata(ctx, missing)
+	if err != nil {
+		c.log.Warn("reading the partitions of the group's topics failed; assigning those kafka-go found", "err", err, "topics", strings.Join(missing, ","))
+		return parts
+	}
+	for _, t := range md.Topics {
+		if t.Error == nil && slices.Contains(missing, t.Name) {
+			parts = append(parts, t.Partitions...)
+		}
+	}
+	return parts
+}
+
+// countingBalancer is a GroupBalancer that completes the partitions it is
+// asked to assign (completePartitions) and records them (sawPartitions)
+// before it assigns them. kafka-go calls AssignGroups on the leader only, in
+// its join, before Next returns the generation.
+type countingBalancer struct {
+	kafka.GroupBalancer
+	c *Consumer
+}
+
+func (b countingBalancer) AssignGroups(members []kafka.GroupMember, parts []kafka.Partition) kafka.GroupMemberAssignments {
+	parts = b.c.completePartitions(members, parts)
+	b.c.sawPartitions(parts)
+	return b.GroupBalancer.AssignGroups(members, parts)
+}
+
+// watchPartitions reads the partition counts of the topics every
+// PartitionWatchInterval and returns, ending the generation, when one
+// differs from baseline: partitions were added, or a topic that did not
+// exist at the join was created (or one was deleted). The group then
+// rebalances, and the next generation assigns every partition that exists.
+// A nil baseline (unknown) ends the generation at the first successful
+// read. Read errors are logged and the watch goes on. It returns when gctx
+// ends; with a negative interval it only waits for that.
+func (c *Consumer) watchPartitions(gctx context.Context, baseline map[string]int, log *slog.Logger) {
+	if c.cfg.PartitionWatchInterval < 0 {
+		<-gctx.Done()
+		return
+	}
+	t := time.NewTicker(c.cfg.PartitionWatchInterval)
+	defer t.Stop()
+	var lastErr string
+	for {
+		select {
+		case <-gctx.Done():
+			return
+		case <-t.C:
+		}
+		counts, err := c.partitionCounts(gctx)
+		if err != nil {
+			if gctx.Err() == nil && err.Error() != lastErr {
+				log.Warn("reading the partition counts failed; retrying", "err", err)
+				lastErr = err.Error()
+			}
+			continue
+		}
+		lastErr = ""
+		if !maps.Equal(counts, baseline) {
+			log.Info("the topics' partitions changed; ending the generation so that the group assigns them",
+				"partitions", fmtCounts(counts), "assigned_from", fmtCounts(baseline))
+			return
+		}
+	}
+}
+
+func fmtCounts(m map[string]int) string {
+	if m == nil {
+		return "unknown"
+	}
+	parts := make([]string, 0, len(m))
+	for t, n := range m {
+		parts = append(parts, t+":"+strconv.Itoa(n))
+	}
+	slices.Sort(parts)
+	return strings.Join(parts, ",")
+}
+
+// readerConfig is the configuration of the reader of one partition.
+func (c *Config) readerConfig(topic string, partition int) kafka.ReaderConfig {
+	return kafka.ReaderConfig{
+		Brokers:       c.Brokers,
+		Topic:         topic,
+		Partition:     partition,
+		Dialer:        c.Dialer,
+		MinBytes:      1,
+		MaxBytes:      readerMaxBytes,
+		MaxWait:       c.MaxWait,
+		QueueCapacity: readerQueue,
+		Logger:        kafkaLogger(c.Logger, slog.LevelDebug),
+		ErrorLogger:   kafkaLogger(c.Logger, slog.LevelWarn),
+	}
+}
+
+// partitionReader is what fetch uses of a *kafka.Reader.
+type partitionReader interface {
+	FetchMessage(ctx context.Context) (kafka.Message, error)
+	Close() error
+}
+
+// openKafkaReader starts a kafka-go reader at offset.
+func openKafkaReader(rcfg kafka.ReaderConfig, offset int64) (partitionReader, error) {
+	if err := rcfg.Validate(); err != nil { // NewReader panics on an invalid config
+		return nil, fmt.Errorf("invalid reader configuration: %w", err)
+	}
+	r := kafka.NewReader(rcfg)
+	if err := r.SetOffset(offset); err != nil {
+		_ = r.Close()
+		return nil, fmt.Errorf("setting the start offset %d: %w", offset, err)
+	}
+	return r, nil
 }
 
 // fetch reads one partition from its assigned offset and hands its records
-// on, until the generation ends or stop is closed.
-func (c *Consumer) fetch(gctx context.Context, stop <-chan struct{}, p *partitionState, fetchers *sync.WaitGroup, log *slog.Logger) {
+// on, until the generation ends or stop is closed; then it returns true.
+// When the partition's reader cannot start it sets p.startErr and returns
+// false at once: the caller ends the generation, so that the group
+// rebalances and the partition gets a new reader, rather than leaving it
+// unread for the whole generation (Run gives up after maxStartFailures).
+func (c *Consumer) fetch(gctx context.Context, stop <-chan struct{}, p *partitionState, fetchers *sync.WaitGroup, log *slog.Logger) bool {
 	defer fetchers.Done()
+	log = log.With("topic", p.topic, "partition", p.partition)
+	r, err := c.openReader(c.cfg.readerConfig(p.topic, p.partition), p.start)
+	if err != nil {
+		p.startErr = fmt.Errorf("the reader of partition %s/%d could not start: %w", p.topic, p.partition, err)
+		log.Error("the partition's reader could not start; ending the generation so that the group rebalances and the partition is read again",
+			"err", err, "offset", p.start)
+		return false
+	}
+	defer r.Close()
 	ctx, cancel := context.WithCancel(gctx)
 	defer cancel()
 	go func() {
@@ -338,37 +651,17 @@ func (c *Consumer) fetch(gctx context.Context, stop <-chan struct{}, p *partitio
 		case <-ctx.Done():
 		}
 	}()
-	log = log.With("topic", p.topic, "partition", p.partition)
-	rcfg := kafka.ReaderConfig{
-		Brokers:     c.cfg.Brokers,
-		Topic:       p.topic,
-		Partition:   p.partition,
-		Dialer:      c.cfg.Dialer,
-		MinBytes:    1,
-		MaxBytes:    10 << 20,
-		MaxWait:     c.cfg.MaxWait,
-		Logger:      kafkaLogger(c.cfg.Logger, slog.LevelDebug),
-		ErrorLogger: kafkaLogger(c.cfg.Logger, slog.LevelWarn),
-	}
-	if err := rcfg.Validate(); err != nil { // NewReader panics on an invalid config
-		log.Error("invalid reader configuration", "err", err)
-		return
-	}
-	r := kafka.NewReader(rcfg)
-	defer r.Close()
-	if err := r.SetOffset(p.start); err != nil {
-		log.Error("setting the start offset failed", "err", err, "offset", p.start)
-		return
-	}
 	// This goroutine only fetches; a second one per partition decodes and
 	// tracks the records and hands their changes to the batcher, as many
 	// as are waiting per call, so that partitions do not queue on the
-	// batcher's lock and no record needs an allocation of its own.
+	// batcher's lock and no record needs an allocation of its own. Between
+	// the two wait at most fetchQueue records and FetchBufferBytes bytes.
 	msgs := make(chan kafka.Message, fetchQueue)
+	q := &byteQueue{limit: int64(c.cfg.FetchBufferBytes), freed: make(chan struct{}, 1)}
 	processed := make(chan struct{})
 	go func() {
 		defer close(processed)
-		c.process(ctx, p, msgs)
+		c.process(ctx, p, msgs, q)
 	}()
 	defer func() {
 		close(msgs)
@@ -378,22 +671,89 @@ func (c *Consumer) fetch(gctx context.Context, stop <-chan struct{}, p *partitio
 		m, err := r.FetchMessage(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
-				return
+				return true
 			}
 			log.Warn("fetch failed; retrying", "err", err)
 			select { // kafka-go retries inside FetchMessage: an error here is not transient enough to spin on
 			case <-time.After(time.Second):
 			case <-ctx.Done():
-				return
+				return true
 			}
 			continue
+		}
+		if !q.acquire(ctx, recordBytes(m)) {
+			return true
 		}
 		msgs <- m // process drains msgs until it is closed: this cannot block for good
 	}
 }
 
+// recordBytes is what a fetched record holds in memory, near enough.
+func recordBytes(m kafka.Message) int64 {
+	n := len(m.Key) + len(m.Value)
+	for _, h := range m.Headers {
+		n += len(h.Key) + len(h.Value)
+	}
+	return int64(n)
+}
+
+// byteQueue counts the bytes of the records between one partition's fetch
+// loop, the only caller of acquire, and its process loop, the only caller
+// of release. Both are lock-free on the way through; acquire waits only at
+// the bound, for a release.
+type byteQueue struct {
+	limit int64
+	n     atomic.Int64
+	freed chan struct{} // capacity 1: a release's wake-up for a waiting acquire
+}
+
+// acquire takes n bytes, waiting while that would pass the limit and some
+// bytes are taken (a record larger than the limit passes alone). It
+// returns false when ctx ended first.
+func (q *byteQueue) acquire(ctx context.Context, n int64) bool {
+	for {
+		// Only release runs concurrently, and it only lowers q.n: a
+		// check that passes stays true until the Add.
+		if cur := q.n.Load(); cur == 0 || cur+n <= q.limit {
+			q.n.Add(n)
+			return true
+		}
+		select {
+		case <-q.freed:
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// release gives back n bytes and wakes a waiting acquire.
+func (q *byteQueue) release(n int64) {
+	if n == 0 {
+		return
+	}
+	q.n.Add(-n)
+	select {
+	case q.freed <- struct{}{}:
+	default: // a wake-up is pending already
+	}
+}
+
 const (
-	// fetchQueue is how many fetched records may wait for decoding.
+	// readerQueue is how many records kafka-go's reader of one partition
+	// reads ahead (ReaderConfig.QueueCapacity, 100 by default). Those
+	// records are outside FetchBufferBytes: with records of up to 1 MB
+	// (Kafka's default max.message.bytes) a partition holds at most
+	// readerQueue MB in the reader plus FetchBufferBytes in fetchQueue.
+	readerQueue = 16
+	// readerMaxBytes is the most one fetch of a partition asks for (the
+	// Java consumer's max.partition.fetch.bytes default); a larger record
+	// batch still comes whole. kafka-go reads a response from the socket
+	// as it hands the records on, so this bounds what waits in socket
+	// buffers rather than in the heap, and the time a response takes to
+	// arrive, which kafka-go bounds by MaxWait.
+	readerMaxBytes = 1 << 20
+	// fetchQueue is how many fetched records may wait for decoding (and
+	// FetchBufferBytes bounds their bytes).
 	fetchQueue = 1024
 	// maxAdd bounds the changes handed to the batcher in one call.
 	maxAdd = 2048
@@ -403,14 +763,16 @@ const (
 // and adds their changes to the batcher, joining the records already
 // waiting into one call. It returns when msgs is closed, or when an Add
 // fails because the generation is over (what is left is read again later).
-func (c *Consumer) process(ctx context.Context, p *partitionState, msgs <-chan kafka.Message) {
+func (c *Consumer) process(ctx context.Context, p *partitionState, msgs <-chan kafka.Message, q *byteQueue) {
 	dec := event.NewDecoder(c.cfg.DefaultPartner)
 	buf := make([]batcher.Change, 0, maxAdd)
 	var tr *tracker
 	var err error
 	for m := range msgs {
 		buf = buf[:0]
+		var taken int64 // bytes of the records handled in this round
 		for {
+			taken += recordBytes(m)
 			if tr == nil {
 				// The tracker starts at the first offset actually read: with
 				// no commit yet, the assignment says "first offset", not a
@@ -438,6 +800,9 @@ func (c *Consumer) process(ctx context.Context, p *partitionState, msgs <-chan k
 				break
 			}
 		}
+		// The records are decoded: their bytes are garbage now (the
+		// changes hold copies), whether or not Add has to wait.
+		q.release(taken)
 		if err == nil && len(buf) > 0 {
 			err = c.cfg.Batcher.Add(ctx, buf)
 		}
