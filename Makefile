@@ -5,7 +5,7 @@ GO      ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build test test-unit test-integration vet fmt demo bench clean
+.PHONY: all build test test-unit test-integration test-containers containers-up containers-down images lint-deploy vet fmt demo bench clean
 
 all: vet build test
 
@@ -22,10 +22,31 @@ test-unit:
 
 # Everything, with the race detector: unit, component, and the integration
 # suite against a real Apache Kafka broker that the tests fetch from Maven
-# Central and start themselves (or the cluster named by KAFKA_BROKERS).
+# Central and start themselves (or the cluster named by KAFKA_BROKERS, or an
+# apache/kafka container when DOCKER_HOST names an engine); then the
+# container suite (test-containers), which skips where no engine can be had.
 test: vet
 	scripts/ensure-deps
 	$(GO) test -race -count=1 -timeout 30m ./...
+	scripts/test-containers
+
+# The container suite: sets up Podman (as root on Debian) and the local
+# images -- an apache/kafka stand-in, the Dockerfile's bases, the worker and
+# emulator images built from the Dockerfile -- then runs integration's
+# TestContainer* with the broker in a container (testcontainers-go), and
+# cleans up. Prints how long each provisioning step took.
+test-containers:
+	scripts/ensure-deps
+	scripts/test-containers
+
+# Provisioning alone (idempotent), and its undoing (containers-down IMAGES=1
+# also removes the images).
+containers-up images:
+	scripts/ensure-deps
+	scripts/containers-up
+
+containers-down:
+	scripts/containers-down $(if $(IMAGES),--images)
 
 test-integration:
 	scripts/ensure-deps

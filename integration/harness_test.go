@@ -27,7 +27,6 @@ import (
 
 	"github.com/cohortsync/cohortsync-worker/internal/emulator"
 	"github.com/cohortsync/cohortsync-worker/internal/event"
-	"github.com/cohortsync/cohortsync-worker/internal/localkafka"
 )
 
 const (
@@ -38,7 +37,7 @@ const (
 
 var (
 	brokerAddr string
-	broker     *localkafka.Broker // nil when KAFKA_BROKERS names a cluster
+	broker     testBroker // nil when KAFKA_BROKERS names a cluster (see startBroker)
 	workerBin  string
 )
 
@@ -69,22 +68,18 @@ func setupAndRun(m *testing.M) int {
 		return 1
 	}
 
-	if env := os.Getenv("KAFKA_BROKERS"); env != "" {
-		brokerAddr = env
-		fmt.Printf("integration: using the cluster at %s\n", env)
+	start := time.Now()
+	var src brokerSource
+	brokerAddr, broker, src, err = startBroker(ctx, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "integration: starting Apache Kafka:", err)
+		return 1
+	}
+	if broker == nil {
+		fmt.Printf("integration: using the cluster at %s\n", brokerAddr)
 	} else {
-		start := time.Now()
-		broker, err = localkafka.Start(ctx, localkafka.Options{
-			Partitions: 4,
-			Logger:     slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
-		})
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "integration: starting Apache Kafka:", err)
-			return 1
-		}
 		defer broker.Stop()
-		brokerAddr = broker.Addr()
-		fmt.Printf("integration: Apache Kafka %s started at %s in %s\n", broker.Version(), brokerAddr, time.Since(start).Round(time.Millisecond))
+		fmt.Printf("integration: Apache Kafka %s (%s) started at %s in %s\n", broker.Version(), src, brokerAddr, time.Since(start).Round(time.Millisecond))
 	}
 	return m.Run()
 }

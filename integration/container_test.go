@@ -1,0 +1,377 @@
+package integration
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/moby/moby/api/types/container"
+	"github.com/testcontainers/testcontainers-go"
+
+	"github.com/cohortsync/cohortsync-worker/internal/emulator"
+)
+
+// The images under test, built from the project's Dockerfile
+// (scripts/containers-up builds them; `make test-containers` sets these).
+const (
+	envWorkerImage   = "COHORTSYNC_IMAGE"          // the worker target
+	envEmulatorImage = "COHORTSYNC_EMULATOR_IMAGE" // the emulator target
+)
+
+// The runtime user of both images: distroless "nonroot", numeric so that
+// Kubernetes' runAsNonRoot can verify it.
+const nonrootUID = 65532
+
+// requireImage skips the test when no engine answers or env names no image,
+// and fails it when env names an image the engine does not have.
+func requireImage(t *testing.T, env string) string {
+	t.Helper()
+	testcontainers.SkipIfProviderIsNotHealthy(t)
+	img := os.Getenv(env)
+	if img == "" {
+		t.Skipf("%s is not set: build the images with scripts/containers-up (make test-containers does)", env)
+	}
+	p, err := testcontainers.NewDockerProvider()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if _, err := p.Client().ImageInspect(context.Background(), img); err != nil {
+		t.Fatalf("%s=%s: %v (build it with scripts/containers-up)", env, img, err)
+	}
+	return img
+}
+
+// hardened is the security context the Kubernetes base gives the worker:
+// host network (so 127.0.0.1 reaches the Kafka container's published port
+// and the test's listeners), a read-only root filesystem, no capabilities,
+// no privilege escalation, the image's own (numeric) user.
+func hardened(binds ...string) func(*container.HostConfig) {
+	return func(hc *container.HostConfig) {
+		hc.NetworkMode = "host"
+		hc.ReadonlyRootfs = true
+		hc.CapDrop = []string{"ALL"}
+		hc.SecurityOpt = []string{"no-new-privileges"}
+		hc.Binds = append(hc.Binds, binds...)
+	}
+}
+
+// runToExit runs img with args and returns its exit code and output.
+func runToExit(t *testing.T, img string, args ...string) (int, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ctr, err := testcontainers.GenericContainer(ctx, testcontainers.GenericContainerRequest{
+		ContainerRequest: testcontainers.ContainerRequest{
+			Image: img, Cmd: args, Labels: testLabels(t), HostConfigModifier: hardened(),
+		},
+		Started: true,
+	})
+	testcontainers.CleanupContainer(t, ctr)
+	if err != nil {
+		t.Fatalf("run %s %v: %v", img, args, err)
+	}
+	st := waitExited(t, ctx, ctr)
+	return st.ExitCode, containerLogs(ctr)
+}
+
+func testLabels(t *testing.T) map[string]string {
+	return map[string]string{"org.cohortsync.test": t.Name()}
+}
+
+func waitExited(t *testing.T, ctx context.Context, ctr testcontainers.Container) *container.State {
+	t.Helper()
+	for {
+		st, err := ctr.State(ctx)
+		if err != nil {
+			t.Fatalf("container state: %v", err)
+		}
+		if !st.Running {
+			return st
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("container %s still running: %v", ctr.GetContainerID(), ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func containerLogs(ctr testcontainers.Container) string {
+	rc, err := ctr.Logs(context.Background())
+	if err != nil {
+		return fmt.Sprintf("(logs: %v)", err)
+	}
+	defer rc.Close()
+	b, _ := io.ReadAll(rc)
+	return string(b)
+}
+
+// processUID returns the real uid of a running container's main process,
+// read from the host's /proc (rootful engines share the host's pid view).
+func processUID(t *testing.T, ctr testcontainers.Container) (int, bool) {
+	t.Helper()
+	ins, err := ctr.Inspect(context.Background())
+	if err != nil || ins.State == nil || ins.State.Pid == 0 {
+		return 0, false
+	}
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", ins.State.Pid))
+	if err != nil {
+		return 0, false // a remote or VM-based engine
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "Uid:"); ok {
+			fields := strings.Fields(rest)
+			uid, err := strconv.Atoi(fields[0])
+			return uid, err == nil
+		}
+	}
+	return 0, false
+}
+
+// ---- the emulator image ----
+
+// emulatorContainer is the emulator image, on the host network.
+type emulatorContainer struct {
+	ctr testcontainers.Container
+	URL string
+}
+
+func startEmulatorContainer(t *testing.T, img string) *emulatorContainer {
+	t.Helper()
+	port, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ctr, err := testcontainers.GenericContainer(ctx, testcontainers.GenericContainerRequest{
+		ContainerRequest: testcontainers.ContainerRequest{
+			Image:  img,
+			Labels: testLabels(t),
+			Env: map[string]string{
+				"EMULATOR_LISTEN":      addr,
+				"EMULATOR_CREDENTIALS": workspace + ":" + apiKey,
+				"EMULATOR_RATE_LIMIT":  "6000",
+				"EMULATOR_LOG_FORMAT":  "json",
+			},
+			HostConfigModifier: hardened(),
+		},
+		Started: true,
+	})
+	testcontainers.CleanupContainer(t, ctr)
+	if err != nil {
+		t.Fatalf("start %s: %v", img, err)
+	}
+	e := &emulatorContainer{ctr: ctr, URL: "http://" + addr}
+	waitFor(t, 30*time.Second, "the emulator container's /_emulator/healthz", func() bool {
+		return httpStatus(e.URL+emulator.AdminPrefix+"healthz") == 200
+	})
+	return e
+}
+
+// state is the emulator's membership for our workspace, read over HTTP.
+func (e *emulatorContainer) state(t *testing.T) model {
+	t.Helper()
+	resp, err := http.Get(e.URL + emulator.AdminPrefix + "segments?workspace=" + workspace)
+	if err != nil {
+		t.Fatalf("emulator segments: %v", err)
+	}
+	defer resp.Body.Close()
+	var body emulator.SegmentsResponse
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		t.Fatalf("emulator segments: %v", err)
+	}
+	out := model{}
+	for _, s := range body.Segments {
+		k := cohortKey{s.Partner, s.CohortID}
+		out[k] = map[string]bool{}
+		for _, u := range s.Members {
+			out[k][u] = true
+		}
+	}
+	return out
+}
+
+func httpStatus(url string) int {
+	c := http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode
+}
+
+// ---- tests ----
+
+// TestContainerKafkaImage checks that the suite's broker is the Kafka
+// container when that was asked for (make test-containers asks).
+func TestContainerKafkaImage(t *testing.T) {
+	if os.Getenv(envKafkaProvider) != "container" {
+		t.Skipf("%s is not \"container\"", envKafkaProvider)
+	}
+	kc, ok := broker.(*kafkaContainer)
+	if !ok {
+		t.Fatalf("the suite's broker is %T, not a container", broker)
+	}
+	t.Logf("broker: container %.12s from %s at %s", kc.ID(), kc.Image(), kc.Addr())
+}
+
+// TestContainerWorkerImage runs the worker image built from the Dockerfile
+// against the Kafka container and the emulator image, hardened as the
+// Kubernetes base runs it: the API reaches the membership the event log
+// implies, the process runs as uid 65532 on a read-only root filesystem,
+// reads its key from a mounted file, and SIGTERM drains it to exit 0.
+func TestContainerWorkerImage(t *testing.T) {
+	img := requireImage(t, envWorkerImage)
+	emuImg := requireImage(t, envEmulatorImage)
+
+	t.Run("version", func(t *testing.T) {
+		code, out := runToExit(t, img, "--version")
+		if code != 0 || !strings.HasPrefix(strings.TrimSpace(out), "cohortsync-worker ") {
+			t.Fatalf("--version: exit %d, output %q", code, out)
+		}
+		t.Logf("--version: %s", strings.TrimSpace(out))
+	})
+
+	// The image's user is numeric (runAsNonRoot can verify it).
+	p, err := testcontainers.NewDockerProvider()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	ins, err := p.Client().ImageInspect(context.Background(), img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u := ins.Config.User; u != "65532:65532" && u != "65532" {
+		t.Errorf("image user = %q, want 65532:65532 (numeric, non-root)", u)
+	}
+
+	api := startEmulatorContainer(t, emuImg)
+	topic, dlq := newTopic(t, 4)
+	prod := newProducer(t, topic)
+	g := newGen(11, 30, 400)
+	prod.sendN(t, g, 3000)
+
+	// The key, mounted read-only as the Kubernetes Secret is.
+	keyDir := t.TempDir()
+	if err := os.Chmod(keyDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(keyDir, "moengage-data-api-key")
+	if err := os.WriteFile(keyFile, []byte(apiKey+"\n"), 0o444); err != nil {
+		t.Fatal(err)
+	}
+	httpPort, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	httpAddr := "127.0.0.1:" + strconv.Itoa(httpPort)
+	env := map[string]string{
+		"KAFKA_BROKERS":              brokerAddr,
+		"KAFKA_TOPIC":                topic,
+		"KAFKA_DLQ_TOPIC":            dlq,
+		"KAFKA_GROUP_ID":             "ctr-" + topic,
+		"MOENGAGE_BASE_URL":          api.URL,
+		"MOENGAGE_WORKSPACE_ID":      workspace,
+		"MOENGAGE_DATA_API_KEY_FILE": "/var/run/secrets/cohortsync/moengage-data-api-key",
+		"BATCH_WINDOW":               "300ms",
+		"RATE_LIMIT_RPM":             "6000",
+		"HTTP_ADDR":                  httpAddr,
+		"SHUTDOWN_TIMEOUT":           "20s",
+		"LOG_FORMAT":                 "json",
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ctr, err := testcontainers.GenericContainer(ctx, testcontainers.GenericContainerRequest{
+		ContainerRequest: testcontainers.ContainerRequest{
+			Image:              img,
+			Env:                env,
+			Labels:             testLabels(t),
+			HostConfigModifier: hardened(keyDir + ":/var/run/secrets/cohortsync:ro"),
+		},
+		Started: true,
+	})
+	testcontainers.CleanupContainer(t, ctr)
+	if err != nil {
+		t.Fatalf("start the worker image: %v", err)
+	}
+	t.Logf("worker: container %.12s from %s; emulator: container %.12s from %s", ctr.GetContainerID(), img, api.ctr.GetContainerID(), emuImg)
+	defer func() {
+		if t.Failed() {
+			t.Logf("---- worker container log (tail) ----\n%s", tail(containerLogs(ctr), 40))
+		}
+	}()
+
+	waitFor(t, 60*time.Second, "the worker container's /readyz", func() bool {
+		if st, err := ctr.State(context.Background()); err == nil && !st.Running {
+			t.Fatalf("worker container exited %d", st.ExitCode)
+		}
+		return httpStatus("http://"+httpAddr+"/readyz") == 200
+	})
+	if uid, ok := processUID(t, ctr); ok {
+		if uid != nonrootUID {
+			t.Errorf("worker process uid = %d, want %d", uid, nonrootUID)
+		}
+		t.Logf("worker process uid %d", uid)
+	} else {
+		t.Logf("worker process uid: not visible from this host (remote engine)")
+	}
+	if ins, err := ctr.Inspect(context.Background()); err == nil && !ins.HostConfig.ReadonlyRootfs {
+		t.Errorf("worker container root filesystem is writable")
+	}
+
+	// More events while it runs, then fold(log) == membership.
+	prod.sendN(t, g, 2000)
+	want := prod.model()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		d := diff(want, api.state(t))
+		if d == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("membership did not converge: %s", d)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	t.Logf("membership converged: %d events, %d cohorts", prod.count, len(want))
+
+	// SIGTERM: drain, commit, exit 0 within the grace period.
+	grace := 30 * time.Second
+	start := time.Now()
+	if err := ctr.Stop(context.Background(), &grace); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	st, err := ctr.State(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.ExitCode != 0 || st.OOMKilled {
+		t.Fatalf("worker exited %d (OOM %v) after SIGTERM", st.ExitCode, st.OOMKilled)
+	}
+	if took := time.Since(start); took >= grace {
+		t.Fatalf("worker took %s to stop: killed at the grace period", took)
+	}
+	logs := containerLogs(ctr)
+	if !strings.Contains(logs, `"msg":"stopped"`) {
+		t.Errorf("no \"stopped\" log line after SIGTERM:\n%s", tail(logs, 20))
+	}
+	waitNoLag(t, topic, "ctr-"+topic, 30*time.Second)
+	t.Logf("SIGTERM: drained and exited 0 in %s", time.Since(start).Round(time.Millisecond))
+}
