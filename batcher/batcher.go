@@ -41,8 +41,8 @@ type Limiter interface {
 	Wait(ctx context.Context) error
 }
 
-// Rejected is a change the API refused on its own (or that can never fit in
-// a request), with every Ack it carries (its own and those it superseded).
+// Rejected is a change the API (or the sink) refused on its own, with every
+// Ack it carries (its own and those it superseded).
 type Rejected struct {
 	Header wire.Header
 	UID    string
@@ -149,8 +149,9 @@ func New(cfg Config) (*Batcher, error) {
 }
 
 // Fits reports whether a request with header h and the single member uid
-// fits within MaxBytes. A change that does not fit can never be sent and
-// must be dead-lettered by the caller.
+// fits within MaxBytes. A change that does not fit can never be sent: the
+// caller must not Add it, and dead-letters its record instead (the consumer
+// does, with the reason too_large).
 func (b *Batcher) Fits(h wire.Header, uid string) bool {
 	if wire.SingleBodyBound(h, uid) <= b.cfg.MaxBytes {
 		return true // the common case, without quoting five strings per change
@@ -160,10 +161,13 @@ func (b *Batcher) Fits(h wire.Header, uid string) bool {
 
 // Add adds changes in log order. It blocks while MaxPending member changes
 // are pending (backpressure), and returns ctx.Err() if ctx ends first; the
-// changes not added by then are not acknowledged. A change that can never
-// fit in a request is handed to DeadLetter.
+// changes not added by then are not acknowledged.
+//
+// Every change must Fit. One that does not anyway (a caller's bug) is put
+// in a batch of its own, never with others, so that no body with other
+// members exceeds MaxBytes; the Sink refuses it (the HTTP sink rejects a
+// member too large on its own without sending it).
 func (b *Batcher) Add(ctx context.Context, changes []Change) error {
-	var tooLarge []Rejected
 	now := time.Now()
 	b.mu.Lock()
 	for i := 0; i < len(changes); {
@@ -179,21 +183,11 @@ func (b *Batcher) Add(ctx context.Context, changes []Change) error {
 			b.mu.Lock()
 			continue
 		}
-		ch := changes[i]
+		b.add(changes[i], now)
 		i++
-		if !b.Fits(ch.Header, ch.UID) {
-			tooLarge = append(tooLarge, Rejected{Header: ch.Header, UID: ch.UID,
-				Reason: fmt.Sprintf("a request with this member alone exceeds BATCH_MAX_BYTES (%d)", b.cfg.MaxBytes),
-				Acks:   []Ack{ch.Ack}})
-			continue
-		}
-		b.add(ch, now)
 	}
 	b.m.PendingMembers.Set(float64(b.pending))
 	b.mu.Unlock()
-	if len(tooLarge) > 0 {
-		return b.cfg.DeadLetter(ctx, tooLarge)
-	}
 	return nil
 }
 

@@ -636,16 +636,39 @@ func TestRejectedMembersAreDeadLettered(t *testing.T) {
 	})
 }
 
-func TestTooLargeMemberIsDeadLettered(t *testing.T) {
+// A change too large for any request is the caller's to dead-letter (the
+// consumer does, from the original record, with the reason too_large): Fits
+// says so, and Add no longer dead-letters it itself. One added anyway goes
+// in a batch of its own, so that no other member's body exceeds MaxBytes.
+func TestTooLargeMemberIsSentAlone(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		h := start(t, batcher.Config{MaxBytes: 300, Window: time.Second})
 		defer h.stop()
-		id := h.add("c1", event.Add, string(make([]byte, 300)))
-		if len(h.dl.got) != 1 || h.acks.count(id) != 1 {
-			t.Fatalf("a member that can never fit must be dead-lettered: %+v", h.dl.got)
+		big := string(make([]byte, 300))
+		if h.b.Fits(hdr("c1", event.Add), big) || !h.b.Fits(hdr("c1", event.Add), "u") {
+			t.Fatal("Fits is wrong")
 		}
-		if h.b.Pending() != 0 {
-			t.Fatal("pending")
+		before := h.add("c1", event.Add, "before")
+		id := h.add("c1", event.Add, big)
+		after := h.add("c1", event.Add, "after")
+		if len(h.dl.got) != 0 {
+			t.Fatalf("Add dead-lettered %+v: that is the caller's job", h.dl.got)
+		}
+		time.Sleep(2 * time.Second)
+		synctest.Wait()
+		reqs := h.sink.requests()
+		if len(reqs) != 3 || len(reqs[1].req.UIDs) != 1 || reqs[1].req.UIDs[0] != big {
+			t.Fatalf("requests %d, want the big member alone between the others", len(reqs))
+		}
+		for _, r := range []sent{reqs[0], reqs[2]} {
+			if wire.Size(r.req) > 300 {
+				t.Fatalf("a body of %d bytes", wire.Size(r.req))
+			}
+		}
+		for _, id := range []int{before, id, after} {
+			if h.acks.count(id) != 1 {
+				t.Fatalf("record %d acked %d times", id, h.acks.count(id))
+			}
 		}
 	})
 }

@@ -41,6 +41,13 @@ type Config struct {
 	Transport kafka.RoundTripper // TLS/SASL for metadata requests; nil = kafka.DefaultTransport
 	Batcher   Batcher            // required
 	DLQ       *DLQ               // required
+	// Fits reports whether a request with header h and the single member
+	// uid fits within the request body cap. A member that does not can
+	// never be sent: its record is dead-lettered as it is, with the reason
+	// too_large, and the record's other members go on. nil = the Batcher's
+	// own Fits method when it has one (*batcher.Batcher does, with its
+	// MaxBytes), else a 128000-byte cap.
+	Fits func(h wire.Header, uid string) bool
 	// OnAssign is called at every generation, before fetching, with the
 	// partitions assigned to this replica and the total partition count of
 	// the topics (the rate-limit share is len(assigned)/total).
@@ -95,6 +102,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Transport == nil {
 		c.Transport = kafka.DefaultTransport
+	}
+	if c.Fits == nil {
+		c.Fits = defaultFits(c.Batcher)
 	}
 	switch {
 	case len(c.Brokers) == 0:
@@ -815,8 +825,10 @@ func (c *Consumer) process(ctx context.Context, p *partitionState, msgs <-chan k
 }
 
 // handle tracks one record, dead-letters it if it is invalid, and appends
-// its changes to buf otherwise. It fails only when ctx ended while a
-// dead-letter write was being queued.
+// its changes to buf otherwise. A record with members too large for any
+// request is dead-lettered as too_large, and its other members appended
+// (deadLetterTooLarge). It fails only when ctx ended while a dead-letter
+// write was being queued.
 func (c *Consumer) handle(ctx context.Context, tr *tracker, dec *event.Decoder, m kafka.Message, buf []batcher.Change) ([]batcher.Change, error) {
 	seq, ok := tr.track(m.Offset)
 	if !ok {
@@ -836,9 +848,12 @@ func (c *Consumer) handle(ctx context.Context, tr *tracker, dec *event.Decoder, 
 			"topic", m.Topic, "partition", m.Partition, "offset", m.Offset)
 		return buf, c.cfg.DLQ.invalid(ctx, m, inv, newRecordAck(tr, seq, m.Key, nil, 1))
 	}
-	ack := newRecordAck(tr, seq, m.Key, &ev, len(ev.UIDs))
 	h := wire.Header{Action: ev.Action, Partner: ev.Partner, CohortID: ev.CohortID,
 		CohortName: ev.CohortName, CohortDescription: ev.CohortDescription}
+	if fit, big := splitFit(c.cfg.Fits, h, ev.UIDs); big != nil {
+		return c.deadLetterTooLarge(ctx, tr, seq, m, &ev, h, fit, big, buf)
+	}
+	ack := newRecordAck(tr, seq, m.Key, &ev, len(ev.UIDs))
 	for _, u := range ev.UIDs {
 		buf = append(buf, batcher.Change{Header: h, UID: u, Ack: ack})
 	}

@@ -153,7 +153,7 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 
-	ready := func() bool { return cons.Joined() && !client.AuthFailing() }
+	ready := func() bool { return cons.Joined() && !client.AuthFailing() && !dlq.Failing() }
 	srv, err := serveHTTP(cfg.HTTPAddr, reg, ready, m, log, opts.Listening, defaultHTTPTimeouts)
 	if err != nil {
 		return err
@@ -257,7 +257,7 @@ func serveHTTP(addr string, reg *prometheus.Registry, ready func() bool, m *metr
 			return
 		}
 		m.Ready.Set(0)
-		http.Error(w, "not ready: not in a consumer-group generation, or the API rejects the credentials", http.StatusServiceUnavailable)
+		http.Error(w, "not ready: not in a consumer-group generation, the API rejects the credentials, or dead letters cannot be written", http.StatusServiceUnavailable)
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: to.ReadHeader, ReadTimeout: to.Read,
 		WriteTimeout: to.Write, IdleTimeout: to.Idle, MaxHeaderBytes: 16 << 10,

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"strings"
 	"time"
 )
@@ -118,9 +119,13 @@ func Decode(value []byte, defaultPartner string) (Event, error) {
 // decodeSlow is Decode written with encoding/json. It is the reference that
 // defines what Decode accepts and returns, quirks of encoding/json included
 // (keys match case-insensitively, the last of duplicate keys wins, null is
-// absence, invalid UTF-8 becomes U+FFFD), and the fallback of the fast path
-// (fast.go) for every input that path is not sure about. Every error of
-// Decode comes from here.
+// absence), and the fallback of the fast path (fast.go) for every input
+// that path is not sure about. Every error of Decode comes from here.
+//
+// Where encoding/json would replace text with U+FFFD (bytes that are not
+// valid UTF-8, lone surrogate escapes), the record is rejected instead: see
+// checkText (text.go). Error details quote values of the record cut short
+// (Quote), so that they stay a few hundred bytes at most.
 func decodeSlow(value []byte, defaultPartner string) (Event, error) {
 	if len(bytes.TrimSpace(value)) == 0 {
 		return Event{}, ErrTombstone
@@ -129,9 +134,12 @@ func decodeSlow(value []byte, defaultPartner string) (Event, error) {
 	if err := json.Unmarshal(value, &r); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) {
-			return Event{}, invalid(ReasonInvalidField, "field %q has the wrong type: want %s, got %s", te.Field, te.Type, te.Value)
+			return Event{}, typeError(te)
 		}
 		return Event{}, invalid(ReasonMalformed, "%v", err)
+	}
+	if err := checkText(value); err != nil {
+		return Event{}, err
 	}
 	var ev Event
 	if r.Action == nil {
@@ -139,7 +147,7 @@ func decodeSlow(value []byte, defaultPartner string) (Event, error) {
 	}
 	a, ok := ParseAction(*r.Action)
 	if !ok {
-		return Event{}, invalid(ReasonInvalidAction, "action %q is not add_members, remove_members, add or remove", *r.Action)
+		return Event{}, invalid(ReasonInvalidAction, "action %s is not add_members, remove_members, add or remove", Quote(*r.Action))
 	}
 	ev.Action = a
 	if err := required("cohort_id", r.CohortID); err != nil {
@@ -197,11 +205,44 @@ func decodeSlow(value []byte, defaultPartner string) (Event, error) {
 		}
 		t, err := time.Parse(time.RFC3339Nano, s)
 		if err != nil {
-			return Event{}, invalid(ReasonInvalidField, "occurred_at %q is not an RFC 3339 time", s)
+			return Event{}, invalid(ReasonInvalidField, "occurred_at %s is not an RFC 3339 time", Quote(s))
 		}
 		ev.OccurredAt = t
 	}
 	return ev, nil
+}
+
+// typeError describes a value of the wrong JSON type in the words of the
+// input format, not of Go.
+func typeError(te *json.UnmarshalTypeError) error {
+	got := jsonType(te.Value)
+	switch {
+	case te.Field == "":
+		return invalid(ReasonInvalidField, "the record is %s; an event must be a JSON object", got)
+	case te.Field == "uids" && te.Type.Kind() == reflect.Slice:
+		return invalid(ReasonInvalidField, "uids must be an array of strings, not %s", got)
+	case te.Field == "uids":
+		return invalid(ReasonInvalidField, "uids must be an array of strings; it holds %s", got)
+	}
+	return invalid(ReasonInvalidField, "%s must be a string, not %s", te.Field, got) // a field of raw
+}
+
+// jsonType names the JSON type that encoding/json reports as v ("number",
+// "bool", "array", ...), with its article.
+func jsonType(v string) string {
+	switch v, _, _ = strings.Cut(v, " "); v { // "number 1e999": the type only
+	case "number":
+		return "a JSON number"
+	case "bool":
+		return "a JSON boolean"
+	case "string":
+		return "a JSON string"
+	case "array":
+		return "a JSON array"
+	case "object":
+		return "a JSON object"
+	}
+	return "a JSON " + Quote(v)
 }
 
 func required(name string, v *string) error {

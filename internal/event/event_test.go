@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/cohortsync/cohortsync-worker/internal/event"
 )
@@ -33,6 +34,8 @@ func TestDecode(t *testing.T) {
 			want: event.Event{Action: event.Add, CohortID: "c", CohortName: ".n", Partner: "p", UIDs: []string{"u"}}},
 		{name: "malformed", in: `{"action":`, reason: event.ReasonMalformed},
 		{name: "not an object", in: `[1,2]`, reason: event.ReasonInvalidField},
+		{name: "not UTF-8", in: "{\"action\":\"add\",\"cohort_id\":\"c\",\"cohort_name\":\"n\",\"partner\":\"p\",\"uid\":\"a\xffb\"}", reason: event.ReasonInvalidField},
+		{name: "lone surrogate", in: `{"action":"add","cohort_id":"c","cohort_name":"n","partner":"p","uid":"a\ud800b"}`, reason: event.ReasonInvalidField},
 		{name: "missing action", in: `{"cohort_id":"c","cohort_name":"n","partner":"p","uid":"u"}`, reason: event.ReasonMissingField},
 		{name: "bad action", in: `{"action":"upsert","cohort_id":"c","cohort_name":"n","partner":"p","uid":"u"}`, reason: event.ReasonInvalidAction},
 		{name: "missing cohort_id", in: `{"action":"add","cohort_name":"n","partner":"p","uid":"u"}`, reason: event.ReasonMissingField},
@@ -82,6 +85,121 @@ func TestDecode(t *testing.T) {
 				t.Fatalf("got %+v, want %+v", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestDecodeRejectsCollapsingText: text that encoding/json would replace with
+// U+FFFD, so that distinct values became one ("a\xffb" and "a\xfeb" both
+// "a\uFFFDb"), is rejected by Decode and a Decoder alike, naming the field;
+// in a key or an unknown field it makes the record malformed.
+func TestDecodeRejectsCollapsingText(t *testing.T) {
+	const head = `{"action":"add","cohort_id":"c","cohort_name":"n","partner":"p",`
+	tests := []struct {
+		in     string
+		reason event.Reason
+		detail string // a part of the detail
+	}{
+		{head + "\"uid\":\"a\xffb\"}", event.ReasonInvalidField, "uid is not valid UTF-8"},
+		{head + "\"uid\":\"a\xfeb\"}", event.ReasonInvalidField, "uid is not valid UTF-8"},
+		{head + "\"uid\":\"\xed\xa0\x80\"}", event.ReasonInvalidField, "uid is not valid UTF-8"}, // an encoded surrogate
+		{head + "\"uid\":\"\xc3\"}", event.ReasonInvalidField, "uid is not valid UTF-8"},
+		{head + "\"uids\":[\"a\",null,\"\\u00e9\xff\"]}", event.ReasonInvalidField, "uids[2] is not valid UTF-8"},
+		{head + "\"UID\":\"a\xffb\"}", event.ReasonInvalidField, "uid is not valid UTF-8"},
+		{head + "\"uid\":\"a\xffb\",\"uid\":\"u\"}", event.ReasonInvalidField, "uid is not valid UTF-8"},
+		{"{\"action\":\"add\xff\",\"cohort_id\":\"c\",\"cohort_name\":\"n\",\"partner\":\"p\",\"uid\":\"u\"}", event.ReasonInvalidField, "action is not valid UTF-8"},
+		{"{\"action\":\"add\",\"cohort_id\":\"c\",\"cohort_name\":\"n\xff\",\"partner\":\"p\",\"uid\":\"u\"}", event.ReasonInvalidField, "cohort_name is not valid UTF-8"},
+		{"{\"action\":\"add\",\"cohort_id\":\"c\",\"cohort_name\":\"n\",\"partner\":\"p\xff\",\"uid\":\"u\"}", event.ReasonInvalidField, "partner is not valid UTF-8"},
+		{head + "\"cohort_description\":\"\xff\",\"uid\":\"u\"}", event.ReasonInvalidField, "cohort_description is not valid UTF-8"},
+		{head + "\"uid\":\"u\",\"occurred_at\":\"2026\xff\"}", event.ReasonInvalidField, "occurred_at is not valid UTF-8"},
+		{head + `"uid":"a\ud800b"}`, event.ReasonInvalidField, `uid has the escape \ud800 of a lone UTF-16 surrogate`},
+		{head + `"uid":"a\uDC00b"}`, event.ReasonInvalidField, `uid has the escape \uDC00 of a lone UTF-16 surrogate`},
+		{head + `"uids":["\ud83d\ude00","\ud83d\u0041"]}`, event.ReasonInvalidField, `uids[1] has the escape \ud83d of a lone`},
+		{head + `"cohort_description":"\ude00\ud83d","uid":"u"}`, event.ReasonInvalidField, `cohort_description has the escape \ude00`},
+		{head + "\"uid\":\"u\",\"x\":\"\xff\"}", event.ReasonMalformed, `unknown field "x" is not valid UTF-8`},
+		{head + "\"uid\":\"u\",\"x\":{\"y\":[\"\xff\"]}}", event.ReasonMalformed, `unknown field "x" is not valid UTF-8`},
+		{head + "\"uid\":\"u\",\"\xff\":1}", event.ReasonMalformed, "a key is not valid UTF-8"},
+	}
+	for _, tc := range tests {
+		for name, decode := range map[string]func([]byte) (event.Event, error){
+			"Decode":  func(v []byte) (event.Event, error) { return event.Decode(v, "") },
+			"Decoder": event.NewDecoder("").Decode,
+		} {
+			ev, err := decode([]byte(tc.in))
+			var inv *event.InvalidError
+			if !errors.As(err, &inv) || inv.Reason != tc.reason || !strings.Contains(inv.Detail, tc.detail) {
+				t.Errorf("%s(%q) = %+v, %v; want %s: ...%s...", name, tc.in, ev, err, tc.reason, tc.detail)
+			}
+		}
+	}
+
+	// What stays valid: U+FFFD itself, surrogate pairs, and a lone
+	// surrogate where it is ignored (an unknown field).
+	for _, tc := range []struct{ in, uid string }{
+		{head + "\"uid\":\"a\uFFFDb\"}", "a\uFFFDb"},
+		{head + `"uid":"a\ufffdb"}`, "a\uFFFDb"},
+		{head + `"uid":"a\ud83d\ude00b"}`, "a😀b"},
+		{head + `"uid":"u","x":"\ud800"}`, "u"},
+	} {
+		ev, err := event.Decode([]byte(tc.in), "")
+		if err != nil || len(ev.UIDs) != 1 || ev.UIDs[0] != tc.uid {
+			t.Errorf("Decode(%q) = %q, %v; want %q", tc.in, ev.UIDs, err, tc.uid)
+		}
+	}
+}
+
+// TestDecodeErrorsAreBounded: an error detail quotes at most a few dozen
+// bytes of a value of the record, with its length, in valid UTF-8, however
+// large the value.
+func TestDecodeErrorsAreBounded(t *testing.T) {
+	big := strings.Repeat("é", 450000) // 900 KB
+	for _, in := range []string{
+		`{"action":"` + big + `","cohort_id":"c","cohort_name":"n","partner":"p","uid":"u"}`,
+		`{"action":"add","cohort_id":"c","cohort_name":"n","partner":"p","uid":"u","occurred_at":"` + big + `"}`,
+		`{"action":"add","cohort_id":"c","cohort_name":"n","partner":"p","uid":"u","` + big + "\xff" + `":1}`,
+		`{"action":"add","cohort_id":"c","cohort_name":"n","partner":"p","uid":"u","` + big + `":"\xff"}`,
+	} {
+		_, err := event.Decode([]byte(in), "")
+		var inv *event.InvalidError
+		if !errors.As(err, &inv) {
+			t.Fatalf("%v, want an *InvalidError", err)
+		}
+		if len(err.Error()) > 300 || !utf8.ValidString(err.Error()) || !strings.Contains(err.Error(), "(900000 bytes)") && inv.Reason != event.ReasonMalformed {
+			t.Errorf("detail of %d bytes: %.400q", len(err.Error()), err.Error())
+		}
+	}
+}
+
+// TestDecodeTypeErrorsSpeakJSON: a value of the wrong type is described in
+// JSON's words, never Go's.
+func TestDecodeTypeErrorsSpeakJSON(t *testing.T) {
+	for in, want := range map[string]string{
+		`[1,2]`:           "the record is a JSON array; an event must be a JSON object",
+		`"add"`:           "the record is a JSON string; an event must be a JSON object",
+		`7`:               "the record is a JSON number; an event must be a JSON object",
+		`{"uid":7}`:       "uid must be a string, not a JSON number",
+		`{"action":{}}`:   "action must be a string, not a JSON object",
+		`{"uids":"a"}`:    "uids must be an array of strings, not a JSON string",
+		`{"uids":[true]}`: "uids must be an array of strings; it holds a JSON boolean",
+	} {
+		_, err := event.Decode([]byte(in), "")
+		var inv *event.InvalidError
+		if !errors.As(err, &inv) || inv.Reason != event.ReasonInvalidField || inv.Detail != want {
+			t.Errorf("Decode(%s) = %v; want %s", in, err, want)
+		}
+	}
+}
+
+func TestQuote(t *testing.T) {
+	for in, want := range map[string]string{
+		"":                            `""`,
+		"a\xffb":                      `"a\xffb"`,
+		strings.Repeat("x", 64):       `"` + strings.Repeat("x", 64) + `"`,
+		strings.Repeat("x", 65):       `"` + strings.Repeat("x", 64) + `"… (65 bytes)`,
+		"x" + strings.Repeat("é", 40): `"x` + strings.Repeat("é", 31) + `"… (81 bytes)`, // cut at a character
+	} {
+		if got := event.Quote(in); got != want || !utf8.ValidString(got) {
+			t.Errorf("Quote(%q) = %s, want %s", in, got, want)
+		}
 	}
 }
 

@@ -12,16 +12,18 @@ import (
 // shape that producers write, one flat object of lower-case known keys with
 // string values and a "uids" array of strings. The raw bytes of those
 // strings must be valid UTF-8; their escape sequences are decoded exactly as
-// encoding/json decodes them (see unescape). A string without escape
-// sequences is its bytes, and the fast path uses them in place.
+// encoding/json decodes them (see unescape), lone surrogate escapes aside,
+// which decodeSlow rejects (text.go). A string without escape sequences is
+// its bytes, and the fast path uses them in place.
 //
 // The fast path only ever answers "this is the event decodeSlow returns" or
 // "not sure". It is not sure, and leaves the input to decodeSlow, whenever it
 // meets anything else: an escape sequence or a non-ASCII byte in a key, a key
 // that matches a known key only case-insensitively, a duplicate known key, a
 // null, a value of a known key that is not a string (or array of strings for
-// uids), a string value with invalid UTF-8, an object or array as the value
-// of an unknown key, any syntax error, and any event that fails validation.
+// uids), a string with invalid UTF-8 (known key or not), a string of a known
+// key with a lone surrogate escape, an object or array as the value of an
+// unknown key, any syntax error, and any event that fails validation.
 // It therefore never produces an error itself, and it cannot change the
 // reason or message of one. Unknown keys whose values are strings, numbers,
 // true, false or null are skipped after checking their syntax exactly.
@@ -408,8 +410,9 @@ func scanPlain(v []byte, i int) (end int, ok bool) {
 // the string, esc with the value of the string appended, and the index of its
 // closing quote. It decodes the escape sequences as encoding/json's unquote
 // does (see package jsonstr); invalid ones and raw control characters are
-// syntax errors (ok is false). Raw bytes that are not valid UTF-8 leave the
-// string to decodeSlow (ok is false too), which would replace them.
+// syntax errors (ok is false). Raw bytes that are not valid UTF-8, and lone
+// surrogate escapes, leave the string to decodeSlow (ok is false too), which
+// rejects them.
 func unescape(v []byte, start, i int, esc []byte) (s span, _ []byte, end int, ok bool) {
 	if !utf8.Valid(v[start:i]) {
 		return span{}, esc, i, false
@@ -432,7 +435,7 @@ func unescape(v []byte, start, i int, esc []byte) (s span, _ []byte, end int, ok
 			return span{len(v) + lo, len(v) + len(b)}, b, i, true
 		case c == '\\':
 			r, n := jsonstr.DecodeEscape(v[i:])
-			if n == 0 {
+			if n == 0 || r == utf8.RuneError && jsonstr.LoneSurrogate(v[i:]) {
 				return span{}, b, i, false
 			}
 			b = utf8.AppendRune(b, r)
@@ -548,8 +551,8 @@ func skipLiteral(v []byte, i int, lit string) (next int, ok bool) {
 	return i + len(lit), true
 }
 
-// skipString skips the rest of any valid string whose opening quote is
-// v[i-1] and returns the index after its closing quote.
+// skipString skips the rest of any valid string of valid UTF-8 whose
+// opening quote is v[i-1] and returns the index after its closing quote.
 func skipString(v []byte, i int) (next int, ok bool) {
 	for i < len(v) {
 		switch c := v[i]; {
@@ -563,8 +566,16 @@ func skipString(v []byte, i int) (next int, ok bool) {
 			i += n
 		case c < 0x20:
 			return i, false
+		case c < utf8.RuneSelf:
+			i++
 		default:
-			i++ // encoding/json does not check the UTF-8 of ignored strings
+			// encoding/json does not check the UTF-8 of ignored strings,
+			// but decodeSlow does (text.go).
+			r, size := utf8.DecodeRune(v[i:])
+			if r == utf8.RuneError && size == 1 {
+				return i, false
+			}
+			i += size
 		}
 	}
 	return i, false

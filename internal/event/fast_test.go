@@ -227,6 +227,19 @@ var fastSeeds = func() []string {
 			s = append(s, withEscape(field, e))
 		}
 	}
+	// Text that encoding/json turns into U+FFFD (bytes that are not valid
+	// UTF-8, lone surrogate escapes), in every string field, a key and an
+	// unknown field: decodeSlow rejects it (text.go).
+	for _, e := range []string{"a\xffb", "a\xfeb", "\xc3", "\xed\xa0\x80", "\xf4\x90\x80\x80", "\x80", `a\ud800b`, `\udc00`, `\ud800\u0041`} {
+		for _, field := range []string{"action", "cohort_id", "cohort_name", "cohort_description", "partner", "uid", "uids", "occurred_at", "x"} {
+			s = append(s, withEscape(field, e))
+		}
+		s = append(s, `{"action":"add","cohort_id":"c","cohort_name":"n","partner":"p","uid":"u","`+e+`":1}`,
+			`{"action":"add","cohort_id":"c","cohort_name":"n","partner":"p","UID":"`+e+`"}`,
+			`{"action":"add","cohort_id":"c","cohort_name":"n","partner":"p","uid":"`+e+`","uid":"u"}`,
+			`{"action":"add","cohort_id":"c","cohort_name":"n","partner":"p","uid":"u","x":{"`+e+`":["`+e+`"]}}`,
+			`{"action":"add","cohort_id":"c","cohort_name":"n","partner":"p","uids":["a",null,"`+e+`"]}`)
+	}
 	// Escapes that stand for a forbidden character.
 	for _, c := range ForbiddenNameChars {
 		for _, e := range []string{fmt.Sprintf(`\u%04x`, c), fmt.Sprintf(`\u%04X`, c)} {
@@ -466,11 +479,11 @@ func TestDecodeFastTakesEscapes(t *testing.T) {
 		{name: "\\u, either case",
 			in:   `{"action":"add","cohort_id":"caf\u00e9","cohort_name":"CAF\u00C9 \u00c9t\u00E9 \u4e16\u754C","partner":"\u0070","uid":"\u0000\u001F\u007f\uFFFF"}`,
 			want: Event{Action: Add, CohortID: "café", CohortName: "CAFÉ Été 世界", Partner: "p", UIDs: []string{"\x00\x1f\x7f\uffff"}}},
-		{name: "surrogates",
-			in: `{"action":"add","cohort_id":"\ud83d\ude00","cohort_name":"\uD83D\uDE00\ud800\udc00\udbff\udfff","cohort_description":"\ud83d|\ude00|\ude00\ud83d|\ud83d\ud83d\ude00|\ud83d\u0041|\ud83d\n",` +
-				`"partner":"p","uids":["\ud83d","\ude00","\ufffd","\ud83d\ude00","😀"]}`,
+		{name: "surrogate pairs", // lone surrogates: TestDecodeRejectsCollapsingText
+			in: `{"action":"add","cohort_id":"\ud83d\ude00","cohort_name":"\uD83D\uDE00\ud800\udc00\udbff\udfff","cohort_description":"\ud83D\uDe00|\ufffd|\uFFFD",` +
+				`"partner":"p","uids":["\ufffd","\ud83d\ude00","😀","\uFFFD"]}`,
 			want: Event{Action: Add, CohortID: "😀", CohortName: "😀\U00010000\U0010ffff",
-				CohortDescription: "\ufffd|\ufffd|\ufffd\ufffd|\ufffd😀|\ufffdA|\ufffd\n", Partner: "p", UIDs: []string{"\ufffd", "😀"}}},
+				CohortDescription: "😀|\ufffd|\ufffd", Partner: "p", UIDs: []string{"\ufffd", "😀"}}},
 		{name: "uids deduplicated unescaped",
 			in:   `{"action":"add","cohort_id":"c","cohort_name":"n","partner":"p","uid":"a\u0026b","uids":["a&b","\u0061\u0026b","x","\u0078","a\\u0026b"]}`,
 			want: Event{Action: Add, CohortID: "c", CohortName: "n", Partner: "p", UIDs: []string{"a&b", "x", `a\u0026b`}}},
@@ -594,14 +607,12 @@ func TestDecoderInternsUnescaped(t *testing.T) {
 func TestDecodeFastLeavesToSlow(t *testing.T) {
 	const tail = `"cohort_id":"c","cohort_name":"n","partner":"p","uid":"u"}`
 	for _, in := range []string{
-		`{"\u0061ction":"add",` + tail,                                       // an escape in a key
-		`{"ACTION":"add",` + tail,                                            // a key in another case
-		`{"action":"upsert","action":"add",` + tail,                          // the last duplicate wins
-		`{"action":"add","cohort_description":null,` + tail,                  // null is absence
-		`{"action":"add","x":{"y":1},` + tail,                                // a nested unknown value
-		"{\"action\":\"add\",\"cohort_description\":\"\xff\"," + tail,        // invalid UTF-8 becomes U+FFFD
-		"{\"action\":\"add\",\"cohort_description\":\"\\u00e9\xff\"," + tail, // likewise beside an escape
-		`{"action":"add","uidſ":["v"],` + tail,                               // ſ folds to s
+		`{"\u0061ction":"add",` + tail,                      // an escape in a key
+		`{"ACTION":"add",` + tail,                           // a key in another case
+		`{"action":"upsert","action":"add",` + tail,         // the last duplicate wins
+		`{"action":"add","cohort_description":null,` + tail, // null is absence
+		`{"action":"add","x":{"y":1},` + tail,               // a nested unknown value
+		`{"action":"add","uidſ":["v"],` + tail,              // ſ folds to s
 	} {
 		if _, err := decodeSlow([]byte(in), ""); err != nil {
 			t.Fatalf("%s: decodeSlow: %v", in, err)

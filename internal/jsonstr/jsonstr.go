@@ -17,6 +17,8 @@
 // A string's contents are the bytes between its quotes. Scan validates them
 // (with EscapeLen for the escape sequences); DecodeEscape decodes one escape
 // sequence, and AppendUnescaped the contents of a string Scan accepted.
+// LoneSurrogate tells the \uXXXX escapes that encoding/json turns into
+// U+FFFD, for callers that must not let distinct strings collapse into one.
 package jsonstr
 
 import (
@@ -157,6 +159,19 @@ func DecodeEscape(b []byte) (r rune, n int) {
 		return r, 6
 	}
 	return 0, 0
+}
+
+// LoneSurrogate reports whether the escape sequence at the start of b is a
+// \uXXXX of the UTF-16 surrogate range that DecodeEscape decodes on its own,
+// as U+FFFD: a high surrogate not followed by the \uXXXX of a low one, or a
+// low surrogate. Such an escape stands for no character, and strings that
+// differ only there decode to the same value.
+func LoneSurrogate(b []byte) bool {
+	if len(b) < 6 || b[0] != '\\' || b[1] != 'u' || !utf16.IsSurrogate(Hex4(b[2:])) {
+		return false
+	}
+	_, n := DecodeEscape(b)
+	return n == 6
 }
 
 // AppendUnescaped appends to dst the value of the string whose contents

@@ -280,3 +280,19 @@ func TestAppendUnescapedSeeds(t *testing.T) {
 		}
 	}
 }
+
+func TestLoneSurrogate(t *testing.T) {
+	for in, want := range map[string]bool{
+		`\ud800`: true, `\uDFFF`: true, `\ud83d"`: true, `\ud83dx`: true, `\ud83d\u0041`: true,
+		`\ud83d\ud83d\ude00`: true, `\ude00\ud83d`: true, `\ud83d\`: true, `\ud83d\ude0`: true,
+		`\ud83d\ude00`: false, `\uD800\uDC00`: false, `\ufffd`: false, `\u0041`: false, `\uD7FF`: false,
+		`\uE000`: false, `\ud80`: false, `\n`: false, `x`: false, ``: false,
+	} {
+		if got := LoneSurrogate([]byte(in)); got != want {
+			t.Errorf("LoneSurrogate(%s) = %v, want %v", in, got, want)
+		}
+		if r, n := DecodeEscape([]byte(in)); want && (r != utf8.RuneError || n != 6) {
+			t.Errorf("DecodeEscape(%s) = %q, %d: a lone surrogate is U+FFFD", in, r, n)
+		}
+	}
+}

@@ -22,6 +22,8 @@ type Metrics struct {
 	EventsConsumed     prometheus.Counter
 	EventsInvalid      *prometheus.CounterVec // reason
 	EventsDeadLettered *prometheus.CounterVec // reason
+	DeadLetterFailures *prometheus.CounterVec // reason: too_large, permanent, transient
+	DeadLetterFailing  prometheus.Gauge       // 1 while dead letters cannot be written
 	EventsSkipped      prometheus.Counter     // tombstones
 	EventsCompacted    prometheus.Counter     // superseded members
 	BatchMembers       prometheus.Histogram
@@ -47,6 +49,10 @@ type Metrics struct {
 // Triggers are the bounded values of the batches_flushed_total trigger label.
 var Triggers = []string{"bytes", "members", "window", "shutdown"}
 
+// DeadLetterFailureReasons are the bounded values of the
+// dead_letter_failures_total reason label.
+var DeadLetterFailureReasons = []string{"too_large", "permanent", "transient"}
+
 // RetryReasons are the bounded values of the retries_total reason label.
 var RetryReasons = []string{"rate_limited", "server_error", "timeout", "network", "too_large", "invalid", "auth"}
 
@@ -61,6 +67,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Records that failed decoding or validation, by reason."}, []string{"reason"}),
 		EventsDeadLettered: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "events_dead_lettered_total",
 			Help: "Records written to the dead-letter topic, by reason."}, []string{"reason"}),
+		DeadLetterFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "dead_letter_failures_total",
+			Help: "Failed dead-letter writes, by reason: too_large (a letter refused as too large, written again without the record's value), permanent (an error the broker calls permanent; retried) or transient (retried)."}, []string{"reason"}),
+		DeadLetterFailing: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "dead_letter_failing",
+			Help: "1 while dead letters cannot be written (a permanent error, or failures for over a minute): their records are not committed, and the replica is not ready."}),
 		EventsSkipped: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "events_skipped_total",
 			Help: "Records skipped on purpose (tombstones)."}),
 		EventsCompacted: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "events_compacted_total",
@@ -108,6 +118,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.EventsInvalid.WithLabelValues(string(r))
 		m.EventsDeadLettered.WithLabelValues(string(r))
 	}
+	for _, r := range DeadLetterFailureReasons {
+		m.DeadLetterFailures.WithLabelValues(r)
+	}
 	for _, a := range []event.Action{event.Add, event.Remove} {
 		for _, tr := range Triggers {
 			m.BatchesFlushed.WithLabelValues(string(a), tr)
@@ -120,7 +133,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.Commits.WithLabelValues(o)
 	}
 	if reg != nil {
-		reg.MustRegister(m.EventsConsumed, m.EventsInvalid, m.EventsDeadLettered, m.EventsSkipped,
+		reg.MustRegister(m.EventsConsumed, m.EventsInvalid, m.EventsDeadLettered, m.DeadLetterFailures, m.DeadLetterFailing, m.EventsSkipped,
 			m.EventsCompacted, m.BatchMembers, m.BatchBytes, m.BatchesFlushed, m.Requests,
 			m.RequestDuration, m.Retries, m.RateLimitWait, m.RateLimitRPM, m.PendingMembers, m.InFlight,
 			m.CommittedOffset, m.Lag, m.Commits, m.AssignedPartitions, m.Rebalances, m.AuthFailing,
