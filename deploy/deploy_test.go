@@ -22,7 +22,13 @@ import (
 // documents parses every YAML document of every manifest.
 func documents(t *testing.T) map[string][]map[string]any {
 	t.Helper()
-	files, err := filepath.Glob("*/*.yaml")
+	var files []string
+	err := filepath.WalkDir(".", func(path string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && strings.HasSuffix(path, ".yaml") {
+			files = append(files, filepath.ToSlash(path))
+		}
+		return err
+	})
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no manifests: %v", err)
 	}
@@ -48,7 +54,13 @@ func documents(t *testing.T) map[string][]map[string]any {
 	return out
 }
 
+// goRuntimeVars are read by the Go runtime, not the worker's configuration.
+var goRuntimeVars = []string{"GOMEMLIMIT", "GOMAXPROCS", "GOGC", "GODEBUG"}
+
 func knownVar(name string) bool {
+	if slices.Contains(goRuntimeVars, name) {
+		return true
+	}
 	return slices.ContainsFunc(config.Vars, func(v config.Var) bool { return v.Env == name })
 }
 
@@ -56,7 +68,7 @@ func knownVar(name string) bool {
 // Kubernetes base and the compose file exists in the worker's configuration.
 func TestManifestsUseOnlyKnownSettings(t *testing.T) {
 	docs := documents(t)
-	for _, d := range docs["kubernetes/configmap.yaml"] {
+	for _, d := range docs["kubernetes/base/configmap.yaml"] {
 		data, _ := d["data"].(map[string]any)
 		if len(data) == 0 {
 			t.Fatal("configmap has no data")
@@ -67,7 +79,7 @@ func TestManifestsUseOnlyKnownSettings(t *testing.T) {
 			}
 		}
 	}
-	b, _ := os.ReadFile("kubernetes/deployment.yaml")
+	b, _ := os.ReadFile("kubernetes/base/deployment.yaml")
 	for _, m := range regexp.MustCompile(`name: ([A-Z][A-Z0-9_]+)`).FindAllStringSubmatch(string(b), -1) {
 		if !knownVar(m[1]) {
 			t.Errorf("deployment sets %s, which the worker does not read", m[1])
@@ -87,10 +99,10 @@ func TestManifestsUseOnlyKnownSettings(t *testing.T) {
 // TestDeploymentShape checks the properties operators rely on.
 func TestDeploymentShape(t *testing.T) {
 	docs := documents(t)
-	dep := docs["kubernetes/deployment.yaml"][0]
+	dep := docs["kubernetes/base/deployment.yaml"][0]
 	spec := dep["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)
 	grace := spec["terminationGracePeriodSeconds"].(int)
-	cfg := docs["kubernetes/configmap.yaml"][0]["data"].(map[string]any)
+	cfg := docs["kubernetes/base/configmap.yaml"][0]["data"].(map[string]any)
 	c, err := config.Load(nil, func(k string) string {
 		if k == "MOENGAGE_DATA_API_KEY" {
 			return "x"

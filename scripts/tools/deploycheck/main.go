@@ -1,0 +1,177 @@
+// Command deploycheck validates the deployment artifacts with the loaders
+// the real tools use, without a cluster or a Docker daemon:
+//
+//	deploycheck k8s FILE...      rendered manifests (kustomize build output):
+//	                             every document is decoded strictly into the
+//	                             Kubernetes API type of its apiVersion/kind
+//	                             (unknown or mistyped fields fail); kinds from
+//	                             CRDs (keda.sh) are checked for the basics.
+//	deploycheck compose FILE     a compose file, loaded and validated by
+//	                             compose-go (the loader Docker Compose uses).
+//
+// It lives in its own module (scripts/tools) so that the worker's module
+// does not carry these dependencies.
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/compose-spec/compose-go/v2/cli"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	"sigs.k8s.io/yaml"
+	yamlv3 "gopkg.in/yaml.v3"
+)
+
+func main() {
+	if len(os.Args) < 3 {
+		fmt.Fprintln(os.Stderr, "usage: deploycheck k8s FILE... | compose FILE")
+		os.Exit(2)
+	}
+	var err error
+	switch os.Args[1] {
+	case "k8s":
+		err = checkK8s(os.Args[2:])
+	case "compose":
+		err = checkCompose(os.Args[2])
+	default:
+		err = fmt.Errorf("unknown check %q", os.Args[1])
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "deploycheck:", err)
+		os.Exit(1)
+	}
+}
+
+type typeMeta struct {
+	APIVersion string `json:"apiVersion"`
+	Kind       string `json:"kind"`
+	Metadata   struct {
+		Name string `json:"name"`
+	} `json:"metadata"`
+}
+
+func checkK8s(files []string) error {
+	var errs []error
+	n := 0
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return err
+		}
+		dec := yamlv3.NewDecoder(bytes.NewReader(b))
+		for {
+			var node yamlv3.Node
+			err := dec.Decode(&node)
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				return fmt.Errorf("%s: %w", f, err)
+			}
+			doc, err := yamlv3.Marshal(&node)
+			if err != nil {
+				return err
+			}
+			var tm typeMeta
+			if err := yaml.Unmarshal(doc, &tm); err != nil {
+				return fmt.Errorf("%s: %w", f, err)
+			}
+			var obj any
+			switch tm.APIVersion + "/" + tm.Kind {
+			case "v1/ConfigMap":
+				obj = &corev1.ConfigMap{}
+			case "v1/Secret":
+				obj = &corev1.Secret{}
+			case "v1/Service":
+				obj = &corev1.Service{}
+			case "apps/v1/Deployment":
+				obj = &appsv1.Deployment{}
+			case "policy/v1/PodDisruptionBudget":
+				obj = &policyv1.PodDisruptionBudget{}
+			case "keda.sh/v1alpha1/ScaledObject":
+				obj = nil // a CRD: no typed schema here; the basics only
+			default:
+				errs = append(errs, fmt.Errorf("%s: %s %s: no schema known to deploycheck", f, tm.APIVersion, tm.Kind))
+				continue
+			}
+			if tm.Metadata.Name == "" {
+				errs = append(errs, fmt.Errorf("%s: %s without metadata.name", f, tm.Kind))
+			}
+			if obj != nil {
+				if err := yaml.UnmarshalStrict(doc, obj); err != nil {
+					errs = append(errs, fmt.Errorf("%s: %s %s: %w", f, tm.Kind, tm.Metadata.Name, err))
+					continue
+				}
+				if err := semantic(obj); err != nil {
+					errs = append(errs, fmt.Errorf("%s: %s %s: %w", f, tm.Kind, tm.Metadata.Name, err))
+				}
+			}
+			n++
+			fmt.Printf("deploycheck: %s: %s %s/%s ok\n", filepath.Base(f), tm.APIVersion, tm.Kind, tm.Metadata.Name)
+		}
+	}
+	if n == 0 && len(errs) == 0 {
+		errs = append(errs, errors.New("no manifests"))
+	}
+	return errors.Join(errs...)
+}
+
+// semantic checks what the API server or the kubelet would reject and the
+// strict decoding cannot see.
+func semantic(obj any) error {
+	switch o := obj.(type) {
+	case *appsv1.Deployment:
+		sel := o.Spec.Selector
+		if sel == nil || len(sel.MatchLabels) == 0 {
+			return errors.New("no selector")
+		}
+		for k, v := range sel.MatchLabels {
+			if o.Spec.Template.Labels[k] != v {
+				return fmt.Errorf("selector %s=%s does not match the pod template's labels", k, v)
+			}
+		}
+		psc := o.Spec.Template.Spec.SecurityContext
+		for _, c := range o.Spec.Template.Spec.Containers {
+			nonRoot := psc != nil && psc.RunAsNonRoot != nil && *psc.RunAsNonRoot
+			uid := psc != nil && psc.RunAsUser != nil
+			if c.SecurityContext != nil && c.SecurityContext.RunAsNonRoot != nil {
+				nonRoot = *c.SecurityContext.RunAsNonRoot
+			}
+			if c.SecurityContext != nil && c.SecurityContext.RunAsUser != nil {
+				uid = true
+			}
+			if nonRoot && !uid {
+				return fmt.Errorf("container %s: runAsNonRoot without a numeric runAsUser: the kubelet cannot verify a named image user", c.Name)
+			}
+		}
+	case *policyv1.PodDisruptionBudget:
+		if o.Spec.Selector == nil || (len(o.Spec.Selector.MatchLabels) == 0 && len(o.Spec.Selector.MatchExpressions) == 0) {
+			return errors.New("no selector: a policy/v1 PodDisruptionBudget without one protects no pod")
+		}
+	}
+	return nil
+}
+
+func checkCompose(file string) error {
+	ctx := context.Background()
+	opts, err := cli.NewProjectOptions([]string{file}, cli.WithOsEnv, cli.WithDotEnv, cli.WithWorkingDirectory(filepath.Dir(file)))
+	if err != nil {
+		return err
+	}
+	p, err := opts.LoadProject(ctx)
+	if err != nil {
+		return err
+	}
+	for _, s := range p.Services {
+		fmt.Printf("deploycheck: %s: service %s ok (image %q)\n", filepath.Base(file), s.Name, s.Image)
+	}
+	return nil
+}
