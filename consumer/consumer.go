@@ -17,6 +17,7 @@ import (
 
 	"github.com/cohortsync/cohortsync-worker/batcher"
 	"github.com/cohortsync/cohortsync-worker/internal/event"
+	"github.com/cohortsync/cohortsync-worker/internal/lease"
 	"github.com/cohortsync/cohortsync-worker/internal/metrics"
 	"github.com/cohortsync/cohortsync-worker/internal/wire"
 )
@@ -48,6 +49,10 @@ type Config struct {
 	// own Fits method when it has one (*batcher.Batcher does, with its
 	// MaxBytes), else a 128000-byte cap.
 	Fits func(h wire.Header, uid string) bool
+	// Lease receives this replica's proofs of group membership (see
+	// keepLease); the sink waits for it before every attempt. nil = a
+	// Lease of the Consumer's own (see Consumer.Lease).
+	Lease *lease.Lease
 	// OnAssign is called at every generation, before fetching, with the
 	// partitions assigned to this replica and the total partition count of
 	// the topics (the rate-limit share is len(assigned)/total).
@@ -106,6 +111,9 @@ func (c *Config) setDefaults() error {
 	if c.Fits == nil {
 		c.Fits = defaultFits(c.Batcher)
 	}
+	if c.Lease == nil {
+		c.Lease = lease.New()
+	}
 	switch {
 	case len(c.Brokers) == 0:
 		return errors.New("consumer: no brokers")
@@ -143,6 +151,7 @@ type Consumer struct {
 	m   *metrics.Metrics
 
 	inGen atomic.Bool
+	lease *lease.Lease
 	// commitMu serialises commits: the cadence loop and the final commit
 	// of a drain may overlap. It guards partitionState.committed.
 	commitMu sync.Mutex
@@ -166,9 +175,13 @@ func New(cfg Config) (*Consumer, error) {
 	if rc := cfg.readerConfig(cfg.Topics[0], 0); rc.Validate() != nil {
 		return nil, fmt.Errorf("consumer: invalid reader configuration: %w", rc.Validate())
 	}
-	return &Consumer{cfg: cfg, log: cfg.Logger.With("component", "consumer"), m: cfg.Metrics,
+	return &Consumer{cfg: cfg, log: cfg.Logger.With("component", "consumer"), m: cfg.Metrics, lease: cfg.Lease,
 		openReader: openKafkaReader}, nil
 }
+
+// Lease returns the lease the consumer proves its membership to: a sender
+// must hold it (Lease.Wait) before every attempt.
+func (c *Consumer) Lease() *lease.Lease { return c.lease }
 
 // Joined reports whether the consumer is a member of a live generation.
 func (c *Consumer) Joined() bool { return c.inGen.Load() }
@@ -301,6 +314,11 @@ func (c *Consumer) runGeneration(ctx context.Context, group *kafka.ConsumerGroup
 		c.cfg.OnAssign(assigned, total)
 	}
 
+	// Nothing of this generation is sent before its membership is proven,
+	// and nothing after the proof runs out (DESIGN.md invariant 4).
+	term := c.lease.Begin()
+	gen.Start(func(gctx context.Context) { c.keepLease(gctx, gen, term, log) })
+
 	stopFetch := make(chan struct{})
 	var fetchers sync.WaitGroup // fetch loops that may still call Add
 	fenced := make(chan struct{})
@@ -320,6 +338,7 @@ func (c *Consumer) runGeneration(ctx context.Context, group *kafka.ConsumerGroup
 	gen.Start(func(gctx context.Context) {
 		defer close(fenced)
 		<-gctx.Done()
+		c.lease.End(term)
 		c.inGen.Store(false)
 		fetchers.Wait()
 		rctx, cancel := context.WithTimeout(context.Background(), c.cfg.RebalanceTimeout)

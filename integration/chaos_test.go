@@ -20,7 +20,8 @@ import (
 )
 
 // The chaos run: over a duration, a seeded random schedule of worker
-// SIGKILLs and restarts, replicas scaled between one and three, the broker
+// SIGKILLs and restarts, replicas paused (SIGSTOP) past the group's session
+// timeout and resumed, replicas scaled between one and three, the broker
 // killed and restarted, TCP faults between worker and API (latency, resets,
 // black holes) through an in-process proxy, and emulator 5xx, 429 and
 // outages — while a producer writes throughout, poison included. At the
@@ -229,7 +230,7 @@ func chaos(t *testing.T, byUID bool) {
 	end := time.Now().Add(duration)
 	for time.Now().Before(end) {
 		time.Sleep(time.Duration(1000+rng.IntN(3000)) * time.Millisecond)
-		switch k := rng.IntN(9); {
+		switch k := rng.IntN(10); {
 		case k == 0 && len(replicas) > 0: // crash one and bring it back
 			i := rng.IntN(len(replicas))
 			replicas[i].kill()
@@ -283,6 +284,11 @@ func chaos(t *testing.T, byUID bool) {
 			}
 			time.Sleep(time.Duration(1000+rng.IntN(5000)) * time.Millisecond)
 			counts["outage"]++
+		case k == 9 && len(replicas) > 0: // a pause past the session timeout (10s)
+			resume := replicas[rng.IntN(len(replicas))].pause(t)
+			time.Sleep(time.Duration(11000+rng.IntN(9000)) * time.Millisecond)
+			resume()
+			counts["pause"]++
 		}
 		if rng.IntN(3) == 0 { // faults come and go
 			_ = a.SetFaults(emulator.Faults{})

@@ -41,6 +41,8 @@ type Metrics struct {
 	Commits            *prometheus.CounterVec // outcome
 	AssignedPartitions prometheus.Gauge
 	Rebalances         prometheus.Counter
+	LeaseRenewals      *prometheus.CounterVec // outcome: ok, fenced, error
+	LeaseValid         prometheus.Gauge
 	AuthFailing        prometheus.Gauge
 	Ready              prometheus.Gauge
 	BuildInfo          *prometheus.GaugeVec
@@ -107,6 +109,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Partitions assigned to this replica in the current generation."}),
 		Rebalances: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "rebalances_total",
 			Help: "Consumer-group generations this replica has joined."}),
+		LeaseRenewals: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "lease_renewals_total",
+			Help: "Proofs of group membership (heartbeats of the worker's own), by outcome: ok, fenced, error."}, []string{"outcome"}),
+		LeaseValid: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "lease_valid",
+			Help: "1 while this replica holds a valid proof of group membership and may send; 0 while sending waits for one."}),
 		AuthFailing: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "auth_failing",
 			Help: "1 while the API rejects the credentials (401/403) and sending is stopped."}),
 		Ready: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "ready",
@@ -132,11 +138,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, o := range []string{"ok", "error"} {
 		m.Commits.WithLabelValues(o)
 	}
+	for _, o := range []string{"ok", "fenced", "error"} {
+		m.LeaseRenewals.WithLabelValues(o)
+	}
 	if reg != nil {
 		reg.MustRegister(m.EventsConsumed, m.EventsInvalid, m.EventsDeadLettered, m.DeadLetterFailures, m.DeadLetterFailing, m.EventsSkipped,
 			m.EventsCompacted, m.BatchMembers, m.BatchBytes, m.BatchesFlushed, m.Requests,
 			m.RequestDuration, m.Retries, m.RateLimitWait, m.RateLimitRPM, m.PendingMembers, m.InFlight,
-			m.CommittedOffset, m.Lag, m.Commits, m.AssignedPartitions, m.Rebalances, m.AuthFailing,
+			m.CommittedOffset, m.Lag, m.Commits, m.AssignedPartitions, m.Rebalances, m.LeaseRenewals, m.LeaseValid, m.AuthFailing,
 			m.Ready, m.BuildInfo)
 	}
 	return m

@@ -1,0 +1,108 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/cohortsync/cohortsync-worker/internal/lease"
+)
+
+// leaseMargin is taken off every lease on top of the heartbeat interval: it
+// covers the difference in clock rates between this host and the group
+// coordinator, and the transit of a request to the API.
+const leaseMargin = time.Second
+
+// leaseValidity is how long one successful heartbeat proves membership,
+// counted from just before it was sent (package lease has the argument).
+func (c *Consumer) leaseValidity() time.Duration {
+	return c.cfg.SessionTimeout - c.cfg.HeartbeatInterval - leaseMargin
+}
+
+// leaseEvery is the pause between two proofs: a third of the heartbeat
+// interval, so that a healthy replica's lease always has most of its
+// validity left.
+func (c *Consumer) leaseEvery() time.Duration {
+	return max(c.cfg.HeartbeatInterval/3, 50*time.Millisecond)
+}
+
+// fencedErrors are the heartbeat answers after which this member may not
+// send for the generation any more: it was expelled or replaced, or a
+// rebalance is under way (kafka-go ends the generation on its own heartbeat
+// soon after; sending nothing meanwhile is the safe side).
+var fencedErrors = []error{kafka.IllegalGeneration, kafka.UnknownMemberId,
+	kafka.RebalanceInProgress, kafka.FencedInstanceID}
+
+// keepLease proves the generation's membership to the lease until gctx ends
+// (the generation is over), by sending Heartbeat requests of its own for
+// gen (see heartbeat.go): kafka-go's ConsumerGroup heartbeats too, but does
+// not say when one succeeded. The term is ended at once when the coordinator answers that
+// the member is fenced, and when the generation ends.
+func (c *Consumer) keepLease(gctx context.Context, gen *kafka.Generation, term lease.Term, log *slog.Logger) {
+	defer func() {
+		c.lease.End(term)
+		c.m.LeaseValid.Set(0)
+	}()
+	addr := kafka.TCP(c.cfg.Brokers...)
+	valid := c.leaseValidity()
+	t := time.NewTimer(0)
+	defer t.Stop()
+	var lastErr string
+	for {
+		select {
+		case <-gctx.Done():
+			return
+		case <-t.C:
+		}
+		sent := time.Now() // before the request: the proof counts from here
+		ctx, cancel := context.WithTimeout(gctx, valid)
+		err := heartbeat(ctx, c.cfg.Transport, addr, gen)
+		cancel()
+		switch {
+		case err == nil:
+			if !c.lease.Renew(term, sent.Add(valid)) {
+				return
+			}
+			c.m.LeaseRenewals.WithLabelValues("ok").Inc()
+			if lastErr != "" {
+				log.Info("membership proven again; sending may go on")
+				lastErr = ""
+			}
+		case isFenced(err):
+			c.m.LeaseRenewals.WithLabelValues("fenced").Inc()
+			c.lease.End(term)
+			c.m.LeaseValid.Set(0)
+			log.Warn("the group coordinator fenced this member; nothing more is sent for this generation", "err", err)
+			<-gctx.Done() // kafka-go ends the generation after its own heartbeat
+			return
+		default:
+			// Not proven, not disproven: the lease runs out on its own.
+			c.m.LeaseRenewals.WithLabelValues("error").Inc()
+			if gctx.Err() != nil {
+				return
+			}
+			if err.Error() != lastErr {
+				lastErr = err.Error()
+				log.Warn("proving group membership failed; sending stops when the lease runs out", "err", err)
+			}
+		}
+		if c.lease.Valid() {
+			c.m.LeaseValid.Set(1)
+		} else {
+			c.m.LeaseValid.Set(0)
+		}
+		t.Reset(c.leaseEvery())
+	}
+}
+
+func isFenced(err error) bool {
+	for _, f := range fencedErrors {
+		if errors.Is(err, f) {
+			return true
+		}
+	}
+	return false
+}
