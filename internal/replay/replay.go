@@ -441,6 +441,16 @@ func (r *Replayer) partition(ctx context.Context, p int, committed int64, commit
 		if !r.selected(m) {
 			r.skipped.Add(1)
 			next = m.Offset + 1
+		} else if size, ok := headers(m.Headers)[consumer.HeaderOriginalSize]; ok {
+			// Written without its value (too large for the dead-letter
+			// topic): writing it back would publish an empty record, a
+			// tombstone on a compacted topic. The source offset in its
+			// headers says where the original is.
+			h := headers(m.Headers)
+			fmt.Fprintf(r.cfg.Status, "not replayable: %s/%d/%d was dead-lettered without its value (%s bytes); the original is %s/%s/%s\n",
+				topic, p, m.Offset, size, h[consumer.HeaderSourceTopic], h[consumer.HeaderSourcePartition], h[consumer.HeaderSourceOffset])
+			r.skipped.Add(1)
+			next = m.Offset + 1
 		} else {
 			out, err := r.rewrite(ctx, m)
 			if err != nil {

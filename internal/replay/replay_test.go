@@ -126,6 +126,31 @@ func TestReplayRewritesAndCommits(t *testing.T) {
 	}
 }
 
+// TestLetterWithoutValueIsNotReplayed: a letter the worker wrote without
+// the record's value (the record was too large for the dead-letter topic)
+// must not be written back as an empty record (a tombstone).
+func TestLetterWithoutValueIsNotReplayed(t *testing.T) {
+	stripped := deadLetter("k1", event.ReasonTooLarge, 1, 11,
+		kafka.Header{Key: consumer.HeaderOriginalSize, Value: []byte("1500000")})
+	stripped.Value = nil
+	c := setup(deadLetter("k0", event.ReasonTooLarge, 0, 10), stripped)
+	res := runReplay(t, c, nil)
+	if res.err != nil {
+		t.Fatal(res.err)
+	}
+	want(t, res.stats, 2, 1, 1)
+	if n := len(c.records(src, 1)); n != 0 {
+		t.Fatalf("%d records written back for the letter without a value", n)
+	}
+	if !strings.Contains(res.status, "not replayable: in.dlq/0/1") || !strings.Contains(res.status, "1500000 bytes") ||
+		!strings.Contains(res.status, "in/1/11") {
+		t.Errorf("status does not say why the letter was not replayed: %q", res.status)
+	}
+	if off := c.commitOf(group, 0); off != 2 {
+		t.Fatalf("committed %d, want 2 (past the letter that cannot be replayed)", off)
+	}
+}
+
 func TestDryRunWritesAndCommitsNothing(t *testing.T) {
 	c := setup(
 		deadLetter("k0", event.ReasonForbiddenChar, 1, 10),
