@@ -333,6 +333,7 @@ func (c *Consumer) runGeneration(ctx context.Context, group *kafka.ConsumerGroup
 	}
 	// New partitions or a new topic end the generation (watchPartitions).
 	gen.Start(func(gctx context.Context) { c.watchPartitions(gctx, baseline, log) })
+	gen.Start(func(gctx context.Context) { c.watchLag(gctx, parts, log) }) // lag.go
 	// The fence: when the generation ends, nothing of it may be sent once
 	// the group moves on. kafka-go rejoins only after this returns.
 	gen.Start(func(gctx context.Context) {
