@@ -3,19 +3,24 @@
 // It owns:
 //   - the HTTP request: the body (encoded by internal/wire), the endpoint
 //     (BaseURL + Path), Basic auth and the MOE-APPKEY header;
-//   - the classification of every answer and what follows from it, per
-//     DESIGN.md's retry policy: accept, retry with backoff, pause for a 429,
-//     split a 413 or an invalid batch to isolate the members the API rejects
-//     on their own, or stop and retry slowly while the credentials are
-//     rejected (Client.AuthFailing);
+//   - the classification of every answer (classify) and what follows from
+//     it, per DESIGN.md's retry policy: accept, retry with backoff, pause for
+//     a 429, split a 413, split an invalid batch to isolate the members at
+//     fault (rejecting one only with evidence), or stop the line and retry
+//     slowly while the credentials, the configuration or a whole batch are
+//     rejected (Client.LineStopped);
+//   - the API key in use, re-read after a 401/403 (Config.APIKeyFunc);
 //   - the retry loop itself (only NextBackOff and Reset are taken from
-//     cenkalti/backoff/v4), per-attempt timeouts, and draining responses;
+//     cenkalti/backoff/v4), per-attempt timeouts, the lease check before
+//     every attempt (Config.Lease; the default HTTP client checks it again
+//     before every write), and draining responses;
 //   - the client-side rate limiter (Limiter): evenly spaced permits, paused
 //     by a 429;
 //   - the request metrics: requests, durations, retries, rate-limit wait,
-//     auth failing.
+//     line stopped (and auth failing).
 //
-// It does not own batching, compaction, per-cohort ordering, the number of
+// It does not own the lease itself (the consumer group proves membership),
+// batching, compaction, per-cohort ordering, the number of
 // concurrent Sends or the first permit of each batch (package batcher), nor
 // acknowledging, committing or dead-lettering anything; it knows nothing of
 // Kafka (package consumer). Rejected members are returned to the caller,

@@ -39,23 +39,32 @@ var (
 func noRedirect(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 
 // defaultHTTPClient is a pooled client without an overall timeout (every
-// attempt has its own).
-func defaultHTTPClient() *http.Client {
+// attempt has its own) whose connections check f before every write
+// (fencedConn).
+func defaultHTTPClient(f *fence) *http.Client {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.MaxIdleConns = 100
 	t.MaxIdleConnsPerHost = 32
 	t.IdleConnTimeout = 90 * time.Second
+	t.DialContext = fencedDialer((&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext, f)
 	return &http.Client{Transport: t, CheckRedirect: noRedirect}
 }
 
-// attempt makes one HTTP request with body. It returns (nil, nil) for a 2xx,
-// a *StatusError for another answer, and an error when there was no answer
-// (connection error, attempt timeout).
+// attempt makes one HTTP request with body. It returns (nil, nil) for an
+// acceptance, a *StatusError for another answer (a non-2xx, or a 2xx whose
+// body says "status": "fail"), and an error when there was no answer
+// (connection error, attempt timeout, errLeaseExpired).
 //
-// The request runs under context.WithoutCancel(ctx) and AttemptTimeout:
-// cancelling ctx does not abort it (see Send).
-func (c *Client) attempt(ctx context.Context, req wire.Request, body []byte) (*StatusError, error) {
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.AttemptTimeout)
+// The request runs under context.WithoutCancel(ctx), with a deadline of
+// AttemptTimeout or the lease's deadline (zero: none), whichever is sooner:
+// cancelling ctx does not abort it (see Send), and the client gives up on
+// it when the lease expires.
+func (c *Client) attempt(ctx context.Context, req wire.Request, body []byte, lease time.Time) (*StatusError, error) {
+	deadline := time.Now().Add(c.cfg.AttemptTimeout)
+	if !lease.IsZero() && lease.Before(deadline) {
+		deadline = lease
+	}
+	actx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
 	defer cancel()
 	hreq, err := http.NewRequestWithContext(actx, http.MethodPost, c.url, bytes.NewReader(body))
 	if err != nil {
@@ -63,32 +72,59 @@ func (c *Client) attempt(ctx context.Context, req wire.Request, body []byte) (*S
 	}
 	h := hreq.Header
 	h["Content-Type"] = hvJSON
-	h["Authorization"] = c.hvAuth
+	h["Authorization"] = c.creds.Load().hvAuth
 	h["Moe-Appkey"] = c.hvAppKey
 	h["User-Agent"] = c.hvUserAgent
 	if c.hvReplica != nil {
 		h["X-Cohortsync-Replica"] = c.hvReplica
 	}
 
+	// The last check for a caller's HTTP client; the default one checks
+	// again right before each write (fencedConn).
+	if err := c.fence.check(); err != nil {
+		c.m.Requests.WithLabelValues(string(req.Action), "0").Inc()
+		return nil, err
+	}
 	start := time.Now()
 	resp, err := c.cfg.HTTPClient.Do(hreq)
 	if err != nil {
 		c.m.RequestDuration.Observe(time.Since(start).Seconds())
 		c.m.Requests.WithLabelValues(string(req.Action), "0").Inc()
+		if errors.Is(err, errLeaseExpired) {
+			return nil, errLeaseExpired // nothing of the request was written
+		}
 		return nil, fmt.Errorf("sink: %w", err) // *url.Error: names the URL, which holds no secret
 	}
 	raw, _ := io.ReadAll(io.LimitReader(resp.Body, readLimit))
 	_, _ = io.CopyN(io.Discard, resp.Body, readLimit) // drain, so the connection is reused
 	resp.Body.Close()
 	c.m.RequestDuration.Observe(time.Since(start).Seconds())
-	c.m.Requests.WithLabelValues(string(req.Action), metrics.Code(resp.StatusCode)).Inc()
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
-		return nil, nil // any body, any extra fields: accepted
+		if !saysFail(raw) {
+			c.m.Requests.WithLabelValues(string(req.Action), metrics.Code(resp.StatusCode)).Inc()
+			return nil, nil // any other body, any extra fields: accepted
+		}
+		c.m.Requests.WithLabelValues(string(req.Action), metrics.CodeFail(resp.StatusCode)).Inc()
+	} else {
+		c.m.Requests.WithLabelValues(string(req.Action), metrics.Code(resp.StatusCode)).Inc()
 	}
 	serr := &StatusError{Code: resp.StatusCode,
 		RetryAfter: serverDelay(resp.Header, time.Now(), resp.StatusCode == http.StatusTooManyRequests)}
 	c.parseEnvelope(serr, raw)
 	return serr, nil
+}
+
+// saysFail reports whether a 2xx body is a JSON object whose "status" is
+// "fail": the API's error envelope, which is no acceptance whatever the
+// status code.
+func saysFail(raw []byte) bool {
+	if !bytes.Contains(raw, []byte(`"status"`)) {
+		return false // the common case, without decoding
+	}
+	var v struct {
+		Status string `json:"status"`
+	}
+	return json.Unmarshal(raw, &v) == nil && strings.EqualFold(strings.TrimSpace(v.Status), "fail")
 }
 
 // parseEnvelope fills serr from the error envelope in raw, if it is one.
@@ -135,7 +171,7 @@ func (c *Client) clean(s string) string {
 // scrub replaces every occurrence of the API key (and of the encoded
 // Basic credentials) in s.
 func (c *Client) scrub(s string) string {
-	for _, secret := range c.secrets {
+	for _, secret := range c.creds.Load().secrets {
 		if secret != "" && strings.Contains(s, secret) {
 			s = strings.ReplaceAll(s, secret, redacted)
 		}

@@ -585,23 +585,64 @@ func TestEnvelopeErrorRejectsAll(t *testing.T) {
 	}
 }
 
-// TestSingleMember4xxRejected: one member, a 400 with no attribute (and
-// no body at all): rejected at once, the reason built from the status.
-func TestSingleMember4xxRejected(t *testing.T) {
+// TestSingleMember4xxWithoutAttributeStopsLine: one member, a 400 with no
+// attribute (or no body at all): with no part to compare, nothing shows the
+// member is at fault, so nothing is rejected; the line stops and the member
+// is retried every AuthRetryInterval until the API takes it. With the uid
+// attribute the same member is rejected at once.
+func TestSingleMember4xxWithoutAttributeStopsLine(t *testing.T) {
 	modes(t, func(t *testing.T, mode string) {
-		e := newEnv(t, mode, func(n int, _ call) reply {
-			if n == 0 {
-				return fail(400, "Malformed JSON", "Could not decode the request body. The JSON was incorrect or not encoded as UTF-8.", "")
+		const failures = 3
+		malformed := fail(400, "Malformed JSON", "Could not decode the request body. The JSON was incorrect or not encoded as UTF-8.", "")
+		var (
+			mu          sync.Mutex
+			stoppedSeen []bool
+			e           *env
+		)
+		mu.Lock()
+		e = newEnv(t, mode, func(n int, _ call) reply {
+			mu.Lock()
+			defer mu.Unlock()
+			if n > 0 {
+				stoppedSeen = append(stoppedSeen, e.client.LineStopped())
 			}
-			return reply{status: 400}
+			switch {
+			case n == 0:
+				return malformed
+			case n < failures:
+				return reply{status: 400}
+			case n == failures:
+				return ok()
+			default: // the second Send
+				return fail(400, "InvalidAttributeError", "uid is invalid", "uid")
+			}
 		}, nil)
+		mu.Unlock()
+		start := time.Now()
 		rej, err := e.client.Send(t.Context(), request(1))
-		if err != nil || len(rej) != 1 || rej[0].Reason != "400 Malformed JSON: Could not decode the request body. The JSON was incorrect or not encoded as UTF-8." {
-			t.Fatalf("rejections %+v, err %v", rej, err)
+		if err != nil || len(rej) != 0 {
+			t.Fatalf("Send = %+v, %v; want no rejection, nil", rej, err)
+		}
+		mu.Lock()
+		seen := slices.Clone(stoppedSeen)
+		mu.Unlock()
+		if !slices.Equal(seen, []bool{true, true, true}) {
+			t.Fatalf("LineStopped seen by the retries: %v, want all true", seen)
+		}
+		if e.client.LineStopped() || testutil.ToFloat64(e.m.LineStopped.WithLabelValues("invalid_batch")) != 0 {
+			t.Fatal("the line is still stopped after the 2xx")
+		}
+		if mode == "mem" {
+			if d := time.Since(start); d != failures*sink.DefaultAuthRetryInterval {
+				t.Fatalf("Send took %v, want %d × AuthRetryInterval", d, failures)
+			}
 		}
 		rej, err = e.client.Send(t.Context(), request(1))
-		if err != nil || len(rej) != 1 || rej[0].Reason != "400 Bad Request: no error message" {
+		if err != nil || len(rej) != 1 || rej[0].Reason != "400 InvalidAttributeError: uid is invalid" {
 			t.Fatalf("rejections %+v, err %v", rej, err)
+		}
+		if e.client.LineStopped() {
+			t.Fatal("a member rejection stopped the line")
 		}
 	})
 }

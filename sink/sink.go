@@ -2,12 +2,12 @@ package sink
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -62,13 +62,33 @@ type Config struct {
 	// up instead of starting a wait that would end past it, so it returns
 	// at most one attempt's duration after MaxElapsed. 0 means retry
 	// forever, the default on purpose: at-least-once delivery blocks
-	// rather than drops. Time spent while the credentials are rejected
-	// does not count (those are retried forever).
+	// rather than drops. Time spent while the line is stopped (see
+	// AuthRetryInterval) does not count: that is retried forever.
 	MaxElapsed time.Duration
-	// AuthRetryInterval is the pause between attempts while the API answers
-	// 401, 403, 415, 404, 405 or a 3xx (wrong credentials or configuration);
-	// 0 means 30s.
+	// AuthRetryInterval is the pause between attempts while the line is
+	// stopped: the API answers 401, 403, 415, 404, 405 or a 3xx (wrong
+	// credentials or configuration), or a 4xx that hits every part of a batch
+	// alike (see Send); 0 means 30s.
 	AuthRetryInterval time.Duration
+	// APIKeyFunc, when set, re-reads the API key after the API rejected
+	// the credentials (401, 403, an "Authentication ..." error type): it is
+	// called right after such an answer and again before each retry that
+	// follows one, so that a rotated secret (a Kubernetes Secret file, say)
+	// heals the fleet without a restart. A key that differs from the one in
+	// use replaces it (the Authorization header and the strings scrubbed
+	// from errors are rebuilt atomically) and is tried at once. An error,
+	// or an empty key, is logged and the current key is kept; the error
+	// must not contain the key. It may be called from several Sends, never
+	// concurrently. nil: the key never changes.
+	APIKeyFunc func() (string, error)
+	// Lease, when set, fences a paused replica (DESIGN.md invariant 4):
+	// every attempt waits for it (Lease.Wait) after taking its rate-limit
+	// permit, and runs only until the lease's deadline. With the default
+	// HTTPClient the connection also refuses to write a request once the
+	// latest lease deadline has passed, so that a replica paused between
+	// the check and the write sends nothing when it resumes. nil: always
+	// valid.
+	Lease Lease
 	// UserAgent is the User-Agent header; "" means "cohortsync-worker".
 	UserAgent string
 	// ReplicaID, when set, is sent as the X-Cohortsync-Replica header (the
@@ -76,7 +96,9 @@ type Config struct {
 	ReplicaID string
 	// HTTPClient sends the requests. nil means a pooled client
 	// (MaxIdleConnsPerHost 32) with no overall Timeout, since attempts
-	// have their own. Redirects are never followed, whoever built the
+	// have their own, whose connections check the Lease before every
+	// write; a caller's client gets only the checks before the attempt
+	// and the attempt's deadline. Redirects are never followed, whoever built the
 	// client (New uses a copy with its own CheckRedirect): a 3xx means a
 	// wrong BaseURL, and following it would turn the POST into a GET or
 	// carry the credentials to another host.
@@ -93,7 +115,8 @@ type Config struct {
 }
 
 // Validate reports the first problem with c. Its errors never contain the
-// API key (nor a password in BaseURL).
+// API key (nor a password in BaseURL). APIKey is required even with
+// APIKeyFunc: it is the key of the first attempts.
 func (c Config) Validate() error {
 	u, err := url.Parse(c.BaseURL)
 	if c.BaseURL == "" {
@@ -131,16 +154,22 @@ func (c Config) Validate() error {
 // by any number of Sends (one per cohort, say); each Send has at most one
 // request in flight.
 type Client struct {
-	cfg     Config
-	url     string
-	secrets []string // scrubbed from server-sent strings
-	log     *slog.Logger
-	m       *metrics.Metrics
+	cfg   Config
+	url   string
+	log   *slog.Logger
+	m     *metrics.Metrics
+	fence *fence
 
-	hvAuth, hvAppKey, hvUserAgent, hvReplica []string // header values, read-only
+	creds atomic.Pointer[creds] // the API key in use; swapped by reloadKey
+	keyMu sync.Mutex            // serializes reloadKey
 
-	authFailing atomic.Bool
-	authMu      sync.Mutex // orders the flag and the gauge together
+	hvAppKey, hvUserAgent, hvReplica []string // header values, read-only
+
+	stopMu      sync.Mutex // guards the three fields below and orders the gauges with them
+	stopAuth    bool       // the API rejects the credentials; cleared by any acceptance
+	stopConfig  bool       // the API rejects the endpoint or a header; cleared by any acceptance
+	stopBatches int        // Sends stopped by a batch-wide 4xx
+	stopped     atomic.Bool
 }
 
 // New validates cfg, fills in its defaults and returns a Client.
@@ -166,8 +195,9 @@ func New(cfg Config) (*Client, error) {
 	if cfg.UserAgent == "" {
 		cfg.UserAgent = DefaultUserAgent
 	}
+	f := &fence{now: time.Now}
 	if cfg.HTTPClient == nil {
-		cfg.HTTPClient = defaultHTTPClient()
+		cfg.HTTPClient = defaultHTTPClient(f)
 	} else {
 		hc := *cfg.HTTPClient // a copy: the caller's client is not modified
 		hc.CheckRedirect = noRedirect
@@ -179,17 +209,16 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Metrics == nil {
 		cfg.Metrics = metrics.NewMetrics(nil)
 	}
-	cred := base64.StdEncoding.EncodeToString([]byte(cfg.WorkspaceID + ":" + cfg.APIKey))
 	c := &Client{
 		cfg:         cfg,
 		url:         strings.TrimRight(cfg.BaseURL, "/") + Path,
-		secrets:     []string{cfg.APIKey, cred},
 		log:         cfg.Logger.With("component", "sink"),
 		m:           cfg.Metrics,
-		hvAuth:      []string{"Basic " + cred},
+		fence:       f,
 		hvAppKey:    []string{cfg.WorkspaceID},
 		hvUserAgent: []string{cfg.UserAgent},
 	}
+	c.creds.Store(newCreds(cfg.WorkspaceID, cfg.APIKey, nil))
 	if cfg.ReplicaID != "" {
 		c.hvReplica = []string{cfg.ReplicaID}
 	}
@@ -200,56 +229,89 @@ func New(cfg Config) (*Client, error) {
 // when the Client is no longer used.
 func (c *Client) CloseIdleConnections() { c.cfg.HTTPClient.CloseIdleConnections() }
 
-// AuthFailing reports whether the API currently rejects the credentials or
-// the configuration (401, 403, 415, 404, 405, 3xx): Sends are stopped,
-// retrying every AuthRetryInterval, until one gets a 2xx. The worker reports
-// not-ready meanwhile. Mirrored by the cohortsync_auth_failing gauge.
-func (c *Client) AuthFailing() bool { return c.authFailing.Load() }
+// LineStopped reports whether sending is stopped: the API rejects the
+// credentials (401, 403) or the configuration (415, 404, 405, 3xx, a
+// header), which any Send's next 2xx clears; or it answers some Send's batch
+// with a 4xx that hits every part of it alike, which lasts until that batch
+// goes through or its Send returns. Stopped Sends retry every
+// AuthRetryInterval and never drop nor reject anything meanwhile; the
+// worker reports not-ready. Mirrored by the cohortsync_line_stopped{reason}
+// gauge (and, for the credentials and the configuration, by
+// cohortsync_auth_failing).
+func (c *Client) LineStopped() bool { return c.stopped.Load() }
 
-func (c *Client) setAuthFailing(failing bool) bool {
-	if c.authFailing.Load() == failing {
-		return false
+// AuthFailing is LineStopped, under its former name.
+//
+// Deprecated: use LineStopped, which also covers a batch-wide 4xx.
+func (c *Client) AuthFailing() bool { return c.LineStopped() }
+
+// setStop sets or clears the client-wide stop for reason (stopAuth or
+// stopConfig); clearing both is what an acceptance does. It reports
+// whether the state changed.
+func (c *Client) setStop(reason string, on bool) bool {
+	c.stopMu.Lock()
+	defer c.stopMu.Unlock()
+	changed := false
+	switch {
+	case on && reason == stopAuth:
+		changed, c.stopAuth = !c.stopAuth, true
+	case on && reason == stopConfig:
+		changed, c.stopConfig = !c.stopConfig, true
+	case !on:
+		changed = c.stopAuth || c.stopConfig
+		c.stopAuth, c.stopConfig = false, false
 	}
-	c.authMu.Lock()
-	defer c.authMu.Unlock()
-	if !c.authFailing.CompareAndSwap(!failing, failing) {
-		return false
-	}
-	if failing {
-		c.m.AuthFailing.Set(1)
-	} else {
-		c.m.AuthFailing.Set(0)
-	}
-	return true
+	c.syncStop()
+	return changed
 }
 
-// envelopeAttrs are the request fields outside the members: a 4xx naming one
-// of them concerns the whole batch, so splitting cannot isolate anything.
-var envelopeAttrs = map[string]bool{"action": true, "partner": true, "parameters": true,
-	"cohort_name": true, "cohort_id": true, "cohort_description": true}
+// addStoppedBatch counts a Send in (+1) or out (-1) of the invalid-batch
+// stop.
+func (c *Client) addStoppedBatch(delta int) {
+	c.stopMu.Lock()
+	defer c.stopMu.Unlock()
+	c.stopBatches += delta
+	c.syncStop()
+}
 
-// authTypes are error types that mean the credentials are wrong whatever the
-// status (the Data API documents "Authentication Mismatch" as a 409).
-var authTypes = map[string]bool{"Authentication Mismatch": true, "Authentication required": true}
+// syncStop updates the flag and the gauges; stopMu is held.
+func (c *Client) syncStop() {
+	b := func(v bool) float64 {
+		if v {
+			return 1
+		}
+		return 0
+	}
+	c.stopped.Store(c.stopAuth || c.stopConfig || c.stopBatches > 0)
+	c.m.AuthFailing.Set(b(c.stopAuth || c.stopConfig))
+	c.m.LineStopped.WithLabelValues(stopAuth).Set(b(c.stopAuth))
+	c.m.LineStopped.WithLabelValues(stopConfig).Set(b(c.stopConfig))
+	c.m.LineStopped.WithLabelValues(stopInvalidBatch).Set(b(c.stopBatches > 0))
+}
 
 // Send delivers one batch, req, and returns once every member of it has been
-// either accepted by a 2xx or rejected on its own by the API. Rejected
-// members come back as Rejections, for the caller to dead-letter; the error
-// is then nil. A non-nil error means the batch was not (entirely) delivered:
-// nothing of it may be acknowledged, and the rejections are not returned. A
-// request with no members sends nothing and returns nil.
+// either accepted by a 2xx or rejected by the API with evidence that the
+// fault is the member's. Rejected members come back as Rejections, in member
+// order, for the caller to dead-letter; the error is then nil. A non-nil
+// error means the batch was not (entirely) delivered: nothing of it may be
+// acknowledged, and the rejections are not returned. A request with no
+// members sends nothing and returns nil.
 //
-// Permits: the caller already holds a Limiter permit for the first attempt;
-// every further attempt (a retry, or each part of a split) first takes one
-// with Limiter.Wait. Time spent there, and in 429 pauses, is added to the
-// rate-limit wait metric.
+// Permits and lease: the caller already holds a Limiter permit for the first
+// attempt; every further attempt (a retry, or each part of a split) first
+// takes one with Limiter.Wait. Time spent there, and in 429 pauses, is added
+// to the rate-limit wait metric. After its permit, every attempt waits for
+// Config.Lease (Lease.Wait, again if the deadline it returns is already
+// past) and runs only until the lease's deadline.
 //
 // Size: a body larger than MaxBodyBytes is never sent; it is split in halves
 // first (not counted as a retry), and a member whose request alone is too
 // large is rejected without being sent.
 //
 // Outcomes, per answer (DESIGN.md "Retry policy"):
-//   - 2xx: accepted, whatever the body.
+//   - 2xx: accepted, unless the body is a JSON object whose "status" is
+//     "fail" (the API's error envelope): that is retried like a 5xx, counted
+//     as requests_total{code="200_fail"} and retries_total{reason="status_fail"}.
 //   - 429: the Limiter is paused (PauseUntil) for the server's delay
 //     (RetryAfter: Retry-After, else x-ratelimit-reset), else the next
 //     backoff interval; then the same body is retried.
@@ -257,29 +319,75 @@ var authTypes = map[string]bool{"Authentication Mismatch": true, "Authentication
 //     after the next backoff interval (exponential with jitter, one
 //     backoff.ExponentialBackOff per Send, Reset after progress); a
 //     Retry-After on such an answer raises the delay to it.
+//   - The lease expired before the request was written (the default HTTP
+//     client refuses to write it): nothing was sent; retried at once under
+//     a new lease (retries_total{reason="lease"}).
 //   - 413: the members are split in halves, sent in order; a single member
 //     that still gets a 413 is rejected ("413 ...: ... too large ...").
-//   - Another 4xx (400, 409, 422, ...): if the error's attribute names an
-//     envelope field (action, partner, parameters, cohort_name, cohort_id,
-//     cohort_description), or the request has one member, every member is
-//     rejected with the reason "<status> <type>: <message>". Otherwise the
-//     members are split in halves, recursively, to isolate the ones the API
-//     rejects on their own; the rest are accepted by the successful halves.
 //   - 401, 403, 415 (a bug in the worker), 404, 405 and 3xx (a wrong base
-//     URL), and any 4xx whose type is "Authentication required" or
-//     "Authentication Mismatch": the credentials or the configuration are
-//     wrong. Send logs it at error level, marks the client AuthFailing, and
-//     retries the same body every AuthRetryInterval, forever: it never
-//     rejects and never returns success before a 2xx, which clears
-//     AuthFailing.
+//     URL), any 4xx whose type is "Authentication required" or
+//     "Authentication Mismatch", and any 4xx whose attribute names a header
+//     (MOE-APPKEY, Authorization, Content-Type): the credentials or the
+//     configuration are wrong. Send logs it at error level, stops the line
+//     (LineStopped, reason auth or config), re-reads the API key on a
+//     401/403 (Config.APIKeyFunc; a new key is tried at once), and retries
+//     the same body every AuthRetryInterval, forever: it never rejects and
+//     never returns success before a 2xx, which clears the stop.
+//   - Another 4xx (400, 409, 422, ...) whose attribute names a field of the
+//     cohort (action, partner, parameters, cohort_name, cohort_id,
+//     cohort_description): every member is rejected with the reason
+//     "<status> <type>: <message>".
+//   - Another 4xx, with no attribute or one naming a member (uid, members):
+//     an isolating split (below) finds the members at fault.
 //
-// Ordering: the parts of a split are sent one after the other, in member
-// order, and Send never has more than one request in flight.
+// Isolating split. The failing request is split in halves, recursively,
+// depth first and in member order; every part is sent, and a part that
+// succeeds is accepted. A member that fails on its own is rejected only with
+// evidence that the fault is its own:
+//   - (a) the error's attribute names a member field (uid, members); or
+//   - (b) parts of the same isolating split (the tree grown from the request
+//     that first failed) were accepted both before and after the member
+//     failed alone: the API takes the batch's envelope and its other
+//     members, and did so on both sides of the member's failure, so an API
+//     fault that starts or ends during the split is not blamed on the
+//     members that met it. A member that failed before any acceptance is
+//     sent alone once more; if nothing was accepted after a member failed,
+//     a canary (one member already accepted, sent alone again: a repeated
+//     add or remove changes nothing) is sent; if the canary fails too,
+//     those members are not rejected (below).
+//
+// Failing parts without attribute wait for evidence: the first one is split
+// further at once (following one failure down costs about 2·log2(n)
+// requests), a later one is split only once evidence exists (if evidence
+// turns up after it was set aside, it is split then). Both halves of a
+// split are always sent before their parent's failure is judged, so a
+// failure is never blamed on a part whose sibling was never tried. One bad
+// member among n costs at most 3 + 2·ceil(log2 n) requests (23 for 1,000);
+// k bad members about k times that.
+//
+// When the split ends without evidence (no part was accepted, e.g. every
+// request gets `400 {"status":"fail","error":{"message":"Malformed
+// JSON",...}}`, or the batch has one member and the error no member
+// attribute), the fault is batch-wide: nothing is rejected, the line stops
+// (LineStopped, reason invalid_batch; logged at error level), and the
+// members still unresolved are sent again, as one request, every
+// AuthRetryInterval, forever; each time they fail alike a new isolating
+// split runs (at most 1 + 2·ceil(log2 n) requests per interval when every
+// part fails). The stop ends when they are accepted, or rejected on
+// evidence. Residual risk: an API fault that both starts and ends between
+// two acceptances of one split looks like bad members.
+//
+// Ordering: Send never has more than one request in flight. Parts are sent
+// in member order, except a failing part set aside for want of evidence
+// (split after the parts that follow it), a member sent alone again, and
+// the canary; the members of one batch are distinct uids of one cohort and
+// action, so their relative order does not matter.
 //
 // Cancellation: when ctx ends, Send stops retrying (and sends no further
-// part) and returns an error wrapping ctx.Err(). An HTTP attempt already
-// under way is NOT aborted: it runs under context.WithoutCancel(ctx) and
-// AttemptTimeout, so that a request for a revoked partition is never left
+// part) and returns an error wrapping ctx.Err(); so does an error from
+// Lease.Wait. An HTTP attempt already under way is NOT aborted: it runs
+// under context.WithoutCancel(ctx) and AttemptTimeout (or the lease's
+// deadline), so that a request for a revoked partition is never left
 // half-sent, with an unknown outcome, while the partition's new owner
 // sends. Cancellation therefore takes up to AttemptTimeout. If that last
 // attempt is accepted and completes the batch, Send returns nil.
@@ -287,7 +395,7 @@ var authTypes = map[string]bool{"Authentication Mismatch": true, "Authentication
 // Giving up: with MaxElapsed > 0, Send returns an error wrapping ErrGaveUp
 // and the last failure (a *StatusError, or the network error) rather than
 // start a wait that would end more than MaxElapsed after the last progress;
-// auth failures never give up.
+// a stopped line never gives up.
 //
 // Every request is a POST with Content-Type: application/json,
 // Authorization: Basic base64(workspace:key), MOE-APPKEY: workspace and
@@ -305,22 +413,45 @@ func (c *Client) Send(ctx context.Context, req wire.Request) ([]wire.Rejection, 
 		Clock:               backoff.SystemClock,
 	}
 	s.bo.Reset()
-	if err := s.deliver(ctx, req, ""); err != nil {
+	defer s.unstop(false)
+	if err := s.deliver(ctx, req, "", nil); err != nil {
 		return nil, err
+	}
+	if len(s.rejected) > 1 {
+		s.inOrder(nil) // builds s.pos
+		slices.SortStableFunc(s.rejected, func(a, b wire.Rejection) int { return s.pos[a.UID] - s.pos[b.UID] })
 	}
 	return s.rejected, nil
 }
 
 // sender is the state of one Send. It is used by one goroutine.
 type sender struct {
-	c        *Client
-	req      wire.Request // the whole batch
-	bo       backoff.ExponentialBackOff
-	logger   *slog.Logger // built on first use: most Sends log nothing
-	first    bool         // the caller's permit is not used yet
-	since    time.Time    // last progress, for MaxElapsed
-	rejected []wire.Rejection
-	lastKey  string // the failure last logged, to log a repeating one once
+	c            *Client
+	req          wire.Request // the whole batch
+	bo           backoff.ExponentialBackOff
+	logger       *slog.Logger // built on first use: most Sends log nothing
+	first        bool         // the caller's permit is not used yet
+	since        time.Time    // last progress, for MaxElapsed
+	rejected     []wire.Rejection
+	lastKey      string         // the failure last logged, to log a repeating one once
+	batchStopped bool           // counted in the client's invalid-batch stop
+	pos          map[string]int // the index of each member in req, built on first use
+}
+
+// isolation is one isolating split: the evidence found so far, and the
+// failed parts waiting for it.
+type isolation struct {
+	accepts      int      // parts accepted so far: evidence (b)
+	lastAccepted string   // a member of the last part accepted (the canary)
+	waiting      []failed // in member order, but for parts sent again
+}
+
+// failed is a part that got an isolable 4xx.
+type failed struct {
+	req  wire.Request
+	serr *StatusError
+	d    decision
+	seq  int // isolation.accepts when it failed
 }
 
 // log returns the Send's logger, with cohort_id and action.
@@ -341,12 +472,12 @@ func split(req wire.Request) (wire.Request, wire.Request) {
 
 // deliverHalves sends the two halves of req, in order. retry is the retry
 // reason of their first attempts ("" when never sent).
-func (s *sender) deliverHalves(ctx context.Context, req wire.Request, retry string) error {
+func (s *sender) deliverHalves(ctx context.Context, req wire.Request, retry string, iso *isolation) error {
 	a, b := split(req)
-	if err := s.deliver(ctx, a, retry); err != nil {
+	if err := s.deliver(ctx, a, retry, iso); err != nil {
 		return err
 	}
-	return s.deliver(ctx, b, retry)
+	return s.deliver(ctx, b, retry, iso)
 }
 
 func (s *sender) reject(uids []string, reason string) {
@@ -362,113 +493,311 @@ func (s *sender) progress() {
 	s.since = time.Now()
 }
 
-// deliver sends req until each of its members is accepted or rejected. retry
-// is the Retries reason to count for its first attempt ("" if these members
-// were never sent).
-func (s *sender) deliver(ctx context.Context, req wire.Request, retry string) error {
+// deliver sends req until each of its members is accepted or rejected; or,
+// within an isolating split (iso != nil), until req is accepted, rejected,
+// or handed to iso to wait for evidence. retry is the Retries reason to
+// count for its first attempt ("" if these members were never sent).
+func (s *sender) deliver(ctx context.Context, req wire.Request, retry string, iso *isolation) (err error) {
 	c := s.c
-	if len(req.UIDs) == 0 {
-		return nil
+	if iso == nil {
+		defer func() {
+			if err == nil {
+				s.unstop(true)
+			}
+		}()
 	}
-	if size := wire.Size(req); size > c.cfg.MaxBodyBytes {
-		if len(req.UIDs) == 1 {
-			reason := fmt.Sprintf("too large: the request for this member alone is %d bytes, over the %d-byte cap", size, c.cfg.MaxBodyBytes)
-			s.log().Warn("member rejected: too large to send", "members", 1, "bytes", size, "max_bytes", c.cfg.MaxBodyBytes)
-			s.reject(req.UIDs, reason)
+	for {
+		if len(req.UIDs) == 0 {
 			return nil
 		}
-		return s.deliverHalves(ctx, req, retry) // never sent: not a retry
+		if size := wire.Size(req); size > c.cfg.MaxBodyBytes {
+			if len(req.UIDs) == 1 {
+				reason := fmt.Sprintf("too large: the request for this member alone is %d bytes, over the %d-byte cap", size, c.cfg.MaxBodyBytes)
+				s.log().Warn("member rejected: too large to send", "members", 1, "bytes", size, "max_bytes", c.cfg.MaxBodyBytes)
+				s.reject(req.UIDs, reason)
+				return nil
+			}
+			return s.deliverHalves(ctx, req, retry, iso) // never sent: not a retry
+		}
+		serr, d, err := s.post(ctx, req, retry)
+		if err != nil {
+			return err
+		}
+		if serr == nil {
+			if iso != nil {
+				iso.accepts++
+				iso.lastAccepted = req.UIDs[0]
+			}
+			return nil
+		}
+		switch {
+		case d.kind == splitHalves && len(req.UIDs) == 1:
+			s.log().Warn("member rejected by the API: too large", "err", serr, "status", serr.Code, "members", 1)
+			s.reject(req.UIDs, serr.summary()+" (too large even for this member alone)")
+			return nil
+		case d.kind == splitHalves:
+			s.log().Debug("payload too large; splitting", "err", serr, "status", serr.Code, "members", len(req.UIDs))
+			return s.deliverHalves(ctx, req, d.reason, iso)
+		case d.kind == rejectAll:
+			s.log().Warn("the API rejected the cohort's fields; every member is rejected", "err", serr,
+				"status", serr.Code, "members", len(req.UIDs))
+			s.reject(req.UIDs, serr.summary())
+			return nil
+		case d.member && len(req.UIDs) == 1:
+			s.log().Warn("the API rejected a member", "err", serr, "status", serr.Code, "members", 1)
+			s.reject(req.UIDs, serr.summary())
+			return nil
+		case iso != nil:
+			return s.isolate(ctx, failed{req: req, serr: serr, d: d}, iso)
+		}
+		// req starts an isolating split.
+		pending, err := s.isolateRoot(ctx, failed{req: req, serr: serr, d: d})
+		if err != nil || len(pending) == 0 {
+			return err
+		}
+		req.UIDs, retry = pending, "invalid"
+		if err := s.stopBatch(ctx, req, serr); err != nil {
+			return err
+		}
 	}
+}
+
+// isolate handles a part that got an isolable 4xx within iso: it is split
+// further, or, without evidence yet while an earlier failure already waits
+// for some, set aside in iso. A single member waits in iso unless the
+// error names a member field (then deliver rejected it already).
+func (s *sender) isolate(ctx context.Context, f failed, iso *isolation) error {
+	if len(f.req.UIDs) == 1 || iso.accepts == 0 && !f.d.member && len(iso.waiting) > 0 {
+		f.seq = iso.accepts
+		iso.waiting = append(iso.waiting, f)
+		return nil
+	}
+	s.log().Debug("the API rejected the request; splitting to isolate the members at fault",
+		"err", f.serr, "status", f.serr.Code, "members", len(f.req.UIDs))
+	return s.deliverHalves(ctx, f.req, f.d.reason, iso)
+}
+
+// isolateRoot runs the isolating split of f, a request that got an
+// isolable 4xx outside any split. It rejects the single members whose
+// failure is bracketed by evidence, and returns the members left
+// unresolved, in member order (none when every member was accepted or
+// rejected).
+//
+// Bracketed: a part of the split was accepted before the member failed
+// alone, and one after. The first keeps an API fault that ends during the
+// split from blaming the members that failed before it ended; a member
+// that failed before any acceptance is sent alone once more. The second
+// keeps a fault that starts during the split from blaming the members
+// that fail after it started: if no part was accepted after such a
+// member, a canary (one member already accepted, sent alone again, which
+// changes nothing) is sent; if the canary fails too, those members stay
+// unresolved.
+func (s *sender) isolateRoot(ctx context.Context, f failed) ([]string, error) {
+	iso := &isolation{}
+	if err := s.isolate(ctx, f, iso); err != nil {
+		return nil, err
+	}
+	for iso.accepts > 0 {
+		// A part set aside for want of evidence: split it now.
+		if i := slices.IndexFunc(iso.waiting, func(w failed) bool { return len(w.req.UIDs) > 1 }); i >= 0 {
+			w := iso.waiting[i]
+			iso.waiting = slices.Delete(iso.waiting, i, i+1)
+			if err := s.isolate(ctx, w, iso); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		// A member that failed before any acceptance: send it again.
+		if i := slices.IndexFunc(iso.waiting, func(w failed) bool { return w.seq == 0 }); i >= 0 {
+			w := iso.waiting[i]
+			iso.waiting = slices.Delete(iso.waiting, i, i+1)
+			if err := s.deliver(ctx, w.req, "invalid", iso); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		// Members with no acceptance since they failed: the canary.
+		if slices.ContainsFunc(iso.waiting, func(w failed) bool { return w.seq == iso.accepts }) {
+			canary := f.req
+			canary.UIDs = []string{iso.lastAccepted}
+			serr, _, err := s.post(ctx, canary, "invalid")
+			if err != nil {
+				return nil, err
+			}
+			if serr == nil {
+				iso.accepts++
+			}
+		}
+		break
+	}
+	var pending []string
+	for _, w := range iso.waiting {
+		if w.seq > 0 && w.seq < iso.accepts {
+			s.log().Warn("member rejected: it fails alone while other parts of its batch are accepted",
+				"err", w.serr, "status", w.serr.Code, "members", 1)
+			s.reject(w.req.UIDs, w.serr.summary())
+			continue
+		}
+		pending = append(pending, w.req.UIDs...)
+	}
+	s.inOrder(pending)
+	return pending, nil
+}
+
+// inOrder sorts uids, members of the batch, in the batch's order.
+func (s *sender) inOrder(uids []string) {
+	if s.pos == nil {
+		s.pos = make(map[string]int, len(s.req.UIDs))
+		for i, u := range s.req.UIDs {
+			s.pos[u] = i
+		}
+	}
+	if len(uids) < 2 {
+		return
+	}
+	slices.SortStableFunc(uids, func(a, b string) int { return s.pos[a] - s.pos[b] })
+}
+
+// stopBatch stops the line for req, whose every part failed alike (serr the
+// last answer), and waits AuthRetryInterval before it is sent again.
+func (s *sender) stopBatch(ctx context.Context, req wire.Request, serr *StatusError) error {
+	c := s.c
+	if !s.batchStopped {
+		s.batchStopped = true
+		c.addStoppedBatch(1)
+	}
+	if key := "invalid_batch|" + serr.dedupeKey(); key != s.lastKey {
+		s.lastKey = key
+		s.log().Error("the API rejects every part of the batch alike, with no evidence against any member: "+
+			"the batch is stopped and retried slowly; nothing is dropped or committed",
+			"err", serr, "status", serr.Code, "members", len(req.UIDs), "delay", c.cfg.AuthRetryInterval)
+	}
+	if err := sleep(ctx, c.cfg.AuthRetryInterval); err != nil {
+		return s.stopped(req, -1, err, serr)
+	}
+	s.since = time.Now() // a stopped line does not count toward MaxElapsed
+	return nil
+}
+
+// unstop ends this Send's invalid-batch stop, if any; resolved says the
+// batch went through (logged) rather than Send returning.
+func (s *sender) unstop(resolved bool) {
+	if !s.batchStopped {
+		return
+	}
+	s.batchStopped = false
+	s.c.addStoppedBatch(-1)
+	if resolved {
+		s.log().Info("the stopped batch went through; sending resumed")
+	}
+}
+
+// post sends req (one body) until an answer other than a retryable failure:
+// it returns (nil, _, nil) when accepted, the answer and its classification
+// for a 413 or another 4xx, and an error when ctx ended (or Lease.Wait
+// failed) or Send gave up.
+func (s *sender) post(ctx context.Context, req wire.Request, retry string) (*StatusError, decision, error) {
+	c := s.c
 	body := wire.AppendBody(make([]byte, 0, wire.Size(req)), req)
-	var last error // the last failure of this part
+	var (
+		last   error // the last failure of this body
+		reload bool  // the last answer rejected the credentials
+	)
 	for attempt := 1; ; attempt++ {
 		if err := s.permit(ctx); err != nil {
-			return s.stopped(req, attempt-1, err, last)
+			return nil, decision{}, s.stopped(req, attempt-1, err, last)
+		}
+		if reload {
+			c.reloadKey() // a secret rotated during the wait
+		}
+		lease, err := s.lease(ctx)
+		if err != nil {
+			return nil, decision{}, s.stopped(req, attempt-1, err, last)
 		}
 		if retry != "" {
 			c.m.Retries.WithLabelValues(retry).Inc()
 		}
-		serr, err := c.attempt(ctx, req, body)
+		serr, err := c.attempt(ctx, req, body, lease)
 		if serr == nil && err == nil {
 			s.accepted(req, attempt)
-			return nil
+			return nil, decision{}, nil
 		}
-
+		d := classify(serr, err)
+		reload = d.kind == stopLine && isAuthError(serr)
 		var (
 			delay  time.Duration
 			status int
 			key    string
-			cause  error
-			pause  bool // a 429: pause the Limiter rather than sleep
+			cause  error = err
 		)
-		if err != nil {
-			cause, key = err, err.Error()
-			retry = "network"
-			if isTimeout(err) {
-				retry = "timeout"
-			}
-			delay = s.bo.NextBackOff()
-		} else {
+		if serr != nil {
 			cause, key, status = serr, serr.dedupeKey(), serr.Code
-			switch code := serr.Code; {
-			case code == http.StatusTooManyRequests:
-				retry, pause = "rate_limited", true
-				delay = serr.RetryAfter
-				if delay <= 0 {
-					delay = s.bo.NextBackOff()
-				}
-			case code == http.StatusRequestTimeout || code >= 500:
-				retry = "server_error"
-				if code == http.StatusRequestTimeout {
-					retry = "timeout"
-				}
-				delay = max(s.bo.NextBackOff(), serr.RetryAfter)
-			case isConfigError(serr):
-				retry, delay = "auth", c.cfg.AuthRetryInterval
-				if c.setAuthFailing(true) || key != s.lastKey {
-					s.lastKey = key
-					s.log().Error(configMessage(serr), "err", serr, "status", code, "attempt", attempt,
-						"delay", delay, "members", len(req.UIDs))
-				}
-			case code == http.StatusRequestEntityTooLarge:
-				if len(req.UIDs) == 1 {
-					reason := serr.summary() + " (too large even for this member alone)"
-					s.log().Warn("member rejected by the API: too large", "err", serr, "status", code, "members", 1)
-					s.reject(req.UIDs, reason)
-					return nil
-				}
-				s.log().Debug("payload too large; splitting", "err", serr, "status", code, "members", len(req.UIDs))
-				return s.deliverHalves(ctx, req, "too_large")
-			default: // another 4xx: the request is invalid
-				if envelopeAttrs[serr.Attribute] || len(req.UIDs) == 1 {
-					s.log().Warn("the API rejected the request; its members are rejected", "err", serr,
-						"status", code, "attempt", attempt, "members", len(req.UIDs))
-					s.reject(req.UIDs, serr.summary())
-					return nil
-				}
-				s.log().Debug("the API rejected the request; splitting to isolate the members at fault",
-					"err", serr, "status", code, "members", len(req.UIDs))
-				return s.deliverHalves(ctx, req, "invalid")
-			}
+		} else {
+			key = err.Error()
 		}
-		last = cause
+		switch d.kind {
+		case retryNow:
+		case retryBackoff:
+			delay = max(s.bo.NextBackOff(), d.delay)
+		case retryPause:
+			delay = d.delay
+			if delay <= 0 {
+				delay = s.bo.NextBackOff()
+			}
+		case stopLine:
+			delay = c.cfg.AuthRetryInterval
+			if reload && c.reloadKey() {
+				delay = 0 // try the new key at once
+			}
+			if c.setStop(d.stop, true) || key != s.lastKey {
+				s.lastKey = key
+				s.log().Error(configMessage(serr), "err", serr, "status", status, "attempt", attempt,
+					"delay", delay, "members", len(req.UIDs))
+			}
+		default: // 413, another 4xx: the request itself
+			return serr, d, nil
+		}
+		retry, last = d.reason, cause
 
-		if retry != "auth" && c.cfg.MaxElapsed > 0 && time.Since(s.since)+delay > c.cfg.MaxElapsed {
+		giveUp := d.kind == retryBackoff || d.kind == retryPause
+		if giveUp && c.cfg.MaxElapsed > 0 && time.Since(s.since)+delay > c.cfg.MaxElapsed {
 			s.log().Error("giving up: no progress within MaxElapsed", "err", cause, "status", status,
 				"attempt", attempt, "members", len(req.UIDs), "max_elapsed", c.cfg.MaxElapsed)
-			return fmt.Errorf("%w: cohort %s %s, %d members, after %d attempts: %w",
+			return nil, decision{}, fmt.Errorf("%w: cohort %s %s, %d members, after %d attempts: %w",
 				ErrGaveUp, req.CohortID, req.Action, len(req.UIDs), attempt, cause)
 		}
-		if retry != "auth" && key != s.lastKey {
+		if d.kind != stopLine && key != s.lastKey {
 			s.lastKey = key
 			s.log().Warn("cohortsync request failed; retrying", "err", cause, "status", status, "reason", retry,
 				"attempt", attempt, "delay", delay, "members", len(req.UIDs))
 		}
-		if err := s.wait(ctx, delay, pause); err != nil {
-			return s.stopped(req, attempt, err, last)
+		if err := s.wait(ctx, delay, d.kind == retryPause); err != nil {
+			return nil, decision{}, s.stopped(req, attempt, err, last)
 		}
-		if retry == "auth" {
-			s.since = time.Now() // an auth outage does not count toward MaxElapsed
+		if d.kind == stopLine || d.kind == retryNow {
+			s.since = time.Now() // a stopped line, or a lease wait, does not count toward MaxElapsed
+		}
+	}
+}
+
+// lease waits for a valid lease and returns its deadline (zero: none, or no
+// Lease).
+func (s *sender) lease(ctx context.Context) (time.Time, error) {
+	l := s.c.cfg.Lease
+	if l == nil {
+		return time.Time{}, nil
+	}
+	for {
+		d, err := l.Wait(ctx)
+		if err != nil {
+			return time.Time{}, fmt.Errorf("lease: %w", err)
+		}
+		s.c.fence.extend(d)
+		if d.IsZero() || time.Now().Before(d) {
+			return d, nil
+		}
+		if err := ctx.Err(); err != nil {
+			return time.Time{}, err
 		}
 	}
 }
@@ -476,7 +805,7 @@ func (s *sender) deliver(ctx context.Context, req wire.Request, retry string) er
 // accepted records a 2xx for req.
 func (s *sender) accepted(req wire.Request, attempt int) {
 	s.progress()
-	if s.c.setAuthFailing(false) {
+	if s.c.setStop("", false) {
 		s.log().Info("the API accepts the credentials again; sending resumed", "attempt", attempt)
 	}
 	if s.lastKey != "" {
@@ -521,15 +850,19 @@ func (s *sender) wait(ctx context.Context, d time.Duration, pause bool) error {
 	return sleep(ctx, d)
 }
 
-// stopped is the error for a Send ended by ctx: it wraps ctx's error and the
-// last failure.
+// stopped is the error for a Send ended by ctx (or by Lease.Wait): it wraps
+// that error and the last failure (nil: none). attempts < 0 is not shown.
 func (s *sender) stopped(req wire.Request, attempts int, err, last error) error {
-	if last == nil {
-		return fmt.Errorf("sink: send cohort %s %s, %d members: stopped after %d attempts: %w",
-			req.CohortID, req.Action, len(req.UIDs), attempts, err)
+	after := ""
+	if attempts >= 0 {
+		after = fmt.Sprintf(" after %d attempts", attempts)
 	}
-	return fmt.Errorf("sink: send cohort %s %s, %d members: stopped after %d attempts: %w (last failure: %w)",
-		req.CohortID, req.Action, len(req.UIDs), attempts, err, last)
+	if last == nil {
+		return fmt.Errorf("sink: send cohort %s %s, %d members: stopped%s: %w",
+			req.CohortID, req.Action, len(req.UIDs), after, err)
+	}
+	return fmt.Errorf("sink: send cohort %s %s, %d members: stopped%s: %w (last failure: %w)",
+		req.CohortID, req.Action, len(req.UIDs), after, err, last)
 }
 
 // sleep waits d, or until ctx ends.
@@ -544,34 +877,5 @@ func sleep(ctx context.Context, d time.Duration) error {
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
-	}
-}
-
-// isConfigError reports whether an answer means that the credentials or the
-// configuration are wrong, so that no request can succeed until an operator
-// acts: retried slowly, forever; never a rejection.
-func isConfigError(e *StatusError) bool {
-	switch {
-	case e.Code == http.StatusUnauthorized, e.Code == http.StatusForbidden,
-		e.Code == http.StatusUnsupportedMediaType, e.Code == http.StatusNotFound,
-		e.Code == http.StatusMethodNotAllowed:
-		return true
-	case e.Code >= 300 && e.Code < 400:
-		return true
-	case e.Code >= 400 && e.Code < 500 && authTypes[e.Type]:
-		return true
-	}
-	return false
-}
-
-// configMessage is the loud log line for a configuration error.
-func configMessage(e *StatusError) string {
-	switch {
-	case e.Code == http.StatusUnsupportedMediaType:
-		return "the API rejects the request's content type: this is a bug in the worker; sending is stopped, nothing is dropped or committed"
-	case e.Code == http.StatusNotFound || e.Code == http.StatusMethodNotAllowed || e.Code >= 300 && e.Code < 400:
-		return "the API endpoint is wrong: check MOENGAGE_BASE_URL / MOENGAGE_DC; sending is stopped, nothing is dropped or committed"
-	default:
-		return "the API rejects the credentials (workspace ID and data API key) or the account is suspended; sending is stopped, nothing is dropped or committed"
 	}
 }

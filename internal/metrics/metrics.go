@@ -43,7 +43,8 @@ type Metrics struct {
 	Rebalances         prometheus.Counter
 	LeaseRenewals      *prometheus.CounterVec // outcome: ok, fenced, error
 	LeaseValid         prometheus.Gauge
-	AuthFailing        prometheus.Gauge
+	AuthFailing        prometheus.Gauge     // 1 while line_stopped{reason="auth"} or {reason="config"} is 1
+	LineStopped        *prometheus.GaugeVec // reason (LineStopReasons)
 	Ready              prometheus.Gauge
 	BuildInfo          *prometheus.GaugeVec
 }
@@ -56,7 +57,13 @@ var Triggers = []string{"bytes", "members", "window", "shutdown"}
 var DeadLetterFailureReasons = []string{"too_large", "permanent", "transient"}
 
 // RetryReasons are the bounded values of the retries_total reason label.
-var RetryReasons = []string{"rate_limited", "server_error", "timeout", "network", "too_large", "invalid", "auth"}
+var RetryReasons = []string{"rate_limited", "server_error", "timeout", "network", "too_large", "invalid", "auth",
+	"status_fail", "lease"}
+
+// LineStopReasons are the bounded values of the line_stopped reason label:
+// the API rejects the credentials (auth), the endpoint or a header (config),
+// or answers a 4xx that hits every part of a batch alike (invalid_batch).
+var LineStopReasons = []string{"auth", "config", "invalid_batch"}
 
 // NewMetrics builds the metrics and registers them on reg (nil: not
 // registered). Known label values are pre-initialised so that series exist
@@ -114,7 +121,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		LeaseValid: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "lease_valid",
 			Help: "1 while this replica holds a valid proof of group membership and may send; 0 while sending waits for one."}),
 		AuthFailing: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "auth_failing",
-			Help: "1 while the API rejects the credentials (401/403) and sending is stopped."}),
+			Help: "1 while the API rejects the credentials (401/403) or the configuration and sending is stopped."}),
+		LineStopped: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "line_stopped",
+			Help: "1 while sending is stopped (retried slowly, nothing dropped or committed), by reason."}, []string{"reason"}),
 		Ready: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "ready",
 			Help: "1 when the replica has joined the group and is not in auth failure."}),
 		BuildInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "build_info",
@@ -135,6 +144,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, r := range RetryReasons {
 		m.Retries.WithLabelValues(r)
 	}
+	for _, r := range LineStopReasons {
+		m.LineStopped.WithLabelValues(r)
+	}
 	for _, o := range []string{"ok", "error"} {
 		m.Commits.WithLabelValues(o)
 	}
@@ -146,7 +158,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			m.EventsCompacted, m.BatchMembers, m.BatchBytes, m.BatchesFlushed, m.Requests,
 			m.RequestDuration, m.Retries, m.RateLimitWait, m.RateLimitRPM, m.PendingMembers, m.InFlight,
 			m.CommittedOffset, m.Lag, m.Commits, m.AssignedPartitions, m.Rebalances, m.LeaseRenewals, m.LeaseValid, m.AuthFailing,
-			m.Ready, m.BuildInfo)
+			m.LineStopped, m.Ready, m.BuildInfo)
 	}
 	return m
 }
@@ -158,6 +170,11 @@ func (m *Metrics) SetBuildInfo(version string) {
 
 // Code renders an HTTP status for the code label (0 when there was no response).
 func Code(status int) string { return strconv.Itoa(status) }
+
+// CodeFail renders, for the code label, a 2xx answer whose body says
+// "status": "fail" (e.g. "200_fail"): no acceptance, and not matched by
+// code=~"2..".
+func CodeFail(status int) string { return strconv.Itoa(status) + "_fail" }
 
 // RegisterRuntime adds the Go and process collectors to reg.
 func RegisterRuntime(reg prometheus.Registerer) {

@@ -1,0 +1,102 @@
+package sink
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync/atomic"
+	"time"
+)
+
+// Lease fences a paused replica (DESIGN.md invariant 4): every HTTP attempt
+// needs a fresh proof that this replica still belongs to the consumer group.
+type Lease interface {
+	// Wait blocks until this replica holds a valid proof of group
+	// membership and returns when it expires. It returns an error only when
+	// ctx ends (or the lease is closed for good); Send then stops as on
+	// cancellation. A zero deadline means the proof does not expire.
+	//
+	// Wait is called before every attempt, by any number of Sends at once:
+	// it must be safe for concurrent use, and cheap while the proof is
+	// valid. A nil Lease in Config means the proof is always valid.
+	Wait(ctx context.Context) (deadline time.Time, err error)
+}
+
+// errLeaseExpired is the failure of an attempt refused because the lease
+// expired before its request was written: nothing was sent, and the attempt
+// is retried under a new lease.
+var errLeaseExpired = errors.New("sink: lease expired before the request was written")
+
+// fence is the client-wide lease deadline that the connections of the
+// default HTTP client check before every write. The Lease is the replica's,
+// so the latest deadline any attempt obtained is the latest proof of
+// membership: a write is allowed until then.
+type fence struct {
+	until atomic.Int64 // unix nanoseconds of the latest lease deadline; 0: no deadline
+	// now is time.Now; tests replace it (before any use) to play a pause
+	// between the start of an attempt and its first write.
+	now func() time.Time
+}
+
+// extend records a lease deadline: the fence moves to it if it is later.
+// The zero time (no expiry) lifts the fence.
+func (f *fence) extend(d time.Time) {
+	if d.IsZero() {
+		f.until.Store(0)
+		return
+	}
+	n := d.UnixNano()
+	for {
+		cur := f.until.Load()
+		if cur >= n {
+			return
+		}
+		if f.until.CompareAndSwap(cur, n) {
+			return
+		}
+	}
+}
+
+// check returns errLeaseExpired when the latest lease deadline has passed.
+func (f *fence) check() error {
+	until := f.until.Load()
+	if until != 0 && !f.now().Before(time.Unix(0, until)) {
+		return errLeaseExpired
+	}
+	return nil
+}
+
+// fencedConn refuses to write once the lease has expired. The check is made
+// right before each write reaches the socket, so it also catches a process
+// paused (SIGSTOP, a VM pause) between Lease.Wait and the write, which no
+// timer can: a timer that fires after the pause races with the write.
+//
+// The residual window is the time between the check and the kernel taking
+// the bytes (microseconds, unless the process is paused exactly there),
+// plus the network's delivery time. A write refused halfway through a
+// request (a body larger than the transport's write buffer) leaves the API
+// with a truncated request, which it cannot act on. HTTP/2 multiplexes
+// Sends on one connection: a refused write closes it for all of them, which
+// is right, since they share the lease.
+type fencedConn struct {
+	net.Conn
+	f *fence
+}
+
+func (c fencedConn) Write(p []byte) (int, error) {
+	if err := c.f.check(); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(p)
+}
+
+// fencedDialer wraps dial so that its connections check f before writing.
+func fencedDialer(dial func(ctx context.Context, network, addr string) (net.Conn, error), f *fence) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return fencedConn{Conn: conn, f: f}, nil
+	}
+}
