@@ -1,0 +1,24 @@
+// Package preflight is `cohortsync-worker check`: it proves, before a
+// rollout, that a configuration will work, printing one line per check with
+// what it proved or why it failed.
+//
+// It owns the checks and their report: the configuration (the same
+// validation as at start, plus variables with the worker's prefixes that the
+// worker does not know); Kafka (bootstrap and advertised brokers reachable
+// with the configured TLS and SASL, the input topics and the dead-letter
+// topic, the consumer group, and the operations the worker needs on each);
+// and the Cohort Sync API (DNS, TLS, and the credentials as far as the
+// contract allows). It does not own the configuration's rules (package
+// config), the worker's Kafka client or its API client: it builds the Kafka
+// dialer from the same settings as the worker (app.KafkaSecurity).
+//
+// Nothing a check does changes anything. On Kafka it only reads metadata,
+// topic configurations and the group's description: it joins no group,
+// commits no offset, creates no topic (metadata requests say so) and writes
+// no record. On the API it sends at most two requests whose body, {}, names
+// no segment (see APIProbe).
+//
+// Exit codes: 0 when every check passed (a check that could not be verified
+// is reported, and does not fail), 1 when a check failed, 2 when the
+// configuration is bad (invalid, or an unknown variable).
+package preflight
