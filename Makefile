@@ -25,7 +25,7 @@ test-unit:
 # Central and start themselves (or the cluster named by KAFKA_BROKERS, or an
 # apache/kafka container when DOCKER_HOST names an engine); then the
 # container suite (test-containers), which skips where no engine can be had.
-test: vet
+test: vet lint-deploy
 	scripts/ensure-deps
 	$(GO) test -race -count=1 -timeout 30m ./...
 	scripts/test-containers
@@ -47,6 +47,11 @@ containers-up images:
 
 containers-down:
 	scripts/containers-down $(if $(IMAGES),--images)
+
+# Static checks of the deployment artifacts with pinned tools: hadolint,
+# kustomize + the Kubernetes API types, compose-go, promtool check/test rules.
+lint-deploy:
+	scripts/lint-deploy
 
 test-integration:
 	scripts/ensure-deps
