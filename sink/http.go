@@ -55,17 +55,21 @@ func defaultHTTPClient(f *fence) *http.Client {
 // body says "status": "fail"), and an error when there was no answer
 // (connection error, attempt timeout, errLeaseExpired).
 //
-// The request runs under context.WithoutCancel(ctx), with a deadline of
-// AttemptTimeout or the lease's deadline (zero: none), whichever is sooner:
-// cancelling ctx does not abort it (see Send), and the client gives up on
-// it when the lease expires.
+// The request runs under context.WithoutCancel(ctx) and AttemptTimeout:
+// cancelling ctx does not abort it (see Send). The client also gives up on
+// it when the lease lapses while it runs: at lease (the expiry it started
+// with; zero: none) and at each later expiry the lease is asked again
+// (watchLease), so that a healthy replica, whose lease is renewed several
+// times a second, waits out a slow answer, and a replica that lost its
+// proof does not.
 func (c *Client) attempt(ctx context.Context, req wire.Request, body []byte, lease time.Time) (*StatusError, error) {
-	deadline := time.Now().Add(c.cfg.AttemptTimeout)
-	if !lease.IsZero() && lease.Before(deadline) {
-		deadline = lease
-	}
-	actx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
+	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.AttemptTimeout)
 	defer cancel()
+	actx, lapse := context.WithCancelCause(tctx)
+	defer lapse(nil)
+	if !lease.IsZero() && c.cfg.Lease != nil {
+		defer c.watchLease(actx, func() { lapse(errLeaseExpired) }, lease)()
+	}
 	hreq, err := http.NewRequestWithContext(actx, http.MethodPost, c.url, bytes.NewReader(body))
 	if err != nil {
 		return nil, fmt.Errorf("sink: build request: %w", err)
@@ -90,8 +94,10 @@ func (c *Client) attempt(ctx context.Context, req wire.Request, body []byte, lea
 	if err != nil {
 		c.m.RequestDuration.Observe(time.Since(start).Seconds())
 		c.m.Requests.WithLabelValues(string(req.Action), "0").Inc()
-		if errors.Is(err, errLeaseExpired) {
-			return nil, errLeaseExpired // nothing of the request was written
+		if errors.Is(err, errLeaseExpired) || errors.Is(context.Cause(actx), errLeaseExpired) {
+			// Refused at the socket (nothing was written), or abandoned
+			// when the lease lapsed: retried under a new lease.
+			return nil, errLeaseExpired
 		}
 		return nil, fmt.Errorf("sink: %w", err) // *url.Error: names the URL, which holds no secret
 	}

@@ -20,12 +20,18 @@ type Lease interface {
 	// it must be safe for concurrent use, and cheap while the proof is
 	// valid. A nil Lease in Config means the proof is always valid.
 	Wait(ctx context.Context) (deadline time.Time, err error)
+	// Deadline returns the current expiry and whether the proof is valid
+	// now, without blocking. An attempt under way asks it when the expiry
+	// it started with comes: a renewed proof lets it go on (a slow answer
+	// is not abandoned while the replica is healthy), a lapsed one ends it.
+	Deadline() (deadline time.Time, valid bool)
 }
 
 // errLeaseExpired is the failure of an attempt refused because the lease
-// expired before its request was written: nothing was sent, and the attempt
-// is retried under a new lease.
-var errLeaseExpired = errors.New("sink: lease expired before the request was written")
+// expired before its request was written (nothing was sent), or abandoned
+// because the lease lapsed while it waited for the answer: the attempt is
+// retried under a new lease.
+var errLeaseExpired = errors.New("sink: the proof of group membership (lease) expired")
 
 // fence is the client-wide lease deadline that the connections of the
 // default HTTP client check before every write. The Lease is the replica's,
@@ -99,4 +105,36 @@ func fencedDialer(dial func(ctx context.Context, network, addr string) (net.Conn
 		}
 		return fencedConn{Conn: conn, f: f}, nil
 	}
+}
+
+// watchLease ends an attempt (cancel) when the lease lapses while it runs:
+// at the expiry the attempt started with (d), and at each later one, it
+// asks the Lease again; a valid, later deadline lets the attempt go on and
+// moves the fence, anything else cancels it. stop ends the watch.
+func (c *Client) watchLease(ctx context.Context, cancel context.CancelFunc, d time.Time) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTimer(time.Until(d))
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			nd, ok := c.cfg.Lease.Deadline()
+			if !ok {
+				cancel()
+				return
+			}
+			if nd.IsZero() {
+				return // no expiry any more
+			}
+			c.fence.extend(nd)
+			t.Reset(time.Until(nd))
+		}
+	}()
+	return func() { close(done) }
 }

@@ -22,6 +22,10 @@ type fakeLease struct {
 	open  chan struct{}
 	next  func(call int) time.Time
 	calls atomic.Int64
+	// renewed, when set, is what Deadline returns (a lease renewed in the
+	// background); otherwise Deadline returns the last deadline Wait gave.
+	renewed func() time.Time
+	last    atomic.Int64 // unix nanoseconds
 }
 
 func (l *fakeLease) Wait(ctx context.Context) (time.Time, error) {
@@ -33,7 +37,17 @@ func (l *fakeLease) Wait(ctx context.Context) (time.Time, error) {
 			return time.Time{}, ctx.Err()
 		}
 	}
-	return l.next(n), nil
+	d := l.next(n)
+	l.last.Store(d.UnixNano())
+	return d, nil
+}
+
+func (l *fakeLease) Deadline() (time.Time, bool) {
+	d := time.Unix(0, l.last.Load())
+	if l.renewed != nil {
+		d = l.renewed()
+	}
+	return d, time.Now().Before(d)
 }
 
 // TestLeaseWaitGatesEveryAttempt: no request reaches the API before the
@@ -179,9 +193,9 @@ func TestLeaseExpiredBeforeHandOff(t *testing.T) {
 	})
 }
 
-// TestAttemptEndsAtLeaseDeadline: an attempt's deadline is the lease's
-// when that comes before AttemptTimeout: the API sees the client give up
-// then, and the next attempt runs under the next lease.
+// TestAttemptEndsAtLeaseDeadline: an attempt whose lease lapses while it
+// runs (not renewed by its deadline) ends then: the API sees the client give
+// up, and the next attempt runs under the next lease.
 func TestAttemptEndsAtLeaseDeadline(t *testing.T) {
 	modes(t, func(t *testing.T, mode string) {
 		const leaseFor = 300 * time.Millisecond
@@ -225,8 +239,36 @@ func TestAttemptEndsAtLeaseDeadline(t *testing.T) {
 		if at.Before(deadline) || at.After(deadline.Add(slack)) {
 			t.Fatalf("the client gave up %v after the lease deadline, want [0, %v]", at.Sub(deadline), slack)
 		}
-		if got := e.retries("timeout"); got != 1 {
-			t.Fatalf("retries_total{reason=timeout} = %v, want 1", got)
+		if got := e.retries("lease"); got != 1 {
+			t.Fatalf("retries_total{reason=lease} = %v, want 1", got)
+		}
+	})
+}
+
+// TestAttemptOutlivesARenewedLease: a slow answer is waited for past the
+// deadline the attempt started with, as long as the lease is renewed (a
+// healthy replica): it is accepted, with no retry.
+func TestAttemptOutlivesARenewedLease(t *testing.T) {
+	modes(t, func(t *testing.T, mode string) {
+		const leaseFor = 200 * time.Millisecond
+		lease := &fakeLease{
+			next:    func(int) time.Time { return time.Now().Add(leaseFor) },
+			renewed: func() time.Time { return time.Now().Add(leaseFor) },
+		}
+		e := newEnv(t, mode, func(n int, _ call) reply {
+			return reply{status: 200, sleep: 5 * leaseFor}
+		}, func(c *sink.Config) {
+			c.Lease = lease
+			c.AttemptTimeout = time.Minute
+		})
+		if rej, err := e.client.Send(e.ctx(), request(2)); err != nil || len(rej) != 0 {
+			t.Fatalf("Send = %v, %v", rej, err)
+		}
+		if calls := e.api.got(); len(calls) != 1 {
+			t.Fatalf("%d requests, want 1: the attempt was abandoned while the lease was renewed", len(calls))
+		}
+		if got := e.retries("timeout"); got != 0 {
+			t.Fatalf("retries_total{reason=timeout} = %v, want 0", got)
 		}
 	})
 }

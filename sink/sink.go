@@ -83,7 +83,8 @@ type Config struct {
 	APIKeyFunc func() (string, error)
 	// Lease, when set, fences a paused replica (DESIGN.md invariant 4):
 	// every attempt waits for it (Lease.Wait) after taking its rate-limit
-	// permit, and runs only until the lease's deadline. With the default
+	// permit, and is abandoned if the lease lapses while it runs (it is
+	// asked again, with Lease.Deadline, at each expiry). With the default
 	// HTTPClient the connection also refuses to write a request once the
 	// latest lease deadline has passed, so that a replica paused between
 	// the check and the write sends nothing when it resumes. nil: always
@@ -302,7 +303,8 @@ func (c *Client) syncStop() {
 // takes one with Limiter.Wait. Time spent there, and in 429 pauses, is added
 // to the rate-limit wait metric. After its permit, every attempt waits for
 // Config.Lease (Lease.Wait, again if the deadline it returns is already
-// past) and runs only until the lease's deadline.
+// past), and is abandoned (and retried under a new lease) if the lease
+// lapses before its answer comes.
 //
 // Size: a body larger than MaxBodyBytes is never sent; it is split in halves
 // first (not counted as a retry), and a member whose request alone is too
