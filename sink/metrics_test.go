@@ -79,8 +79,8 @@ func TestMetrics(t *testing.T) {
 		if got := testutil.ToFloat64(e.m.RateLimitWait); got != 2 {
 			t.Errorf("rate_limit_wait_seconds_total = %v, want 2", got)
 		}
-		if got := testutil.ToFloat64(e.m.AuthFailing); got != 0 || e.client.AuthFailing() {
-			t.Errorf("auth failing after acceptance: gauge %v, AuthFailing %v", got, e.client.AuthFailing())
+		if got := testutil.ToFloat64(e.m.AuthFailing); got != 0 || e.client.LineStopped() {
+			t.Errorf("auth failing after acceptance: gauge %v, AuthFailing %v", got, e.client.LineStopped())
 		}
 	})
 }

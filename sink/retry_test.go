@@ -675,7 +675,7 @@ func TestAuthFailure(t *testing.T) {
 					mu.Lock()
 					defer mu.Unlock()
 					if n > 0 { // observed while the previous answer's effects hold
-						failingSeen = append(failingSeen, e.client.AuthFailing())
+						failingSeen = append(failingSeen, e.client.LineStopped())
 						gaugeSeen = append(gaugeSeen, testutil.ToFloat64(e.m.AuthFailing) == 1)
 					}
 					if n < failures {
@@ -707,7 +707,7 @@ func TestAuthFailure(t *testing.T) {
 				if !slices.Equal(failingSeen, []bool{true, true, true, true}) || !slices.Equal(gaugeSeen, failingSeen) {
 					t.Fatalf("AuthFailing during the outage: %v, gauge %v; want all true", failingSeen, gaugeSeen)
 				}
-				if e.client.AuthFailing() || testutil.ToFloat64(e.m.AuthFailing) != 0 {
+				if e.client.LineStopped() || testutil.ToFloat64(e.m.AuthFailing) != 0 {
 					t.Fatal("AuthFailing still set after the 2xx")
 				}
 				if mode == "mem" {
@@ -765,7 +765,7 @@ func TestConfigErrorsStopSending(t *testing.T) {
 			for range 3 {
 				<-e.api.finished
 			}
-			if !e.client.AuthFailing() {
+			if !e.client.LineStopped() {
 				t.Fatal("AuthFailing() = false while the API answers", tc.rep.status)
 			}
 			if g := testutil.ToFloat64(e.m.AuthFailing); g != 1 {
@@ -781,7 +781,7 @@ func TestConfigErrorsStopSending(t *testing.T) {
 			if r.err != nil || len(r.rej) != 0 {
 				t.Fatalf("Send = %v, %v; want no rejections, nil", r.rej, r.err)
 			}
-			if e.client.AuthFailing() {
+			if e.client.LineStopped() {
 				t.Fatal("AuthFailing() = true after a 2xx")
 			}
 			if g := testutil.ToFloat64(e.m.AuthFailing); g != 0 {
@@ -836,7 +836,7 @@ func TestConcurrentSendsShareAuthState(t *testing.T) {
 		}()
 	}
 	deadline := time.Now().Add(5 * time.Second)
-	for !e.client.AuthFailing() {
+	for !e.client.LineStopped() {
 		if time.Now().After(deadline) {
 			t.Fatal("AuthFailing never became true")
 		}
@@ -850,7 +850,7 @@ func TestConcurrentSendsShareAuthState(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if e.client.AuthFailing() {
+	if e.client.LineStopped() {
 		t.Fatal("AuthFailing still true")
 	}
 }

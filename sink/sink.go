@@ -241,11 +241,6 @@ func (c *Client) CloseIdleConnections() { c.cfg.HTTPClient.CloseIdleConnections(
 // cohortsync_auth_failing).
 func (c *Client) LineStopped() bool { return c.stopped.Load() }
 
-// AuthFailing is LineStopped, under its former name.
-//
-// Deprecated: use LineStopped, which also covers a batch-wide 4xx.
-func (c *Client) AuthFailing() bool { return c.LineStopped() }
-
 // setStop sets or clears the client-wide stop for reason (stopAuth or
 // stopConfig); clearing both is what an acceptance does. It reports
 // whether the state changed.

@@ -30,6 +30,7 @@ import (
 	"github.com/cohortsync/cohortsync-worker/batcher"
 	"github.com/cohortsync/cohortsync-worker/consumer"
 	"github.com/cohortsync/cohortsync-worker/internal/config"
+	"github.com/cohortsync/cohortsync-worker/internal/lease"
 	"github.com/cohortsync/cohortsync-worker/internal/metrics"
 	"github.com/cohortsync/cohortsync-worker/sink"
 )
@@ -82,10 +83,19 @@ func Run(ctx context.Context, opts Options) error {
 
 	limiter := sink.NewLimiter(cfg.RateLimitRPM)
 	m.RateLimitRPM.Set(cfg.RateLimitRPM)
+	// The consumer proves this replica's group membership to the lease;
+	// the sink sends nothing without it (DESIGN.md invariant 4).
+	membership := lease.New()
+	var reloadKey func() (string, error)
+	if cfg.MoEngageDataAPIKeyFile != "" {
+		reloadKey = config.SecretFileFunc(cfg.MoEngageDataAPIKeyFile)
+	}
 	client, err := sink.New(sink.Config{
 		BaseURL:         cfg.MoEngageBaseURL,
 		WorkspaceID:     cfg.MoEngageWorkspaceID,
 		APIKey:          cfg.MoEngageDataAPIKey.Reveal(),
+		APIKeyFunc:      reloadKey,
+		Lease:           membership,
 		MaxBodyBytes:    cfg.BatchMaxBytes,
 		InitialInterval: cfg.RetryInitialInterval,
 		MaxInterval:     cfg.RetryMaxInterval,
@@ -132,6 +142,7 @@ func Run(ctx context.Context, opts Options) error {
 		Transport:      transport,
 		Batcher:        b,
 		DLQ:            dlq,
+		Lease:          membership,
 		DrainTimeout:   drain,
 		OnAssign: func(assigned []consumer.TopicPartition, total int) {
 			rpm := share(cfg.RateLimitRPM, len(assigned), total)
@@ -153,7 +164,7 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 
-	ready := func() bool { return cons.Joined() && !client.AuthFailing() && !dlq.Failing() }
+	ready := func() bool { return cons.Joined() && !client.LineStopped() && !dlq.Failing() }
 	srv, err := serveHTTP(cfg.HTTPAddr, reg, ready, m, log, opts.Listening, defaultHTTPTimeouts)
 	if err != nil {
 		return err
@@ -257,7 +268,7 @@ func serveHTTP(addr string, reg *prometheus.Registry, ready func() bool, m *metr
 			return
 		}
 		m.Ready.Set(0)
-		http.Error(w, "not ready: not in a consumer-group generation, the API rejects the credentials, or dead letters cannot be written", http.StatusServiceUnavailable)
+		http.Error(w, "not ready: not in a consumer-group generation, sending is stopped (credentials, configuration, or a 4xx for every part of a batch: see cohortsync_line_stopped), or dead letters cannot be written", http.StatusServiceUnavailable)
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: to.ReadHeader, ReadTimeout: to.Read,
 		WriteTimeout: to.Write, IdleTimeout: to.Idle, MaxHeaderBytes: 16 << 10,

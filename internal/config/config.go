@@ -75,6 +75,10 @@ type Config struct {
 	// MoEngageDataAPIKey is the Data API key, sent as the Basic-auth password
 	// (MOENGAGE_DATA_API_KEY or MOENGAGE_DATA_API_KEY_FILE). Required.
 	MoEngageDataAPIKey Secret
+	// MoEngageDataAPIKeyFile is the file the key was read from
+	// (MOENGAGE_DATA_API_KEY_FILE), or empty. The worker reads it again
+	// after a 401 or 403, so that a rotated secret heals without a restart.
+	MoEngageDataAPIKeyFile string
 	// CohortsyncPartner is the partner used for events that name none
 	// (COHORTSYNC_PARTNER). Empty: such events are invalid.
 	CohortsyncPartner string

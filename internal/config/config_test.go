@@ -500,7 +500,11 @@ func TestFileVariants(t *testing.T) {
 		errVars []string // when set, Load fails naming these
 	}{
 		{name: "key file", env: with(noKey, map[string]string{"MOENGAGE_DATA_API_KEY_FILE": keyFile}),
-			check: func(c config.Config) bool { return c.MoEngageDataAPIKey.Reveal() == apiKey }},
+			check: func(c config.Config) bool {
+				return c.MoEngageDataAPIKey.Reveal() == apiKey && c.MoEngageDataAPIKeyFile == keyFile
+			}},
+		{name: "key from env has no file to re-read", env: required(),
+			check: func(c config.Config) bool { return c.MoEngageDataAPIKeyFile == "" }},
 		{name: "key file CRLF", env: with(noKey, map[string]string{"MOENGAGE_DATA_API_KEY_FILE": crlfFile}),
 			check: func(c config.Config) bool { return c.MoEngageDataAPIKey.Reveal() == apiKey }},
 		{name: "only trailing newlines trimmed", env: with(noKey, map[string]string{"MOENGAGE_DATA_API_KEY_FILE": spacedFile}),

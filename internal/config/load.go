@@ -102,6 +102,7 @@ func Load(args []string, getenv func(string) string, usage io.Writer) (Config, e
 		}
 	}
 	// X and X_FILE are resolved as a pair, one source at a time.
+	keyFile := "" // MOENGAGE_DATA_API_KEY_FILE, re-read after a 401/403
 	for _, st := range sts {
 		if st.fileOf == "" {
 			continue
@@ -134,9 +135,13 @@ func Load(args []string, getenv func(string) string, usage io.Writer) (Config, e
 			return Config{}, configError(file, "%s is empty", h.show(path))
 		}
 		values[target] = v
+		if target == "MOENGAGE_DATA_API_KEY" {
+			keyFile = path
+		}
 	}
 
 	c := Default()
+	c.MoEngageDataAPIKeyFile = keyFile
 	for _, st := range sts {
 		v, ok := values[st.Env]
 		if !ok || st.set == nil {
