@@ -3,6 +3,9 @@ package integration
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -179,6 +182,48 @@ func TestAuthFailure(t *testing.T) {
 	waitConverged(t, a, p.model(), time.Minute)
 	waitFor(t, 30*time.Second, "readiness with the right key", w2.ready)
 	waitNoLag(t, topic, env["KAFKA_GROUP_ID"], 30*time.Second)
+}
+
+// TestKeyRotation: a worker whose key file holds a key the API rejects
+// heals on its own once the file is replaced (as the kubelet swaps a
+// rotated Secret), without a restart, and commits nothing before.
+func TestKeyRotation(t *testing.T) {
+	topic, dlq := newTopic(t, 2)
+	a := startAPI(t, nil)
+	p := newProducer(t, topic)
+	p.sendN(t, newGen(41, 10, 200), 500)
+	keyFile := filepath.Join(t.TempDir(), "key")
+	if err := os.WriteFile(keyFile, []byte("revoked-key-1a2b3c\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := workerEnv(a, topic, dlq, "g-"+topic)
+	delete(env, "MOENGAGE_DATA_API_KEY")
+	env["MOENGAGE_DATA_API_KEY_FILE"] = keyFile
+	w := startWorker(t, "w", env)
+	waitFor(t, 30*time.Second, "401s", func() bool {
+		return slices.ContainsFunc(a.Requests(), func(r emulator.RequestRecord) bool { return r.Status == 401 })
+	})
+	waitFor(t, 10*time.Second, "not ready", func() bool { return !w.ready() })
+
+	// Rotate: write the new key beside the file and rename it over.
+	tmp := keyFile + ".new"
+	if err := os.WriteFile(tmp, []byte(apiKey+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, keyFile); err != nil {
+		t.Fatal(err)
+	}
+	rotated := time.Now()
+	waitConverged(t, a, p.model(), time.Minute)
+	waitFor(t, 30*time.Second, "readiness with the rotated key", w.ready)
+	waitNoLag(t, topic, env["KAFKA_GROUP_ID"], 30*time.Second)
+	t.Logf("healed %s after the rotation, without a restart", time.Since(rotated).Round(time.Second))
+	if strings.Contains(w.out.String(), "revoked-key-1a2b3c") || strings.Contains(w.out.String(), apiKey) {
+		t.Fatal("a key appears in the worker's output")
+	}
+	if err := w.stop(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // TestAPIFaults: 5xx bursts, 429 bursts and a 30-second outage end in the
