@@ -148,8 +148,14 @@ type emulatorContainer struct {
 	URL string
 }
 
-func startEmulatorContainer(t *testing.T, img string) *emulatorContainer {
+// startEmulatorContainer starts img accepting the suite's workspace with
+// key (default apiKey).
+func startEmulatorContainer(t *testing.T, img string, key ...string) *emulatorContainer {
 	t.Helper()
+	k := apiKey
+	if len(key) > 0 {
+		k = key[0]
+	}
 	port, err := freePort()
 	if err != nil {
 		t.Fatal(err)
@@ -163,7 +169,7 @@ func startEmulatorContainer(t *testing.T, img string) *emulatorContainer {
 			Labels: testLabels(t),
 			Env: map[string]string{
 				"EMULATOR_LISTEN":      addr,
-				"EMULATOR_CREDENTIALS": workspace + ":" + apiKey,
+				"EMULATOR_CREDENTIALS": workspace + ":" + k,
 				"EMULATOR_RATE_LIMIT":  "6000",
 				"EMULATOR_LOG_FORMAT":  "json",
 			},
