@@ -152,6 +152,9 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 	fs.StringVar(&o.cfg.Faults.ForbiddenVariant, "forbidden-variant", emulator.ForbiddenSuspended, "fault: 403 body: suspended, blocked or temporarily_suspended")
 	fs.BoolVar(&o.cfg.Faults.Outage, "outage", false, "fault: answer 503 to every API request")
 	fs.BoolVar(&o.cfg.Faults.OutageReset, "outage-reset", false, "fault: during outages reset connections instead of answering 503")
+	fs.BoolVar(&o.cfg.Faults.BadRequest, "bad-request", false, "fault: answer 400 Malformed JSON (no attribute) to every valid request, without applying it")
+	fs.BoolVar(&o.cfg.Faults.StatusFail, "status-fail", false, "fault: answer 200 with a {\"status\":\"fail\"} error body to every valid request, without applying it")
+	rejectUIDs := fs.String("reject-uids", "", "fault: comma-separated uids; a request holding any of them gets 400 with no attribute and is not applied")
 	fs.BoolVar(&o.cfg.Faults.ApplyBeforeError, "apply-before-error", false, "fault: apply a valid request before answering it with an injected 5xx or reset")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug (one line per request), info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
@@ -226,6 +229,11 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 			return o, fmt.Errorf("--error-statuses: %q is not a status code", s)
 		}
 		o.cfg.Faults.ErrorStatuses = append(o.cfg.Faults.ErrorStatuses, n)
+	}
+	for u := range strings.SplitSeq(*rejectUIDs, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			o.cfg.Faults.RejectUIDs = append(o.cfg.Faults.RejectUIDs, u)
+		}
 	}
 	if o.cfg.MaxBodyBytes <= 0 {
 		return o, fmt.Errorf("--max-body-bytes must be positive, got %d", o.cfg.MaxBodyBytes)

@@ -56,7 +56,8 @@ func TestParseOptions(t *testing.T) {
 		"--retry-after", "--leading-period=ignore", "--strict-members", "--error-rate=0.5", "--error-statuses=502,503",
 		"--latency=5ms", "--latency-jitter=1ms", "--reset-rate=0.1", "--forbidden", "--forbidden-variant=blocked",
 		"--outage", "--outage-reset", "--apply-before-error", "--seed=7", "--request-log-size=-1",
-	}, envOf(map[string]string{"EMULATOR_RATE_LIMIT": "99", "EMULATOR_RATE_WINDOW": "2s"}), io.Discard)
+		"--bad-request", "--status-fail", "--reject-uids=u1, u2,,",
+	}, envOf(map[string]string{"EMULATOR_RATE_LIMIT": "99", "EMULATOR_RATE_WINDOW": "2s", "EMULATOR_REJECT_UIDS": "env-uid"}), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,20 +76,23 @@ func TestParseOptions(t *testing.T) {
 		!o.cfg.StrictMembers || o.cfg.Seed != 7 || o.cfg.RequestLogSize != -1 || !slices.Equal(o.cfg.Users["ws1"], []string{"u1", "u2"}) ||
 		f.ErrorRate != 0.5 || !slices.Equal(f.ErrorStatuses, []int{502, 503}) || f.Latency != 5*time.Millisecond ||
 		f.LatencyJitter != time.Millisecond || f.ResetRate != 0.1 || !f.Forbidden || f.ForbiddenVariant != "blocked" ||
-		!f.Outage || !f.OutageReset || !f.ApplyBeforeError {
+		!f.Outage || !f.OutageReset || !f.ApplyBeforeError || !f.BadRequest || !f.StatusFail ||
+		!slices.Equal(f.RejectUIDs, []string{"u1", "u2"}) {
 		t.Errorf("flags (which win over the environment) = %+v", o)
 	}
 
 	// Environment variables fill flags that were not given.
 	o, err = parseOptions(nil, envOf(map[string]string{
 		"EMULATOR_CREDENTIALS_FILE": jsonFile, "EMULATOR_LISTEN": "127.0.0.1:0", "EMULATOR_RATE_LIMIT": "5",
-		"EMULATOR_RETRY_AFTER": "true", "EMULATOR_LATENCY": "1s",
+		"EMULATOR_RETRY_AFTER": "true", "EMULATOR_LATENCY": "1s", "EMULATOR_STATUS_FAIL": "true",
+		"EMULATOR_REJECT_UIDS": "a,b",
 	}), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if o.cfg.Credentials["wsj"] != "kj" || o.listen != "127.0.0.1:0" || o.cfg.RateLimit != 5 || !o.cfg.RetryAfter ||
-		o.cfg.Faults.Latency != time.Second {
+		o.cfg.Faults.Latency != time.Second || !o.cfg.Faults.StatusFail || o.cfg.Faults.BadRequest ||
+		!slices.Equal(o.cfg.Faults.RejectUIDs, []string{"a", "b"}) {
 		t.Errorf("env options = %+v", o)
 	}
 	o, err = parseOptions(nil, envOf(map[string]string{"EMULATOR_CREDENTIALS": "a:b"}), io.Discard)

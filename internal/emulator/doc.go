@@ -39,8 +39,14 @@
 //     members, uid), is checked for presence (JSON null counts as missing),
 //     type, emptiness and, for cohort_name, the forbidden characters and the
 //     leading-period policy.
-//  9. Injected 5xx or connection reset for otherwise valid requests.
-//  10. 200 with the documented success body.
+//  9. Injected rejections of otherwise valid requests, never applied:
+//     Faults.BadRequest (400 "Malformed JSON", no attribute), then
+//     Faults.RejectUIDs (400 "Bad Request" with a message naming nothing, for
+//     a request with any of those members), then Faults.StatusFail (200 whose
+//     body is the error envelope). They count toward the rate limit only
+//     when Config.CountRejected is true.
+//  10. Injected 5xx or connection reset for otherwise valid requests.
+//  11. 200 with the documented success body.
 //
 // Every error response uses the documented envelope
 // {"status":"fail","error":{"attribute":…,"message":…,"type":…,"request_id":…}}
@@ -70,8 +76,9 @@
 // x-ratelimit-reset (seconds until the window ends, rounded up, or the window
 // end in Unix seconds with Config.ResetHeader = "epoch"); a 429 always reports
 // remaining 0. Accepted requests, injected 5xx and resets count toward the
-// limit; 429s never do; other 4xx responses after step 5 count only when
-// Config.CountRejected is true.
+// limit; 429s never do; other 4xx responses after step 5, and the injected
+// "status":"fail" 200s of step 9, count only when Config.CountRejected is
+// true.
 //
 // # Concurrency
 //

@@ -97,7 +97,8 @@ func (e *Emulator) SetFaults(f Faults) error {
 	e.faultsSetAt = e.now()
 	e.mu.Unlock()
 	e.log.Info("faults set", "error_rate", f.ErrorRate, "reset_rate", f.ResetRate, "latency", f.Latency,
-		"forbidden", f.Forbidden, "outage", f.Outage, "force_429", f.Force429, "script_steps", len(f.Script))
+		"forbidden", f.Forbidden, "outage", f.Outage, "force_429", f.Force429, "bad_request", f.BadRequest,
+		"status_fail", f.StatusFail, "reject_uids", len(f.RejectUIDs), "script_steps", len(f.Script))
 	return nil
 }
 
@@ -134,7 +135,7 @@ func (e *Emulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // outcome is how a request is answered.
 type outcome struct {
-	err     *apiError   // nil: 200 success (unless reset or aborted)
+	err     *apiError   // nil: 200 success (unless reset or aborted); status 200 for an injected "status":"fail"
 	header  http.Header // extra response headers
 	reset   bool        // close the connection without answering
 	aborted bool        // the client went away; write nothing
@@ -311,6 +312,15 @@ func (e *Emulator) decideLocked(ws string, req *cohortRequest, verr *apiError, r
 			count()
 		}
 		return outcome{err: verr, header: e.rateHeaders(win, now, false)}
+	}
+	// Injected rejections of a valid request: never applied, counted like
+	// the 400s above (a StatusFail 200 too: it is a rejection in disguise).
+	if o, ok := f.rejectOutcome(req.Members, e.faultsSetAt, now); ok {
+		if e.cfg.CountRejected {
+			count()
+		}
+		o.header = e.rateHeaders(win, now, false)
+		return o
 	}
 	count()
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net/http"
 	"slices"
 	"strconv"
 	"time"
@@ -41,6 +42,30 @@ const (
 	// FaultCanceled marks in the request log a request whose client went
 	// away during an injected latency; nothing was answered or applied.
 	FaultCanceled = "canceled"
+	// FaultBadRequest answers authenticated, otherwise valid requests with
+	// the documented 400 "Malformed JSON" body (no attribute), without
+	// applying them: Faults.BadRequest, or a scripted step.
+	FaultBadRequest = "bad_request"
+	// FaultStatusFail answers authenticated, otherwise valid requests with
+	// 200 and the error envelope {"status":"fail","error":{...}}, without
+	// applying them: Faults.StatusFail, or a scripted step.
+	FaultStatusFail = "status_fail"
+	// FaultRejectUIDs marks a 400 from Faults.RejectUIDs in the request log.
+	FaultRejectUIDs = "reject_uids"
+)
+
+// MessageInvalidParameters is the message of the 400 that Faults.RejectUIDs
+// answers, with type "Bad Request" and no attribute: MoEngage's generic
+// Standard Error Format example (contract §7.2, S6). It names nothing, so
+// the client cannot tell which member, if any, is at fault.
+const MessageInvalidParameters = "The request parameters are invalid"
+
+var (
+	// errRejectedMember is the 400 of Faults.RejectUIDs.
+	errRejectedMember = &apiError{status: http.StatusBadRequest, typ: TypeBadRequest, message: MessageInvalidParameters}
+	// errStatusFail is the body of Faults.StatusFail, sent with 200: the
+	// documented 500 body in the error envelope.
+	errStatusFail = &apiError{status: http.StatusOK, typ: TypeServerError, message: MessageServerError}
 )
 
 // Faults are the failures the emulator injects. They can be replaced at any
@@ -78,6 +103,23 @@ type Faults struct {
 	// step (authenticated, not forbidden) with 429. It counts down as it is
 	// used; [Emulator.Faults] reports what is left.
 	Force429 int
+	// BadRequest answers every authenticated, permitted (not forbidden, not
+	// rate-limited), otherwise valid request with the documented 400
+	// "Malformed JSON" body, which has no attribute, and does not apply it:
+	// a fault of the API, or of a proxy in front of it, that hits every
+	// request alike.
+	BadRequest bool
+	// StatusFail answers every authenticated, permitted, otherwise valid
+	// request with 200 whose body is the error envelope
+	// {"status":"fail","error":{"message":…,"type":"Server Error",…}}
+	// rather than the success body, and does not apply it.
+	StatusFail bool
+	// RejectUIDs answers every authenticated, permitted, otherwise valid
+	// request whose members include any of these uids with 400, type "Bad
+	// Request", MessageInvalidParameters and no attribute, and does not
+	// apply it: members the API refuses without saying which. Entries must
+	// not be empty.
+	RejectUIDs []string
 	// ApplyBeforeError applies an otherwise valid request's change before
 	// answering it with an injected 5xx or reset, which simulates "accepted
 	// but the response was lost". By default the change is not applied.
@@ -93,7 +135,8 @@ type Faults struct {
 type FaultStep struct {
 	After    time.Duration
 	Duration time.Duration
-	// Kind is FaultOutage, Fault5xx, Fault429 or FaultReset.
+	// Kind is FaultOutage, Fault5xx, Fault429, FaultReset, FaultBadRequest
+	// or FaultStatusFail.
 	Kind string
 }
 
@@ -124,15 +167,20 @@ func (f Faults) Validate() error {
 	if f.Force429 < 0 {
 		return fmt.Errorf("faults: force 429 count %d is negative", f.Force429)
 	}
+	for i, u := range f.RejectUIDs {
+		if u == "" {
+			return fmt.Errorf("faults: reject uid %d is empty", i)
+		}
+	}
 	for i, s := range f.Script {
 		if s.After < 0 || s.Duration < 0 {
 			return fmt.Errorf("faults: script step %d: negative time", i)
 		}
 		switch s.Kind {
-		case FaultOutage, Fault5xx, Fault429, FaultReset:
+		case FaultOutage, Fault5xx, Fault429, FaultReset, FaultBadRequest, FaultStatusFail:
 		default:
-			return fmt.Errorf("faults: script step %d: kind %q is not %q, %q, %q or %q",
-				i, s.Kind, FaultOutage, Fault5xx, Fault429, FaultReset)
+			return fmt.Errorf("faults: script step %d: kind %q is not %q, %q, %q, %q, %q or %q",
+				i, s.Kind, FaultOutage, Fault5xx, Fault429, FaultReset, FaultBadRequest, FaultStatusFail)
 		}
 	}
 	return nil
@@ -145,7 +193,50 @@ func isRate(r float64) bool { return !math.IsNaN(r) && r >= 0 && r <= 1 }
 func (f Faults) clone() Faults {
 	f.ErrorStatuses = slices.Clone(f.ErrorStatuses)
 	f.Script = slices.Clone(f.Script)
+	f.RejectUIDs = slices.Clone(f.RejectUIDs)
 	return f
+}
+
+// rejectOutcome returns the answer of the faults that reject an otherwise
+// valid request without applying it (BadRequest, RejectUIDs, StatusFail,
+// and their scripted steps, in that order), if one applies to members at
+// now, for faults set at setAt.
+func (f *Faults) rejectOutcome(members []string, setAt, now time.Time) (outcome, bool) {
+	switch {
+	case f.BadRequest || f.activeStep(FaultBadRequest, setAt, now):
+		return outcome{err: errMalformedJSON, fault: FaultBadRequest}, true
+	case f.rejectsAny(members):
+		return outcome{err: errRejectedMember, fault: FaultRejectUIDs}, true
+	case f.StatusFail || f.activeStep(FaultStatusFail, setAt, now):
+		return outcome{err: errStatusFail, fault: FaultStatusFail}, true
+	}
+	return outcome{}, false
+}
+
+// rejectsAny reports whether members include any of f.RejectUIDs.
+func (f *Faults) rejectsAny(members []string) bool {
+	switch n := len(f.RejectUIDs); {
+	case n == 0:
+		return false
+	case n <= 8:
+		for _, m := range members {
+			if slices.Contains(f.RejectUIDs, m) {
+				return true
+			}
+		}
+		return false
+	default:
+		set := make(map[string]struct{}, n)
+		for _, u := range f.RejectUIDs {
+			set[u] = struct{}{}
+		}
+		for _, m := range members {
+			if _, ok := set[m]; ok {
+				return true
+			}
+		}
+		return false
+	}
 }
 
 // activeStep reports whether a script step of kind is active at now, for
@@ -209,6 +300,9 @@ type faultsJSON struct {
 	OutageUntil      *time.Time      `json:"outage_until"`
 	OutageReset      bool            `json:"outage_reset"`
 	Force429         int             `json:"force_429"`
+	BadRequest       bool            `json:"bad_request"`
+	StatusFail       bool            `json:"status_fail"`
+	RejectUIDs       []string        `json:"reject_uids"`
 	ApplyBeforeError bool            `json:"apply_before_error"`
 	Script           []faultStepJSON `json:"script"`
 }
@@ -233,10 +327,16 @@ func (f Faults) MarshalJSON() ([]byte, error) {
 		Outage:           f.Outage,
 		OutageReset:      f.OutageReset,
 		Force429:         f.Force429,
+		BadRequest:       f.BadRequest,
+		StatusFail:       f.StatusFail,
+		RejectUIDs:       f.RejectUIDs,
 		ApplyBeforeError: f.ApplyBeforeError,
 	}
 	if j.ErrorStatuses == nil {
 		j.ErrorStatuses = []int{}
+	}
+	if j.RejectUIDs == nil {
+		j.RejectUIDs = []string{}
 	}
 	if !f.OutageUntil.IsZero() {
 		t := f.OutageUntil
@@ -269,10 +369,16 @@ func (f *Faults) UnmarshalJSON(b []byte) error {
 		Outage:           j.Outage,
 		OutageReset:      j.OutageReset,
 		Force429:         j.Force429,
+		BadRequest:       j.BadRequest,
+		StatusFail:       j.StatusFail,
+		RejectUIDs:       j.RejectUIDs,
 		ApplyBeforeError: j.ApplyBeforeError,
 	}
 	if len(f.ErrorStatuses) == 0 {
 		f.ErrorStatuses = nil
+	}
+	if len(f.RejectUIDs) == 0 {
+		f.RejectUIDs = nil
 	}
 	if j.OutageUntil != nil {
 		f.OutageUntil = *j.OutageUntil

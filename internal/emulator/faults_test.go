@@ -255,6 +255,8 @@ func TestFaultsValidate(t *testing.T) {
 		{ErrorRate: -0.1}, {ErrorRate: 1.1}, {ResetRate: 2}, {ErrorStatuses: []int{501}}, {ErrorStatuses: []int{429}},
 		{Latency: -1}, {LatencyJitter: -1}, {ForbiddenVariant: "nope"}, {Force429: -1},
 		{Script: []emulator.FaultStep{{Kind: "meteor"}}}, {Script: []emulator.FaultStep{{After: -1, Kind: emulator.Fault5xx}}},
+		{RejectUIDs: []string{"u1", ""}}, {Script: []emulator.FaultStep{{Kind: emulator.FaultForbidden}}},
+		{Script: []emulator.FaultStep{{Kind: emulator.FaultRejectUIDs}}},
 	}
 	e, _ := newEmulator(t, nil)
 	for _, f := range bad {
@@ -272,13 +274,16 @@ func TestFaultsJSON(t *testing.T) {
 		ErrorRate: 0.25, ErrorStatuses: []int{502}, Latency: 250 * time.Millisecond, LatencyJitter: time.Second,
 		ResetRate: 0.1, Forbidden: true, ForbiddenVariant: emulator.ForbiddenBlocked, Outage: true,
 		OutageUntil: windowAligned, OutageReset: true, Force429: 3, ApplyBeforeError: true,
+		BadRequest: true, StatusFail: true, RejectUIDs: []string{"u1", "u2"},
 		Script: []emulator.FaultStep{{After: time.Second, Duration: time.Minute, Kind: emulator.FaultReset}},
 	}
 	b, err := json.Marshal(f)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(string(b), `"latency":"250ms"`) || !strings.Contains(string(b), `"force_429":3`) {
+	if !strings.Contains(string(b), `"latency":"250ms"`) || !strings.Contains(string(b), `"force_429":3`) ||
+		!strings.Contains(string(b), `"bad_request":true`) || !strings.Contains(string(b), `"status_fail":true`) ||
+		!strings.Contains(string(b), `"reject_uids":["u1","u2"]`) {
 		t.Errorf("JSON = %s", b)
 	}
 	var back emulator.Faults

@@ -50,7 +50,7 @@ type RequestRecord struct {
 	BodyBytes int `json:"body_bytes"`
 	// Fault names the injected fault that decided the answer, if any
 	// (FaultOutage, Fault5xx, Fault429, FaultReset, FaultForbidden,
-	// FaultCanceled).
+	// FaultCanceled, FaultBadRequest, FaultStatusFail, FaultRejectUIDs).
 	Fault string `json:"fault,omitempty"`
 	// Latency is the injected latency waited before handling.
 	Latency time.Duration `json:"latency_ns,omitempty"`
