@@ -12,6 +12,9 @@ ARG GO_IMAGE=golang:1.26
 ARG RUNTIME_IMAGE=gcr.io/distroless/static-debian12:nonroot
 
 FROM ${GO_IMAGE} AS build
+# A module proxy of your own (a corporate one, or a file:// mirror mounted
+# into the build) can stand in for the public one.
+ARG GOPROXY=https://proxy.golang.org,direct
 WORKDIR /src
 ENV CGO_ENABLED=0 GOFLAGS=-trimpath
 COPY go.mod go.sum ./
