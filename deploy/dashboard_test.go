@@ -95,7 +95,7 @@ func TestDashboardNamesExportedMetrics(t *testing.T) {
 		"cohortsync_batch_members_bucket", "cohortsync_batch_bytes_bucket", "cohortsync_retries_total",
 		"cohortsync_events_dead_lettered_total", "cohortsync_pending_members", "cohortsync_in_flight_requests",
 		"cohortsync_consumer_lag", "cohortsync_rate_limit_requests_per_minute", "cohortsync_auth_failing",
-		"cohortsync_ready",
+		"cohortsync_ready", "cohortsync_offset_commits_total", "cohortsync_dead_letter_failing", "cohortsync_build_info",
 	} {
 		if !used[m] {
 			t.Errorf("no panel queries %s", m)
