@@ -12,6 +12,8 @@
 //	   with three: requests in the busiest 60-second window, requests/min
 //	   over the run ÷ 300, and mean body bytes ÷ BATCH_MAX_BYTES (packing);
 //	d. the worker's peak RSS with MAX_PENDING_MEMBERS members pending;
+//	dl. its peak RSS with the API down and every partition full of 900 KB
+//	   records (the consumer's byte bound, not the member bound, holds it);
 //	e. under a light steady load, p50/p99 time from produce to acceptance.
 //
 // It prints a table and writes the same figures as JSON.
@@ -30,7 +32,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"runtime"
@@ -55,22 +56,23 @@ import (
 )
 
 type options struct {
-	events      int
-	cohorts     int
-	partitions  int
-	backlog     int
-	backlogCoh  int
-	rateRun     time.Duration
-	pending     int
-	latencyRate int
-	latencyRun  time.Duration
-	latencyCoh  int
-	memLimit    string
-	window      time.Duration
-	out         string
-	phases      string
-	cpuprofile  string
-	repeat      int
+	events       int
+	cohorts      int
+	partitions   int
+	backlog      int
+	backlogCoh   int
+	rateRun      time.Duration
+	pending      int
+	latencyRate  int
+	latencyRun   time.Duration
+	latencyCoh   int
+	memLimit     string
+	largeRecords int
+	window       time.Duration
+	out          string
+	phases       string
+	cpuprofile   string
+	repeat       int
 }
 
 type results struct {
@@ -87,15 +89,16 @@ type results struct {
 	RatioRuns    []float64   `json:"ratio_runs,omitempty"`
 	// (b) again against an emulator that keeps every segment's members, as
 	// the other phases do: the bookkeeping then runs on the same cores.
-	WorkerState      *throughput        `json:"worker_unlimited_emulator_state,omitempty"`
-	WorkerStateRatio float64            `json:"worker_emulator_state_to_bare_ratio,omitempty"`
-	WorkerStateRuns  []float64          `json:"worker_emulator_state_runs_events_per_second,omitempty"`
-	StateRatioRuns   []float64          `json:"ratio_emulator_state_runs,omitempty"`
-	RateLimited      []rateResult       `json:"rate_limited,omitempty"`
-	PeakRSS          *rssResult         `json:"peak_rss,omitempty"`
-	PeakRSSLimited   *rssResult         `json:"peak_rss_with_gomemlimit,omitempty"`
-	Latency          *latencyResult     `json:"latency,omitempty"`
-	Targets          map[string]verdict `json:"targets"`
+	WorkerState      *throughput         `json:"worker_unlimited_emulator_state,omitempty"`
+	WorkerStateRatio float64             `json:"worker_emulator_state_to_bare_ratio,omitempty"`
+	WorkerStateRuns  []float64           `json:"worker_emulator_state_runs_events_per_second,omitempty"`
+	StateRatioRuns   []float64           `json:"ratio_emulator_state_runs,omitempty"`
+	RateLimited      []rateResult        `json:"rate_limited,omitempty"`
+	PeakRSS          *rssResult          `json:"peak_rss,omitempty"`
+	PeakRSSLimited   *rssResult          `json:"peak_rss_with_gomemlimit,omitempty"`
+	LargeRecords     *largeRecordsResult `json:"peak_rss_large_records,omitempty"`
+	Latency          *latencyResult      `json:"latency,omitempty"`
+	Targets          map[string]verdict  `json:"targets"`
 }
 
 type throughput struct {
@@ -171,9 +174,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&o.latencyRun, "latency-run", 30*time.Second, "how long (e) produces")
 	fs.IntVar(&o.latencyCoh, "latency-cohorts", 3, "cohorts of the (e) load: light means few requests per window (the budget is 5/s)")
 	fs.StringVar(&o.memLimit, "memlimit", "200MiB", "GOMEMLIMIT of the second (d) run (empty: skip it)")
+	fs.IntVar(&o.largeRecords, "large-records", 150, "records of 900 KB per partition for (dl)")
 	fs.DurationVar(&o.window, "window", time.Second, "BATCH_WINDOW for (e)")
 	fs.StringVar(&o.out, "out", "bench-results/bench.json", "where the JSON goes")
-	fs.StringVar(&o.phases, "phases", "a,b,c,d,e", "which phases to run")
+	fs.StringVar(&o.phases, "phases", "a,b,c,d,dl,e", "which phases to run")
 	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of phase (b) to this file (its first run)")
 	fs.IntVar(&o.repeat, "repeat", 3, "runs of (a) and (b), alternating over the same topic; the figures are the medians, the ratio the median of the runs' ratios")
 	if err := fs.Parse(args); err != nil {
@@ -280,6 +284,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			say("(d) with GOMEMLIMIT=%s: peak RSS %.1f MiB", o.memLimit, rss.PeakRSSMiB)
 			res.Targets["d, GOMEMLIMIT="+o.memLimit] = verdict{"<= 256 MiB", fmt.Sprintf("%.1f MiB", rss.PeakRSSMiB), rss.PeakRSSMiB <= 256}
 		}
+	}
+	if phase("dl") {
+		lr, err := peakRSSLarge(ctx, brokers, o, o.largeRecords, 900_000)
+		if err != nil {
+			return err
+		}
+		res.LargeRecords = lr
+		say("(d-large) peak RSS %.1f MiB, %d of %d records of %d bytes read", lr.PeakRSSMiB, lr.Consumed, lr.Records, lr.RecordBytes)
+		res.Targets["d-large"] = verdict{"<= 256 MiB", fmt.Sprintf("%.1f MiB", lr.PeakRSSMiB), lr.PeakRSSMiB <= 256}
 	}
 	if phase("e") {
 		lr, err := latency(ctx, brokers, o, log)
@@ -721,63 +734,20 @@ func peakRSS(ctx context.Context, brokers []string, o options, memLimit string, 
 	if err := produce(ctx, brokers, topic, o.pending+o.pending/10, cohortIDs(o.cohorts), 77); err != nil {
 		return nil, err
 	}
-	a, err := startAPI(0, emulator.Faults{Latency: time.Hour}, false)
-	if err != nil {
-		return nil, err
-	}
-	defer a.close()
-	dir, err := os.MkdirTemp("", "cohortsync-bench-")
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(dir)
-	bin := filepath.Join(dir, "cohortsync-worker")
-	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/cohortsync-worker")
-	build.Stderr = os.Stderr
-	if err := build.Run(); err != nil {
-		return nil, fmt.Errorf("build worker: %w", err)
-	}
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	addr := ln.Addr().String()
-	ln.Close()
-	cmd := exec.CommandContext(ctx, bin)
-	cmd.Env = append(os.Environ(),
-		"KAFKA_BROKERS="+strings.Join(brokers, ","), "KAFKA_TOPIC="+topic, "KAFKA_GROUP_ID=bench-rss-"+topic,
-		"MOENGAGE_BASE_URL="+a.url, "MOENGAGE_WORKSPACE_ID=bench", "MOENGAGE_DATA_API_KEY=bench-key",
-		"MAX_PENDING_MEMBERS="+strconv.Itoa(o.pending), "RATE_LIMIT_RPM=0", "HTTP_ADDR="+addr,
-		"BATCH_WINDOW=1h", "LOG_LEVEL=warn")
+	env := []string{"MAX_PENDING_MEMBERS=" + strconv.Itoa(o.pending)}
 	if memLimit != "" {
-		cmd.Env = append(cmd.Env, "GOMEMLIMIT="+memLimit)
+		env = append(env, "GOMEMLIMIT="+memLimit)
 	}
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
 	say("(d) filling %d pending members…", o.pending)
-	deadline := time.Now().Add(5 * time.Minute)
 	pending := 0.0
-	for time.Now().Before(deadline) {
-		time.Sleep(500 * time.Millisecond)
-		pending = scrape("http://"+addr+"/metrics", "cohortsync_pending_members")
-		if pending >= float64(o.pending) {
-			break
-		}
-	}
-	if pending < float64(o.pending) {
-		return nil, fmt.Errorf("only %.0f members pending after 5 minutes", pending)
-	}
-	time.Sleep(2 * time.Second)
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid))
+	mib, err := rssWorker(ctx, brokers, topic, env, func(url string) bool {
+		pending = scrape(url, "cohortsync_pending_members")
+		return pending >= float64(o.pending)
+	})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("(d) %.0f members pending: %w", pending, err)
 	}
-	var kb float64
-	for _, line := range strings.Split(string(status), "\n") {
-		if strings.HasPrefix(line, "VmHWM:") {
-			fmt.Sscanf(strings.TrimPrefix(line, "VmHWM:"), "%f", &kb)
-		}
-	}
-	return &rssResult{PendingMembers: int(pending), PeakRSSMiB: kb / 1024, GOMEMLIMIT: memLimit}, nil
+	return &rssResult{PendingMembers: int(pending), PeakRSSMiB: mib, GOMEMLIMIT: memLimit}, nil
 }
 
 func scrape(url, name string) float64 {
@@ -894,6 +864,11 @@ func printTable(w io.Writer, r *results) {
 	}
 	if r.PeakRSSLimited != nil {
 		row("(d) peak RSS, GOMEMLIMIT="+r.PeakRSSLimited.GOMEMLIMIT, fmt.Sprintf("%.1f MiB", r.PeakRSSLimited.PeakRSSMiB))
+	}
+	if r.LargeRecords != nil {
+		l := r.LargeRecords
+		row("(d-large) peak RSS, API down", fmt.Sprintf("%.1f MiB (%d partitions × %d records of %d bytes = %.0f MiB; %d read when it stopped)",
+			l.PeakRSSMiB, l.Partitions, l.Records/l.Partitions, l.RecordBytes, l.TopicMiB, l.Consumed))
 	}
 	if r.Latency != nil {
 		row("(e) produce→accept latency", fmt.Sprintf("p50 %.3fs, p99 %.3fs (%d samples at %d/s over %d cohorts, BATCH_WINDOW=%.1fs)", r.Latency.P50, r.Latency.P99, r.Latency.Samples, r.Latency.Rate, r.Latency.Cohorts, r.Latency.Window))
