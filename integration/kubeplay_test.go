@@ -151,6 +151,10 @@ patches:
 		out, err := exec.CommandContext(ctx, podman, args...).CombinedOutput()
 		return string(out), err
 	}
+	// What a run that was killed may have left: the pod, the secret, its volume.
+	_, _ = run("kube", "down", manifest)
+	_, _ = run("secret", "rm", "cohortsync-worker")
+	_, _ = run("volume", "rm", "-f", "cohortsync-worker")
 	if out, err := run("kube", "play", manifest); err != nil {
 		t.Fatalf("podman kube play: %v\n%s", err, out)
 	} else {
