@@ -235,6 +235,35 @@ func TestContainerKafkaImage(t *testing.T) {
 		t.Fatalf("the suite's broker is %T, not a container", broker)
 	}
 	t.Logf("broker: container %.12s from %s at %s", kc.ID(), kc.Image(), kc.Addr())
+
+	// Crash and restart (what TestChaos does to the suite's broker): same
+	// address, the log kept.
+	topic, _ := newTopic(t, 1)
+	prod := newProducer(t, topic)
+	g := newGen(5, 3, 10)
+	prod.sendN(t, g, 10)
+	start := time.Now()
+	if err := kc.Kill(); err != nil {
+		t.Fatalf("kill: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := kc.Restart(ctx); err != nil {
+		t.Fatalf("restart: %v", err)
+	}
+	t.Logf("killed and restarted in %s", time.Since(start).Round(time.Millisecond))
+	var end int64
+	waitFor(t, time.Minute, "the log after the restart", func() bool {
+		ends, _, err := offsets(ctx, topic, "none")
+		end = ends[0]
+		return err == nil && end == 10
+	})
+	prod2 := newProducer(t, topic)
+	waitFor(t, time.Minute, "producing after the restart", func() bool {
+		wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+		defer wcancel()
+		return prod2.send(wctx, g.next()) == nil
+	})
 }
 
 // TestContainerWorkerImage runs the worker image built from the Dockerfile
