@@ -1,0 +1,139 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/cohortsync/cohortsync-worker/internal/emulator"
+	"github.com/cohortsync/cohortsync-worker/internal/event"
+	"github.com/cohortsync/cohortsync-worker/internal/kafkaadmin"
+)
+
+// rssWorker runs the worker binary, built from this checkout, against an
+// API that accepts nothing (every request waits an hour), with env added to
+// the usual settings, until full reports that what the phase wanted to pile
+// up is there; then it returns the process's peak RSS (VmHWM) in MiB.
+func rssWorker(ctx context.Context, brokers []string, topic string, env []string, full func(metrics string) bool) (float64, error) {
+	a, err := startAPI(0, emulator.Faults{Latency: time.Hour}, false)
+	if err != nil {
+		return 0, err
+	}
+	defer a.close()
+	dir, err := os.MkdirTemp("", "cohortsync-bench-")
+	if err != nil {
+		return 0, err
+	}
+	defer os.RemoveAll(dir)
+	bin := filepath.Join(dir, "cohortsync-worker")
+	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/cohortsync-worker")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		return 0, fmt.Errorf("build worker: %w", err)
+	}
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := ln.Addr().String()
+	ln.Close()
+	cmd := exec.CommandContext(ctx, bin)
+	cmd.Env = append(os.Environ(),
+		"KAFKA_BROKERS="+strings.Join(brokers, ","), "KAFKA_TOPIC="+topic, "KAFKA_GROUP_ID=bench-rss-"+topic,
+		"MOENGAGE_BASE_URL="+a.url, "MOENGAGE_WORKSPACE_ID=bench", "MOENGAGE_DATA_API_KEY=bench-key",
+		"RATE_LIMIT_RPM=0", "HTTP_ADDR="+addr, "BATCH_WINDOW=1h", "LOG_LEVEL=warn")
+	cmd.Env = append(cmd.Env, env...)
+	if err := cmd.Start(); err != nil {
+		return 0, err
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	deadline := time.Now().Add(5 * time.Minute)
+	for {
+		time.Sleep(500 * time.Millisecond)
+		if full("http://" + addr + "/metrics") {
+			break
+		}
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("the worker did not fill up within 5 minutes")
+		}
+	}
+	time.Sleep(2 * time.Second)
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid))
+	if err != nil {
+		return 0, err
+	}
+	var kb float64
+	for _, line := range strings.Split(string(status), "\n") {
+		if strings.HasPrefix(line, "VmHWM:") {
+			fmt.Sscanf(strings.TrimPrefix(line, "VmHWM:"), "%f", &kb)
+		}
+	}
+	return kb / 1024, nil
+}
+
+// largeRecordsResult is phase (d-large): the worker's peak RSS while the
+// API accepts nothing and every partition holds large records.
+type largeRecordsResult struct {
+	Partitions  int     `json:"partitions"`
+	Records     int     `json:"records"`
+	RecordBytes int     `json:"record_bytes"`
+	TopicMiB    float64 `json:"topic_mib"`
+	Consumed    int     `json:"records_consumed_at_peak"`
+	PeakRSSMiB  float64 `json:"peak_rss_mib"`
+}
+
+// peakRSSLarge fills o.partitions partitions with records of about
+// recordBytes each (valid events, one member, padded with an unknown field
+// the worker ignores), starts the worker with the API accepting nothing and
+// MAX_PENDING_MEMBERS=100, so that the batcher stops taking changes at once
+// and whatever the consumer buffers beyond that is fetched-but-unprocessed
+// record bytes, and reads its peak RSS once it has stopped consuming.
+func peakRSSLarge(ctx context.Context, brokers []string, o options, perPartition, recordBytes int) (*largeRecordsResult, error) {
+	topic := fmt.Sprintf("bench-large-%d", time.Now().Unix())
+	if err := kafkaadmin.CreateTopics(ctx, brokers, o.partitions, topic, topic+".dlq"); err != nil {
+		return nil, err
+	}
+	w := &kafka.Writer{Addr: kafka.TCP(brokers...), Topic: topic, Balancer: &kafka.RoundRobin{},
+		BatchSize: 1, BatchBytes: int64(recordBytes) + 64<<10, RequiredAcks: kafka.RequireOne}
+	defer w.Close()
+	rng := rand.New(rand.NewPCG(5, 5))
+	pad := strings.Repeat("x", recordBytes-200)
+	n := perPartition * o.partitions
+	for i := 0; i < n; {
+		msgs := make([]kafka.Message, 0, o.partitions)
+		for ; len(msgs) < o.partitions && i < n; i++ {
+			ev := event.Event{Action: event.Add, Partner: "bench", CohortID: "large", CohortName: "Bench_large",
+				UIDs: []string{uid(rng)}}
+			v := event.Encode(ev)
+			v = append(append(v[:len(v)-1], `,"padding":"`...), pad...)
+			v = append(v, `"}`...)
+			msgs = append(msgs, kafka.Message{Key: []byte(strconv.Itoa(i)), Value: v})
+		}
+		if err := w.WriteMessages(ctx, msgs...); err != nil {
+			return nil, err
+		}
+	}
+	var last float64
+	stable := 0
+	rss, err := rssWorker(ctx, brokers, topic, []string{"MAX_PENDING_MEMBERS=100"}, func(url string) bool {
+		c := scrape(url, "cohortsync_events_consumed_total")
+		if c > 0 && c == last {
+			stable++
+		} else {
+			stable = 0
+		}
+		last = c
+		return stable >= 6 || c >= float64(n) // 3 s without a new record, or everything read
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &largeRecordsResult{Partitions: o.partitions, Records: n, RecordBytes: recordBytes,
+		TopicMiB: float64(n*recordBytes) / (1 << 20), Consumed: int(last), PeakRSSMiB: rss}, nil
+}
