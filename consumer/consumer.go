@@ -428,9 +428,6 @@ func (c *Consumer) commit(gen *kafka.Generation, parts []*partitionState, log *s
 		p.committed = offsets[p.topic][p.partition]
 		pl := strconv.Itoa(p.partition)
 		c.m.CommittedOffset.WithLabelValues(p.topic, pl).Set(float64(p.committed))
-		if hwm := p.tr.Load().hwm.Load(); hwm > 0 {
-			c.m.Lag.WithLabelValues(p.topic, pl).Set(float64(max(hwm-p.committed, 0)))
-		}
 	}
 }
 
@@ -814,7 +811,6 @@ func (c *Consumer) process(ctx context.Context, p *partitionState, msgs <-chan k
 				tr = newTracker(p.topic, p.partition, start)
 				p.tr.Store(tr)
 			}
-			tr.hwm.Store(m.HighWaterMark)
 			if buf, err = c.handle(ctx, tr, dec, m, buf); err != nil {
 				break
 			}

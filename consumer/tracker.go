@@ -28,7 +28,6 @@ type tracker struct {
 	pending []int64
 	next    int64 // commit offset: every record below it is settled
 	last    int64 // highest offset tracked, -1 before the first
-	hwm     atomic.Int64
 }
 
 // newTracker starts at the first offset to be read (the committed offset).

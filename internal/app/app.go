@@ -165,6 +165,10 @@ func Run(ctx context.Context, opts Options) error {
 	}
 
 	ready := func() bool { return cons.Joined() && !client.LineStopped() && !dlq.Failing() }
+	// cohortsync_ready says what the process knows, probed or not.
+	readyCtx, stopReady := context.WithCancel(ctx)
+	defer stopReady()
+	go m.TrackReady(readyCtx, ready, metrics.ReadyInterval)
 	srv, err := serveHTTP(cfg.HTTPAddr, reg, ready, m, log, opts.Listening, defaultHTTPTimeouts)
 	if err != nil {
 		return err
@@ -263,11 +267,9 @@ func serveHTTP(addr string, reg *prometheus.Registry, ready func() bool, m *metr
 		mu.Lock()
 		defer mu.Unlock()
 		if ready() {
-			m.Ready.Set(1)
 			_, _ = w.Write([]byte("ready\n"))
 			return
 		}
-		m.Ready.Set(0)
 		http.Error(w, "not ready: not in a consumer-group generation, sending is stopped (credentials, configuration, or a 4xx for every part of a batch: see cohortsync_line_stopped), or dead letters cannot be written", http.StatusServiceUnavailable)
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: to.ReadHeader, ReadTimeout: to.Read,
