@@ -39,8 +39,9 @@ var fencedErrors = []error{kafka.IllegalGeneration, kafka.UnknownMemberId,
 // keepLease proves the generation's membership to the lease until gctx ends
 // (the generation is over), by sending Heartbeat requests of its own for
 // gen (see heartbeat.go): kafka-go's ConsumerGroup heartbeats too, but does
-// not say when one succeeded. The term is ended at once when the coordinator answers that
-// the member is fenced, and when the generation ends.
+// not say when one succeeded. The term is ended at once when the
+// coordinator answers that the member is fenced, and when the generation
+// ends.
 func (c *Consumer) keepLease(gctx context.Context, gen *kafka.Generation, term lease.Term, log *slog.Logger) {
 	defer func() {
 		c.lease.End(term)
