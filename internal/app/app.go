@@ -169,7 +169,7 @@ func Run(ctx context.Context, opts Options) error {
 	readyCtx, stopReady := context.WithCancel(ctx)
 	defer stopReady()
 	go m.TrackReady(readyCtx, ready, metrics.ReadyInterval)
-	srv, err := serveHTTP(cfg.HTTPAddr, reg, ready, m, log, opts.Listening, defaultHTTPTimeouts)
+	srv, err := serveHTTP(cfg.HTTPAddr, reg, ready, log, opts.Listening, defaultHTTPTimeouts)
 	if err != nil {
 		return err
 	}
@@ -248,7 +248,7 @@ var defaultHTTPTimeouts = httpTimeouts{
 }
 
 // serveHTTP starts /metrics, /healthz and /readyz; an empty addr disables them.
-func serveHTTP(addr string, reg *prometheus.Registry, ready func() bool, m *metrics.Metrics,
+func serveHTTP(addr string, reg *prometheus.Registry, ready func() bool,
 	log *slog.Logger, listening func(string), to httpTimeouts) (*http.Server, error) {
 	if addr == "" {
 		return nil, nil

@@ -37,9 +37,9 @@ func closedWithin(t *testing.T, conn net.Conn, r *bufio.Reader, d time.Duration)
 func startTestHTTP(t *testing.T, to httpTimeouts) string {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	m := metrics.NewMetrics(reg)
+	metrics.NewMetrics(reg)
 	addr := make(chan string, 1)
-	srv, err := serveHTTP("127.0.0.1:0", reg, func() bool { return true }, m,
+	srv, err := serveHTTP("127.0.0.1:0", reg, func() bool { return true },
 		slog.New(slog.NewTextHandler(io.Discard, nil)), func(a string) { addr <- a }, to)
 	if err != nil {
 		t.Fatal(err)
