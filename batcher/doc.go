@@ -11,5 +11,10 @@
 // Concurrency: a Batcher is safe for concurrent use. One goroutine runs Run,
 // which dispatches due batches; Add may be called from any number of
 // goroutines (one per partition, typically). The state is guarded by one
-// mutex; the lock order is Batcher.mu, then whatever an Ack's Done takes.
+// mutex, Batcher.mu, held only while the batcher reads or changes that
+// state (and sets the metrics that mirror it). No callback runs under it:
+// the Sink, the Limiter, the DeadLetter function and every Ack's Done are
+// called without it (a batch's acks by the goroutine that sent it, which
+// alone owns the batch once it is in flight), so they may take locks of
+// their own.
 package batcher

@@ -813,45 +813,76 @@ func TestConfigErrorsStopSending(t *testing.T) {
 	}
 }
 
-// TestConcurrentSendsShareAuthState: the auth state is the client's, not a
-// Send's: one Send's 2xx clears it for all.
+// TestConcurrentSendsShareAuthState: the stop for the credentials or the
+// configuration is the client's, not a Send's: one Send's 2xx clears it
+// for all, while another Send that set it has had no 2xx yet and still
+// waits out its AuthRetryInterval (and then goes through without stopping
+// the line again).
 func TestConcurrentSendsShareAuthState(t *testing.T) {
-	var mu sync.Mutex
-	accept := false
-	e := newEnv(t, "http", func(int, call) reply {
-		mu.Lock()
-		defer mu.Unlock()
-		if accept {
-			return ok()
-		}
-		return fail(401, "Authentication required", "Authentication Header Required", "")
-	}, nil)
-	errs := make(chan error, 4)
-	for i := range 4 {
-		go func() {
-			req := request(2)
-			req.CohortID = fmt.Sprint("c", i)
-			_, err := e.client.Send(t.Context(), req)
-			errs <- err
-		}()
-	}
-	deadline := time.Now().Add(5 * time.Second)
-	for !e.client.LineStopped() {
-		if time.Now().After(deadline) {
-			t.Fatal("AuthFailing never became true")
-		}
-		time.Sleep(time.Millisecond)
-	}
-	mu.Lock()
-	accept = true
-	mu.Unlock()
-	for range 4 {
-		if err := <-errs; err != nil {
-			t.Fatal(err)
-		}
-	}
-	if e.client.LineStopped() {
-		t.Fatal("AuthFailing still true")
+	for _, tc := range []struct {
+		name string
+		rep  reply
+		stop string // the line_stopped reason
+	}{
+		{"401", fail(401, "Authentication required", "Authentication Header Required", ""), "auth"},
+		{"404", reply{status: 404, body: "404 page not found"}, "config"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				var accept atomic.Bool
+				e := newEnv(t, "mem", func(int, call) reply {
+					if accept.Load() {
+						return ok()
+					}
+					return tc.rep
+				}, nil)
+				stopped := func() bool {
+					return e.client.LineStopped() || testutil.ToFloat64(e.m.AuthFailing) != 0 ||
+						testutil.ToFloat64(e.m.LineStopped.WithLabelValues(tc.stop)) != 0
+				}
+				send := func(cohort string) <-chan sendResult {
+					req := request(2)
+					req.CohortID = cohort
+					return e.goSend(t.Context(), req)
+				}
+				const stagger = sink.DefaultAuthRetryInterval / 3
+				a := send("a")
+				time.Sleep(stagger)
+				b := send("b")
+				synctest.Wait() // both answered tc.rep, both wait to retry
+				if !e.client.LineStopped() || testutil.ToFloat64(e.m.AuthFailing) != 1 ||
+					testutil.ToFloat64(e.m.LineStopped.WithLabelValues(tc.stop)) != 1 {
+					t.Fatal("the line is not stopped while the API answers", tc.rep.status)
+				}
+				accept.Store(true)
+				time.Sleep(sink.DefaultAuthRetryInterval - stagger) // a's retry is accepted
+				synctest.Wait()
+				if r := <-a; r.err != nil || len(r.rej) != 0 {
+					t.Fatalf("Send a = %v, %v; want nil", r.rej, r.err)
+				}
+				if n := len(e.api.got()); n != 3 {
+					t.Fatalf("%d requests, want 3: a, b, then a again; b has had no 2xx yet", n)
+				}
+				if stopped() {
+					t.Fatal("a's 2xx did not clear the stop while b still waits to retry")
+				}
+				select {
+				case r := <-b:
+					t.Fatalf("Send b returned %v, %v before its own retry", r.rej, r.err)
+				default:
+				}
+				time.Sleep(stagger) // b's retry
+				if r := <-b; r.err != nil || len(r.rej) != 0 {
+					t.Fatalf("Send b = %v, %v; want nil", r.rej, r.err)
+				}
+				if stopped() {
+					t.Fatal("the line is stopped after both were accepted")
+				}
+				if n := len(e.logs.lines(t, "accepts the credentials again")); n != 1 {
+					t.Fatalf("%d recovery lines, want 1: the stop ended once", n)
+				}
+			})
+		})
 	}
 }
 

@@ -121,7 +121,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		LeaseValid: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "lease_valid",
 			Help: "1 while this replica holds a valid proof of group membership and may send; 0 while sending waits for one."}),
 		AuthFailing: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "auth_failing",
-			Help: "1 while the API rejects the credentials (401/403) or the configuration and sending is stopped."}),
+			Help: "1 while sending is stopped because the API rejects the credentials (401, 403, an authentication error) or the configuration (404, 405, 415, 3xx, a request header): line_stopped reason auth or config."}),
 		LineStopped: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "line_stopped",
 			Help: "1 while sending is stopped (retried slowly, nothing dropped or committed), by reason."}, []string{"reason"}),
 		Ready: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "ready",
