@@ -223,9 +223,22 @@ func (b *Batcher) add(ch Change, now time.Time) {
 	bt.m.carry(bt.m.add(ch.UID, h, ch.Ack), carried)
 	bt.live++
 	bt.memberBytes += ms
-	if bt.remaining(b.cfg.MaxBytes) < minMember || (b.cfg.MaxMembers > 0 && bt.live >= b.cfg.MaxMembers) || bt.m.full() {
-		b.seal(c, bt, now)
+	if tr := b.whyFull(bt); tr != "" {
+		b.seal(c, bt, tr, now)
 	}
+}
+
+// whyFull returns why bt can take no more members, or "" if it can.
+func (b *Batcher) whyFull(bt *batch) metrics.Trigger {
+	switch {
+	case b.cfg.MaxMembers > 0 && bt.live >= b.cfg.MaxMembers:
+		return metrics.TriggerMembers
+	case bt.remaining(b.cfg.MaxBytes) < minMember:
+		return metrics.TriggerBytes
+	case bt.m.full():
+		return metrics.TriggerSlots
+	}
+	return ""
 }
 
 // openBatch returns the open batch of c that takes a member of size ms with
@@ -233,8 +246,13 @@ func (b *Batcher) add(ch Change, now time.Time) {
 func (b *Batcher) openBatch(c *cohort, h wire.Header, ms int, now time.Time) *batch {
 	ai := actionIndex(h.Action)
 	bt := c.open[ai]
-	if bt != nil && (bt.hdr != h || wire.BodySize(bt.env, bt.live+1, bt.memberBytes+ms) > b.cfg.MaxBytes) {
-		b.seal(c, bt, now)
+	switch {
+	case bt == nil:
+	case bt.hdr != h:
+		b.seal(c, bt, metrics.TriggerHeaderChange, now)
+		bt = nil
+	case wire.BodySize(bt.env, bt.live+1, bt.memberBytes+ms) > b.cfg.MaxBytes:
+		b.seal(c, bt, metrics.TriggerBytes, now)
 		bt = nil
 	}
 	if bt == nil {
@@ -249,14 +267,9 @@ func (b *Batcher) openBatch(c *cohort, h wire.Header, ms int, now time.Time) *ba
 	return bt
 }
 
-// seal closes bt to new members and makes it due now.
-func (b *Batcher) seal(c *cohort, bt *batch, now time.Time) {
-	bt.sealed = true
-	if b.cfg.MaxMembers > 0 && bt.live >= b.cfg.MaxMembers {
-		bt.trigger = "members"
-	} else {
-		bt.trigger = "bytes"
-	}
+// seal closes bt to new members and makes it due now; trigger is why.
+func (b *Batcher) seal(c *cohort, bt *batch, trigger metrics.Trigger, now time.Time) {
+	bt.trigger = trigger
 	if now.Before(bt.dueAt) {
 		bt.dueAt = now
 	}
@@ -436,15 +449,17 @@ func (b *Batcher) dispatch(c *cohort, now time.Time) {
 		c.open[ai] = nil
 	}
 	c.inFlight = bt
-	trigger := bt.trigger // set when sealed: bytes or members
+	trigger := bt.trigger // set when sealed
 	switch {
 	case trigger != "":
 	case b.flushAll:
-		trigger = "shutdown"
+		trigger = metrics.TriggerShutdown
 	case !bt.createdAt.Add(b.cfg.Window).After(now):
-		trigger = "window"
+		trigger = metrics.TriggerWindow
 	default:
-		trigger = "bytes" // sent ahead of a later, full batch of the same cohort
+		// The cohort is due because of a later batch, sealed, and its
+		// batches are sent in order: this one goes first.
+		trigger = metrics.TriggerAhead
 	}
 	req := wire.Request{Action: bt.hdr.Action, Partner: bt.hdr.Partner, CohortID: bt.hdr.CohortID,
 		CohortName: bt.hdr.CohortName, CohortDescription: bt.hdr.CohortDescription,
@@ -457,7 +472,7 @@ func (b *Batcher) dispatch(c *cohort, now time.Time) {
 	bt.m.table = nil // no longer looked up
 	b.inFlight++
 	b.m.InFlight.Set(float64(b.inFlight))
-	b.m.BatchesFlushed.WithLabelValues(string(bt.hdr.Action), trigger).Inc()
+	b.m.BatchesFlushed.WithLabelValues(string(bt.hdr.Action), string(trigger)).Inc()
 	b.m.BatchMembers.Observe(float64(len(req.UIDs)))
 	b.m.BatchBytes.Observe(float64(wire.BodySize(bt.env, bt.live, bt.memberBytes)))
 	ctx := b.sendCtx
@@ -658,8 +673,7 @@ type batch struct {
 	m           members
 	live        int
 	memberBytes int
-	sealed      bool
-	trigger     string
+	trigger     metrics.Trigger // why it was sealed; "" while open
 	createdAt   time.Time
 	dueAt       time.Time
 }

@@ -52,8 +52,11 @@ func (m *members) uid(i int32) string {
 const (
 	slotBits = 24
 	slotMask = 1<<slotBits - 1
-	maxSlots = slotMask - 1
 )
+
+// maxSlots is the most slots a batch holds: slotMask - 1. A variable only so
+// that a test can lower it (export_test.go); nothing else writes it.
+var maxSlots = slotMask - 1
 
 func tag(h uint64) uint32 { return uint32(h>>56) << slotBits }
 

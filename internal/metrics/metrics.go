@@ -49,8 +49,40 @@ type Metrics struct {
 	BuildInfo          *prometheus.GaugeVec
 }
 
+// Trigger is a value of the batches_flushed_total trigger label: what made
+// a batch due.
+type Trigger string
+
+// The triggers. A batch is sealed (closed to new members, due at once) by
+// bytes, members, slots or header_change; an open batch becomes due by
+// window, shutdown or ahead.
+const (
+	// TriggerBytes: the next member would not fit under the body cap, or
+	// no member could.
+	TriggerBytes Trigger = "bytes"
+	// TriggerMembers: the batch holds the most members a request may.
+	TriggerMembers Trigger = "members"
+	// TriggerSlots: the batch's member table is full (a bound far beyond
+	// any body the API accepts; only a huge body cap reaches it).
+	TriggerSlots Trigger = "slots"
+	// TriggerHeaderChange: a change of the same cohort and action came
+	// with another cohort_name or cohort_description, which one body
+	// cannot carry.
+	TriggerHeaderChange Trigger = "header_change"
+	// TriggerWindow: the batch's window, counted from its first member,
+	// ended.
+	TriggerWindow Trigger = "window"
+	// TriggerShutdown: the worker is draining.
+	TriggerShutdown Trigger = "shutdown"
+	// TriggerAhead: the batch was sent before its window ended, ahead of
+	// a later, sealed batch of the same cohort (a cohort's batches are
+	// sent in order).
+	TriggerAhead Trigger = "ahead"
+)
+
 // Triggers are the bounded values of the batches_flushed_total trigger label.
-var Triggers = []string{"bytes", "members", "window", "shutdown"}
+var Triggers = []Trigger{TriggerBytes, TriggerMembers, TriggerSlots, TriggerHeaderChange, TriggerWindow,
+	TriggerShutdown, TriggerAhead}
 
 // DeadLetterFailureReasons are the bounded values of the
 // dead_letter_failures_total reason label.
@@ -91,7 +123,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "Encoded request body size in bytes.",
 			Buckets: prometheus.ExponentialBuckets(256, 2, 10)}),
 		BatchesFlushed: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "batches_flushed_total",
-			Help: "Batches handed to the sink, by action and what made them due."}, []string{"action", "trigger"}),
+			Help: "Batches handed to the sink, by action and what made them due (trigger): bytes (the body cap), members (the member cap), slots (the member table's bound), header_change (a change with another cohort_name or cohort_description), window (the window ended), shutdown (draining), ahead (sent early, before a later full batch of the same cohort)."}, []string{"action", "trigger"}),
 		Requests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "requests_total",
 			Help: "HTTP requests to the Cohort Sync API, by action and status code (0 = no response)."}, []string{"action", "code"}),
 		RequestDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "request_duration_seconds",
@@ -138,7 +170,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	for _, a := range []event.Action{event.Add, event.Remove} {
 		for _, tr := range Triggers {
-			m.BatchesFlushed.WithLabelValues(string(a), tr)
+			m.BatchesFlushed.WithLabelValues(string(a), string(tr))
 		}
 	}
 	for _, r := range RetryReasons {
