@@ -25,6 +25,7 @@ var LagInterval = 15 * time.Second
 func (c *Consumer) watchLag(gctx context.Context, parts []*partitionState, log *slog.Logger) {
 	defer c.forgetLag(parts)
 	if len(parts) == 0 {
+		<-gctx.Done() // returning earlier would end the generation at once
 		return
 	}
 	client := &kafka.Client{Addr: kafka.TCP(c.cfg.Brokers...), Transport: c.cfg.Transport, Timeout: 10 * time.Second}

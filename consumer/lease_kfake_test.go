@@ -122,3 +122,35 @@ func TestLeaseRunsOutWithoutProof(t *testing.T) {
 	}
 	code.Store(0)
 }
+
+// TestIdleReplicaStaysInItsGeneration: a replica beyond the partition count
+// (no partition assigned) stays in its generation instead of ending it at
+// once and rejoining in a loop (a generation ends when any of its
+// goroutines returns).
+func TestIdleReplicaStaysInItsGeneration(t *testing.T) {
+	h := newHarness(t)
+	var rs []*replica
+	for i := range partitions + 1 {
+		rs = append(rs, h.startReplica(string(rune('a'+i)), replicaOpts{}))
+	}
+	waitFor(t, 30*time.Second, "an idle replica", func() bool {
+		for _, r := range rs {
+			if a := r.assignments(); len(a) > 0 && len(a[len(a)-1].parts) == 0 {
+				return true
+			}
+		}
+		return false
+	})
+	before := 0.0
+	for _, r := range rs {
+		before += testutil.ToFloat64(r.m.Rebalances)
+	}
+	time.Sleep(3 * time.Second)
+	after := 0.0
+	for _, r := range rs {
+		after += testutil.ToFloat64(r.m.Rebalances)
+	}
+	if after-before > 2*float64(len(rs)) {
+		t.Fatalf("%v generations joined in 3 s by %d settled replicas: an idle one keeps ending its generation", after-before, len(rs))
+	}
+}
