@@ -94,24 +94,33 @@ func newTopic(t *testing.T, partitions int) (topic, dlq string) {
 	topicSeq++
 	topic = fmt.Sprintf("it-%s-%d-%d", strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-")), topicSeq, time.Now().UnixNano()%1e6)
 	dlq = topic + ".dlq"
+	createTopics(t,
+		kafka.TopicConfig{Topic: topic, NumPartitions: partitions, ReplicationFactor: 1},
+		kafka.TopicConfig{Topic: dlq, NumPartitions: 1, ReplicationFactor: 1})
+	return topic, dlq
+}
+
+// createTopics creates topics and waits until every partition of each has a
+// leader.
+func createTopics(t *testing.T, topics ...kafka.TopicConfig) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	client := &kafka.Client{Addr: kafka.TCP(brokerAddr), Timeout: 20 * time.Second}
-	res, err := client.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{
-		{Topic: topic, NumPartitions: partitions, ReplicationFactor: 1},
-		{Topic: dlq, NumPartitions: 1, ReplicationFactor: 1},
-	}})
+	res, err := client.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: topics})
 	if err != nil {
 		t.Fatalf("create topics: %v", err)
 	}
-	for name, err := range res.Errors {
-		if err != nil {
-			t.Fatalf("create topic %s: %v", name, err)
+	names := make([]string, len(topics))
+	for i, tc := range topics {
+		names[i] = tc.Topic
+		if err := res.Errors[tc.Topic]; err != nil {
+			t.Fatalf("create topic %s: %v", tc.Topic, err)
 		}
 	}
 	waitFor(t, 30*time.Second, "topic metadata", func() bool {
-		md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic, dlq}})
-		if err != nil || len(md.Topics) != 2 {
+		md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: names})
+		if err != nil || len(md.Topics) != len(names) {
 			return false
 		}
 		for _, tp := range md.Topics {
@@ -126,7 +135,6 @@ func newTopic(t *testing.T, partitions int) (topic, dlq string) {
 		}
 		return true
 	})
-	return topic, dlq
 }
 
 type cohortKey struct{ partner, id string }

@@ -35,13 +35,13 @@ func TestHostileRecords(t *testing.T) {
 func testHostileRecords(t *testing.T, dlqMax int) {
 	topic, _ := newTopic(t, 2)
 	dlq := topic + ".hostile.dlq"
-	var configs map[string]string
+	tc := kafka.TopicConfig{Topic: dlq, NumPartitions: 1, ReplicationFactor: 1}
 	letterRoom := consumer.DefaultMaxLetterBytes - 4096 // a letter's headers and framing
 	if dlqMax > 0 {
-		configs = map[string]string{"max.message.bytes": strconv.Itoa(dlqMax)}
+		tc.ConfigEntries = []kafka.ConfigEntry{{ConfigName: "max.message.bytes", ConfigValue: strconv.Itoa(dlqMax)}}
 		letterRoom = min(letterRoom, dlqMax-4096)
 	}
-	createTopic(t, dlq, 1, configs)
+	createTopics(t, tc)
 	a := startAPI(t, nil)
 	p := newProducer(t, topic)
 	g := newGen(42, 8, 300)
@@ -142,28 +142,4 @@ func testHostileRecords(t *testing.T, dlqMax int) {
 	if err := w.stop(30 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// createTopic creates a topic with configs and waits for its leader.
-func createTopic(t *testing.T, name string, partitions int, configs map[string]string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	tc := kafka.TopicConfig{Topic: name, NumPartitions: partitions, ReplicationFactor: 1}
-	for k, v := range configs {
-		tc.ConfigEntries = append(tc.ConfigEntries, kafka.ConfigEntry{ConfigName: k, ConfigValue: v})
-	}
-	client := &kafka.Client{Addr: kafka.TCP(brokerAddr), Timeout: 20 * time.Second}
-	res, err := client.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{tc}})
-	if err != nil {
-		t.Fatalf("create topic %s: %v", name, err)
-	}
-	if err := res.Errors[name]; err != nil {
-		t.Fatalf("create topic %s: %v", name, err)
-	}
-	waitFor(t, 30*time.Second, fmt.Sprintf("topic %s metadata", name), func() bool {
-		md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{name}})
-		return err == nil && len(md.Topics) == 1 && md.Topics[0].Error == nil &&
-			len(md.Topics[0].Partitions) == partitions && md.Topics[0].Partitions[0].Leader.Port != 0
-	})
 }
