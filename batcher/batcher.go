@@ -461,9 +461,7 @@ func (b *Batcher) dispatch(c *cohort, now time.Time) {
 		// batches are sent in order: this one goes first.
 		trigger = metrics.TriggerAhead
 	}
-	req := wire.Request{Action: bt.hdr.Action, Partner: bt.hdr.Partner, CohortID: bt.hdr.CohortID,
-		CohortName: bt.hdr.CohortName, CohortDescription: bt.hdr.CohortDescription,
-		UIDs: make([]string, 0, bt.live)}
+	req := wire.Request{Header: bt.hdr, UIDs: make([]string, 0, bt.live)}
 	for i := range bt.m.slots {
 		if bt.m.slots[i].ack != nil {
 			req.UIDs = append(req.UIDs, bt.m.uid(int32(i)))

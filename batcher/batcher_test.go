@@ -280,8 +280,7 @@ func TestExactlyMaxBytesBody(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		h0 := hdr("c1", event.Add)
 		// Choose MaxBytes so that two members fill the body exactly.
-		one := wire.Request{Action: h0.Action, Partner: h0.Partner, CohortID: h0.CohortID, CohortName: h0.CohortName,
-			UIDs: []string{"aaaaaaaaaa", "bbbbbbbbbb"}}
+		one := wire.Request{Header: h0, UIDs: []string{"aaaaaaaaaa", "bbbbbbbbbb"}}
 		maxBytes := wire.Size(one)
 		h := start(t, batcher.Config{MaxBytes: maxBytes, Window: time.Hour})
 		defer h.stop()

@@ -41,8 +41,8 @@ func ExampleClient_Send() {
 	if err := lim.Wait(ctx); err != nil { // the caller takes the first permit
 		panic(err)
 	}
-	rejected, err := c.Send(ctx, wire.Request{Action: event.Add, Partner: "p", CohortID: "c1",
-		CohortName: "Buyers", UIDs: []string{"u1", "bad", "u2"}})
+	rejected, err := c.Send(ctx, wire.Request{Header: wire.Header{Action: event.Add, Partner: "p", CohortID: "c1",
+		CohortName: "Buyers"}, UIDs: []string{"u1", "bad", "u2"}})
 	fmt.Println(rejected, err)
 	// Output: [{bad 400 InvalidAttributeError: uid bad is invalid}] <nil>
 }

@@ -287,8 +287,8 @@ func decodeBody(b []byte) (wire.Request, bool) {
 		v.Parameters.CohortID == nil || len(v.Parameters.Members) == 0 {
 		return wire.Request{}, false
 	}
-	r := wire.Request{Action: event.Action(*v.Action), Partner: *v.Partner, CohortID: *v.Parameters.CohortID,
-		CohortName: *v.Parameters.CohortName, CohortDescription: v.Parameters.CohortDescription}
+	r := wire.Request{Header: wire.Header{Action: event.Action(*v.Action), Partner: *v.Partner, CohortID: *v.Parameters.CohortID,
+		CohortName: *v.Parameters.CohortName, CohortDescription: v.Parameters.CohortDescription}}
 	for _, m := range v.Parameters.Members {
 		if m.UID == nil {
 			return wire.Request{}, false
@@ -300,8 +300,8 @@ func decodeBody(b []byte) (wire.Request, bool) {
 
 // request returns a test request with n members u0..u(n-1).
 func request(n int) wire.Request {
-	r := wire.Request{Action: event.Add, Partner: "6HNBXFm7ZS", CohortID: "JKTAuqTRhC",
-		CohortName: "Partner_Name", CohortDescription: "A cohort of users from a partner."}
+	r := wire.Request{Header: wire.Header{Action: event.Add, Partner: "6HNBXFm7ZS", CohortID: "JKTAuqTRhC",
+		CohortName: "Partner_Name", CohortDescription: "A cohort of users from a partner."}}
 	for i := range n {
 		r.UIDs = append(r.UIDs, fmt.Sprintf("u%d", i))
 	}
@@ -452,8 +452,8 @@ func checkBodies(t *testing.T, calls []call, want wire.Request) {
 		if !c.decoded {
 			t.Fatalf("call %d: invalid body %s", i, c.body)
 		}
-		if c.req.Header() != want.Header() {
-			t.Fatalf("call %d: envelope %+v, want %+v", i, c.req.Header(), want.Header())
+		if c.req.Header != want.Header {
+			t.Fatalf("call %d: envelope %+v, want %+v", i, c.req.Header, want.Header)
 		}
 		if !c.canonical {
 			t.Fatalf("call %d: body is not the canonical encoding:\n got %s\nwant %s", i, c.body, wire.AppendBody(nil, c.req))

@@ -26,8 +26,8 @@ import (
 // documented header, and the exact body.
 func TestRequestHeadersAndBody(t *testing.T) {
 	t.Parallel()
-	odd := wire.Request{Action: event.Remove, Partner: "m particle", CohortID: `id "quoted"`,
-		CohortName: "Ünïcödé_Name", UIDs: []string{`a"b`, `back\slash`, "tab\tnew\nline", "ctl\x01", "ls\u2028ps\u2029", "日本語", "<>&"}}
+	odd := wire.Request{Header: wire.Header{Action: event.Remove, Partner: "m particle", CohortID: `id "quoted"`,
+		CohortName: "Ünïcödé_Name"}, UIDs: []string{`a"b`, `back\slash`, "tab\tnew\nline", "ctl\x01", "ls\u2028ps\u2029", "日本語", "<>&"}}
 	for _, tc := range []struct {
 		name      string
 		suffix    string // appended to the server's URL for BaseURL
@@ -92,7 +92,7 @@ func TestRequestHeadersAndBody(t *testing.T) {
 			if want := wire.AppendBody(nil, tc.req); string(c.body) != string(want) {
 				t.Errorf("body\n%s\nwant wire.AppendBody\n%s", c.body, want)
 			}
-			if !c.decoded || !c.canonical || !slices.Equal(c.req.UIDs, tc.req.UIDs) || c.req.Header() != tc.req.Header() {
+			if !c.decoded || !c.canonical || !slices.Equal(c.req.UIDs, tc.req.UIDs) || c.req.Header != tc.req.Header {
 				t.Errorf("the body decodes to %+v, want %+v", c.req, tc.req)
 			}
 			if c.contentLength != int64(len(c.body)) {

@@ -59,7 +59,7 @@ func TestRequestsKeepTheirMembers(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 4))
 	var sent [][]string
 	for i := range 12 {
-		req := wire.Request{Action: event.Add, Partner: "p", CohortID: "c", CohortName: "N"}
+		req := wire.Request{Header: wire.Header{Action: event.Add, Partner: "p", CohortID: "c", CohortName: "N"}}
 		for range 1 + r.IntN(3000) {
 			req.UIDs = append(req.UIDs, randomUID(r))
 		}

@@ -21,13 +21,15 @@ const benchBodyBytes = 128_000
 // drawn from r, like the bodies of the benchmark command.
 func benchRequest(r *rand.Rand, action event.Action, cohortID string) wire.Request {
 	req := wire.Request{
-		Action:            action,
-		Partner:           "6HNBXFm7ZS",
-		CohortID:          cohortID,
-		CohortName:        "Bench_" + cohortID,
-		CohortDescription: "A cohort of users from a partner.",
+		Header: wire.Header{
+			Action:            action,
+			Partner:           "6HNBXFm7ZS",
+			CohortID:          cohortID,
+			CohortName:        "Bench_" + cohortID,
+			CohortDescription: "A cohort of users from a partner.",
+		},
 	}
-	env := wire.EnvelopeSize(req.Header())
+	env := wire.EnvelopeSize(req.Header)
 	memberBytes := 0
 	for {
 		uid := randomUID(r)

@@ -60,12 +60,12 @@ func appendBody(r wire.Request) []byte { return wire.AppendBody(nil, r) }
 // in each string field (cohort_name cannot hold '"' or '\\', which are
 // forbidden characters).
 var wireRequests = []wire.Request{
-	{Action: event.Add, Partner: "6HNBXFm7ZS", CohortID: "JKTAuqTRhC", CohortName: "Partner_Name",
-		CohortDescription: "A cohort of users from a partner.", UIDs: []string{"mm1UR87z4T", "AtCxliflui"}},
-	{Action: event.Remove, Partner: "p", CohortID: "c", CohortName: "n", UIDs: []string{"u"}},
-	{Action: event.Add, Partner: `p"a\r` + "\n\t\x00\x1f\x7f", CohortID: "id/\u2028\u2029", CohortName: "N\n\t\x01 (x) [y] ünï 😀",
-		CohortDescription: "d\"\\\b\f\xff\xfe end", UIDs: []string{`"`, `\`, "\xff", "ü", "😀", "\u2028", "a\x00b", "</script>"}},
-	{Action: event.Add, Partner: "p", CohortID: "c", CohortName: "\xc3\x28", UIDs: []string{"\xed\xa0\x80", "\xf4\x90\x80\x80"}},
+	{Header: wire.Header{Action: event.Add, Partner: "6HNBXFm7ZS", CohortID: "JKTAuqTRhC", CohortName: "Partner_Name",
+		CohortDescription: "A cohort of users from a partner."}, UIDs: []string{"mm1UR87z4T", "AtCxliflui"}},
+	{Header: wire.Header{Action: event.Remove, Partner: "p", CohortID: "c", CohortName: "n"}, UIDs: []string{"u"}},
+	{Header: wire.Header{Action: event.Add, Partner: `p"a\r` + "\n\t\x00\x1f\x7f", CohortID: "id/\u2028\u2029", CohortName: "N\n\t\x01 (x) [y] ünï 😀",
+		CohortDescription: "d\"\\\b\f\xff\xfe end"}, UIDs: []string{`"`, `\`, "\xff", "ü", "😀", "\u2028", "a\x00b", "</script>"}},
+	{Header: wire.Header{Action: event.Add, Partner: "p", CohortID: "c", CohortName: "\xc3\x28"}, UIDs: []string{"\xed\xa0\x80", "\xf4\x90\x80\x80"}},
 }
 
 // TestParseFastTakesAppendBody checks that parseFast, not the fallback,
@@ -99,7 +99,7 @@ func TestParseFastTakesAppendBody(t *testing.T) {
 			t.Errorf("%+v: parseFast gave up on a full AppendBody body", v)
 		}
 	}
-	dotted := appendBody(wire.Request{Action: event.Add, Partner: "p", CohortID: "c", CohortName: ".N", UIDs: []string{"u"}})
+	dotted := appendBody(wire.Request{Header: wire.Header{Action: event.Add, Partner: "p", CohortID: "c", CohortName: ".N"}, UIDs: []string{"u"}})
 	if ok, _ := checkParse(t, validator{leadingPeriod: LeadingPeriodRequire}, dotted); !ok {
 		t.Error("parseFast gave up on a leading period the policy requires")
 	}
@@ -294,8 +294,8 @@ func FuzzParseFastWire(f *testing.F) {
 	f.Add(false, "p", "c", ".N", "", "u", "")
 	f.Add(true, "p", "c", "N (x)", "d", "u", "")
 	f.Fuzz(func(t *testing.T, add bool, partner, id, name, desc, u1, u2 string) {
-		r := wire.Request{Action: event.Remove, Partner: partner, CohortID: id, CohortName: name,
-			CohortDescription: desc, UIDs: []string{u1}}
+		r := wire.Request{Header: wire.Header{Action: event.Remove, Partner: partner, CohortID: id, CohortName: name,
+			CohortDescription: desc}, UIDs: []string{u1}}
 		if add {
 			r.Action = event.Add
 		}

@@ -14,12 +14,8 @@ import (
 // Request is one Cohort Sync API call: one action on one cohort, with its
 // members. Members are sent in order; the caller keeps them unique.
 type Request struct {
-	Action            event.Action
-	Partner           string
-	CohortID          string
-	CohortName        string
-	CohortDescription string // omitted from the body when empty
-	UIDs              []string
+	Header
+	UIDs []string
 }
 
 // Header is the identity of a request without its members: what must be equal
@@ -29,12 +25,7 @@ type Header struct {
 	Partner           string
 	CohortID          string
 	CohortName        string
-	CohortDescription string
-}
-
-// Header returns r's header.
-func (r Request) Header() Header {
-	return Header{r.Action, r.Partner, r.CohortID, r.CohortName, r.CohortDescription}
+	CohortDescription string // omitted from the body when empty
 }
 
 // Rejection is a member the API refused on its own: the worker dead-letters it.
@@ -120,7 +111,7 @@ func Size(r Request) int {
 	for _, u := range r.UIDs {
 		mb += MemberSize(u)
 	}
-	return BodySize(EnvelopeSize(r.Header()), len(r.UIDs), mb)
+	return BodySize(EnvelopeSize(r.Header), len(r.UIDs), mb)
 }
 
 const hexDigits = "0123456789abcdef"

@@ -10,8 +10,8 @@ import (
 )
 
 func TestAppendBodyMatchesDocumentedExample(t *testing.T) {
-	r := wire.Request{Action: event.Add, Partner: "6HNBXFm7ZS", CohortID: "JKTAuqTRhC",
-		CohortName: "Partner_Name", CohortDescription: "A cohort of users from a partner.",
+	r := wire.Request{Header: wire.Header{Action: event.Add, Partner: "6HNBXFm7ZS", CohortID: "JKTAuqTRhC",
+		CohortName: "Partner_Name", CohortDescription: "A cohort of users from a partner."},
 		UIDs: []string{"mm1UR87z4T", "AtCxliflui"}}
 	got := string(wire.AppendBody(nil, r))
 	want := `{"action":"add_members","partner":"6HNBXFm7ZS","parameters":{"cohort_name":"Partner_Name","cohort_id":"JKTAuqTRhC","cohort_description":"A cohort of users from a partner.","members":[{"uid":"mm1UR87z4T"},{"uid":"AtCxliflui"}]}}`
@@ -24,7 +24,7 @@ func TestAppendBodyMatchesDocumentedExample(t *testing.T) {
 }
 
 func TestDescriptionOmittedWhenEmpty(t *testing.T) {
-	r := wire.Request{Action: event.Remove, Partner: "p", CohortID: "c", CohortName: "n", UIDs: []string{"u"}}
+	r := wire.Request{Header: wire.Header{Action: event.Remove, Partner: "p", CohortID: "c", CohortName: "n"}, UIDs: []string{"u"}}
 	got := string(wire.AppendBody(nil, r))
 	if strings.Contains(got, "cohort_description") {
 		t.Fatalf("empty description must be omitted: %s", got)
@@ -59,15 +59,15 @@ func FuzzBodySize(f *testing.F) {
 	f.Add("add_members", "\x01\x02", "\xff\xfe", "\u2029", "\"\\", "\x00", "\x1f\x1f\x1f")
 	f.Add("\x00", "\x01", "\x02", "\x03", "\x04", "\x05", "\x06") // every byte escaped: the bound is tight
 	f.Fuzz(func(t *testing.T, action, partner, id, name, desc, u1, u2 string) {
-		r := wire.Request{Action: event.Action(action), Partner: partner, CohortID: id,
-			CohortName: name, CohortDescription: desc, UIDs: []string{u1, u2}}
+		r := wire.Request{Header: wire.Header{Action: event.Action(action), Partner: partner, CohortID: id,
+			CohortName: name, CohortDescription: desc}, UIDs: []string{u1, u2}}
 		body := wire.AppendBody(nil, r)
 		if len(body) != wire.Size(r) {
 			t.Fatalf("Size %d != encoded %d", wire.Size(r), len(body))
 		}
 		one := r
 		one.UIDs = []string{u2}
-		if exact, bound := len(wire.AppendBody(nil, one)), wire.SingleBodyBound(r.Header(), u2); bound < exact {
+		if exact, bound := len(wire.AppendBody(nil, one)), wire.SingleBodyBound(r.Header, u2); bound < exact {
 			t.Fatalf("SingleBodyBound %d < encoded %d", bound, exact)
 		}
 		var v struct {
@@ -88,7 +88,7 @@ func FuzzBodySize(f *testing.F) {
 }
 
 func BenchmarkAppendBody(b *testing.B) {
-	r := wire.Request{Action: event.Add, Partner: "6HNBXFm7ZS", CohortID: "JKTAuqTRhC", CohortName: "Partner_Name"}
+	r := wire.Request{Header: wire.Header{Action: event.Add, Partner: "6HNBXFm7ZS", CohortID: "JKTAuqTRhC", CohortName: "Partner_Name"}}
 	for i := range 5000 {
 		r.UIDs = append(r.UIDs, strings.Repeat("x", 4)+string(rune('a'+i%26))+"12345")
 	}
