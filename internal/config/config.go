@@ -207,9 +207,23 @@ func (h hider) show(v string) string {
 	return strconv.Quote(v)
 }
 
-// check validates c, normalising it on the way.
+// check validates c, normalising it on the way, and returns the first error.
 func (c *Config) check(h hider) error {
-	// Kafka.
+	if err := c.checkKafka(h); err != nil {
+		return err
+	}
+	if err := c.checkSASL(h); err != nil { // after checkKafka, which may set KafkaTLS
+		return err
+	}
+	if err := c.checkMoEngage(h); err != nil {
+		return err
+	}
+	return c.checkLimits(h)
+}
+
+// checkKafka checks the brokers, topics and group, derives the dead-letter
+// topic and sets KafkaTLS when there is a CA file.
+func (c *Config) checkKafka(h hider) error {
 	if len(c.KafkaBrokers) == 0 {
 		return configError("KAFKA_BROKERS", "at least one broker is required")
 	}
@@ -247,6 +261,12 @@ func (c *Config) check(h hider) error {
 		}
 		c.KafkaTLS = true
 	}
+	return nil
+}
+
+// checkSASL checks the SASL mechanism and its credentials, and refuses
+// PLAIN in clear text to brokers off the loopback interface.
+func (c *Config) checkSASL(h hider) error {
 	c.KafkaSASLMechanism = strings.ToUpper(c.KafkaSASLMechanism)
 	switch {
 	case c.KafkaSASLMechanism == "":
@@ -263,8 +283,12 @@ func (c *Config) check(h hider) error {
 		return configError("KAFKA_SASL_MECHANISM", "PLAIN without TLS would send KAFKA_SASL_PASSWORD in clear text to the brokers; "+
 			"set KAFKA_TLS=true (or KAFKA_TLS_CA_FILE), use SCRAM-SHA-256 or SCRAM-SHA-512, or accept the risk with KAFKA_SASL_ALLOW_INSECURE=true")
 	}
+	return nil
+}
 
-	// MoEngage.
+// checkMoEngage checks the data center, the base URL (deriving it from the
+// data center when empty) and the credentials.
+func (c *Config) checkMoEngage(h hider) error {
 	if !slices.Contains(DataCenters, c.MoEngageDC) {
 		return configError("MOENGAGE_DC", "%s is not one of %s", h.show(c.MoEngageDC), strings.Join(DataCenters, ", "))
 	}
@@ -290,8 +314,11 @@ func (c *Config) check(h hider) error {
 	if c.MoEngageDataAPIKey.Reveal() == "" {
 		return errors.New("config: MOENGAGE_DATA_API_KEY is required")
 	}
+	return nil
+}
 
-	// Batching, rate, retries, process.
+// checkLimits checks batching, the rate, retries and the process settings.
+func (c *Config) checkLimits(h hider) error {
 	switch {
 	case c.BatchMaxBytes < 512 || c.BatchMaxBytes > 131072:
 		return configError("BATCH_MAX_BYTES", "%d is outside 512..131072 (the API caps bodies at 128 KB)", c.BatchMaxBytes)

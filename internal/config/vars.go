@@ -129,12 +129,6 @@ func parseLevel(v string) (slog.Level, bool) {
 // README by MarkdownTable, so changing one means regenerating the README
 // table (UPDATE_README=1 go test ./internal/config/).
 func settings() []setting {
-	kafkaTLS := parsed("KAFKA_TLS", "false", "boolean", "connect to Kafka with TLS", func(c *Config, v string) bool {
-		b, err := strconv.ParseBool(strings.TrimSpace(v))
-		c.KafkaTLS = b
-		return err == nil
-	})
-	kafkaTLS.isBool = true
 	logLevel := parsed("LOG_LEVEL", "info", "log level", "debug, info, warn or error", func(c *Config, v string) bool {
 		l, ok := parseLevel(v)
 		c.LogLevel = l
@@ -158,7 +152,8 @@ func settings() []setting {
 			func(c *Config, v string) { c.KafkaGroupID = strings.TrimSpace(v) }),
 		str("KAFKA_DLQ_TOPIC", "<first topic>.dlq", "dead-letter topic",
 			func(c *Config, v string) { c.KafkaDLQTopic = strings.TrimSpace(v) }),
-		kafkaTLS,
+		boolVar("KAFKA_TLS", "connect to Kafka with TLS",
+			func(c *Config) *bool { return &c.KafkaTLS }),
 		str("KAFKA_TLS_CA_FILE", "", "PEM file of the CA that signed the brokers' certificates (implies TLS)",
 			func(c *Config, v string) { c.KafkaTLSCAFile = strings.TrimSpace(v) }),
 		str("KAFKA_SASL_MECHANISM", "", "SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (empty: no SASL)",
