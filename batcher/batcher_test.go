@@ -462,14 +462,16 @@ func TestMaxInFlight(t *testing.T) {
 	})
 }
 
-// TestLongestWaitingFirst: with a permit free only now and then, the batch
-// that has been due the longest goes first.
+// TestLongestWaitingFirst: with a send slot free only now and then, the
+// batch that has been due the longest goes first.
 func TestLongestWaitingFirst(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		lim := &gateLimiter{ch: make(chan struct{})}
-		h := start(t, batcher.Config{Window: time.Second, MaxMembers: 2, Limiter: lim})
+		sink := &fakeSink{hold: true}
+		h := start(t, batcher.Config{Window: time.Second, MaxMembers: 2, MaxInFlight: 1, Sink: sink})
 		defer h.stop()
-		h.add("A", event.Add, "u") // due at 1s (window)
+		h.add("Z", event.Add, "u1")
+		h.add("Z", event.Add, "u2") // full: sent at once, and held
+		h.add("A", event.Add, "u")  // due at 1s (window)
 		time.Sleep(500 * time.Millisecond)
 		h.add("C", event.Add, "u") // due at 1.5s (window)
 		h.add("B", event.Add, "u1")
@@ -477,50 +479,43 @@ func TestLongestWaitingFirst(t *testing.T) {
 		h.add("B", event.Add, "u2") // full: due at 0.6s
 		time.Sleep(2 * time.Second)
 		synctest.Wait()
-		if len(h.sink.requests()) > 0 {
-			t.Fatal("sent without a permit")
+		if n := len(sink.requests()); n != 1 {
+			t.Fatalf("%d requests with MaxInFlight=1", n)
 		}
 		var order []string
 		for range 3 {
-			lim.ch <- struct{}{}
+			sink.releaseAll(nil)
 			synctest.Wait()
-			reqs := h.sink.requests()
+			reqs := sink.requests()
 			order = append(order, reqs[len(reqs)-1].req.CohortID)
 		}
 		if fmt.Sprint(order) != "[B A C]" {
 			t.Fatalf("order %v, want [B A C]: the batch due longest goes first", order)
 		}
+		sink.releaseAll(nil)
 	})
 }
 
-type gateLimiter struct{ ch chan struct{} }
-
-func (g *gateLimiter) Wait(ctx context.Context) error {
-	select {
-	case <-g.ch:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-// TestDueBatchAbsorbsWhileWaitingForPermit: a due batch waiting for a
-// permit keeps taking members.
-func TestDueBatchAbsorbsWhileWaitingForPermit(t *testing.T) {
+// TestDueBatchAbsorbsWhileSlotsAreBusy: a due batch waiting for a send
+// slot keeps taking members.
+func TestDueBatchAbsorbsWhileSlotsAreBusy(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		lim := &gateLimiter{ch: make(chan struct{})}
-		h := start(t, batcher.Config{Window: time.Second, Limiter: lim})
+		sink := &fakeSink{hold: true}
+		h := start(t, batcher.Config{Window: time.Second, MaxInFlight: 1, Sink: sink})
 		defer h.stop()
+		h.add("Z", event.Add, "u1")
+		time.Sleep(time.Second) // Z is sent, and held
 		h.add("c1", event.Add, "u1")
-		time.Sleep(3 * time.Second) // due, no permit
+		time.Sleep(3 * time.Second) // due, no slot
 		h.add("c1", event.Add, "u2")
 		h.add("c1", event.Add, "u3")
-		lim.ch <- struct{}{}
+		sink.releaseAll(nil)
 		synctest.Wait()
-		reqs := h.sink.requests()
-		if len(reqs) != 1 || len(reqs[0].req.UIDs) != 3 {
-			t.Fatalf("want one request with 3 members, got %+v", reqs)
+		reqs := sink.requests()
+		if len(reqs) != 2 || reqs[1].req.CohortID != "c1" || len(reqs[1].req.UIDs) != 3 {
+			t.Fatalf("want Z, then one c1 request with 3 members, got %+v", reqs)
 		}
+		sink.releaseAll(nil)
 	})
 }
 

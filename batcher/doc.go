@@ -4,17 +4,20 @@
 // It owns the open batches, net-effect compaction per (partner, cohort, uid),
 // the size and time windows, the flush order, the per-cohort one-in-flight
 // rule and backpressure. It does no I/O of its own: batches leave through the
-// Sink interface, rejected members through the DeadLetter function, and
-// acceptance is reported through each change's Ack. It knows nothing of Kafka
-// or HTTP.
+// Sink interface (which takes the rate-limit permits), rejected members
+// through the DeadLetter function, and acceptance is reported through each
+// change's Ack. It knows nothing of Kafka or HTTP.
 //
-// Concurrency: a Batcher is safe for concurrent use. One goroutine runs Run,
-// which dispatches due batches; Add may be called from any number of
-// goroutines (one per partition, typically). The state is guarded by one
-// mutex, Batcher.mu, held only while the batcher reads or changes that
-// state (and sets the metrics that mirror it). No callback runs under it:
-// the Sink, the Limiter, the DeadLetter function and every Ack's Done are
-// called without it (a batch's acks by the goroutine that sent it, which
-// alone owns the batch once it is in flight), so they may take locks of
-// their own.
+// Structure: the state and every decision about it are in Core (core.go), a
+// plain data structure with no goroutines, locks, clock or I/O, driven with
+// an explicit time. A Batcher runs one Core in one goroutine, Run's, which
+// alone touches it: Add, Revoke and Flush send their requests to it over
+// channels, and it answers each at once (Add's answer says how many changes
+// it took and what to wait on for room; Revoke's and Flush's what to wait on
+// for the end). Each batch in flight is sent by a goroutine of its own,
+// which alone owns the batch until it hands the result back to Run over a
+// channel: that goroutine calls the Sink, the DeadLetter function and the
+// acks' Done, so none of them can block Run, and all may take locks of
+// their own. There are no locks in the package; Pending and InFlight read
+// atomic copies that Run stores.
 package batcher

@@ -1,11 +1,8 @@
 package consumer
 
 import (
-	"context"
 	"fmt"
-	"sync"
 	"testing"
-	"testing/synctest"
 	"time"
 
 	"github.com/cohortsync/cohortsync-worker/batcher"
@@ -13,11 +10,12 @@ import (
 	"github.com/cohortsync/cohortsync-worker/internal/wire"
 )
 
-// The model test drives the real batcher and offsets tracker with a random
-// sequence of operations — produce, time passing, the API accepting the
-// oldest request, a rebalance (revoke, then re-read from the last commit),
-// a commit — and checks them against a simple reference: the fold of the
-// log.
+// The model test drives the batcher's core (batcher.Core, with an explicit
+// clock) and the offsets tracker with a random sequence of operations —
+// produce, time passing, the API accepting an in-flight request (in any
+// order), a rebalance (revoke, then re-read from the last commit), a
+// commit — and checks them against a simple reference: the fold of the
+// log. There are no goroutines: each sequence runs the same way every time.
 //
 // Safety, checked at every commit: for every (cohort, uid) whose last
 // record lies below the committed offset, the API already holds that
@@ -31,84 +29,58 @@ type modelRecord struct {
 	action event.Action
 }
 
-type modelSink struct {
-	mu       sync.Mutex
-	inflight []*modelReq
+// modelFlight is a batch the core gave out: the request under way.
+type modelFlight struct {
+	batch  *batcher.Batch
+	fenced bool // revoked while under way: its answer no longer counts
+}
+
+type model struct {
+	t        *testing.T
+	core     *batcher.Core
+	now      time.Time
 	api      map[[2]string]bool // (cohort, uid) -> member
-	applied  int
+	inflight []*modelFlight
 }
 
-type modelReq struct {
-	req  wire.Request
-	ctx  context.Context
-	done chan bool // true: the API answered 200
-}
-
-// Send models the real sink: the attempt under way always completes — the
-// API may apply it at any later moment, in any order with other requests —
-// and only then does a fenced (cancelled) send return.
-func (s *modelSink) Send(ctx context.Context, req wire.Request) ([]wire.Rejection, error) {
-	r := &modelReq{req: req, ctx: ctx, done: make(chan bool, 1)}
-	s.mu.Lock()
-	s.inflight = append(s.inflight, r)
-	s.mu.Unlock()
-	if <-r.done && ctx.Err() == nil {
-		return nil, nil
-	}
-	return nil, context.Canceled
-}
-
-func (s *modelSink) apply(r *modelReq) {
-	for _, u := range r.req.UIDs {
-		s.api[[2]string{r.req.CohortID, u}] = r.req.Action == event.Add
-	}
-	s.applied++
-}
-
-func (s *modelSink) remove(r *modelReq) {
-	for i, x := range s.inflight {
-		if x == r {
-			s.inflight = append(s.inflight[:i], s.inflight[i+1:]...)
-			return
-		}
+// dispatch takes every batch the core has due, as the Batcher's Run does.
+func (m *model) dispatch() {
+	for b := m.core.Next(m.now); b != nil; b = m.core.Next(m.now) {
+		m.inflight = append(m.inflight, &modelFlight{batch: b})
 	}
 }
 
-// complete lets the API apply in-flight request i (modulo their number)
-// and answer 200 — or, for a fenced request, sometimes lose it.
-func (s *modelSink) complete(i int, apply bool) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if len(s.inflight) == 0 {
+// complete ends in-flight request i (modulo their number): the API applies
+// it and answers 200 — or, for a fenced request, applies it only if apply
+// is set (it may have been lost), and the answer is not acknowledged, as
+// the real sink's cancelled Send returns an error.
+func (m *model) complete(i int, apply bool) bool {
+	if len(m.inflight) == 0 {
 		return false
 	}
-	i %= len(s.inflight)
-	r := s.inflight[i]
-	s.remove(r)
-	if apply || r.ctx.Err() == nil {
-		s.apply(r)
+	i %= len(m.inflight)
+	f := m.inflight[i]
+	m.inflight = append(m.inflight[:i], m.inflight[i+1:]...)
+	if apply || !f.fenced {
+		req := f.batch.Request
+		for _, u := range req.UIDs {
+			m.api[[2]string{req.CohortID, u}] = req.Action == event.Add
+		}
 	}
-	r.done <- true
+	if !f.fenced {
+		f.batch.Acknowledge(nil)
+	}
+	m.core.Settle(f.batch)
+	m.dispatch()
 	return true
 }
 
-func (s *modelSink) count() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.inflight)
-}
-
 func runModel(t *testing.T, ops []byte) {
-	sink := &modelSink{api: map[[2]string]bool{}}
-	b, err := batcher.New(batcher.Config{Window: time.Second, MaxMembers: 3, MaxInFlight: 2, Sink: sink,
-		DeadLetter: func(context.Context, []batcher.Rejected) error { t.Error("unexpected dead letter"); return nil }})
+	core, err := batcher.NewCore(batcher.Limits{Window: time.Second, MaxMembers: 3, MaxInFlight: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	runDone := make(chan struct{})
-	go func() { defer close(runDone); _ = b.Run(ctx) }()
-	defer func() { cancel(); <-runDone }()
+	m := &model{t: t, core: core, now: time.Unix(1e9, 0), api: map[[2]string]bool{}}
 
 	var log []modelRecord
 	committed := int64(0)
@@ -123,9 +95,11 @@ func runModel(t *testing.T, ops []byte) {
 			}
 			ack := newRecordAck(tr, seq, nil, nil, 1)
 			h := wire.Header{Action: rec.action, Partner: "p", CohortID: rec.cohort, CohortName: "n"}
-			if err := b.Add(context.Background(), []batcher.Change{{Header: h, UID: rec.uid, Ack: ack}}); err != nil {
-				t.Fatal(err)
+			if core.Room() == 0 {
+				t.Fatal("no room: MaxPending reached")
 			}
+			core.Add(batcher.Change{Header: h, UID: rec.uid, Ack: ack}, m.now)
+			m.dispatch()
 		}
 	}
 	commit := func() {
@@ -138,10 +112,8 @@ func runModel(t *testing.T, ops []byte) {
 		for i, r := range log {
 			last[[2]string{r.cohort, r.uid}] = int64(i)
 		}
-		sink.mu.Lock()
-		defer sink.mu.Unlock()
 		for k, i := range last {
-			if i < committed && sink.api[k] != (log[i].action == event.Add) {
+			if i < committed && m.api[k] != (log[i].action == event.Add) {
 				t.Fatalf("committed %d past record %d (%s %s %s) whose result the API does not hold", committed, i, log[i].action, k[0], k[1])
 			}
 		}
@@ -153,51 +125,36 @@ func runModel(t *testing.T, ops []byte) {
 				action: []event.Action{event.Add, event.Remove}[(int(op)+i)%2]})
 			deliver()
 		case 2:
-			time.Sleep(time.Second)
-			synctest.Wait()
+			m.now = m.now.Add(time.Second)
+			m.dispatch()
 		case 3: // the API answers one in-flight request, in any order
-			sink.complete(int(op/6), true)
-			synctest.Wait()
+			m.complete(int(op/6), true)
 		case 4: // rebalance: fence, then a new generation from the last commit
-			revoked := make(chan error, 1)
-			go func() { revoked <- b.Revoke(context.Background()) }()
-			synctest.Wait()
+			core.Revoke()
+			for _, f := range m.inflight {
+				f.fenced = true
+			}
 			// The fence waits for the attempts under way; they finish, and
 			// some of them reach the API.
-			for k := 0; sink.count() > 0; k++ {
-				select {
-				case err := <-revoked:
-					revoked <- err
-				default:
-				}
-				if len(revoked) > 0 {
-					break
-				}
-				sink.complete(0, (int(op)+k)%2 == 0)
-				synctest.Wait()
+			for k := 0; m.complete(0, (int(op)+k)%2 == 0); k++ {
 			}
-			if err := <-revoked; err != nil {
-				t.Fatal(err)
-			}
-			if b.Pending() != 0 || b.InFlight() != 0 {
-				t.Fatalf("after revoke: pending %d in flight %d", b.Pending(), b.InFlight())
+			if core.Pending() != 0 || core.InFlight() != 0 {
+				t.Fatalf("after revoke: pending %d in flight %d", core.Pending(), core.InFlight())
 			}
 			tr = newTracker("t", 0, committed)
 			read = committed
 			deliver()
 		case 5:
-			synctest.Wait()
 			commit()
 		}
 	}
 	// Drain: everything is eventually accepted.
 	for range 10000 {
-		time.Sleep(time.Second)
-		synctest.Wait()
-		for sink.complete(0, true) {
-			synctest.Wait()
+		m.now = m.now.Add(time.Second)
+		m.dispatch()
+		for m.complete(0, true) {
 		}
-		if b.Pending() == 0 && b.InFlight() == 0 {
+		if core.Pending() == 0 && core.InFlight() == 0 {
 			break
 		}
 	}
@@ -210,8 +167,8 @@ func runModel(t *testing.T, ops []byte) {
 		want[[2]string{r.cohort, r.uid}] = r.action == event.Add
 	}
 	for k, v := range want {
-		if sink.api[k] != v {
-			t.Fatalf("%v: API has %v, the log says %v", k, sink.api[k], v)
+		if m.api[k] != v {
+			t.Fatalf("%v: API has %v, the log says %v", k, m.api[k], v)
 		}
 	}
 }
@@ -223,7 +180,7 @@ func TestModelSeeds(t *testing.T) {
 		{1, 7, 13, 19, 2, 10, 16, 22, 4, 2, 3, 5, 3, 5, 28, 34, 2, 3, 3, 5},
 	}
 	for i, s := range seeds {
-		t.Run(fmt.Sprint(i), func(t *testing.T) { synctest.Test(t, func(t *testing.T) { runModel(t, s) }) })
+		t.Run(fmt.Sprint(i), func(t *testing.T) { runModel(t, s) })
 	}
 	// A few long pseudo-random sequences.
 	for seed := range 30 {
@@ -233,7 +190,7 @@ func TestModelSeeds(t *testing.T) {
 			x = x*1664525 + 1013904223
 			ops[i] = byte(x >> 24)
 		}
-		t.Run(fmt.Sprint("random-", seed), func(t *testing.T) { synctest.Test(t, func(t *testing.T) { runModel(t, ops) }) })
+		t.Run(fmt.Sprint("random-", seed), func(t *testing.T) { runModel(t, ops) })
 	}
 }
 
@@ -244,6 +201,6 @@ func FuzzModel(f *testing.F) {
 		if len(ops) > 400 {
 			ops = ops[:400]
 		}
-		synctest.Test(t, func(t *testing.T) { runModel(t, ops) })
+		runModel(t, ops)
 	})
 }

@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/cohortsync/cohortsync-worker/internal/metrics"
 )
 
 // kind is what Send does after a failed attempt.
@@ -39,11 +41,10 @@ const (
 type decision struct {
 	kind kind
 	// reason is the retries_total reason of the next attempt of the same
-	// members: one of metrics.RetryReasons.
-	reason string
-	// stop is the line_stopped reason of a stopLine: one of
-	// metrics.LineStopReasons.
-	stop string
+	// members.
+	reason metrics.RetryReason
+	// stop is the line_stopped reason of a stopLine.
+	stop metrics.LineStopReason
 	// delay is the delay the server asked for (StatusError.RetryAfter):
 	// the pause of a retryPause, a floor for retryBackoff; 0 if none.
 	delay time.Duration
@@ -52,11 +53,13 @@ type decision struct {
 	member bool
 }
 
-// Line-stop reasons (metrics.LineStopReasons).
+// Line-stop reasons: auth for 401, 403 and the "Authentication ..." types;
+// config for 415, 404, 405, 3xx and a header named at fault; invalid_batch
+// for a 4xx that hits every part of a batch alike.
 const (
-	stopAuth         = "auth"          // 401, 403, "Authentication ..." types
-	stopConfig       = "config"        // 415, 404, 405, 3xx, a header named at fault
-	stopInvalidBatch = "invalid_batch" // a 4xx that hits every part of a batch alike
+	stopAuth         = metrics.LineStopAuth
+	stopConfig       = metrics.LineStopConfig
+	stopInvalidBatch = metrics.LineStopInvalidBatch
 )
 
 // envelopeAttrs are the request fields outside the members: a 4xx naming one
@@ -85,33 +88,33 @@ func classify(serr *StatusError, err error) decision {
 	if err != nil {
 		switch {
 		case errors.Is(err, errLeaseExpired):
-			return decision{kind: retryNow, reason: "lease"}
+			return decision{kind: retryNow, reason: metrics.RetryLease}
 		case isTimeout(err):
-			return decision{kind: retryBackoff, reason: "timeout"}
+			return decision{kind: retryBackoff, reason: metrics.RetryTimeout}
 		default:
-			return decision{kind: retryBackoff, reason: "network"}
+			return decision{kind: retryBackoff, reason: metrics.RetryNetwork}
 		}
 	}
 	switch code := serr.Code; {
 	case code >= 200 && code < 300: // "status": "fail" in a 2xx: not an acceptance
-		return decision{kind: retryBackoff, reason: "status_fail", delay: serr.RetryAfter}
+		return decision{kind: retryBackoff, reason: metrics.RetryStatusFail, delay: serr.RetryAfter}
 	case code == http.StatusTooManyRequests:
-		return decision{kind: retryPause, reason: "rate_limited", delay: serr.RetryAfter}
+		return decision{kind: retryPause, reason: metrics.RetryRateLimited, delay: serr.RetryAfter}
 	case code == http.StatusRequestTimeout:
-		return decision{kind: retryBackoff, reason: "timeout", delay: serr.RetryAfter}
+		return decision{kind: retryBackoff, reason: metrics.RetryTimeout, delay: serr.RetryAfter}
 	case code >= 500:
-		return decision{kind: retryBackoff, reason: "server_error", delay: serr.RetryAfter}
+		return decision{kind: retryBackoff, reason: metrics.RetryServerError, delay: serr.RetryAfter}
 	}
 	if stop := configError(serr); stop != "" {
-		return decision{kind: stopLine, reason: "auth", stop: stop}
+		return decision{kind: stopLine, reason: metrics.RetryLineStopped, stop: stop}
 	}
 	switch {
 	case serr.Code == http.StatusRequestEntityTooLarge:
-		return decision{kind: splitHalves, reason: "too_large"}
+		return decision{kind: splitHalves, reason: metrics.RetryTooLarge}
 	case envelopeAttrs[serr.Attribute]:
-		return decision{kind: rejectAll, reason: "invalid"}
+		return decision{kind: rejectAll, reason: metrics.RetryInvalid}
 	default:
-		return decision{kind: isolate, reason: "invalid", member: memberAttrs[serr.Attribute]}
+		return decision{kind: isolate, reason: metrics.RetryInvalid, member: memberAttrs[serr.Attribute]}
 	}
 }
 
@@ -119,7 +122,7 @@ func classify(serr *StatusError, err error) decision {
 // credentials or the configuration are wrong, so that no request can
 // succeed until an operator acts (retried slowly, forever; never a
 // rejection), or "" for another answer.
-func configError(e *StatusError) string {
+func configError(e *StatusError) metrics.LineStopReason {
 	switch {
 	case e.Code == http.StatusUnauthorized, e.Code == http.StatusForbidden:
 		return stopAuth

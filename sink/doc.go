@@ -14,16 +14,15 @@
 //     cenkalti/backoff/v4), per-attempt timeouts, the lease check before
 //     every attempt (Config.Lease; the default HTTP client checks it again
 //     before every write), and draining responses;
-//   - the client-side rate limiter (Limiter): evenly spaced permits, paused
-//     by a 429;
+//   - taking a rate-limit permit before every attempt, and pausing the
+//     Limiter on a 429 (the Limiter itself, the replica's share and its
+//     start after a rebalance are package internal/ratelimit's);
 //   - the request metrics: requests, durations, retries, rate-limit wait,
 //     line stopped (and auth failing).
 //
 // It does not own the lease itself (the consumer group proves membership),
-// batching, compaction, per-cohort ordering, the number of
-// concurrent Sends or the first permit of each batch (package batcher), nor
-// acknowledging, committing or dead-lettering anything; it knows nothing of
-// Kafka (package consumer). Rejected members are returned to the caller,
-// which dead-letters them. The caller also sets the Limiter's share of the
-// fleet-wide rate at every rebalance (Limiter.SetRPM) and its gauge.
+// batching, compaction, per-cohort ordering or the number of concurrent
+// Sends (package batcher), nor acknowledging, committing or dead-lettering
+// anything; it knows nothing of Kafka (package consumer). Rejected members
+// are returned to the caller, which dead-letters them.
 package sink

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 
 	"github.com/cohortsync/cohortsync-worker/internal/event"
+	"github.com/cohortsync/cohortsync-worker/internal/ratelimit"
 	"github.com/cohortsync/cohortsync-worker/internal/wire"
 	"github.com/cohortsync/cohortsync-worker/sink"
 )
@@ -29,7 +30,7 @@ func ExampleClient_Send() {
 	}))
 	defer srv.Close()
 
-	lim := sink.NewLimiter(6000) // this replica's share of the fleet's budget
+	lim := ratelimit.NewLimiter(6000) // this replica's share of the fleet's budget
 	c, err := sink.New(sink.Config{BaseURL: srv.URL, WorkspaceID: "WS", APIKey: "key", Limiter: lim,
 		Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
@@ -38,9 +39,6 @@ func ExampleClient_Send() {
 	defer c.CloseIdleConnections()
 
 	ctx := context.Background()
-	if err := lim.Wait(ctx); err != nil { // the caller takes the first permit
-		panic(err)
-	}
 	rejected, err := c.Send(ctx, wire.Request{Header: wire.Header{Action: event.Add, Partner: "p", CohortID: "c1",
 		CohortName: "Buyers"}, UIDs: []string{"u1", "bad", "u2"}})
 	fmt.Println(rejected, err)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/cohortsync/cohortsync-worker/internal/ratelimit"
 	"github.com/cohortsync/cohortsync-worker/sink"
 )
 
@@ -74,9 +75,9 @@ func Test429Delay(t *testing.T) {
 			}
 			t.Run(name, func(t *testing.T) {
 				synctest.Test(t, func(t *testing.T) {
-					var lim *sink.Limiter
+					var lim *ratelimit.Limiter
 					if withLimiter {
-						lim = sink.NewLimiter(tc.rpm)
+						lim = ratelimit.NewLimiter(tc.rpm)
 					}
 					// newEnv moves the clock to memEpoch: epoch seconds are
 					// then above 1e9, not read as delta seconds.
@@ -86,12 +87,12 @@ func Test429Delay(t *testing.T) {
 								body: `{"status":"fail","error":{"message":"Rate limits for customers exceeded. Please Try After Some Time","type":"Rate Limits Exceeded","request_id":"onqucLYL"}}`}
 						}
 						return ok()
-					}, func(c *sink.Config) { c.Limiter = lim; c.InitialInterval = initial })
-					if lim != nil {
-						if err := lim.Wait(t.Context()); err != nil { // the caller's permit
-							t.Fatal(err)
+					}, func(c *sink.Config) {
+						c.InitialInterval = initial
+						if lim != nil {
+							c.Limiter = lim
 						}
-					}
+					})
 					rej, err := e.client.Send(t.Context(), request(3))
 					if err != nil || len(rej) != 0 {
 						t.Fatalf("Send = %v, %v", rej, err)
@@ -135,7 +136,7 @@ func Test429DelayOverSockets(t *testing.T) {
 					return reply{status: 429, header: map[string]string{header: "1"}}
 				}
 				return ok()
-			}, func(c *sink.Config) { c.Limiter = sink.NewLimiter(0) })
+			}, func(c *sink.Config) { c.Limiter = ratelimit.NewLimiter(0) })
 			if rej, err := e.client.Send(e.ctx(), request(2)); err != nil || len(rej) != 0 {
 				t.Fatalf("Send = %v, %v", rej, err)
 			}
@@ -164,7 +165,7 @@ func Test429PausesTheReplica(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				lim := sink.NewLimiter(0)
+				lim := ratelimit.NewLimiter(0)
 				e := newEnv(t, "mem", func(n int, _ call) reply {
 					if n == 0 {
 						return reply{status: 429, header: tc.header}
@@ -261,12 +262,12 @@ func TestRetryAfter(t *testing.T) {
 	}
 }
 
-// TestPermitsForRetriesAndParts: the caller's permit covers the first
-// attempt; every retry and every part of a split takes its own, so a Send
-// never goes faster than the Limiter.
+// TestPermitsForRetriesAndParts: the first attempt, every retry and every
+// part of a split takes its own permit, so a Send never goes faster than
+// the Limiter.
 func TestPermitsForRetriesAndParts(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		lim := sink.NewLimiter(60) // one permit a second
+		lim := ratelimit.NewLimiter(60) // one permit a second
 		e := newEnv(t, "mem", func(n int, c call) reply {
 			switch {
 			case len(c.req.UIDs) > 2:
@@ -277,9 +278,6 @@ func TestPermitsForRetriesAndParts(t *testing.T) {
 			return ok()
 		}, func(c *sink.Config) { c.Limiter = lim; c.InitialInterval = time.Nanosecond })
 		start := time.Now()
-		if err := lim.Wait(t.Context()); err != nil {
-			t.Fatal(err)
-		}
 		// 0: 413, 1: first half 500, 2: first half 200, 3: second half 200.
 		if rej, err := e.client.Send(t.Context(), request(4)); err != nil || len(rej) != 0 {
 			t.Fatalf("Send = %v, %v", rej, err)
@@ -300,20 +298,16 @@ func TestPermitsForRetriesAndParts(t *testing.T) {
 }
 
 // TestOrderAndPermits: parts of a split go in member order, one at a time,
-// each after a Limiter permit; the caller's permit covers only the first
-// attempt.
+// each after a Limiter permit, like the first attempt.
 func TestOrderAndPermits(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		lim := sink.NewLimiter(60) // one permit a second
+		lim := ratelimit.NewLimiter(60) // one permit a second
 		e := newEnv(t, "mem", func(_ int, c call) reply {
 			if len(c.req.UIDs) > 2 {
 				return fail(413, "Payload too large", "", "")
 			}
 			return ok()
 		}, func(c *sink.Config) { c.Limiter = lim })
-		if err := lim.Wait(t.Context()); err != nil { // the caller's permit
-			t.Fatal(err)
-		}
 		start := time.Now()
 		req := request(8)
 		if _, err := e.client.Send(t.Context(), req); err != nil {

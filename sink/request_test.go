@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/cohortsync/cohortsync-worker/internal/event"
+	"github.com/cohortsync/cohortsync-worker/internal/ratelimit"
 	"github.com/cohortsync/cohortsync-worker/internal/wire"
 	"github.com/cohortsync/cohortsync-worker/sink"
 )
@@ -307,7 +308,7 @@ func TestSecretNeverLeaks(t *testing.T) {
 			e := newEnv(t, "http", func(int, call) reply { return tc.rep }, func(c *sink.Config) {
 				c.MaxElapsed = 20 * time.Millisecond
 				c.AttemptTimeout = 100 * time.Millisecond
-				c.Limiter = sink.NewLimiter(0)
+				c.Limiter = ratelimit.NewLimiter(0)
 			})
 			ctx, cancel := context.WithCancel(e.ctx())
 			defer cancel()

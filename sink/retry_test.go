@@ -21,6 +21,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/cohortsync/cohortsync-worker/internal/ratelimit"
 	"github.com/cohortsync/cohortsync-worker/sink"
 )
 
@@ -129,7 +130,7 @@ func TestRetryTable(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			modes(t, func(t *testing.T, mode string) {
-				lim := sink.NewLimiter(0) // unlimited, but a 429 pauses it
+				lim := ratelimit.NewLimiter(0) // unlimited, but a 429 pauses it
 				e := newEnv(t, mode, func(n int, c call) reply {
 					if n == 0 {
 						return tc.first(c.at)
@@ -908,7 +909,7 @@ func TestGivesUp(t *testing.T) {
 			e := newEnv(t, "http", func(int, call) reply { return tc.rep }, func(c *sink.Config) {
 				c.MaxElapsed = 30 * time.Millisecond
 				if tc.status == 429 {
-					c.Limiter = sink.NewLimiter(0)
+					c.Limiter = ratelimit.NewLimiter(0)
 				}
 			})
 			start := time.Now()

@@ -104,10 +104,10 @@ type Config struct {
 	// wrong BaseURL, and following it would turn the POST into a GET or
 	// carry the credentials to another host.
 	HTTPClient *http.Client
-	// Limiter gives the permits for every attempt after the first (the
-	// caller takes the first) and is paused on a 429. nil means unlimited
-	// (a 429 then only delays the Send that got it).
-	Limiter *Limiter
+	// Limiter gives the permit of every attempt, and is paused on a 429
+	// (a *ratelimit.Limiter: the replica's share of the fleet budget). nil
+	// means unlimited (a 429 then only delays the Send that got it).
+	Limiter Limiter
 	// Logger receives the client's logs, with component=sink. nil means
 	// slog.Default().
 	Logger *slog.Logger
@@ -244,7 +244,7 @@ func (c *Client) LineStopped() bool { return c.stopped.Load() }
 // setStop sets or clears the client-wide stop for reason (stopAuth or
 // stopConfig); clearing both is what an acceptance does. It reports
 // whether the state changed.
-func (c *Client) setStop(reason string, on bool) bool {
+func (c *Client) setStop(reason metrics.LineStopReason, on bool) bool {
 	c.stopMu.Lock()
 	defer c.stopMu.Unlock()
 	changed := false
@@ -280,9 +280,9 @@ func (c *Client) syncStop() {
 	}
 	c.stopped.Store(c.stopAuth || c.stopConfig || c.stopBatches > 0)
 	c.m.AuthFailing.Set(b(c.stopAuth || c.stopConfig))
-	c.m.LineStopped.WithLabelValues(stopAuth).Set(b(c.stopAuth))
-	c.m.LineStopped.WithLabelValues(stopConfig).Set(b(c.stopConfig))
-	c.m.LineStopped.WithLabelValues(stopInvalidBatch).Set(b(c.stopBatches > 0))
+	c.m.LineStopped.WithLabelValues(string(stopAuth)).Set(b(c.stopAuth))
+	c.m.LineStopped.WithLabelValues(string(stopConfig)).Set(b(c.stopConfig))
+	c.m.LineStopped.WithLabelValues(string(stopInvalidBatch)).Set(b(c.stopBatches > 0))
 }
 
 // Send delivers one batch, req, and returns once every member of it has been
@@ -293,10 +293,9 @@ func (c *Client) syncStop() {
 // acknowledged, and the rejections are not returned. A request with no
 // members sends nothing and returns nil.
 //
-// Permits and lease: the caller already holds a Limiter permit for the first
-// attempt; every further attempt (a retry, or each part of a split) first
-// takes one with Limiter.Wait. Time spent there, and in 429 pauses, is added
-// to the rate-limit wait metric. After its permit, every attempt waits for
+// Permits and lease: every attempt (the first, a retry, or each part of a
+// split) first takes a permit with Limiter.Wait. Time spent there, and in
+// 429 pauses, is added to the rate-limit wait metric. After its permit, every attempt waits for
 // Config.Lease (Lease.Wait, again if the deadline it returns is already
 // past), and is abandoned (and retried under a new lease) if the lease
 // lapses before its answer comes.
@@ -399,7 +398,7 @@ func (c *Client) syncStop() {
 // User-Agent (never MOE-DESTINATION-PARTNER). Response bodies are always
 // drained (up to 128 KiB) and closed, so connections are reused.
 func (c *Client) Send(ctx context.Context, req wire.Request) ([]wire.Rejection, error) {
-	s := &sender{c: c, req: req, first: true, since: time.Now()}
+	s := &sender{c: c, req: req, since: time.Now()}
 	s.bo = backoff.ExponentialBackOff{
 		InitialInterval:     c.cfg.InitialInterval,
 		RandomizationFactor: backoff.DefaultRandomizationFactor,
@@ -427,7 +426,6 @@ type sender struct {
 	req          wire.Request // the whole batch
 	bo           backoff.ExponentialBackOff
 	logger       *slog.Logger // built on first use: most Sends log nothing
-	first        bool         // the caller's permit is not used yet
 	since        time.Time    // last progress, for MaxElapsed
 	rejected     []wire.Rejection
 	lastKey      string         // the failure last logged, to log a repeating one once
@@ -469,7 +467,7 @@ func split(req wire.Request) (wire.Request, wire.Request) {
 
 // deliverHalves sends the two halves of req, in order. retry is the retry
 // reason of their first attempts ("" when never sent).
-func (s *sender) deliverHalves(ctx context.Context, req wire.Request, retry string, iso *isolation) error {
+func (s *sender) deliverHalves(ctx context.Context, req wire.Request, retry metrics.RetryReason, iso *isolation) error {
 	a, b := split(req)
 	if err := s.deliver(ctx, a, retry, iso); err != nil {
 		return err
@@ -494,7 +492,7 @@ func (s *sender) progress() {
 // within an isolating split (iso != nil), until req is accepted, rejected,
 // or handed to iso to wait for evidence. retry is the Retries reason to
 // count for its first attempt ("" if these members were never sent).
-func (s *sender) deliver(ctx context.Context, req wire.Request, retry string, iso *isolation) (err error) {
+func (s *sender) deliver(ctx context.Context, req wire.Request, retry metrics.RetryReason, iso *isolation) (err error) {
 	c := s.c
 	if iso == nil {
 		defer func() {
@@ -552,7 +550,7 @@ func (s *sender) deliver(ctx context.Context, req wire.Request, retry string, is
 		if err != nil || len(pending) == 0 {
 			return err
 		}
-		req.UIDs, retry = pending, "invalid"
+		req.UIDs, retry = pending, metrics.RetryInvalid
 		if err := s.stopBatch(ctx, req, serr); err != nil {
 			return err
 		}
@@ -693,7 +691,7 @@ func (s *sender) unstop(resolved bool) {
 // it returns (nil, _, nil) when accepted, the answer and its classification
 // for a 413 or another 4xx, and an error when ctx ended (or Lease.Wait
 // failed) or Send gave up.
-func (s *sender) post(ctx context.Context, req wire.Request, retry string) (*StatusError, decision, error) {
+func (s *sender) post(ctx context.Context, req wire.Request, retry metrics.RetryReason) (*StatusError, decision, error) {
 	c := s.c
 	body := wire.AppendBody(make([]byte, 0, wire.Size(req)), req)
 	var (
@@ -712,7 +710,7 @@ func (s *sender) post(ctx context.Context, req wire.Request, retry string) (*Sta
 			return nil, decision{}, s.stopped(req, attempt-1, err, last)
 		}
 		if retry != "" {
-			c.m.Retries.WithLabelValues(retry).Inc()
+			c.m.Retries.WithLabelValues(string(retry)).Inc()
 		}
 		serr, err := c.attempt(ctx, req, body, lease)
 		if serr == nil && err == nil {
@@ -811,16 +809,12 @@ func (s *sender) accepted(req wire.Request, attempt int) {
 	}
 }
 
-// permit takes a rate-limit permit, except for the caller's first attempt.
-// It fails once ctx has ended, even without a Limiter: no new attempt starts
-// after cancellation.
+// permit takes a rate-limit permit for the next attempt. It fails once ctx
+// has ended, even without a Limiter: no new attempt starts after
+// cancellation.
 func (s *sender) permit(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
-	}
-	if s.first {
-		s.first = false
-		return nil
 	}
 	lim := s.c.cfg.Limiter
 	if lim == nil {

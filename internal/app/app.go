@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"net"
 	"net/http"
 	"os"
@@ -32,6 +31,7 @@ import (
 	"github.com/cohortsync/cohortsync-worker/internal/config"
 	"github.com/cohortsync/cohortsync-worker/internal/lease"
 	"github.com/cohortsync/cohortsync-worker/internal/metrics"
+	"github.com/cohortsync/cohortsync-worker/internal/ratelimit"
 	"github.com/cohortsync/cohortsync-worker/sink"
 )
 
@@ -53,44 +53,103 @@ type Options struct {
 // and returns. It returns nil after a clean drain, and an error when the
 // worker could not start or could not go on.
 func Run(ctx context.Context, opts Options) error {
-	cfg := opts.Config
-	if err := cfg.Validate(); err != nil {
+	w, err := build(opts)
+	if err != nil {
 		return err
 	}
-	log := opts.Logger
-	if log == nil {
-		log = slog.Default()
+	defer w.close()
+	if err := w.run(ctx); err != nil {
+		return err
 	}
-	reg := opts.Registry
-	if reg == nil {
-		reg = prometheus.NewRegistry()
-		metrics.RegisterRuntime(reg)
+	w.log.Info("stopped")
+	return nil
+}
+
+// worker is the wired-up process: what build made, for run to start and
+// stop.
+type worker struct {
+	opts      Options
+	cfg       config.Config
+	log       *slog.Logger
+	reg       *prometheus.Registry
+	m         *metrics.Metrics
+	transport *kafka.Transport
+	client    *sink.Client
+	dlq       *consumer.DLQ
+	batcher   *batcher.Batcher
+	consumer  *consumer.Consumer
+}
+
+// build validates the configuration and makes every component, starting
+// nothing.
+func build(opts Options) (_ *worker, err error) {
+	cfg := opts.Config
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
-	m := metrics.NewMetrics(reg)
-	m.SetBuildInfo(opts.Version)
+	w := &worker{opts: opts, cfg: cfg, log: opts.Logger, reg: opts.Registry}
+	if w.log == nil {
+		w.log = slog.Default()
+	}
+	if w.reg == nil {
+		w.reg = prometheus.NewRegistry()
+		metrics.RegisterRuntime(w.reg)
+	}
+	w.m = metrics.NewMetrics(w.reg)
+	w.m.SetBuildInfo(opts.Version)
 	replica := opts.ReplicaID
 	if replica == "" {
 		host, _ := os.Hostname()
 		replica = host + "-" + strconv.Itoa(os.Getpid())
 	}
-	log.Info("starting cohortsync-worker", "version", opts.Version, "replica", replica, "config", cfg)
+	w.log.Info("starting cohortsync-worker", "version", opts.Version, "replica", replica, "config", cfg)
 
 	dialer, transport, err := kafkaSecurity(cfg)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer transport.CloseIdleConnections()
-
-	limiter := sink.NewLimiter(cfg.RateLimitRPM)
-	m.RateLimitRPM.Set(cfg.RateLimitRPM)
+	w.transport = transport
+	defer func() {
+		if err != nil {
+			w.close()
+		}
+	}()
+	limiter := ratelimit.NewLimiter(cfg.RateLimitRPM)
+	w.m.RateLimitRPM.Set(cfg.RateLimitRPM)
 	// The consumer proves this replica's group membership to the lease;
 	// the sink sends nothing without it (DESIGN.md invariant 4).
 	membership := lease.New()
+	if w.client, err = w.newSink(replica, limiter, membership); err != nil {
+		return nil, err
+	}
+	w.dlq = consumer.NewDLQ(consumer.NewWriter(cfg.KafkaBrokers, cfg.KafkaDLQTopic, transport, w.log),
+		cfg.KafkaDLQTopic, w.log, w.m)
+	w.batcher, err = batcher.New(batcher.Config{
+		MaxBytes:    cfg.BatchMaxBytes,
+		MaxMembers:  cfg.BatchMaxMembers,
+		Window:      cfg.BatchWindow,
+		MaxInFlight: cfg.MaxInFlight,
+		MaxPending:  cfg.MaxPendingMembers,
+		Sink:        w.client,
+		DeadLetter:  w.dlq.DeadLetter,
+		Logger:      w.log,
+		Metrics:     w.m,
+	})
+	if err != nil {
+		return nil, err
+	}
+	w.consumer, err = w.newConsumer(dialer, limiter, membership)
+	return w, err
+}
+
+// newSink makes the Cohort Sync API client.
+func (w *worker) newSink(replica string, limiter *ratelimit.Limiter, membership *lease.Lease) (*sink.Client, error) {
+	cfg := w.cfg
 	var reloadKey func() (string, error)
 	if cfg.MoEngageDataAPIKeyFile != "" {
 		reloadKey = config.SecretFileFunc(cfg.MoEngageDataAPIKeyFile)
 	}
-	client, err := sink.New(sink.Config{
+	return sink.New(sink.Config{
 		BaseURL:         cfg.MoEngageBaseURL,
 		WorkspaceID:     cfg.MoEngageWorkspaceID,
 		APIKey:          cfg.MoEngageDataAPIKey.Reveal(),
@@ -101,77 +160,68 @@ func Run(ctx context.Context, opts Options) error {
 		MaxInterval:     cfg.RetryMaxInterval,
 		MaxElapsed:      cfg.RetryMaxElapsed,
 		ReplicaID:       replica,
-		UserAgent:       "cohortsync-worker/" + opts.Version,
-		HTTPClient:      opts.HTTPClient,
+		UserAgent:       "cohortsync-worker/" + w.opts.Version,
+		HTTPClient:      w.opts.HTTPClient,
 		Limiter:         limiter,
-		Logger:          log,
-		Metrics:         m,
+		Logger:          w.log,
+		Metrics:         w.m,
 	})
-	if err != nil {
-		return err
-	}
-	defer client.CloseIdleConnections()
+}
 
-	dlq := consumer.NewDLQ(consumer.NewWriter(cfg.KafkaBrokers, cfg.KafkaDLQTopic, transport, log),
-		cfg.KafkaDLQTopic, log, m)
-	defer dlq.Close()
-
-	b, err := batcher.New(batcher.Config{
-		MaxBytes:    cfg.BatchMaxBytes,
-		MaxMembers:  cfg.BatchMaxMembers,
-		Window:      cfg.BatchWindow,
-		MaxInFlight: cfg.MaxInFlight,
-		MaxPending:  cfg.MaxPendingMembers,
-		Sink:        client,
-		Limiter:     limiter,
-		DeadLetter:  dlq.DeadLetter,
-		Logger:      log,
-		Metrics:     m,
-	})
-	if err != nil {
-		return err
-	}
-
-	drain := cfg.ShutdownTimeout - min(5*time.Second, cfg.ShutdownTimeout/5)
-	cons, err := consumer.New(consumer.Config{
+// newConsumer makes the group consumer. At every assignment it sets the
+// replica's share of the budget.
+func (w *worker) newConsumer(dialer *kafka.Dialer, limiter *ratelimit.Limiter, membership *lease.Lease) (*consumer.Consumer, error) {
+	cfg := w.cfg
+	return consumer.New(consumer.Config{
 		Brokers:        cfg.KafkaBrokers,
 		Topics:         cfg.KafkaTopics,
 		GroupID:        cfg.KafkaGroupID,
 		DefaultPartner: cfg.CohortsyncPartner,
 		Dialer:         dialer,
-		Transport:      transport,
-		Batcher:        b,
-		DLQ:            dlq,
+		Transport:      w.transport,
+		Batcher:        w.batcher,
+		DLQ:            w.dlq,
 		Lease:          membership,
-		DrainTimeout:   drain,
+		DrainTimeout:   cfg.ShutdownTimeout - min(5*time.Second, cfg.ShutdownTimeout/5),
 		OnAssign: func(assigned []consumer.TopicPartition, total int) {
-			rpm := share(cfg.RateLimitRPM, len(assigned), total)
-			limiter.SetRPM(rpm)
-			if rpm > 0 {
-				// Every replica starts its new share two of its intervals
-				// late: the permits the old shares granted just before the
-				// rebalance then cannot push the fleet over the budget in
-				// any 60-second window.
-				limiter.PauseUntil(time.Now().Add(2 * sink.Spacing(rpm)))
-			}
-			m.RateLimitRPM.Set(rpm)
-			log.Info("rate-limit share", "requests_per_minute", rpm, "assigned", len(assigned), "partitions", total)
+			rpm := limiter.Rebalance(cfg.RateLimitRPM, len(assigned), total)
+			w.m.RateLimitRPM.Set(rpm)
+			w.log.Info("rate-limit share", "requests_per_minute", rpm, "assigned", len(assigned), "partitions", total)
 		},
-		Logger:  log,
-		Metrics: m,
+		Logger:  w.log,
+		Metrics: w.m,
 	})
-	if err != nil {
-		return err
-	}
+}
 
-	ready := func() bool { return cons.Joined() && !client.LineStopped() && !dlq.Failing() }
+// close releases the connections build opened.
+func (w *worker) close() {
+	if w.dlq != nil {
+		w.dlq.Close()
+	}
+	if w.client != nil {
+		w.client.CloseIdleConnections()
+	}
+	w.transport.CloseIdleConnections()
+}
+
+// run serves the endpoints and runs the consumer, the batcher and the DLQ
+// until ctx ends (then the consumer drains) or the batcher fails.
+func (w *worker) run(ctx context.Context) error {
+	ready := func() bool { return w.consumer.Joined() && !w.client.LineStopped() && !w.dlq.Failing() }
 	// cohortsync_ready says what the process knows, probed or not.
 	readyCtx, stopReady := context.WithCancel(ctx)
 	defer stopReady()
-	go m.TrackReady(readyCtx, ready, metrics.ReadyInterval)
-	srv, err := serveHTTP(cfg.HTTPAddr, reg, ready, log, opts.Listening, defaultHTTPTimeouts)
+	go w.m.TrackReady(readyCtx, ready, metrics.ReadyInterval)
+	srv, err := serveHTTP(w.cfg.HTTPAddr, w.reg, ready, w.log, w.opts.Listening, defaultHTTPTimeouts)
 	if err != nil {
 		return err
+	}
+	if srv != nil {
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			_ = srv.Shutdown(sctx)
+			cancel()
+		}()
 	}
 
 	// hard ends the batcher and the DLQ once the consumer has drained (or
@@ -180,42 +230,20 @@ func Run(ctx context.Context, opts Options) error {
 	defer stopHard()
 	g, gctx := errgroup.WithContext(hard)
 	g.Go(func() error {
-		err := b.Run(gctx)
-		if errors.Is(err, context.Canceled) {
-			return nil
+		if err := w.batcher.Run(gctx); !errors.Is(err, context.Canceled) {
+			return err
 		}
-		return err
+		return nil
 	})
-	g.Go(func() error { dlq.Run(gctx); return nil })
-	var consErr error
-	consDone := make(chan struct{})
-	go func() {
-		defer close(consDone)
-		// The consumer stops on ctx (soft stop) or when the batcher fails.
-		cctx, cancel := context.WithCancel(ctx)
-		defer cancel()
-		go func() {
-			select {
-			case <-gctx.Done():
-				cancel()
-			case <-cctx.Done():
-			}
-		}()
-		consErr = cons.Run(cctx)
-	}()
-	<-consDone
+	g.Go(func() error { w.dlq.Run(gctx); return nil })
+	// The consumer stops on ctx (soft stop) or when the batcher fails.
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(gctx, cancel)
+	defer stop()
+	consErr := w.consumer.Run(cctx)
 	stopHard()
-	runErr := g.Wait()
-	if srv != nil {
-		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		_ = srv.Shutdown(sctx)
-		cancel()
-	}
-	if err := errors.Join(runErr, consErr); err != nil {
-		return err
-	}
-	log.Info("stopped")
-	return nil
+	return errors.Join(g.Wait(), consErr)
 }
 
 // httpTimeouts bound how long one client of the endpoints may hold a
@@ -331,34 +359,4 @@ func kafkaSecurity(cfg config.Config) (*kafka.Dialer, *kafka.Transport, error) {
 		transport.SASL = mech
 	}
 	return dialer, transport, nil
-}
-
-// arrivalSlack is the spread of the delay between a permit and the request's
-// arrival at the API (encoding, connection, network) that the shares allow
-// for. The limiter spaces permits, but the API counts arrivals: with permits
-// exactly 60s/rpm apart, one request that arrives late and a later one that
-// arrives early put rpm+1 requests in one 60-second window. Spreading each
-// share over 60s+arrivalSlack keeps every window of arrivals within the
-// budget as long as the delays differ by less than arrivalSlack.
-const arrivalSlack = time.Second
-
-// share is this replica's part of the fleet-wide budget of rpm requests per
-// minute: rpm × assigned/total, scaled by 60s/(60s+arrivalSlack) and rounded
-// down to whole requests, so that the shares never add up to more than the
-// budget and no 60-second window holds more than a replica's share of
-// arrivals. A share below one request per minute is kept as it is (rounding
-// it down would stop the replica); with nothing assigned it is a token rate
-// (nothing is sent anyway). rpm <= 0 means unlimited.
-func share(rpm float64, assigned, total int) float64 {
-	if rpm <= 0 || total <= 0 {
-		return rpm
-	}
-	if assigned == 0 {
-		return rpm / 1e6
-	}
-	s := rpm * float64(assigned) / float64(total) * float64(time.Minute) / float64(time.Minute+arrivalSlack)
-	if s >= 1 {
-		return math.Floor(s)
-	}
-	return s
 }

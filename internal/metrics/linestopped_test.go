@@ -30,7 +30,7 @@ func TestLineStoppedRegistered(t *testing.T) {
 			}
 		}
 		for _, r := range metrics.LineStopReasons {
-			if v, ok := got[r]; !ok || v != 0 {
+			if v, ok := got[string(r)]; !ok || v != 0 {
 				t.Errorf("line_stopped{reason=%q} = %v (present %v), want 0", r, v, ok)
 			}
 		}

@@ -88,14 +88,41 @@ var Triggers = []Trigger{TriggerBytes, TriggerMembers, TriggerSlots, TriggerHead
 // dead_letter_failures_total reason label.
 var DeadLetterFailureReasons = []string{"too_large", "permanent", "transient"}
 
-// RetryReasons are the bounded values of the retries_total reason label.
-var RetryReasons = []string{"rate_limited", "server_error", "timeout", "network", "too_large", "invalid", "auth",
-	"status_fail", "lease"}
+// RetryReason is a value of the retries_total reason label: why an attempt
+// repeats members already sent.
+type RetryReason string
 
-// LineStopReasons are the bounded values of the line_stopped reason label:
-// the API rejects the credentials (auth), the endpoint or a header (config),
-// or answers a 4xx that hits every part of a batch alike (invalid_batch).
-var LineStopReasons = []string{"auth", "config", "invalid_batch"}
+const (
+	RetryRateLimited RetryReason = "rate_limited" // a 429
+	RetryServerError RetryReason = "server_error" // a 5xx
+	RetryTimeout     RetryReason = "timeout"      // a 408, or the attempt timed out
+	RetryNetwork     RetryReason = "network"      // no answer: the connection failed
+	RetryTooLarge    RetryReason = "too_large"    // a 413: the parts of a split
+	RetryInvalid     RetryReason = "invalid"      // another 4xx: the parts of an isolating split
+	// RetryLineStopped: the line is stopped (credentials or configuration,
+	// LineStopAuth or LineStopConfig); the label value is "auth" for
+	// dashboards built before the config stop existed.
+	RetryLineStopped RetryReason = "auth"
+	RetryStatusFail  RetryReason = "status_fail" // a 2xx whose body says "status": "fail"
+	RetryLease       RetryReason = "lease"       // the lease lapsed before the request was written
+)
+
+// RetryReasons are the bounded values of the retries_total reason label.
+var RetryReasons = []RetryReason{RetryRateLimited, RetryServerError, RetryTimeout, RetryNetwork,
+	RetryTooLarge, RetryInvalid, RetryLineStopped, RetryStatusFail, RetryLease}
+
+// LineStopReason is a value of the line_stopped reason label: why the sink
+// sends only probes.
+type LineStopReason string
+
+const (
+	LineStopAuth         LineStopReason = "auth"          // the API rejects the credentials
+	LineStopConfig       LineStopReason = "config"        // the API rejects the endpoint or a header
+	LineStopInvalidBatch LineStopReason = "invalid_batch" // a 4xx hits every part of a batch alike
+)
+
+// LineStopReasons are the bounded values of the line_stopped reason label.
+var LineStopReasons = []LineStopReason{LineStopAuth, LineStopConfig, LineStopInvalidBatch}
 
 // NewMetrics builds the metrics and registers them on reg (nil: not
 // registered). Known label values are pre-initialised so that series exist
@@ -174,10 +201,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}
 	}
 	for _, r := range RetryReasons {
-		m.Retries.WithLabelValues(r)
+		m.Retries.WithLabelValues(string(r))
 	}
 	for _, r := range LineStopReasons {
-		m.LineStopped.WithLabelValues(r)
+		m.LineStopped.WithLabelValues(string(r))
 	}
 	for _, o := range []string{"ok", "error"} {
 		m.Commits.WithLabelValues(o)

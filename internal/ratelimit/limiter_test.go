@@ -1,4 +1,4 @@
-package sink_test
+package ratelimit_test
 
 // The Limiter, inside testing/synctest bubbles (every permit's time is
 // exact), and once on real time for the race detector.
@@ -13,7 +13,7 @@ import (
 	"testing/synctest"
 	"time"
 
-	"github.com/cohortsync/cohortsync-worker/sink"
+	"github.com/cohortsync/cohortsync-worker/internal/ratelimit"
 )
 
 func TestSpacing(t *testing.T) {
@@ -34,11 +34,11 @@ func TestSpacing(t *testing.T) {
 		{math.Inf(1), 0},
 		{math.Inf(-1), 0},
 	} {
-		if got := sink.Spacing(tc.rpm); got != tc.want {
+		if got := ratelimit.Spacing(tc.rpm); got != tc.want {
 			t.Errorf("Spacing(%v) = %v, want %v", tc.rpm, got, tc.want)
 		}
 	}
-	if got := sink.Spacing(1e-30); got <= 100*365*24*time.Hour {
+	if got := ratelimit.Spacing(1e-30); got <= 100*365*24*time.Hour {
 		t.Errorf("Spacing(1e-30) = %v, want practically never", got)
 	}
 }
@@ -58,11 +58,11 @@ func TestLimiterSpacing(t *testing.T) {
 	} {
 		t.Run("", func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				l := sink.NewLimiter(tc.rpm)
+				l := ratelimit.NewLimiter(tc.rpm)
 				if l.RPM() != tc.rpm {
 					t.Fatalf("RPM() = %v, want %v", l.RPM(), tc.rpm)
 				}
-				if sp := sink.Spacing(tc.rpm); sp != tc.spacing {
+				if sp := ratelimit.Spacing(tc.rpm); sp != tc.spacing {
 					t.Fatalf("Spacing(%v) = %v, want %v", tc.rpm, sp, tc.spacing)
 				}
 				got := permits(t, l, 10, time.Now())
@@ -88,7 +88,7 @@ func TestLimiterSpacing(t *testing.T) {
 func TestLimiterWindow(t *testing.T) {
 	for _, rpm := range []float64{7, 13, 300, 299, 37} {
 		synctest.Test(t, func(t *testing.T) {
-			l := sink.NewLimiter(rpm)
+			l := ratelimit.NewLimiter(rpm)
 			n := int(rpm) * 5
 			got := permits(t, l, n, time.Now())
 			k := int(rpm)
@@ -115,12 +115,12 @@ func TestLimiterLongRun(t *testing.T) {
 			permits = 2000
 			waiters = 4
 		)
-		l := sink.NewLimiter(rpm)
+		l := ratelimit.NewLimiter(rpm)
 		times := permitsConcurrently(t, t.Context(), l, waiters, permits/waiters, time.Now())
 		if len(times) != permits {
 			t.Fatalf("%d permits, want %d", len(times), permits)
 		}
-		sp := sink.Spacing(rpm)
+		sp := ratelimit.Spacing(rpm)
 		for i := 1; i < len(times); i++ {
 			if d := times[i] - times[i-1]; d < sp {
 				t.Fatalf("permits %d and %d only %v apart, want >= %v", i-1, i, d, sp)
@@ -153,7 +153,7 @@ func TestLimiterPauseUntil(t *testing.T) {
 	for _, rpm := range []float64{0, 60} {
 		t.Run("", func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				l := sink.NewLimiter(rpm)
+				l := ratelimit.NewLimiter(rpm)
 				start := time.Now()
 				permits(t, l, 1, start)
 				l.PauseUntil(start.Add(10 * time.Second))
@@ -194,7 +194,7 @@ func TestLimiterPauseUntil(t *testing.T) {
 // before its first permit.
 func TestLimiterPausesWhenUnlimited(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		l := sink.NewLimiter(0)
+		l := ratelimit.NewLimiter(0)
 		start := time.Now()
 		l.PauseUntil(start.Add(3 * time.Second))
 		if got := permits(t, l, 1, start); got[0] != 3*time.Second {
@@ -207,7 +207,7 @@ func TestLimiterPausesWhenUnlimited(t *testing.T) {
 // the last one, also for a waiter already asleep.
 func TestLimiterSetRPM(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		l := sink.NewLimiter(60)
+		l := ratelimit.NewLimiter(60)
 		start := time.Now()
 		permits(t, l, 2, start) // 0s, 1s
 		l.SetRPM(600)
@@ -249,7 +249,7 @@ func TestLimiterSetRPM(t *testing.T) {
 // at the new rate from the last one; speeding up again takes effect at once.
 func TestLimiterSetRPMSlowerThenFaster(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		l := sink.NewLimiter(60)
+		l := ratelimit.NewLimiter(60)
 		start := time.Now()
 		permits(t, l, 2, start) // +0, +1s
 		l.SetRPM(30)            // from the next permit on: 2s after the last one
@@ -271,7 +271,7 @@ func TestLimiterSetRPMSlowerThenFaster(t *testing.T) {
 // served at the new, faster rate.
 func TestLimiterSetRPMWakesWaiters(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		l := sink.NewLimiter(1e-4) // one permit every 10 weeks
+		l := ratelimit.NewLimiter(1e-4) // one permit every 10 weeks
 		start := time.Now()
 		permits(t, l, 1, start)
 		done := make(chan time.Time)
@@ -294,7 +294,7 @@ func TestLimiterSetRPMWakesWaiters(t *testing.T) {
 // when ctx ends (also when it has already ended) and consumes nothing.
 func TestLimiterWaitCancelled(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		l := sink.NewLimiter(60)
+		l := ratelimit.NewLimiter(60)
 		start := time.Now()
 
 		// Already cancelled: an error even though a permit is free.
@@ -339,12 +339,12 @@ func TestLimiterWaitCancelled(t *testing.T) {
 // TestLimiterUnlimited: rpm <= 0 (and NaN, +Inf, the zero value) never
 // waits.
 func TestLimiterUnlimited(t *testing.T) {
-	for _, mk := range []func() *sink.Limiter{
-		func() *sink.Limiter { return sink.NewLimiter(0) },
-		func() *sink.Limiter { return sink.NewLimiter(-1) },
-		func() *sink.Limiter { return sink.NewLimiter(math.NaN()) },
-		func() *sink.Limiter { return sink.NewLimiter(math.Inf(1)) },
-		func() *sink.Limiter { return new(sink.Limiter) },
+	for _, mk := range []func() *ratelimit.Limiter{
+		func() *ratelimit.Limiter { return ratelimit.NewLimiter(0) },
+		func() *ratelimit.Limiter { return ratelimit.NewLimiter(-1) },
+		func() *ratelimit.Limiter { return ratelimit.NewLimiter(math.NaN()) },
+		func() *ratelimit.Limiter { return ratelimit.NewLimiter(math.Inf(1)) },
+		func() *ratelimit.Limiter { return new(ratelimit.Limiter) },
 	} {
 		synctest.Test(t, func(t *testing.T) {
 			l := mk()
@@ -363,7 +363,7 @@ func TestLimiterUnlimited(t *testing.T) {
 // permit is granted exactly once and spaced exactly from the others.
 func TestLimiterConcurrentWaiters(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		l := sink.NewLimiter(600) // 100ms
+		l := ratelimit.NewLimiter(600) // 100ms
 		times := permitsConcurrently(t, t.Context(), l, 10, 5, time.Now())
 		if len(times) != 50 {
 			t.Fatalf("%d permits, want 50", len(times))
@@ -379,7 +379,7 @@ func TestLimiterConcurrentWaiters(t *testing.T) {
 // TestLimiterConcurrentRealTime exercises the Limiter on real time with
 // concurrent waiters, rate changes and pauses, for the race detector.
 func TestLimiterConcurrentRealTime(t *testing.T) {
-	l := sink.NewLimiter(60000) // 1ms
+	l := ratelimit.NewLimiter(60000) // 1ms
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()
 	var wg sync.WaitGroup

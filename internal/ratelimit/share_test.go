@@ -1,13 +1,14 @@
-package app
+package ratelimit_test
 
 import (
 	"math"
 	"math/rand/v2"
 	"slices"
 	"testing"
+	"testing/synctest"
 	"time"
 
-	"github.com/cohortsync/cohortsync-worker/sink"
+	"github.com/cohortsync/cohortsync-worker/internal/ratelimit"
 )
 
 func TestShare(t *testing.T) {
@@ -26,15 +27,15 @@ func TestShare(t *testing.T) {
 		{300, 2, 0, 300},
 	}
 	for _, c := range cases {
-		if got := share(c.rpm, c.assigned, c.total); math.Abs(got-c.want) > 1e-9 {
-			t.Errorf("share(%v, %d, %d) = %v, want %v", c.rpm, c.assigned, c.total, got, c.want)
+		if got := ratelimit.Share(c.rpm, c.assigned, c.total); math.Abs(got-c.want) > 1e-9 {
+			t.Errorf("ratelimit.Share(%v, %d, %d) = %v, want %v", c.rpm, c.assigned, c.total, got, c.want)
 		}
 	}
 	// The shares of any split never add up to more than the budget (a
 	// replica with nothing assigned sends nothing).
 	for total := 2; total <= 24; total++ {
 		for a := 1; a < total; a++ {
-			if sum := share(300, a, total) + share(300, total-a, total); sum > 300 {
+			if sum := ratelimit.Share(300, a, total) + ratelimit.Share(300, total-a, total); sum > 300 {
 				t.Fatalf("split %d/%d of %d: shares add up to %v", a, total-a, total, sum)
 			}
 		}
@@ -43,7 +44,7 @@ func TestShare(t *testing.T) {
 
 // TestShareArrivals checks the budget where the API counts it: at arrival.
 // Replicas take permits at their shares' spacing, each request arrives
-// after a delay anywhere in [0, arrivalSlack), and no 60-second window of
+// after a delay anywhere in [0, ratelimit.ArrivalSlack), and no 60-second window of
 // arrivals may hold more than the fleet budget. (Shares without the slack
 // fail this: a late first request and an early last one put one request
 // more per replica in a window.)
@@ -54,12 +55,12 @@ func TestShareArrivals(t *testing.T) {
 			rng := rand.New(rand.NewPCG(seed, uint64(len(split))))
 			var arrivals []time.Duration
 			for _, assigned := range split {
-				spacing := sink.Spacing(share(rpm, assigned, total))
+				spacing := ratelimit.Spacing(ratelimit.Share(rpm, assigned, total))
 				grant := time.Duration(rng.Int64N(int64(spacing)))
 				for ; grant < 10*time.Minute; grant += spacing {
-					delay := time.Duration(rng.Int64N(int64(arrivalSlack)))
+					delay := time.Duration(rng.Int64N(int64(ratelimit.ArrivalSlack)))
 					if rng.IntN(2) == 0 { // the extremes are the adversarial case
-						delay = time.Duration(rng.IntN(2)) * (arrivalSlack - 1)
+						delay = time.Duration(rng.IntN(2)) * (ratelimit.ArrivalSlack - 1)
 					}
 					arrivals = append(arrivals, grant+delay)
 				}
@@ -80,4 +81,33 @@ func TestShareArrivals(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestRebalanceStartsTwoIntervalsLate: after a rebalance the new share
+// grants nothing for two of its intervals, then permits at its spacing.
+func TestRebalanceStartsTwoIntervalsLate(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := ratelimit.NewLimiter(300)
+		if err := l.Wait(t.Context()); err != nil { // a permit of the old share
+			t.Fatal(err)
+		}
+		start := time.Now()
+		rpm := l.Rebalance(300, 3, 6) // 150 × 60/61 = 147.5 → 147
+		if rpm != 147 || l.RPM() != 147 {
+			t.Fatalf("share %v, limiter %v, want 147", rpm, l.RPM())
+		}
+		spacing := ratelimit.Spacing(147)
+		got := permits(t, l, 3, start)
+		want := []time.Duration{2 * spacing, 3 * spacing, 4 * spacing}
+		if !slices.Equal(got, want) {
+			t.Fatalf("permits at %v, want %v", got, want)
+		}
+		if rpm := l.Rebalance(0, 3, 6); rpm != 0 {
+			t.Fatalf("unlimited budget: share %v", rpm)
+		}
+		before := time.Now()
+		if err := l.Wait(t.Context()); err != nil || time.Since(before) != 0 {
+			t.Fatalf("unlimited after rebalance: waited %v, err %v", time.Since(before), err)
+		}
+	})
 }

@@ -1,0 +1,55 @@
+package ratelimit
+
+import (
+	"math"
+	"time"
+)
+
+// ArrivalSlack is the spread of the delay between a permit and the
+// request's arrival at the API (encoding, connection, network) that the
+// shares allow for. The Limiter spaces permits, but the API counts
+// arrivals: with permits exactly 60s/rpm apart, one request that arrives
+// late and a later one that arrives early put rpm+1 requests in one
+// 60-second window. Spreading each share over 60s+ArrivalSlack keeps every
+// window of arrivals within the budget as long as the delays differ by
+// less than ArrivalSlack.
+const ArrivalSlack = time.Second
+
+// Share is one replica's part of the fleet-wide budget of rpm requests per
+// minute: rpm × assigned/total, scaled by 60s/(60s+ArrivalSlack) and
+// rounded down to whole requests, so that the shares never add up to more
+// than the budget and no 60-second window holds more than a replica's
+// share of arrivals. A share below one request per minute is kept as it
+// is (rounding it down would stop the replica); with nothing assigned it
+// is a token rate (nothing is sent anyway). rpm <= 0 means unlimited.
+func Share(rpm float64, assigned, total int) float64 {
+	if rpm <= 0 || total <= 0 {
+		return rpm
+	}
+	if assigned == 0 {
+		return rpm / 1e6
+	}
+	s := rpm * float64(assigned) / float64(total) * float64(time.Minute) / float64(time.Minute+ArrivalSlack)
+	if s >= 1 {
+		return math.Floor(s)
+	}
+	return s
+}
+
+// Rebalance sets l to this replica's Share of the fleet budget after a
+// rebalance gave it assigned of total partitions, and returns the share.
+//
+// The new share starts two of its intervals late: every replica's old
+// share may have granted a permit just before the rebalance, and a replica
+// whose share grew would otherwise use it at once, so that a 60-second
+// window could hold the old permits of one replica and the new ones of
+// another on top of the budget. Two intervals cover one permit of the old
+// share, granted at most one (old) interval before, and the arrival slack.
+func (l *Limiter) Rebalance(budget float64, assigned, total int) float64 {
+	rpm := Share(budget, assigned, total)
+	l.SetRPM(rpm)
+	if rpm > 0 {
+		l.PauseUntil(time.Now().Add(2 * Spacing(rpm)))
+	}
+	return rpm
+}
