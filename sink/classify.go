@@ -96,6 +96,8 @@ func classify(serr *StatusError, err error) decision {
 		}
 	}
 	switch code := serr.Code; {
+	case serr.NotAPI:
+		return decision{kind: stopLine, reason: metrics.RetryLineStopped, stop: stopConfig}
 	case code >= 200 && code < 300: // "status": "fail" in a 2xx: not an acceptance
 		return decision{kind: retryBackoff, reason: metrics.RetryStatusFail, delay: serr.RetryAfter}
 	case code == http.StatusTooManyRequests:
@@ -128,7 +130,7 @@ func configError(e *StatusError) metrics.LineStopReason {
 		return stopAuth
 	case e.Code >= 400 && e.Code < 500 && authTypes[e.Type]:
 		return stopAuth
-	case e.Code == http.StatusUnsupportedMediaType, e.Code == http.StatusNotFound,
+	case e.NotAPI, e.Code == http.StatusUnsupportedMediaType, e.Code == http.StatusNotFound,
 		e.Code == http.StatusMethodNotAllowed, e.Code >= 300 && e.Code < 400:
 		return stopConfig
 	case e.Code >= 400 && e.Code < 500 && headerAttrs[strings.ToLower(e.Attribute)]:
@@ -146,6 +148,8 @@ func configMessage(e *StatusError) string {
 	switch {
 	case e.Code == http.StatusUnsupportedMediaType:
 		return "the API rejects the request's content type: this is a bug in the worker; sending is stopped, nothing is dropped or committed"
+	case e.NotAPI:
+		return "the API endpoint answered 2xx with a body that is not the Cohort Sync API's (a proxy, or another service): check MOENGAGE_BASE_URL / MOENGAGE_DC; sending is stopped, nothing is dropped or committed"
 	case e.Code == http.StatusNotFound || e.Code == http.StatusMethodNotAllowed || e.Code >= 300 && e.Code < 400:
 		return "the API endpoint is wrong: check MOENGAGE_BASE_URL / MOENGAGE_DC; sending is stopped, nothing is dropped or committed"
 	case configError(e) == stopConfig:

@@ -42,6 +42,7 @@ func TestClassify(t *testing.T) {
 		{"404", se(404, "", ""), nil, decision{kind: stopLine, reason: "auth", stop: stopConfig}},
 		{"405", se(405, "", ""), nil, decision{kind: stopLine, reason: "auth", stop: stopConfig}},
 		{"302", se(302, "", ""), nil, decision{kind: stopLine, reason: "auth", stop: stopConfig}},
+		{"200 not the API's body", &StatusError{Code: 200, NotAPI: true}, nil, decision{kind: stopLine, reason: "auth", stop: stopConfig}},
 		{"400 attribute MOE-APPKEY", se(400, "MissingAttributeError", "MOE-APPKEY"), nil, decision{kind: stopLine, reason: "auth", stop: stopConfig}},
 		{"400 attribute content-type", se(400, "Missing header value", "Content-Type"), nil, decision{kind: stopLine, reason: "auth", stop: stopConfig}},
 		{"413", se(413, "Payload too large", ""), nil, decision{kind: splitHalves, reason: "too_large"}},
@@ -65,20 +66,28 @@ func TestClassify(t *testing.T) {
 	}
 }
 
-// TestSaysFail: which 2xx bodies are the error envelope.
-func TestSaysFail(t *testing.T) {
-	for body, want := range map[string]bool{
-		`{"status":"fail","error":{"message":"Malformed JSON","type":"Bad Request"}}`: true,
-		`{"status": "FAIL"}`:                        true,
-		`{"status":"success","message":"accepted"}`: false,
-		`{"message":"status"}`:                      false,
-		`{"status":["fail"]}`:                       false,
-		`not json "status"`:                         false,
-		``:                                          false,
-		`{"error":{"status":"fail"}}`:               false,
+// TestSuccessBody: which 2xx bodies are an acceptance, the error
+// envelope, or not the API's answer at all.
+func TestSuccessBody(t *testing.T) {
+	for body, want := range map[string]successOutcome{
+		`{"status":"success","message":"Your request has been accepted and will be processed soon."}`: accepted,
+		`{"status":" Success ","request_id":"x","extra":[1]}`:                                         accepted,
+		`{"status":"fail","error":{"message":"Malformed JSON","type":"Bad Request"}}`:                 saysFail,
+		`{"status": "FAIL"}`:                saysFail,
+		`{"message":"status"}`:              notAPI,
+		`{"status":["fail"]}`:               notAPI,
+		`{"status":"queued"}`:               notAPI,
+		`{"status":null}`:                   notAPI,
+		`not json "status"`:                 notAPI,
+		``:                                  notAPI,
+		`null`:                              notAPI,
+		`<html><body>Sign in</body></html>`: notAPI,
+		`[{"status":"success"}]`:            notAPI,
+		`{"error":{"status":"fail"}}`:       notAPI,
+		`{"status":"success"} trailing`:     notAPI,
 	} {
-		if got := saysFail([]byte(body)); got != want {
-			t.Errorf("saysFail(%s) = %v, want %v", body, got, want)
+		if got := successBody([]byte(body)); got != want {
+			t.Errorf("successBody(%s) = %v, want %v", body, got, want)
 		}
 	}
 }

@@ -31,6 +31,9 @@ type StatusError struct {
 	// when the rate window resets, which is no reason to hold back the
 	// retry of a 5xx.
 	RetryAfter time.Duration
+	// NotAPI: a 2xx whose body is not the API's (see successBody): the
+	// base URL reaches something else.
+	NotAPI bool
 }
 
 // Error describes the answer, e.g.
@@ -61,6 +64,9 @@ func (e *StatusError) Error() string {
 // summary is "<status> <type>: <message>", the rejection reason format. The
 // status text stands in for a missing type.
 func (e *StatusError) summary() string {
+	if e.NotAPI {
+		return strconv.Itoa(e.Code) + " with a body that is not the Cohort Sync API's (a JSON object whose status is success or fail)"
+	}
 	t := e.Type
 	if t == "" {
 		t = http.StatusText(e.Code)

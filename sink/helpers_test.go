@@ -61,6 +61,17 @@ type reply struct {
 	hold <-chan struct{}
 	// sleep delays the answer, or until the client goes away.
 	sleep time.Duration
+	// noBody sends a 2xx with an empty body; otherwise a 2xx without a
+	// body gets the API's acceptance body (okBody).
+	noBody bool
+}
+
+// answer is the body rep sends.
+func (rep reply) answer() string {
+	if rep.body == "" && !rep.noBody && rep.status >= 200 && rep.status < 300 {
+		return okBody
+	}
+	return rep.body
 }
 
 func ok() reply { return reply{status: 200, body: okBody} }
@@ -92,7 +103,8 @@ type call struct {
 	// answered is set once the answer was written while the client was
 	// still waiting for it (false: not answered, or the client had gone).
 	answered bool
-	status   int // the status answered (0: none)
+	status   int    // the status answered (0: none)
+	answer   string // the body answered
 }
 
 // api is a scriptable fake of the Cohort Sync API. respond gets the 0-based
@@ -215,17 +227,18 @@ func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	for k, v := range rep.header {
 		w.Header().Set(k, v)
 	}
-	if rep.body != "" {
+	body := rep.answer()
+	if body != "" {
 		w.Header().Set("Content-Type", "application/json")
 	}
 	// Recorded before the answer goes out: with a 204 the client has the
 	// whole answer with the headers, and Send may return (and the test read
 	// the calls) before this handler gets past the write.
 	a.mu.Lock()
-	a.calls[n].answered, a.calls[n].status = true, rep.status
+	a.calls[n].answered, a.calls[n].status, a.calls[n].answer = true, rep.status, body
 	a.mu.Unlock()
 	w.WriteHeader(rep.status)
-	_, werr := io.WriteString(w, rep.body)
+	_, werr := io.WriteString(w, body)
 	if f, ok := w.(http.Flusher); ok {
 		f.Flush()
 	}
@@ -255,11 +268,14 @@ func (a *api) RoundTrip(r *http.Request) (*http.Response, error) {
 	for k, v := range rep.header {
 		h.Set(k, v)
 	}
+	a.mu.Lock()
+	a.calls[n].answer = rep.answer()
+	a.mu.Unlock()
 	a.done(n, true, rep.status)
 	return &http.Response{
 		Status: fmt.Sprintf("%d %s", rep.status, http.StatusText(rep.status)), StatusCode: rep.status,
 		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Header: h,
-		Body: io.NopCloser(strings.NewReader(rep.body)), ContentLength: int64(len(rep.body)), Request: r,
+		Body: io.NopCloser(strings.NewReader(rep.answer())), ContentLength: int64(len(rep.answer())), Request: r,
 	}, nil
 }
 
@@ -470,11 +486,18 @@ func accepted(t *testing.T, calls []call) []string {
 		if !c.decoded || !c.canonical {
 			t.Fatalf("call %d: body is not a valid canonical request: %s", i, c.body)
 		}
-		if c.status >= 200 && c.status < 300 && c.answered {
+		if c.status >= 200 && c.status < 300 && c.answered && isAcceptance(c.answer) {
 			out = append(out, c.req.UIDs...)
 		}
 	}
 	return out
+}
+
+// isAcceptance reports whether a 2xx body is the API's acceptance: a JSON
+// object whose status is "success".
+func isAcceptance(body string) bool {
+	var v struct{ Status string }
+	return json.Unmarshal([]byte(body), &v) == nil && strings.EqualFold(strings.TrimSpace(v.Status), "success")
 }
 
 // contiguous reports whether part is a non-empty run of all.

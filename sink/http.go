@@ -105,32 +105,56 @@ func (c *Client) attempt(ctx context.Context, req wire.Request, body []byte, lea
 	_, _ = io.CopyN(io.Discard, resp.Body, readLimit) // drain, so the connection is reused
 	resp.Body.Close()
 	c.m.RequestDuration.Observe(time.Since(start).Seconds())
-	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
-		if !saysFail(raw) {
-			c.m.Requests.WithLabelValues(string(req.Action), metrics.Code(resp.StatusCode)).Inc()
-			return nil, nil // any other body, any extra fields: accepted
-		}
-		c.m.Requests.WithLabelValues(string(req.Action), metrics.CodeFail(resp.StatusCode)).Inc()
-	} else {
-		c.m.Requests.WithLabelValues(string(req.Action), metrics.Code(resp.StatusCode)).Inc()
-	}
 	serr := &StatusError{Code: resp.StatusCode,
 		RetryAfter: serverDelay(resp.Header, time.Now(), resp.StatusCode == http.StatusTooManyRequests)}
-	c.parseEnvelope(serr, raw)
+	code := metrics.Code(resp.StatusCode)
+	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		switch successBody(raw) {
+		case accepted:
+			c.m.Requests.WithLabelValues(string(req.Action), code).Inc()
+			return nil, nil
+		case saysFail:
+			code = metrics.CodeFail(resp.StatusCode)
+		case notAPI:
+			code = metrics.CodeNotAPI(resp.StatusCode)
+			serr.NotAPI = true
+		}
+	}
+	c.m.Requests.WithLabelValues(string(req.Action), code).Inc()
+	if !serr.NotAPI {
+		c.parseEnvelope(serr, raw)
+	}
 	return serr, nil
 }
 
-// saysFail reports whether a 2xx body is a JSON object whose "status" is
-// "fail": the API's error envelope, which is no acceptance whatever the
-// status code.
-func saysFail(raw []byte) bool {
-	if !bytes.Contains(raw, []byte(`"status"`)) {
-		return false // the common case, without decoding
-	}
+// successOutcome is what a 2xx body says.
+type successOutcome int
+
+const (
+	accepted successOutcome = iota // {"status": "success", ...}: the documented acceptance
+	saysFail                       // {"status": "fail", ...}: the API's error envelope, no acceptance
+	notAPI                         // anything else: not the Cohort Sync API's answer
+)
+
+// successBody reads a 2xx body. The API answers a JSON object whose
+// "status" is "success" or "fail" (cohortsync-api.md 7.1); any other body
+// (an HTML page, an empty body, another service's JSON) comes from
+// something else at MOENGAGE_BASE_URL, a proxy or a wrong host, and
+// counting it as an acceptance would commit changes nobody received.
+func successBody(raw []byte) successOutcome {
 	var v struct {
-		Status string `json:"status"`
+		Status *string `json:"status"`
 	}
-	return json.Unmarshal(raw, &v) == nil && strings.EqualFold(strings.TrimSpace(v.Status), "fail")
+	if err := json.Unmarshal(raw, &v); err != nil || v.Status == nil {
+		return notAPI // also "null", arrays and scalars: no status field
+	}
+	switch strings.ToLower(strings.TrimSpace(*v.Status)) {
+	case "success":
+		return accepted
+	case "fail":
+		return saysFail
+	}
+	return notAPI
 }
 
 // parseEnvelope fills serr from the error envelope in raw, if it is one.

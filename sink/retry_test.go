@@ -25,7 +25,8 @@ import (
 	"github.com/cohortsync/cohortsync-worker/sink"
 )
 
-// TestAccepts2xx: any 2xx is an acceptance, whatever the body.
+// TestAccepts2xx: a 2xx whose body is the API's acceptance is one, with
+// any status code and any extra fields.
 func TestAccepts2xx(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
@@ -33,13 +34,11 @@ func TestAccepts2xx(t *testing.T) {
 		rep  reply
 	}{
 		{"200 documented body", ok()},
-		{"200 no body", reply{status: 200}},
 		{"200 extra fields", reply{status: 200,
 			body: `{"status":"success","message":"accepted","request_id":"AbCdEfGh","extra":{"n":[1,2,3]},"more":null}`}},
-		{"201 not JSON", reply{status: 201, body: "<html>created</html>"}},
+		{"200 status Success, spaces", reply{status: 200, body: ` { "status" : " Success " } `}},
+		{"201", reply{status: 201, body: okBody}},
 		{"202", reply{status: 202, body: okBody}},
-		{"202 not JSON", reply{status: 202, body: "not json"}},
-		{"204", reply{status: 204}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -751,6 +750,15 @@ func TestConfigErrorsStopSending(t *testing.T) {
 		{"302", reply{status: 302, header: map[string]string{"Location": "/elsewhere"}}},
 		{"409 Authentication Mismatch", fail(409, "Authentication Mismatch", "App key mismatch in params and authentication", "")},
 		{"400 Authentication required", fail(400, "Authentication required", "Authentication Header Required", "uid")},
+		// A 2xx that is not the API's answer: something else is at the
+		// base URL (a proxy's page, another service).
+		{"200 no body", reply{status: 200, noBody: true}},
+		{"201 HTML", reply{status: 201, body: "<html>created</html>"}},
+		{"202 not JSON", reply{status: 202, body: "not json"}},
+		{"204", reply{status: 204, noBody: true}},
+		{"200 another service's JSON", reply{status: 200, body: `{"ok":true,"items":[]}`}},
+		{"200 unknown status", reply{status: 200, body: `{"status":"queued"}`}},
+		{"200 JSON array", reply{status: 200, body: `[{"status":"success"}]`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -802,6 +810,15 @@ func TestConfigErrorsStopSending(t *testing.T) {
 			}
 			if got, want := e.allRetries(), len(calls)-1; got["auth"] != float64(want) || len(got) > 1 {
 				t.Fatalf("retries_total = %v, want auth=%d", got, want)
+			}
+			if st := tc.rep.status; st >= 200 && st < 300 {
+				code := strconv.Itoa(st) + "_not_api"
+				if got, want := e.requests(code), len(calls)-1; got != float64(want) {
+					t.Fatalf("requests_total{code=%s} = %v, want %d", code, got, want)
+				}
+				if !strings.Contains(e.logs.String(), "not the Cohort Sync API") {
+					t.Fatalf("the log does not say what answered:\n%s", e.logs)
+				}
 			}
 			// Logged loudly once, not once per attempt; and the recovery.
 			if n := strings.Count(e.logs.String(), `"level":"ERROR"`); n != 1 {

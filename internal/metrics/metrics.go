@@ -235,6 +235,11 @@ func Code(status int) string { return strconv.Itoa(status) }
 // code=~"2..".
 func CodeFail(status int) string { return strconv.Itoa(status) + "_fail" }
 
+// CodeNotAPI renders, for the code label, a 2xx answer whose body is not
+// the API's (not a JSON object whose status is success or fail): e.g.
+// "200_not_api". Something else answers at the base URL.
+func CodeNotAPI(status int) string { return strconv.Itoa(status) + "_not_api" }
+
 // RegisterRuntime adds the Go and process collectors to reg.
 func RegisterRuntime(reg prometheus.Registerer) {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

@@ -129,6 +129,7 @@ type probeAnswer struct {
 	typ, message string
 	location     string
 	transportErr error
+	apiBody      bool // the body is a JSON object with a "status", as the API's are
 }
 
 func (a probeAnswer) String() string {
@@ -166,13 +167,15 @@ func probe(ctx context.Context, client *http.Client, endpoint, workspace, key, v
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 16<<10))
 	a := probeAnswer{code: resp.StatusCode, location: resp.Header.Get("Location")}
 	var env struct {
-		Error struct {
+		Status *string `json:"status"`
+		Error  struct {
 			Type    string `json:"type"`
 			Message string `json:"message"`
 		} `json:"error"`
 	}
 	if json.Unmarshal(body, &env) == nil {
 		a.typ, a.message = env.Error.Type, env.Error.Message
+		a.apiBody = env.Status != nil
 	}
 	return a
 }
@@ -205,6 +208,8 @@ func checkCredentials(ctx context.Context, cfg config.Config, opts Options) Resu
 		return res(Fail, "refused: %s answered %s: the account is suspended or the key does not cover this API", what, got)
 	case c == http.StatusNotFound || c == http.StatusMethodNotAllowed || (c >= 300 && c < 400):
 		return res(Fail, "%s answered %s: %s is not the Cohort Sync API (check MOENGAGE_DC and MOENGAGE_BASE_URL)", what, got, cfg.MoEngageBaseURL)
+	case c >= 200 && c < 300 && !got.apiBody:
+		return res(Fail, "%s answered %s with a body that is not the Cohort Sync API's (a JSON object with a status): %s is a proxy or another service; the worker would stop sending (check MOENGAGE_DC and MOENGAGE_BASE_URL)", what, got, cfg.MoEngageBaseURL)
 	case c >= 200 && c < 300:
 		return res(OK, "credentials accepted: %s answered %s (that body names no segment, so nothing changed)", what, got)
 	case c == http.StatusTooManyRequests:

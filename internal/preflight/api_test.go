@@ -103,6 +103,7 @@ func TestCredentials(t *testing.T) {
 			return 403, `{"status":"fail","error":{"message":"Your account is suspended. Please contact MoEngage team.","type":"Account Suspended","request_id":"gqJvCNYu"}}`
 		}, testKey, Fail, "Account Suspended", 1},
 		{"accepts anything", func(string) (int, string) { return 200, `{"status":"success"}` }, testKey, OK, "nothing changed", 1},
+		{"200 from something else", func(string) (int, string) { return 200, `<html>Sign in</html>` }, testKey, Fail, "not the Cohort Sync API's", 1},
 		{"rate limited", func(string) (int, string) { return 429, "" }, testKey, Warn, "credentials not verified", 1},
 		{"failing", func(string) (int, string) { return 503, "" }, testKey, Warn, "credentials not verified", 1},
 		{"not the API", func(string) (int, string) { return 404, "<html>nope</html>" }, testKey, Fail, "is not the Cohort Sync API", 1},
