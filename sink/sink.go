@@ -717,54 +717,17 @@ func (s *sender) post(ctx context.Context, req wire.Request, retry metrics.Retry
 			s.accepted(req, attempt)
 			return nil, decision{}, nil
 		}
-		d := classify(serr, err)
-		reload = d.kind == stopLine && isAuthError(serr)
-		var (
-			delay  time.Duration
-			status int
-			key    string
-			cause  error = err
-		)
-		if serr != nil {
-			cause, key, status = serr, serr.dedupeKey(), serr.Code
-		} else {
-			key = err.Error()
-		}
+		f := newFailure(serr, err)
+		d := f.d
 		switch d.kind {
-		case retryNow:
-		case retryBackoff:
-			delay = max(s.bo.NextBackOff(), d.delay)
-		case retryPause:
-			delay = d.delay
-			if delay <= 0 {
-				delay = s.bo.NextBackOff()
-			}
-		case stopLine:
-			delay = c.cfg.AuthRetryInterval
-			if reload && c.reloadKey() {
-				delay = 0 // try the new key at once
-			}
-			if c.setStop(d.stop, true) || key != s.lastKey {
-				s.lastKey = key
-				s.log().Error(configMessage(serr), "err", serr, "status", status, "attempt", attempt,
-					"delay", delay, "members", len(req.UIDs))
-			}
-		default: // 413, another 4xx: the request itself
+		case splitHalves, rejectAll, isolate: // the request itself: the caller's
 			return serr, d, nil
 		}
-		retry, last = d.reason, cause
-
-		giveUp := d.kind == retryBackoff || d.kind == retryPause
-		if giveUp && c.cfg.MaxElapsed > 0 && time.Since(s.since)+delay > c.cfg.MaxElapsed {
-			s.log().Error("giving up: no progress within MaxElapsed", "err", cause, "status", status,
-				"attempt", attempt, "members", len(req.UIDs), "max_elapsed", c.cfg.MaxElapsed)
-			return nil, decision{}, fmt.Errorf("%w: cohort %s %s, %d members, after %d attempts: %w",
-				ErrGaveUp, req.CohortID, req.Action, len(req.UIDs), attempt, cause)
-		}
-		if d.kind != stopLine && key != s.lastKey {
-			s.lastKey = key
-			s.log().Warn("cohortsync request failed; retrying", "err", cause, "status", status, "reason", retry,
-				"attempt", attempt, "delay", delay, "members", len(req.UIDs))
+		reload = d.kind == stopLine && isAuthError(serr)
+		delay := s.delay(f, req, attempt, reload)
+		retry, last = d.reason, f.cause
+		if err := s.retrying(f, req, attempt, delay); err != nil {
+			return nil, decision{}, err
 		}
 		if err := s.wait(ctx, delay, d.kind == retryPause); err != nil {
 			return nil, decision{}, s.stopped(req, attempt, err, last)
@@ -773,6 +736,73 @@ func (s *sender) post(ctx context.Context, req wire.Request, retry metrics.Retry
 			s.since = time.Now() // a stopped line, or a lease wait, does not count toward MaxElapsed
 		}
 	}
+}
+
+// failure is one failed attempt and what to do about it.
+type failure struct {
+	d      decision
+	serr   *StatusError // the answer; nil for a transport error
+	cause  error        // serr, or the transport error
+	key    string       // identifies a repeating failure for logging
+	status int          // the answer's status; 0 for a transport error
+}
+
+func newFailure(serr *StatusError, err error) failure {
+	f := failure{d: classify(serr, err), serr: serr, cause: err}
+	if serr != nil {
+		f.cause, f.key, f.status = serr, serr.dedupeKey(), serr.Code
+	} else {
+		f.key = err.Error()
+	}
+	return f
+}
+
+// delay returns how long to wait before the same body goes again. For a
+// stopped line it also re-reads the API key (reload: the answer rejected
+// the credentials; a new key is tried at once), stops the line and logs
+// it loudly, once per new failure.
+func (s *sender) delay(f failure, req wire.Request, attempt int, reload bool) time.Duration {
+	switch f.d.kind {
+	case retryBackoff:
+		return max(s.bo.NextBackOff(), f.d.delay)
+	case retryPause:
+		if f.d.delay > 0 {
+			return f.d.delay
+		}
+		return s.bo.NextBackOff()
+	case stopLine:
+		delay := s.c.cfg.AuthRetryInterval
+		if reload && s.c.reloadKey() {
+			delay = 0 // try the new key at once
+		}
+		if s.c.setStop(f.d.stop, true) || f.key != s.lastKey {
+			s.lastKey = f.key
+			s.log().Error(configMessage(f.serr), "err", f.serr, "status", f.status, "attempt", attempt,
+				"delay", delay, "members", len(req.UIDs))
+		}
+		return delay
+	}
+	return 0 // retryNow
+}
+
+// retrying gives up (ErrGaveUp) when a backoff or a pause would end past
+// MaxElapsed without progress, and otherwise logs a new kind of failure
+// once.
+func (s *sender) retrying(f failure, req wire.Request, attempt int, delay time.Duration) error {
+	c := s.c
+	giveUp := f.d.kind == retryBackoff || f.d.kind == retryPause
+	if giveUp && c.cfg.MaxElapsed > 0 && time.Since(s.since)+delay > c.cfg.MaxElapsed {
+		s.log().Error("giving up: no progress within MaxElapsed", "err", f.cause, "status", f.status,
+			"attempt", attempt, "members", len(req.UIDs), "max_elapsed", c.cfg.MaxElapsed)
+		return fmt.Errorf("%w: cohort %s %s, %d members, after %d attempts: %w",
+			ErrGaveUp, req.CohortID, req.Action, len(req.UIDs), attempt, f.cause)
+	}
+	if f.d.kind != stopLine && f.key != s.lastKey {
+		s.lastKey = f.key
+		s.log().Warn("cohortsync request failed; retrying", "err", f.cause, "status", f.status, "reason", f.d.reason,
+			"attempt", attempt, "delay", delay, "members", len(req.UIDs))
+	}
+	return nil
 }
 
 // lease waits for a valid lease and returns its deadline (zero: none, or no
