@@ -285,34 +285,12 @@ type partitionState struct {
 // start.
 func (c *Consumer) runGeneration(ctx context.Context, group *kafka.ConsumerGroup, gen *kafka.Generation) (stop bool, err error) {
 	c.m.Rebalances.Inc()
-	var parts []*partitionState
-	for topic, as := range gen.Assignments {
-		for _, a := range as {
-			parts = append(parts, &partitionState{topic: topic, partition: a.ID, start: a.Offset, committed: -1})
-		}
-	}
+	parts := assignedPartitions(gen)
 	c.m.AssignedPartitions.Set(float64(len(parts)))
 	log := c.log.With("generation", gen.ID)
-	names := make([]string, len(parts))
-	for i, p := range parts {
-		names[i] = p.topic + "/" + strconv.Itoa(p.partition)
-	}
-	log.Info("joined generation", "member", gen.MemberID, "partitions", len(parts), "assigned", strings.Join(names, ","))
-	counts, baseline := c.generationCounts(ctx, log)
-	if c.cfg.OnAssign != nil {
-		total := len(parts) // unknown: assume this replica owns them all
-		if counts != nil {
-			total = 0
-			for _, n := range counts {
-				total += n
-			}
-		}
-		assigned := make([]TopicPartition, len(parts))
-		for i, p := range parts {
-			assigned[i] = TopicPartition{p.topic, p.partition}
-		}
-		c.cfg.OnAssign(assigned, total)
-	}
+	names := partitionNames(parts)
+	log.Info("joined generation", "member", gen.MemberID, "partitions", len(parts), "assigned", names)
+	baseline := c.assign(ctx, parts, log)
 
 	// Nothing of this generation is sent before its membership is proven,
 	// and nothing after the proof runs out (DESIGN.md invariant 4).
@@ -334,44 +312,17 @@ func (c *Consumer) runGeneration(ctx context.Context, group *kafka.ConsumerGroup
 	// New partitions or a new topic end the generation (watchPartitions).
 	gen.Start(func(gctx context.Context) { c.watchPartitions(gctx, baseline, log) })
 	gen.Start(func(gctx context.Context) { c.watchLag(gctx, parts, log) }) // lag.go
-	// The fence: when the generation ends, nothing of it may be sent once
-	// the group moves on. kafka-go rejoins only after this returns.
 	gen.Start(func(gctx context.Context) {
 		defer close(fenced)
-		<-gctx.Done()
-		c.lease.End(term)
-		c.inGen.Store(false)
-		fetchers.Wait()
-		rctx, cancel := context.WithTimeout(context.Background(), c.cfg.RebalanceTimeout)
-		defer cancel()
-		if err := c.cfg.Batcher.Revoke(rctx); err != nil {
-			log.Error("in-flight requests outlived the rebalance timeout", "err", err)
-		}
-		log.Info("fenced generation: nothing of it is pending or in flight", "assigned", strings.Join(names, ","))
+		c.fence(gctx, term, &fetchers, names, log)
 	})
-	gen.Start(func(gctx context.Context) {
-		t := time.NewTicker(c.cfg.CommitInterval)
-		defer t.Stop()
-		for {
-			select {
-			case <-gctx.Done():
-				return
-			case <-t.C:
-				c.commit(gen, parts, log)
-			}
-		}
-	})
+	gen.Start(func(gctx context.Context) { c.commitEvery(gctx, gen, parts, log) })
 	c.inGen.Store(true)
 
 	select {
 	case <-fenced:
 		log.Info("generation ended; rejoining")
-		for _, p := range parts {
-			if p.startErr != nil { // written before fetchers.Done, read after the fence's Wait
-				return false, p.startErr
-			}
-		}
-		return false, nil
+		return false, startError(parts)
 	case <-ctx.Done():
 	}
 
@@ -379,6 +330,104 @@ func (c *Consumer) runGeneration(ctx context.Context, group *kafka.ConsumerGroup
 	log.Info("draining", "timeout", c.cfg.DrainTimeout)
 	close(stopFetch)
 	fetchers.Wait()
+	c.drain(gen, parts, log)
+	_ = group.Close() // ends the generation (the fence runs) and leaves the group
+	<-fenced
+	log.Info("left the consumer group")
+	return true, nil
+}
+
+// assignedPartitions returns the partitions gen assigns to this member.
+func assignedPartitions(gen *kafka.Generation) []*partitionState {
+	var parts []*partitionState
+	for topic, as := range gen.Assignments {
+		for _, a := range as {
+			parts = append(parts, &partitionState{topic: topic, partition: a.ID, start: a.Offset, committed: -1})
+		}
+	}
+	return parts
+}
+
+// partitionNames lists parts as topic/partition, comma-separated, for the
+// log.
+func partitionNames(parts []*partitionState) string {
+	names := make([]string, len(parts))
+	for i, p := range parts {
+		names[i] = p.topic + "/" + strconv.Itoa(p.partition)
+	}
+	return strings.Join(names, ",")
+}
+
+// assign reads the partition counts at the start of a generation, calls
+// OnAssign with parts and the total count, and returns the baseline of the
+// partition watch (generationCounts).
+func (c *Consumer) assign(ctx context.Context, parts []*partitionState, log *slog.Logger) (baseline map[string]int) {
+	counts, baseline := c.generationCounts(ctx, log)
+	if c.cfg.OnAssign == nil {
+		return baseline
+	}
+	total := len(parts) // unknown: assume this replica owns them all
+	if counts != nil {
+		total = 0
+		for _, n := range counts {
+			total += n
+		}
+	}
+	assigned := make([]TopicPartition, len(parts))
+	for i, p := range parts {
+		assigned[i] = TopicPartition{p.topic, p.partition}
+	}
+	c.cfg.OnAssign(assigned, total)
+	return baseline
+}
+
+// fence waits for the generation to end (gctx), then makes sure nothing of
+// it is sent once the group moves on: it ends the lease term, waits for
+// the fetch loops (no more Add) and revokes what the batcher holds, within
+// RebalanceTimeout. kafka-go rejoins only after it returns.
+func (c *Consumer) fence(gctx context.Context, term lease.Term, fetchers *sync.WaitGroup, names string, log *slog.Logger) {
+	<-gctx.Done()
+	c.lease.End(term)
+	c.inGen.Store(false)
+	fetchers.Wait()
+	rctx, cancel := context.WithTimeout(context.Background(), c.cfg.RebalanceTimeout)
+	defer cancel()
+	if err := c.cfg.Batcher.Revoke(rctx); err != nil {
+		log.Error("in-flight requests outlived the rebalance timeout", "err", err)
+	}
+	log.Info("fenced generation: nothing of it is pending or in flight", "assigned", names)
+}
+
+// commitEvery commits parts every CommitInterval until gctx ends.
+func (c *Consumer) commitEvery(gctx context.Context, gen *kafka.Generation, parts []*partitionState, log *slog.Logger) {
+	t := time.NewTicker(c.cfg.CommitInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-gctx.Done():
+			return
+		case <-t.C:
+			c.commit(gen, parts, log)
+		}
+	}
+}
+
+// startError returns why a partition's reader could not start, or nil.
+// Call it after the fence: fetch writes startErr before fetchers.Done, and
+// the fence waits for the fetchers.
+func startError(parts []*partitionState) error {
+	for _, p := range parts {
+		if p.startErr != nil {
+			return p.startErr
+		}
+	}
+	return nil
+}
+
+// drain, once fetching has stopped, flushes the open batches and waits for
+// the dead-letter writes within DrainTimeout, then commits what was
+// accepted. What did not make it is read again by the next owner.
+func (c *Consumer) drain(gen *kafka.Generation, parts []*partitionState, log *slog.Logger) {
 	dctx, cancel := context.WithTimeout(context.Background(), c.cfg.DrainTimeout)
 	defer cancel()
 	if err := c.cfg.Batcher.Flush(dctx); err != nil {
@@ -388,10 +437,6 @@ func (c *Consumer) runGeneration(ctx context.Context, group *kafka.ConsumerGroup
 		log.Warn("dead-letter writes did not finish; their records will be read again", "err", err)
 	}
 	c.commit(gen, parts, log)
-	_ = group.Close() // ends the generation (the fence runs) and leaves the group
-	<-fenced
-	log.Info("left the consumer group")
-	return true, nil
 }
 
 // commit commits every partition whose watermark moved.

@@ -287,8 +287,7 @@ func (d *DLQ) finish(l *letter, err error) {
 // one record batch, which the broker may refuse as a whole); a letter
 // refused alone is stripped, and the limit lowered below its size.
 func (d *DLQ) write(ctx context.Context, batch []*letter) error {
-	todo := batch
-	for _, l := range todo {
+	for _, l := range batch {
 		if letterSize(l.msg) > d.limit() {
 			d.strip(l, "it is larger than the dead-letter topic takes (MaxLetterBytes)")
 		}
@@ -298,12 +297,10 @@ func (d *DLQ) write(ctx context.Context, batch []*letter) error {
 	bo.MaxInterval = 10 * time.Second
 	bo.MaxElapsedTime = 0 // a dead letter is never dropped
 	var (
-		lastErr   string
-		since     time.Time // of the first failure without progress since
-		oneByOne  bool
-		msgs      []kafka.Message
-		permanent error
-		transient error
+		todo     = batch
+		f        writeFailures
+		oneByOne bool
+		msgs     []kafka.Message
 	)
 	for attempt := 1; len(todo) > 0; attempt++ {
 		n := len(todo)
@@ -316,80 +313,124 @@ func (d *DLQ) write(ctx context.Context, batch []*letter) error {
 		}
 		err := d.w.WriteMessages(ctx, msgs...)
 		if ctx.Err() != nil {
-			for _, l := range todo {
-				d.finish(l, ctx.Err())
-			}
+			d.finishAll(todo, ctx.Err())
 			return ctx.Err()
 		}
-		var werrs kafka.WriteErrors
-		perMsg := err != nil && errors.As(err, &werrs) && len(werrs) == n
-		failed := make([]*letter, 0, n)
-		permanent, transient = nil, nil
-		progress := false
-		for i, l := range todo[:n] {
-			e := err
-			if perMsg {
-				e = werrs[i]
-			}
-			switch {
-			case e == nil:
-				d.finish(l, nil)
-				progress = true
-				continue
-			case tooLarge(e) && n > 1:
-				oneByOne = true
-			case tooLarge(e) && !l.stripped:
-				if size := letterSize(l.msg); d.observed == 0 || size <= d.observed {
-					d.observed = size - 1
-				}
-				d.m.DeadLetterFailures.WithLabelValues(failTooLarge).Inc()
-				d.strip(l, "the dead-letter topic refused it as too large ("+e.Error()+")")
-				progress = true
-			case isPermanent(e) || tooLarge(e):
-				permanent = e
-			default:
-				transient = e
-			}
-			failed = append(failed, l)
-		}
-		todo = append(failed, todo[n:]...)
-		if progress {
-			since = time.Time{}
+		r := d.settleAttempt(todo[:n], err)
+		oneByOne = oneByOne || r.oneByOne
+		todo = append(r.failed, todo[n:]...)
+		if r.progress {
+			f.since = time.Time{}
 			d.setFailing(false)
 		}
-		if permanent == nil && transient == nil {
+		cause, permanent := r.cause()
+		if cause == nil {
 			bo.Reset()
 			continue
 		}
-		if since.IsZero() {
-			since = time.Now()
-		}
-		cause, reason := transient, failTransient
-		if permanent != nil {
-			cause, reason = permanent, failPermanent
-		}
-		d.m.DeadLetterFailures.WithLabelValues(reason).Inc()
-		failing := permanent != nil || time.Since(since) > failingAfter
-		if d.setFailing(failing) || cause.Error() != lastErr {
-			lastErr = cause.Error()
-			msg := "dead-letter write failed; retrying"
-			if failing {
-				msg = "dead-letter writes keep failing; retrying (their records are not committed meanwhile)"
-			}
-			d.log.Error(msg, "err", cause, "permanent", permanent != nil, "topic", d.topic,
-				"records", len(todo), "attempt", attempt)
-		}
+		d.failed(&f, cause, permanent, len(todo), attempt)
 		select {
 		case <-time.After(bo.NextBackOff()):
 		case <-ctx.Done():
-			for _, l := range todo {
-				d.finish(l, ctx.Err())
-			}
+			d.finishAll(todo, ctx.Err())
 			return fmt.Errorf("dlq: write: %w", errors.Join(ctx.Err(), cause))
 		}
 	}
 	d.setFailing(false)
 	return nil
+}
+
+// finishAll finishes every letter of ls with err.
+func (d *DLQ) finishAll(ls []*letter, err error) {
+	for _, l := range ls {
+		d.finish(l, err)
+	}
+}
+
+// writeResult is the outcome of one WriteMessages call for the letters it
+// was given.
+type writeResult struct {
+	failed    []*letter // to write again, in their order
+	progress  bool      // a letter was written, or stripped after it was refused alone
+	oneByOne  bool      // letters written together were refused as too large
+	permanent error     // the last error the broker calls permanent (or too large, when stripping cannot help)
+	transient error     // the last other error
+}
+
+// cause returns the error to report for r, preferring a permanent one, or
+// nil when no letter failed for a reason other than its size.
+func (r writeResult) cause() (err error, permanent bool) {
+	if r.permanent != nil {
+		return r.permanent, true
+	}
+	return r.transient, false
+}
+
+// settleAttempt finishes the letters of tried that WriteMessages wrote,
+// strips one refused alone as too large, and returns the others, given
+// err, the error WriteMessages returned for all of tried.
+func (d *DLQ) settleAttempt(tried []*letter, err error) writeResult {
+	n := len(tried)
+	var werrs kafka.WriteErrors
+	perMsg := err != nil && errors.As(err, &werrs) && len(werrs) == n
+	r := writeResult{failed: make([]*letter, 0, n)}
+	for i, l := range tried {
+		e := err
+		if perMsg {
+			e = werrs[i]
+		}
+		switch {
+		case e == nil:
+			d.finish(l, nil)
+			r.progress = true
+			continue
+		case tooLarge(e) && n > 1:
+			r.oneByOne = true
+		case tooLarge(e) && !l.stripped:
+			if size := letterSize(l.msg); d.observed == 0 || size <= d.observed {
+				d.observed = size - 1
+			}
+			d.m.DeadLetterFailures.WithLabelValues(failTooLarge).Inc()
+			d.strip(l, "the dead-letter topic refused it as too large ("+e.Error()+")")
+			r.progress = true
+		case isPermanent(e) || tooLarge(e):
+			r.permanent = e
+		default:
+			r.transient = e
+		}
+		r.failed = append(r.failed, l)
+	}
+	return r
+}
+
+// writeFailures is what one write call remembers of its failures.
+type writeFailures struct {
+	since   time.Time // of the first failure without progress since
+	lastErr string    // the cause last logged
+}
+
+// failed counts a failed attempt with cause, sets the Failing state (at
+// once for a permanent cause, else after failingAfter without progress)
+// and logs the failure when that state or the cause changed.
+func (d *DLQ) failed(f *writeFailures, cause error, permanent bool, records, attempt int) {
+	if f.since.IsZero() {
+		f.since = time.Now()
+	}
+	reason := failTransient
+	if permanent {
+		reason = failPermanent
+	}
+	d.m.DeadLetterFailures.WithLabelValues(reason).Inc()
+	failing := permanent || time.Since(f.since) > failingAfter
+	if d.setFailing(failing) || cause.Error() != f.lastErr {
+		f.lastErr = cause.Error()
+		msg := "dead-letter write failed; retrying"
+		if failing {
+			msg = "dead-letter writes keep failing; retrying (their records are not committed meanwhile)"
+		}
+		d.log.Error(msg, "err", cause, "permanent", permanent, "topic", d.topic,
+			"records", records, "attempt", attempt)
+	}
 }
 
 // setFailing sets the Failing state and reports whether it changed.
