@@ -203,7 +203,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	topic := fmt.Sprintf("bench-%d", time.Now().Unix())
 	if phase("a") || phase("b") {
-		if err := kafkaadmin.CreateTopics(ctx, brokers, o.partitions, topic, topic+".dlq"); err != nil {
+		if err := kafkaadmin.New(brokers, nil).CreateTopics(ctx, o.partitions, topic, topic+".dlq"); err != nil {
 			return err
 		}
 		start := time.Now()
@@ -440,14 +440,14 @@ func produce(ctx context.Context, brokers []string, topic string, n int, ids []s
 // bareReader reads every record of topic with one kafka-go Reader per
 // partition (as the worker does) and nothing else.
 func bareReader(ctx context.Context, brokers []string, topic string, want int) (*throughput, error) {
-	parts, err := kafkaadmin.Partitions(ctx, brokers, topic)
+	parts, err := kafkaadmin.New(brokers, nil).Partitions(ctx, topic)
 	if err != nil {
 		return nil, err
 	}
 	var total atomic.Int64
 	start := time.Now()
 	var wg sync.WaitGroup
-	ends, err := kafkaadmin.EndOffsets(ctx, brokers, topic, parts)
+	ends, err := kafkaadmin.New(brokers, nil).EndOffsets(ctx, topic, parts)
 	if err != nil {
 		return nil, err
 	}
@@ -565,7 +565,7 @@ func waitLag(ctx context.Context, brokers []string, topic, group string, done <-
 			return fmt.Errorf("worker stopped: %v", err)
 		case <-time.After(100 * time.Millisecond):
 		}
-		if lag, err := kafkaadmin.GroupLag(ctx, brokers, topic, group); err == nil && lag == 0 {
+		if lag, err := kafkaadmin.New(brokers, nil).GroupLag(ctx, topic, group); err == nil && lag == 0 {
 			return nil
 		}
 	}
@@ -652,7 +652,7 @@ func workerUnlimited(ctx context.Context, brokers []string, topic, group string,
 // o.rateRun and measures the requests the emulator saw.
 func rateLimited(ctx context.Context, brokers []string, o options, replicas int, log *slog.Logger, say func(string, ...any)) (*rateResult, error) {
 	topic := fmt.Sprintf("bench-rate%d-%d", replicas, time.Now().Unix())
-	if err := kafkaadmin.CreateTopics(ctx, brokers, o.partitions, topic, topic+".dlq"); err != nil {
+	if err := kafkaadmin.New(brokers, nil).CreateTopics(ctx, o.partitions, topic, topic+".dlq"); err != nil {
 		return nil, err
 	}
 	if err := produce(ctx, brokers, topic, o.backlog, balancedCohortIDs(o.backlogCoh, o.partitions), uint64(replicas)+10); err != nil {
@@ -728,7 +728,7 @@ func rateLimited(ctx context.Context, brokers []string, o options, replicas int,
 // that MAX_PENDING_MEMBERS members end up pending, and reads its peak RSS.
 func peakRSS(ctx context.Context, brokers []string, o options, memLimit string, say func(string, ...any)) (*rssResult, error) {
 	topic := fmt.Sprintf("bench-rss-%d", time.Now().Unix())
-	if err := kafkaadmin.CreateTopics(ctx, brokers, o.partitions, topic, topic+".dlq"); err != nil {
+	if err := kafkaadmin.New(brokers, nil).CreateTopics(ctx, o.partitions, topic, topic+".dlq"); err != nil {
 		return nil, err
 	}
 	if err := produce(ctx, brokers, topic, o.pending+o.pending/10, cohortIDs(o.cohorts), 77); err != nil {
@@ -770,7 +770,7 @@ func scrape(url, name string) float64 {
 // each, the time from produce to the emulator's acceptance.
 func latency(ctx context.Context, brokers []string, o options, log *slog.Logger) (*latencyResult, error) {
 	topic := fmt.Sprintf("bench-latency-%d", time.Now().Unix())
-	if err := kafkaadmin.CreateTopics(ctx, brokers, o.partitions, topic, topic+".dlq"); err != nil {
+	if err := kafkaadmin.New(brokers, nil).CreateTopics(ctx, o.partitions, topic, topic+".dlq"); err != nil {
 		return nil, err
 	}
 	a, err := startAPI(300, emulator.Faults{}, false)

@@ -96,7 +96,7 @@ type largeRecordsResult struct {
 // record bytes, and reads its peak RSS once it has stopped consuming.
 func peakRSSLarge(ctx context.Context, brokers []string, o options, perPartition, recordBytes int) (*largeRecordsResult, error) {
 	topic := fmt.Sprintf("bench-large-%d", time.Now().Unix())
-	if err := kafkaadmin.CreateTopics(ctx, brokers, o.partitions, topic, topic+".dlq"); err != nil {
+	if err := kafkaadmin.New(brokers, nil).CreateTopics(ctx, o.partitions, topic, topic+".dlq"); err != nil {
 		return nil, err
 	}
 	w := &kafka.Writer{Addr: kafka.TCP(brokers...), Topic: topic, Balancer: &kafka.RoundRobin{},

@@ -174,7 +174,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 func startKafka(ctx context.Context, o options, log *slog.Logger, topics ...string) ([]string, func(), string, error) {
 	if env := os.Getenv("KAFKA_BROKERS"); env != "" {
 		brokers := strings.Split(env, ",")
-		if err := kafkaadmin.CreateTopics(ctx, brokers, o.partitions, topics...); err != nil {
+		if err := kafkaadmin.New(brokers, nil).CreateTopics(ctx, o.partitions, topics...); err != nil {
 			return nil, nil, "", err
 		}
 		return brokers, func() {}, "the cluster named by KAFKA_BROKERS", nil
@@ -273,7 +273,7 @@ func waitNoLag(ctx context.Context, brokers []string, topic, group string, done 
 			return fmt.Errorf("the worker stopped early: %v", err)
 		case <-t.C:
 		}
-		lag, err := kafkaadmin.GroupLag(ctx, brokers, topic, group)
+		lag, err := kafkaadmin.New(brokers, nil).GroupLag(ctx, topic, group)
 		if err == nil && lag == 0 {
 			return nil
 		}
