@@ -3,6 +3,7 @@ package ratelimit
 import (
 	"context"
 	"math"
+	"slices"
 	"sync"
 	"time"
 )
@@ -11,11 +12,19 @@ import (
 // time.Duration (about 146 years: in practice "never").
 const maxSpacing = time.Duration(math.MaxInt64 / 2)
 
-// Limiter hands out request permits evenly spaced at 60s/rpm: no two permits
-// are ever granted closer together than that spacing, so no 60-second window
-// holds more than rpm of them (for a whole rpm; a fractional rpm is a long-run
-// average, and a window may then hold ceil(rpm)). The spacing is rounded up
-// to the nanosecond, never down. rpm <= 0 (or NaN, or +Inf) means unlimited.
+// Limiter hands out request permits at a rate of rpm per minute, like a
+// token bucket that holds at most one token: a permit is due one spacing
+// (60s/rpm, rounded up to the nanosecond) after the previous one, so at a
+// constant rate no two permits are closer than the spacing and no 60-second
+// window holds more than rpm of them (for a whole rpm; a fractional rpm may
+// give ceil(rpm)). rpm <= 0 (or NaN, or +Inf) means unlimited.
+//
+// The rate may change (SetRPM, and grants lent by other replicas, Lend,
+// which end on their own at their expiry). A change accrues like a token:
+// the part of the interval already elapsed counts at the old rate, the rest
+// at the new one. So over any span of time the permits are at most one
+// more than the integral of the rate over it, whatever the changes: the
+// bound the fleet's budget rests on (see fleet.go).
 //
 // A 429 pauses it (PauseUntil): no permit at all is granted before the pause
 // ends, whatever the rate, and unlimited limiters pause too.
@@ -29,11 +38,20 @@ const maxSpacing = time.Duration(math.MaxInt64 / 2)
 // zero value is an unlimited Limiter.
 type Limiter struct {
 	mu      sync.Mutex
-	rpm     float64
-	spacing time.Duration // 0: unlimited
-	last    time.Time     // when the last permit was granted; zero: none yet
-	pause   time.Time     // no permit before this
+	rpm     float64   // the rate of its own (SetRPM)
+	grants  []Grant   // lent rates, each until its expiry; kept in order of Until
+	next    time.Time // when the next permit is due at the current rate; zero: at once
+	pause   time.Time // no permit before this
 	waiters map[chan struct{}]struct{}
+	paused  chan struct{} // cap 1: signalled when PauseUntil extends the pause
+	granted uint64        // permits granted so far
+	blocked bool          // a Wait had to sleep since the last Demand
+}
+
+// Grant is a rate lent to this replica by another one, until a time.
+type Grant struct {
+	RPM   float64
+	Until time.Time
 }
 
 // NewLimiter returns a Limiter for rpm requests per minute (rpm <= 0:
@@ -57,26 +75,119 @@ func Spacing(rpm float64) time.Duration {
 	return time.Duration(ns)
 }
 
-// SetRPM changes the rate. The caller recomputes it at every rebalance. It
-// takes effect for the next permit, which comes no sooner than the new spacing
-// after the previous permit; waiters already asleep wake up and re-check, so a
-// faster rate is not held back by a slow one's timer.
+// SetRPM changes the rate of its own. The elapsed part of the current
+// interval keeps the old rate (token accrual, see Limiter); waiters already
+// asleep wake up and re-check, so a faster rate is not held back by a slow
+// one's timer.
 func (l *Limiter) SetRPM(rpm float64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.rpm = rpm
-	l.spacing = Spacing(rpm)
+	l.change(func() { l.rpm = rpm })
+}
+
+// Lend replaces the rates lent to this limiter: each adds its RPM until its
+// Until, and ends on its own then, even if nobody calls Lend again (a
+// replica paused past a grant's end does not use it when it resumes).
+// Lent rates count only while the limiter's own rate is limited.
+func (l *Limiter) Lend(grants []Grant) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.change(func() {
+		l.grants = append(l.grants[:0], grants...)
+		slices.SortFunc(l.grants, func(a, b Grant) int { return a.Until.Compare(b.Until) })
+	})
+}
+
+// change applies set to the rates at now, rescaling the interval under way,
+// and wakes the waiters. Called with mu held.
+func (l *Limiter) change(set func()) {
+	now := time.Now()
+	l.expire(now)
+	old := Spacing(l.rateAt(now))
+	set()
+	l.expire(now)
+	if l.next.After(now) {
+		l.next = rescale(now, l.next, old, Spacing(l.rateAt(now)))
+	}
 	for ch := range l.waiters {
 		close(ch)
 		delete(l.waiters, ch)
 	}
 }
 
-// RPM returns the current rate (<= 0: unlimited).
+// rateAt is the rate in force at t: its own plus every grant not yet ended.
+// Called with mu held.
+func (l *Limiter) rateAt(t time.Time) float64 {
+	if !(l.rpm > 0) || math.IsInf(l.rpm, 1) {
+		return l.rpm // unlimited
+	}
+	r := l.rpm
+	for _, g := range l.grants {
+		if t.Before(g.Until) && g.RPM > 0 {
+			r += g.RPM
+		}
+	}
+	return r
+}
+
+// expire drops the grants ended by now, rescaling the interval under way
+// at each end. Called with mu held.
+func (l *Limiter) expire(now time.Time) {
+	for len(l.grants) > 0 && !l.grants[0].Until.After(now) {
+		end := l.grants[0].Until
+		old := Spacing(l.rateAt(end.Add(-1)))
+		l.grants = l.grants[1:]
+		if l.next.After(end) {
+			l.next = rescale(end, l.next, old, Spacing(l.rateAt(end)))
+		}
+	}
+}
+
+// dueAt returns when the next permit is due, counting the grants that end
+// before it. Called with mu held, after expire(now).
+func (l *Limiter) dueAt() time.Time {
+	due := l.next
+	for _, g := range l.grants {
+		if !g.Until.Before(due) {
+			break
+		}
+		due = rescale(g.Until, due, Spacing(l.rateAt(g.Until.Add(-1))), Spacing(l.rateAt(g.Until)))
+	}
+	if l.pause.After(due) {
+		due = l.pause
+	}
+	return due
+}
+
+// rescale moves a permit due at due, counted at spacing old, to the new
+// spacing from time c on: the part of the interval left after c is stretched
+// or shrunk by new/old. An unlimited new rate makes it due at c.
+func rescale(c, due time.Time, old, new time.Duration) time.Time {
+	if !due.After(c) {
+		return due
+	}
+	if new == 0 || old == 0 {
+		return c
+	}
+	left := float64(due.Sub(c)) * float64(new) / float64(old)
+	if left >= float64(maxSpacing) {
+		return c.Add(maxSpacing)
+	}
+	return c.Add(time.Duration(math.Ceil(left)))
+}
+
+// RPM returns the rate of its own (<= 0: unlimited).
 func (l *Limiter) RPM() float64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.rpm
+}
+
+// Rate returns the rate in force now, lent rates included.
+func (l *Limiter) Rate() float64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.rateAt(time.Now())
 }
 
 // PauseUntil grants no permit before t. Called after a 429, it stops the whole
@@ -87,7 +198,33 @@ func (l *Limiter) PauseUntil(t time.Time) {
 	defer l.mu.Unlock()
 	if t.After(l.pause) {
 		l.pause = t
+		if l.paused != nil {
+			select {
+			case l.paused <- struct{}{}:
+			default:
+			}
+		}
 	}
+}
+
+// Paused returns when the current pause ends (zero or past: none), and a
+// channel signalled whenever PauseUntil extends it.
+func (l *Limiter) Paused() (time.Time, <-chan struct{}) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.paused == nil {
+		l.paused = make(chan struct{}, 1)
+	}
+	return l.pause, l.paused
+}
+
+// Demand returns the permits granted so far and whether a Wait had to
+// sleep since the last call (the replica wants more than its rate).
+func (l *Limiter) Demand() (granted uint64, blocked bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	blocked, l.blocked = l.blocked, false
+	return l.granted, blocked
 }
 
 // Wait blocks until a permit is granted and returns nil, or returns ctx.Err()
@@ -114,17 +251,15 @@ func (l *Limiter) Wait(ctx context.Context) error {
 	for {
 		l.mu.Lock()
 		now := time.Now()
-		at := l.pause
-		if l.spacing > 0 && !l.last.IsZero() {
-			if next := l.last.Add(l.spacing); next.After(at) {
-				at = next
-			}
-		}
+		l.expire(now)
+		at := l.dueAt()
 		if !at.After(now) {
-			l.last = now
+			l.next = now.Add(Spacing(l.rateAt(now)))
+			l.granted++
 			l.mu.Unlock()
 			return nil
 		}
+		l.blocked = true
 		// Register for a SetRPM wake-up. The channel is made here, by the
 		// waiter, so that it belongs to the waiter's synctest bubble. One
 		// that is no longer registered was closed by SetRPM (even if the

@@ -6,7 +6,9 @@ package ratelimit_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
+	"math/rand/v2"
 	"slices"
 	"sync"
 	"testing"
@@ -203,8 +205,9 @@ func TestLimiterPausesWhenUnlimited(t *testing.T) {
 	})
 }
 
-// TestLimiterSetRPM: a new rate applies to the next permit, counted from
-// the last one, also for a waiter already asleep.
+// TestLimiterSetRPM: a new rate applies from now on; the elapsed part of
+// the interval under way counts at the old rate (token accrual), also for a
+// waiter already asleep.
 func TestLimiterSetRPM(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		l := ratelimit.NewLimiter(60)
@@ -226,9 +229,10 @@ func TestLimiterSetRPM(t *testing.T) {
 			res <- time.Since(start)
 		}()
 		time.Sleep(5 * time.Second) // 8.2s: the waiter sleeps until 63.2s
-		l.SetRPM(6)                 // due at 3.2s + 10s
-		if got := <-res; got != 13200*time.Millisecond {
-			t.Fatalf("after SetRPM(6): the sleeping waiter got its permit at %v, want 13.2s", got)
+		l.SetRPM(6)                 // 55s of 60s were left: 55/60 of 10s from now
+		want := 8200*time.Millisecond + 9166666667*time.Nanosecond
+		if got := <-res; got != want {
+			t.Fatalf("after SetRPM(6): the sleeping waiter got its permit at %v, want %v", got, want)
 		}
 		go func() {
 			permits(t, l, 1, start)
@@ -236,8 +240,8 @@ func TestLimiterSetRPM(t *testing.T) {
 		}()
 		time.Sleep(time.Second)
 		l.SetRPM(0) // unlimited: at once
-		if got := <-res; got != 14200*time.Millisecond {
-			t.Fatalf("after SetRPM(0): the sleeping waiter got its permit at %v, want 14.2s", got)
+		if got := <-res; got != want+time.Second {
+			t.Fatalf("after SetRPM(0): the sleeping waiter got its permit at %v, want %v", got, want+time.Second)
 		}
 		if l.RPM() != 0 {
 			t.Fatalf("RPM() = %v, want 0", l.RPM())
@@ -268,7 +272,8 @@ func TestLimiterSetRPMSlowerThenFaster(t *testing.T) {
 }
 
 // TestLimiterSetRPMWakesWaiters: a waiter asleep on a slow rate's timer is
-// served at the new, faster rate.
+// served at the new, faster rate: what is left of its interval, at the new
+// rate, from the change on.
 func TestLimiterSetRPMWakesWaiters(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		l := ratelimit.NewLimiter(1e-4) // one permit every 10 weeks
@@ -284,8 +289,9 @@ func TestLimiterSetRPMWakesWaiters(t *testing.T) {
 		synctest.Wait()
 		time.Sleep(time.Second)
 		l.SetRPM(60)
-		if at := <-done; !at.Equal(start.Add(time.Second)) {
-			t.Fatalf("waiter served at +%v, want +1s", at.Sub(start))
+		// 599999 of 600000 s were left: 599999/600000 of 1s from +1s.
+		if at, want := <-done, start.Add(time.Second+999998334*time.Nanosecond); !at.Equal(want) {
+			t.Fatalf("waiter served at +%v, want +%v", at.Sub(start), want.Sub(start))
 		}
 	})
 }
@@ -400,4 +406,67 @@ func TestLimiterConcurrentRealTime(t *testing.T) {
 	// after Wait returns include scheduling delay and can come closer than
 	// the grants were, so this test only drives the Limiter concurrently
 	// (for the race detector) and counts the permits.
+}
+
+// TestLimiterPermitsWithinTheRateIntegral: whatever the changes of rate
+// (SetRPM, grants lent and ending), the permits over any span are at most
+// one more than the integral of the rate over it: the bound the fleet's
+// budget rests on (fleet.go).
+func TestLimiterPermitsWithinTheRateIntegral(t *testing.T) {
+	for seed := range uint64(5) {
+		t.Run(fmt.Sprint("seed-", seed), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				const slot = 100 * time.Millisecond
+				rng := rand.New(rand.NewPCG(seed, 3))
+				l := ratelimit.NewLimiter(60)
+				start := time.Now()
+				var permitAt []time.Duration
+				ctx, cancel := context.WithCancel(t.Context())
+				done := make(chan struct{})
+				go func() {
+					defer close(done)
+					for l.Wait(ctx) == nil {
+						permitAt = append(permitAt, time.Since(start))
+					}
+				}()
+				var rates []float64 // the rate over each slot
+				for i := range 6000 {
+					if rng.IntN(50) == 0 {
+						l.SetRPM(float64(1 + rng.IntN(600)))
+					}
+					if rng.IntN(80) == 0 {
+						var gs []ratelimit.Grant
+						for range rng.IntN(3) {
+							gs = append(gs, ratelimit.Grant{RPM: float64(rng.IntN(300)),
+								Until: start.Add(time.Duration(i+1+rng.IntN(100)) * slot)})
+						}
+						l.Lend(gs)
+					}
+					rates = append(rates, l.Rate())
+					time.Sleep(slot)
+					synctest.Wait()
+				}
+				cancel()
+				<-done
+				for _, span := range []int{1, 7, 100, 610} {
+					for a := 0; a+span <= len(rates); a++ {
+						integral := 0.0
+						for _, r := range rates[a : a+span] {
+							integral += r / 60 * slot.Seconds()
+						}
+						from, to := time.Duration(a)*slot, time.Duration(a+span)*slot
+						n := 0
+						for _, p := range permitAt {
+							if p >= from && p < to {
+								n++
+							}
+						}
+						if float64(n) > 1+integral+1e-6 {
+							t.Fatalf("%d permits in [%v, %v), the rate's integral is %.3f", n, from, to, integral)
+						}
+					}
+				}
+			})
+		})
+	}
 }

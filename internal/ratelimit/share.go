@@ -16,12 +16,17 @@ import (
 const ArrivalSlack = time.Second
 
 // Share is one replica's part of the fleet-wide budget of rpm requests per
-// minute: rpm × assigned/total, scaled by 60s/(60s+ArrivalSlack) and
-// rounded down to whole requests, so that the shares never add up to more
-// than the budget and no 60-second window holds more than a replica's
-// share of arrivals. A share below one request per minute is kept as it
-// is (rounding it down would stop the replica); with nothing assigned it
-// is a token rate (nothing is sent anyway). rpm <= 0 means unlimited.
+// minute: x = rpm × assigned/total × 60s/(60s+ArrivalSlack), less one
+// request per minute, rounded down: floor(x − 1). The slack keeps every
+// window of arrivals within the budget though requests arrive up to
+// ArrivalSlack after their permits; the one request less pays for the one
+// permit a Limiter may give beyond the integral of its rate over a window
+// (see fleet.go), so that the shares, and anything lent out of them, never
+// let a 60-second window of arrivals hold more than rpm. A share that
+// would fall below one request per minute (x < 2) is x/2: it keeps the
+// replica going, and the bound then holds only up to one request per such
+// replica. With nothing assigned it is a token rate (nothing is sent
+// anyway). rpm <= 0 means unlimited.
 func Share(rpm float64, assigned, total int) float64 {
 	if rpm <= 0 || total <= 0 {
 		return rpm
@@ -29,11 +34,11 @@ func Share(rpm float64, assigned, total int) float64 {
 	if assigned == 0 {
 		return rpm / 1e6
 	}
-	s := rpm * float64(assigned) / float64(total) * float64(time.Minute) / float64(time.Minute+ArrivalSlack)
-	if s >= 1 {
-		return math.Floor(s)
+	x := rpm * float64(assigned) / float64(total) * float64(time.Minute) / float64(time.Minute+ArrivalSlack)
+	if x >= 2 {
+		return math.Floor(x - 1)
 	}
-	return s
+	return x / 2
 }
 
 // Rebalance sets l to this replica's Share of the fleet budget after a

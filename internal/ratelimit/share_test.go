@@ -17,11 +17,11 @@ func TestShare(t *testing.T) {
 		assigned, total int
 		want            float64
 	}{
-		{300, 6, 6, 295}, // 300 × 60/61 = 295.08
-		{300, 2, 6, 98},  // 100 × 60/61 = 98.36
-		{300, 3, 7, 126}, // 128.57 × 60/61 = 126.46; 126 + 168 <= 300
-		{300, 4, 7, 168},
-		{300, 1, 1000, 0.3 * 60 / 61},
+		{300, 6, 6, 294}, // 300 × 60/61 = 295.08, less 1
+		{300, 2, 6, 97},  // 100 × 60/61 = 98.36, less 1
+		{300, 3, 7, 125}, // 128.57 × 60/61 = 126.46, less 1
+		{300, 4, 7, 167},
+		{300, 1, 1000, 0.3 * 60 / 61 / 2},
 		{300, 0, 6, 300 / 1e6},
 		{0, 2, 6, 0},
 		{300, 2, 0, 300},
@@ -92,11 +92,11 @@ func TestRebalanceStartsTwoIntervalsLate(t *testing.T) {
 			t.Fatal(err)
 		}
 		start := time.Now()
-		rpm := l.Rebalance(300, 3, 6) // 150 × 60/61 = 147.5 → 147
-		if rpm != 147 || l.RPM() != 147 {
-			t.Fatalf("share %v, limiter %v, want 147", rpm, l.RPM())
+		rpm := l.Rebalance(300, 3, 6) // 150 × 60/61 = 147.5, less 1 → 146
+		if rpm != 146 || l.RPM() != 146 {
+			t.Fatalf("share %v, limiter %v, want 146", rpm, l.RPM())
 		}
-		spacing := ratelimit.Spacing(147)
+		spacing := ratelimit.Spacing(146)
 		got := permits(t, l, 3, start)
 		want := []time.Duration{2 * spacing, 3 * spacing, 4 * spacing}
 		if !slices.Equal(got, want) {

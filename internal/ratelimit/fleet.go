@@ -1,0 +1,338 @@
+package ratelimit
+
+import (
+	"context"
+	"log/slog"
+	"math"
+	"sync"
+	"time"
+)
+
+// Sharing the budget by demand
+//
+// Every replica owns its Share of RATE_LIMIT_RPM for the consumer-group
+// generation it is in (partitions assigned ÷ all partitions; see Share). That
+// part is static: it needs nothing but the assignment, and it is what a
+// replica falls back to when it can see no other replica. On top of it,
+// replicas lend the part of their share they do not use to the replicas
+// that want more, over a Board (a small compacted Kafka topic, one record
+// per replica):
+//
+//   - Every Tick, each replica publishes a Record: its generation, share and
+//     demand (the rate it could use: everything, when its sends wait for
+//     permits and it uses what it has; else what it used lately, with some
+//     room), and the rates it lends to others, valid until Until (now +
+//     Lease).
+//   - A lender splits its spare (share − its own demand) among the replicas
+//     of its generation that want more than their share, in proportion to
+//     what they want beyond it, and so that, with every lender doing the
+//     same from its own view, the needs are met as far as the spares go.
+//   - A lender lowers its own rate by what it lends BEFORE it publishes, and
+//     keeps it lowered for every record it published until that record's
+//     Until + Margin, even if a later record lends less (a borrower may not
+//     have seen the later one): by the most any such record lends to each
+//     borrower, summed over the borrowers. A borrower adds a lent rate only from a
+//     record of its own generation, and only until Until − Margin by its own
+//     clock, and its Limiter ends the rate on its own then (Lend), even if
+//     the replica was paused and nothing ran.
+//
+// Why the fleet stays within the budget at every instant: every rate a
+// borrower adds was published by a lender who had already taken it off its
+// own rate, and the lender takes it back only after the borrower stopped
+// using it: the borrower stops at Until − Margin by its clock, the lender
+// resumes at Until + Margin by its own, so with clocks less than 2·Margin
+// apart the lent rate is counted once. So at every instant the rates of a
+// generation add up to at most the sum of the shares, which is at most
+// (RATE_LIMIT_RPM − replicas) × 60/61 (Share). The Limiter accrues permits
+// like a one-token bucket, so over any span a replica's permits are at most
+// one more than the integral of its rate; a request arrives less than
+// ArrivalSlack after its permit, so a 60-second window of arrivals holds the
+// permits of 61 seconds: at most replicas + (61/60)·(RATE_LIMIT_RPM −
+// replicas)·60/61 < RATE_LIMIT_RPM.
+//
+// Generations do not overlap: a replica sends only under a lease proven by
+// the group (package lease), which ends before the group can form the next
+// generation, and every replica starts a new generation at its new share,
+// two intervals late, with nothing lent or borrowed (Rebalance). A record of
+// another generation is never used.
+//
+// When views disagree: a borrower that sees a grant late only sends less; a
+// lender that sees a demand late only lends later; clocks more than
+// 2·Margin apart could count a lent rate twice for the difference, which is
+// why Margin is generous. A replica that cannot read or write the board
+// lends nothing new, and what it lent or borrowed ends within Lease +
+// Margin: it is back at no more than its share. A replica that dies or is
+// paused stops renewing its grants, which end within Lease; its share comes
+// back to the others at the next rebalance (the group's session timeout).
+// When the API says the window is spent (a 429, or x-ratelimit-remaining:
+// 0), the replica that was told pauses its Limiter and publishes the pause
+// at once; every replica that reads it pauses until the same time.
+
+// Record is what a replica publishes on the board.
+type Record struct {
+	Replica    string             `json:"replica"`
+	Generation int64              `json:"generation"`
+	Share      float64            `json:"share"`                    // its static share (rpm)
+	Demand     float64            `json:"demand"`                   // the rate it could use now (rpm)
+	Lent       map[string]float64 `json:"lent,omitempty"`           // rpm lent to each other replica, until Until
+	Until      int64              `json:"until_ms"`                 // Unix ms: the lent rates end then
+	PauseUntil int64              `json:"pause_until_ms,omitempty"` // Unix ms: the API's window is spent until then
+	At         int64              `json:"at_ms"`                    // Unix ms: when it was published
+}
+
+// Board is what the replicas coordinate over.
+type Board interface {
+	// Publish writes this replica's record and returns once the board
+	// holds it, or an error.
+	Publish(ctx context.Context, r Record) error
+	// Records returns the latest record of every other replica read so
+	// far, and when the board was last read up to its end (zero: never).
+	Records() (recs []Record, fresh time.Time)
+}
+
+// FleetConfig configures a Fleet. Zero durations take the defaults.
+type FleetConfig struct {
+	Replica string        // this replica's name on the board; required
+	Budget  float64       // RATE_LIMIT_RPM, for the whole fleet
+	Limiter *Limiter      // this replica's; required
+	Board   Board         // nil: no sharing, the static share only
+	Tick    time.Duration // between records; default 1s
+	Lease   time.Duration // how long a record's lent rates hold; default 4s
+	Margin  time.Duration // clock difference tolerated (see above); default 1s
+	Logger  *slog.Logger
+	// OnRate, when set, is called after each step with this replica's
+	// own rate and the rate it borrows (for the metrics).
+	OnRate func(own, borrowed float64)
+}
+
+// Fleet shares the budget by demand among the replicas (see the top of
+// this file). Rebalance is called at every assignment; Run publishes and
+// reads the board until ctx ends.
+type Fleet struct {
+	cfg  FleetConfig
+	wake chan struct{}
+
+	mu        sync.Mutex
+	gen       int64
+	share     float64
+	joined    bool
+	committed []commitment // what this replica lent, and until when it honours it
+	granted   uint64       // Limiter permits at the last step
+	last      time.Time    // the last step
+	usage     float64      // permits per minute lately (smoothed)
+}
+
+type commitment struct {
+	lent  map[string]float64 // what one record lent each borrower
+	until time.Time          // the lender honours it until this (Until + Margin)
+}
+
+// NewFleet returns a Fleet.
+func NewFleet(cfg FleetConfig) *Fleet {
+	if cfg.Tick <= 0 {
+		cfg.Tick = time.Second
+	}
+	if cfg.Lease <= 0 {
+		cfg.Lease = 4 * time.Second
+	}
+	if cfg.Margin <= 0 {
+		cfg.Margin = time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Fleet{cfg: cfg, wake: make(chan struct{}, 1)}
+}
+
+// Rebalance starts generation gen with assigned of total partitions: this
+// replica's rate becomes its Share, two intervals late (Limiter.Rebalance),
+// with nothing lent or borrowed. It returns the share.
+func (f *Fleet) Rebalance(gen int64, assigned, total int) float64 {
+	f.mu.Lock()
+	f.cfg.Limiter.Lend(nil)
+	rpm := f.cfg.Limiter.Rebalance(f.cfg.Budget, assigned, total)
+	f.gen, f.share, f.joined, f.committed = gen, rpm, true, nil
+	f.mu.Unlock()
+	select {
+	case f.wake <- struct{}{}:
+	default:
+	}
+	return rpm
+}
+
+// Run publishes this replica's record every Tick, and at once after a
+// Rebalance or a new pause, until ctx ends. Without a Board it returns at
+// once.
+func (f *Fleet) Run(ctx context.Context) {
+	if f.cfg.Board == nil {
+		return
+	}
+	_, paused := f.cfg.Limiter.Paused()
+	t := time.NewTicker(f.cfg.Tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-f.wake:
+		case <-paused:
+		}
+		f.step(ctx, time.Now())
+	}
+}
+
+// step reads the board, decides what to lend, sets the Limiter and
+// publishes the record.
+func (f *Fleet) step(ctx context.Context, now time.Time) {
+	recs, fresh := f.cfg.Board.Records()
+	lim := f.cfg.Limiter
+	for _, r := range recs {
+		if r.PauseUntil > 0 {
+			lim.PauseUntil(time.UnixMilli(r.PauseUntil)) // fleet-wide: the API's window is spent
+		}
+	}
+	f.mu.Lock()
+	if !f.joined || !(f.share > 0) {
+		f.mu.Unlock()
+		return
+	}
+	demand := f.demand(now)
+	var peers []Record
+	if stale := 3*f.cfg.Tick + f.cfg.Margin; now.Sub(fresh) < stale {
+		for _, r := range recs {
+			if r.Generation == f.gen && r.Replica != f.cfg.Replica && now.Sub(time.UnixMilli(r.At)) < stale+2*f.cfg.Margin {
+				peers = append(peers, r)
+			}
+		}
+	}
+	until := now.Add(f.cfg.Lease).Truncate(time.Millisecond)
+	lent, own := f.commit(Allocate(f.share, demand, peers), f.share-min(f.share, demand), until.Add(f.cfg.Margin), now)
+	rec := Record{Replica: f.cfg.Replica, Generation: f.gen, Share: f.share, Demand: demand,
+		Lent: lent, Until: until.UnixMilli(), At: now.UnixMilli()}
+	var grants []Grant
+	borrowed := 0.0
+	for _, r := range peers {
+		end := time.UnixMilli(r.Until).Add(-f.cfg.Margin)
+		if g := r.Lent[f.cfg.Replica]; g > 0 && end.After(now) {
+			grants = append(grants, Grant{RPM: g, Until: end})
+			borrowed += g
+		}
+	}
+	// Lower our own rate before anyone can read what we lend.
+	lim.SetRPM(own)
+	lim.Lend(grants)
+	f.mu.Unlock()
+	if p, _ := lim.Paused(); p.After(now) {
+		rec.PauseUntil = p.Add(time.Millisecond - 1).UnixMilli() // rounded up: nobody resumes early
+	}
+	if f.cfg.OnRate != nil {
+		f.cfg.OnRate(own, borrowed)
+	}
+	pctx, cancel := context.WithTimeout(ctx, f.cfg.Tick)
+	defer cancel()
+	if err := f.cfg.Board.Publish(pctx, rec); err != nil && ctx.Err() == nil {
+		// What was lent stays committed until it ends: the record may have
+		// been written.
+		f.cfg.Logger.Debug("budget board: publish failed", "err", err)
+	}
+}
+
+// commit records the loans of a new record, honoured until until, and
+// returns them and this replica's own rate: its share less, for each
+// borrower, the most any record still honoured lends it. A borrower uses one
+// record of ours at a time, but not necessarily the latest (each borrower
+// may hold another one), so the largest loans of different records add up;
+// the new record may raise a loan above what is honoured already only as
+// far as spare (what we do not use ourselves) allows, so that the sum never
+// exceeds the share. Called with mu held.
+func (f *Fleet) commit(lent map[string]float64, spare float64, until, now time.Time) (map[string]float64, float64) {
+	kept := f.committed[:0]
+	most := map[string]float64{}
+	for _, c := range f.committed {
+		if c.until.After(now) {
+			kept = append(kept, c)
+			for p, v := range c.lent {
+				most[p] = max(most[p], v)
+			}
+		}
+	}
+	f.committed = kept
+	raise, room := 0.0, max(0, spare-sum(most))
+	for p, v := range lent {
+		raise += max(0, v-most[p])
+	}
+	if raise > room {
+		scaled := make(map[string]float64, len(lent))
+		for p, v := range lent {
+			if v > most[p] {
+				v = most[p] + math.Floor((v-most[p])*room/raise*1000)/1000
+			}
+			if v > 0 {
+				scaled[p] = v
+			}
+		}
+		lent = scaled
+	}
+	f.committed = append(f.committed, commitment{lent: lent, until: until})
+	for p, v := range lent {
+		most[p] = max(most[p], v)
+	}
+	return lent, max(f.share-sum(most), 0)
+}
+
+// demand estimates the rate this replica could use now: the whole budget
+// when its sends waited for permits and it used most of its rate (it would
+// use more), else what it used lately with room to grow. Called with mu
+// held.
+func (f *Fleet) demand(now time.Time) float64 {
+	granted, blocked := f.cfg.Limiter.Demand()
+	if !f.last.IsZero() && now.After(f.last) {
+		perMin := float64(granted-f.granted) / now.Sub(f.last).Minutes()
+		f.usage = 0.5*f.usage + 0.5*perMin
+	}
+	f.granted, f.last = granted, now
+	rate := f.cfg.Limiter.Rate()
+	if blocked && f.usage >= 0.8*rate {
+		return f.cfg.Budget
+	}
+	return min(f.cfg.Budget, f.usage*1.25+1)
+}
+
+// Allocate returns what a replica with share and demand lends to each of
+// peers (the others of its generation): its spare, share − demand, split
+// in proportion to what each peer wants beyond its own share. The split
+// counts the other lenders' spares (from their records), so that when
+// every lender does the same, each need is met as far as the spares go
+// and no more. Lent rates are rounded down to 1/1000 rpm.
+func Allocate(share, demand float64, peers []Record) map[string]float64 {
+	spare := share - min(share, demand)
+	if !(spare > 0) {
+		return nil
+	}
+	pool, needs := spare, 0.0
+	for _, p := range peers {
+		pool += p.Share - min(p.Share, p.Demand)
+		needs += max(0, p.Demand-p.Share)
+	}
+	if !(needs > 0) {
+		return nil
+	}
+	out := make(map[string]float64)
+	for _, p := range peers {
+		if need := max(0, p.Demand-p.Share); need > 0 {
+			if g := math.Floor(spare*need/max(needs, pool)*1000) / 1000; g > 0 {
+				out[p.Replica] = g
+			}
+		}
+	}
+	return out
+}
+
+func sum(m map[string]float64) float64 {
+	s := 0.0
+	for _, v := range m {
+		s += v
+	}
+	return s
+}
