@@ -6,7 +6,6 @@ package consumer_test
 // the real dead-letter queue, and a recording fake Sink.
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -33,6 +32,7 @@ import (
 	"github.com/cohortsync/cohortsync-worker/consumer"
 	"github.com/cohortsync/cohortsync-worker/internal/event"
 	"github.com/cohortsync/cohortsync-worker/internal/metrics"
+	"github.com/cohortsync/cohortsync-worker/internal/rig"
 	"github.com/cohortsync/cohortsync-worker/internal/wire"
 )
 
@@ -53,13 +53,7 @@ const (
 // waitFor polls cond until it holds, failing the test after timeout.
 func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	rig.WaitFor(t, timeout, what, cond)
 }
 
 // holdsFor polls cond for d and fails the test the first time it is false.
@@ -80,33 +74,16 @@ func holdsFor(t testing.TB, d time.Duration, what string, cond func() (bool, str
 
 // ---- logs -------------------------------------------------------------------
 
-// logBuf keeps a test's logs and prints their tail only if the test failed.
-type logBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	s := l.b.String()
-	if len(s) > 200<<10 {
-		s = "...\n" + s[len(s)-200<<10:]
-	}
-	return s
-}
-
+// testLogger keeps a test's logs and prints their last 200 KiB only if the
+// test failed.
 func testLogger(t *testing.T) *slog.Logger {
-	lb := &logBuf{}
+	lb := &rig.Buffer{}
 	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("logs:\n%s", lb.String())
+		if s := lb.String(); t.Failed() {
+			if len(s) > 200<<10 {
+				s = "...\n" + s[len(s)-200<<10:]
+			}
+			t.Logf("logs:\n%s", s)
 		}
 	})
 	level := slog.LevelInfo

@@ -14,6 +14,7 @@ import (
 	"github.com/cohortsync/cohortsync-worker/consumer"
 	"github.com/cohortsync/cohortsync-worker/internal/emulator"
 	"github.com/cohortsync/cohortsync-worker/internal/event"
+	"github.com/cohortsync/cohortsync-worker/internal/rig"
 )
 
 // Tests of API rejections the worker must tell apart (DESIGN.md invariant 7
@@ -356,12 +357,11 @@ func brReporter(t *testing.T) func(key, format string, args ...any) {
 // brPoll polls cond until it holds, and returns how long that took, or -1
 // after timeout.
 func brPoll(timeout time.Duration, cond func() bool) time.Duration {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
 	start := time.Now()
-	for !cond() {
-		if time.Since(start) > timeout {
-			return -1
-		}
-		time.Sleep(50 * time.Millisecond)
+	if rig.Wait(ctx, cond) != nil {
+		return -1
 	}
 	return time.Since(start)
 }

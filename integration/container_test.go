@@ -383,17 +383,7 @@ func TestContainerWorkerImage(t *testing.T) {
 	// More events while it runs, then fold(log) == membership.
 	prod.sendN(t, g, 2000)
 	want := prod.model()
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		d := diff(want, api.state(t))
-		if d == "" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("membership did not converge: %s", d)
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
+	waitState(t, func() model { return api.state(t) }, want, 2*time.Minute)
 	t.Logf("membership converged: %d events, %d cohorts", prod.count, len(want))
 
 	// SIGTERM: drain, commit, exit 0 within the grace period.

@@ -2,16 +2,13 @@ package integration
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -27,6 +24,8 @@ import (
 
 	"github.com/cohortsync/cohortsync-worker/internal/emulator"
 	"github.com/cohortsync/cohortsync-worker/internal/event"
+	"github.com/cohortsync/cohortsync-worker/internal/kafkaadmin"
+	"github.com/cohortsync/cohortsync-worker/internal/rig"
 )
 
 const (
@@ -37,7 +36,8 @@ const (
 
 var (
 	brokerAddr string
-	broker     testBroker // nil when KAFKA_BROKERS names a cluster (see startBroker)
+	broker     testBroker        // nil when KAFKA_BROKERS names a cluster (see startBroker)
+	admin      *kafkaadmin.Admin // on brokerAddr, through kafka.DefaultTransport as createTopics
 	workerBin  string
 )
 
@@ -81,6 +81,7 @@ func setupAndRun(m *testing.M) int {
 		defer broker.Stop()
 		fmt.Printf("integration: Apache Kafka %s (%s) started at %s in %s\n", broker.Version(), src, brokerAddr, time.Since(start).Round(time.Millisecond))
 	}
+	admin = kafkaadmin.New([]string{brokerAddr}, nil)
 	return m.Run()
 }
 
@@ -305,10 +306,7 @@ func (p *producer) model() model {
 
 // ---- emulator ----
 
-type api struct {
-	*emulator.Emulator
-	URL string
-}
+type api struct{ *rig.API }
 
 func startAPI(t *testing.T, mutate func(*emulator.Config)) *api {
 	t.Helper()
@@ -318,18 +316,12 @@ func startAPI(t *testing.T, mutate func(*emulator.Config)) *api {
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	e, err := emulator.New(cfg)
+	a, err := rig.ServeAPI(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: e, ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { srv.Close() })
-	return &api{Emulator: e, URL: "http://" + ln.Addr().String()}
+	t.Cleanup(func() { a.Close() })
+	return &api{a}
 }
 
 // state returns the emulator's membership for our workspace.
@@ -387,16 +379,17 @@ func diff(want, got model) string {
 // waitConverged waits until the emulator's state equals want.
 func waitConverged(t *testing.T, a *api, want model, timeout time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		d := diff(want, a.state())
-		if d == "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("membership did not converge in %s: %s", timeout, d)
-		}
-		time.Sleep(250 * time.Millisecond)
+	waitState(t, a.state, want, timeout)
+}
+
+// waitState waits until state() equals want.
+func waitState(t *testing.T, state func() model, want model, timeout time.Duration) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var d string
+	if rig.Wait(ctx, func() bool { d = diff(want, state()); return d == "" }) != nil {
+		t.Fatalf("membership did not converge in %s: %s", timeout, d)
 	}
 }
 
@@ -425,28 +418,11 @@ type worker struct {
 	t      *testing.T
 	name   string
 	cmd    *exec.Cmd
-	out    *syncBuffer
+	out    *rig.Buffer
 	done   chan struct{}
 	err    error
 	addr   string // HTTP address
 	exited bool
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // workerEnv is the base configuration for a worker on topic.
@@ -473,7 +449,7 @@ func workerEnv(a *api, topic, dlq, group string) map[string]string {
 // startWorker starts the worker binary and waits until it serves HTTP.
 func startWorker(t *testing.T, name string, env map[string]string) *worker {
 	t.Helper()
-	w := &worker{t: t, name: name, out: &syncBuffer{}, done: make(chan struct{})}
+	w := &worker{t: t, name: name, out: &rig.Buffer{}, done: make(chan struct{})}
 	w.cmd = exec.Command(workerBin)
 	w.cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "GORACE=halt_on_error=1"}
 	for k, v := range env {
@@ -539,30 +515,15 @@ func (w *worker) ready() bool {
 	return resp.StatusCode == 200
 }
 
-// metric returns the sum of a metric's samples from /metrics.
-func (w *worker) metric(name string) float64 {
-	resp, err := http.Get("http://" + w.addr + "/metrics")
+// metric returns the sum of the series selector selects on /metrics (a
+// name, or a name with labels: see rig.Metrics.Samples), or -1 when
+// the scrape fails.
+func (w *worker) metric(selector string) float64 {
+	m, err := rig.Scrape(context.Background(), "http://"+w.addr+"/metrics")
 	if err != nil {
 		return -1
 	}
-	defer resp.Body.Close()
-	var sum float64
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, name) {
-			continue
-		}
-		rest := line[len(name):]
-		if rest != "" && rest[0] != ' ' && rest[0] != '{' {
-			continue
-		}
-		var v float64
-		fields := strings.Fields(line)
-		fmt.Sscan(fields[len(fields)-1], &v)
-		sum += v
-	}
-	return sum
+	return m.Sum(selector)
 }
 
 // stop sends SIGTERM and waits for a clean exit.
@@ -593,72 +554,19 @@ func (w *worker) kill() {
 
 // ---- Kafka helpers ----
 
-// groupLag returns the total records between the group's committed offsets
-// and the ends of topic's partitions.
-func groupLag(ctx context.Context, topic, group string) (int64, error) {
-	ends, committed, err := offsets(ctx, topic, group)
-	if err != nil {
-		return -1, err
-	}
-	var lag int64
-	for p, end := range ends {
-		c := max(committed[p], 0)
-		lag += max(end-c, 0)
-	}
-	return lag, nil
-}
-
 // offsets returns the end offset and the committed offset (-1: none) of
 // every partition of topic.
 func offsets(ctx context.Context, topic, group string) (ends, committed map[int]int64, err error) {
-	return offsetsVia(ctx, &kafka.Client{Addr: kafka.TCP(brokerAddr), Timeout: 10 * time.Second}, topic, group)
-}
-
-// offsetsVia is offsets through client.
-func offsetsVia(ctx context.Context, client *kafka.Client, topic, group string) (ends, committed map[int]int64, err error) {
-	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
-	if err != nil {
-		return nil, nil, err
-	}
-	if len(md.Topics) != 1 || md.Topics[0].Error != nil {
-		return nil, nil, errors.New("no such topic")
-	}
-	var parts []int
-	var reqs []kafka.OffsetRequest
-	for _, p := range md.Topics[0].Partitions {
-		parts = append(parts, p.ID)
-		reqs = append(reqs, kafka.LastOffsetOf(p.ID))
-	}
-	lo, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: reqs}})
-	if err != nil {
-		return nil, nil, err
-	}
-	of, err := client.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{topic: parts}})
-	if err != nil {
-		return nil, nil, err
-	}
-	ends, committed = map[int]int64{}, map[int]int64{}
-	for _, po := range lo.Topics[topic] {
-		if po.Error != nil {
-			return nil, nil, po.Error
-		}
-		ends[po.Partition] = po.LastOffset
-	}
-	for _, po := range of.Topics[topic] {
-		if po.Error != nil {
-			return nil, nil, po.Error
-		}
-		committed[po.Partition] = po.CommittedOffset
-	}
-	return ends, committed, nil
+	return admin.Offsets(ctx, topic, group)
 }
 
 func waitNoLag(t *testing.T, topic, group string, timeout time.Duration) {
 	t.Helper()
-	waitFor(t, timeout, "zero group lag", func() bool {
-		lag, err := groupLag(context.Background(), topic, group)
-		return err == nil && lag == 0
-	})
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := rig.WaitNoLag(ctx, admin, topic, group, nil); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // readTopic reads want records of a single-partition topic (and any one
@@ -695,13 +603,7 @@ func readTopicAt(t *testing.T, addr, topic string, want int, timeout time.Durati
 
 func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	rig.WaitFor(t, timeout, what, cond)
 }
 
 func tail(s string, lines int) string {

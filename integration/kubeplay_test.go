@@ -201,13 +201,7 @@ patches:
 
 	prod.sendN(t, g, 1000)
 	want := prod.model()
-	deadline := time.Now().Add(2 * time.Minute)
-	for d := diff(want, api.state(t)); d != ""; d = diff(want, api.state(t)) {
-		if time.Now().After(deadline) {
-			t.Fatalf("membership did not converge: %s", d)
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
+	waitState(t, func() model { return api.state(t) }, want, 2*time.Minute)
 	t.Logf("membership converged: %d events through the pod, the key read from the mounted Secret", prod.count)
 
 	// Stop the pod within the Deployment's grace period: drain, exit 0.

@@ -23,7 +23,9 @@ import (
 
 	"github.com/cohortsync/cohortsync-worker/consumer"
 	"github.com/cohortsync/cohortsync-worker/internal/event"
+	"github.com/cohortsync/cohortsync-worker/internal/kafkaadmin"
 	"github.com/cohortsync/cohortsync-worker/internal/localkafka"
+	"github.com/cohortsync/cohortsync-worker/internal/rig"
 )
 
 // The SASL user of the secured broker. The passwords are distinctive so that
@@ -442,38 +444,27 @@ func (sb *secBroker) checkNoSecret(t *testing.T, w *worker) {
 // offsets returns the end and committed offsets (-1: none) of topic's
 // partitions, over the PLAINTEXT listener.
 func (sb *secBroker) offsets(ctx context.Context, topic, group string) (ends, committed map[int]int64, err error) {
-	tr := &kafka.Transport{DialTimeout: 5 * time.Second} // fresh metadata, see producer
-	defer tr.CloseIdleConnections()
-	return offsetsVia(ctx, &kafka.Client{Addr: kafka.TCP(sb.admin), Transport: tr, Timeout: 10 * time.Second}, topic, group)
+	a, done := sb.adminClient()
+	defer done()
+	return a.Offsets(ctx, topic, group)
+}
+
+// adminClient returns an Admin over the PLAINTEXT listener with a transport
+// of its own (fresh metadata, see producer), and the func that closes it.
+func (sb *secBroker) adminClient() (*kafkaadmin.Admin, func()) {
+	tr := &kafka.Transport{DialTimeout: 5 * time.Second}
+	return kafkaadmin.New([]string{sb.admin}, tr), tr.CloseIdleConnections
 }
 
 // waitNoLag waits until the group has committed the end of every partition.
 func (sb *secBroker) waitNoLag(t *testing.T, topic, group string, timeout time.Duration) {
 	t.Helper()
-	var last string
-	deadline := time.Now().Add(timeout)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		ends, committed, err := sb.offsets(ctx, topic, group)
-		cancel()
-		if err == nil {
-			done := len(ends) > 0
-			for p, end := range ends {
-				if committed[p] != end {
-					done = false
-				}
-			}
-			if done {
-				return
-			}
-			last = fmt.Sprintf("ends %v, committed %v", ends, committed)
-		} else {
-			last = err.Error()
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("group %s did not commit the end of %s in %s: %s", group, topic, timeout, last)
-		}
-		time.Sleep(200 * time.Millisecond)
+	a, done := sb.adminClient()
+	defer done()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := rig.WaitNoLag(ctx, a, topic, group, nil); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -124,7 +124,7 @@ func TestGracefulShutdown(t *testing.T) {
 	if d := diff(p.model(), a.state()); d != "" {
 		t.Fatalf("after the drain: %s", d)
 	}
-	lag, err := groupLag(context.Background(), topic, env["KAFKA_GROUP_ID"])
+	lag, err := admin.GroupLag(context.Background(), topic, env["KAFKA_GROUP_ID"])
 	if err != nil || lag != 0 {
 		t.Fatalf("lag after the drain: %d (%v)", lag, err)
 	}

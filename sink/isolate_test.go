@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/cohortsync/cohortsync-worker/internal/rig"
 )
 
 // isolationBudget is the most requests an isolating split may take to find
@@ -372,13 +374,7 @@ func acceptedOnce(t *testing.T, calls []call, all []string) []string {
 // waitFor polls cond (real time) for up to 10s.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	rig.WaitFor(t, 10*time.Second, what, cond)
 }
 
 // contextWithCancel is e.ctx() with a cancel func.

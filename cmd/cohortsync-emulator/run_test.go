@@ -11,11 +11,11 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/cohortsync/cohortsync-worker/internal/emulator"
+	"github.com/cohortsync/cohortsync-worker/internal/rig"
 )
 
 func noEnv(string) string { return "" }
@@ -159,30 +159,12 @@ func TestHelp(t *testing.T) {
 	}
 }
 
-// syncBuffer is a goroutine-safe bytes.Buffer.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestServeAndShutdown(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	addrFile := filepath.Join(t.TempDir(), "addr")
 	addrc := make(chan net.Addr, 1)
-	var stderr syncBuffer
+	var stderr rig.Buffer
 	done := make(chan int, 1)
 	go func() {
 		done <- serve(ctx, []string{"--listen=127.0.0.1:0", "--addr-file", addrFile, "--rate-limit=2"},
