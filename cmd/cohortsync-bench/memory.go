@@ -1,5 +1,8 @@
 package main
 
+// Phases (d) and (dl): the worker binary's peak RSS with members pending,
+// and with the API down and partitions full of large records.
+
 import (
 	"context"
 	"fmt"
@@ -16,19 +19,75 @@ import (
 
 	"github.com/cohortsync/cohortsync-worker/internal/emulator"
 	"github.com/cohortsync/cohortsync-worker/internal/event"
-	"github.com/cohortsync/cohortsync-worker/internal/kafkaadmin"
+	"github.com/cohortsync/cohortsync-worker/internal/rig"
 )
+
+type rssResult struct {
+	PendingMembers int     `json:"pending_members"`
+	PeakRSSMiB     float64 `json:"peak_rss_mib"`
+	GOMEMLIMIT     string  `json:"gomemlimit,omitempty"`
+}
+
+// phaseD runs (d), and again with GOMEMLIMIT=o.memLimit unless it is empty.
+func (b *bench) phaseD(ctx context.Context) error {
+	rss, err := b.peakRSS(ctx, "")
+	if err != nil {
+		return err
+	}
+	b.res.PeakRSS = rss
+	b.say("(d) peak RSS %.1f MiB with %d members pending", rss.PeakRSSMiB, rss.PendingMembers)
+	b.res.Targets["d"] = verdict{"<= 256 MiB", fmt.Sprintf("%.1f MiB", rss.PeakRSSMiB), rss.PeakRSSMiB <= 256}
+	if b.o.memLimit == "" {
+		return nil
+	}
+	if rss, err = b.peakRSS(ctx, b.o.memLimit); err != nil {
+		return err
+	}
+	b.res.PeakRSSLimited = rss
+	b.say("(d) with GOMEMLIMIT=%s: peak RSS %.1f MiB", b.o.memLimit, rss.PeakRSSMiB)
+	b.res.Targets["d, GOMEMLIMIT="+b.o.memLimit] = verdict{"<= 256 MiB", fmt.Sprintf("%.1f MiB", rss.PeakRSSMiB), rss.PeakRSSMiB <= 256}
+	return nil
+}
+
+// peakRSS runs the worker binary against an API that accepts nothing, so
+// that MAX_PENDING_MEMBERS members end up pending, and reads its peak RSS.
+func (b *bench) peakRSS(ctx context.Context, memLimit string) (*rssResult, error) {
+	o := b.o
+	topic := fmt.Sprintf("bench-rss-%d", time.Now().Unix())
+	if err := b.admin.CreateTopics(ctx, o.partitions, topic, topic+".dlq"); err != nil {
+		return nil, err
+	}
+	if err := produce(ctx, b.brokers, topic, o.pending+o.pending/10, cohortIDs(o.cohorts), 77); err != nil {
+		return nil, err
+	}
+	env := []string{"MAX_PENDING_MEMBERS=" + strconv.Itoa(o.pending)}
+	if memLimit != "" {
+		env = append(env, "GOMEMLIMIT="+memLimit)
+	}
+	b.say("(d) filling %d pending members…", o.pending)
+	pending := 0.0
+	mib, err := rssWorker(ctx, b.brokers, topic, env, func(m rig.Metrics) bool {
+		pending = m.Sum("cohortsync_pending_members")
+		return pending >= float64(o.pending)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("(d) %.0f members pending: %w", pending, err)
+	}
+	return &rssResult{PendingMembers: int(pending), PeakRSSMiB: mib, GOMEMLIMIT: memLimit}, nil
+}
 
 // rssWorker runs the worker binary, built from this checkout, against an
 // API that accepts nothing (every request waits an hour), with env added to
 // the usual settings, until full reports that what the phase wanted to pile
-// up is there; then it returns the process's peak RSS (VmHWM) in MiB.
-func rssWorker(ctx context.Context, brokers []string, topic string, env []string, full func(metrics string) bool) (float64, error) {
+// up is there (it is called with the worker's metrics every half second,
+// empty ones when a scrape fails); then it returns the process's peak RSS
+// (VmHWM) in MiB.
+func rssWorker(ctx context.Context, brokers []string, topic string, env []string, full func(rig.Metrics) bool) (float64, error) {
 	a, err := startAPI(0, emulator.Faults{Latency: time.Hour}, false)
 	if err != nil {
 		return 0, err
 	}
-	defer a.close()
+	defer a.Close()
 	dir, err := os.MkdirTemp("", "cohortsync-bench-")
 	if err != nil {
 		return 0, err
@@ -46,7 +105,7 @@ func rssWorker(ctx context.Context, brokers []string, topic string, env []string
 	cmd := exec.CommandContext(ctx, bin)
 	cmd.Env = append(os.Environ(),
 		"KAFKA_BROKERS="+strings.Join(brokers, ","), "KAFKA_TOPIC="+topic, "KAFKA_GROUP_ID=bench-rss-"+topic,
-		"MOENGAGE_BASE_URL="+a.url, "MOENGAGE_WORKSPACE_ID=bench", "MOENGAGE_DATA_API_KEY=bench-key",
+		"MOENGAGE_BASE_URL="+a.URL, "MOENGAGE_WORKSPACE_ID=bench", "MOENGAGE_DATA_API_KEY=bench-key",
 		"RATE_LIMIT_RPM=0", "HTTP_ADDR="+addr, "BATCH_WINDOW=1h", "LOG_LEVEL=warn")
 	cmd.Env = append(cmd.Env, env...)
 	if err := cmd.Start(); err != nil {
@@ -56,7 +115,8 @@ func rssWorker(ctx context.Context, brokers []string, topic string, env []string
 	deadline := time.Now().Add(5 * time.Minute)
 	for {
 		time.Sleep(500 * time.Millisecond)
-		if full("http://" + addr + "/metrics") {
+		m, _ := rig.Scrape(ctx, "http://"+addr+"/metrics")
+		if full(m) {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -88,18 +148,31 @@ type largeRecordsResult struct {
 	PeakRSSMiB  float64 `json:"peak_rss_mib"`
 }
 
+// phaseDL runs (dl) with 900 KB records.
+func (b *bench) phaseDL(ctx context.Context) error {
+	lr, err := b.peakRSSLarge(ctx, b.o.largeRecords, 900_000)
+	if err != nil {
+		return err
+	}
+	b.res.LargeRecords = lr
+	b.say("(d-large) peak RSS %.1f MiB, %d of %d records of %d bytes read", lr.PeakRSSMiB, lr.Consumed, lr.Records, lr.RecordBytes)
+	b.res.Targets["d-large"] = verdict{"<= 256 MiB", fmt.Sprintf("%.1f MiB", lr.PeakRSSMiB), lr.PeakRSSMiB <= 256}
+	return nil
+}
+
 // peakRSSLarge fills o.partitions partitions with records of about
 // recordBytes each (valid events, one member, padded with an unknown field
 // the worker ignores), starts the worker with the API accepting nothing and
 // MAX_PENDING_MEMBERS=100, so that the batcher stops taking changes at once
 // and whatever the consumer buffers beyond that is fetched-but-unprocessed
 // record bytes, and reads its peak RSS once it has stopped consuming.
-func peakRSSLarge(ctx context.Context, brokers []string, o options, perPartition, recordBytes int) (*largeRecordsResult, error) {
+func (b *bench) peakRSSLarge(ctx context.Context, perPartition, recordBytes int) (*largeRecordsResult, error) {
+	o := b.o
 	topic := fmt.Sprintf("bench-large-%d", time.Now().Unix())
-	if err := kafkaadmin.New(brokers, nil).CreateTopics(ctx, o.partitions, topic, topic+".dlq"); err != nil {
+	if err := b.admin.CreateTopics(ctx, o.partitions, topic, topic+".dlq"); err != nil {
 		return nil, err
 	}
-	w := &kafka.Writer{Addr: kafka.TCP(brokers...), Topic: topic, Balancer: &kafka.RoundRobin{},
+	w := &kafka.Writer{Addr: kafka.TCP(b.brokers...), Topic: topic, Balancer: &kafka.RoundRobin{},
 		BatchSize: 1, BatchBytes: int64(recordBytes) + 64<<10, RequiredAcks: kafka.RequireOne}
 	defer w.Close()
 	rng := rand.New(rand.NewPCG(5, 5))
@@ -121,8 +194,8 @@ func peakRSSLarge(ctx context.Context, brokers []string, o options, perPartition
 	}
 	var last float64
 	stable := 0
-	rss, err := rssWorker(ctx, brokers, topic, []string{"MAX_PENDING_MEMBERS=100"}, func(url string) bool {
-		c := scrape(url, "cohortsync_events_consumed_total")
+	rss, err := rssWorker(ctx, b.brokers, topic, []string{"MAX_PENDING_MEMBERS=100"}, func(m rig.Metrics) bool {
+		c := m.Sum("cohortsync_events_consumed_total")
 		if c > 0 && c == last {
 			stable++
 		} else {
