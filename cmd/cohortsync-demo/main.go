@@ -17,9 +17,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
-	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"slices"
@@ -37,6 +36,7 @@ import (
 	"github.com/cohortsync/cohortsync-worker/internal/event"
 	"github.com/cohortsync/cohortsync-worker/internal/kafkaadmin"
 	"github.com/cohortsync/cohortsync-worker/internal/localkafka"
+	"github.com/cohortsync/cohortsync-worker/internal/rig"
 )
 
 func main() {
@@ -61,7 +61,8 @@ type options struct {
 	seed       uint64
 }
 
-func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+// parseOptions reads the flags; it returns nil options after -help.
+func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	var o options
 	fs := flag.NewFlagSet("cohortsync-demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -77,8 +78,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.Uint64Var(&o.seed, "seed", 1, "random seed for the sample events")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return nil
+			return nil, nil
 		}
+		return nil, err
+	}
+	return &o, nil
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	o, err := parseOptions(args, stderr)
+	if o == nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
@@ -94,7 +103,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	// 1. Kafka.
 	topic := "cohort-membership-changes"
 	dlqTopic := topic + ".dlq"
-	brokers, stopKafka, kafkaDesc, err := startKafka(ctx, o, log, topic, dlqTopic)
+	brokers, stopKafka, kafkaDesc, err := startKafka(ctx, *o, log, topic, dlqTopic)
 	if err != nil {
 		return err
 	}
@@ -102,73 +111,99 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	say("Kafka: %s at %s", kafkaDesc, strings.Join(brokers, ","))
 
 	// 2. The API.
-	baseURL, workspace, apiKey := os.Getenv("MOENGAGE_BASE_URL"), os.Getenv("MOENGAGE_WORKSPACE_ID"), os.Getenv("MOENGAGE_DATA_API_KEY")
-	var emu *emulator.Emulator
-	if baseURL == "" {
-		workspace, apiKey = "demo-workspace", "demo-data-api-key"
-		ecfg := emulator.DefaultConfig()
-		ecfg.Credentials = map[string]string{workspace: apiKey}
-		ecfg.Faults.ErrorRate = o.errorRate
-		ecfg.Logger = log
-		emu, err = emulator.New(ecfg)
-		if err != nil {
-			return err
-		}
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return err
-		}
-		srv := &http.Server{Handler: emu, ReadHeaderTimeout: 5 * time.Second}
-		go func() { _ = srv.Serve(ln) }()
-		defer srv.Close()
-		baseURL = "http://" + ln.Addr().String()
-		say("Cohort Sync API: in-process emulator at %s (300 requests/min, 128 KB bodies, %.0f%% injected 500s)", baseURL, o.errorRate*100)
-	} else {
-		say("Cohort Sync API: %s", baseURL)
+	a, err := startAPI(*o, log)
+	if err != nil {
+		return err
 	}
+	defer a.close()
+	say("Cohort Sync API: %s", a.desc)
 
 	// 3. Sample events.
-	want, err := produce(ctx, brokers, topic, o)
+	want, err := produce(ctx, brokers, topic, *o)
 	if err != nil {
 		return err
 	}
 	say("produced %d events (%d malformed) over %d cohorts to %s", o.events+o.poison, o.poison, o.cohorts, topic)
 
 	// 4. The worker, until the group has no lag.
+	cfg := workerConfig(brokers, topic, dlqTopic, a)
+	say("worker started (group %s); waiting until the group lag is zero…", cfg.KafkaGroupID)
+	reg, caughtUp, err := runWorker(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	say("caught up in %s; the worker drained and stopped", caughtUp.Round(time.Millisecond))
+
+	// 5. Report.
+	return report(ctx, stdout, reg, a, want, *o, time.Since(started))
+}
+
+// api is where the worker sends its requests: the API named by
+// MOENGAGE_BASE_URL, or else the in-process emulator (emu).
+type api struct {
+	baseURL, workspace, key string
+	desc                    string
+	emu                     *emulator.Emulator // nil for an API named by the environment
+	close                   func()
+}
+
+func startAPI(o options, log *slog.Logger) (*api, error) {
+	if url := os.Getenv("MOENGAGE_BASE_URL"); url != "" {
+		return &api{baseURL: url, workspace: os.Getenv("MOENGAGE_WORKSPACE_ID"), key: os.Getenv("MOENGAGE_DATA_API_KEY"),
+			desc: url, close: func() {}}, nil
+	}
+	a := &api{workspace: "demo-workspace", key: "demo-data-api-key"}
+	ecfg := emulator.DefaultConfig()
+	ecfg.Credentials = map[string]string{a.workspace: a.key}
+	ecfg.Faults.ErrorRate = o.errorRate
+	ecfg.Logger = log
+	srv, err := rig.ServeAPI(ecfg)
+	if err != nil {
+		return nil, err
+	}
+	a.emu, a.baseURL, a.close = srv.Emulator, srv.URL, func() { _ = srv.Close() }
+	a.desc = fmt.Sprintf("in-process emulator at %s (300 requests/min, 128 KB bodies, %.0f%% injected 500s)", a.baseURL, o.errorRate*100)
+	return a, nil
+}
+
+func workerConfig(brokers []string, topic, dlqTopic string, a *api) config.Config {
 	cfg := config.Default()
 	cfg.KafkaBrokers = brokers
 	cfg.KafkaTopics = []string{topic}
 	cfg.KafkaDLQTopic = dlqTopic
 	cfg.KafkaGroupID = fmt.Sprintf("cohortsync-demo-%d", time.Now().UnixNano())
-	cfg.MoEngageBaseURL = baseURL
-	cfg.MoEngageWorkspaceID = workspace
-	cfg.MoEngageDataAPIKey = config.NewSecret(apiKey)
+	cfg.MoEngageBaseURL = a.baseURL
+	cfg.MoEngageWorkspaceID = a.workspace
+	cfg.MoEngageDataAPIKey = config.NewSecret(a.key)
 	cfg.BatchWindow = time.Second
 	cfg.RetryInitialInterval = 200 * time.Millisecond
 	cfg.RetryMaxInterval = 2 * time.Second
 	cfg.HTTPAddr = ""
 	cfg.ShutdownTimeout = 10 * time.Second
-	reg := prometheus.NewRegistry()
-	wctx, stopWorker := context.WithCancel(ctx)
-	defer stopWorker()
-	done := make(chan error, 1)
-	workerStart := time.Now()
-	go func() {
-		done <- app.Run(wctx, app.Options{Config: cfg, Logger: log, Registry: reg, Version: "demo", ReplicaID: "demo"})
-	}()
-	say("worker started (group %s); waiting until the group lag is zero…", cfg.KafkaGroupID)
-	if err := waitNoLag(ctx, brokers, topic, cfg.KafkaGroupID, done); err != nil {
-		return err
-	}
-	caughtUp := time.Since(workerStart)
-	stopWorker()
-	if err := <-done; err != nil {
-		return fmt.Errorf("worker: %w", err)
-	}
-	say("caught up in %s; the worker drained and stopped", caughtUp.Round(time.Millisecond))
+	return cfg
+}
 
-	// 5. Report.
-	return report(ctx, stdout, reg, emu, baseURL, workspace, want, o, time.Since(started))
+// runWorker runs the worker in-process until its group has no lag, then
+// stops it (it drains first) and returns its metrics and the time it took
+// to catch up.
+func runWorker(ctx context.Context, cfg config.Config, log *slog.Logger) (*prometheus.Registry, time.Duration, error) {
+	reg := prometheus.NewRegistry()
+	start := time.Now()
+	w := rig.Start(ctx, func(ctx context.Context) error {
+		return app.Run(ctx, app.Options{Config: cfg, Logger: log, Registry: reg, Version: "demo", ReplicaID: "demo"})
+	})
+	admin := kafkaadmin.New(cfg.KafkaBrokers, nil)
+	if err := rig.WaitNoLag(ctx, admin, cfg.KafkaTopics[0], cfg.KafkaGroupID, w.Done()); err != nil {
+		if werr := w.Stop(); werr != nil {
+			err = fmt.Errorf("%w: %w", err, werr)
+		}
+		return nil, 0, err
+	}
+	caughtUp := time.Since(start)
+	if err := w.Stop(); err != nil {
+		return nil, 0, fmt.Errorf("worker: %w", err)
+	}
+	return reg, caughtUp, nil
 }
 
 func startKafka(ctx context.Context, o options, log *slog.Logger, topics ...string) ([]string, func(), string, error) {
@@ -260,101 +295,72 @@ func produce(ctx context.Context, brokers []string, topic string, o options) (ma
 	return want, nil
 }
 
-// waitNoLag polls until the group's committed offsets reach the end of every
-// partition of topic.
-func waitNoLag(ctx context.Context, brokers []string, topic, group string, done <-chan error) error {
-	t := time.NewTicker(250 * time.Millisecond)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("the group did not catch up in time: %w", ctx.Err())
-		case err := <-done:
-			return fmt.Errorf("the worker stopped early: %v", err)
-		case <-t.C:
-		}
-		lag, err := kafkaadmin.New(brokers, nil).GroupLag(ctx, topic, group)
-		if err == nil && lag == 0 {
-			return nil
-		}
-	}
-}
-
-func report(ctx context.Context, w io.Writer, reg *prometheus.Registry, emu *emulator.Emulator, baseURL, workspace string,
+// report prints the worker's figures and compares every cohort's
+// membership in the API with the fold of the event log.
+func report(ctx context.Context, w io.Writer, reg *prometheus.Registry, a *api,
 	want map[cohortKey]map[string]bool, o options, took time.Duration) error {
-	mfs, err := reg.Gather()
+	m, err := rig.Gather(reg)
 	if err != nil {
 		return err
 	}
-	sum := func(name string, match func(labels map[string]string) bool) (total float64, count uint64) {
-		for _, mf := range mfs {
-			if mf.GetName() != name {
-				continue
-			}
-			for _, m := range mf.GetMetric() {
-				labels := map[string]string{}
-				for _, l := range m.GetLabel() {
-					labels[l.GetName()] = l.GetValue()
-				}
-				if match != nil && !match(labels) {
-					continue
-				}
-				switch {
-				case m.Counter != nil:
-					total += m.Counter.GetValue()
-				case m.Histogram != nil:
-					total += m.Histogram.GetSampleSum()
-					count += m.Histogram.GetSampleCount()
-				}
-			}
-		}
-		return
-	}
-	consumed, _ := sum("cohortsync_events_consumed_total", nil)
-	accepted, _ := sum("cohortsync_requests_total", func(l map[string]string) bool { return strings.HasPrefix(l["code"], "2") })
-	allReqs, _ := sum("cohortsync_requests_total", nil)
-	members, batches := sum("cohortsync_batch_members", nil)
-	retries, _ := sum("cohortsync_retries_total", nil)
-	dead, _ := sum("cohortsync_events_dead_lettered_total", nil)
-	compacted, _ := sum("cohortsync_events_compacted_total", nil)
-
-	var segs []emulator.Segment
-	if emu != nil {
-		segs = emu.Segments()
-	} else {
-		segs, err = (&emulator.AdminClient{BaseURL: baseURL}).Segments(ctx)
-		if err != nil {
-			fmt.Fprintf(w, "\n(could not read the API's state from %s: %v; membership not checked)\n", baseURL, err)
-		}
-	}
-	got := map[cohortKey][]string{}
-	for _, s := range segs {
-		if s.Workspace == workspace {
-			got[cohortKey{s.Partner, s.CohortID}] = s.Members
-		}
-	}
-
 	fmt.Fprintf(w, "\nReport (%s in all)\n", took.Round(time.Millisecond))
-	fmt.Fprintf(w, "  events consumed        %8.0f\n", consumed)
-	fmt.Fprintf(w, "  dead-lettered          %8.0f   (malformed events produced: %d)\n", dead, o.poison)
-	fmt.Fprintf(w, "  changes compacted      %8.0f   (superseded before sending)\n", compacted)
-	fmt.Fprintf(w, "  requests sent          %8.0f   (%0.f accepted, %.0f retries)\n", allReqs, accepted, retries)
-	if batches > 0 {
-		fmt.Fprintf(w, "  members per batch      %8.1f   (mean over %d batches)\n", members/float64(batches), batches)
+	dead := printFigures(w, m, o)
+	var segs []emulator.Segment
+	if a.emu != nil {
+		segs = a.emu.Segments()
+	} else if segs, err = (&emulator.AdminClient{BaseURL: a.baseURL}).Segments(ctx); err != nil {
+		fmt.Fprintf(w, "\n(could not read the API's state from %s: %v; membership not checked)\n", a.baseURL, err)
 	}
 	if segs == nil {
 		return nil
 	}
-	fmt.Fprintf(w, "\n  %-20s %9s %9s  %s\n", "cohort", "expected", "actual", "")
-	keys := make([]cohortKey, 0, len(want))
-	for k := range want {
-		keys = append(keys, k)
+	got := map[cohortKey][]string{}
+	for _, s := range segs {
+		if s.Workspace == a.workspace {
+			got[cohortKey{s.Partner, s.CohortID}] = s.Members
+		}
 	}
+	bad := printCohorts(w, want, got)
+	if bad > 0 || int(dead) != o.poison {
+		return fmt.Errorf("%d cohorts differ from the fold of the log; %0.f dead-lettered of %d malformed", bad, dead, o.poison)
+	}
+	fmt.Fprintf(w, "\nEvery cohort's membership equals the fold of the event log.\n")
+	return nil
+}
+
+// printFigures prints what the worker's metrics say it did and returns the
+// events it dead-lettered.
+func printFigures(w io.Writer, m rig.Metrics, o options) (dead float64) {
+	var accepted, members float64
+	for _, s := range m.Samples("cohortsync_requests_total") {
+		if strings.HasPrefix(s.Labels["code"], "2") {
+			accepted += s.Value
+		}
+	}
+	var batches uint64
+	for _, s := range m.Samples("cohortsync_batch_members") {
+		members, batches = members+s.Value, batches+s.Count
+	}
+	dead = m.Sum("cohortsync_events_dead_lettered_total")
+	fmt.Fprintf(w, "  events consumed        %8.0f\n", m.Sum("cohortsync_events_consumed_total"))
+	fmt.Fprintf(w, "  dead-lettered          %8.0f   (malformed events produced: %d)\n", dead, o.poison)
+	fmt.Fprintf(w, "  changes compacted      %8.0f   (superseded before sending)\n", m.Sum("cohortsync_events_compacted_total"))
+	fmt.Fprintf(w, "  requests sent          %8.0f   (%0.f accepted, %.0f retries)\n",
+		m.Sum("cohortsync_requests_total"), accepted, m.Sum("cohortsync_retries_total"))
+	if batches > 0 {
+		fmt.Fprintf(w, "  members per batch      %8.1f   (mean over %d batches)\n", members/float64(batches), batches)
+	}
+	return dead
+}
+
+// printCohorts prints each cohort's expected and actual member count and
+// returns how many differ.
+func printCohorts(w io.Writer, want map[cohortKey]map[string]bool, got map[cohortKey][]string) (bad int) {
+	fmt.Fprintf(w, "\n  %-20s %9s %9s  %s\n", "cohort", "expected", "actual", "")
+	keys := slices.Collect(maps.Keys(want))
 	slices.SortFunc(keys, func(a, b cohortKey) int { return strings.Compare(a.id, b.id) })
-	bad := 0
 	for _, k := range keys {
-		exp := want[k]
-		act := got[k]
+		exp, act := want[k], got[k]
 		ok := len(act) == len(exp)
 		for _, u := range act {
 			ok = ok && exp[u]
@@ -366,9 +372,5 @@ func report(ctx context.Context, w io.Writer, reg *prometheus.Registry, emu *emu
 		}
 		fmt.Fprintf(w, "  %-20s %9d %9d  %s\n", k.id, len(exp), len(act), mark)
 	}
-	if bad > 0 || int(dead) != o.poison {
-		return fmt.Errorf("%d cohorts differ from the fold of the log; %0.f dead-lettered of %d malformed", bad, dead, o.poison)
-	}
-	fmt.Fprintf(w, "\nEvery cohort's membership equals the fold of the event log.\n")
-	return nil
+	return bad
 }

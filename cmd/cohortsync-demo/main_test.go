@@ -3,20 +3,33 @@ package main
 import (
 	"bytes"
 	"context"
+	"net/http"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	"go.uber.org/goleak"
+
+	"github.com/cohortsync/cohortsync-worker/internal/rig"
 )
 
 // TestDemo runs the embedded demo end to end on a small sample and checks
 // its report: the membership check passes and the poison was dead-lettered.
+// run stops all it started: Kafka, the emulator and the worker.
 func TestDemo(t *testing.T) {
 	t.Setenv("KAFKA_BROKERS", "")
 	t.Setenv("MOENGAGE_BASE_URL", "")
+	leaks := goleak.IgnoreCurrent()
 	var out, errOut bytes.Buffer
 	err := run(context.Background(), []string{"-events", "800", "-cohorts", "5", "-users", "100", "-poison", "3", "-error-rate", "0.2"}, &out, &errOut)
 	if err != nil {
 		t.Fatalf("demo: %v\n%s\n%s", err, out.String(), errOut.String())
 	}
+	// The lag queries' pooled connections, and the test's own.
+	kafka.DefaultTransport.(*kafka.Transport).CloseIdleConnections()
+	http.DefaultClient.CloseIdleConnections()
+	rig.NoLeaks(t, 10*time.Second, leaks)
 	report := out.String()
 	if !strings.Contains(report, "Every cohort's membership equals the fold of the event log.") {
 		t.Errorf("no membership verdict:\n%s", report)
