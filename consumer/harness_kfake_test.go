@@ -31,6 +31,7 @@ import (
 	"github.com/cohortsync/cohortsync-worker/batcher"
 	"github.com/cohortsync/cohortsync-worker/consumer"
 	"github.com/cohortsync/cohortsync-worker/internal/event"
+	"github.com/cohortsync/cohortsync-worker/internal/kafkaadmin"
 	"github.com/cohortsync/cohortsync-worker/internal/metrics"
 	"github.com/cohortsync/cohortsync-worker/internal/rig"
 	"github.com/cohortsync/cohortsync-worker/internal/wire"
@@ -99,8 +100,8 @@ type harness struct {
 	t       *testing.T
 	cluster *kfake.Cluster
 	brokers []string
-	tr      *kafka.Transport // the test's own client and producer
-	client  *kafka.Client
+	tr      *kafka.Transport // the test's own admin client and producer
+	admin   *kafkaadmin.Admin
 	prod    *kafka.Writer
 	group   string
 	log     *slog.Logger
@@ -122,7 +123,7 @@ func newHarness(t *testing.T) *harness {
 	h := &harness{t: t, cluster: c, brokers: c.ListenAddrs(), tr: &kafka.Transport{}, group: "g-" + t.Name(),
 		log: log, uidPart: map[string]int{}}
 	h.rec = &recorder{h: h, inflight: map[int]map[string]int{}}
-	h.client = &kafka.Client{Addr: kafka.TCP(h.brokers...), Transport: h.tr, Timeout: 10 * time.Second}
+	h.admin = kafkaadmin.New(h.brokers, h.tr)
 	h.prod = &kafka.Writer{
 		Addr:         kafka.TCP(h.brokers...),
 		Topic:        topic,
@@ -247,25 +248,11 @@ func (h *harness) partOf(uid string) (int, bool) {
 // endOffsets returns the end (next) offset of every partition of tp.
 func (h *harness) endOffsets(tp string, n int) map[int]int64 {
 	h.t.Helper()
-	reqs := make([]kafka.OffsetRequest, n)
-	for p := range n {
-		reqs[p] = kafka.LastOffsetOf(p)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	res, err := h.client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{tp: reqs}})
+	out, err := h.admin.EndOffsets(ctx, tp, seq(n))
 	if err != nil {
-		h.t.Fatalf("list offsets: %v", err)
-	}
-	out := map[int]int64{}
-	for _, po := range res.Topics[tp] {
-		if po.Error != nil {
-			h.t.Fatalf("list offsets %s/%d: %v", tp, po.Partition, po.Error)
-		}
-		out[po.Partition] = po.LastOffset
-	}
-	if len(out) != n {
-		h.t.Fatalf("list offsets %s: %d partitions, want %d", tp, len(out), n)
+		h.t.Fatalf("end offsets of %s: %v", tp, err)
 	}
 	return out
 }
@@ -275,58 +262,44 @@ func (h *harness) committed() map[int]int64 {
 	h.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	ps := make([]int, partitions)
-	for p := range ps {
-		ps[p] = p
-	}
-	res, err := h.client.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: h.group, Topics: map[string][]int{topic: ps}})
-	if err == nil {
-		err = res.Error
-	}
-	out := map[int]int64{}
-	if errors.Is(err, kafka.GroupIdNotFound) { // no member joined yet
-		for _, p := range ps {
-			out[p] = -1
-		}
-		return out
-	}
+	out, err := h.admin.Committed(ctx, topic, h.group, seq(partitions))
 	if err != nil {
-		h.t.Fatalf("offset fetch: %v", err)
-	}
-	for _, p := range res.Topics[topic] {
-		if p.Error != nil {
-			h.t.Fatalf("offset fetch %d: %v", p.Partition, p.Error)
-		}
-		out[p.Partition] = p.CommittedOffset
+		h.t.Fatalf("committed offsets: %v", err)
 	}
 	return out
 }
 
-// waitCommittedToEnd waits until the group committed the end of every
-// partition of the input topic.
+// seq returns 0, 1, … n-1.
+func seq(n int) []int {
+	out := make([]int, n)
+	for i := range out {
+		out[i] = i
+	}
+	return out
+}
+
+// waitCommittedToEnd waits until the group committed the end every
+// partition of the input topic had when it was called, and fails the test
+// if a commit passes the end.
 func (h *harness) waitCommittedToEnd(timeout time.Duration) {
 	h.t.Helper()
 	end := h.endOffsets(topic, partitions)
 	var last map[int]int64
-	deadline := time.Now().Add(timeout)
-	for {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	err := rig.Wait(ctx, func() bool {
 		last = h.committed()
 		ok := true
 		for p, e := range end {
-			if e > 0 && last[p] != e {
-				ok = false
-			}
 			if last[p] > e {
 				h.t.Fatalf("partition %d: committed %d past the end %d", p, last[p], e)
 			}
+			ok = ok && (e == 0 || last[p] == e)
 		}
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			h.t.Fatalf("timed out after %v waiting for commits to reach the end: committed %v, end %v", timeout, last, end)
-		}
-		time.Sleep(20 * time.Millisecond)
+		return ok
+	})
+	if err != nil {
+		h.t.Fatalf("timed out after %v waiting for commits to reach the end: committed %v, end %v", timeout, last, end)
 	}
 }
 
