@@ -151,6 +151,8 @@ type Consumer struct {
 	m   *metrics.Metrics
 
 	inGen atomic.Bool
+	// genID is the ID of the latest generation joined (0: none yet).
+	genID atomic.Int64
 	lease *lease.Lease
 	// commitMu serialises commits: the cadence loop and the final commit
 	// of a drain may overlap. It guards partitionState.committed.
@@ -185,6 +187,10 @@ func (c *Consumer) Lease() *lease.Lease { return c.lease }
 
 // Joined reports whether the consumer is a member of a live generation.
 func (c *Consumer) Joined() bool { return c.inGen.Load() }
+
+// Generation returns the ID of the consumer-group generation this replica
+// joined last (0: none yet). OnAssign may call it: it is set before.
+func (c *Consumer) Generation() int64 { return c.genID.Load() }
 
 // Run consumes until ctx ends, then drains: it stops fetching, flushes the
 // open batches within DrainTimeout, commits what was accepted and leaves the
@@ -290,6 +296,7 @@ func (c *Consumer) runGeneration(ctx context.Context, group *kafka.ConsumerGroup
 	log := c.log.With("generation", gen.ID)
 	names := partitionNames(parts)
 	log.Info("joined generation", "member", gen.MemberID, "partitions", len(parts), "assigned", names)
+	c.genID.Store(int64(gen.ID))
 	baseline := c.assign(ctx, parts, log)
 
 	// Nothing of this generation is sent before its membership is proven,

@@ -112,6 +112,7 @@ func (c *Client) attempt(ctx context.Context, req wire.Request, body []byte, lea
 		switch successBody(raw) {
 		case accepted:
 			c.m.Requests.WithLabelValues(string(req.Action), code).Inc()
+			c.windowSpent(resp.Header)
 			return nil, nil
 		case saysFail:
 			code = metrics.CodeFail(resp.StatusCode)
@@ -125,6 +126,21 @@ func (c *Client) attempt(ctx context.Context, req wire.Request, body []byte, lea
 		c.parseEnvelope(serr, raw)
 	}
 	return serr, nil
+}
+
+// windowSpent pauses the Limiter until the API's rate window resets when an
+// accepted answer says no request is left in it (x-ratelimit-remaining: 0):
+// other users of the workspace spent it, and the next request would get a
+// 429 (which counts too). The pause reaches the whole fleet (package
+// ratelimit's board).
+func (c *Client) windowSpent(h http.Header) {
+	if c.cfg.Limiter == nil || strings.TrimSpace(h.Get("X-Ratelimit-Remaining")) != "0" {
+		return
+	}
+	now := time.Now()
+	if d := min(rateLimitReset(h, now), maxServerDelay); d > 0 {
+		c.cfg.Limiter.PauseUntil(now.Add(d))
+	}
 }
 
 // successOutcome is what a 2xx body says.

@@ -152,7 +152,7 @@ func Test429DelayOverSockets(t *testing.T) {
 }
 
 // Test429PausesTheReplica: a 429 pauses the shared Limiter, so every user
-// of it (the batcher taking its next permit) waits too, not only the Send
+// of it (another Send taking its next permit) waits too, not only the Send
 // that got it.
 func Test429PausesTheReplica(t *testing.T) {
 	for _, tc := range []struct {
@@ -375,5 +375,43 @@ func TestOneInFlight(t *testing.T) {
 	}
 	if len(cohorts) != 8 {
 		t.Fatalf("%d cohorts seen, want 8", len(cohorts))
+	}
+}
+
+// TestWindowSpentPausesTheReplica: an acceptance that says the API's window
+// is spent (x-ratelimit-remaining: 0) pauses the Limiter until the reset;
+// one with requests left does not.
+func TestWindowSpentPausesTheReplica(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		remaining string
+		pause     time.Duration
+	}{
+		{"spent", "0", 20 * time.Second},
+		{"requests left", "5", 0},
+		{"no header", "", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				lim := ratelimit.NewLimiter(0)
+				e := newEnv(t, "mem", func(int, call) reply {
+					h := map[string]string{"X-Ratelimit-Reset": "20"}
+					if tc.remaining != "" {
+						h["X-Ratelimit-Remaining"] = tc.remaining
+					}
+					return reply{status: 200, body: okBody, header: h}
+				}, func(c *sink.Config) { c.Limiter = lim })
+				start := time.Now()
+				if rej, err := e.client.Send(t.Context(), request(2)); err != nil || len(rej) != 0 {
+					t.Fatalf("Send = %v, %v", rej, err)
+				}
+				if err := lim.Wait(t.Context()); err != nil {
+					t.Fatal(err)
+				}
+				if d := time.Since(start); d != tc.pause {
+					t.Fatalf("the next permit came after %v, want %v", d, tc.pause)
+				}
+			})
+		})
 	}
 }

@@ -28,6 +28,7 @@ import (
 
 	"github.com/cohortsync/cohortsync-worker/batcher"
 	"github.com/cohortsync/cohortsync-worker/consumer"
+	"github.com/cohortsync/cohortsync-worker/internal/board"
 	"github.com/cohortsync/cohortsync-worker/internal/config"
 	"github.com/cohortsync/cohortsync-worker/internal/lease"
 	"github.com/cohortsync/cohortsync-worker/internal/metrics"
@@ -78,6 +79,8 @@ type worker struct {
 	dlq       *consumer.DLQ
 	batcher   *batcher.Batcher
 	consumer  *consumer.Consumer
+	fleet     *ratelimit.Fleet
+	board     *board.Board // nil: RATE_LIMIT_SHARING off (or no limit)
 }
 
 // build validates the configuration and makes every component, starting
@@ -116,6 +119,7 @@ func build(opts Options) (_ *worker, err error) {
 	}()
 	limiter := ratelimit.NewLimiter(cfg.RateLimitRPM)
 	w.m.RateLimitRPM.Set(cfg.RateLimitRPM)
+	w.newFleet(replica, dialer, limiter)
 	// The consumer proves this replica's group membership to the lease;
 	// the sink sends nothing without it (DESIGN.md invariant 4).
 	membership := lease.New()
@@ -138,8 +142,22 @@ func build(opts Options) (_ *worker, err error) {
 	if err != nil {
 		return nil, err
 	}
-	w.consumer, err = w.newConsumer(dialer, limiter, membership)
+	w.consumer, err = w.newConsumer(dialer, membership)
 	return w, err
+}
+
+// newFleet makes what shares the budget: the Fleet, and with
+// RATE_LIMIT_SHARING its board on KAFKA_BUDGET_TOPIC.
+func (w *worker) newFleet(replica string, dialer *kafka.Dialer, limiter *ratelimit.Limiter) {
+	cfg := w.cfg
+	fc := ratelimit.FleetConfig{Replica: replica, Budget: cfg.RateLimitRPM, Limiter: limiter, Logger: w.log,
+		OnRate: func(own, borrowed float64) { w.m.RateLimitRPM.Set(own + borrowed) }}
+	if cfg.RateLimitSharing && cfg.RateLimitRPM > 0 {
+		w.board = board.New(board.Config{Brokers: cfg.KafkaBrokers, Topic: cfg.KafkaBudgetTopic, Replica: replica,
+			Dialer: dialer, Transport: w.transport, Logger: w.log})
+		fc.Board = w.board
+	}
+	w.fleet = ratelimit.NewFleet(fc)
 }
 
 // newSink makes the Cohort Sync API client.
@@ -170,7 +188,7 @@ func (w *worker) newSink(replica string, limiter *ratelimit.Limiter, membership 
 
 // newConsumer makes the group consumer. At every assignment it sets the
 // replica's share of the budget.
-func (w *worker) newConsumer(dialer *kafka.Dialer, limiter *ratelimit.Limiter, membership *lease.Lease) (*consumer.Consumer, error) {
+func (w *worker) newConsumer(dialer *kafka.Dialer, membership *lease.Lease) (*consumer.Consumer, error) {
 	cfg := w.cfg
 	return consumer.New(consumer.Config{
 		Brokers:        cfg.KafkaBrokers,
@@ -183,10 +201,15 @@ func (w *worker) newConsumer(dialer *kafka.Dialer, limiter *ratelimit.Limiter, m
 		DLQ:            w.dlq,
 		Lease:          membership,
 		DrainTimeout:   cfg.ShutdownTimeout - min(5*time.Second, cfg.ShutdownTimeout/5),
+		// The fence of a generation may take as long as a session.
+		SessionTimeout:    cfg.KafkaSessionTimeout,
+		HeartbeatInterval: cfg.KafkaHeartbeatInterval,
+		RebalanceTimeout:  max(30*time.Second, cfg.KafkaSessionTimeout),
 		OnAssign: func(assigned []consumer.TopicPartition, total int) {
-			rpm := limiter.Rebalance(cfg.RateLimitRPM, len(assigned), total)
+			rpm := w.fleet.Rebalance(w.consumer.Generation(), len(assigned), total)
 			w.m.RateLimitRPM.Set(rpm)
-			w.log.Info("rate-limit share", "requests_per_minute", rpm, "assigned", len(assigned), "partitions", total)
+			w.log.Info("rate-limit share", "requests_per_minute", rpm, "assigned", len(assigned), "partitions", total,
+				"shared_by_demand", w.board != nil)
 		},
 		Logger:  w.log,
 		Metrics: w.m,
@@ -236,6 +259,10 @@ func (w *worker) run(ctx context.Context) error {
 		return nil
 	})
 	g.Go(func() error { w.dlq.Run(gctx); return nil })
+	if w.board != nil {
+		g.Go(func() error { w.board.Run(gctx); return nil })
+	}
+	g.Go(func() error { w.fleet.Run(gctx); return nil })
 	// The consumer stops on ctx (soft stop) or when the batcher fails.
 	cctx, cancel := context.WithCancel(ctx)
 	defer cancel()

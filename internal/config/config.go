@@ -29,10 +29,21 @@ type Config struct {
 	KafkaTopics []string
 	// KafkaGroupID is the consumer group (KAFKA_GROUP_ID).
 	KafkaGroupID string
+	// KafkaSessionTimeout is the consumer-group session timeout
+	// (KAFKA_SESSION_TIMEOUT), 6s to 5m: how long a silent replica keeps
+	// its partitions.
+	KafkaSessionTimeout time.Duration
+	// KafkaHeartbeatInterval is the consumer-group heartbeat interval
+	// (KAFKA_HEARTBEAT_INTERVAL), under a third of KafkaSessionTimeout.
+	KafkaHeartbeatInterval time.Duration
 	// KafkaDLQTopic is the dead-letter topic (KAFKA_DLQ_TOPIC). Empty means
 	// derived: Validate sets it to the first input topic + ".dlq". It must
 	// not be one of the input topics.
 	KafkaDLQTopic string
+	// KafkaBudgetTopic is the compacted topic the replicas share the rate
+	// budget over (KAFKA_BUDGET_TOPIC). Empty means derived: Validate sets
+	// it to KafkaGroupID + ".budget".
+	KafkaBudgetTopic string
 	// KafkaTLS connects to the brokers with TLS (KAFKA_TLS). Validate sets
 	// it when KafkaTLSCAFile is set.
 	KafkaTLS bool
@@ -95,6 +106,10 @@ type Config struct {
 	// (RATE_LIMIT_RPM), >= 0. 0 disables the client-side limit: that is for
 	// the emulator and benchmarks only, never for the real API.
 	RateLimitRPM float64
+	// RateLimitSharing shares the budget by demand among the replicas over
+	// KafkaBudgetTopic (RATE_LIMIT_SHARING, default true); false keeps each
+	// replica to its static share.
+	RateLimitSharing bool
 	// MaxInFlight is the number of concurrent requests per replica
 	// (MAX_IN_FLIGHT), >= 1.
 	MaxInFlight int
@@ -150,8 +165,8 @@ func Default() Config {
 
 // Validate checks c and returns one error, on one line, naming the first
 // invalid variable; the error never contains a secret. When c is valid it
-// also normalises c in place: it fills KafkaDLQTopic and MoEngageBaseURL
-// when empty, sets KafkaTLS when KafkaTLSCAFile is set, upper-cases
+// also normalises c in place: it fills KafkaDLQTopic, KafkaBudgetTopic and
+// MoEngageBaseURL when empty, sets KafkaTLS when KafkaTLSCAFile is set, upper-cases
 // KafkaSASLMechanism, lower-cases LogFormat and trims a trailing slash from
 // MoEngageBaseURL — hence the pointer receiver. A failed Validate leaves c
 // unchanged. It reads KafkaTLSCAFile to check that it holds a PEM
@@ -255,11 +270,37 @@ func (c *Config) checkKafka(h hider) error {
 	if slices.Contains(c.KafkaTopics, c.KafkaDLQTopic) {
 		return configError("KAFKA_DLQ_TOPIC", "%s is also an input topic (KAFKA_TOPIC)", h.show(c.KafkaDLQTopic))
 	}
+	if err := c.checkGroupTimes(); err != nil {
+		return err
+	}
+	if c.KafkaBudgetTopic == "" {
+		c.KafkaBudgetTopic = c.KafkaGroupID + ".budget"
+	}
+	switch {
+	case !validTopic(c.KafkaBudgetTopic):
+		return configError("KAFKA_BUDGET_TOPIC", "%s is not a valid Kafka topic name", h.show(c.KafkaBudgetTopic))
+	case slices.Contains(c.KafkaTopics, c.KafkaBudgetTopic):
+		return configError("KAFKA_BUDGET_TOPIC", "%s is also an input topic (KAFKA_TOPIC)", h.show(c.KafkaBudgetTopic))
+	case c.KafkaBudgetTopic == c.KafkaDLQTopic:
+		return configError("KAFKA_BUDGET_TOPIC", "%s is also the dead-letter topic (KAFKA_DLQ_TOPIC)", h.show(c.KafkaBudgetTopic))
+	}
 	if c.KafkaTLSCAFile != "" {
 		if err := checkCAFile(c.KafkaTLSCAFile, h); err != nil {
 			return err
 		}
 		c.KafkaTLS = true
+	}
+	return nil
+}
+
+// checkGroupTimes checks the session timeout and the heartbeat interval
+// against each other and the brokers' default bounds.
+func (c *Config) checkGroupTimes() error {
+	switch {
+	case c.KafkaSessionTimeout < 6*time.Second || c.KafkaSessionTimeout > 5*time.Minute:
+		return configError("KAFKA_SESSION_TIMEOUT", "%s is not between 6s and 5m (brokers refuse shorter ones by default)", c.KafkaSessionTimeout)
+	case c.KafkaHeartbeatInterval <= 0 || 3*c.KafkaHeartbeatInterval >= c.KafkaSessionTimeout:
+		return configError("KAFKA_HEARTBEAT_INTERVAL", "%s is not positive and under a third of KAFKA_SESSION_TIMEOUT (%s)", c.KafkaHeartbeatInterval, c.KafkaSessionTimeout)
 	}
 	return nil
 }
@@ -465,7 +506,10 @@ func (c Config) LogValue() slog.Value {
 		slog.String("kafka_brokers", strings.Join(c.KafkaBrokers, ",")),
 		slog.String("kafka_topic", strings.Join(c.KafkaTopics, ",")),
 		slog.String("kafka_group_id", c.KafkaGroupID),
+		slog.Duration("kafka_session_timeout", c.KafkaSessionTimeout),
+		slog.Duration("kafka_heartbeat_interval", c.KafkaHeartbeatInterval),
 		slog.String("kafka_dlq_topic", c.KafkaDLQTopic),
+		slog.String("kafka_budget_topic", c.KafkaBudgetTopic),
 		slog.Bool("kafka_tls", c.KafkaTLS),
 		slog.String("kafka_tls_ca_file", c.KafkaTLSCAFile),
 		slog.String("kafka_sasl_mechanism", c.KafkaSASLMechanism),
@@ -482,6 +526,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Int("batch_max_members", c.BatchMaxMembers),
 		slog.Duration("batch_window", c.BatchWindow),
 		slog.Float64("rate_limit_rpm", c.RateLimitRPM),
+		slog.Bool("rate_limit_sharing", c.RateLimitSharing),
 		slog.Int("max_in_flight", c.MaxInFlight),
 		slog.Int("max_pending_members", c.MaxPendingMembers),
 		slog.Duration("retry_initial_interval", c.RetryInitialInterval),

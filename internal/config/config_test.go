@@ -34,6 +34,7 @@ func TestDefaultsMatchDesign(t *testing.T) {
 		{"KAFKA_TOPIC", "cohort-membership-changes", "cohort-membership-changes", c.KafkaTopics, []string{"cohort-membership-changes"}},
 		{"KAFKA_GROUP_ID", "cohortsync-worker", "cohortsync-worker", c.KafkaGroupID, "cohortsync-worker"},
 		{"KAFKA_DLQ_TOPIC", "<first topic>.dlq", "<first topic>.dlq", c.KafkaDLQTopic, "cohort-membership-changes.dlq"},
+		{"KAFKA_BUDGET_TOPIC", "<KAFKA_GROUP_ID>.budget", "<KAFKA_GROUP_ID>.budget", c.KafkaBudgetTopic, "cohortsync-worker.budget"},
 		{"KAFKA_TLS", "off", "false", c.KafkaTLS, false},
 		{"KAFKA_TLS_CA_FILE", "off", "", c.KafkaTLSCAFile, ""},
 		{"KAFKA_SASL_MECHANISM", "off", "", c.KafkaSASLMechanism, ""},
@@ -46,6 +47,9 @@ func TestDefaultsMatchDesign(t *testing.T) {
 		{"BATCH_MAX_MEMBERS", "derived", "0", c.BatchMaxMembers, 0},
 		{"BATCH_WINDOW", "5s", "5s", c.BatchWindow, 5 * time.Second},
 		{"RATE_LIMIT_RPM", "300", "300", c.RateLimitRPM, 300.0},
+		{"RATE_LIMIT_SHARING", "true", "true", c.RateLimitSharing, true},
+		{"KAFKA_SESSION_TIMEOUT", "10s", "10s", c.KafkaSessionTimeout, 10 * time.Second},
+		{"KAFKA_HEARTBEAT_INTERVAL", "3s", "3s", c.KafkaHeartbeatInterval, 3 * time.Second},
 		{"MAX_IN_FLIGHT", "4", "4", c.MaxInFlight, 4},
 		{"MAX_PENDING_MEMBERS", "1000000", "1000000", c.MaxPendingMembers, 1000000},
 		{"RETRY_INITIAL_INTERVAL", "500ms", "500ms", c.RetryInitialInterval, 500 * time.Millisecond},
@@ -80,7 +84,7 @@ func TestDefaultIsLoadWithoutEnvironment(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.MoEngageWorkspaceID, c.MoEngageDataAPIKey = "", config.Secret{}
-	c.KafkaDLQTopic, c.MoEngageBaseURL = "", ""
+	c.KafkaDLQTopic, c.KafkaBudgetTopic, c.MoEngageBaseURL = "", "", ""
 	if d := config.Default(); !reflect.DeepEqual(c, d) {
 		t.Fatalf("Default() = %+v\nLoad      = %+v", d, c)
 	}
@@ -108,6 +112,10 @@ var fields = map[string]func(config.Config) any{
 	"BATCH_MAX_MEMBERS":         func(c config.Config) any { return c.BatchMaxMembers },
 	"BATCH_WINDOW":              func(c config.Config) any { return c.BatchWindow },
 	"RATE_LIMIT_RPM":            func(c config.Config) any { return c.RateLimitRPM },
+	"RATE_LIMIT_SHARING":        func(c config.Config) any { return c.RateLimitSharing },
+	"KAFKA_SESSION_TIMEOUT":     func(c config.Config) any { return c.KafkaSessionTimeout },
+	"KAFKA_HEARTBEAT_INTERVAL":  func(c config.Config) any { return c.KafkaHeartbeatInterval },
+	"KAFKA_BUDGET_TOPIC":        func(c config.Config) any { return c.KafkaBudgetTopic },
 	"MAX_IN_FLIGHT":             func(c config.Config) any { return c.MaxInFlight },
 	"MAX_PENDING_MEMBERS":       func(c config.Config) any { return c.MaxPendingMembers },
 	"RETRY_INITIAL_INTERVAL":    func(c config.Config) any { return c.RetryInitialInterval },
@@ -141,6 +149,11 @@ func parseCases(t *testing.T) []parseCase {
 		{env: "KAFKA_TOPIC", value: "t1, t2", other: "x", want: []string{"t1", "t2"}},
 		{env: "KAFKA_GROUP_ID", value: "g1", other: "g2", want: "g1"},
 		{env: "KAFKA_DLQ_TOPIC", value: "dead", other: "dead2", want: "dead"},
+		{env: "KAFKA_BUDGET_TOPIC", value: "budget", other: "budget2", want: "budget"},
+		{env: "RATE_LIMIT_SHARING", value: "false", other: "true", want: false},
+		{env: "KAFKA_SESSION_TIMEOUT", value: "12s", other: "20s", want: 12 * time.Second},
+		{env: "KAFKA_HEARTBEAT_INTERVAL", value: "1s", other: "2s", want: time.Second},
+		{env: "RATE_LIMIT_SHARING", value: "true", other: "false", want: true},
 		{env: "KAFKA_TLS", value: "true", other: "false", want: true},
 		{env: "KAFKA_TLS", value: "false", other: "true", want: false},
 		{env: "KAFKA_TLS", value: "1", other: "0", want: true},
@@ -276,6 +289,14 @@ func invalidCases(t *testing.T) []invalidCase {
 		{env: "KAFKA_DLQ_TOPIC", over: map[string]string{"KAFKA_TOPIC": "a,b", "KAFKA_DLQ_TOPIC": "b"}},
 		{env: "KAFKA_DLQ_TOPIC", over: map[string]string{"KAFKA_TOPIC": "x,x.dlq"}}, // the derived name collides
 		one("KAFKA_DLQ_TOPIC", "bad/name"),
+		one("KAFKA_BUDGET_TOPIC", "bad/name"),
+		one("KAFKA_SESSION_TIMEOUT", "5s"),
+		one("KAFKA_SESSION_TIMEOUT", "6m"),
+		one("KAFKA_HEARTBEAT_INTERVAL", "4s"),
+		one("KAFKA_HEARTBEAT_INTERVAL", "0s"),
+		{env: "KAFKA_BUDGET_TOPIC", over: map[string]string{"KAFKA_TOPIC": "a,b", "KAFKA_BUDGET_TOPIC": "b"}},
+		{env: "KAFKA_BUDGET_TOPIC", over: map[string]string{"KAFKA_BUDGET_TOPIC": "t.dlq", "KAFKA_DLQ_TOPIC": "t.dlq"}},
+		{env: "RATE_LIMIT_SHARING", over: map[string]string{"RATE_LIMIT_SHARING": "maybe"}, exact: `config: RATE_LIMIT_SHARING: invalid boolean "maybe"`},
 		{env: "KAFKA_TLS", over: map[string]string{"KAFKA_TLS": "maybe"}, exact: `config: KAFKA_TLS: invalid boolean "maybe"`},
 		{env: "KAFKA_TLS", args: []string{"--kafka-tls=yes"}},
 		one("KAFKA_TLS_CA_FILE", "/nonexistent/ca.pem"),

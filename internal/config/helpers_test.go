@@ -43,13 +43,17 @@ func leaks(out string) bool {
 // designVars is the variable list of DESIGN.md's "Configuration" table, in
 // its order: a contract, hard-coded here on purpose.
 var designVars = []string{
-	"KAFKA_BROKERS", "KAFKA_TOPIC", "KAFKA_GROUP_ID", "KAFKA_DLQ_TOPIC",
+	"KAFKA_BROKERS", "KAFKA_TOPIC", "KAFKA_GROUP_ID",
+	"KAFKA_SESSION_TIMEOUT", "KAFKA_HEARTBEAT_INTERVAL", // issue 12: how soon a dead replica's share comes back
+	"KAFKA_DLQ_TOPIC",
+	"KAFKA_BUDGET_TOPIC", // issue 12: the board the replicas share the budget over
 	"KAFKA_TLS", "KAFKA_TLS_CA_FILE", "KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD",
 	"KAFKA_SASL_ALLOW_INSECURE", // issue 10 §5: the opt-in for SASL PLAIN without TLS
 	"MOENGAGE_DC", "MOENGAGE_BASE_URL",
 	"MOENGAGE_ALLOW_INSECURE", // issue 10 §5: the opt-in for an http:// base URL
 	"MOENGAGE_WORKSPACE_ID", "MOENGAGE_DATA_API_KEY",
 	"COHORTSYNC_PARTNER", "BATCH_MAX_BYTES", "BATCH_MAX_MEMBERS", "BATCH_WINDOW", "RATE_LIMIT_RPM",
+	"RATE_LIMIT_SHARING", // issue 12: the opt-out of the shared budget
 	"MAX_IN_FLIGHT", "MAX_PENDING_MEMBERS",
 	"RETRY_INITIAL_INTERVAL", "RETRY_MAX_INTERVAL", "RETRY_MAX_ELAPSED",
 	"HTTP_ADDR", "SHUTDOWN_TIMEOUT", "LOG_LEVEL", "LOG_FORMAT",

@@ -143,6 +143,15 @@ func settings() []setting {
 			return err == nil && !math.IsNaN(f) && !math.IsInf(f, 0)
 		})
 
+	sharing := parsed("RATE_LIMIT_SHARING", "true", "boolean",
+		"share RATE_LIMIT_RPM by demand over KAFKA_BUDGET_TOPIC (false: each replica keeps its static share, partitions ÷ all partitions)",
+		func(c *Config, v string) bool {
+			b, err := strconv.ParseBool(strings.TrimSpace(v))
+			c.RateLimitSharing = b
+			return err == nil
+		})
+	sharing.isBool = true
+
 	return []setting{
 		str("KAFKA_BROKERS", "localhost:9092", "comma-separated bootstrap servers",
 			func(c *Config, v string) { c.KafkaBrokers = list(v) }),
@@ -150,8 +159,14 @@ func settings() []setting {
 			func(c *Config, v string) { c.KafkaTopics = list(v) }),
 		str("KAFKA_GROUP_ID", "cohortsync-worker", "consumer group",
 			func(c *Config, v string) { c.KafkaGroupID = strings.TrimSpace(v) }),
+		durationVar("KAFKA_SESSION_TIMEOUT", "10s", "consumer-group session timeout: a replica silent this long loses its partitions, and its share of the budget, to the others (6s to 5m)",
+			func(c *Config) *time.Duration { return &c.KafkaSessionTimeout }),
+		durationVar("KAFKA_HEARTBEAT_INTERVAL", "3s", "consumer-group heartbeat interval, under a third of KAFKA_SESSION_TIMEOUT",
+			func(c *Config) *time.Duration { return &c.KafkaHeartbeatInterval }),
 		str("KAFKA_DLQ_TOPIC", "<first topic>.dlq", "dead-letter topic",
 			func(c *Config, v string) { c.KafkaDLQTopic = strings.TrimSpace(v) }),
+		str("KAFKA_BUDGET_TOPIC", "<KAFKA_GROUP_ID>.budget", "compacted topic the replicas share RATE_LIMIT_RPM over (created if missing)",
+			func(c *Config, v string) { c.KafkaBudgetTopic = strings.TrimSpace(v) }),
 		boolVar("KAFKA_TLS", "connect to Kafka with TLS",
 			func(c *Config) *bool { return &c.KafkaTLS }),
 		str("KAFKA_TLS_CA_FILE", "", "PEM file of the CA that signed the brokers' certificates (implies TLS)",
@@ -186,6 +201,7 @@ func settings() []setting {
 		durationVar("BATCH_WINDOW", "5s", "longest an open batch waits before it is due",
 			func(c *Config) *time.Duration { return &c.BatchWindow }),
 		rpm,
+		sharing,
 		intVar("MAX_IN_FLIGHT", "4", "concurrent requests per replica",
 			func(c *Config) *int { return &c.MaxInFlight }),
 		intVar("MAX_PENDING_MEMBERS", "1000000", "backpressure threshold: unsettled member changes before fetching stops",

@@ -1,0 +1,210 @@
+// Package board is the Kafka side of the shared rate budget: a small
+// compacted topic on which every replica publishes its ratelimit.Record,
+// keyed by replica, and from which every replica reads the others'. It
+// implements ratelimit.Board. Nothing but the deployment's own Kafka is
+// needed: no new server.
+package board
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/cohortsync/cohortsync-worker/internal/ratelimit"
+)
+
+// Config configures a Board.
+type Config struct {
+	Brokers   []string
+	Topic     string
+	Replica   string // this replica's key
+	Dialer    *kafka.Dialer
+	Transport *kafka.Transport
+	Logger    *slog.Logger
+}
+
+// Board publishes and reads the records. Run must be running for Records
+// to see anything.
+type Board struct {
+	cfg Config
+	log *slog.Logger
+	w   *kafka.Writer
+
+	mu     sync.Mutex
+	recs   map[string]ratelimit.Record
+	fresh  time.Time // when the reader last reached the end of the topic
+	failed bool      // the last publish failed (logged once per change)
+}
+
+var _ ratelimit.Board = (*Board)(nil)
+
+// New returns a Board. It connects nothing yet.
+func New(cfg Config) *Board {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Dialer == nil {
+		cfg.Dialer = &kafka.Dialer{Timeout: 10 * time.Second, DualStack: true}
+	}
+	if cfg.Transport == nil {
+		cfg.Transport = &kafka.Transport{}
+	}
+	return &Board{
+		cfg: cfg,
+		log: cfg.Logger.With("component", "budget-board", "topic", cfg.Topic),
+		w: &kafka.Writer{
+			Addr:         kafka.TCP(cfg.Brokers...),
+			Topic:        cfg.Topic,
+			Transport:    cfg.Transport,
+			Balancer:     &kafka.Hash{},
+			RequiredAcks: kafka.RequireAll,
+			BatchTimeout: time.Millisecond, // one record a second: never wait to fill a batch
+			MaxAttempts:  1,                // the next record replaces a lost one
+		},
+		recs: make(map[string]ratelimit.Record),
+	}
+}
+
+// Publish writes this replica's record.
+func (b *Board) Publish(ctx context.Context, r ratelimit.Record) error {
+	v, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	err = b.w.WriteMessages(ctx, kafka.Message{Key: []byte(b.cfg.Replica), Value: v})
+	b.mu.Lock()
+	changed := b.failed != (err != nil)
+	b.failed = err != nil
+	b.mu.Unlock()
+	switch {
+	case changed && err != nil:
+		b.log.Warn("cannot publish to the budget board: this replica lends nothing and borrows nothing until it can (its own share only)", "err", err)
+	case changed:
+		b.log.Info("publishing to the budget board again")
+	}
+	return err
+}
+
+// Records returns the latest record of every replica read so far (this
+// one's too; the Fleet skips it) and when the reader last reached the end
+// of the topic.
+func (b *Board) Records() ([]ratelimit.Record, time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make([]ratelimit.Record, 0, len(b.recs))
+	for _, r := range b.recs {
+		out = append(out, r)
+	}
+	return out, b.fresh
+}
+
+// Run makes sure the topic exists, then reads it until ctx ends; on the way
+// out it deletes this replica's record (a tombstone) and closes the writer.
+// Read errors are retried: meanwhile the records go stale, and the Fleet
+// falls back to the static share.
+func (b *Board) Run(ctx context.Context) {
+	defer b.w.Close()
+	defer b.leave()
+	for ctx.Err() == nil {
+		if err := b.ensureTopic(ctx); err != nil {
+			b.log.Warn("the budget board topic is missing and cannot be created: each replica keeps its static share", "err", err)
+		} else if err := b.read(ctx); err != nil && ctx.Err() == nil {
+			b.log.Warn("reading the budget board failed; retrying", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(5 * time.Second):
+		}
+	}
+}
+
+// read follows the topic from its start, keeping the latest record per key.
+func (b *Board) read(ctx context.Context) error {
+	r := kafka.NewReader(kafka.ReaderConfig{
+		Brokers:   b.cfg.Brokers,
+		Topic:     b.cfg.Topic,
+		Partition: 0,
+		Dialer:    b.cfg.Dialer,
+		MinBytes:  1,
+		MaxBytes:  1 << 20,
+		MaxWait:   250 * time.Millisecond,
+		Logger:    nil,
+	})
+	defer r.Close()
+	if err := r.SetOffset(kafka.FirstOffset); err != nil {
+		return err
+	}
+	for {
+		m, err := r.ReadMessage(ctx)
+		if err != nil {
+			return err
+		}
+		b.apply(m)
+	}
+}
+
+// apply keeps one message: a record, or a tombstone that deletes its key.
+func (b *Board) apply(m kafka.Message) {
+	key := string(m.Key)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if m.Offset+1 >= m.HighWaterMark {
+		b.fresh = time.Now()
+	}
+	if m.Value == nil {
+		delete(b.recs, key)
+		return
+	}
+	var rec ratelimit.Record
+	if err := json.Unmarshal(m.Value, &rec); err != nil || rec.Replica != key {
+		return // not ours to read: another writer's bytes
+	}
+	b.recs[key] = rec
+}
+
+// leave deletes this replica's record, so that nobody waits for its loans.
+func (b *Board) leave() {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = b.w.WriteMessages(ctx, kafka.Message{Key: []byte(b.cfg.Replica)})
+}
+
+// ensureTopic creates the topic, compacted with one partition, unless it
+// exists.
+func (b *Board) ensureTopic(ctx context.Context) error {
+	c := &kafka.Client{Addr: kafka.TCP(b.cfg.Brokers...), Transport: b.cfg.Transport, Timeout: 10 * time.Second}
+	// All topics: asking for the one topic would have a broker with
+	// auto.create.topics.enable create it, uncompacted.
+	md, err := c.Metadata(ctx, &kafka.MetadataRequest{})
+	if err != nil {
+		return err
+	}
+	for _, t := range md.Topics {
+		if t.Name == b.cfg.Topic && t.Error == nil && len(t.Partitions) > 0 {
+			return nil
+		}
+	}
+	res, err := c.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{{
+		Topic: b.cfg.Topic, NumPartitions: 1, ReplicationFactor: min(3, max(1, len(md.Brokers))),
+		ConfigEntries: []kafka.ConfigEntry{
+			{ConfigName: "cleanup.policy", ConfigValue: "compact"},
+			{ConfigName: "segment.ms", ConfigValue: strconv.Itoa(int(time.Hour / time.Millisecond))},
+			{ConfigName: "min.cleanable.dirty.ratio", ConfigValue: "0.1"},
+		},
+	}}})
+	if err != nil {
+		return err
+	}
+	if err := res.Errors[b.cfg.Topic]; err != nil && !errors.Is(err, kafka.TopicAlreadyExists) {
+		return fmt.Errorf("create %s: %w", b.cfg.Topic, err)
+	}
+	return nil
+}
+
