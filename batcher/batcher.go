@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -131,6 +132,9 @@ type addRequest struct {
 	reply   chan addReply
 }
 
+// replies recycles Add's answer channels.
+var replies = sync.Pool{New: func() any { return make(chan addReply, 1) }}
+
 type addReply struct {
 	added int
 	space <-chan struct{} // closed when there is room again
@@ -146,7 +150,8 @@ type addReply struct {
 // members exceeds MaxBytes; the Sink refuses it (the HTTP sink rejects a
 // member too large on its own without sending it).
 func (b *Batcher) Add(ctx context.Context, changes []Change) error {
-	reply := make(chan addReply, 1)
+	reply := replies.Get().(chan addReply)
+	defer replies.Put(reply) // empty: every request sent is answered before Add returns
 	for len(changes) > 0 {
 		select {
 		case b.adds <- addRequest{changes, reply}:

@@ -30,8 +30,12 @@ func BenchmarkAdd(b *testing.B) {
 	for i := range fresh {
 		fresh[i] = fmt.Sprintf("f%09d", i)
 	}
-	for _, name := range []string{"distinct", "compacting", "fresh"} {
-		b.Run(name, func(b *testing.B) {
+	for _, tc := range []struct {
+		name  string
+		batch int
+	}{{"distinct", 1}, {"compacting", 1}, {"fresh", 1}, {"distinct", 256}, {"compacting", 256}, {"fresh", 256}} {
+		name := tc.name
+		b.Run(fmt.Sprintf("%s/batch=%d", name, tc.batch), func(b *testing.B) {
 			bt, err := batcher.New(batcher.Config{Window: time.Hour, MaxInFlight: 64, Sink: nopSink{},
 				DeadLetter: func(context.Context, []batcher.Rejected) error { return nil }})
 			if err != nil {
@@ -51,7 +55,7 @@ func BenchmarkAdd(b *testing.B) {
 			for i := range uids {
 				uids[i] = fmt.Sprintf("u%09d", i)
 			}
-			ch := make([]batcher.Change, 1)
+			ch := make([]batcher.Change, 0, tc.batch)
 			b.ReportAllocs()
 			i := 0
 			for b.Loop() {
@@ -65,10 +69,13 @@ func BenchmarkAdd(b *testing.B) {
 					h = hdrs[2*(i%20)+btoi(i%10 >= 7)]
 					u = fresh[i&(len(fresh)-1)]
 				}
-				ch[0] = batcher.Change{Header: h, UID: u, Ack: nopAck{}}
+				if ch = append(ch, batcher.Change{Header: h, UID: u, Ack: nopAck{}}); len(ch) < tc.batch {
+					continue
+				}
 				if err := bt.Add(ctx, ch); err != nil {
 					b.Fatal(err)
 				}
+				ch = ch[:0]
 			}
 		})
 	}

@@ -268,14 +268,8 @@ func (c *Core) Next(now time.Time) *Batch {
 	co.close(bt)
 	co.inFlight = bt
 	c.inFlight++
-	req := wire.Request{Header: bt.hdr, UIDs: make([]string, 0, bt.live)}
-	for i := range bt.m.slots {
-		if bt.m.slots[i].ack != nil {
-			req.UIDs = append(req.UIDs, bt.m.uid(int32(i)))
-		}
-	}
 	bt.m.table = nil // no longer looked up
-	return &Batch{Request: req, Trigger: c.trigger(bt, now),
+	return &Batch{Header: bt.hdr, Members: bt.live, Trigger: c.trigger(bt, now),
 		BodyBytes: wire.BodySize(bt.env, bt.live, bt.memberBytes), co: co, bt: bt}
 }
 
@@ -344,12 +338,29 @@ func (c *Core) Flush(now time.Time) {
 
 // Batch is a batch taken for sending by Core.Next.
 type Batch struct {
-	Request   wire.Request
+	Header    wire.Header
+	Members   int             // live members
 	Trigger   metrics.Trigger // why it was sent
-	BodyBytes int             // the size of Request's body
+	BodyBytes int             // the size of the request's body
 
-	co *cohort
-	bt *batch
+	co  *cohort
+	bt  *batch
+	req wire.Request // built by Request
+}
+
+// Request returns the batch's request, its members in the order they came.
+// It is built on first use, by the batch's taker (not the Core's owner).
+func (b *Batch) Request() wire.Request {
+	if b.req.UIDs == nil {
+		m := &b.bt.m
+		b.req = wire.Request{Header: b.Header, UIDs: make([]string, 0, b.Members)}
+		for i := range m.slots {
+			if m.slots[i].ack != nil {
+				b.req.UIDs = append(b.req.UIDs, m.uid(int32(i)))
+			}
+		}
+	}
+	return b.req
 }
 
 // Rejected pairs the API's rejections with the changes they name, and every

@@ -91,8 +91,8 @@ func (l *loop) add(r addRequest) {
 func (l *loop) dispatch(now time.Time) {
 	for bt := l.core.Next(now); bt != nil; bt = l.core.Next(now) {
 		m := l.b.m
-		m.BatchesFlushed.WithLabelValues(string(bt.Request.Action), string(bt.Trigger)).Inc()
-		m.BatchMembers.Observe(float64(len(bt.Request.UIDs)))
+		m.BatchesFlushed.WithLabelValues(string(bt.Header.Action), string(bt.Trigger)).Inc()
+		m.BatchMembers.Observe(float64(bt.Members))
 		m.BatchBytes.Observe(float64(bt.BodyBytes))
 		go l.b.send(l.sendCtx, bt)
 	}
@@ -102,7 +102,8 @@ func (l *loop) dispatch(now time.Time) {
 // send runs one batch through the sink, releases its acks if it was
 // delivered, and hands the result to Run. It alone owns the batch until then.
 func (b *Batcher) send(ctx context.Context, bt *Batch) {
-	rejections, err := b.cfg.Sink.Send(ctx, bt.Request)
+	req := bt.Request()
+	rejections, err := b.cfg.Sink.Send(ctx, req)
 	if err == nil && len(rejections) > 0 {
 		err = b.cfg.DeadLetter(ctx, bt.Rejected(rejections))
 	}
@@ -111,7 +112,7 @@ func (b *Batcher) send(ctx context.Context, bt *Batch) {
 		bt.Acknowledge(rejections)
 	} else if fatal {
 		b.log.Error("batch abandoned: the sink gave up; restarting is needed to deliver it",
-			"err", err, "cohort_id", bt.Request.CohortID, "action", bt.Request.Action, "members", len(bt.Request.UIDs))
+			"err", err, "cohort_id", req.CohortID, "action", req.Action, "members", len(req.UIDs))
 	}
 	b.results <- sendResult{batch: bt, err: err, fatal: fatal} // Run receives until nothing is in flight
 }
@@ -120,7 +121,7 @@ func (b *Batcher) send(ctx context.Context, bt *Batch) {
 func (l *loop) settle(r sendResult) {
 	l.core.Settle(r.batch)
 	if r.fatal && l.fatal == nil {
-		l.fatal = fmt.Errorf("batcher: send cohort %s: %w", r.batch.Request.CohortID, r.err)
+		l.fatal = fmt.Errorf("batcher: send cohort %s: %w", r.batch.Header.CohortID, r.err)
 	}
 }
 

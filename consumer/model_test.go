@@ -62,7 +62,7 @@ func (m *model) complete(i int, apply bool) bool {
 	f := m.inflight[i]
 	m.inflight = append(m.inflight[:i], m.inflight[i+1:]...)
 	if apply || !f.fenced {
-		req := f.batch.Request
+		req := f.batch.Request()
 		for _, u := range req.UIDs {
 			m.api[[2]string{req.CohortID, u}] = req.Action == event.Add
 		}
