@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -74,6 +73,7 @@ type Batcher struct {
 	core *Core // owned by Run's goroutine
 
 	adds    chan addRequest
+	replies chan chan addReply // Add's answer channels, recycled (a sync.Pool would mix synctest bubbles)
 	flushes chan chan struct{}
 	revokes chan chan (<-chan struct{})
 	results chan sendResult
@@ -110,6 +110,7 @@ func New(cfg Config) (*Batcher, error) {
 		m:       cfg.Metrics,
 		core:    core,
 		adds:    make(chan addRequest),
+		replies: make(chan chan addReply, 64),
 		flushes: make(chan chan struct{}),
 		revokes: make(chan chan (<-chan struct{})),
 		results: make(chan sendResult),
@@ -132,9 +133,6 @@ type addRequest struct {
 	reply   chan addReply
 }
 
-// replies recycles Add's answer channels.
-var replies = sync.Pool{New: func() any { return make(chan addReply, 1) }}
-
 type addReply struct {
 	added int
 	space <-chan struct{} // closed when there is room again
@@ -150,8 +148,18 @@ type addReply struct {
 // members exceeds MaxBytes; the Sink refuses it (the HTTP sink rejects a
 // member too large on its own without sending it).
 func (b *Batcher) Add(ctx context.Context, changes []Change) error {
-	reply := replies.Get().(chan addReply)
-	defer replies.Put(reply) // empty: every request sent is answered before Add returns
+	var reply chan addReply
+	select {
+	case reply = <-b.replies:
+	default:
+		reply = make(chan addReply, 1)
+	}
+	defer func() {
+		select {
+		case b.replies <- reply: // empty: every request sent is answered before Add returns
+		default:
+		}
+	}()
 	for len(changes) > 0 {
 		select {
 		case b.adds <- addRequest{changes, reply}:
