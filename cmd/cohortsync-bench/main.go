@@ -33,6 +33,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
@@ -48,6 +49,7 @@ type options struct {
 	backlog      int
 	backlogCoh   int
 	rateRun      time.Duration
+	shareRun     time.Duration
 	pending      int
 	latencyRate  int
 	latencyRun   time.Duration
@@ -81,6 +83,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.backlog, "backlog", 3_000_000, "backlog events for (c): enough for full bodies at the budget for the whole run, with 25% to spare")
 	fs.IntVar(&o.backlogCoh, "backlog-cohorts", 24, "cohorts of the (c) backlog: few, so that full bodies exist; spread evenly over the partitions, so that no replica's backlog runs out first")
 	fs.DurationVar(&o.rateRun, "rate-run", 75*time.Second, "how long each (c) run lasts (over 60 s, for the busiest-window figure)")
+	fs.DurationVar(&o.shareRun, "share-run", 150*time.Second, "how long each (f), (f') and (g) run lasts")
 	fs.IntVar(&o.pending, "pending", 1_000_000, "MAX_PENDING_MEMBERS for (d)")
 	fs.IntVar(&o.latencyRate, "latency-rate", 50, "events per second for (e)")
 	fs.DurationVar(&o.latencyRun, "latency-run", 30*time.Second, "how long (e) produces")
@@ -89,7 +92,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.largeRecords, "large-records", 150, "records of 900 KB per partition for (dl)")
 	fs.DurationVar(&o.window, "window", time.Second, "BATCH_WINDOW for (e)")
 	fs.StringVar(&o.out, "out", "bench-results/bench.json", "where the JSON goes")
-	fs.StringVar(&o.phases, "phases", "a,b,c,d,dl,e", "which phases to run")
+	fs.StringVar(&o.phases, "phases", "a,b,c,d,dl,e,f,g", "which phases to run")
 	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of phase (b) to this file (its first run)")
 	fs.IntVar(&o.repeat, "repeat", 3, "runs of (a) and (b), alternating over the same topic; the figures are the medians, the ratio the median of the runs' ratios")
 	if err := fs.Parse(args); err != nil {
@@ -111,6 +114,7 @@ type bench struct {
 	log     *slog.Logger // the in-process workers' log
 	res     *results
 	stderr  io.Writer
+	bin     string // the worker binary, built on first use
 }
 
 // say reports progress on stderr.
@@ -133,6 +137,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer stopKafka()
+	defer func() {
+		if b.bin != "" {
+			os.RemoveAll(filepath.Dir(b.bin))
+		}
+	}()
 	b.brokers, b.admin, b.res.KafkaVersion = brokers, kafkaadmin.New(brokers, nil), version
 	b.say("Kafka %s at %s", version, strings.Join(brokers, ","))
 	for _, p := range []struct {
@@ -144,6 +153,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		{[]string{"d"}, b.phaseD},
 		{[]string{"dl"}, b.phaseDL},
 		{[]string{"e"}, b.phaseE},
+		{[]string{"f"}, b.phaseF},
+		{[]string{"g"}, b.phaseG},
 	} {
 		if slices.ContainsFunc(p.names, b.phase) {
 			if err := p.run(ctx); err != nil {

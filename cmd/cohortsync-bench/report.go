@@ -32,6 +32,7 @@ type results struct {
 	WorkerStateRuns  []float64           `json:"worker_emulator_state_runs_events_per_second,omitempty"`
 	StateRatioRuns   []float64           `json:"ratio_emulator_state_runs,omitempty"`
 	RateLimited      []rateResult        `json:"rate_limited,omitempty"`
+	Shared           []shareResult       `json:"shared_budget,omitempty"`
 	PeakRSS          *rssResult          `json:"peak_rss,omitempty"`
 	PeakRSSLimited   *rssResult          `json:"peak_rss_with_gomemlimit,omitempty"`
 	LargeRecords     *largeRecordsResult `json:"peak_rss_large_records,omitempty"`
@@ -78,6 +79,15 @@ func printTable(w io.Writer, r *results) {
 		row(p+": requests", fmt.Sprintf("%d in %.0fs (busiest 60 s window: %d; 429s: %d)", rr.Requests, rr.Seconds, rr.Busiest60s, rr.Rejected429))
 		row(p+": req/min ÷ 300", fmt.Sprintf("%.3f", rr.PerMinOverRPM))
 		row(p+": packing", fmt.Sprintf("%.3f (mean body %.0f bytes)", rr.Packing, rr.MeanBodyBytes))
+	}
+	for _, sr := range r.Shared {
+		p := fmt.Sprintf("(%s) %d replicas, hot partitions %v", sr.Name, sr.Replicas, sr.HotPartitions)
+		row(p+": requests", fmt.Sprintf("%d in %.0fs (busiest 60 s window: %d; 429s: %d)", sr.Requests, sr.Seconds, sr.Busiest60s, sr.Rejected429))
+		row(p+": req/min ÷ 300", fmt.Sprintf("%.3f", sr.PerMinOverRPM))
+		row(p+": packing", fmt.Sprintf("%.3f (mean body %.0f of %d bytes)", sr.Packing, sr.MeanBodyBytes, shareMaxBytes))
+		if sr.Killed != "" {
+			row(p+": SIGKILL", fmt.Sprintf("%s at %.0fs; >= 90%% of the budget again %.1fs later", sr.Killed, sr.KilledAfter, sr.BackInUseAfter))
+		}
 	}
 	if r.PeakRSS != nil {
 		row("(d) peak RSS", fmt.Sprintf("%.1f MiB with %d members pending", r.PeakRSS.PeakRSSMiB, r.PeakRSS.PendingMembers))
