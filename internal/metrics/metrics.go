@@ -160,7 +160,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		RateLimitWait: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "rate_limit_wait_seconds_total",
 			Help: "Time spent waiting for a rate-limit permit or a 429 pause."}),
 		RateLimitRPM: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "rate_limit_requests_per_minute",
-			Help: "This replica's share of the fleet-wide request budget."}),
+			Help: "This replica's request rate in force: its share of the fleet-wide budget, less what it lends, plus what it borrows."}),
 		PendingMembers: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "pending_members",
 			Help: "Member changes read but not yet accepted, superseded or dead-lettered."}),
 		InFlight: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "in_flight_requests",
