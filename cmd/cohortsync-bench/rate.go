@@ -72,13 +72,8 @@ func (b *bench) rateLimited(ctx context.Context, replicas int) (*rateResult, err
 	b.say("(c) %d replica(s) over a backlog of %d events for %s…", replicas, o.backlog, o.rateRun)
 	// The run is measured from the first request on, so that the group's
 	// join time does not count against the budget.
-	var first time.Time
-	if err := rig.Wait(ctx, func() bool {
-		if rs := a.Requests(); len(rs) > 0 {
-			first = rs[0].Time
-		}
-		return !first.IsZero()
-	}); err != nil {
+	first, err := firstRequest(ctx, a)
+	if err != nil {
 		return nil, err
 	}
 	end := first.Add(o.rateRun)
@@ -122,4 +117,18 @@ func rateFigures(in []emulator.RequestRecord, replicas int, d time.Duration, bat
 		rr.Packing = rr.MeanBodyBytes / float64(batchMaxBytes)
 	}
 	return rr
+}
+
+// firstRequest waits for the emulator's first request and returns when it
+// came: the rate runs are measured from it, so that the group's join time
+// does not count against the budget.
+func firstRequest(ctx context.Context, a *rig.API) (time.Time, error) {
+	var first time.Time
+	err := rig.Wait(ctx, func() bool {
+		if rs := a.Requests(); len(rs) > 0 {
+			first = rs[0].Time
+		}
+		return !first.IsZero()
+	})
+	return first, err
 }

@@ -18,7 +18,6 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/cohortsync/cohortsync-worker/internal/emulator"
-	"github.com/cohortsync/cohortsync-worker/internal/rig"
 )
 
 const (
@@ -131,13 +130,8 @@ func (b *bench) shared(ctx context.Context, r shareRun) (*shareResult, error) {
 		procs[fmt.Sprintf("%s-%d", host, cmd.Process.Pid)] = cmd // the replica's name (app.Options.ReplicaID)
 	}
 	b.say("(%s) %d worker processes over %d events in partitions %v for %s…", r.name, r.replicas, events, r.hot, o.shareRun)
-	var first time.Time
-	if err := rig.Wait(ctx, func() bool {
-		if rs := a.Requests(); len(rs) > 0 {
-			first = rs[0].Time
-		}
-		return !first.IsZero()
-	}); err != nil {
+	first, err := firstRequest(ctx, a)
+	if err != nil {
 		return nil, err
 	}
 	sr := &shareResult{Name: r.name, HotPartitions: r.hot}
