@@ -19,10 +19,10 @@ func (b *Batcher) Run(ctx context.Context) error {
 	defer close(b.stopped)
 	defer l.stop()
 	for {
-		l.dispatch(time.Now())
 		if l.fatal != nil {
 			return l.fatal
 		}
+		l.dispatch(time.Now())
 		l.arm(time.Now())
 		select {
 		case <-ctx.Done():

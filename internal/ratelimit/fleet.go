@@ -68,6 +68,10 @@ import (
 // 0), the replica that was told pauses its Limiter and publishes the pause
 // at once; every replica that reads it pauses until the same time.
 
+// maxPause bounds a pause read from the board (the sink bounds the delays
+// servers ask for the same way).
+const maxPause = 15 * time.Minute
+
 // Record is what a replica publishes on the board.
 type Record struct {
 	Replica    string             `json:"replica"`
@@ -189,7 +193,13 @@ func (f *Fleet) step(ctx context.Context, now time.Time) {
 	lim := f.cfg.Limiter
 	for _, r := range recs {
 		if r.PauseUntil > 0 {
-			lim.PauseUntil(time.UnixMilli(r.PauseUntil)) // fleet-wide: the API's window is spent
+			// Fleet-wide: the API's window is spent. Bounded like a
+			// server's delay, so that no record can park the fleet.
+			until := time.UnixMilli(r.PauseUntil)
+			if limit := now.Add(maxPause); until.After(limit) {
+				until = limit
+			}
+			lim.PauseUntil(until)
 		}
 	}
 	f.mu.Lock()

@@ -567,3 +567,34 @@ func TestFleetLoansNeverExceedTheShare(t *testing.T) {
 		<-done
 	})
 }
+
+// TestFleetIdleReplicaDoesNotStopTheFleet: a replica with no partition
+// (more replicas than partitions) has a token share whose late start lasts
+// years; that start is not a pause, so it reaches no other replica, and
+// the busy one still gets the budget. A pause read from the board is
+// bounded too.
+func TestFleetIdleReplicaDoesNotStopTheFleet(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const budget = 300
+		s := newSimFleet(t, budget, 5)
+		defer s.close()
+		names := []string{"a", "b", "c", "d", "e", "f", "g"}
+		for _, n := range names {
+			s.start(n)
+		}
+		s.replicas[0].busy.Store(true)
+		s.rebalance(6) // g gets no partition
+		time.Sleep(10 * time.Second)
+		from := time.Now()
+		time.Sleep(time.Minute)
+		if n := s.count("a", from, time.Now()); n < 0.9*budget {
+			t.Fatalf("the busy replica sent %d in a minute beside an idle one without partitions, want >= %d", n, int(0.9*budget))
+		}
+		// A record asking for a pause of years pauses the fleet 15 minutes.
+		s.replicas[6].lim.PauseUntil(time.Now().Add(24 * time.Hour))
+		time.Sleep(3 * time.Second)
+		if p, _ := s.replicas[0].lim.Paused(); p.Sub(time.Now()) > 15*time.Minute {
+			t.Fatalf("a pause read from the board lasts %v", p.Sub(time.Now()))
+		}
+	})
+}

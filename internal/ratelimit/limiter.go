@@ -41,7 +41,8 @@ type Limiter struct {
 	rpm     float64   // the rate of its own (SetRPM)
 	grants  []Grant   // lent rates, each until its expiry; kept in order of Until
 	next    time.Time // when the next permit is due at the current rate; zero: at once
-	pause   time.Time // no permit before this
+	pause   time.Time // no permit before this: the API's window is spent (PauseUntil)
+	start   time.Time // no permit before this: a new share's late start (Rebalance); not a pause
 	waiters map[chan struct{}]struct{}
 	paused  chan struct{} // cap 1: signalled when PauseUntil extends the pause
 	granted uint64        // permits granted so far
@@ -155,6 +156,9 @@ func (l *Limiter) dueAt() time.Time {
 	}
 	if l.pause.After(due) {
 		due = l.pause
+	}
+	if l.start.After(due) {
+		due = l.start
 	}
 	return due
 }

@@ -52,9 +52,14 @@ func Share(rpm float64, assigned, total int) float64 {
 // share, granted at most one (old) interval before, and the arrival slack.
 func (l *Limiter) Rebalance(budget float64, assigned, total int) float64 {
 	rpm := Share(budget, assigned, total)
-	l.SetRPM(rpm)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.change(func() { l.rpm = rpm })
 	if rpm > 0 {
-		l.PauseUntil(time.Now().Add(2 * Spacing(rpm)))
+		// Not a pause (PauseUntil): the Fleet publishes pauses to every
+		// replica, and a replica with no partition would stop the fleet
+		// for its tiny share's two intervals (years).
+		l.start = time.Now().Add(2 * Spacing(rpm))
 	}
 	return rpm
 }
