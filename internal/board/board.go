@@ -207,4 +207,3 @@ func (b *Board) ensureTopic(ctx context.Context) error {
 	}
 	return nil
 }
-
