@@ -1,100 +1,52 @@
 package emulator
 
 import (
-	"strings"
+	"bytes"
 	"sync"
-	"unicode/utf8"
 
-	"github.com/segmentio/encoding/json"
+	"github.com/cohortsync/cohortsync-worker/internal/jsonstr"
 )
 
-// parseFast decodes a valid body with github.com/segmentio/encoding/json, a
-// drop-in replacement of encoding/json that can leave the strings in the
-// body's memory (the request copies them), so that a full body costs a
-// handful of allocations. It takes what the worker sends (wire.AppendBody)
+// parseFast decodes a valid body in one pass over its bytes, without
+// reflection and with a handful of allocations. It handles what the worker
+// sends (wire.AppendBody: compact JSON, every escape AppendQuoted writes)
 // and more: keys in any order, whitespace between tokens, any string
-// escape, duplicate keys. It gives up, returning ok false, on anything
-// else: an unknown key or one in another case, a value that is not of the
-// expected type, null, a member with keys other than "uid", invalid JSON or
-// UTF-8, and any value the shared checks reject, such as an empty field or
-// a forbidden cohort_name. [validator.parse] then hands the body to
-// parseSlow, which tells what is wrong; parseFast never decides an error.
+// escape. It gives up, returning ok false, on anything else: an unknown,
+// duplicated or escaped key, a value that is not of the expected type (null
+// included), a member with keys other than "uid", invalid JSON or UTF-8, and
+// any value the shared checks reject, such as an empty field or a forbidden
+// cohort_name. [validator.parse] then hands the body to parseSlow, which
+// tells what is wrong; parseFast never decides an error.
 //
 // When ok is true, req is exactly what parseSlow returns for body, with a
 // nil error; FuzzParseFast checks this. The member uids share one string,
 // which holds the uids only; the other fields have their own.
 func (v validator) parseFast(body []byte) (req cohortRequest, ok bool) {
-	if !utf8.Valid(body) {
-		return cohortRequest{}, false // the library would take it as U+FFFD
-	}
 	s := fastScratchPool.Get().(*fastScratch)
 	defer s.release()
-	if !s.decode(body) {
+	p := fastParser{b: body, s: s}
+	if !p.request(&req) {
 		return cohortRequest{}, false
 	}
-	top, p := &s.top, &s.params
-	switch *top.Action {
-	case ActionAdd:
-		req.Action = ActionAdd
-	case ActionRemove:
-		req.Action = ActionRemove
-	default:
-		return cohortRequest{}, false
-	}
-	req.Partner, req.CohortName, req.CohortID = *top.Partner, *p.CohortName, *p.CohortID
 	// The value checks of parseSlow, in its order. Members are known to be
 	// objects whose only key is a non-empty uid, so strict mode has nothing
 	// to reject.
-	if checkNonEmpty("partner", req.Partner) != nil ||
+	if checkAction(req.Action) != nil ||
+		checkNonEmpty("partner", req.Partner) != nil ||
 		checkNonEmpty("cohort_name", req.CohortName) != nil || v.checkName(req.CohortName) != nil ||
 		checkNonEmpty("cohort_id", req.CohortID) != nil ||
-		checkMemberCount(len(p.Members)) != nil {
+		checkMemberCount(len(s.ends)) != nil {
 		return cohortRequest{}, false
 	}
-	if p.Description != nil {
-		req.Description, req.HasDescription = strings.Clone(*p.Description), true
-	}
-	req.Partner, req.CohortName, req.CohortID = strings.Clone(req.Partner), strings.Clone(req.CohortName), strings.Clone(req.CohortID)
 	req.Members = s.members()
 	return req, true
 }
 
-// The JSON of a request, for the library: the pointers tell null (nil) from
-// a value. parameters is decoded apart (fastScratch.decode).
-type (
-	fastBody struct {
-		Action     *string         `json:"action"`
-		Partner    *string         `json:"partner"`
-		Parameters json.RawMessage `json:"parameters"`
-	}
-	fastParams struct {
-		CohortName  *string      `json:"cohort_name"`
-		CohortID    *string      `json:"cohort_id"`
-		Description *string      `json:"cohort_description"`
-		Members     []fastMember `json:"members"`
-	}
-	fastMember struct {
-		UID *string `json:"uid"`
-	}
-)
-
-// fastFlags makes the library match keys exactly, as parseSlow's maps do,
-// and give up on unknown keys; strings and parameters stay in the body's
-// memory.
-const fastFlags = json.DontCopyString | json.DontCopyRawMessage | json.DontMatchCaseInsensitiveStructFields | json.DisallowUnknownFields
-
-// absent is what the strings the pointers of fastScratch point to hold
-// before a call. It is not valid UTF-8, so no string of a body that
-// parseFast decodes decodes to it: a string that still holds it after the
-// call was not in the body.
-const absent = "\xff"
-
 // fastScratch is the reusable memory of one parseFast call.
 type fastScratch struct {
-	top    fastBody
-	params fastParams
-	slots  [5]string // what the pointers of top and params point to
-	uids   []byte    // the uids, back to back
+	uids []byte // the decoded uids, back to back
+	ends []int  // ends[i] is the end of member i's uid in uids
+	tmp  []byte // decoding buffer for an escaped non-member string
 }
 
 var fastScratchPool = sync.Pool{New: func() any { return new(fastScratch) }}
@@ -103,78 +55,292 @@ var fastScratchPool = sync.Pool{New: func() any { return new(fastScratch) }}
 // (with a large Config.MaxBodyBytes) does not pin its memory.
 const maxPooledScratch = 1 << 20
 
-// decode decodes body into s.top and s.params, and reports whether it has
-// every field parseFast needs, none of them null, and members that all
-// have a non-empty uid.
-//
-// The pointers point to memory of s that holds absent, so that the
-// library decodes into it without allocating, and a field that was not in
-// the body still holds absent. The library sets a pointer to nil for null,
-// and decodes an object given twice into the same struct: that is why
-// parameters is decoded apart, from the last of them (a json.RawMessage, as
-// in parseSlow).
-func (s *fastScratch) decode(body []byte) bool {
-	for i := range s.slots {
-		s.slots[i] = absent
+func (s *fastScratch) release() {
+	if cap(s.uids) > maxPooledScratch || cap(s.ends) > maxPooledScratch/8 || cap(s.tmp) > maxPooledScratch {
+		return
 	}
-	s.top = fastBody{Action: &s.slots[0], Partner: &s.slots[1]}
-	s.params = fastParams{CohortName: &s.slots[2], CohortID: &s.slots[3], Description: &s.slots[4], Members: s.params.Members[:0]}
-	if rest, err := json.Parse(body, &s.top, fastFlags); err != nil || len(rest) != 0 {
-		return false
-	}
-	if rest, err := json.Parse(s.top.Parameters, &s.params, fastFlags); err != nil || len(rest) != 0 {
-		return false
-	}
-	for _, p := range [...]**string{&s.top.Action, &s.top.Partner, &s.params.CohortName, &s.params.CohortID} {
-		if *p == nil || **p == absent {
-			return false // null or missing
-		}
-	}
-	if d := &s.params.Description; *d != nil && **d == absent {
-		*d = nil
-	}
-	// An empty uid is rejected by parseSlow.
-	for _, m := range s.params.Members {
-		if m.UID == nil || *m.UID == absent || *m.UID == "" {
-			return false
-		}
-	}
-	return true
+	s.uids, s.ends, s.tmp = s.uids[:0], s.ends[:0], s.tmp[:0]
+	fastScratchPool.Put(s)
 }
 
 // members returns the uids as strings. They are substrings of one string
 // holding exactly the uid bytes, which costs two allocations in all and
 // keeps no JSON syntax alive.
 func (s *fastScratch) members() []string {
-	ms := s.params.Members
-	b := s.uids[:0]
-	for _, m := range ms {
-		b = append(b, *m.UID...)
-	}
-	s.uids = b
-	all := string(b)
-	out := make([]string, len(ms))
-	for i, m := range ms {
-		out[i], all = all[:len(*m.UID)], all[len(*m.UID):]
+	all := string(s.uids)
+	out := make([]string, len(s.ends))
+	start := 0
+	for i, end := range s.ends {
+		out[i] = all[start:end]
+		start = end
 	}
 	return out
 }
 
-// release resets s, so that it keeps nothing of the body, and puts it back
-// in the pool unless its buffers are large. The strings of members that
-// the library allocated are kept for the next call (with absent in them).
-func (s *fastScratch) release() {
-	s.slots = [len(s.slots)]string{}
-	s.top, s.params.CohortName, s.params.CohortID, s.params.Description = fastBody{}, nil, nil, nil
-	ms := s.params.Members[:cap(s.params.Members)]
-	for _, m := range ms {
-		if m.UID != nil {
-			*m.UID = absent
+// fastParser is a cursor over a body for parseFast. Its methods return
+// false as soon as the input leaves the accepted subset.
+type fastParser struct {
+	b []byte
+	i int // the next byte to read
+	s *fastScratch
+}
+
+// Keys of the top-level and parameters objects, as bits of a set.
+const (
+	keyAction uint8 = 1 << iota
+	keyPartner
+	keyParameters
+	keyCohortName
+	keyCohortID
+	keyCohortDescription
+	keyMembers
+)
+
+// request reads the whole body: one object, with nothing but whitespace
+// around it.
+func (p *fastParser) request(req *cohortRequest) bool {
+	p.ws()
+	if !p.eat('{') {
+		return false
+	}
+	var seen uint8
+	for {
+		key, ok := p.key()
+		if !ok {
+			return false
+		}
+		var bit uint8
+		switch string(key) {
+		case "action":
+			bit = keyAction
+			ok = p.action(req)
+		case "partner":
+			bit = keyPartner
+			req.Partner, ok = p.stringValue()
+		case "parameters":
+			bit = keyParameters
+			ok = p.parameters(req, &seen)
+		default:
+			return false
+		}
+		if !ok || seen&bit != 0 {
+			return false
+		}
+		seen |= bit
+		more, ok := p.next('}')
+		if !ok {
+			return false
+		}
+		if !more {
+			break
 		}
 	}
-	if cap(s.uids) > maxPooledScratch || cap(ms) > maxPooledScratch/8 {
-		return
+	const required = keyAction | keyPartner | keyParameters | keyCohortName | keyCohortID | keyMembers
+	p.ws()
+	return p.i == len(p.b) && seen&required == required
+}
+
+// action reads the action value, using the constants for its two valid
+// values (which need no allocation) and giving up on any other.
+func (p *fastParser) action(req *cohortRequest) bool {
+	raw, escaped, ok := p.str()
+	if !ok {
+		return false
 	}
-	s.uids = s.uids[:0]
-	fastScratchPool.Put(s)
+	if escaped {
+		p.s.tmp = jsonstr.AppendUnescaped(p.s.tmp[:0], raw)
+		raw = p.s.tmp
+	}
+	switch string(raw) {
+	case ActionAdd:
+		req.Action = ActionAdd
+	case ActionRemove:
+		req.Action = ActionRemove
+	default:
+		return false
+	}
+	return true
+}
+
+// parameters reads the parameters object, recording its keys in seen.
+func (p *fastParser) parameters(req *cohortRequest, seen *uint8) bool {
+	if !p.eat('{') {
+		return false
+	}
+	for {
+		key, ok := p.key()
+		if !ok {
+			return false
+		}
+		var bit uint8
+		switch string(key) {
+		case "cohort_name":
+			bit = keyCohortName
+			req.CohortName, ok = p.stringValue()
+		case "cohort_id":
+			bit = keyCohortID
+			req.CohortID, ok = p.stringValue()
+		case "cohort_description":
+			bit = keyCohortDescription
+			req.Description, ok = p.stringValue()
+			req.HasDescription = true
+		case "members":
+			bit = keyMembers
+			ok = p.members()
+		default:
+			return false
+		}
+		if !ok || *seen&bit != 0 {
+			return false
+		}
+		*seen |= bit
+		more, ok := p.next('}')
+		if !ok {
+			return false
+		}
+		if !more {
+			return true
+		}
+	}
+}
+
+// members reads the members array into p.s. Each member must be an object
+// whose only key is "uid", with a non-empty string value.
+func (p *fastParser) members() bool {
+	if !p.eat('[') {
+		return false
+	}
+	for {
+		p.ws()
+		if !p.member() {
+			return false
+		}
+		more, ok := p.next(']')
+		if !ok {
+			return false
+		}
+		if !more {
+			return true
+		}
+	}
+}
+
+var (
+	uidKey        = []byte(`"uid"`)
+	compactMember = []byte(`{"uid":"`) // how AppendBody starts a member
+)
+
+func (p *fastParser) member() bool {
+	if bytes.HasPrefix(p.b[p.i:], compactMember) {
+		p.i += len(compactMember) - 1 // at the opening quote of the uid
+	} else {
+		if !p.eat('{') {
+			return false
+		}
+		p.ws()
+		if !bytes.HasPrefix(p.b[p.i:], uidKey) {
+			return false
+		}
+		p.i += len(uidKey)
+		p.ws()
+		if !p.eat(':') {
+			return false
+		}
+		p.ws()
+	}
+	raw, escaped, ok := p.str()
+	// An empty uid is rejected by parseSlow; every escape decodes to at
+	// least one byte, so the raw length tells.
+	if !ok || len(raw) == 0 {
+		return false
+	}
+	s := p.s
+	if escaped {
+		s.uids = jsonstr.AppendUnescaped(s.uids, raw)
+	} else {
+		s.uids = append(s.uids, raw...)
+	}
+	s.ends = append(s.ends, len(s.uids))
+	p.ws()
+	return p.eat('}')
+}
+
+// key reads an object key and the colon after it, with the whitespace
+// around them. Keys with escapes are left to parseSlow.
+func (p *fastParser) key() ([]byte, bool) {
+	p.ws()
+	raw, escaped, ok := p.str()
+	if !ok || escaped {
+		return nil, false
+	}
+	p.ws()
+	if !p.eat(':') {
+		return nil, false
+	}
+	p.ws()
+	return raw, true
+}
+
+// next reads the separator after an object member or array element: a
+// comma (more follows) or the closing byte end.
+func (p *fastParser) next(end byte) (more, ok bool) {
+	p.ws()
+	switch {
+	case p.eat(','):
+		return true, true
+	case p.eat(end):
+		return false, true
+	}
+	return false, false
+}
+
+// stringValue reads a string value into a string of its own.
+func (p *fastParser) stringValue() (string, bool) {
+	raw, escaped, ok := p.str()
+	if !ok {
+		return "", false
+	}
+	if escaped {
+		p.s.tmp = jsonstr.AppendUnescaped(p.s.tmp[:0], raw)
+		raw = p.s.tmp
+	}
+	return string(raw), true
+}
+
+// str reads a string token and returns its raw contents (between the
+// quotes, escapes not decoded) and whether it has escapes. It accepts
+// exactly the strings encoding/json accepts (valid escapes, no control
+// characters) and rejects invalid UTF-8, as parseSlow does for the whole
+// body (see [jsonstr.Scan]).
+func (p *fastParser) str() (raw []byte, escaped, ok bool) {
+	b, i := p.b, p.i
+	if i >= len(b) || b[i] != '"' {
+		return nil, false, false
+	}
+	n, escaped, ok := jsonstr.Scan(b[i+1:])
+	if !ok {
+		return nil, false, false
+	}
+	p.i = i + 1 + n + 1
+	return b[i+1 : i+1+n], escaped, true
+}
+
+func (p *fastParser) ws() {
+	for p.i < len(p.b) {
+		switch p.b[p.i] {
+		case ' ', '\t', '\n', '\r':
+			p.i++
+		default:
+			return
+		}
+	}
+}
+
+// eat consumes c if it is the next byte.
+func (p *fastParser) eat(c byte) bool {
+	if p.i < len(p.b) && p.b[p.i] == c {
+		p.i++
+		return true
+	}
+	return false
 }

@@ -136,37 +136,29 @@ func TestParseDoesNotRetainBody(t *testing.T) {
 }
 
 // TestParseFastFallsBack checks bodies that parseFast leaves to parseSlow
-// although some are valid, and bodies with quirks that it takes, so that
-// the test notices if that changes without FuzzParseFast having run.
+// although some are valid, so that the test notices if it starts to take
+// them without FuzzParseFast having run.
 func TestParseFastFallsBack(t *testing.T) {
 	v := validator{leadingPeriod: LeadingPeriodReject}
-	const members = `"members":[{"uid":"u"}]}}`
-	for _, tc := range []struct {
-		body string
-		took bool
-	}{
-		{"{}", false},
-		{`{"action":"add_members","partner":"p","extra":1,"parameters":{"cohort_name":"N","cohort_id":"c",` + members, false},
-		{`{"action":"add_members","partner":"p","parameters":{"cohort_name":"N","cohort_id":"c","members":[{"uid":"u","x":1}]}}`, false},
-		{`{"action":"add_members","partner":"p","parameters":{"cohort_name":".N","cohort_id":"c",` + members, false},
-		{`{"action":"add_members","partner":"p","parameters":{"cohort_name":"N","cohort_id":"c","members":[]}}`, false},
-		{`{"ACTION":"add_members","partner":"p","parameters":{"cohort_name":"N","cohort_id":"c",` + members, false},
-		{`{"action":"add_members","action":null,"partner":"p","parameters":{"cohort_name":"N","cohort_id":"c",` + members, false},
-		{`{"action":"add_members","partner":"p","parameters":{"cohort_name":"N","cohort_id":"c","members":[{"uid":"u","uid":null}]}}`, false},
-		{`{"action":"add_members","partner":"p","parameters":{"cohort_name":"N","cohort_id":"c",` + members[:len(members)-1] + `,"parameters":{"cohort_id":"d"}}`, false},
-		{`{"action":"add_members","action":"add_members","partner":"p","parameters":{"cohort_name":"N","cohort_id":"c",` + members, true},
-		{`{"\u0061ction":"add_members","partner":"p","parameters":{"cohort_name":"N","cohort_id":"c",` + members, true},
-		{`{"action":"add_members","partner":"p","parameters":{"cohort_name":"N","cohort_id":"c","cohort_description":null,` + members, true},
-		{`{"action":"add_members","partner":"p","parameters":{"cohort_name":"N","cohort_id":"c","members":[{"uid":"u","uid":"v"}]}}`, true},
-		{`{"action":"add_members","partner":"p","parameters":{"cohort_id":"x"},"parameters":{"cohort_name":"N","cohort_id":"c",` + members, true},
+	for _, s := range []string{
+		"{}",
+		`{"action":"add_members","action":"add_members","partner":"p","parameters":{"cohort_name":"N","cohort_id":"c","members":[{"uid":"u"}]}}`,
+		`{"\u0061ction":"add_members","partner":"p","parameters":{"cohort_name":"N","cohort_id":"c","members":[{"uid":"u"}]}}`,
+		`{"action":"add_members","partner":"p","parameters":{"cohort_name":"N","cohort_id":"c","cohort_description":null,"members":[{"uid":"u"}]}}`,
+		`{"action":"add_members","partner":"p","extra":1,"parameters":{"cohort_name":"N","cohort_id":"c","members":[{"uid":"u"}]}}`,
+		`{"action":"add_members","partner":"p","parameters":{"cohort_name":"N","cohort_id":"c","members":[{"uid":"u","x":1}]}}`,
+		`{"action":"add_members","partner":"p","parameters":{"cohort_name":"N","cohort_id":"c","members":[{"uid":"u","uid":"v"}]}}`,
+		`{"action":"add_members","partner":"p","parameters":{"cohort_name":".N","cohort_id":"c","members":[{"uid":"u"}]}}`,
+		`{"action":"add_members","partner":"p","parameters":{"cohort_name":"N","cohort_id":"c","members":[]}}`,
 	} {
-		if _, ok := v.parseFast([]byte(tc.body)); ok != tc.took {
-			t.Errorf("parseFast took %s: %v, want %v", tc.body, ok, tc.took)
+		if _, ok := v.parseFast([]byte(s)); ok {
+			t.Errorf("parseFast took %s", s)
 		}
-		checkParse(t, v, []byte(tc.body))
+		checkParse(t, v, []byte(s))
 	}
 }
 
+// fuzzBody builds a body in AppendBody's shape from raw JSON values.
 func fuzzBody(action, partner, name, id, members string) string {
 	return `{"action":` + action + `,"partner":` + partner + `,"parameters":{"cohort_name":` + name +
 		`,"cohort_id":` + id + `,"members":` + members + `}}`

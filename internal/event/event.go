@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
-	"slices"
 	"strings"
 	"time"
 )
@@ -111,34 +110,17 @@ func ParseAction(s string) (Action, bool) {
 // header strings one allocation, the members another), never with value.
 // To decode the records of one partition, a Decoder allocates less.
 func Decode(value []byte, defaultPartner string) (Event, error) {
-	d := Decoder{defaultPartner: defaultPartner}
-	ev, ok := d.decode(value)
-	if !ok {
-		return decodeSlow(value, defaultPartner)
+	if ev, ok := decodeFast(value, defaultPartner); ok {
+		return ev, nil
 	}
-	// The header strings share one allocation and the members another, so
-	// that holding on to a cohort's name does not keep its members alive.
-	// ev.UIDs is a new slice: d has no memory of its own to reuse.
-	var b strings.Builder
-	b.Grow(len(ev.CohortID) + len(ev.CohortName) + len(ev.CohortDescription) + len(ev.Partner))
-	for _, h := range [...]string{ev.CohortID, ev.CohortName, ev.CohortDescription, ev.Partner} {
-		b.WriteString(h)
-	}
-	s := b.String()
-	ev.CohortID = take(&s, len(ev.CohortID))
-	ev.CohortName = take(&s, len(ev.CohortName))
-	ev.CohortDescription = take(&s, len(ev.CohortDescription))
-	ev.Partner = take(&s, len(ev.Partner))
-	ownMembers(ev.UIDs)
-	return ev, nil
+	return decodeSlow(value, defaultPartner)
 }
 
-// decodeSlow is Decode written with encoding/json alone. It is the
-// reference that defines what Decode accepts and returns, quirks of
-// encoding/json included (keys match case-insensitively, the last of
-// duplicate keys wins, null is absence), and the fallback of the library
-// path (decoder.go) for every input that path does not accept. Every error
-// of Decode comes from here.
+// decodeSlow is Decode written with encoding/json. It is the reference that
+// defines what Decode accepts and returns, quirks of encoding/json included
+// (keys match case-insensitively, the last of duplicate keys wins, null is
+// absence), and the fallback of the fast path (fast.go) for every input
+// that path is not sure about. Every error of Decode comes from here.
 //
 // Where encoding/json would replace text with U+FFFD (bytes that are not
 // valid UTF-8, lone surrogate escapes), the record is rejected instead: see
@@ -159,14 +141,6 @@ func decodeSlow(value []byte, defaultPartner string) (Event, error) {
 	if err := checkText(value); err != nil {
 		return Event{}, err
 	}
-	return r.event(defaultPartner, nil, json.Unmarshal)
-}
-
-// event applies the rules of the input format to r, the decoded record, and
-// returns its Event, whose strings are r's. The members (uid first, then
-// uids, each once in the order given) are appended to uids[:0].
-// unmarshal decodes the string of occurred_at.
-func (r *raw) event(defaultPartner string, uids []string, unmarshal func([]byte, any) error) (Event, error) {
 	var ev Event
 	if r.Action == nil {
 		return Event{}, invalid(ReasonMissingField, "action is missing")
@@ -201,26 +175,32 @@ func (r *raw) event(defaultPartner string, uids []string, unmarshal func([]byte,
 	if r.UID == nil && r.UIDs == nil {
 		return Event{}, invalid(ReasonMissingField, "uid or uids is missing")
 	}
-	uids = slices.Grow(uids[:0], len(r.UIDs)+1)
+	n := len(r.UIDs)
+	if r.UID != nil {
+		n++
+	}
+	ev.UIDs = make([]string, 0, n)
 	if r.UID != nil {
 		if *r.UID == "" {
 			return Event{}, invalid(ReasonInvalidField, "uid is empty")
 		}
-		uids = append(uids, *r.UID)
+		ev.UIDs = append(ev.UIDs, *r.UID)
 	}
 	for i, u := range r.UIDs {
 		if u == "" {
 			return Event{}, invalid(ReasonInvalidField, "uids[%d] is empty", i)
 		}
-		uids = append(uids, u)
+		ev.UIDs = append(ev.UIDs, u)
 	}
-	if len(uids) == 0 {
+	if len(ev.UIDs) == 0 {
 		return Event{}, invalid(ReasonMissingField, "uids is empty")
 	}
-	ev.UIDs = dedupe(uids)
+	if len(ev.UIDs) > 1 {
+		ev.UIDs = dedupe(ev.UIDs)
+	}
 	if len(r.OccurredAt) > 0 && string(r.OccurredAt) != "null" {
 		var s string
-		if err := unmarshal(r.OccurredAt, &s); err != nil {
+		if err := json.Unmarshal(r.OccurredAt, &s); err != nil {
 			return Event{}, invalid(ReasonInvalidField, "occurred_at is not a string")
 		}
 		t, err := time.Parse(time.RFC3339Nano, s)
@@ -275,23 +255,10 @@ func required(name string, v *string) error {
 	return nil
 }
 
-// dedupe keeps the first occurrence of each uid, preserving order, in the
-// memory of uids.
+// dedupe keeps the first occurrence of each uid, preserving order.
 func dedupe(uids []string) []string {
-	if len(uids) < 2 {
-		return uids
-	}
-	out := uids[:0]
-	if len(uids) <= 32 {
-		// Quadratic, but no allocation for the usual few members.
-		for _, u := range uids {
-			if !slices.Contains(out, u) {
-				out = append(out, u)
-			}
-		}
-		return out
-	}
 	seen := make(map[string]struct{}, len(uids))
+	out := uids[:0]
 	for _, u := range uids {
 		if _, dup := seen[u]; dup {
 			continue

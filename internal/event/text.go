@@ -2,12 +2,12 @@ package event
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"strconv"
 	"strings"
-	"unicode/utf16"
 	"unicode/utf8"
+
+	"github.com/cohortsync/cohortsync-worker/internal/jsonstr"
 )
 
 // This file holds the rules about the text of a record that encoding/json
@@ -30,15 +30,6 @@ import (
 //
 // Bytes that are not valid UTF-8 outside strings are a syntax error of
 // encoding/json already (ReasonMalformed).
-
-// The fields of raw, as indexes of fieldNames.
-const (
-	fieldUIDs    = 6  // fieldNames[fieldUIDs] is "uids"
-	fieldUnknown = -1 // a key that matches no field of raw
-)
-
-// fieldNames are the JSON names of the fields of raw, in order.
-var fieldNames = [...]string{"action", "cohort_id", "cohort_name", "cohort_description", "partner", "uid", "uids", "occurred_at"}
 
 // maxQuoted is the most bytes of a value that an error detail quotes.
 const maxQuoted = 64
@@ -110,7 +101,7 @@ func checkText(value []byte) error {
 		case fieldUnknown:
 			if i, err = checkValue(value, i, false, func(bad string) error {
 				return invalid(ReasonMalformed, "a string in the value of the unknown field %s %s (JSON text must be UTF-8)",
-					Quote(unquote(key)), bad)
+					Quote(string(jsonstr.AppendUnescaped(nil, key))), bad)
 			}); err != nil {
 				return err
 			}
@@ -138,7 +129,10 @@ func checkText(value []byte) error {
 // with these contents into (keys match exactly, else under Unicode case
 // folding, as strings.EqualFold folds), or fieldUnknown.
 func knownField(key []byte) int {
-	k := unquote(key)
+	k := string(key)
+	if strings.IndexByte(k, '\\') >= 0 {
+		k = string(jsonstr.AppendUnescaped(nil, key))
+	}
 	for f, name := range fieldNames {
 		if k == name {
 			return f
@@ -230,26 +224,16 @@ func stringEnd(v []byte, i int) int {
 
 // badText describes what is wrong with the contents s of a valid JSON
 // string ("is not valid UTF-8 ..."), or returns "" when its bytes are valid
-// UTF-8 and, if surrogates is set, it has no lone surrogate escape: a \uXXXX
-// of a UTF-16 surrogate that is not the high half of a pair followed by the
-// \uXXXX of its low half. encoding/json decodes those to U+FFFD.
+// UTF-8 and, if surrogates is set, it has no lone surrogate escape.
 func badText(s []byte, surrogates bool) string {
 	for i := 0; i < len(s); {
 		switch c := s[i]; {
-		case c == '\\' && s[i+1] == 'u': // valid JSON: four hex digits follow
-			r := hex4(s[i+2:])
-			if utf16.IsSurrogate(r) {
-				if i+12 <= len(s) && s[i+6] == '\\' && s[i+7] == 'u' && utf16.DecodeRune(r, hex4(s[i+8:])) != utf8.RuneError {
-					i += 12 // a pair
-					continue
-				}
-				if surrogates {
-					return fmt.Sprintf("has the escape %s of a lone UTF-16 surrogate, which stands for no character", s[i:i+6])
-				}
-			}
-			i += 6
 		case c == '\\':
-			i += 2
+			if surrogates && jsonstr.LoneSurrogate(s[i:]) {
+				return fmt.Sprintf("has the escape %s of a lone UTF-16 surrogate, which stands for no character", s[i:i+6])
+			}
+			_, n := jsonstr.DecodeEscape(s[i:])
+			i += max(n, 1)
 		case c < utf8.RuneSelf:
 			i++
 		default:
@@ -261,36 +245,4 @@ func badText(s []byte, surrogates bool) string {
 		}
 	}
 	return ""
-}
-
-// hex4 decodes the four hexadecimal digits at the start of b, which a
-// valid \u escape sequence has.
-func hex4(b []byte) rune {
-	n, _ := strconv.ParseUint(string(b[:4]), 16, 16)
-	return rune(n)
-}
-
-// unquote returns the value of the valid JSON string whose contents
-// (between the quotes) are s, as encoding/json decodes it.
-func unquote(s []byte) string {
-	if bytes.IndexByte(s, '\\') < 0 && utf8.Valid(s) {
-		return string(s)
-	}
-	var v string
-	_ = json.Unmarshal(append(append([]byte{'"'}, s...), '"'), &v) // valid: cannot fail
-	return v
-}
-
-// skipSpace returns the index of the first byte at or after v[i] that is not
-// JSON white space.
-func skipSpace(v []byte, i int) int {
-	for i < len(v) {
-		switch v[i] {
-		case ' ', '\t', '\n', '\r':
-			i++
-		default:
-			return i
-		}
-	}
-	return i
 }
