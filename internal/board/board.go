@@ -40,8 +40,13 @@ type Board struct {
 	mu     sync.Mutex
 	recs   map[string]ratelimit.Record
 	fresh  time.Time // when the reader last reached the end of the topic
+	ready  bool      // the topic is known to exist: Run found or created it
 	failed bool      // the last publish failed (logged once per change)
 }
+
+// errNotReady is Publish's error before Run has made sure the topic exists
+// (the Fleet's first records come before): not worth a warning.
+var errNotReady = errors.New("board: the budget topic is not ready yet")
 
 var _ ratelimit.Board = (*Board)(nil)
 
@@ -74,6 +79,12 @@ func New(cfg Config) *Board {
 
 // Publish writes this replica's record.
 func (b *Board) Publish(ctx context.Context, r ratelimit.Record) error {
+	b.mu.Lock()
+	ready := b.ready
+	b.mu.Unlock()
+	if !ready {
+		return errNotReady
+	}
 	v, err := json.Marshal(r)
 	if err != nil {
 		return err
@@ -115,7 +126,7 @@ func (b *Board) Run(ctx context.Context) {
 	for ctx.Err() == nil {
 		if err := b.ensureTopic(ctx); err != nil {
 			b.log.Warn("the budget board topic is missing and cannot be created: each replica keeps its static share", "err", err)
-		} else if err := b.read(ctx); err != nil && ctx.Err() == nil {
+		} else if err := b.readReady(ctx); err != nil && ctx.Err() == nil {
 			b.log.Warn("reading the budget board failed; retrying", "err", err)
 		}
 		select {
@@ -123,6 +134,14 @@ func (b *Board) Run(ctx context.Context) {
 		case <-time.After(5 * time.Second):
 		}
 	}
+}
+
+// readReady marks the topic ready for Publish, then reads it.
+func (b *Board) readReady(ctx context.Context) error {
+	b.mu.Lock()
+	b.ready = true
+	b.mu.Unlock()
+	return b.read(ctx)
 }
 
 // read follows the topic from its start, keeping the latest record per key.
