@@ -32,6 +32,7 @@ import (
 
 	"github.com/cohortsync/cohortsync-worker/internal/event"
 	"github.com/cohortsync/cohortsync-worker/internal/metrics"
+	"github.com/cohortsync/cohortsync-worker/internal/rig"
 	"github.com/cohortsync/cohortsync-worker/internal/wire"
 	"github.com/cohortsync/cohortsync-worker/sink"
 )
@@ -525,22 +526,7 @@ func leak(text, cred string) string {
 
 // logBuffer collects a Client's JSON log output; it is safe for concurrent
 // writes (slog handlers write from the goroutines that log).
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+type logBuffer struct{ rig.Buffer }
 
 // logger returns a debug-level JSON logger writing to l.
 func (l *logBuffer) logger() *slog.Logger {
