@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -167,8 +166,7 @@ func TestNotReadyOnAuthFailure(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
-	var logs strings.Builder
-	lw := &lockedWriter{w: &logs}
+	lw := &rig.Buffer{}
 	go func() {
 		cfg := s.config("wrong-key-123456")
 		cfg.ShutdownTimeout = 2 * time.Second // nothing can drain while the key is rejected
@@ -196,22 +194,4 @@ func TestNotReadyOnAuthFailure(t *testing.T) {
 	if strings.Contains(m+lw.String(), "wrong-key-123456") {
 		t.Fatal("the API key was printed")
 	}
-}
-
-// lockedWriter is a strings.Builder safe for the logger's goroutines.
-type lockedWriter struct {
-	mu sync.Mutex
-	w  *strings.Builder
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
-}
-
-func (l *lockedWriter) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.String()
 }
