@@ -344,6 +344,16 @@ func (s *simFleet) close() {
 	s.mu.Unlock()
 }
 
+// oneBusyOfThree starts replicas a (busy), b and c (idle) in a generation
+// of 6 partitions.
+func oneBusyOfThree(t *testing.T, budget float64, seed uint64) (*simFleet, *simReplica, *simReplica) {
+	s := newSimFleet(t, budget, seed)
+	a, b, _ := s.start("a"), s.start("b"), s.start("c")
+	a.busy.Store(true)
+	s.rebalance(6)
+	return s, a, b
+}
+
 // TestFleetLendsIdleShareAndGivesItBack: 3 replicas, 6 partitions, one
 // busy: within seconds it sends at ≥ 90% of the budget; when another turns
 // busy, that one has its share back within Lease + Margin + a Tick or two;
@@ -351,11 +361,8 @@ func (s *simFleet) close() {
 func TestFleetLendsIdleShareAndGivesItBack(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const budget = 300
-		s := newSimFleet(t, budget, 1)
+		s, _, b := oneBusyOfThree(t, budget, 1)
 		defer s.close()
-		a, b, _ := s.start("a"), s.start("b"), s.start("c")
-		a.busy.Store(true)
-		s.rebalance(6)
 		time.Sleep(10 * time.Second)
 		from := time.Now()
 		time.Sleep(time.Minute)
@@ -469,11 +476,8 @@ func TestFleetPauseIsFleetWide(t *testing.T) {
 func TestFleetBoardLostFallsBackToShare(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const budget = 300
-		s := newSimFleet(t, budget, 4)
+		s, a, _ := oneBusyOfThree(t, budget, 4)
 		defer s.close()
-		a, _, _ := s.start("a"), s.start("b"), s.start("c")
-		a.busy.Store(true)
-		s.rebalance(6)
 		time.Sleep(20 * time.Second)
 		if r := a.lim.Rate(); r < 0.9*budget {
 			t.Fatalf("the busy replica's rate is %v with the board up, want >= %v", r, 0.9*budget)
