@@ -10,7 +10,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -66,7 +65,7 @@ func (b *bench) peakRSS(ctx context.Context, memLimit string) (*rssResult, error
 	}
 	b.say("(d) filling %d pending members…", o.pending)
 	pending := 0.0
-	mib, err := rssWorker(ctx, b.brokers, topic, env, func(m rig.Metrics) bool {
+	mib, err := b.rssWorker(ctx, topic, env, func(m rig.Metrics) bool {
 		pending = m.Sum("cohortsync_pending_members")
 		return pending >= float64(o.pending)
 	})
@@ -76,28 +75,22 @@ func (b *bench) peakRSS(ctx context.Context, memLimit string) (*rssResult, error
 	return &rssResult{PendingMembers: int(pending), PeakRSSMiB: mib, GOMEMLIMIT: memLimit}, nil
 }
 
-// rssWorker runs the worker binary, built from this checkout, against an
+// rssWorker runs the worker binary (workerBinary) against an
 // API that accepts nothing (every request waits an hour), with env added to
 // the usual settings, until full reports that what the phase wanted to pile
 // up is there (it is called with the worker's metrics every half second,
 // empty ones when a scrape fails); then it returns the process's peak RSS
 // (VmHWM) in MiB.
-func rssWorker(ctx context.Context, brokers []string, topic string, env []string, full func(rig.Metrics) bool) (float64, error) {
+func (b *bench) rssWorker(ctx context.Context, topic string, env []string, full func(rig.Metrics) bool) (float64, error) {
+	brokers := b.brokers
 	a, err := startAPI(0, emulator.Faults{Latency: time.Hour}, false)
 	if err != nil {
 		return 0, err
 	}
 	defer a.Close()
-	dir, err := os.MkdirTemp("", "cohortsync-bench-")
+	bin, err := b.workerBinary(ctx)
 	if err != nil {
 		return 0, err
-	}
-	defer os.RemoveAll(dir)
-	bin := filepath.Join(dir, "cohortsync-worker")
-	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/cohortsync-worker")
-	build.Stderr = os.Stderr
-	if err := build.Run(); err != nil {
-		return 0, fmt.Errorf("build worker: %w", err)
 	}
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	addr := ln.Addr().String()
@@ -194,7 +187,7 @@ func (b *bench) peakRSSLarge(ctx context.Context, perPartition, recordBytes int)
 	}
 	var last float64
 	stable := 0
-	rss, err := rssWorker(ctx, b.brokers, topic, []string{"MAX_PENDING_MEMBERS=100"}, func(m rig.Metrics) bool {
+	rss, err := b.rssWorker(ctx, topic, []string{"MAX_PENDING_MEMBERS=100"}, func(m rig.Metrics) bool {
 		c := m.Sum("cohortsync_events_consumed_total")
 		if c > 0 && c == last {
 			stable++

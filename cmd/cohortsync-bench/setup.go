@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -165,4 +167,23 @@ func startWorker(ctx context.Context, cfg config.Config, replica string, log *sl
 	return &inproc{reg: reg, Run: rig.Start(ctx, func(ctx context.Context) error {
 		return app.Run(ctx, app.Options{Config: cfg, Logger: log, Registry: reg, ReplicaID: replica, Version: "bench"})
 	})}
+}
+
+// workerBinary builds the worker from this checkout once per bench run.
+func (b *bench) workerBinary(ctx context.Context) (string, error) {
+	if b.bin != "" {
+		return b.bin, nil
+	}
+	dir, err := os.MkdirTemp("", "cohortsync-bench-")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "cohortsync-worker")
+	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/cohortsync-worker")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		return "", fmt.Errorf("build worker: %w", err)
+	}
+	b.bin = bin
+	return bin, nil
 }

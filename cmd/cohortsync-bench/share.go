@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -232,23 +231,4 @@ func sleepUntil(ctx context.Context, t time.Time) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-}
-
-// workerBinary builds the worker from this checkout once per bench run.
-func (b *bench) workerBinary(ctx context.Context) (string, error) {
-	if b.bin != "" {
-		return b.bin, nil
-	}
-	dir, err := os.MkdirTemp("", "cohortsync-bench-")
-	if err != nil {
-		return "", err
-	}
-	bin := filepath.Join(dir, "cohortsync-worker")
-	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/cohortsync-worker")
-	build.Stderr = os.Stderr
-	if err := build.Run(); err != nil {
-		return "", fmt.Errorf("build worker: %w", err)
-	}
-	b.bin = bin
-	return bin, nil
 }
