@@ -50,13 +50,17 @@ func loadDashboard(t *testing.T) dashboard {
 	return d
 }
 
-// TestDashboardNamesExportedMetrics: every cohortsync_* series a panel or
-// a variable queries is one the worker exports (a histogram's _bucket,
-// _sum and _count included), and the panels cover what operators watch.
+// TestDashboardNamesExportedMetrics: every cohortsync_*, go_* and process_*
+// series a panel or a variable queries is one the worker exports (a
+// histogram's _bucket, _sum and _count included), and the panels cover what
+// operators watch, memory and GC included.
 func TestDashboardNamesExportedMetrics(t *testing.T) {
 	d := loadDashboard(t)
 	known := exportedMetrics(t)
-	re := regexp.MustCompile(`cohortsync_[a-z_]+`)
+	for m := range runtimeMetrics(t) {
+		known[m] = true
+	}
+	re := regexp.MustCompile(`(?:cohortsync|go|process)_[a-z_]+`)
 	exists := func(name string) bool {
 		if known[name] {
 			return true
@@ -96,6 +100,9 @@ func TestDashboardNamesExportedMetrics(t *testing.T) {
 		"cohortsync_events_dead_lettered_total", "cohortsync_pending_members", "cohortsync_in_flight_requests",
 		"cohortsync_consumer_lag", "cohortsync_rate_limit_requests_per_minute", "cohortsync_auth_failing",
 		"cohortsync_ready", "cohortsync_offset_commits_total", "cohortsync_dead_letter_failing", "cohortsync_build_info",
+		// Memory and the garbage collector.
+		"process_resident_memory_bytes", "go_memstats_heap_inuse_bytes", "go_gc_gomemlimit_bytes",
+		"go_gc_duration_seconds_count", "go_gc_duration_seconds_sum", "go_memstats_alloc_bytes_total",
 	} {
 		if !used[m] {
 			t.Errorf("no panel queries %s", m)
@@ -156,5 +163,34 @@ func TestDashboardShape(t *testing.T) {
 	}
 	if n < 13 {
 		t.Errorf("%d panels", n)
+	}
+}
+
+// TestDashboardSelectsDeployments: namespace and deployment (job)
+// variables, the second filtered by the first, and every series a panel
+// queries scoped by both, so that one deployment of many can be shown.
+func TestDashboardSelectsDeployments(t *testing.T) {
+	d := loadDashboard(t)
+	vars := map[string]string{}
+	for _, v := range d.Templating.List {
+		if v.Type == "query" {
+			vars[v.Name] = v.Definition
+		}
+	}
+	if !strings.Contains(vars["namespace"], "label_values(cohortsync_build_info, namespace)") {
+		t.Errorf("namespace variable: %q", vars["namespace"])
+	}
+	if !strings.Contains(vars["job"], `label_values(cohortsync_build_info{namespace=~"$namespace"}, job)`) {
+		t.Errorf("job variable: %q", vars["job"])
+	}
+	sel := regexp.MustCompile(`\b((?:cohortsync|go|process)_[a-z_]+)(\{[^}]*\})?`)
+	for _, p := range d.Panels {
+		for _, tg := range p.Targets {
+			for _, m := range sel.FindAllStringSubmatch(tg.Expr, -1) {
+				if !strings.Contains(m[2], `namespace=~"$namespace"`) || !strings.Contains(m[2], `job=~"$job"`) {
+					t.Errorf("panel %q: %s%s is not scoped by $namespace and $job", p.Title, m[1], m[2])
+				}
+			}
+		}
 	}
 }

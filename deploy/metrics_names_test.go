@@ -26,3 +26,20 @@ func exportedMetrics(t *testing.T) map[string]bool {
 	}
 	return out
 }
+
+// runtimeMetrics are the Go runtime and process metrics the worker exports
+// (metrics.RegisterRuntime).
+func runtimeMetrics(t *testing.T) map[string]bool {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	metrics.RegisterRuntime(reg)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]bool{}
+	for _, mf := range mfs {
+		out[mf.GetName()] = true
+	}
+	return out
+}
