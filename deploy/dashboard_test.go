@@ -100,6 +100,7 @@ func TestDashboardNamesExportedMetrics(t *testing.T) {
 		"cohortsync_events_dead_lettered_total", "cohortsync_pending_members", "cohortsync_in_flight_requests",
 		"cohortsync_consumer_lag", "cohortsync_rate_limit_requests_per_minute", "cohortsync_auth_failing",
 		"cohortsync_ready", "cohortsync_offset_commits_total", "cohortsync_dead_letter_failing", "cohortsync_build_info",
+		"cohortsync_lease_valid",
 		// Memory and the garbage collector.
 		"process_resident_memory_bytes", "go_memstats_heap_inuse_bytes", "go_gc_gomemlimit_bytes",
 		"go_gc_duration_seconds_count", "go_gc_duration_seconds_sum", "go_memstats_alloc_bytes_total",

@@ -260,8 +260,8 @@ func TestEveryAlertHasPerJobTests(t *testing.T) {
 }
 
 // TestAlertsCoverStopConditions: the conditions that no longer make a pod
-// unready (a stopped line of any reason, failing dead letters) each have an
-// alert on their metric.
+// unready (a stopped line of any reason, failing dead letters, no group
+// membership) each have an alert on their metric.
 func TestAlertsCoverStopConditions(t *testing.T) {
 	var exprs []string
 	for _, r := range alertRules(t) {
@@ -284,6 +284,11 @@ func TestAlertsCoverStopConditions(t *testing.T) {
 	}
 	if !has("(cohortsync_dead_letter_failing)") {
 		t.Error("no alert on cohortsync_dead_letter_failing")
+	}
+	// Joining counts as ready: a deployment that cannot join the group
+	// (brokers unreachable) is seen by its membership proofs.
+	if !has("(cohortsync_lease_valid)") {
+		t.Error("no alert on cohortsync_lease_valid")
 	}
 }
 
