@@ -24,6 +24,7 @@ const (
 func apiConfig(t *testing.T, baseURL, key string) config.Config {
 	t.Helper()
 	c := config.Default()
+	c.KafkaBrokers, c.KafkaGroupID = []string{"127.0.0.1:1"}, "g"
 	c.MoEngageBaseURL = baseURL
 	c.MoEngageWorkspaceID = testWorkspace
 	c.MoEngageDataAPIKey = config.NewSecret(key)
@@ -238,7 +239,8 @@ func TestReport(t *testing.T) {
 }
 
 func TestMainArguments(t *testing.T) {
-	env := map[string]string{"MOENGAGE_WORKSPACE_ID": "w", "MOENGAGE_DATA_API_KEY": "k", "MAX_IN_FLIGHT": "0"}
+	env := map[string]string{"KAFKA_BROKERS": "b:9092", "KAFKA_GROUP_ID": "g", "MOENGAGE_DC": "01",
+		"MOENGAGE_WORKSPACE_ID": "w", "MOENGAGE_DATA_API_KEY": "k", "MAX_IN_FLIGHT": "0"}
 	getenv := func(k string) string { return env[k] }
 	var out, errOut bytes.Buffer
 	if code := Main(t.Context(), []string{"--output", "json"}, getenv, nil, "test", &out, &errOut); code != ExitBadConfig ||
