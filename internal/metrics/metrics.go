@@ -47,6 +47,9 @@ type Metrics struct {
 	LineStopped        *prometheus.GaugeVec // reason (LineStopReasons)
 	Ready              prometheus.Gauge
 	BuildInfo          *prometheus.GaugeVec
+	// Loops is the progress heartbeat of the process's own loops, behind
+	// /healthz (not a Prometheus metric).
+	Loops *Loops
 }
 
 // Trigger is a value of the batches_flushed_total trigger label: what made
@@ -138,7 +141,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		DeadLetterFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "dead_letter_failures_total",
 			Help: "Failed dead-letter writes, by reason: too_large (a letter refused as too large, written again without the record's value), permanent (an error the broker calls permanent; retried) or transient (retried)."}, []string{"reason"}),
 		DeadLetterFailing: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "dead_letter_failing",
-			Help: "1 while dead letters cannot be written (a permanent error, or failures for over a minute): their records are not committed, and the replica is not ready."}),
+			Help: "1 while dead letters cannot be written (a permanent error, or failures for over a minute): their records are not committed (readiness does not change)."}),
 		EventsSkipped: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "events_skipped_total",
 			Help: "Records skipped on purpose (tombstones)."}),
 		EventsCompacted: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "events_compacted_total",
@@ -184,9 +187,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		LineStopped: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "line_stopped",
 			Help: "1 while sending is stopped (retried slowly, nothing dropped or committed), by reason."}, []string{"reason"}),
 		Ready: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "ready",
-			Help: "1 when the replica has joined the group and is not in auth failure."}),
+			Help: "1 when the replica is ready (/readyz): started, and joined or joining the consumer group. A stopped line or failing dead letters do not change it (see line_stopped, dead_letter_failing)."}),
 		BuildInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "build_info",
 			Help: "Build information; always 1."}, []string{"version", "goversion"}),
+		Loops: newLoops(),
 	}
 	for _, r := range event.Reasons {
 		m.EventsInvalid.WithLabelValues(string(r))
