@@ -134,3 +134,16 @@ func TestCheckBadConfig(t *testing.T) {
 		t.Fatal("the key was printed")
 	}
 }
+
+// TestCheckOffline: `check --offline` reaches preflight through the
+// command line and needs no network: the brokers and API named here do not
+// exist, and it passes.
+func TestCheckOffline(t *testing.T) {
+	env := map[string]string{"KAFKA_BROKERS": "kafka.invalid:9092", "KAFKA_GROUP_ID": "g", "MOENGAGE_DC": "02",
+		"MOENGAGE_WORKSPACE_ID": "w", "MOENGAGE_DATA_API_KEY": "k-abcdef-secret"}
+	var out, errOut bytes.Buffer
+	code := run([]string{"check", "--offline"}, func(k string) string { return env[k] }, nil, &out, &errOut)
+	if code != 0 || !strings.Contains(out.String(), "ok    config") || !strings.Contains(out.String(), "skip  api") {
+		t.Fatalf("exit %d:\n%s%s", code, out.String(), errOut.String())
+	}
+}
