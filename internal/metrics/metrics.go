@@ -45,6 +45,7 @@ type Metrics struct {
 	LeaseValid         prometheus.Gauge
 	AuthFailing        prometheus.Gauge     // 1 while line_stopped{reason="auth"} or {reason="config"} is 1
 	LineStopped        *prometheus.GaugeVec // reason (LineStopReasons)
+	LineStoppedProbes  *prometheus.CounterVec // reason (LineStopReasons)
 	Ready              prometheus.Gauge
 	BuildInfo          *prometheus.GaugeVec
 	// Loops is the progress heartbeat of the process's own loops, behind
@@ -186,6 +187,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "1 while sending is stopped because the API rejects the credentials (401, 403, an authentication error) or the configuration (404, 405, 415, 3xx, a request header): line_stopped reason auth or config."}),
 		LineStopped: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "line_stopped",
 			Help: "1 while sending is stopped (retried slowly, nothing dropped or committed), by reason."}, []string{"reason"}),
+		LineStoppedProbes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "line_stopped_probes_total",
+			Help: "Probes of a stopped line: each time a stopped Send sends again, after a pause that doubles from 30s to 5m, by reason."}, []string{"reason"}),
 		Ready: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "ready",
 			Help: "1 when the replica is ready (/readyz): started, and joined or joining the consumer group. A stopped line or failing dead letters do not change it (see line_stopped, dead_letter_failing)."}),
 		BuildInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "build_info",
@@ -209,6 +212,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	for _, r := range LineStopReasons {
 		m.LineStopped.WithLabelValues(string(r))
+		m.LineStoppedProbes.WithLabelValues(string(r))
 	}
 	for _, o := range []string{"ok", "error"} {
 		m.Commits.WithLabelValues(o)
@@ -221,7 +225,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			m.EventsCompacted, m.BatchMembers, m.BatchBytes, m.BatchesFlushed, m.Requests,
 			m.RequestDuration, m.Retries, m.RateLimitWait, m.RateLimitRPM, m.PendingMembers, m.InFlight,
 			m.CommittedOffset, m.Lag, m.Commits, m.AssignedPartitions, m.Rebalances, m.LeaseRenewals, m.LeaseValid, m.AuthFailing,
-			m.LineStopped, m.Ready, m.BuildInfo)
+			m.LineStopped, m.LineStoppedProbes, m.Ready, m.BuildInfo)
 	}
 	return m
 }
