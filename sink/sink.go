@@ -32,7 +32,7 @@ const (
 	// DefaultAuthRetryMaxInterval: a line stopped for long probes the API
 	// every 5 minutes per stopped Send.
 	DefaultAuthRetryMaxInterval = 5 * time.Minute
-	DefaultUserAgent         = "cohortsync-worker"
+	DefaultUserAgent            = "cohortsync-worker"
 )
 
 // Config configures a Client. Zero values take the documented defaults.

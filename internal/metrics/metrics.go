@@ -43,8 +43,8 @@ type Metrics struct {
 	Rebalances         prometheus.Counter
 	LeaseRenewals      *prometheus.CounterVec // outcome: ok, fenced, error
 	LeaseValid         prometheus.Gauge
-	AuthFailing        prometheus.Gauge     // 1 while line_stopped{reason="auth"} or {reason="config"} is 1
-	LineStopped        *prometheus.GaugeVec // reason (LineStopReasons)
+	AuthFailing        prometheus.Gauge       // 1 while line_stopped{reason="auth"} or {reason="config"} is 1
+	LineStopped        *prometheus.GaugeVec   // reason (LineStopReasons)
 	LineStoppedProbes  *prometheus.CounterVec // reason (LineStopReasons)
 	Ready              prometheus.Gauge
 	BuildInfo          *prometheus.GaugeVec
