@@ -18,25 +18,35 @@ func (b *Batcher) Run(ctx context.Context) error {
 	l.sendCtx, l.cancel = context.WithCancel(context.Background())
 	defer close(b.stopped)
 	defer l.stop()
+	// The heartbeat behind /healthz: busy from a request to the next wait,
+	// which must never take long (Run answers everyone at once).
+	hb := b.m.Loops.Start("batcher")
+	defer hb.Stop()
 	for {
 		if l.fatal != nil {
 			return l.fatal
 		}
 		l.dispatch(time.Now())
 		l.arm(time.Now())
+		hb.Idle()
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case r := <-b.adds:
+			hb.Busy()
 			l.add(r)
 		case r := <-b.results:
+			hb.Busy()
 			l.settle(r)
 		case reply := <-b.revokes:
+			hb.Busy()
 			l.revoke(reply)
 		case drained := <-b.flushes:
+			hb.Busy()
 			l.core.Flush(time.Now())
 			l.drained = append(l.drained, drained)
 		case <-l.timer.C:
+			hb.Busy()
 		}
 		l.publish()
 	}

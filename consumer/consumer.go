@@ -409,12 +409,16 @@ func (c *Consumer) fence(gctx context.Context, term lease.Term, fetchers *sync.W
 func (c *Consumer) commitEvery(gctx context.Context, gen *kafka.Generation, parts []*partitionState, log *slog.Logger) {
 	t := time.NewTicker(c.cfg.CommitInterval)
 	defer t.Stop()
+	hb := c.m.Loops.Start("commit") // /healthz: busy from a tick to the next wait
+	defer hb.Stop()
 	for {
+		hb.Idle()
 		select {
 		case <-gctx.Done():
 			return
 		case <-t.C:
-			c.commit(gen, parts, log)
+			hb.Busy()
+			c.commit(gen, parts, log, hb)
 		}
 	}
 }
@@ -443,11 +447,11 @@ func (c *Consumer) drain(gen *kafka.Generation, parts []*partitionState, log *sl
 	if err := c.cfg.DLQ.Wait(dctx); err != nil {
 		log.Warn("dead-letter writes did not finish; their records will be read again", "err", err)
 	}
-	c.commit(gen, parts, log)
+	c.commit(gen, parts, log, nil)
 }
 
 // commit commits every partition whose watermark moved.
-func (c *Consumer) commit(gen *kafka.Generation, parts []*partitionState, log *slog.Logger) {
+func (c *Consumer) commit(gen *kafka.Generation, parts []*partitionState, log *slog.Logger, hb *metrics.Loop) {
 	c.commitMu.Lock()
 	defer c.commitMu.Unlock()
 	offsets := map[string]map[int]int64{}
@@ -470,7 +474,10 @@ func (c *Consumer) commit(gen *kafka.Generation, parts []*partitionState, log *s
 	if len(moved) == 0 {
 		return
 	}
-	if err := gen.CommitOffsets(offsets); err != nil {
+	hb.Idle() // a network call: a broker outage is not a wedge
+	err := gen.CommitOffsets(offsets)
+	hb.Busy()
+	if err != nil {
 		c.m.Commits.WithLabelValues("error").Inc()
 		log.Warn("offset commit failed", "err", err)
 		return
@@ -847,7 +854,13 @@ func (c *Consumer) process(ctx context.Context, p *partitionState, msgs <-chan k
 	buf := make([]batcher.Change, 0, maxAdd)
 	var tr *tracker
 	var err error
+	// /healthz: busy while decoding; waiting for records, for room in the
+	// batcher and for the dead-letter queue is not a wedge.
+	hb := c.m.Loops.Start(fmt.Sprintf("decode %s/%d", p.topic, p.partition))
+	defer hb.Stop()
+	ctx = metrics.WithLoop(ctx, hb)
 	for m := range msgs {
+		hb.Busy()
 		buf = buf[:0]
 		var taken int64 // bytes of the records handled in this round
 		for {
@@ -881,6 +894,7 @@ func (c *Consumer) process(ctx context.Context, p *partitionState, msgs <-chan k
 		// The records are decoded: their bytes are garbage now (the
 		// changes hold copies), whether or not Add has to wait.
 		q.release(taken)
+		hb.Idle()
 		if err == nil && len(buf) > 0 {
 			err = c.cfg.Batcher.Add(ctx, buf)
 		}

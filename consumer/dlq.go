@@ -163,6 +163,16 @@ func (d *DLQ) enqueue(ctx context.Context, l *letter) error {
 	select {
 	case d.queue <- l:
 		return nil
+	default:
+	}
+	// A full queue waits on the dead-letter writes (the brokers): not a
+	// wedge of the calling loop.
+	hb := metrics.LoopFrom(ctx)
+	hb.Idle()
+	defer hb.Busy()
+	select {
+	case d.queue <- l:
+		return nil
 	case <-ctx.Done():
 		d.settle(1)
 		return ctx.Err()

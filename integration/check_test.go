@@ -104,9 +104,15 @@ func TestCheck(t *testing.T) {
 	}
 
 	t.Run("good", func(t *testing.T) {
+		before := len(a.Requests())
 		r := runCheck(t, env())
 		if r.code != 0 {
 			t.Fatalf("exit %d, want 0", r.code)
+		}
+		// One request, with the configured key: never a deliberately wrong
+		// one (issue 19 §3). The emulator authenticates first: 400.
+		if reqs := a.Requests()[before:]; len(reqs) != 1 || reqs[0].Status != 400 {
+			t.Errorf("the check sent %d requests (%+v), want one answered 400", len(reqs), reqs)
 		}
 		wantLine(t, r, "config", "ok", "every variable valid")
 		wantLine(t, r, "kafka.brokers", "ok", "connected with plaintext, no SASL", brokerAddr)
@@ -115,10 +121,21 @@ func TestCheck(t *testing.T) {
 		wantLine(t, r, "kafka.group", "ok", group+" does not exist yet", "joins no group and commits nothing")
 		wantLine(t, r, "kafka.acls", "ok", "READ on topic "+topic, "READ on group "+group, "WRITE on topic "+dlq)
 		wantLine(t, r, "api.connect", "ok")
-		wantLine(t, r, "api.credentials", "ok", "credentials accepted", "this key passed")
+		wantLine(t, r, "api.credentials", "WARN", "credentials not verified", "400")
 		if strings.Contains(r.out, apiKey) {
 			t.Error("the API key is in the report")
 		}
+	})
+
+	t.Run("offline", func(t *testing.T) {
+		before := len(a.Requests())
+		r := runCheck(t, env("KAFKA_BROKERS", "127.0.0.1:1"), "--offline")
+		if r.code != 0 || len(a.Requests()) != before {
+			t.Fatalf("--offline: exit %d, %d API requests; want 0 and none", r.code, len(a.Requests())-before)
+		}
+		wantLine(t, r, "config", "ok", "every variable valid")
+		wantLine(t, r, "kafka", "skip", "--offline")
+		wantLine(t, r, "api", "skip", "--offline")
 	})
 
 	t.Run("json", func(t *testing.T) {

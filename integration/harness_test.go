@@ -515,6 +515,18 @@ func (w *worker) ready() bool {
 	return resp.StatusCode == 200
 }
 
+// joined reports whether /readyz says the worker is in a consumer-group
+// generation (readiness does not depend on it: joining is ready too).
+func (w *worker) joined() bool {
+	resp, err := http.Get("http://" + w.addr + "/readyz")
+	if err != nil {
+		return false
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return strings.Contains(string(b), "group: joined")
+}
+
 // metric returns the sum of the series selector selects on /metrics (a
 // name, or a name with labels: see rig.Metrics.Samples), or -1 when
 // the scrape fails.

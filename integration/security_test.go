@@ -374,8 +374,8 @@ func (sb *secBroker) runRejected(t *testing.T, addr, mech, caFile, password, wha
 	// It keeps failing: give it a few join attempts (JoinGroupBackoff is 1 s).
 	deadline := time.Now().Add(3 * time.Second)
 	for time.Now().Before(deadline) {
-		if w.ready() {
-			t.Fatalf("ready despite the %s", what)
+		if w.joined() {
+			t.Fatalf("joined the group despite the %s", what)
 		}
 		time.Sleep(250 * time.Millisecond)
 	}

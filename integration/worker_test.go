@@ -140,8 +140,9 @@ func TestGracefulShutdown(t *testing.T) {
 	}
 }
 
-// TestAuthFailure: a wrong key makes the worker not ready and commits
-// nothing; the right key after a restart converges.
+// TestAuthFailure: a wrong key stops the line (cohortsync_auth_failing; the
+// pod stays ready, issue 19) and commits nothing; the right key after a
+// restart converges.
 func TestAuthFailure(t *testing.T) {
 	topic, dlq := newTopic(t, 2)
 	a := startAPI(t, nil)
@@ -159,8 +160,8 @@ func TestAuthFailure(t *testing.T) {
 		return false
 	})
 	time.Sleep(3 * time.Second)
-	if w.ready() {
-		t.Fatal("ready while the API rejects the key")
+	if !w.ready() || w.metric("cohortsync_auth_failing") != 1 {
+		t.Fatalf("while the API rejects the key: ready %v (want true), auth_failing %v (want 1)", w.ready(), w.metric("cohortsync_auth_failing"))
 	}
 	_, committed, err := offsets(context.Background(), topic, env["KAFKA_GROUP_ID"])
 	if err != nil {
@@ -203,7 +204,9 @@ func TestKeyRotation(t *testing.T) {
 	waitFor(t, 30*time.Second, "401s", func() bool {
 		return slices.ContainsFunc(a.Requests(), func(r emulator.RequestRecord) bool { return r.Status == 401 })
 	})
-	waitFor(t, 10*time.Second, "not ready", func() bool { return !w.ready() })
+	waitFor(t, 10*time.Second, "the line stopped, still ready", func() bool {
+		return w.metric("cohortsync_auth_failing") == 1 && w.ready()
+	})
 
 	// Rotate: write the new key beside the file and rename it over.
 	tmp := keyFile + ".new"
@@ -215,7 +218,9 @@ func TestKeyRotation(t *testing.T) {
 	}
 	rotated := time.Now()
 	waitConverged(t, a, p.model(), time.Minute)
-	waitFor(t, 30*time.Second, "readiness with the rotated key", w.ready)
+	waitFor(t, 30*time.Second, "the line going again with the rotated key", func() bool {
+		return w.metric("cohortsync_auth_failing") == 0 && w.ready()
+	})
 	waitNoLag(t, topic, env["KAFKA_GROUP_ID"], 30*time.Second)
 	t.Logf("healed %s after the rotation, without a restart", time.Since(rotated).Round(time.Second))
 	if strings.Contains(w.out.String(), "revoked-key-1a2b3c") || strings.Contains(w.out.String(), apiKey) {

@@ -38,14 +38,25 @@ var (
 // (301/302/303) or send the credentials on to another host.
 func noRedirect(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 
-// defaultHTTPClient is a pooled client without an overall timeout (every
-// attempt has its own) whose connections check f before every write
-// (fencedConn).
-func defaultHTTPClient(f *fence) *http.Client {
+// NewTransport returns the transport of the worker's API client, before
+// the fence: net/http's default transport (a proxy from HTTPS_PROXY,
+// HTTP_PROXY and NO_PROXY, http.ProxyFromEnvironment; TLS 1.2 or later with
+// the system roots) with a larger pool. `cohortsync-worker check` sends its
+// probe through one too, so that it reaches the API exactly as the worker
+// does.
+func NewTransport() *http.Transport {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.MaxIdleConns = 100
 	t.MaxIdleConnsPerHost = 32
 	t.IdleConnTimeout = 90 * time.Second
+	return t
+}
+
+// defaultHTTPClient is a pooled client without an overall timeout (every
+// attempt has its own) whose connections check f before every write
+// (fencedConn).
+func defaultHTTPClient(f *fence) *http.Client {
+	t := NewTransport()
 	t.DialContext = fencedDialer((&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext, f)
 	return &http.Client{Transport: t, CheckRedirect: noRedirect}
 }

@@ -633,8 +633,8 @@ func TestSingleMember4xxWithoutAttributeStopsLine(t *testing.T) {
 			t.Fatal("the line is still stopped after the 2xx")
 		}
 		if mode == "mem" {
-			if d := time.Since(start); d != failures*sink.DefaultAuthRetryInterval {
-				t.Fatalf("Send took %v, want %d × AuthRetryInterval", d, failures)
+			if d := time.Since(start); d != stopPauses(failures) {
+				t.Fatalf("Send took %v, want %v (%d stopped-line pauses)", d, stopPauses(failures), failures)
 			}
 		}
 		rej, err = e.client.Send(t.Context(), request(1))
@@ -711,8 +711,8 @@ func TestAuthFailure(t *testing.T) {
 					t.Fatal("AuthFailing still set after the 2xx")
 				}
 				if mode == "mem" {
-					if d := time.Since(start); d != failures*sink.DefaultAuthRetryInterval {
-						t.Fatalf("Send took %v, want %d × AuthRetryInterval", d, failures)
+					if d := time.Since(start); d != stopPauses(failures) {
+						t.Fatalf("Send took %v, want %v (%d stopped-line pauses)", d, stopPauses(failures), failures)
 					}
 				}
 				if got := e.retries("auth"); got != failures {

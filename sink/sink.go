@@ -29,7 +29,10 @@ const (
 	DefaultInitialInterval   = 500 * time.Millisecond
 	DefaultMaxInterval       = 60 * time.Second
 	DefaultAuthRetryInterval = 30 * time.Second
-	DefaultUserAgent         = "cohortsync-worker"
+	// DefaultAuthRetryMaxInterval: a line stopped for long probes the API
+	// every 5 minutes per stopped Send.
+	DefaultAuthRetryMaxInterval = 5 * time.Minute
+	DefaultUserAgent            = "cohortsync-worker"
 )
 
 // Config configures a Client. Zero values take the documented defaults.
@@ -68,8 +71,15 @@ type Config struct {
 	// AuthRetryInterval is the pause between attempts while the line is
 	// stopped: the API answers 401, 403, 415, 404, 405 or a 3xx (wrong
 	// credentials or configuration), or a 4xx that hits every part of a batch
-	// alike (see Send); 0 means 30s.
-	AuthRetryInterval time.Duration
+	// alike (see Send); 0 means 30s. Each probe of the stopped line that
+	// finds it still stopped doubles the pause of that Send, up to
+	// AuthRetryMaxInterval (0 means 5m; never less than AuthRetryInterval):
+	// every probe counts against the budget and nothing but the probe can
+	// go through meanwhile, so a line stopped for hours probes sparingly
+	// (cohortsync_line_stopped_probes_total counts them). A key re-read
+	// after a 401/403 that finds a new key is tried at once.
+	AuthRetryInterval    time.Duration
+	AuthRetryMaxInterval time.Duration
 	// APIKeyFunc, when set, re-reads the API key after the API rejected
 	// the credentials (401, 403, an "Authentication ..." error type): it is
 	// called right after such an answer and again before each retry that
@@ -143,7 +153,7 @@ func (c Config) Validate() error {
 		return errors.New("sink: APIKey is required")
 	case c.MaxBodyBytes < 0:
 		return errors.New("sink: MaxBodyBytes is negative")
-	case c.AttemptTimeout < 0, c.InitialInterval < 0, c.MaxInterval < 0, c.MaxElapsed < 0, c.AuthRetryInterval < 0:
+	case c.AttemptTimeout < 0, c.InitialInterval < 0, c.MaxInterval < 0, c.MaxElapsed < 0, c.AuthRetryInterval < 0, c.AuthRetryMaxInterval < 0:
 		return errors.New("sink: a timeout or interval is negative")
 	case strings.ContainsFunc(c.UserAgent+c.ReplicaID, func(r rune) bool { return r < 0x20 || r == 0x7f }):
 		return errors.New("sink: UserAgent and ReplicaID must not contain control characters")
@@ -187,6 +197,8 @@ func New(cfg Config) (*Client, error) {
 	def(&cfg.InitialInterval, DefaultInitialInterval)
 	def(&cfg.MaxInterval, DefaultMaxInterval)
 	def(&cfg.AuthRetryInterval, DefaultAuthRetryInterval)
+	def(&cfg.AuthRetryMaxInterval, DefaultAuthRetryMaxInterval)
+	cfg.AuthRetryMaxInterval = max(cfg.AuthRetryMaxInterval, cfg.AuthRetryInterval)
 	if cfg.MaxInterval < cfg.InitialInterval {
 		cfg.MaxInterval = cfg.InitialInterval
 	}
@@ -429,6 +441,7 @@ type sender struct {
 	since        time.Time    // last progress, for MaxElapsed
 	rejected     []wire.Rejection
 	lastKey      string         // the failure last logged, to log a repeating one once
+	stopWait     time.Duration  // the next pause of a stopped line; 0: AuthRetryInterval
 	batchStopped bool           // counted in the client's invalid-batch stop
 	pos          map[string]int // the index of each member in req, built on first use
 }
@@ -482,10 +495,25 @@ func (s *sender) reject(uids []string, reason string) {
 	s.progress()
 }
 
-// progress restarts the backoff and the MaxElapsed clock.
+// progress restarts the backoff, the stopped-line pause and the MaxElapsed
+// clock.
 func (s *sender) progress() {
 	s.bo.Reset()
+	s.stopWait = 0
 	s.since = time.Now()
+}
+
+// stopPause returns the pause before the next probe of a stopped line
+// (reason), counts the probe, and doubles the pause after it, up to
+// AuthRetryMaxInterval.
+func (s *sender) stopPause(reason metrics.LineStopReason) time.Duration {
+	d := s.stopWait
+	if d == 0 {
+		d = s.c.cfg.AuthRetryInterval
+	}
+	s.stopWait = min(2*d, s.c.cfg.AuthRetryMaxInterval)
+	s.c.m.LineStoppedProbes.WithLabelValues(string(reason)).Inc()
+	return d
 }
 
 // deliver sends req until each of its members is accepted or rejected; or,
@@ -654,9 +682,10 @@ func (s *sender) inOrder(uids []string) {
 }
 
 // stopBatch stops the line for req, whose every part failed alike (serr the
-// last answer), and waits AuthRetryInterval before it is sent again.
+// last answer), and waits (stopPause) before it is sent again.
 func (s *sender) stopBatch(ctx context.Context, req wire.Request, serr *StatusError) error {
 	c := s.c
+	pause := s.stopPause(stopInvalidBatch)
 	if !s.batchStopped {
 		s.batchStopped = true
 		c.addStoppedBatch(1)
@@ -665,9 +694,9 @@ func (s *sender) stopBatch(ctx context.Context, req wire.Request, serr *StatusEr
 		s.lastKey = key
 		s.log().Error("the API rejects every part of the batch alike, with no evidence against any member: "+
 			"the batch is stopped and retried slowly; nothing is dropped or committed",
-			"err", serr, "status", serr.Code, "members", len(req.UIDs), "delay", c.cfg.AuthRetryInterval)
+			"err", serr, "status", serr.Code, "members", len(req.UIDs), "delay", pause)
 	}
-	if err := sleep(ctx, c.cfg.AuthRetryInterval); err != nil {
+	if err := sleep(ctx, pause); err != nil {
 		return s.stopped(req, -1, err, serr)
 	}
 	s.since = time.Now() // a stopped line does not count toward MaxElapsed
@@ -771,7 +800,7 @@ func (s *sender) delay(f failure, req wire.Request, attempt int, reload bool) ti
 		}
 		return s.bo.NextBackOff()
 	case stopLine:
-		delay := s.c.cfg.AuthRetryInterval
+		delay := s.stopPause(f.d.stop)
 		if reload && s.c.reloadKey() {
 			delay = 0 // try the new key at once
 		}

@@ -1,8 +1,9 @@
 // Command cohortsync-worker keeps MoEngage custom segments (cohorts) in step
 // with a Kafka stream of membership changes. Run it with --help for its
 // configuration; every setting is an environment variable and a flag.
-// `cohortsync-worker check` checks a configuration before a rollout (see
-// package internal/preflight); `cohortsync-worker dlq replay` re-publishes
+// `cohortsync-worker check` checks a configuration before a rollout, and
+// `check --offline` the configuration alone, without network (see package
+// internal/preflight); `cohortsync-worker dlq replay` re-publishes
 // dead-lettered records (see package internal/replay). --version, anywhere
 // in the arguments, prints the version.
 package main
@@ -53,6 +54,7 @@ func run(args []string, getenv func(string) string, environ []string, stdout, st
 	if errors.Is(err, flag.ErrHelp) {
 		fmt.Fprintf(stdout, "\nSubcommands:\n"+
 			"  check\n\tcheck the configuration, Kafka and the API before a rollout, changing nothing (check --help)\n"+
+			"  check --offline\n\tcheck the configuration only, without network (an init container's check)\n"+
 			"  dlq replay\n\tre-publish dead-lettered records to their source topic (dlq replay --help)\n")
 		return 0
 	}

@@ -27,7 +27,7 @@ func TestHelpListsEveryVariable(t *testing.T) {
 
 func TestMissingWorkspaceFailsAtOnce(t *testing.T) {
 	var out, errOut bytes.Buffer
-	env := map[string]string{"MOENGAGE_DATA_API_KEY": "k-abcdef-secret"}
+	env := map[string]string{"KAFKA_BROKERS": "b:9092", "KAFKA_GROUP_ID": "g", "MOENGAGE_DC": "01", "MOENGAGE_DATA_API_KEY": "k-abcdef-secret"}
 	code := run(nil, func(k string) string { return env[k] }, nil, &out, &errOut)
 	if code != 2 {
 		t.Fatalf("exit %d, want 2", code)
@@ -84,7 +84,8 @@ func TestVersionAnywhere(t *testing.T) {
 // group, are logged as "30s", never as nanoseconds.
 func TestLogDurationsAreHuman(t *testing.T) {
 	cfg, err := config.Load(nil, func(k string) string {
-		return map[string]string{"MOENGAGE_WORKSPACE_ID": "w", "MOENGAGE_DATA_API_KEY": "k"}[k]
+		return map[string]string{"KAFKA_BROKERS": "b:9092", "KAFKA_GROUP_ID": "g", "MOENGAGE_DC": "01",
+			"MOENGAGE_WORKSPACE_ID": "w", "MOENGAGE_DATA_API_KEY": "k"}[k]
 	}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -131,5 +132,18 @@ func TestCheckBadConfig(t *testing.T) {
 	}
 	if strings.Contains(out.String(), "k-abcdef-secret") {
 		t.Fatal("the key was printed")
+	}
+}
+
+// TestCheckOffline: `check --offline` reaches preflight through the
+// command line and needs no network: the brokers and API named here do not
+// exist, and it passes.
+func TestCheckOffline(t *testing.T) {
+	env := map[string]string{"KAFKA_BROKERS": "kafka.invalid:9092", "KAFKA_GROUP_ID": "g", "MOENGAGE_DC": "02",
+		"MOENGAGE_WORKSPACE_ID": "w", "MOENGAGE_DATA_API_KEY": "k-abcdef-secret"}
+	var out, errOut bytes.Buffer
+	code := run([]string{"check", "--offline"}, func(k string) string { return env[k] }, nil, &out, &errOut)
+	if code != 0 || !strings.Contains(out.String(), "ok    config") || !strings.Contains(out.String(), "skip  api") {
+		t.Fatalf("exit %d:\n%s%s", code, out.String(), errOut.String())
 	}
 }

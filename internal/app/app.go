@@ -5,6 +5,7 @@
 package app
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -15,7 +16,6 @@ import (
 	"net/http"
 	"os"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -48,6 +48,9 @@ type Options struct {
 	Listening func(addr string)
 	// HTTPClient overrides the client used for the Cohort Sync API.
 	HTTPClient *http.Client
+	// LiveBound is how long one of the process's loops may be busy before
+	// /healthz fails; 0 means metrics.LiveBound.
+	LiveBound time.Duration
 }
 
 // Run runs the worker until ctx ends, then drains within SHUTDOWN_TIMEOUT
@@ -230,12 +233,13 @@ func (w *worker) close() {
 // run serves the endpoints and runs the consumer, the batcher and the DLQ
 // until ctx ends (then the consumer drains) or the batcher fails.
 func (w *worker) run(ctx context.Context) error {
-	ready := func() bool { return w.consumer.Joined() && !w.client.LineStopped() && !w.dlq.Failing() }
+	pr := &probes{joined: w.consumer.Joined, lineStopped: w.client.LineStopped, dlqFailing: w.dlq.Failing,
+		loops: w.m.Loops, liveBound: cmp.Or(w.opts.LiveBound, metrics.LiveBound)}
 	// cohortsync_ready says what the process knows, probed or not.
 	readyCtx, stopReady := context.WithCancel(ctx)
 	defer stopReady()
-	go w.m.TrackReady(readyCtx, ready, metrics.ReadyInterval)
-	srv, err := serveHTTP(w.cfg.HTTPAddr, w.reg, ready, w.log, w.opts.Listening, defaultHTTPTimeouts)
+	go w.m.TrackReady(readyCtx, pr.ready, metrics.ReadyInterval)
+	srv, err := serveHTTP(w.cfg.HTTPAddr, w.reg, pr, w.log, w.opts.Listening, defaultHTTPTimeouts)
 	if err != nil {
 		return err
 	}
@@ -268,7 +272,11 @@ func (w *worker) run(ctx context.Context) error {
 	defer cancel()
 	stop := context.AfterFunc(gctx, cancel)
 	defer stop()
+	pr.running.Store(true)
+	stopRunning := context.AfterFunc(cctx, func() { pr.running.Store(false) }) // shutting down
+	defer stopRunning()
 	consErr := w.consumer.Run(cctx)
+	pr.running.Store(false)
 	stopHard()
 	return errors.Join(g.Wait(), consErr)
 }
@@ -303,7 +311,7 @@ var defaultHTTPTimeouts = httpTimeouts{
 }
 
 // serveHTTP starts /metrics, /healthz and /readyz; an empty addr disables them.
-func serveHTTP(addr string, reg *prometheus.Registry, ready func() bool,
+func serveHTTP(addr string, reg *prometheus.Registry, pr *probes,
 	log *slog.Logger, listening func(string), to httpTimeouts) (*http.Server, error) {
 	if addr == "" {
 		return nil, nil
@@ -314,19 +322,7 @@ func serveHTTP(addr string, reg *prometheus.Registry, ready func() bool,
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		_, _ = w.Write([]byte("ok\n"))
-	})
-	var mu sync.Mutex
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		mu.Lock()
-		defer mu.Unlock()
-		if ready() {
-			_, _ = w.Write([]byte("ready\n"))
-			return
-		}
-		http.Error(w, "not ready: not in a consumer-group generation, sending is stopped (credentials, configuration, or a 4xx for every part of a batch: see cohortsync_line_stopped), or dead letters cannot be written", http.StatusServiceUnavailable)
-	})
+	pr.register(mux)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: to.ReadHeader, ReadTimeout: to.Read,
 		WriteTimeout: to.Write, IdleTimeout: to.Idle, MaxHeaderBytes: 16 << 10,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}

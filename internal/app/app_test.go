@@ -157,9 +157,11 @@ func TestRunEndToEnd(t *testing.T) {
 		goleak.IgnoreAnyFunction("github.com/twmb/franz-go/pkg/kfake.(*clientConn).read.func1"))
 }
 
-// TestNotReadyOnAuthFailure: with a wrong key the app joins the group but
-// /readyz fails, and the key never appears in /metrics.
-func TestNotReadyOnAuthFailure(t *testing.T) {
+// TestReadyOnAuthFailure: with a wrong key the line stops, but the pod
+// stays ready (issue 19 §1: a rejected key is outside the pod, and an unready
+// fleet stalls rollouts and drains); /readyz's body and the metrics say the
+// line is stopped, and the key never appears in /metrics.
+func TestReadyOnAuthFailure(t *testing.T) {
 	s := newStack(t, map[string]string{"ws": "right"})
 	produce(t, s.brokers, 10)
 	addr := make(chan string, 1)
@@ -182,16 +184,66 @@ func TestNotReadyOnAuthFailure(t *testing.T) {
 		}
 		return false
 	})
-	if code, _ := get(t, base+"/readyz"); code != 503 {
-		t.Fatalf("/readyz %d during auth failure, want 503", code)
+	waitFor(t, "the line stopped", func() bool {
+		_, m := get(t, base+"/metrics")
+		return strings.Contains(m, "cohortsync_auth_failing 1")
+	})
+	if code, body := get(t, base+"/readyz"); code != 200 || !strings.Contains(body, "line_stopped: true") {
+		t.Fatalf("/readyz during auth failure: %d %q, want 200 naming the stopped line", code, body)
+	}
+	if code, _ := get(t, base+"/healthz"); code != 200 {
+		t.Fatalf("/healthz during auth failure: %d, want 200", code)
 	}
 	_, m := get(t, base+"/metrics")
-	if !strings.Contains(m, "cohortsync_auth_failing 1") {
-		t.Fatal("auth_failing gauge not set")
+	if !strings.Contains(m, "cohortsync_ready 1") {
+		t.Fatal("cohortsync_ready is not 1 during auth failure")
 	}
 	cancel()
 	<-done
 	if strings.Contains(m+lw.String(), "wrong-key-123456") {
 		t.Fatal("the API key was printed")
 	}
+}
+
+// TestProbesBrokerDown: with the broker gone, the worker's loops wait on it:
+// /healthz stays 200 well past the liveness bound (a broker outage must not
+// restart the pods), and so does /readyz (the pod is joining, as every
+// replica would be).
+func TestProbesBrokerDown(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, "in", "in.dlq"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newStack(t, map[string]string{"ws": "key"})
+	s.brokers = c.ListenAddrs()
+	produce(t, s.brokers, 30)
+	addr := make(chan string, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		cfg := s.config("key")
+		cfg.ShutdownTimeout = 2 * time.Second
+		done <- app.Run(ctx, app.Options{Config: cfg, Registry: prometheus.NewRegistry(), LiveBound: 300 * time.Millisecond,
+			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Listening: func(a string) { addr <- a }})
+	}()
+	base := "http://" + <-addr
+	waitFor(t, "synced", func() bool {
+		n := 0
+		for _, c := range []string{"c0", "c1", "c2"} {
+			n += len(s.emu.Members("ws", "p", c))
+		}
+		return n == 30
+	})
+	c.Close() // the broker goes away
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if code, body := get(t, base+"/healthz"); code != 200 {
+			t.Fatalf("/healthz with the broker down: %d %q, want 200", code, body)
+		}
+		if code, body := get(t, base+"/readyz"); code != 200 {
+			t.Fatalf("/readyz with the broker down: %d %q, want 200", code, body)
+		}
+	}
+	cancel()
+	<-done
 }

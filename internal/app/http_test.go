@@ -39,7 +39,7 @@ func startTestHTTP(t *testing.T, to httpTimeouts) string {
 	reg := prometheus.NewRegistry()
 	metrics.NewMetrics(reg)
 	addr := make(chan string, 1)
-	srv, err := serveHTTP("127.0.0.1:0", reg, func() bool { return true },
+	srv, err := serveHTTP("127.0.0.1:0", reg, testProbes(nil, time.Minute),
 		slog.New(slog.NewTextHandler(io.Discard, nil)), func(a string) { addr <- a }, to)
 	if err != nil {
 		t.Fatal(err)

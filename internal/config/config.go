@@ -66,7 +66,8 @@ type Config struct {
 	// unless this is set; loopback brokers are always accepted.
 	KafkaSASLAllowInsecure bool
 	// MoEngageDC is the MoEngage data center, one of DataCenters
-	// (MOENGAGE_DC).
+	// (MOENGAGE_DC); required unless MoEngageBaseURL is set (no default: a
+	// wrong region is a data-residency breach).
 	MoEngageDC string
 	// MoEngageBaseURL is the API's base URL without a trailing slash
 	// (MOENGAGE_BASE_URL). Empty means derived: Validate sets it to
@@ -104,7 +105,8 @@ type Config struct {
 	BatchWindow time.Duration
 	// RateLimitRPM is the fleet-wide request budget per minute
 	// (RATE_LIMIT_RPM), >= 0. 0 disables the client-side limit: that is for
-	// the emulator and benchmarks only, never for the real API.
+	// the emulator and benchmarks only, never for the real API, so Validate
+	// refuses it unless MoEngageBaseURL is a loopback host.
 	RateLimitRPM float64
 	// RateLimitSharing shares the budget by demand among the replicas over
 	// KafkaBudgetTopic (RATE_LIMIT_SHARING, default true); false keeps each
@@ -240,7 +242,7 @@ func (c *Config) check(h hider) error {
 // topic and sets KafkaTLS when there is a CA file.
 func (c *Config) checkKafka(h hider) error {
 	if len(c.KafkaBrokers) == 0 {
-		return configError("KAFKA_BROKERS", "at least one broker is required")
+		return configError("KAFKA_BROKERS", "required: at least one host:port (there is no default)")
 	}
 	for _, b := range c.KafkaBrokers {
 		if _, port, err := net.SplitHostPort(b); err != nil || port == "" {
@@ -259,7 +261,7 @@ func (c *Config) checkKafka(h hider) error {
 		}
 	}
 	if c.KafkaGroupID == "" {
-		return configError("KAFKA_GROUP_ID", "must not be empty")
+		return configError("KAFKA_GROUP_ID", "required (there is no default: a shared one would let a staging deployment join production's group and commit its offsets)")
 	}
 	if c.KafkaDLQTopic == "" {
 		c.KafkaDLQTopic = c.KafkaTopics[0] + ".dlq"
@@ -330,10 +332,14 @@ func (c *Config) checkSASL(h hider) error {
 // checkMoEngage checks the data center, the base URL (deriving it from the
 // data center when empty) and the credentials.
 func (c *Config) checkMoEngage(h hider) error {
-	if !slices.Contains(DataCenters, c.MoEngageDC) {
+	c.MoEngageBaseURL = strings.TrimRight(c.MoEngageBaseURL, "/")
+	switch {
+	case c.MoEngageDC == "" && c.MoEngageBaseURL == "":
+		return configError("MOENGAGE_DC", "required unless MOENGAGE_BASE_URL is set: one of %s, the data center of the workspace "+
+			"(there is no default: a wrong one sends the key and the uids to another region)", strings.Join(DataCenters, ", "))
+	case c.MoEngageDC != "" && !slices.Contains(DataCenters, c.MoEngageDC):
 		return configError("MOENGAGE_DC", "%s is not one of %s", h.show(c.MoEngageDC), strings.Join(DataCenters, ", "))
 	}
-	c.MoEngageBaseURL = strings.TrimRight(c.MoEngageBaseURL, "/")
 	if c.MoEngageBaseURL == "" {
 		c.MoEngageBaseURL = "https://api-" + c.MoEngageDC + ".moengage.com"
 	}
@@ -369,6 +375,9 @@ func (c *Config) checkLimits(h hider) error {
 		return configError("BATCH_WINDOW", "%s is not positive", c.BatchWindow)
 	case c.RateLimitRPM < 0 || math.IsNaN(c.RateLimitRPM) || math.IsInf(c.RateLimitRPM, 0):
 		return configError("RATE_LIMIT_RPM", "%v is not a finite number >= 0", c.RateLimitRPM)
+	case c.RateLimitRPM == 0 && !loopbackURL(c.MoEngageBaseURL):
+		return configError("RATE_LIMIT_RPM", "0 (no client-side limit) is accepted only with a loopback MOENGAGE_BASE_URL (the emulator, benchmarks), not %s: "+
+			"set the workspace's budget (300 by default)", h.show(c.MoEngageBaseURL))
 	case c.MaxInFlight < 1:
 		return configError("MAX_IN_FLIGHT", "%d is less than 1", c.MaxInFlight)
 	case c.MaxPendingMembers < 1:
@@ -484,6 +493,13 @@ func isLoopback(host string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// loopbackURL reports whether raw is a URL whose host is on the loopback
+// interface.
+func loopbackURL(raw string) bool {
+	u, err := url.Parse(raw)
+	return err == nil && isLoopback(u.Hostname())
 }
 
 // allLoopback reports whether every host:port in brokers is on the

@@ -30,17 +30,17 @@ func TestDefaultsMatchDesign(t *testing.T) {
 		env, design, doc string
 		got, want        any
 	}{
-		{"KAFKA_BROKERS", "localhost:9092", "localhost:9092", c.KafkaBrokers, []string{"localhost:9092"}},
+		{"KAFKA_BROKERS", "required", "", c.KafkaBrokers, []string{"localhost:9092"}}, // from required()
 		{"KAFKA_TOPIC", "cohort-membership-changes", "cohort-membership-changes", c.KafkaTopics, []string{"cohort-membership-changes"}},
-		{"KAFKA_GROUP_ID", "cohortsync-worker", "cohortsync-worker", c.KafkaGroupID, "cohortsync-worker"},
+		{"KAFKA_GROUP_ID", "required", "", c.KafkaGroupID, "g-test"},
 		{"KAFKA_DLQ_TOPIC", "<first topic>.dlq", "<first topic>.dlq", c.KafkaDLQTopic, "cohort-membership-changes.dlq"},
-		{"KAFKA_BUDGET_TOPIC", "<KAFKA_GROUP_ID>.budget", "<KAFKA_GROUP_ID>.budget", c.KafkaBudgetTopic, "cohortsync-worker.budget"},
+		{"KAFKA_BUDGET_TOPIC", "<KAFKA_GROUP_ID>.budget", "<KAFKA_GROUP_ID>.budget", c.KafkaBudgetTopic, "g-test.budget"},
 		{"KAFKA_TLS", "off", "false", c.KafkaTLS, false},
 		{"KAFKA_TLS_CA_FILE", "off", "", c.KafkaTLSCAFile, ""},
 		{"KAFKA_SASL_MECHANISM", "off", "", c.KafkaSASLMechanism, ""},
 		{"KAFKA_SASL_USERNAME", "off", "", c.KafkaSASLUsername, ""},
 		{"KAFKA_SASL_PASSWORD", "off", "", c.KafkaSASLPassword, config.Secret{}},
-		{"MOENGAGE_DC", "01", "01", c.MoEngageDC, "01"},
+		{"MOENGAGE_DC", "required unless MOENGAGE_BASE_URL is set", "", c.MoEngageDC, "01"},
 		{"MOENGAGE_BASE_URL", "—", "", c.MoEngageBaseURL, "https://api-01.moengage.com"},
 		{"COHORTSYNC_PARTNER", "—", "", c.CohortsyncPartner, ""},
 		{"BATCH_MAX_BYTES", "128000", "128000", c.BatchMaxBytes, 128000},
@@ -69,7 +69,7 @@ func TestDefaultsMatchDesign(t *testing.T) {
 			}
 		})
 	}
-	for _, env := range []string{"MOENGAGE_WORKSPACE_ID", "MOENGAGE_DATA_API_KEY"} { // "required"
+	for _, env := range []string{"KAFKA_BROKERS", "KAFKA_GROUP_ID", "MOENGAGE_DC", "MOENGAGE_WORKSPACE_ID", "MOENGAGE_DATA_API_KEY"} { // "required"
 		if !strings.HasPrefix(vars[env].Help, "required") || vars[env].Default != "" {
 			t.Errorf("%s must be documented as required, without a default", env)
 		}
@@ -84,6 +84,7 @@ func TestDefaultIsLoadWithoutEnvironment(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.MoEngageWorkspaceID, c.MoEngageDataAPIKey = "", config.Secret{}
+	c.KafkaBrokers, c.KafkaGroupID, c.MoEngageDC = nil, "", ""
 	c.KafkaDLQTopic, c.KafkaBudgetTopic, c.MoEngageBaseURL = "", "", ""
 	if d := config.Default(); !reflect.DeepEqual(c, d) {
 		t.Fatalf("Default() = %+v\nLoad      = %+v", d, c)
@@ -176,7 +177,7 @@ func parseCases(t *testing.T) []parseCase {
 		{env: "BATCH_MAX_BYTES", value: "131072", other: "1000", want: 131072},
 		{env: "BATCH_MAX_MEMBERS", value: "100", other: "5", want: 100},
 		{env: "BATCH_WINDOW", value: "250ms", other: "1s", want: 250 * time.Millisecond},
-		{env: "RATE_LIMIT_RPM", value: "0", other: "60", want: 0.0},
+		{env: "RATE_LIMIT_RPM", value: "0", other: "60", want: 0.0, extra: map[string]string{"MOENGAGE_BASE_URL": "http://127.0.0.1:8080"}}, // the emulator
 		{env: "RATE_LIMIT_RPM", value: "12.5", other: "60", want: 12.5},
 		{env: "MAX_IN_FLIGHT", value: "1", other: "8", want: 1},
 		{env: "MAX_PENDING_MEMBERS", value: "10", other: "20", want: 10},
@@ -511,7 +512,8 @@ func TestFileVariants(t *testing.T) {
 	emptyFile := writeFile(t, "empty", "\n")
 	bigFile := writeFile(t, "big", strings.Repeat("x", 1<<20))
 	sasl := map[string]string{"KAFKA_SASL_MECHANISM": "PLAIN", "KAFKA_SASL_USERNAME": "alice"}
-	noKey := map[string]string{"MOENGAGE_WORKSPACE_ID": "ws"}
+	noKey := required()
+	delete(noKey, "MOENGAGE_DATA_API_KEY")
 
 	for _, tc := range []struct {
 		name    string
@@ -532,7 +534,7 @@ func TestFileVariants(t *testing.T) {
 			check: func(c config.Config) bool { return c.MoEngageDataAPIKey.Reveal() == " "+apiKey+" " }},
 		{name: "key file flag", env: noKey, args: []string{"--moengage-data-api-key-file", keyFile},
 			check: func(c config.Config) bool { return c.MoEngageDataAPIKey.Reveal() == apiKey }},
-		{name: "workspace file", env: map[string]string{"MOENGAGE_DATA_API_KEY": apiKey, "MOENGAGE_WORKSPACE_ID_FILE": wsFile},
+		{name: "workspace file", env: with(required(), map[string]string{"MOENGAGE_WORKSPACE_ID": "", "MOENGAGE_WORKSPACE_ID_FILE": wsFile}),
 			check: func(c config.Config) bool { return c.MoEngageWorkspaceID == "ws-from-file" }},
 		{name: "SASL password file", env: with(required(), with(sasl, map[string]string{"KAFKA_SASL_PASSWORD_FILE": pwFile})),
 			check: func(c config.Config) bool { return c.KafkaSASLPassword.Reveal() == saslPassword }},
@@ -589,9 +591,11 @@ func TestFileVariants(t *testing.T) {
 // the bench, the demo and the app tests build them.
 func TestValidateInCode(t *testing.T) {
 	c := config.Default()
-	if err := c.Validate(); err == nil || err.Error() != "config: MOENGAGE_WORKSPACE_ID is required" {
+	if err := c.Validate(); err == nil || !strings.HasPrefix(err.Error(), "config: KAFKA_BROKERS: required") {
 		t.Fatalf("Default().Validate() = %v", err)
 	}
+	c.KafkaBrokers = []string{"localhost:9092"}
+	c.KafkaGroupID = "g"
 	c.MoEngageWorkspaceID = "ws"
 	c.MoEngageDataAPIKey = config.NewSecret(apiKey)
 	c.KafkaTopics = []string{"in"}
@@ -646,5 +650,62 @@ func TestCAFile(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "KAFKA_TLS_CA_FILE") || !strings.Contains(err.Error(), key) ||
 		strings.Contains(err.Error(), "PRIVATE") {
 		t.Fatalf("a PEM file without a certificate: %v", err)
+	}
+}
+
+// TestNoDangerousDefaults (issue 19 §4): the brokers, the group and the data
+// center have no default (the DC is not needed when MOENGAGE_BASE_URL names
+// the endpoint), and no client-side limit (RATE_LIMIT_RPM=0) is refused
+// against anything but a loopback API.
+func TestNoDangerousDefaults(t *testing.T) {
+	for _, env := range []string{"KAFKA_BROKERS", "KAFKA_GROUP_ID", "MOENGAGE_DC"} {
+		t.Run("without "+env, func(t *testing.T) {
+			_, err := config.Load(nil, getenv(with(required(), map[string]string{env: ""})), nil)
+			if err == nil {
+				t.Fatalf("accepted without %s", env)
+			}
+			checkErr(t, err.Error(), env)
+			if !strings.Contains(err.Error(), "required") {
+				t.Errorf("error %q does not say %s is required", err, env)
+			}
+		})
+	}
+	t.Run("base URL instead of DC", func(t *testing.T) {
+		c, err := config.Load(nil, getenv(with(required(), map[string]string{"MOENGAGE_DC": "", "MOENGAGE_BASE_URL": "https://proxy.example:8443"})), nil)
+		if err != nil || c.MoEngageBaseURL != "https://proxy.example:8443" {
+			t.Fatalf("a base URL without a DC: %v %q", err, c.MoEngageBaseURL)
+		}
+	})
+	for _, tc := range []struct {
+		over map[string]string
+		ok   bool
+	}{
+		{map[string]string{}, false}, // the real API, from MOENGAGE_DC
+		{map[string]string{"MOENGAGE_BASE_URL": "https://api-02.moengage.com"}, false},
+		{map[string]string{"MOENGAGE_BASE_URL": "http://emulator:8080", "MOENGAGE_ALLOW_INSECURE": "true"}, false},
+		{map[string]string{"MOENGAGE_BASE_URL": "http://127.0.0.1:8080"}, true},
+		{map[string]string{"MOENGAGE_BASE_URL": "http://localhost:8080"}, true},
+		{map[string]string{"MOENGAGE_BASE_URL": "http://[::1]:8080"}, true},
+	} {
+		t.Run(fmt.Sprint("RATE_LIMIT_RPM=0 ", tc.over), func(t *testing.T) {
+			_, err := config.Load(nil, getenv(with(required(), with(tc.over, map[string]string{"RATE_LIMIT_RPM": "0"}))), nil)
+			if tc.ok {
+				if err != nil {
+					t.Fatalf("refused against a loopback API: %v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("accepted no client-side limit against a non-loopback API")
+			}
+			checkErr(t, err.Error(), "RATE_LIMIT_RPM")
+		})
+	}
+	c := config.Default() // in code, too
+	c.KafkaBrokers, c.KafkaGroupID, c.MoEngageDC = []string{"b:9092"}, "g", "03"
+	c.MoEngageWorkspaceID, c.MoEngageDataAPIKey = "ws", config.NewSecret(apiKey)
+	c.RateLimitRPM = 0
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "RATE_LIMIT_RPM") {
+		t.Fatalf("Validate of RATE_LIMIT_RPM=0 against api-03: %v", err)
 	}
 }

@@ -66,9 +66,11 @@ func getenv(m map[string]string) func(string) string {
 	return func(k string) string { return m[k] }
 }
 
-// required is the smallest valid environment.
+// required is the smallest valid environment: the variables without a
+// default.
 func required() map[string]string {
-	return map[string]string{"MOENGAGE_WORKSPACE_ID": "ws", "MOENGAGE_DATA_API_KEY": apiKey}
+	return map[string]string{"KAFKA_BROKERS": "localhost:9092", "KAFKA_GROUP_ID": "g-test", "MOENGAGE_DC": "01",
+		"MOENGAGE_WORKSPACE_ID": "ws", "MOENGAGE_DATA_API_KEY": apiKey}
 }
 
 // full is a valid environment that also sets the SASL password, so that both

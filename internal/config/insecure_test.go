@@ -69,6 +69,7 @@ func TestCleartextCredentialsRefused(t *testing.T) {
 
 	// A Config built in code is checked too.
 	c := config.Default()
+	c.KafkaBrokers, c.KafkaGroupID = []string{"localhost:9092"}, "g"
 	c.MoEngageWorkspaceID, c.MoEngageDataAPIKey = "ws", config.NewSecret(apiKey)
 	c.MoEngageBaseURL = "http://emulator:8080"
 	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "MOENGAGE_BASE_URL") {
@@ -110,7 +111,7 @@ func TestSecretFlagsRefused(t *testing.T) {
 		})
 	}
 	keyFile := writeFile(t, "key", apiKey+"\n")
-	c, err := config.Load([]string{"--moengage-data-api-key-file=" + keyFile}, getenv(map[string]string{"MOENGAGE_WORKSPACE_ID": "ws"}), nil)
+	c, err := config.Load([]string{"--moengage-data-api-key-file=" + keyFile}, getenv(with(required(), map[string]string{"MOENGAGE_DATA_API_KEY": ""})), nil)
 	if err != nil || c.MoEngageDataAPIKey.Reveal() != apiKey {
 		t.Fatalf("--moengage-data-api-key-file: %v", err)
 	}

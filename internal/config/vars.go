@@ -136,7 +136,7 @@ func settings() []setting {
 	})
 	logLevel.hint = " (want debug, info, warn or error)"
 	rpm := parsed("RATE_LIMIT_RPM", "300", "number",
-		"fleet-wide requests per minute (0: no client-side limit; for the emulator and benchmarks only)",
+		"fleet-wide requests per minute (0: no client-side limit, accepted only with a loopback MOENGAGE_BASE_URL: the emulator and benchmarks)",
 		func(c *Config, v string) bool {
 			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
 			c.RateLimitRPM = f
@@ -153,11 +153,11 @@ func settings() []setting {
 	sharing.isBool = true
 
 	return []setting{
-		str("KAFKA_BROKERS", "localhost:9092", "comma-separated bootstrap servers",
+		str("KAFKA_BROKERS", "", "required: comma-separated bootstrap servers (no default)",
 			func(c *Config, v string) { c.KafkaBrokers = list(v) }),
 		str("KAFKA_TOPIC", "cohort-membership-changes", "topic(s) to consume, comma-separated",
 			func(c *Config, v string) { c.KafkaTopics = list(v) }),
-		str("KAFKA_GROUP_ID", "cohortsync-worker", "consumer group",
+		str("KAFKA_GROUP_ID", "", "required: consumer group (no default: a shared one lets a staging deployment join production's group)",
 			func(c *Config, v string) { c.KafkaGroupID = strings.TrimSpace(v) }),
 		durationVar("KAFKA_SESSION_TIMEOUT", "10s", "consumer-group session timeout: a replica silent this long loses its partitions, and its share of the budget, to the others (6s to 5m)",
 			func(c *Config) *time.Duration { return &c.KafkaSessionTimeout }),
@@ -180,7 +180,7 @@ func settings() []setting {
 		fileVar("KAFKA_SASL_PASSWORD", "file holding the SASL password", true),
 		boolVar("KAFKA_SASL_ALLOW_INSECURE", "accept SASL PLAIN without TLS to brokers off the loopback interface (the password crosses the network in clear text)",
 			func(c *Config) *bool { return &c.KafkaSASLAllowInsecure }),
-		str("MOENGAGE_DC", "01", "MoEngage data center: 01, 02, 03, 04, 05, 06 or 101; the base URL is https://api-{dc}.moengage.com",
+		str("MOENGAGE_DC", "", "required unless MOENGAGE_BASE_URL is set: MoEngage data center, 01, 02, 03, 04, 05, 06 or 101; the base URL is https://api-{dc}.moengage.com (no default: a wrong one sends the key and uids to another region)",
 			func(c *Config, v string) { c.MoEngageDC = strings.TrimSpace(v) }),
 		str("MOENGAGE_BASE_URL", "", "overrides the URL built from the DC (emulator, proxies)",
 			func(c *Config, v string) { c.MoEngageBaseURL = strings.TrimRight(strings.TrimSpace(v), "/") }),

@@ -43,10 +43,14 @@ type Metrics struct {
 	Rebalances         prometheus.Counter
 	LeaseRenewals      *prometheus.CounterVec // outcome: ok, fenced, error
 	LeaseValid         prometheus.Gauge
-	AuthFailing        prometheus.Gauge     // 1 while line_stopped{reason="auth"} or {reason="config"} is 1
-	LineStopped        *prometheus.GaugeVec // reason (LineStopReasons)
+	AuthFailing        prometheus.Gauge       // 1 while line_stopped{reason="auth"} or {reason="config"} is 1
+	LineStopped        *prometheus.GaugeVec   // reason (LineStopReasons)
+	LineStoppedProbes  *prometheus.CounterVec // reason (LineStopReasons)
 	Ready              prometheus.Gauge
 	BuildInfo          *prometheus.GaugeVec
+	// Loops is the progress heartbeat of the process's own loops, behind
+	// /healthz (not a Prometheus metric).
+	Loops *Loops
 }
 
 // Trigger is a value of the batches_flushed_total trigger label: what made
@@ -138,7 +142,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		DeadLetterFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "dead_letter_failures_total",
 			Help: "Failed dead-letter writes, by reason: too_large (a letter refused as too large, written again without the record's value), permanent (an error the broker calls permanent; retried) or transient (retried)."}, []string{"reason"}),
 		DeadLetterFailing: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "dead_letter_failing",
-			Help: "1 while dead letters cannot be written (a permanent error, or failures for over a minute): their records are not committed, and the replica is not ready."}),
+			Help: "1 while dead letters cannot be written (a permanent error, or failures for over a minute): their records are not committed (readiness does not change)."}),
 		EventsSkipped: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "events_skipped_total",
 			Help: "Records skipped on purpose (tombstones)."}),
 		EventsCompacted: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "events_compacted_total",
@@ -183,10 +187,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "1 while sending is stopped because the API rejects the credentials (401, 403, an authentication error) or the configuration (404, 405, 415, 3xx, a request header): line_stopped reason auth or config."}),
 		LineStopped: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "line_stopped",
 			Help: "1 while sending is stopped (retried slowly, nothing dropped or committed), by reason."}, []string{"reason"}),
+		LineStoppedProbes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "line_stopped_probes_total",
+			Help: "Probes of a stopped line: each time a stopped Send sends again, after a pause that doubles from 30s to 5m, by reason."}, []string{"reason"}),
 		Ready: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "ready",
-			Help: "1 when the replica has joined the group and is not in auth failure."}),
+			Help: "1 when the replica is ready (/readyz): started, and joined or joining the consumer group. A stopped line or failing dead letters do not change it (see line_stopped, dead_letter_failing)."}),
 		BuildInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "build_info",
 			Help: "Build information; always 1."}, []string{"version", "goversion"}),
+		Loops: newLoops(),
 	}
 	for _, r := range event.Reasons {
 		m.EventsInvalid.WithLabelValues(string(r))
@@ -205,6 +212,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	for _, r := range LineStopReasons {
 		m.LineStopped.WithLabelValues(string(r))
+		m.LineStoppedProbes.WithLabelValues(string(r))
 	}
 	for _, o := range []string{"ok", "error"} {
 		m.Commits.WithLabelValues(o)
@@ -217,7 +225,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			m.EventsCompacted, m.BatchMembers, m.BatchBytes, m.BatchesFlushed, m.Requests,
 			m.RequestDuration, m.Retries, m.RateLimitWait, m.RateLimitRPM, m.PendingMembers, m.InFlight,
 			m.CommittedOffset, m.Lag, m.Commits, m.AssignedPartitions, m.Rebalances, m.LeaseRenewals, m.LeaseValid, m.AuthFailing,
-			m.LineStopped, m.Ready, m.BuildInfo)
+			m.LineStopped, m.LineStoppedProbes, m.Ready, m.BuildInfo)
 	}
 	return m
 }

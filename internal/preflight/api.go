@@ -25,22 +25,25 @@ import (
 // (cohortsync-api.md §7.3).
 const APIProbe = `{}`
 
-// controlKey is the Data API key of the control probe: certainly wrong, and
-// recognisable in the API's logs.
-const controlKey = "cohortsync-check-deliberately-wrong-key"
-
 // checkAPI checks DNS and TLS to the API's host and, as far as the contract
 // allows, the credentials.
 //
-// The credentials probe POSTs APIProbe with the configured credentials.
-// 401/403 prove them refused; 2xx proves them accepted (and changed
-// nothing). 400 is ambiguous: the contract does not say whether the API
-// authenticates before it validates a body. So a 400 is followed by a
-// control probe, the same request with a key that is certainly wrong: if
-// the control gets 401 while the real one got 400, the API authenticated
-// before validating, and the configured key passed; if the control gets 400
-// too, the body was refused before any authentication and the credentials
-// are reported "not verified".
+// The credentials probe POSTs APIProbe once, with the configured
+// credentials: the only request a run sends to the API (outside the fleet's
+// budget, so never more than one). 401/403 prove them refused; 2xx proves
+// them accepted (and changed nothing). 400 cannot prove the key (the
+// contract does not say whether the API authenticates before it validates a
+// body): it is reported "credentials not verified", a warning, and the
+// worker's first request (and the CohortsyncAuthFailing alert) does the
+// rest. No request ever carries a key other than the configured one: a
+// deliberately wrong key would be a failed login against the customer's
+// workspace on every start.
+//
+// The probe goes through sink.NewTransport, the worker's own transport, so
+// HTTPS_PROXY and NO_PROXY apply exactly as they do to the worker. When a
+// proxy applies to the API, DNS and TLS to the API host are the proxy's to
+// make: the direct checks are replaced by one naming the proxy, and the
+// probe (through the proxy) shows whether the API answers.
 func checkAPI(ctx context.Context, cfg config.Config, opts Options) []Result {
 	u, err := url.Parse(cfg.MoEngageBaseURL)
 	if err != nil { // Validate rules this out
@@ -55,6 +58,17 @@ func checkAPI(ctx context.Context, cfg config.Config, opts Options) []Result {
 		source = "MOENGAGE_DC=" + cfg.MoEngageDC
 	}
 	to := opts.Timeout
+	transport := sink.NewTransport()
+	defer transport.CloseIdleConnections()
+	if proxy, err := proxyFor(transport, cfg.MoEngageBaseURL+sink.Path); err != nil || proxy != nil {
+		res := Result{Check: "api.proxy", Status: OK, Detail: fmt.Sprintf("requests to %s go through the proxy %s (HTTPS_PROXY/HTTP_PROXY, NO_PROXY: as the worker's): DNS and TLS to the API are the proxy's",
+			cfg.MoEngageBaseURL, redactURL(proxy))}
+		if err != nil {
+			res = Result{Check: "api.proxy", Status: Fail, Detail: "the proxy setting is invalid: " + oneLine(err.Error(), 200)}
+			return []Result{res, {Check: "api.credentials", Status: Skip, Detail: "skipped: no usable proxy"}}
+		}
+		return []Result{res, checkCredentials(ctx, cfg, opts, transport)}
+	}
 
 	// DNS.
 	var out []Result
@@ -96,7 +110,28 @@ func checkAPI(ctx context.Context, cfg config.Config, opts Options) []Result {
 		out = append(out, Result{Check: "api.connect", Status: OK, Detail: fmt.Sprintf("TCP connection to %s (plain http, accepted for %s: no TLS to check)", addr, why)})
 	}
 
-	return append(out, checkCredentials(ctx, cfg, opts))
+	return append(out, checkCredentials(ctx, cfg, opts, transport))
+}
+
+// proxyFor returns the proxy transport would use for a POST to endpoint
+// (nil: none).
+func proxyFor(transport *http.Transport, endpoint string) (*url.URL, error) {
+	if transport.Proxy == nil {
+		return nil, nil
+	}
+	req, err := http.NewRequest(http.MethodPost, endpoint, nil)
+	if err != nil {
+		return nil, err
+	}
+	return transport.Proxy(req)
+}
+
+// redactURL shows a proxy URL without its password.
+func redactURL(u *url.URL) string {
+	if u == nil {
+		return "(none)"
+	}
+	return u.Redacted()
 }
 
 // checkTLS makes a TLS connection as the worker's client does (system
@@ -180,17 +215,16 @@ func probe(ctx context.Context, client *http.Client, endpoint, workspace, key, v
 	return a
 }
 
-func checkCredentials(ctx context.Context, cfg config.Config, opts Options) Result {
+func checkCredentials(ctx context.Context, cfg config.Config, opts Options, transport *http.Transport) Result {
 	client := opts.HTTPClient
 	if client == nil {
 		client = &http.Client{
 			Timeout:   opts.Timeout,
-			Transport: &http.Transport{Proxy: http.ProxyFromEnvironment, TLSClientConfig: &tls.Config{MinVersion: tls.VersionTLS12}},
+			Transport: transport, // the worker's (sink.NewTransport): its proxy, its TLS
 			// A redirect means the base URL is not the API: report it, do
 			// not follow it with the credentials.
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		}
-		defer client.CloseIdleConnections()
 	}
 	endpoint := cfg.MoEngageBaseURL + sink.Path
 	ws := cfg.MoEngageWorkspaceID
@@ -219,14 +253,8 @@ func checkCredentials(ctx context.Context, cfg config.Config, opts Options) Resu
 	case c != http.StatusBadRequest:
 		return res(Fail, "%s answered %s, which the contract does not give for this request: is a proxy rewriting requests?", what, got)
 	}
-	// 400: the body was refused; did the credentials pass first?
-	control := probe(ctx, client, endpoint, ws, controlKey, opts.Version)
-	switch control.code {
-	case http.StatusUnauthorized:
-		return res(OK, "credentials accepted: %s answered %s, and the same request with a wrong key answered %s: the API authenticates before it validates the body, and this key passed",
-			what, got, control)
-	case http.StatusBadRequest:
-		return res(Warn, "credentials not verified: %s answered %s, and so did the same request with a wrong key: the API validates the body first, and the contract offers no request that checks a key without changing a segment", what, got)
-	}
-	return res(Warn, "credentials not verified: %s answered %s; the same request with a wrong key answered %s", what, got, control)
+	// 400: the body was refused, maybe before any authentication. Only a
+	// request with another key could tell, and that would be a failed login.
+	return res(Warn, "credentials not verified: %s answered %s: the API refused the body, and the contract offers no request that proves a key without changing a segment; "+
+		"the worker's first request will (a rejected key stops its line: cohortsync_auth_failing, alert CohortsyncAuthFailing)", what, got)
 }

@@ -24,6 +24,7 @@ const (
 func apiConfig(t *testing.T, baseURL, key string) config.Config {
 	t.Helper()
 	c := config.Default()
+	c.KafkaBrokers, c.KafkaGroupID = []string{"127.0.0.1:1"}, "g"
 	c.MoEngageBaseURL = baseURL
 	c.MoEngageWorkspaceID = testWorkspace
 	c.MoEngageDataAPIKey = config.NewSecret(key)
@@ -96,9 +97,11 @@ func TestCredentials(t *testing.T) {
 		detail    string
 		wantProbe int // requests the check sent
 	}{
-		{"auth before validation, right key", authFirst, testKey, OK, "credentials accepted", 2},
+		// A 400 cannot prove the key, and no request with another key is
+		// sent to find out (issue 19 §3): "not verified", a warning.
+		{"auth before validation, right key", authFirst, testKey, Warn, "credentials not verified", 1},
 		{"auth before validation, wrong key", authFirst, "wrong", Fail, "credentials rejected", 1},
-		{"validation before auth", func(string) (int, string) { return 400, missingAction }, testKey, Warn, "credentials not verified", 2},
+		{"validation before auth", func(string) (int, string) { return 400, missingAction }, testKey, Warn, "credentials not verified", 1},
 		{"suspended", func(string) (int, string) {
 			return 403, `{"status":"fail","error":{"message":"Your account is suspended. Please contact MoEngage team.","type":"Account Suspended","request_id":"gqJvCNYu"}}`
 		}, testKey, Fail, "Account Suspended", 1},
@@ -129,8 +132,10 @@ func TestCredentials(t *testing.T) {
 					t.Errorf("request %d: %q", i, b)
 				}
 			}
-			if len(rc.keys) == 2 && rc.keys[1] != controlKey {
-				t.Errorf("control probe sent key %q", rc.keys[1])
+			for i, k := range rc.keys { // never a deliberately wrong key
+				if k != tc.key {
+					t.Errorf("request %d carried the key %q, not the configured one", i, k)
+				}
 			}
 			if r := find(t, res, "api.connect"); r.Status != OK {
 				t.Errorf("api.connect: %+v", r)
@@ -140,13 +145,17 @@ func TestCredentials(t *testing.T) {
 }
 
 // TestEmulatorAnswersProbes: the emulator authenticates before it validates
-// the body, so the right key is verified and a wrong one rejected; neither
-// probe changes a segment.
+// the body, so a wrong key is rejected; the right one gets the 400 of a
+// body that names nothing, "not verified" (only a request with a wrong key
+// could tell more, and check sends none). Neither probe changes a segment.
 func TestEmulatorAnswersProbes(t *testing.T) {
 	e, url := startEmulator(t)
 	res := checkAPI(t.Context(), apiConfig(t, url, testKey), Options{Timeout: 5 * time.Second})
-	if r := find(t, res, "api.credentials"); r.Status != OK || !strings.Contains(r.Detail, "this key passed") {
+	if r := find(t, res, "api.credentials"); r.Status != Warn || !strings.Contains(r.Detail, "credentials not verified") {
 		t.Fatalf("right key: %+v", r)
+	}
+	if n := len(e.Requests()); n != 1 {
+		t.Fatalf("the check sent %d requests with the right key, want 1", n)
 	}
 	res = checkAPI(t.Context(), apiConfig(t, url, "not-the-key"), Options{Timeout: 5 * time.Second})
 	if r := find(t, res, "api.credentials"); r.Status != Fail || !strings.Contains(r.Detail, "App Secret key mismatch") {
@@ -238,7 +247,8 @@ func TestReport(t *testing.T) {
 }
 
 func TestMainArguments(t *testing.T) {
-	env := map[string]string{"MOENGAGE_WORKSPACE_ID": "w", "MOENGAGE_DATA_API_KEY": "k", "MAX_IN_FLIGHT": "0"}
+	env := map[string]string{"KAFKA_BROKERS": "b:9092", "KAFKA_GROUP_ID": "g", "MOENGAGE_DC": "01",
+		"MOENGAGE_WORKSPACE_ID": "w", "MOENGAGE_DATA_API_KEY": "k", "MAX_IN_FLIGHT": "0"}
 	getenv := func(k string) string { return env[k] }
 	var out, errOut bytes.Buffer
 	if code := Main(t.Context(), []string{"--output", "json"}, getenv, nil, "test", &out, &errOut); code != ExitBadConfig ||

@@ -15,8 +15,10 @@
 // Nothing a check does changes anything. On Kafka it only reads metadata,
 // topic configurations and the group's description: it joins no group,
 // commits no offset, creates no topic (metadata requests say so) and writes
-// no record. On the API it sends at most two requests whose body, {}, names
-// no segment (see APIProbe).
+// no record. On the API it sends one request, with the configured key,
+// whose body, {}, names no segment (see APIProbe); never a request with
+// another key. With --offline (Options.Offline) it checks the configuration
+// only and touches no network.
 //
 // Exit codes: 0 when every check passed (a check that could not be verified
 // is reported, and does not fail), 1 when a check failed, 2 when the

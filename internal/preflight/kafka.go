@@ -134,7 +134,7 @@ func checkKafka(ctx context.Context, cfg config.Config, to time.Duration) []Resu
 	dlq := byName[cfg.KafkaDLQTopic]
 	r := Result{Check: "kafka.dlq"}
 	if err := topicErr(cfg.KafkaDLQTopic, dlq, "KAFKA_DLQ_TOPIC"); err != "" {
-		r.Status, r.Detail = Fail, err+"; without it no dead letter can be written: the first bad record holds up its partition and the worker turns unready"
+		r.Status, r.Detail = Fail, err+"; without it no dead letter can be written: the first bad record holds up its partition's commits (cohortsync_dead_letter_failing)"
 	} else {
 		r.Status, r.Detail = OK, fmt.Sprintf("%s exists: %s", cfg.KafkaDLQTopic, describeTopic(dlq))
 		if leaderless(dlq) > 0 {

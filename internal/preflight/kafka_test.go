@@ -17,6 +17,7 @@ func kafkaConfig(t *testing.T, brokers []string, topic, dlq string) config.Confi
 	c.KafkaTopics = []string{topic}
 	c.KafkaDLQTopic = dlq
 	c.KafkaGroupID = "g"
+	c.MoEngageDC = "01"
 	c.MoEngageWorkspaceID = testWorkspace
 	c.MoEngageDataAPIKey = config.NewSecret(testKey)
 	if err := c.Validate(); err != nil {

@@ -13,18 +13,26 @@ import (
 )
 
 // Usage is the help text of `cohortsync-worker check`.
-const Usage = `Usage: cohortsync-worker check [--output text|json] [--timeout 10s] [--allow-unknown] [worker flags]
+const Usage = `Usage: cohortsync-worker check [--offline] [--output text|json] [--timeout 10s] [--allow-unknown] [worker flags]
 
 Checks, without changing anything, that the worker's configuration will work:
 the configuration (as validated at start, plus unknown variables with the
 worker's prefixes), Kafka (brokers reachable with the configured TLS/SASL, the
 topics, the dead-letter topic and its max.message.bytes, the consumer group,
 the operations the worker needs) and the Cohort Sync API (DNS, TLS, the
-credentials as far as the contract allows). One line per check.
+credentials as far as the contract allows, with one request that carries
+the configured key and names no segment). One line per check.
+
+With --offline it checks the configuration only: the variables, and the
+files they name (the CA file, the *_FILE secrets) are read; nothing touches
+the network. That is the init container's check: a pod start must not depend
+on the API or every broker answering. Run the full check before a rollout
+(a pre-deploy Job) or in CI.
 
 It reads the same environment variables and flags as the worker
 (cohortsync-worker --help lists them).
 
+  --offline           the configuration only, no network
   --output text|json  one line per check (default), or one JSON object
   --timeout d         bound on each network step (default 10s)
   --allow-unknown     report unknown variables without failing
@@ -39,7 +47,7 @@ failed, 2 bad configuration.
 // usage errors to stderr.
 func Main(ctx context.Context, args []string, getenv func(string) string, environ []string,
 	version string, stdout, stderr io.Writer) int {
-	output, timeout, allowUnknown := "text", 10*time.Second, false
+	output, timeout, allowUnknown, offline := "text", 10*time.Second, false, false
 	var rest []string
 	for i := 0; i < len(args); i++ {
 		a := args[i]
@@ -77,6 +85,8 @@ func Main(ctx context.Context, args []string, getenv func(string) string, enviro
 				return ExitBadConfig
 			}
 			timeout = d
+		case "offline":
+			offline = !hasValue || value == "true"
 		case "allow-unknown":
 			allowUnknown = !hasValue || value == "true"
 		default:
@@ -104,5 +114,5 @@ func Main(ctx context.Context, args []string, getenv func(string) string, enviro
 		return write(ConfigError(err))
 	}
 	return write(Run(ctx, Options{Config: cfg, Unknown: config.UnknownVars(environ),
-		AllowUnknown: allowUnknown, Timeout: timeout, Version: version}))
+		AllowUnknown: allowUnknown, Timeout: timeout, Version: version, Offline: offline}))
 }

@@ -131,6 +131,12 @@ type Options struct {
 	HTTPClient *http.Client
 	// Version is sent in the probe's User-Agent.
 	Version string
+	// Offline checks the configuration only (parse, validation, the files
+	// it names: the CA file and *_FILE secrets are read), with no network
+	// at all: the Kafka and API checks are skipped. For an init container,
+	// whose pod must start whether or not the API and every broker answer
+	// now; the full check belongs in a pre-deploy Job or CI.
+	Offline bool
 }
 
 // Run runs every check and returns the report. The configuration checks
@@ -152,6 +158,11 @@ func Run(ctx context.Context, opts Options) Report {
 			st = Warn
 		}
 		rep.Results = append(rep.Results, Result{Check: "config.unknown", Status: st, Detail: u.String()})
+	}
+	if opts.Offline {
+		const why = "skipped: --offline checks the configuration only (no network); run the full check before a rollout"
+		rep.Results = append(rep.Results, Result{Check: "kafka", Status: Skip, Detail: why}, Result{Check: "api", Status: Skip, Detail: why})
+		return rep
 	}
 	var kafkaRes, apiRes []Result
 	var wg sync.WaitGroup
@@ -175,8 +186,12 @@ func ConfigError(err error) Report {
 }
 
 func configSummary(c config.Config) string {
-	return fmt.Sprintf("every variable valid (the validation the worker runs at start): brokers %s, topic %s, group %s, dead-letter topic %s, API %s, workspace %s",
-		strings.Join(c.KafkaBrokers, ","), strings.Join(c.KafkaTopics, ","), c.KafkaGroupID, c.KafkaDLQTopic, c.MoEngageBaseURL, c.MoEngageWorkspaceID)
+	key := "from MOENGAGE_DATA_API_KEY"
+	if c.MoEngageDataAPIKeyFile != "" {
+		key = "read from " + c.MoEngageDataAPIKeyFile
+	}
+	return fmt.Sprintf("every variable valid (the validation the worker runs at start): brokers %s, topic %s, group %s, dead-letter topic %s, API %s, workspace %s, key %s",
+		strings.Join(c.KafkaBrokers, ","), strings.Join(c.KafkaTopics, ","), c.KafkaGroupID, c.KafkaDLQTopic, c.MoEngageBaseURL, c.MoEngageWorkspaceID, key)
 }
 
 // oneLine keeps a foreign text (an error, a response body) to one readable

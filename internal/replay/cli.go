@@ -228,7 +228,7 @@ func replayMain(ctx context.Context, args []string, getenv func(string) string, 
 }
 
 // kafkaOnly is the environment config.Load sees: the KAFKA_* variables as
-// they are, stand-ins for the two required MoEngage settings (config.Load
+// they are, stand-ins for the required MoEngage settings (config.Load
 // validates a whole worker configuration; the replay never uses them), and
 // nothing else, so that no other variable can make the replay fail.
 func kafkaOnly(getenv func(string) string) func(string) string {
@@ -238,6 +238,8 @@ func kafkaOnly(getenv func(string) string) func(string) string {
 			return getenv(k)
 		case k == "MOENGAGE_WORKSPACE_ID", k == "MOENGAGE_DATA_API_KEY":
 			return "unused-by-dlq-replay"
+		case k == "MOENGAGE_BASE_URL": // stands in for the required MOENGAGE_DC
+			return "https://unused-by-dlq-replay.invalid"
 		}
 		return ""
 	}

@@ -8,12 +8,21 @@ import (
 	"time"
 )
 
+// runMain runs Main with env over the variables that have no default
+// (KAFKA_BROKERS, KAFKA_GROUP_ID); an empty value in env unsets one.
 func runMain(t *testing.T, env map[string]string, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
 	var out, errOut bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	code = Main(ctx, args, func(k string) string { return env[k] }, &out, &errOut)
+	base := map[string]string{"KAFKA_BROKERS": "127.0.0.1:1", "KAFKA_GROUP_ID": "cohortsync-worker"}
+	getenv := func(k string) string {
+		if v, ok := env[k]; ok {
+			return v
+		}
+		return base[k]
+	}
+	code = Main(ctx, args, getenv, &out, &errOut)
 	return code, out.String(), errOut.String()
 }
 
@@ -70,6 +79,8 @@ func TestBadUsage(t *testing.T) {
 		{[]string{"replay", "--kafka-sasl-mechanism", "PLAIN", "--kafka-sasl-username", "u"}, nil, "KAFKA_SASL_PASSWORD"},
 		{[]string{"replay", "--batch-window", "1s"}, nil, "batch-window"},
 		{[]string{"replay", "now"}, nil, `unexpected argument "now"`},
+		{[]string{"replay"}, map[string]string{"KAFKA_GROUP_ID": ""}, "KAFKA_GROUP_ID: required"}, // issue 19: no default group
+		{[]string{"replay"}, map[string]string{"KAFKA_BROKERS": ""}, "KAFKA_BROKERS: required"},
 	} {
 		code, out, errOut := runMain(t, tc.env, tc.args...)
 		if code != ExitUsage {
