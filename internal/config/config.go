@@ -51,6 +51,12 @@ type Config struct {
 	// with instead of the system roots (KAFKA_TLS_CA_FILE). Empty: system
 	// roots.
 	KafkaTLSCAFile string
+	// KafkaTLSCertFile and KafkaTLSKeyFile are the PEM client certificate
+	// (leaf first, then intermediates) and its private key for mutual TLS
+	// (KAFKA_TLS_CERT_FILE, KAFKA_TLS_KEY_FILE): both or neither. Validate
+	// sets KafkaTLS when they are set. The worker re-reads them at each
+	// handshake, so a rotated Secret is picked up without a restart.
+	KafkaTLSCertFile, KafkaTLSKeyFile string
 	// KafkaSASLMechanism is "" (no SASL), PLAIN, SCRAM-SHA-256 or
 	// SCRAM-SHA-512 (KAFKA_SASL_MECHANISM, any case; stored upper case).
 	KafkaSASLMechanism string
@@ -290,7 +296,7 @@ func (c *Config) checkKafka(h hider) error {
 		}
 		c.KafkaTLS = true
 	}
-	return nil
+	return c.checkClientCert(h) // tls.go
 }
 
 // checkGroupTimes checks the session timeout and the heartbeat interval
@@ -512,6 +518,8 @@ func (c Config) LogValue() slog.Value {
 		slog.String("kafka_budget_topic", c.KafkaBudgetTopic),
 		slog.Bool("kafka_tls", c.KafkaTLS),
 		slog.String("kafka_tls_ca_file", c.KafkaTLSCAFile),
+		slog.String("kafka_tls_cert_file", c.KafkaTLSCertFile),
+		slog.String("kafka_tls_key_file", c.KafkaTLSKeyFile),
 		slog.String("kafka_sasl_mechanism", c.KafkaSASLMechanism),
 		slog.String("kafka_sasl_username", c.KafkaSASLUsername),
 		slog.Bool("kafka_sasl_password_set", c.KafkaSASLPassword.Reveal() != ""),
