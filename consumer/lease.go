@@ -42,28 +42,43 @@ var fencedErrors = []error{kafka.IllegalGeneration, kafka.UnknownMemberId,
 // not say when one succeeded. The term is ended at once when the
 // coordinator answers that the member is fenced, and when the generation
 // ends.
-func (c *Consumer) keepLease(gctx context.Context, gen *kafka.Generation, term lease.Term, log *slog.Logger) {
+//
+// While the drain hands over (handover.go) it goes on after the generation
+// ended, until the drain is done, and a REBALANCE_IN_PROGRESS answer
+// renews the lease as far as rebalanceLeaseUntil allows instead of ending
+// it.
+func (c *Consumer) keepLease(gctx context.Context, gen *kafka.Generation, term lease.Term, h *handover, log *slog.Logger) {
 	defer func() {
 		c.lease.End(term)
 		c.m.LeaseValid.Set(0)
+		h.loseTerm()
 	}()
 	addr := kafka.TCP(c.cfg.Brokers...)
 	valid := c.leaseValidity()
 	t := time.NewTimer(0)
 	defer t.Stop()
 	var lastErr string
+	var lastOK time.Time // when the last heartbeat answered without error was sent
+	hctx, done := gctx, gctx.Done()
 	for {
 		select {
-		case <-gctx.Done():
+		case <-done:
+			if hctx == gctx && h.handingOver() {
+				// The generation ended under the drain: prove membership
+				// until the drain is done.
+				hctx, done = context.WithoutCancel(gctx), h.drained
+				continue
+			}
 			return
 		case <-t.C:
 		}
 		sent := time.Now() // before the request: the proof counts from here
-		ctx, cancel := context.WithTimeout(gctx, valid)
+		ctx, cancel := context.WithTimeout(hctx, valid)
 		err := heartbeat(ctx, c.cfg.Transport, addr, gen)
 		cancel()
 		switch {
 		case err == nil:
+			lastOK = sent
 			if !c.lease.Renew(term, sent.Add(valid)) {
 				return
 			}
@@ -72,17 +87,24 @@ func (c *Consumer) keepLease(gctx context.Context, gen *kafka.Generation, term l
 				log.Info("membership proven again; sending may go on")
 				lastErr = ""
 			}
+		case errors.Is(err, kafka.RebalanceInProgress) && h.handingOver() && !lastOK.IsZero():
+			// Still a member, and the rebalance waits for this one.
+			c.m.LeaseRenewals.WithLabelValues("ok").Inc()
+			if !c.lease.Renew(term, c.rebalanceLeaseUntil(sent, lastOK)) {
+				return
+			}
 		case isFenced(err):
 			c.m.LeaseRenewals.WithLabelValues("fenced").Inc()
 			c.lease.End(term)
 			c.m.LeaseValid.Set(0)
+			h.loseTerm()
 			log.Warn("the group coordinator fenced this member; nothing more is sent for this generation", "err", err)
 			<-gctx.Done() // kafka-go ends the generation after its own heartbeat
 			return
 		default:
 			// Not proven, not disproven: the lease runs out on its own.
 			c.m.LeaseRenewals.WithLabelValues("error").Inc()
-			if gctx.Err() != nil {
+			if hctx.Err() != nil {
 				return
 			}
 			if err.Error() != lastErr {
