@@ -2,6 +2,7 @@ package app
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -11,8 +12,11 @@ import (
 	"sync"
 	"time"
 
+	sigv4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
+	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/sasl"
+	mskiam "github.com/segmentio/kafka-go/sasl/aws_msk_iam_v2"
 	"github.com/segmentio/kafka-go/sasl/plain"
 	"github.com/segmentio/kafka-go/sasl/scram"
 
@@ -93,8 +97,28 @@ func saslMechanism(cfg config.Config) (sasl.Mechanism, error) {
 			return nil, fmt.Errorf("KAFKA_SASL_MECHANISM: %w", err)
 		}
 		return m, nil
+	case config.AWSMSKIAM:
+		return mskIAM()
 	}
 	return nil, fmt.Errorf("KAFKA_SASL_MECHANISM: unsupported %q", cfg.KafkaSASLMechanism)
+}
+
+// mskIAM is Amazon MSK's IAM mechanism (kafka-go's sasl/aws_msk_iam_v2):
+// each connection is authenticated with a SigV4 signature made from the AWS
+// SDK's default credential chain (IRSA or EKS Pod Identity on Kubernetes,
+// the instance profile, AWS_* variables, shared files), refreshed by the
+// SDK as they expire. The region comes from the same chain (AWS_REGION).
+func mskIAM() (sasl.Mechanism, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ac, err := awsconfig.LoadDefaultConfig(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("KAFKA_SASL_MECHANISM=AWS_MSK_IAM: loading the AWS configuration: %w", err)
+	}
+	if ac.Region == "" {
+		return nil, errors.New("KAFKA_SASL_MECHANISM=AWS_MSK_IAM: no AWS region: set AWS_REGION to the cluster's region")
+	}
+	return &mskiam.Mechanism{Signer: sigv4.NewSigner(), Credentials: ac.Credentials, Region: ac.Region}, nil
 }
 
 // clientCert gives every TLS handshake with a broker the client certificate

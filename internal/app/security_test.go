@@ -2,21 +2,26 @@ package app
 
 import (
 	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"log/slog"
 	"math/big"
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/segmentio/kafka-go/sasl"
 
 	"github.com/cohortsync/cohortsync-worker/internal/config"
 )
@@ -160,5 +165,63 @@ func TestClientCertificateRotation(t *testing.T) {
 	}
 	if strings.Contains(logs.String(), "PRIVATE KEY") {
 		t.Error("a private key was logged")
+	}
+}
+
+// TestMSKIAMSignsWithTheDefaultChain: KAFKA_SASL_MECHANISM=AWS_MSK_IAM
+// takes its credentials and region from the AWS SDK's default chain (here
+// the AWS_* variables) and answers the broker's SASL exchange with a SigV4
+// presigned kafka-cluster:Connect for the broker's host. Without a region
+// the worker refuses to start. (No MSK cluster here: the broker side is
+// not tested.)
+func TestMSKIAMSignsWithTheDefaultChain(t *testing.T) {
+	dir := t.TempDir()
+	for k, v := range map[string]string{
+		"AWS_CONFIG_FILE": filepath.Join(dir, "none"), "AWS_SHARED_CREDENTIALS_FILE": filepath.Join(dir, "none"),
+		"AWS_EC2_METADATA_DISABLED": "true", "AWS_PROFILE": "", "AWS_SESSION_TOKEN": "",
+		"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+		"AWS_REGION": "eu-west-1",
+	} {
+		t.Setenv(k, v)
+	}
+	cfg := config.Config{KafkaTLS: true, KafkaSASLMechanism: config.AWSMSKIAM}
+	dialer, transport, err := kafkaSecurity(cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dialer.TLS == nil || transport.SASL == nil || transport.SASL.Name() != "AWS_MSK_IAM" {
+		t.Fatalf("TLS %v, mechanism %v", dialer.TLS, transport.SASL)
+	}
+	ctx := sasl.WithMetadata(context.Background(), &sasl.Metadata{Host: "b-1.msk.example", Port: 9098})
+	_, payload, err := transport.SASL.Start(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got map[string]string
+	if err := json.Unmarshal(payload, &got); err != nil {
+		t.Fatalf("payload %q: %v", payload, err)
+	}
+	for k, want := range map[string]string{
+		"action": "kafka-cluster:Connect", "host": "b-1.msk.example", "version": "2020_10_22",
+		"x-amz-algorithm": "AWS4-HMAC-SHA256",
+	} {
+		if got[k] != want {
+			t.Errorf("%s = %q, want %q", k, got[k], want)
+		}
+	}
+	if !regexp.MustCompile(`^AKIDEXAMPLE/\d{8}/eu-west-1/kafka-cluster/aws4_request$`).MatchString(got["x-amz-credential"]) {
+		t.Errorf("x-amz-credential %q", got["x-amz-credential"])
+	}
+	if !regexp.MustCompile(`^[0-9a-f]{64}$`).MatchString(got["x-amz-signature"]) {
+		t.Errorf("x-amz-signature %q", got["x-amz-signature"])
+	}
+	if strings.Contains(string(payload), "wJalrXUtnFEMI") {
+		t.Error("the secret key is in the payload")
+	}
+
+	t.Setenv("AWS_REGION", "")
+	t.Setenv("AWS_DEFAULT_REGION", "")
+	if _, _, err := kafkaSecurity(cfg, slog.New(slog.DiscardHandler)); err == nil || !strings.Contains(err.Error(), "AWS_REGION") {
+		t.Fatalf("no region: %v", err)
 	}
 }

@@ -150,7 +150,12 @@ type Config struct {
 var DataCenters = []string{"01", "02", "03", "04", "05", "06", "101"}
 
 // SASLMechanisms are the values KAFKA_SASL_MECHANISM accepts besides "".
-var SASLMechanisms = []string{"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"}
+var SASLMechanisms = []string{"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", AWSMSKIAM}
+
+// AWSMSKIAM is Amazon MSK's IAM access control (KAFKA_SASL_MECHANISM): no
+// username or password; the AWS SDK's default credential chain signs each
+// connection (checkMSKIAM).
+const AWSMSKIAM = "AWS_MSK_IAM"
 
 // Default returns the configuration with every default of Vars applied. It
 // has no workspace ID or API key, so it does not validate until those are
@@ -321,7 +326,9 @@ func (c *Config) checkSASL(h hider) error {
 			return configError("KAFKA_SASL_MECHANISM", "required when KAFKA_SASL_USERNAME or KAFKA_SASL_PASSWORD is set (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)")
 		}
 	case !slices.Contains(SASLMechanisms, c.KafkaSASLMechanism):
-		return configError("KAFKA_SASL_MECHANISM", "%s is not PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", h.show(c.KafkaSASLMechanism))
+		return configError("KAFKA_SASL_MECHANISM", "%s is not PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or AWS_MSK_IAM", h.show(c.KafkaSASLMechanism))
+	case c.KafkaSASLMechanism == AWSMSKIAM:
+		return c.checkMSKIAM() // tls.go
 	case c.KafkaSASLUsername == "":
 		return configError("KAFKA_SASL_USERNAME", "required with KAFKA_SASL_MECHANISM=%s", c.KafkaSASLMechanism)
 	case c.KafkaSASLPassword.Reveal() == "":

@@ -169,6 +169,7 @@ func parseCases(t *testing.T) []parseCase {
 		{env: "KAFKA_SASL_MECHANISM", value: "scram-sha-256", other: "PLAIN", extra: sasl("KAFKA_SASL_MECHANISM"), want: "SCRAM-SHA-256"},
 		{env: "KAFKA_SASL_MECHANISM", value: "Scram-Sha-512", other: "PLAIN", extra: sasl("KAFKA_SASL_MECHANISM"), want: "SCRAM-SHA-512"},
 		{env: "KAFKA_SASL_MECHANISM", value: "plain", other: "SCRAM-SHA-256", extra: sasl("KAFKA_SASL_MECHANISM"), want: "PLAIN"},
+		{env: "KAFKA_SASL_MECHANISM", value: "aws_msk_iam", other: "PLAIN", want: "AWS_MSK_IAM"},
 		{env: "KAFKA_SASL_USERNAME", value: "bob", other: "carol", extra: sasl("KAFKA_SASL_USERNAME"), want: "bob"},
 		{env: "KAFKA_SASL_PASSWORD", value: saslPassword, other: "other-pw", extra: sasl("KAFKA_SASL_PASSWORD"), want: saslPassword},
 		{env: "KAFKA_SASL_ALLOW_INSECURE", value: "true", other: "false", want: true},

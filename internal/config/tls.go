@@ -35,3 +35,15 @@ func (c *Config) checkClientCert(h hider) error {
 	c.KafkaTLS = true
 	return nil
 }
+
+// checkMSKIAM checks KAFKA_SASL_MECHANISM=AWS_MSK_IAM: it takes no username
+// or password (the AWS SDK's default chain gives the credentials: IRSA, EKS
+// Pod Identity, the instance profile, AWS_* variables) and implies TLS, as
+// MSK's IAM listeners are TLS only.
+func (c *Config) checkMSKIAM() error {
+	if c.KafkaSASLUsername != "" || c.KafkaSASLPassword.Reveal() != "" {
+		return configError("KAFKA_SASL_MECHANISM", "AWS_MSK_IAM takes no KAFKA_SASL_USERNAME or KAFKA_SASL_PASSWORD: the AWS credential chain signs the connection")
+	}
+	c.KafkaTLS = true
+	return nil
+}

@@ -79,3 +79,19 @@ func TestClientCertFiles(t *testing.T) {
 		})
 	}
 }
+
+func TestMSKIAM(t *testing.T) {
+	env := required()
+	env["KAFKA_SASL_MECHANISM"] = "aws_msk_iam"
+	c, err := config.Load(nil, getenv(env), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.KafkaSASLMechanism != config.AWSMSKIAM || !c.KafkaTLS {
+		t.Fatalf("mechanism %q, TLS %v: AWS_MSK_IAM implies TLS", c.KafkaSASLMechanism, c.KafkaTLS)
+	}
+	env["KAFKA_SASL_USERNAME"] = "alice"
+	if _, err := config.Load(nil, getenv(env), nil); err == nil || !strings.Contains(err.Error(), "AWS_MSK_IAM takes no KAFKA_SASL_USERNAME") {
+		t.Fatalf("a username with AWS_MSK_IAM: %v", err)
+	}
+}

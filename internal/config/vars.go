@@ -175,7 +175,7 @@ func settings() []setting {
 			func(c *Config, v string) { c.KafkaTLSCertFile = strings.TrimSpace(v) }),
 		str("KAFKA_TLS_KEY_FILE", "", "PEM file of the client certificate's private key (unencrypted PKCS#8, PKCS#1 or EC); re-read when it changes",
 			func(c *Config, v string) { c.KafkaTLSKeyFile = strings.TrimSpace(v) }),
-		str("KAFKA_SASL_MECHANISM", "", "SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (empty: no SASL)",
+		str("KAFKA_SASL_MECHANISM", "", "SASL mechanism: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or AWS_MSK_IAM (Amazon MSK IAM: credentials and AWS_REGION from the AWS SDK's default chain; implies TLS) (empty: no SASL)",
 			func(c *Config, v string) { c.KafkaSASLMechanism = strings.ToUpper(strings.TrimSpace(v)) }),
 		str("KAFKA_SASL_USERNAME", "", "SASL username",
 			func(c *Config, v string) { c.KafkaSASLUsername = v }),
