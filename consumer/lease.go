@@ -76,10 +76,12 @@ func (c *Consumer) keepLease(gctx context.Context, gen *kafka.Generation, term l
 		ctx, cancel := context.WithTimeout(hctx, valid)
 		err := heartbeat(ctx, c.cfg.Transport, addr, gen)
 		cancel()
-		switch {
-		case err == nil:
-			lastOK = sent
-			if !c.lease.Renew(term, sent.Add(valid)) {
+		switch until, proven := c.proofUntil(err, sent, lastOK, h); {
+		case proven:
+			if err == nil {
+				lastOK = sent
+			}
+			if !c.lease.Renew(term, until) {
 				return
 			}
 			c.m.LeaseRenewals.WithLabelValues("ok").Inc()
@@ -87,18 +89,8 @@ func (c *Consumer) keepLease(gctx context.Context, gen *kafka.Generation, term l
 				log.Info("membership proven again; sending may go on")
 				lastErr = ""
 			}
-		case errors.Is(err, kafka.RebalanceInProgress) && h.handingOver() && !lastOK.IsZero():
-			// Still a member, and the rebalance waits for this one.
-			c.m.LeaseRenewals.WithLabelValues("ok").Inc()
-			if !c.lease.Renew(term, c.rebalanceLeaseUntil(sent, lastOK)) {
-				return
-			}
 		case isFenced(err):
-			c.m.LeaseRenewals.WithLabelValues("fenced").Inc()
-			c.lease.End(term)
-			c.m.LeaseValid.Set(0)
-			h.loseTerm()
-			log.Warn("the group coordinator fenced this member; nothing more is sent for this generation", "err", err)
+			c.fenced(term, h, err, log)
 			<-gctx.Done() // kafka-go ends the generation after its own heartbeat
 			return
 		default:
@@ -112,13 +104,42 @@ func (c *Consumer) keepLease(gctx context.Context, gen *kafka.Generation, term l
 				log.Warn("proving group membership failed; sending stops when the lease runs out", "err", err)
 			}
 		}
-		if c.lease.Valid() {
-			c.m.LeaseValid.Set(1)
-		} else {
-			c.m.LeaseValid.Set(0)
-		}
+		c.m.LeaseValid.Set(gauge(c.lease.Valid()))
 		t.Reset(c.leaseEvery())
 	}
+}
+
+// proofUntil is until when the heartbeat sent at sent and answered err
+// proves membership (proven false: it proves nothing). lastOK is when the
+// last heartbeat answered without error was sent.
+func (c *Consumer) proofUntil(err error, sent, lastOK time.Time, h *handover) (until time.Time, proven bool) {
+	switch {
+	case err == nil:
+		return sent.Add(c.leaseValidity()), true
+	case errors.Is(err, kafka.RebalanceInProgress) && h.handingOver() && !lastOK.IsZero():
+		// Still a member, and the rebalance waits for this one while it
+		// drains (handover.go).
+		return c.rebalanceLeaseUntil(sent, lastOK), true
+	}
+	return time.Time{}, false
+}
+
+// fenced ends term after the coordinator answered that this member is
+// fenced.
+func (c *Consumer) fenced(term lease.Term, h *handover, err error, log *slog.Logger) {
+	c.m.LeaseRenewals.WithLabelValues("fenced").Inc()
+	c.lease.End(term)
+	c.m.LeaseValid.Set(0)
+	h.loseTerm()
+	log.Warn("the group coordinator fenced this member; nothing more is sent for this generation", "err", err)
+}
+
+// gauge is 1 for true, 0 for false.
+func gauge(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func isFenced(err error) bool {
