@@ -47,6 +47,9 @@ func run(args []string, getenv func(string) string, environ []string, stdout, st
 		return preflight.Main(ctx, args[1:], getenv, environ, version, stdout, stderr)
 	}
 	if len(args) > 0 && args[0] == "dlq" { // subcommands: only the Kafka settings apply
+		// A replay Job has its own memory limit: size the Go limit from it
+		// too (silently, unless the cgroup cannot be read).
+		applyMemoryLimit(newLogger(stderr, slog.LevelWarn, "text"), getenv)
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 		defer stop()
 		return replay.Main(ctx, args[1:], getenv, stdout, stderr)

@@ -171,10 +171,13 @@ func describeSecurity(cfg config.Config) string {
 				leaf.NotAfter.UTC().Format(time.RFC3339))
 		}
 	}
-	if cfg.KafkaSASLMechanism != "" {
-		s += fmt.Sprintf(", SASL %s as %s", cfg.KafkaSASLMechanism, cfg.KafkaSASLUsername)
-	} else {
+	switch cfg.KafkaSASLMechanism {
+	case "":
 		s += ", no SASL"
+	case config.AWSMSKIAM:
+		s += ", SASL AWS_MSK_IAM with the AWS default credential chain"
+	default:
+		s += fmt.Sprintf(", SASL %s as %s", cfg.KafkaSASLMechanism, cfg.KafkaSASLUsername)
 	}
 	return s
 }

@@ -113,3 +113,10 @@ func TestKafkaExpiredClientCertificate(t *testing.T) {
 		t.Errorf("kafka.brokers: %+v", r)
 	}
 }
+
+func TestDescribeSecurityMSKIAM(t *testing.T) {
+	cfg := config.Config{KafkaTLS: true, KafkaSASLMechanism: config.AWSMSKIAM}
+	if got := describeSecurity(cfg); got != "TLS, SASL AWS_MSK_IAM with the AWS default credential chain" {
+		t.Errorf("describeSecurity = %q", got)
+	}
+}
