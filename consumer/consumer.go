@@ -302,7 +302,8 @@ func (c *Consumer) runGeneration(ctx context.Context, group *kafka.ConsumerGroup
 	// Nothing of this generation is sent before its membership is proven,
 	// and nothing after the proof runs out (DESIGN.md invariant 4).
 	term := c.lease.Begin()
-	gen.Start(func(gctx context.Context) { c.keepLease(gctx, gen, term, log) })
+	h := newHandover() // handover.go: a drain caught by a rebalance finishes first
+	gen.Start(func(gctx context.Context) { c.keepLease(gctx, gen, term, h, log) })
 
 	stopFetch := make(chan struct{})
 	var fetchers sync.WaitGroup // fetch loops that may still call Add
@@ -321,7 +322,7 @@ func (c *Consumer) runGeneration(ctx context.Context, group *kafka.ConsumerGroup
 	gen.Start(func(gctx context.Context) { c.watchLag(gctx, parts, log) }) // lag.go
 	gen.Start(func(gctx context.Context) {
 		defer close(fenced)
-		c.fence(gctx, term, &fetchers, names, log)
+		c.fence(gctx, term, &fetchers, h, names, log)
 	})
 	gen.Start(func(gctx context.Context) { c.commitEvery(gctx, gen, parts, log) })
 	c.inGen.Store(true)
@@ -333,11 +334,17 @@ func (c *Consumer) runGeneration(ctx context.Context, group *kafka.ConsumerGroup
 	case <-ctx.Done():
 	}
 
-	// Soft stop: stop fetching, flush, commit, leave.
+	// Soft stop: stop fetching, flush, commit, leave. A rebalance that
+	// begins meanwhile waits for it (handover.go).
+	close(h.stopping)
 	log.Info("draining", "timeout", c.cfg.DrainTimeout)
 	close(stopFetch)
 	fetchers.Wait()
 	c.drain(gen, parts, log)
+	if isClosed(h.ended) {
+		c.leave(gen, log) // before kafka-go can rejoin
+	}
+	close(h.drained)
 	_ = group.Close() // ends the generation (the fence runs) and leaves the group
 	<-fenced
 	log.Info("left the consumer group")
@@ -391,9 +398,15 @@ func (c *Consumer) assign(ctx context.Context, parts []*partitionState, log *slo
 // fence waits for the generation to end (gctx), then makes sure nothing of
 // it is sent once the group moves on: it ends the lease term, waits for
 // the fetch loops (no more Add) and revokes what the batcher holds, within
-// RebalanceTimeout. kafka-go rejoins only after it returns.
-func (c *Consumer) fence(gctx context.Context, term lease.Term, fetchers *sync.WaitGroup, names string, log *slog.Logger) {
+// RebalanceTimeout. kafka-go rejoins only after it returns. When the
+// generation ends under a drain, it lets the drain finish first
+// (awaitDrain).
+func (c *Consumer) fence(gctx context.Context, term lease.Term, fetchers *sync.WaitGroup, h *handover, names string, log *slog.Logger) {
 	<-gctx.Done()
+	close(h.ended)
+	if h.handingOver() {
+		c.awaitDrain(h, log)
+	}
 	c.lease.End(term)
 	c.inGen.Store(false)
 	fetchers.Wait()

@@ -42,29 +42,46 @@ var fencedErrors = []error{kafka.IllegalGeneration, kafka.UnknownMemberId,
 // not say when one succeeded. The term is ended at once when the
 // coordinator answers that the member is fenced, and when the generation
 // ends.
-func (c *Consumer) keepLease(gctx context.Context, gen *kafka.Generation, term lease.Term, log *slog.Logger) {
+//
+// While the drain hands over (handover.go) it goes on after the generation
+// ended, until the drain is done, and a REBALANCE_IN_PROGRESS answer
+// renews the lease as far as rebalanceLeaseUntil allows instead of ending
+// it.
+func (c *Consumer) keepLease(gctx context.Context, gen *kafka.Generation, term lease.Term, h *handover, log *slog.Logger) {
 	defer func() {
 		c.lease.End(term)
 		c.m.LeaseValid.Set(0)
+		h.loseTerm()
 	}()
 	addr := kafka.TCP(c.cfg.Brokers...)
 	valid := c.leaseValidity()
 	t := time.NewTimer(0)
 	defer t.Stop()
 	var lastErr string
+	var lastOK time.Time // when the last heartbeat answered without error was sent
+	hctx, done := gctx, gctx.Done()
 	for {
 		select {
-		case <-gctx.Done():
+		case <-done:
+			if hctx == gctx && h.handingOver() {
+				// The generation ended under the drain: prove membership
+				// until the drain is done.
+				hctx, done = context.WithoutCancel(gctx), h.drained
+				continue
+			}
 			return
 		case <-t.C:
 		}
 		sent := time.Now() // before the request: the proof counts from here
-		ctx, cancel := context.WithTimeout(gctx, valid)
+		ctx, cancel := context.WithTimeout(hctx, valid)
 		err := heartbeat(ctx, c.cfg.Transport, addr, gen)
 		cancel()
-		switch {
-		case err == nil:
-			if !c.lease.Renew(term, sent.Add(valid)) {
+		switch until, proven := c.proofUntil(err, sent, lastOK, h); {
+		case proven:
+			if err == nil {
+				lastOK = sent
+			}
+			if !c.lease.Renew(term, until) {
 				return
 			}
 			c.m.LeaseRenewals.WithLabelValues("ok").Inc()
@@ -73,16 +90,13 @@ func (c *Consumer) keepLease(gctx context.Context, gen *kafka.Generation, term l
 				lastErr = ""
 			}
 		case isFenced(err):
-			c.m.LeaseRenewals.WithLabelValues("fenced").Inc()
-			c.lease.End(term)
-			c.m.LeaseValid.Set(0)
-			log.Warn("the group coordinator fenced this member; nothing more is sent for this generation", "err", err)
+			c.fenced(term, h, err, log)
 			<-gctx.Done() // kafka-go ends the generation after its own heartbeat
 			return
 		default:
 			// Not proven, not disproven: the lease runs out on its own.
 			c.m.LeaseRenewals.WithLabelValues("error").Inc()
-			if gctx.Err() != nil {
+			if hctx.Err() != nil {
 				return
 			}
 			if err.Error() != lastErr {
@@ -90,13 +104,42 @@ func (c *Consumer) keepLease(gctx context.Context, gen *kafka.Generation, term l
 				log.Warn("proving group membership failed; sending stops when the lease runs out", "err", err)
 			}
 		}
-		if c.lease.Valid() {
-			c.m.LeaseValid.Set(1)
-		} else {
-			c.m.LeaseValid.Set(0)
-		}
+		c.m.LeaseValid.Set(gauge(c.lease.Valid()))
 		t.Reset(c.leaseEvery())
 	}
+}
+
+// proofUntil is until when the heartbeat sent at sent and answered err
+// proves membership (proven false: it proves nothing). lastOK is when the
+// last heartbeat answered without error was sent.
+func (c *Consumer) proofUntil(err error, sent, lastOK time.Time, h *handover) (until time.Time, proven bool) {
+	switch {
+	case err == nil:
+		return sent.Add(c.leaseValidity()), true
+	case errors.Is(err, kafka.RebalanceInProgress) && h.handingOver() && !lastOK.IsZero():
+		// Still a member, and the rebalance waits for this one while it
+		// drains (handover.go).
+		return c.rebalanceLeaseUntil(sent, lastOK), true
+	}
+	return time.Time{}, false
+}
+
+// fenced ends term after the coordinator answered that this member is
+// fenced.
+func (c *Consumer) fenced(term lease.Term, h *handover, err error, log *slog.Logger) {
+	c.m.LeaseRenewals.WithLabelValues("fenced").Inc()
+	c.lease.End(term)
+	c.m.LeaseValid.Set(0)
+	h.loseTerm()
+	log.Warn("the group coordinator fenced this member; nothing more is sent for this generation", "err", err)
+}
+
+// gauge is 1 for true, 0 for false.
+func gauge(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func isFenced(err error) bool {

@@ -47,7 +47,9 @@ type secBroker struct {
 	admin     string // PLAINTEXT
 	saslSSL   string // SASL_SSL, certificate signed by caFile's CA
 	saslPlain string // SASL_PLAINTEXT
+	mtls      string // SSL with client authentication required (certificates of clientCA)
 	caFile    string // PEM of the CA that signed the broker's certificate
+	clientCA  *testCA
 	otherCA   string // PEM of a CA that did not
 }
 
@@ -84,6 +86,14 @@ func TestKafkaSecurity(t *testing.T) {
 			t.Parallel()
 			sb.runOK(t, 20, sb.saslPlain, false, "SCRAM-SHA-256")
 		})
+		t.Run("MTLS/rotation", func(t *testing.T) {
+			t.Parallel()
+			sb.runMTLSRotation(t)
+		})
+		t.Run("MTLS/no-client-certificate", func(t *testing.T) {
+			t.Parallel()
+			sb.runMTLSWithout(t)
+		})
 		t.Run("SASL_SSL/unknown-CA", func(t *testing.T) {
 			t.Parallel()
 			sb.runRejected(t, sb.saslSSL, "SCRAM-SHA-512", sb.otherCA, secPassword,
@@ -106,6 +116,7 @@ func startSecBroker(t *testing.T) *secBroker {
 		caFile:  writeTestFile(t, dir, "ca.pem", ca.pem),
 		otherCA: writeTestFile(t, dir, "other-ca.pem", other.pem),
 	}
+	sb.clientCA = newTestCA(t, "cohortsync-it-client-ca")
 
 	const mechs = "PLAIN,SCRAM-SHA-256,SCRAM-SHA-512"
 	plainJAAS := `org.apache.kafka.common.security.plain.PlainLoginModule required ` +
@@ -119,6 +130,14 @@ func startSecBroker(t *testing.T) *secBroker {
 		"listener.name.sasl_ssl.ssl.keystore.type":              "PEM",
 		"listener.name.sasl_ssl.ssl.keystore.certificate.chain": string(chain),
 		"listener.name.sasl_ssl.ssl.keystore.key":               string(key),
+		// Mutual TLS (Strimzi's "tls" users): the same server certificate,
+		// and a client certificate signed by clientCA required.
+		"listener.name.mtls.ssl.keystore.type":              "PEM",
+		"listener.name.mtls.ssl.keystore.certificate.chain": string(chain),
+		"listener.name.mtls.ssl.keystore.key":               string(key),
+		"listener.name.mtls.ssl.truststore.type":            "PEM",
+		"listener.name.mtls.ssl.truststore.certificates":    string(sb.clientCA.pem),
+		"listener.name.mtls.ssl.client.auth":                "required",
 	}
 	for _, l := range []string{"sasl_ssl", "sasl_plaintext"} {
 		p := "listener.name." + l + "."
@@ -135,6 +154,7 @@ func startSecBroker(t *testing.T) *secBroker {
 		Listeners: []localkafka.Listener{
 			{Name: "SASL_SSL"},
 			{Name: "SASL_PLAINTEXT"},
+			{Name: "MTLS", Protocol: "SSL"},
 		},
 		ExtraConfig: extra,
 		Logger:      slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
@@ -157,6 +177,7 @@ func startSecBroker(t *testing.T) *secBroker {
 	t.Logf("localkafka.Start (Kafka %s) took %s", b.Version(), time.Since(start).Round(time.Millisecond))
 	sb.b, sb.admin = b, b.Addr()
 	sb.saslSSL, sb.saslPlain = b.ListenerAddr("SASL_SSL"), b.ListenerAddr("SASL_PLAINTEXT")
+	sb.mtls = b.ListenerAddr("MTLS")
 
 	// SCRAM credentials live in the KRaft metadata log: create them with
 	// AlterUserScramCredentials over the PLAINTEXT listener.

@@ -17,10 +17,12 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/cohortsync/cohortsync-worker/internal/app"
 	"github.com/cohortsync/cohortsync-worker/internal/config"
+	"github.com/cohortsync/cohortsync-worker/internal/memlimit"
 	"github.com/cohortsync/cohortsync-worker/internal/preflight"
 	"github.com/cohortsync/cohortsync-worker/internal/replay"
 )
@@ -46,6 +48,9 @@ func run(args []string, getenv func(string) string, environ []string, stdout, st
 		return preflight.Main(ctx, args[1:], getenv, environ, version, stdout, stderr)
 	}
 	if len(args) > 0 && args[0] == "dlq" { // subcommands: only the Kafka settings apply
+		// A replay Job has its own memory limit: size the Go limit from it
+		// too (silently, unless the cgroup cannot be read).
+		applyMemoryLimit(newLogger(stderr, slog.LevelWarn, "text"), getenv)
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 		defer stop()
 		return replay.Main(ctx, args[1:], getenv, stdout, stderr)
@@ -72,6 +77,7 @@ func run(args []string, getenv func(string) string, environ []string, stdout, st
 		}
 		log.Warn("unknown environment variable ignored", attrs...)
 	}
+	applyMemoryLimit(log, getenv)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := app.Run(ctx, app.Options{Config: cfg, Logger: log, Version: version}); err != nil {
@@ -79,6 +85,22 @@ func run(args []string, getenv func(string) string, environ []string, stdout, st
 		return 1
 	}
 	return 0
+}
+
+// applyMemoryLimit sets the Go memory limit from the container's cgroup
+// limit (memlimit.Fraction of it) unless GOMEMLIMIT is set, and logs the
+// limit in force.
+func applyMemoryLimit(log *slog.Logger, getenv func(string) string) {
+	r, err := memlimit.Apply(getenv, "/sys/fs/cgroup",
+		func() ([]byte, error) { return os.ReadFile("/proc/self/cgroup") }, debug.SetMemoryLimit)
+	switch {
+	case err != nil:
+		log.Warn("cannot read the cgroup memory limit; no Go memory limit set", "err", err)
+	case r.Source == "none":
+		log.Info("no container memory limit found; no Go memory limit set (set GOMEMLIMIT to choose one)")
+	default:
+		log.Info("Go memory limit", "source", r.Source, "gomemlimit_bytes", r.Limit, "cgroup_limit_bytes", r.Cgroup)
+	}
 }
 
 // wantsVersion reports whether --version (or -version) is among args, before

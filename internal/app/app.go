@@ -7,8 +7,6 @@ package app
 import (
 	"cmp"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -21,9 +19,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/segmentio/kafka-go"
-	"github.com/segmentio/kafka-go/sasl"
-	"github.com/segmentio/kafka-go/sasl/plain"
-	"github.com/segmentio/kafka-go/sasl/scram"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/cohortsync/cohortsync-worker/batcher"
@@ -110,7 +105,7 @@ func build(opts Options) (_ *worker, err error) {
 	}
 	w.log.Info("starting cohortsync-worker", "version", opts.Version, "replica", replica, "config", cfg)
 
-	dialer, transport, err := kafkaSecurity(cfg)
+	dialer, transport, err := kafkaSecurity(cfg, w.log)
 	if err != nil {
 		return nil, err
 	}
@@ -336,50 +331,4 @@ func serveHTTP(addr string, reg *prometheus.Registry, pr *probes,
 		listening(ln.Addr().String())
 	}
 	return srv, nil
-}
-
-// kafkaSecurity builds the dialer (group and readers) and the transport
-// (metadata and the dead-letter writer) from the TLS and SASL settings.
-func kafkaSecurity(cfg config.Config) (*kafka.Dialer, *kafka.Transport, error) {
-	dialer := &kafka.Dialer{Timeout: 10 * time.Second, DualStack: true}
-	transport := &kafka.Transport{DialTimeout: 10 * time.Second}
-	if cfg.KafkaTLS || cfg.KafkaTLSCAFile != "" {
-		tc := &tls.Config{MinVersion: tls.VersionTLS12}
-		if cfg.KafkaTLSCAFile != "" {
-			pem, err := os.ReadFile(cfg.KafkaTLSCAFile)
-			if err != nil {
-				return nil, nil, fmt.Errorf("KAFKA_TLS_CA_FILE: %w", err)
-			}
-			pool := x509.NewCertPool()
-			if !pool.AppendCertsFromPEM(pem) {
-				return nil, nil, fmt.Errorf("KAFKA_TLS_CA_FILE: %s holds no PEM certificate", cfg.KafkaTLSCAFile)
-			}
-			tc.RootCAs = pool
-		}
-		dialer.TLS = tc
-		transport.TLS = tc
-	}
-	if cfg.KafkaSASLMechanism != "" {
-		var mech sasl.Mechanism
-		user, pass := cfg.KafkaSASLUsername, cfg.KafkaSASLPassword.Reveal()
-		switch cfg.KafkaSASLMechanism {
-		case "PLAIN":
-			mech = plain.Mechanism{Username: user, Password: pass}
-		case "SCRAM-SHA-256", "SCRAM-SHA-512":
-			algo := scram.SHA256
-			if cfg.KafkaSASLMechanism == "SCRAM-SHA-512" {
-				algo = scram.SHA512
-			}
-			m, err := scram.Mechanism(algo, user, pass)
-			if err != nil {
-				return nil, nil, fmt.Errorf("KAFKA_SASL_MECHANISM: %w", err)
-			}
-			mech = m
-		default:
-			return nil, nil, fmt.Errorf("KAFKA_SASL_MECHANISM: unsupported %q", cfg.KafkaSASLMechanism)
-		}
-		dialer.SASLMechanism = mech
-		transport.SASL = mech
-	}
-	return dialer, transport, nil
 }

@@ -51,6 +51,12 @@ type Config struct {
 	// with instead of the system roots (KAFKA_TLS_CA_FILE). Empty: system
 	// roots.
 	KafkaTLSCAFile string
+	// KafkaTLSCertFile and KafkaTLSKeyFile are the PEM client certificate
+	// (leaf first, then intermediates) and its private key for mutual TLS
+	// (KAFKA_TLS_CERT_FILE, KAFKA_TLS_KEY_FILE): both or neither. Validate
+	// sets KafkaTLS when they are set. The worker re-reads them at each
+	// handshake, so a rotated Secret is picked up without a restart.
+	KafkaTLSCertFile, KafkaTLSKeyFile string
 	// KafkaSASLMechanism is "" (no SASL), PLAIN, SCRAM-SHA-256 or
 	// SCRAM-SHA-512 (KAFKA_SASL_MECHANISM, any case; stored upper case).
 	KafkaSASLMechanism string
@@ -146,7 +152,12 @@ type Config struct {
 var DataCenters = []string{"01", "02", "03", "04", "05", "06", "101"}
 
 // SASLMechanisms are the values KAFKA_SASL_MECHANISM accepts besides "".
-var SASLMechanisms = []string{"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"}
+var SASLMechanisms = []string{"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", AWSMSKIAM}
+
+// AWSMSKIAM is Amazon MSK's IAM access control (KAFKA_SASL_MECHANISM): no
+// username or password; the AWS SDK's default credential chain signs each
+// connection (checkMSKIAM).
+const AWSMSKIAM = "AWS_MSK_IAM"
 
 // Default returns the configuration with every default of Vars applied. It
 // has no workspace ID or API key, so it does not validate until those are
@@ -292,7 +303,7 @@ func (c *Config) checkKafka(h hider) error {
 		}
 		c.KafkaTLS = true
 	}
-	return nil
+	return c.checkClientCert(h) // tls.go
 }
 
 // checkGroupTimes checks the session timeout and the heartbeat interval
@@ -317,7 +328,9 @@ func (c *Config) checkSASL(h hider) error {
 			return configError("KAFKA_SASL_MECHANISM", "required when KAFKA_SASL_USERNAME or KAFKA_SASL_PASSWORD is set (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)")
 		}
 	case !slices.Contains(SASLMechanisms, c.KafkaSASLMechanism):
-		return configError("KAFKA_SASL_MECHANISM", "%s is not PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", h.show(c.KafkaSASLMechanism))
+		return configError("KAFKA_SASL_MECHANISM", "%s is not PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or AWS_MSK_IAM", h.show(c.KafkaSASLMechanism))
+	case c.KafkaSASLMechanism == AWSMSKIAM:
+		return c.checkMSKIAM() // tls.go
 	case c.KafkaSASLUsername == "":
 		return configError("KAFKA_SASL_USERNAME", "required with KAFKA_SASL_MECHANISM=%s", c.KafkaSASLMechanism)
 	case c.KafkaSASLPassword.Reveal() == "":
@@ -528,6 +541,8 @@ func (c Config) LogValue() slog.Value {
 		slog.String("kafka_budget_topic", c.KafkaBudgetTopic),
 		slog.Bool("kafka_tls", c.KafkaTLS),
 		slog.String("kafka_tls_ca_file", c.KafkaTLSCAFile),
+		slog.String("kafka_tls_cert_file", c.KafkaTLSCertFile),
+		slog.String("kafka_tls_key_file", c.KafkaTLSKeyFile),
 		slog.String("kafka_sasl_mechanism", c.KafkaSASLMechanism),
 		slog.String("kafka_sasl_username", c.KafkaSASLUsername),
 		slog.Bool("kafka_sasl_password_set", c.KafkaSASLPassword.Reveal() != ""),

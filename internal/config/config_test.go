@@ -99,6 +99,8 @@ var fields = map[string]func(config.Config) any{
 	"KAFKA_DLQ_TOPIC":           func(c config.Config) any { return c.KafkaDLQTopic },
 	"KAFKA_TLS":                 func(c config.Config) any { return c.KafkaTLS },
 	"KAFKA_TLS_CA_FILE":         func(c config.Config) any { return c.KafkaTLSCAFile },
+	"KAFKA_TLS_CERT_FILE":       func(c config.Config) any { return c.KafkaTLSCertFile },
+	"KAFKA_TLS_KEY_FILE":        func(c config.Config) any { return c.KafkaTLSKeyFile },
 	"KAFKA_SASL_MECHANISM":      func(c config.Config) any { return c.KafkaSASLMechanism },
 	"KAFKA_SASL_USERNAME":       func(c config.Config) any { return c.KafkaSASLUsername },
 	"KAFKA_SASL_PASSWORD":       func(c config.Config) any { return c.KafkaSASLPassword.Reveal() },
@@ -139,6 +141,10 @@ type parseCase struct {
 func parseCases(t *testing.T) []parseCase {
 	ca := writeFile(t, "ca.pem", caPEM(t))
 	ca2 := writeFile(t, "ca2.pem", caPEM(t))
+	c1, k1 := clientPair(t, "alice")
+	c2, k2 := clientPair(t, "alice")
+	cert, key := writeFile(t, "c1.pem", c1), writeFile(t, "k1.pem", k1)
+	cert2, key2 := writeFile(t, "c2.pem", c2), writeFile(t, "k2.pem", k2)
 	sasl := func(drop string) map[string]string {
 		m := map[string]string{"KAFKA_SASL_MECHANISM": "PLAIN", "KAFKA_SASL_USERNAME": "alice", "KAFKA_SASL_PASSWORD": saslPassword}
 		delete(m, drop)
@@ -159,9 +165,12 @@ func parseCases(t *testing.T) []parseCase {
 		{env: "KAFKA_TLS", value: "false", other: "true", want: false},
 		{env: "KAFKA_TLS", value: "1", other: "0", want: true},
 		{env: "KAFKA_TLS_CA_FILE", value: ca, other: ca2, want: ca},
+		{env: "KAFKA_TLS_CERT_FILE", value: cert, other: cert2, extra: map[string]string{"KAFKA_TLS_KEY_FILE": key}, want: cert},
+		{env: "KAFKA_TLS_KEY_FILE", value: key, other: key2, extra: map[string]string{"KAFKA_TLS_CERT_FILE": cert}, want: key},
 		{env: "KAFKA_SASL_MECHANISM", value: "scram-sha-256", other: "PLAIN", extra: sasl("KAFKA_SASL_MECHANISM"), want: "SCRAM-SHA-256"},
 		{env: "KAFKA_SASL_MECHANISM", value: "Scram-Sha-512", other: "PLAIN", extra: sasl("KAFKA_SASL_MECHANISM"), want: "SCRAM-SHA-512"},
 		{env: "KAFKA_SASL_MECHANISM", value: "plain", other: "SCRAM-SHA-256", extra: sasl("KAFKA_SASL_MECHANISM"), want: "PLAIN"},
+		{env: "KAFKA_SASL_MECHANISM", value: "aws_msk_iam", other: "PLAIN", want: "AWS_MSK_IAM"},
 		{env: "KAFKA_SASL_USERNAME", value: "bob", other: "carol", extra: sasl("KAFKA_SASL_USERNAME"), want: "bob"},
 		{env: "KAFKA_SASL_PASSWORD", value: saslPassword, other: "other-pw", extra: sasl("KAFKA_SASL_PASSWORD"), want: saslPassword},
 		{env: "KAFKA_SASL_ALLOW_INSECURE", value: "true", other: "false", want: true},
@@ -357,6 +366,9 @@ func invalidCases(t *testing.T) []invalidCase {
 		one("LOG_LEVEL", "info+2"),
 		one("LOG_FORMAT", "xml"),
 		{env: "MOENGAGE_DATA_API_KEY_FILE", over: map[string]string{"MOENGAGE_DATA_API_KEY": "", "MOENGAGE_DATA_API_KEY_FILE": "/nonexistent/key"}, has: `cannot read "/nonexistent/key": no such file`},
+		{env: "KAFKA_TLS_CERT_FILE", over: map[string]string{"KAFKA_TLS_KEY_FILE": "/nonexistent/user.key"}, has: "required with KAFKA_TLS_KEY_FILE"},
+		{env: "KAFKA_TLS_KEY_FILE", over: map[string]string{"KAFKA_TLS_CERT_FILE": "/nonexistent/user.crt"}, has: "required with KAFKA_TLS_CERT_FILE"},
+		{env: "KAFKA_TLS_CERT_FILE", over: map[string]string{"KAFKA_TLS_CERT_FILE": "/nonexistent/user.crt", "KAFKA_TLS_KEY_FILE": "/nonexistent/user.key"}, has: "cannot read"},
 		{env: "KAFKA_SASL_PASSWORD_FILE", over: map[string]string{"KAFKA_SASL_PASSWORD": "", "KAFKA_SASL_PASSWORD_FILE": "/nonexistent/pw"}, has: "/nonexistent/pw"},
 		{env: "MOENGAGE_WORKSPACE_ID_FILE", over: map[string]string{"MOENGAGE_WORKSPACE_ID": "", "MOENGAGE_WORKSPACE_ID_FILE": "/nonexistent/ws"}, has: "/nonexistent/ws"},
 	}

@@ -47,7 +47,9 @@ var designVars = []string{
 	"KAFKA_SESSION_TIMEOUT", "KAFKA_HEARTBEAT_INTERVAL", // issue 12: how soon a dead replica's share comes back
 	"KAFKA_DLQ_TOPIC",
 	"KAFKA_BUDGET_TOPIC", // issue 12: the board the replicas share the budget over
-	"KAFKA_TLS", "KAFKA_TLS_CA_FILE", "KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD",
+	"KAFKA_TLS", "KAFKA_TLS_CA_FILE",
+	"KAFKA_TLS_CERT_FILE", "KAFKA_TLS_KEY_FILE", // issue 19 §12: mutual TLS (Strimzi's TLS users)
+	"KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD",
 	"KAFKA_SASL_ALLOW_INSECURE", // issue 10 §5: the opt-in for SASL PLAIN without TLS
 	"MOENGAGE_DC", "MOENGAGE_BASE_URL",
 	"MOENGAGE_ALLOW_INSECURE", // issue 10 §5: the opt-in for an http:// base URL

@@ -3,6 +3,7 @@ package preflight
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"math"
@@ -43,6 +44,10 @@ func checkKafka(ctx context.Context, cfg config.Config, to time.Duration) []Resu
 	tr.ClientID = clientID
 	defer tr.CloseIdleConnections()
 	security := describeSecurity(cfg)
+	if expired := expiredClientCert(cfg, time.Now()); expired != "" {
+		return append([]Result{{Check: "kafka.brokers", Status: Fail, Detail: expired}},
+			skipRest("the client certificate has expired")...)
+	}
 	topics := append(slices.Clone(cfg.KafkaTopics), cfg.KafkaDLQTopic)
 
 	// The bootstrap brokers, through kafka-go's client with the worker's
@@ -59,12 +64,6 @@ func checkKafka(ctx context.Context, cfg config.Config, to time.Duration) []Resu
 			continue
 		}
 		reached = append(reached, b)
-	}
-	skipRest := func(why string) []Result {
-		return []Result{{Check: "kafka.topic", Status: Skip, Detail: "skipped: " + why},
-			{Check: "kafka.dlq", Status: Skip, Detail: "skipped: " + why},
-			{Check: "kafka.group", Status: Skip, Detail: "skipped: " + why},
-			{Check: "kafka.acls", Status: Skip, Detail: "skipped: " + why}}
 	}
 	if len(reached) == 0 {
 		return append([]Result{{Check: "kafka.brokers", Status: Fail,
@@ -150,6 +149,15 @@ func checkKafka(ctx context.Context, cfg config.Config, to time.Duration) []Resu
 	return out
 }
 
+// skipRest is the lines of the checks after kafka.brokers when they cannot
+// run.
+func skipRest(why string) []Result {
+	return []Result{{Check: "kafka.topic", Status: Skip, Detail: "skipped: " + why},
+		{Check: "kafka.dlq", Status: Skip, Detail: "skipped: " + why},
+		{Check: "kafka.group", Status: Skip, Detail: "skipped: " + why},
+		{Check: "kafka.acls", Status: Skip, Detail: "skipped: " + why}}
+}
+
 // describeSecurity names the transport the configuration selects.
 func describeSecurity(cfg config.Config) string {
 	s := "plaintext"
@@ -158,11 +166,18 @@ func describeSecurity(cfg config.Config) string {
 		if cfg.KafkaTLSCAFile != "" {
 			s += " (CA " + cfg.KafkaTLSCAFile + ")"
 		}
+		if leaf := clientLeaf(cfg); leaf != nil {
+			s += fmt.Sprintf(", client certificate %q valid until %s", leaf.Subject.String(),
+				leaf.NotAfter.UTC().Format(time.RFC3339))
+		}
 	}
-	if cfg.KafkaSASLMechanism != "" {
-		s += fmt.Sprintf(", SASL %s as %s", cfg.KafkaSASLMechanism, cfg.KafkaSASLUsername)
-	} else {
+	switch cfg.KafkaSASLMechanism {
+	case "":
 		s += ", no SASL"
+	case config.AWSMSKIAM:
+		s += ", SASL AWS_MSK_IAM with the AWS default credential chain"
+	default:
+		s += fmt.Sprintf(", SASL %s as %s", cfg.KafkaSASLMechanism, cfg.KafkaSASLUsername)
 	}
 	return s
 }
@@ -508,4 +523,36 @@ func authenticate(ctx context.Context, pc *protocol.Conn, mech sasl.Mechanism) e
 		}
 	}
 	return nil
+}
+
+// clientLeaf is the client certificate of KAFKA_TLS_CERT_FILE and
+// KAFKA_TLS_KEY_FILE as the files are now, or nil (none, or unreadable:
+// the configuration check reports that).
+func clientLeaf(cfg config.Config) *x509.Certificate {
+	if cfg.KafkaTLSCertFile == "" {
+		return nil
+	}
+	pair, err := tls.LoadX509KeyPair(cfg.KafkaTLSCertFile, cfg.KafkaTLSKeyFile)
+	if err != nil {
+		return nil
+	}
+	return pair.Leaf
+}
+
+// expiredClientCert says why the client certificate cannot be used (it has
+// expired, or is not valid yet), or "". A broker rejects such a certificate
+// with a bare TLS alert; this says which file and when.
+func expiredClientCert(cfg config.Config, now time.Time) string {
+	leaf := clientLeaf(cfg)
+	switch {
+	case leaf == nil:
+		return ""
+	case now.After(leaf.NotAfter):
+		return fmt.Sprintf("the client certificate in KAFKA_TLS_CERT_FILE %s (%s) expired at %s: the brokers will refuse it; renew it (the worker re-reads the file)",
+			cfg.KafkaTLSCertFile, leaf.Subject.String(), leaf.NotAfter.UTC().Format(time.RFC3339))
+	case now.Before(leaf.NotBefore):
+		return fmt.Sprintf("the client certificate in KAFKA_TLS_CERT_FILE %s (%s) is not valid before %s",
+			cfg.KafkaTLSCertFile, leaf.Subject.String(), leaf.NotBefore.UTC().Format(time.RFC3339))
+	}
+	return ""
 }

@@ -1,6 +1,15 @@
 package preflight
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -66,5 +75,49 @@ func TestKafkaUnreachable(t *testing.T) {
 	}
 	if r := find(t, res, "kafka.acls"); r.Status != Skip {
 		t.Errorf("kafka.acls: %+v", r)
+	}
+}
+
+// TestKafkaExpiredClientCertificate: an expired client certificate fails
+// kafka.brokers with the file and the date, before any connection (a broker
+// would answer with a bare TLS alert); a valid one is named in the line.
+func TestKafkaExpiredClientCertificate(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name string, notAfter time.Time) (certFile, keyFile string) {
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: name},
+			NotBefore: notAfter.Add(-48 * time.Hour), NotAfter: notAfter}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p8, _ := x509.MarshalPKCS8PrivateKey(key)
+		certFile, keyFile = filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")
+		_ = os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+		_ = os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: p8}), 0o600)
+		return certFile, keyFile
+	}
+	cfg := kafkaConfig(t, []string{"127.0.0.1:1"}, "in", "in.dlq")
+	cfg.KafkaTLS = true
+	cfg.KafkaTLSCertFile, cfg.KafkaTLSKeyFile = write("old-user", time.Now().Add(-time.Minute))
+	res := checkKafka(t.Context(), cfg, 2*time.Second)
+	if r := find(t, res, "kafka.brokers"); r.Status != Fail || !strings.Contains(r.Detail, "CN=old-user") ||
+		!strings.Contains(r.Detail, "expired at") || strings.Contains(r.Detail, "dial tcp") {
+		t.Errorf("kafka.brokers: %+v", r)
+	}
+	cfg.KafkaTLSCertFile, cfg.KafkaTLSKeyFile = write("new-user", time.Now().Add(time.Hour))
+	res = checkKafka(t.Context(), cfg, 2*time.Second)
+	if r := find(t, res, "kafka.brokers"); r.Status != Fail || !strings.Contains(r.Detail, `client certificate "CN=new-user" valid until`) {
+		t.Errorf("kafka.brokers: %+v", r)
+	}
+}
+
+func TestDescribeSecurityMSKIAM(t *testing.T) {
+	cfg := config.Config{KafkaTLS: true, KafkaSASLMechanism: config.AWSMSKIAM}
+	if got := describeSecurity(cfg); got != "TLS, SASL AWS_MSK_IAM with the AWS default credential chain" {
+		t.Errorf("describeSecurity = %q", got)
 	}
 }
