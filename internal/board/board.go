@@ -60,6 +60,7 @@ type Board struct {
 	ready  bool      // the topic is known to exist: Run found or created it
 	failed bool      // the last publish failed (logged once per change)
 	dups   int64     // messages under our key that we did not write
+	dupAt  int64     // the offset of the last one counted (a re-read counts none twice)
 	dupLog time.Time // the last duplicate warning
 }
 
@@ -224,10 +225,14 @@ func (b *Board) foreign(m kafka.Message) bool {
 	return true // a writer that does not mark its messages: not this Board
 }
 
-// duplicate counts and reports a foreign message (see foreign).
+// duplicate counts and reports a foreign message (see foreign), once.
 func (b *Board) duplicate(m kafka.Message) {
 	b.mu.Lock()
-	b.dups++
+	if b.dups > 0 && m.Offset <= b.dupAt {
+		b.mu.Unlock()
+		return // counted before the reader started over
+	}
+	b.dups, b.dupAt = b.dups+1, m.Offset
 	n, warn := b.dups, time.Since(b.dupLog) >= duplicateLogEvery
 	if warn {
 		b.dupLog = time.Now()
