@@ -159,6 +159,43 @@ type staller interface {
 	Stall(ctx context.Context, d time.Duration) error
 }
 
+// TestBrokerStall checks the chaos run's stall: while stalled the broker
+// answers nothing (a metadata request times out, the connection stays
+// open), and afterwards it serves again.
+func TestBrokerStall(t *testing.T) {
+	s, ok := broker.(staller)
+	if !ok || os.Getenv("KAFKA_BROKERS") != "" {
+		t.Skip("the suite's broker cannot be stalled")
+	}
+	topic, _ := newTopic(t, 1)
+	meta := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		// A new Transport each time: kafka-go answers metadata requests
+		// from a Transport's cache.
+		tr := &kafka.Transport{}
+		defer tr.CloseIdleConnections()
+		client := &kafka.Client{Addr: kafka.TCP(brokerAddr), Transport: tr, Timeout: time.Second}
+		_, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
+		return err
+	}
+	if err := meta(); err != nil {
+		t.Fatalf("metadata before the stall: %v", err)
+	}
+	stalled := make(chan error, 1)
+	go func() { stalled <- s.Stall(context.Background(), 4*time.Second) }()
+	time.Sleep(500 * time.Millisecond)
+	if err := meta(); err == nil {
+		t.Fatal("the stalled broker answered a metadata request")
+	} else {
+		t.Logf("during the stall: %v", err)
+	}
+	if err := <-stalled; err != nil {
+		t.Fatalf("stall: %v", err)
+	}
+	waitFor(t, 30*time.Second, "metadata after the stall", func() bool { return meta() == nil })
+}
+
 func TestChaos(t *testing.T) {
 	for _, keying := range []string{"cohort", "uid"} {
 		t.Run("keyed-by-"+keying, func(t *testing.T) { chaos(t, keying == "uid") })
