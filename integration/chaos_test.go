@@ -2,12 +2,14 @@ package integration
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -24,12 +26,15 @@ import (
 // SIGKILLs and restarts, replicas paused (SIGSTOP) past the group's session
 // timeout and resumed, replicas scaled between one and three, the broker
 // killed and restarted, the broker (and so the group coordinator) stalled
-// for a few seconds (SIGSTOP, or the engine's pause for a container), TCP
-// faults between worker and API (latency, resets, black holes) through an
-// in-process proxy, and emulator 5xx, 429 and outages — while a producer
-// writes throughout, poison included. At the end the emulator's membership
-// must equal the fold of the log and the dead-letter topic must hold
-// exactly the poison records.
+// for a few seconds (SIGSTOP, or the engine's pause for a container),
+// metadata requests failing during a rebalance (the workers bootstrap
+// through a Kafka-aware proxy that cuts a connection sending one; the
+// group leader assigns from its own counts, so the other members are hit),
+// TCP faults between worker and API (latency, resets, black holes) through
+// an in-process proxy, and emulator 5xx, 429 and outages — while a
+// producer writes throughout, poison included. At the end the emulator's
+// membership must equal the fold of the log and the dead-letter topic must
+// hold exactly the poison records.
 //
 // CHAOS_LATE=1 adds the emulator's late fault: a share of requests is held
 // past the worker's attempt timeout (15 s) and then processed all the same
@@ -51,8 +56,13 @@ type proxy struct {
 	latency atomic.Int64 // per chunk, nanoseconds
 	reset   atomic.Bool  // accept then close new connections at once
 	black   atomic.Bool  // accept and swallow: the worker's attempts time out
-	mu      sync.Mutex
-	conns   map[net.Conn]bool
+	// kafka makes it read the client's side as Kafka requests; while
+	// failMeta is set, a connection that sends a Metadata request is cut
+	// instead (the client sees a metadata error; other requests pass).
+	kafka    atomic.Bool
+	failMeta atomic.Bool
+	mu       sync.Mutex
+	conns    map[net.Conn]bool
 }
 
 func startProxy(t *testing.T, target string) *proxy {
@@ -140,9 +150,38 @@ func (p *proxy) handle(c net.Conn) {
 		}
 		done <- struct{}{}
 	}
-	go pipe(up, c)
+	if p.kafka.Load() {
+		go func() { p.pipeRequests(up, c); done <- struct{}{} }()
+	} else {
+		go pipe(up, c)
+	}
 	go pipe(c, up)
 	<-done
+}
+
+// apiKeyMetadata is the Kafka protocol's Metadata API key.
+const apiKeyMetadata = 3
+
+// pipeRequests copies Kafka requests (a 4-byte size, then api_key first)
+// from src to dst, and returns on a Metadata request while failMeta is set:
+// handle then closes both connections.
+func (p *proxy) pipeRequests(dst, src net.Conn) {
+	var size [4]byte
+	for {
+		if _, err := io.ReadFull(src, size[:]); err != nil {
+			return
+		}
+		frame := make([]byte, binary.BigEndian.Uint32(size[:]))
+		if _, err := io.ReadFull(src, frame); err != nil {
+			return
+		}
+		if len(frame) >= 2 && binary.BigEndian.Uint16(frame) == apiKeyMetadata && p.failMeta.Load() {
+			return
+		}
+		if _, err := dst.Write(append(size[:], frame...)); err != nil {
+			return
+		}
+	}
 }
 
 func envDuration(name string, def time.Duration) time.Duration {
@@ -196,6 +235,48 @@ func TestBrokerStall(t *testing.T) {
 	waitFor(t, 30*time.Second, "metadata after the stall", func() bool { return meta() == nil })
 }
 
+// TestKafkaProxyMetadataErrors checks the chaos run's metadata fault:
+// through a Kafka proxy with failMeta set, a metadata request fails (on a
+// new Transport, which kafka-go does not answer from a cache) while other
+// requests (ApiVersions, FindCoordinator) pass; without it, metadata is
+// served.
+func TestKafkaProxyMetadataErrors(t *testing.T) {
+	kp := startProxy(t, brokerAddr)
+	kp.kafka.Store(true)
+	meta := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		tr := &kafka.Transport{}
+		defer tr.CloseIdleConnections()
+		client := &kafka.Client{Addr: kafka.TCP(kp.addr()), Transport: tr}
+		_, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{"x"}})
+		return err
+	}
+	if err := meta(); err != nil {
+		t.Fatalf("metadata through the proxy: %v", err)
+	}
+	kp.failMeta.Store(true)
+	if err := meta(); err == nil {
+		t.Fatal("metadata served while failMeta is set")
+	} else {
+		t.Logf("metadata with failMeta: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conn, err := (&kafka.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, "tcp", kp.addr())
+	if err != nil {
+		t.Fatalf("dial through the proxy with failMeta (ApiVersions): %v", err)
+	}
+	defer conn.Close()
+	if _, err := conn.ApiVersions(); err != nil {
+		t.Fatalf("ApiVersions with failMeta: %v", err)
+	}
+	kp.failMeta.Store(false)
+	if err := meta(); err != nil {
+		t.Fatalf("metadata after failMeta: %v", err)
+	}
+}
+
 func TestChaos(t *testing.T) {
 	for _, keying := range []string{"cohort", "uid"} {
 		t.Run("keyed-by-"+keying, func(t *testing.T) { chaos(t, keying == "uid") })
@@ -219,9 +300,12 @@ func chaos(t *testing.T, byUID bool) {
 	p := newProducer(t, topic)
 	p.byUID = byUID
 	g := newGen(seed, 40, 1500)
-	g.bulk = !byUID // the bulk form carries several uids: keyed by uid only with one
+	g.bulk = !byUID                 // the bulk form carries several uids: keyed by uid only with one
+	kp := startProxy(t, brokerAddr) // the workers' bootstrap: metadata errors on demand
+	kp.kafka.Store(true)
 	env := workerEnv(a, topic, dlq, "g-"+topic)
 	env["MOENGAGE_BASE_URL"] = "http://" + px.addr()
+	env["KAFKA_BROKERS"] = kp.addr()
 	env["SHUTDOWN_TIMEOUT"] = "10s"
 	group := env["KAFKA_GROUP_ID"]
 
@@ -284,7 +368,7 @@ func chaos(t *testing.T, byUID bool) {
 	end := time.Now().Add(duration)
 	for time.Now().Before(end) {
 		time.Sleep(time.Duration(1000+rng.IntN(3000)) * time.Millisecond)
-		switch k := rng.IntN(12); {
+		switch k := rng.IntN(13); {
 		case k == 0 && len(replicas) > 0: // crash one and bring it back
 			i := rng.IntN(len(replicas))
 			replicas[i].kill()
@@ -339,7 +423,13 @@ func chaos(t *testing.T, byUID bool) {
 			time.Sleep(time.Duration(1000+rng.IntN(5000)) * time.Millisecond)
 			counts["outage"]++
 		case k == 9 && len(replicas) > 0: // a pause past the session timeout (10s)
-			resume := replicas[rng.IntN(len(replicas))].pause(t)
+			w := replicas[rng.IntN(len(replicas))]
+			select {
+			case <-w.done:
+				t.Fatalf("worker %s exited by itself: %v", w.name, w.err)
+			default:
+			}
+			resume := w.pause(t)
 			time.Sleep(time.Duration(11000+rng.IntN(9000)) * time.Millisecond)
 			resume()
 			counts["pause"]++
@@ -360,6 +450,19 @@ func chaos(t *testing.T, byUID bool) {
 				}
 				counts["late"]++
 			}
+		case k == 12: // metadata errors while the group rebalances: the non-leaders read the partition counts then
+			if len(replicas) < 3 {
+				spawn() // it joins once it serves HTTP: in the window
+			}
+			kp.failMeta.Store(true)
+			if len(replicas) > 2 && rng.IntN(2) == 0 {
+				i := rng.IntN(len(replicas))
+				_ = replicas[i].stop(30 * time.Second)
+				replicas = append(replicas[:i], replicas[i+1:]...)
+			}
+			time.Sleep(time.Duration(3000+rng.IntN(5000)) * time.Millisecond)
+			kp.failMeta.Store(false)
+			counts["metadata-errors"]++
 		}
 		if rng.IntN(3) == 0 { // faults come and go
 			_ = a.SetFaults(emulator.Faults{})
@@ -405,13 +508,18 @@ func chaos(t *testing.T, byUID bool) {
 			lateApplied++ // applied after its client had gone
 		}
 	}
-	retries := 0.0
+	retries, countsFailed := 0.0, 0
 	for _, w := range replicas {
 		retries += w.metric("cohortsync_retries_total")
+		for _, l := range w.logs() {
+			if strings.HasPrefix(fmt.Sprint(l["msg"]), "reading the partition counts failed") {
+				countsFailed++
+			}
+		}
 	}
-	t.Logf("chaos: %d events (%d poison, %d dead letters), %d requests (%d accepted, %d members sent for %d member changes: %d sent more than once; %d applied after the client gave up), faults %v, longest partition without a commit %s, retries on the surviving replicas %.0f",
+	t.Logf("chaos: %d events (%d poison, %d dead letters), %d requests (%d accepted, %d members sent for %d member changes: %d sent more than once; %d applied after the client gave up), faults %v, longest partition without a commit %s, retries on the surviving replicas %.0f, partition counts unread at an assignment %d",
 		p.count, want, len(got), len(a.Requests()), accepted, members, p.changes, members-p.changes, lateApplied, counts,
-		time.Duration(longest.Load()).Round(100*time.Millisecond), retries)
+		time.Duration(longest.Load()).Round(100*time.Millisecond), retries, countsFailed)
 	for _, w := range replicas {
 		if err := w.stop(30 * time.Second); err != nil {
 			t.Errorf("stopping %s: %v", w.name, err)
