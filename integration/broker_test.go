@@ -14,6 +14,7 @@ import (
 
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/api/types/network"
+	"github.com/moby/moby/client"
 	"github.com/segmentio/kafka-go"
 	"github.com/testcontainers/testcontainers-go"
 	"github.com/testcontainers/testcontainers-go/wait"
@@ -195,6 +196,27 @@ func (k *kafkaContainer) Restart(ctx context.Context) error {
 
 // Stop removes the container.
 func (k *kafkaContainer) Stop() error { return testcontainers.TerminateContainer(k.ctr) }
+
+// Stall freezes the container (the engine's pause: every process in it)
+// for d, or until ctx ends, then resumes it.
+func (k *kafkaContainer) Stall(ctx context.Context, d time.Duration) error {
+	p, err := testcontainers.NewDockerProvider()
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	if _, err := p.Client().ContainerPause(context.Background(), k.ID(), client.ContainerPauseOptions{}); err != nil {
+		return err
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	_, err = p.Client().ContainerUnpause(context.Background(), k.ID(), client.ContainerUnpauseOptions{})
+	return err
+}
 
 // kafkaReady waits until the broker answers a metadata request on addr and
 // a group coordinator is available (the log line alone is not enough, and

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -15,9 +16,12 @@ import (
 	"time"
 
 	"github.com/moby/moby/api/types/container"
+	"github.com/segmentio/kafka-go"
 	"github.com/testcontainers/testcontainers-go"
 
 	"github.com/cohortsync/cohortsync-worker/internal/emulator"
+	"github.com/cohortsync/cohortsync-worker/internal/event"
+	"github.com/cohortsync/cohortsync-worker/internal/ratelimit"
 )
 
 // The images under test, built from the project's Dockerfile
@@ -408,4 +412,177 @@ func TestContainerWorkerImage(t *testing.T) {
 	}
 	waitNoLag(t, topic, "ctr-"+topic, 30*time.Second)
 	t.Logf("SIGTERM: drained and exited 0 in %s", time.Since(start).Round(time.Millisecond))
+}
+
+// startWorkerContainer starts the worker image on the host network with
+// env, and waits for its /readyz at httpAddr.
+func startWorkerContainer(t *testing.T, img string, env map[string]string, httpAddr string) testcontainers.Container {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ctr, err := testcontainers.GenericContainer(ctx, testcontainers.GenericContainerRequest{
+		ContainerRequest: testcontainers.ContainerRequest{
+			Image: img, Env: env, Labels: testLabels(t), HostConfigModifier: hardened(),
+		},
+		Started: true,
+	})
+	testcontainers.CleanupContainer(t, ctr)
+	if err != nil {
+		t.Fatalf("start the worker image: %v", err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("---- worker container %.12s log (tail) ----\n%s", ctr.GetContainerID(), tail(containerLogs(ctr), 30))
+		}
+	})
+	waitFor(t, 60*time.Second, "the worker container's /readyz", func() bool {
+		if st, err := ctr.State(context.Background()); err == nil && !st.Running {
+			t.Fatalf("worker container exited %d", st.ExitCode)
+		}
+		return httpStatus("http://"+httpAddr+"/readyz") == 200
+	})
+	return ctr
+}
+
+// metricValue reads an unlabelled metric from a worker's /metrics (NaN:
+// absent or unreadable).
+func metricValue(httpAddr, name string) float64 {
+	c := http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get("http://" + httpAddr + "/metrics")
+	if err != nil {
+		return math.NaN()
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err == nil {
+				return f
+			}
+		}
+	}
+	return math.NaN()
+}
+
+// requestsSince returns the emulator container's request records after seq,
+// and the last seq.
+func (e *emulatorContainer) requestsSince(t *testing.T, seq uint64) ([]emulator.RequestRecord, uint64) {
+	t.Helper()
+	resp, err := http.Get(fmt.Sprintf("%s%srequests?since=%d", e.URL, emulator.AdminPrefix, seq))
+	if err != nil {
+		t.Fatalf("emulator requests: %v", err)
+	}
+	defer resp.Body.Close()
+	var body emulator.RequestsResponse
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		t.Fatalf("emulator requests: %v", err)
+	}
+	return body.Requests, body.LastSeq
+}
+
+// produceToPartition writes n add events of n distinct cohorts to
+// partition p of topic: with one request per cohort, a backlog of n
+// requests.
+func produceToPartition(t *testing.T, topic string, p, n int) {
+	t.Helper()
+	w := &kafka.Writer{Addr: kafka.TCP(brokerAddr), Topic: topic, BatchTimeout: 2 * time.Millisecond, BatchSize: 1000,
+		RequiredAcks: kafka.RequireAll, Balancer: kafka.BalancerFunc(func(kafka.Message, ...int) int { return p })}
+	defer w.Close()
+	msgs := make([]kafka.Message, n)
+	for i := range msgs {
+		ev := event.Event{Action: event.Add, Partner: partner, CohortID: fmt.Sprintf("hot-%d-%05d", p, i),
+			CohortName: "IT_Hot", UIDs: []string{fmt.Sprintf("u%07d", i)}}
+		msgs[i] = kafka.Message{Key: []byte(ev.CohortID), Value: event.Encode(ev)}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := w.WriteMessages(ctx, msgs...); err != nil {
+		t.Fatalf("produce: %v", err)
+	}
+}
+
+// TestContainerReplicasShareOnHostNetwork: three replicas of the worker
+// image on the host network -- one hostname (the host's), pid 1 each --
+// share one budget (RATE_LIMIT_RPM=120) with the backlog in one of three
+// partitions. Each has a name of its own, so the busy replica borrows the
+// idle ones' spare and sends well above its static share (38/min); named
+// by hostname and pid they were all "HOST-1", overwrote each other's
+// budget records and kept their static shares (38 of 120/min measured).
+func TestContainerReplicasShareOnHostNetwork(t *testing.T) {
+	img := requireImage(t, envWorkerImage)
+	emuImg := requireImage(t, envEmulatorImage)
+	api := startEmulatorContainer(t, emuImg)
+	topic, dlq := newTopic(t, 3)
+	produceToPartition(t, topic, 0, 1500) // about 12 minutes at the whole budget
+	produceToPartition(t, topic, 1, 2)    // the others send a little, under their names
+	produceToPartition(t, topic, 2, 2)
+
+	const budget = 120
+	static := ratelimit.Share(budget, 1, 3)
+	addrs := make([]string, 3)
+	for i := range addrs {
+		port, err := freePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrs[i] = "127.0.0.1:" + strconv.Itoa(port)
+		startWorkerContainer(t, img, map[string]string{
+			"KAFKA_BROKERS": brokerAddr, "KAFKA_TOPIC": topic, "KAFKA_DLQ_TOPIC": dlq, "KAFKA_GROUP_ID": "ctr-" + topic,
+			"KAFKA_SESSION_TIMEOUT": "6s", "KAFKA_HEARTBEAT_INTERVAL": "1s",
+			"MOENGAGE_BASE_URL": api.URL, "MOENGAGE_WORKSPACE_ID": workspace, "MOENGAGE_DATA_API_KEY": apiKey,
+			"RATE_LIMIT_RPM": strconv.Itoa(budget), "HTTP_ADDR": addrs[i], "LOG_FORMAT": "json",
+		}, addrs[i])
+	}
+	split := func() bool {
+		for _, a := range addrs {
+			if metricValue(a, "cohortsync_assigned_partitions") != 1 {
+				return false
+			}
+		}
+		return true
+	}
+	waitFor(t, 90*time.Second, "one partition per replica", split)
+	// Rates settle within a few board ticks; then count a window.
+	time.Sleep(10 * time.Second)
+	_, seq := api.requestsSince(t, 0)
+	const window = 40 * time.Second
+	start := time.Now()
+	time.Sleep(window)
+	recs, _ := api.requestsSince(t, seq)
+	if !split() {
+		t.Fatal("the group rebalanced during the measurement")
+	}
+	byReplica := map[string]int{}
+	for _, r := range recs {
+		if r.Time.Before(start.Add(window)) {
+			byReplica[r.Replica]++
+		}
+	}
+	busiest, total := 0, 0
+	for _, n := range byReplica {
+		busiest, total = max(busiest, n), total+n
+	}
+	perMin := func(n int) float64 { return float64(n) / window.Minutes() }
+	t.Logf("requests in %s by replica: %v; busiest %.0f/min (static share %.0f), fleet %.0f/min of %d",
+		window, byReplica, perMin(busiest), static, perMin(total), budget)
+	for i, a := range addrs {
+		t.Logf("replica %d: rate in force %v/min, duplicates %v", i, metricValue(a, "cohortsync_rate_limit_requests_per_minute"),
+			metricValue(a, "cohortsync_budget_board_duplicates_total"))
+		if d := metricValue(a, "cohortsync_budget_board_duplicates_total"); d != 0 {
+			t.Errorf("replica %d counted %v duplicate budget records", i, d)
+		}
+	}
+	if perMin(busiest) < 1.5*static {
+		t.Errorf("the busy replica sent %.0f/min, not well above its static share %.0f/min: the replicas do not share", perMin(busiest), static)
+	}
+	if perMin(total) > budget*1.05 {
+		t.Errorf("the fleet sent %.0f/min over a budget of %d", perMin(total), budget)
+	}
+	names := map[string]bool{}
+	for _, r := range recs {
+		names[r.Replica] = true
+	}
+	t.Logf("replica names seen by the API: %v", names)
 }

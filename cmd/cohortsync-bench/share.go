@@ -126,7 +126,7 @@ func (b *bench) shared(ctx context.Context, r shareRun) (*shareResult, error) {
 		if err := cmd.Start(); err != nil {
 			return nil, err
 		}
-		procs[fmt.Sprintf("%s-%d", host, cmd.Process.Pid)] = cmd // the replica's name (app.Options.ReplicaID)
+		procs[fmt.Sprintf("%s-%d", host, cmd.Process.Pid)] = cmd // the replica's name less its random suffix (procName)
 	}
 	b.say("(%s) %d worker processes over %d events in partitions %v for %s…", r.name, r.replicas, events, r.hot, o.shareRun)
 	first, err := firstRequest(ctx, a)
@@ -140,7 +140,7 @@ func (b *bench) shared(ctx context.Context, r shareRun) (*shareResult, error) {
 			return nil, err
 		}
 		sr.Killed = busiest(a.Requests(), time.Now().Add(-5*time.Second))
-		if p := procs[sr.Killed]; p != nil {
+		if p := procs[procName(sr.Killed)]; p != nil {
 			killed = time.Now()
 			_ = p.Process.Kill()
 			_ = p.Wait()
@@ -231,4 +231,13 @@ func sleepUntil(ctx context.Context, t time.Time) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// procName is the host-pid part of a worker's default replica name,
+// host-pid-random (internal/app/replica.go).
+func procName(replica string) string {
+	if i := strings.LastIndexByte(replica, '-'); i > 0 {
+		return replica[:i]
+	}
+	return replica
 }

@@ -156,6 +156,8 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 	fs.BoolVar(&o.cfg.Faults.StatusFail, "status-fail", false, "fault: answer 200 with a {\"status\":\"fail\"} error body to every valid request, without applying it")
 	rejectUIDs := fs.String("reject-uids", "", "fault: comma-separated uids; a request holding any of them gets 400 with no attribute and is not applied")
 	fs.BoolVar(&o.cfg.Faults.ApplyBeforeError, "apply-before-error", false, "fault: apply a valid request before answering it with an injected 5xx or reset")
+	fs.Float64Var(&o.cfg.Faults.LateRate, "late-rate", 0, "fault: fraction of requests held for -late-delay, then processed even if the client gave up")
+	fs.DurationVar(&o.cfg.Faults.LateDelay, "late-delay", 0, "fault: how long -late-rate holds a request (beyond the client's timeout)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug (one line per request), info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 10*time.Second, "graceful shutdown budget on SIGINT/SIGTERM")

@@ -12,8 +12,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -37,7 +35,7 @@ type Options struct {
 	Logger    *slog.Logger         // default slog.Default()
 	Registry  *prometheus.Registry // default a new registry with the Go and process collectors
 	Version   string               // shown in cohortsync_build_info
-	ReplicaID string               // sent to the API as X-Cohortsync-Replica; default host-pid
+	ReplicaID string               // sent to the API as X-Cohortsync-Replica; default host-pid-random (replica.go)
 	// Listening, when set, is called with the bound HTTP address once the
 	// endpoints serve (useful with HTTP_ADDR=127.0.0.1:0).
 	Listening func(addr string)
@@ -100,8 +98,7 @@ func build(opts Options) (_ *worker, err error) {
 	w.m.SetBuildInfo(opts.Version)
 	replica := opts.ReplicaID
 	if replica == "" {
-		host, _ := os.Hostname()
-		replica = host + "-" + strconv.Itoa(os.Getpid())
+		replica = defaultReplicaID()
 	}
 	w.log.Info("starting cohortsync-worker", "version", opts.Version, "replica", replica, "config", cfg)
 
@@ -152,7 +149,7 @@ func (w *worker) newFleet(replica string, dialer *kafka.Dialer, limiter *ratelim
 		OnRate: func(own, borrowed float64) { w.m.RateLimitRPM.Set(own + borrowed) }}
 	if cfg.RateLimitSharing && cfg.RateLimitRPM > 0 {
 		w.board = board.New(board.Config{Brokers: cfg.KafkaBrokers, Topic: cfg.KafkaBudgetTopic, Replica: replica,
-			Dialer: dialer, Transport: w.transport, Logger: w.log})
+			Dialer: dialer, Transport: w.transport, Logger: w.log, OnDuplicate: w.m.BoardDuplicates.Inc})
 		fc.Board = w.board
 	}
 	w.fleet = ratelimit.NewFleet(fc)

@@ -6,7 +6,10 @@
 package board
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -28,20 +31,37 @@ type Config struct {
 	Dialer    *kafka.Dialer
 	Transport *kafka.Transport
 	Logger    *slog.Logger
+	// OnDuplicate, when set, is called for every message read under this
+	// replica's key that this Board did not write (see Duplicates).
+	OnDuplicate func()
 }
+
+// WriterHeader is the header of every message a Board writes: a random id
+// of the Board (one per process start), by which it tells its own messages
+// from another process's under the same key.
+const WriterHeader = "cohortsync-writer"
+
+// duplicateLogEvery bounds the duplicate warnings: one at the first, then
+// at most one per interval.
+const duplicateLogEvery = time.Minute
 
 // Board publishes and reads the records. Run must be running for Records
 // to see anything.
 type Board struct {
-	cfg Config
-	log *slog.Logger
-	w   *kafka.Writer
+	cfg    Config
+	log    *slog.Logger
+	w      *kafka.Writer
+	writer []byte    // this Board's WriterHeader value
+	start  time.Time // when it was made: older messages are a former process's
 
 	mu     sync.Mutex
 	recs   map[string]ratelimit.Record
 	fresh  time.Time // when the reader last reached the end of the topic
 	ready  bool      // the topic is known to exist: Run found or created it
 	failed bool      // the last publish failed (logged once per change)
+	dups   int64     // messages under our key that we did not write
+	dupAt  int64     // the offset of the last one counted (a re-read counts none twice)
+	dupLog time.Time // the last duplicate warning
 }
 
 // errNotReady is Publish's error before Run has made sure the topic exists
@@ -61,9 +81,13 @@ func New(cfg Config) *Board {
 	if cfg.Transport == nil {
 		cfg.Transport = &kafka.Transport{}
 	}
+	id := make([]byte, 8)
+	_, _ = rand.Read(id) // never fails (crypto/rand)
 	return &Board{
-		cfg: cfg,
-		log: cfg.Logger.With("component", "budget-board", "topic", cfg.Topic),
+		cfg:    cfg,
+		writer: []byte(hex.EncodeToString(id)),
+		start:  time.Now(),
+		log:    cfg.Logger.With("component", "budget-board", "topic", cfg.Topic),
 		w: &kafka.Writer{
 			Addr:         kafka.TCP(cfg.Brokers...),
 			Topic:        cfg.Topic,
@@ -89,7 +113,7 @@ func (b *Board) Publish(ctx context.Context, r ratelimit.Record) error {
 	if err != nil {
 		return err
 	}
-	err = b.w.WriteMessages(ctx, kafka.Message{Key: []byte(b.cfg.Replica), Value: v})
+	err = b.w.WriteMessages(ctx, b.message(v))
 	b.mu.Lock()
 	changed := b.failed != (err != nil)
 	b.failed = err != nil
@@ -169,8 +193,65 @@ func (b *Board) read(ctx context.Context) error {
 	}
 }
 
+// message is this replica's record value v (nil: a tombstone), marked as
+// this Board's.
+func (b *Board) message(v []byte) kafka.Message {
+	return kafka.Message{Key: []byte(b.cfg.Replica), Value: v,
+		Headers: []kafka.Header{{Key: WriterHeader, Value: b.writer}}}
+}
+
+// Duplicates returns how many messages the Board has read under its own
+// replica key, written since it was made, that it did not write: another
+// process runs under the same replica name, and each overwrites the
+// other's record (the Fleet then sees neither, and sharing falls back to
+// static shares).
+func (b *Board) Duplicates() int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.dups
+}
+
+// foreign reports whether m is under this replica's key, written by
+// another process since this Board was made.
+func (b *Board) foreign(m kafka.Message) bool {
+	if string(m.Key) != b.cfg.Replica || (!m.Time.IsZero() && m.Time.Before(b.start)) {
+		return false
+	}
+	for _, h := range m.Headers {
+		if h.Key == WriterHeader {
+			return !bytes.Equal(h.Value, b.writer)
+		}
+	}
+	return true // a writer that does not mark its messages: not this Board
+}
+
+// duplicate counts and reports a foreign message (see foreign), once.
+func (b *Board) duplicate(m kafka.Message) {
+	b.mu.Lock()
+	if b.dups > 0 && m.Offset <= b.dupAt {
+		b.mu.Unlock()
+		return // counted before the reader started over
+	}
+	b.dups, b.dupAt = b.dups+1, m.Offset
+	n, warn := b.dups, time.Since(b.dupLog) >= duplicateLogEvery
+	if warn {
+		b.dupLog = time.Now()
+	}
+	b.mu.Unlock()
+	if warn {
+		b.log.Error("another process publishes budget records under this replica's name: their records overwrite each other and the fleet shares the budget by static shares only; give each replica a unique name",
+			"replica", b.cfg.Replica, "offset", m.Offset, "duplicates", n)
+	}
+	if b.cfg.OnDuplicate != nil {
+		b.cfg.OnDuplicate()
+	}
+}
+
 // apply keeps one message: a record, or a tombstone that deletes its key.
 func (b *Board) apply(m kafka.Message) {
+	if b.foreign(m) {
+		b.duplicate(m)
+	}
 	key := string(m.Key)
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -192,7 +273,7 @@ func (b *Board) apply(m kafka.Message) {
 func (b *Board) leave() {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	_ = b.w.WriteMessages(ctx, kafka.Message{Key: []byte(b.cfg.Replica)})
+	_ = b.w.WriteMessages(ctx, b.message(nil))
 }
 
 // ensureTopic creates the topic, compacted with one partition, unless it

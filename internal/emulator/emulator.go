@@ -205,6 +205,7 @@ func (e *Emulator) handle(r *http.Request, rec *RequestRecord) outcome {
 	}
 	rec.AuthOK = true
 	rec.Workspace = ws
+	late := e.holdLate(rec)
 
 	// Validation is pure, so it runs outside the lock; its result is used
 	// only at its place in the order of checks. It keeps nothing of body,
@@ -218,8 +219,29 @@ func (e *Emulator) handle(r *http.Request, rec *RequestRecord) outcome {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	o := e.decideLocked(ws, &req, verr, rec)
+	if late {
+		if o.fault == "" {
+			o.fault = FaultLate
+		}
+		o.aborted = o.aborted || r.Context().Err() != nil // processed all the same
+	}
 	e.recordLocked(rec, o)
 	return o
+}
+
+// holdLate draws Faults.LateRate and, when drawn, waits Faults.LateDelay
+// whatever the client does (FaultLate); it reports whether it held.
+func (e *Emulator) holdLate(rec *RequestRecord) bool {
+	e.mu.Lock()
+	d := e.faults.LateDelay
+	late := e.drawLocked(e.faults.LateRate)
+	e.mu.Unlock()
+	if !late {
+		return false
+	}
+	rec.Latency += d
+	time.Sleep(d)
+	return true
 }
 
 // bodyBuffers holds *[]byte buffers for reading request bodies.

@@ -52,6 +52,11 @@ const (
 	FaultStatusFail = "status_fail"
 	// FaultRejectUIDs marks a 400 from Faults.RejectUIDs in the request log.
 	FaultRejectUIDs = "reject_uids"
+	// FaultLate marks in the request log a request held for Faults.LateDelay
+	// (Faults.LateRate), whatever its client did meanwhile, then processed
+	// as usual: when the client gave up first, it was processed all the
+	// same, its answer unread.
+	FaultLate = "late"
 )
 
 // MessageInvalidParameters is the message of the 400 that Faults.RejectUIDs
@@ -124,6 +129,14 @@ type Faults struct {
 	// answering it with an injected 5xx or reset, which simulates "accepted
 	// but the response was lost". By default the change is not applied.
 	ApplyBeforeError bool
+	// LateRate is the fraction (0 to 1) of authenticated requests with a
+	// readable body that are held for LateDelay and then processed as usual
+	// -- checked, counted, applied and answered -- even if the client went
+	// away meanwhile: an API that processes a request after the client
+	// gave up on it (its timeout shorter than LateDelay). Requires
+	// LateDelay > 0 when set.
+	LateRate  float64
+	LateDelay time.Duration
 	// Script schedules faults relative to the time the faults were set.
 	Script []FaultStep
 }
@@ -157,6 +170,12 @@ func (f Faults) Validate() error {
 	}
 	if f.Latency < 0 || f.LatencyJitter < 0 {
 		return errors.New("faults: latency and latency jitter must not be negative")
+	}
+	if !isRate(f.LateRate) {
+		return fmt.Errorf("faults: late rate %v is not within [0, 1]", f.LateRate)
+	}
+	if f.LateDelay < 0 || (f.LateRate > 0 && f.LateDelay == 0) {
+		return fmt.Errorf("faults: late delay %s must be positive with a late rate", f.LateDelay)
 	}
 	switch f.ForbiddenVariant {
 	case "", ForbiddenSuspended, ForbiddenBlocked, ForbiddenTemporarilySuspended:
@@ -304,6 +323,8 @@ type faultsJSON struct {
 	StatusFail       bool            `json:"status_fail"`
 	RejectUIDs       []string        `json:"reject_uids"`
 	ApplyBeforeError bool            `json:"apply_before_error"`
+	LateRate         float64         `json:"late_rate"`
+	LateDelay        jsonDuration    `json:"late_delay"`
 	Script           []faultStepJSON `json:"script"`
 }
 
@@ -331,6 +352,8 @@ func (f Faults) MarshalJSON() ([]byte, error) {
 		StatusFail:       f.StatusFail,
 		RejectUIDs:       f.RejectUIDs,
 		ApplyBeforeError: f.ApplyBeforeError,
+		LateRate:         f.LateRate,
+		LateDelay:        jsonDuration(f.LateDelay),
 	}
 	if j.ErrorStatuses == nil {
 		j.ErrorStatuses = []int{}
@@ -373,6 +396,8 @@ func (f *Faults) UnmarshalJSON(b []byte) error {
 		StatusFail:       j.StatusFail,
 		RejectUIDs:       j.RejectUIDs,
 		ApplyBeforeError: j.ApplyBeforeError,
+		LateRate:         j.LateRate,
+		LateDelay:        time.Duration(j.LateDelay),
 	}
 	if len(f.ErrorStatuses) == 0 {
 		f.ErrorStatuses = nil

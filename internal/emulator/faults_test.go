@@ -257,6 +257,7 @@ func TestFaultsValidate(t *testing.T) {
 		{Script: []emulator.FaultStep{{Kind: "meteor"}}}, {Script: []emulator.FaultStep{{After: -1, Kind: emulator.Fault5xx}}},
 		{RejectUIDs: []string{"u1", ""}}, {Script: []emulator.FaultStep{{Kind: emulator.FaultForbidden}}},
 		{Script: []emulator.FaultStep{{Kind: emulator.FaultRejectUIDs}}},
+		{LateRate: -0.1, LateDelay: time.Second}, {LateRate: 1.5, LateDelay: time.Second}, {LateRate: 0.5}, {LateDelay: -1},
 	}
 	e, _ := newEmulator(t, nil)
 	for _, f := range bad {
@@ -274,7 +275,7 @@ func TestFaultsJSON(t *testing.T) {
 		ErrorRate: 0.25, ErrorStatuses: []int{502}, Latency: 250 * time.Millisecond, LatencyJitter: time.Second,
 		ResetRate: 0.1, Forbidden: true, ForbiddenVariant: emulator.ForbiddenBlocked, Outage: true,
 		OutageUntil: windowAligned, OutageReset: true, Force429: 3, ApplyBeforeError: true,
-		BadRequest: true, StatusFail: true, RejectUIDs: []string{"u1", "u2"},
+		BadRequest: true, StatusFail: true, RejectUIDs: []string{"u1", "u2"}, LateRate: 0.05, LateDelay: 20 * time.Second,
 		Script: []emulator.FaultStep{{After: time.Second, Duration: time.Minute, Kind: emulator.FaultReset}},
 	}
 	b, err := json.Marshal(f)
@@ -283,7 +284,7 @@ func TestFaultsJSON(t *testing.T) {
 	}
 	if !strings.Contains(string(b), `"latency":"250ms"`) || !strings.Contains(string(b), `"force_429":3`) ||
 		!strings.Contains(string(b), `"bad_request":true`) || !strings.Contains(string(b), `"status_fail":true`) ||
-		!strings.Contains(string(b), `"reject_uids":["u1","u2"]`) {
+		!strings.Contains(string(b), `"reject_uids":["u1","u2"]`) || !strings.Contains(string(b), `"late_delay":"20s"`) {
 		t.Errorf("JSON = %s", b)
 	}
 	var back emulator.Faults

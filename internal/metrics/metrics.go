@@ -34,6 +34,7 @@ type Metrics struct {
 	Retries            *prometheus.CounterVec // reason
 	RateLimitWait      prometheus.Counter     // seconds spent waiting for a permit
 	RateLimitRPM       prometheus.Gauge       // this replica's current share
+	BoardDuplicates    prometheus.Counter     // budget records under our name we did not write
 	PendingMembers     prometheus.Gauge
 	InFlight           prometheus.Gauge
 	CommittedOffset    *prometheus.GaugeVec   // topic, partition
@@ -165,6 +166,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Time spent waiting for a rate-limit permit or a 429 pause."}),
 		RateLimitRPM: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "rate_limit_requests_per_minute",
 			Help: "This replica's request rate in force: its share of the fleet-wide budget, less what it lends, plus what it borrows."}),
+		BoardDuplicates: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "budget_board_duplicates_total",
+			Help: "Budget-board records read under this replica's name that this process did not write: another process uses the same name, the two overwrite each other's records and sharing falls back to static shares."}),
 		PendingMembers: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "pending_members",
 			Help: "Member changes read but not yet accepted, superseded or dead-lettered."}),
 		InFlight: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "in_flight_requests",
@@ -223,7 +226,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	if reg != nil {
 		reg.MustRegister(m.EventsConsumed, m.EventsInvalid, m.EventsDeadLettered, m.DeadLetterFailures, m.DeadLetterFailing, m.EventsSkipped,
 			m.EventsCompacted, m.BatchMembers, m.BatchBytes, m.BatchesFlushed, m.Requests,
-			m.RequestDuration, m.Retries, m.RateLimitWait, m.RateLimitRPM, m.PendingMembers, m.InFlight,
+			m.RequestDuration, m.Retries, m.RateLimitWait, m.RateLimitRPM, m.BoardDuplicates, m.PendingMembers, m.InFlight,
 			m.CommittedOffset, m.Lag, m.Commits, m.AssignedPartitions, m.Rebalances, m.LeaseRenewals, m.LeaseValid, m.AuthFailing,
 			m.LineStopped, m.LineStoppedProbes, m.Ready, m.BuildInfo)
 	}
