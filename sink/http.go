@@ -3,6 +3,7 @@ package sink
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -41,8 +42,27 @@ func noRedirect(*http.Request, []*http.Request) error { return http.ErrUseLastRe
 // defaultHTTPClient is a pooled client without an overall timeout (every
 // attempt has its own) whose connections check f before every write
 // (fencedConn).
+//
+// It speaks HTTP/1.1 only, never HTTP/2. An HTTP/2 transport resends a
+// request on its own after REFUSED_STREAM or a GOAWAY (and, after some
+// protocol errors, resends it on a new connection), below Send: that
+// resend takes no rate-limit permit and is not an attempt the lease
+// watches, so the fleet could go over its budget and a resend could land
+// after the lease lapsed. Over HTTP/1.1 net/http resends a POST only
+// when nothing of it was written (a reused connection found closed), and
+// every connection carries one request at a time, so each request that
+// reaches the API is exactly one of Send's attempts, with its permit, and
+// the fence of a connection concerns only that request. The cost, one
+// connection per request in flight (at most MAX_IN_FLIGHT, a few hundred
+// requests a minute), is nothing next to the budget.
 func defaultHTTPClient(f *fence) *http.Client {
 	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.ForceAttemptHTTP2 = false
+	// A non-nil, empty TLSNextProto disables HTTP/2 (net/http docs); the
+	// ALPN offer is then http/1.1 only.
+	t.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+	t.Protocols = new(http.Protocols)
+	t.Protocols.SetHTTP1(true)
 	t.MaxIdleConns = 100
 	t.MaxIdleConnsPerHost = 32
 	t.IdleConnTimeout = 90 * time.Second

@@ -196,7 +196,7 @@ func New(cfg Config) (*Client, error) {
 	if cfg.UserAgent == "" {
 		cfg.UserAgent = DefaultUserAgent
 	}
-	f := &fence{now: time.Now}
+	f := newFence(cfg.Lease)
 	if cfg.HTTPClient == nil {
 		cfg.HTTPClient = defaultHTTPClient(f)
 	} else {
