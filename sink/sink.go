@@ -307,7 +307,11 @@ func (c *Client) syncStop() {
 // Outcomes, per answer (DESIGN.md "Retry policy"):
 //   - 2xx: accepted, unless the body is a JSON object whose "status" is
 //     "fail" (the API's error envelope): that is retried like a 5xx, counted
-//     as requests_total{code="200_fail"} and retries_total{reason="status_fail"}.
+//     as requests_total{code="200_fail"} and retries_total{reason="status_fail"},
+//     until the same answer (status, type, message, attribute) came
+//     statusFailLimit (3) times within the Send: from then on it, and every
+//     identical answer after it, takes the path of a 400 with the same
+//     envelope (below), so that it is never retried forever.
 //   - 429: the Limiter is paused (PauseUntil) for the server's delay
 //     (RetryAfter: Retry-After, else x-ratelimit-reset), else the next
 //     backoff interval; then the same body is retried.
@@ -431,6 +435,8 @@ type sender struct {
 	lastKey      string         // the failure last logged, to log a repeating one once
 	batchStopped bool           // counted in the client's invalid-batch stop
 	pos          map[string]int // the index of each member in req, built on first use
+	failKey      string         // the last 2xx "status": "fail" answer (StatusError.dedupeKey)
+	failCount    int            // how many times in a row it came (statusFailStreak)
 }
 
 // isolation is one isolating split: the evidence found so far, and the
@@ -717,7 +723,7 @@ func (s *sender) post(ctx context.Context, req wire.Request, retry metrics.Retry
 			s.accepted(req, attempt)
 			return nil, decision{}, nil
 		}
-		f := newFailure(serr, err)
+		f := s.statusFailStreak(newFailure(serr, err))
 		d := f.d
 		switch d.kind {
 		case splitHalves, rejectAll, isolate: // the request itself: the caller's
@@ -736,6 +742,33 @@ func (s *sender) post(ctx context.Context, req wire.Request, retry metrics.Retry
 			s.since = time.Now() // a stopped line, or a lease wait, does not count toward MaxElapsed
 		}
 	}
+}
+
+// statusFailLimit is how many identical 2xx "status": "fail" answers one
+// Send takes as transient (retried with backoff) before it treats them, and
+// every identical one after them, as the 4xx they stand for.
+const statusFailLimit = 3
+
+// statusFailStreak counts f if it is a 2xx "status": "fail" answer, and,
+// from the statusFailLimit-th identical one (same status, type, message
+// and attribute) within this Send, reclassifies it as a 400 with the same
+// envelope: the 4xx path (an isolating split that rejects a member only
+// with evidence, a rejection of every member when the cohort's fields are
+// named, or a stopped line), instead of retrying the same answer forever.
+func (s *sender) statusFailStreak(f failure) failure {
+	if f.d.reason != metrics.RetryStatusFail {
+		return f
+	}
+	if f.key != s.failKey {
+		s.failKey, s.failCount = f.key, 0
+	}
+	s.failCount++
+	if s.failCount >= statusFailLimit {
+		as4xx := *f.serr
+		as4xx.Code = http.StatusBadRequest
+		f.d = classify(&as4xx, nil)
+	}
+	return f
 }
 
 // failure is one failed attempt and what to do about it.
