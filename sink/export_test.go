@@ -16,3 +16,6 @@ func SetFenceClock(c *Client, now func() time.Time) { c.fence.now = now }
 func DefaultTransport(c *Client) *http.Transport {
 	return c.cfg.HTTPClient.Transport.(*http.Transport)
 }
+
+// PermitMaxAge is permitMaxAge.
+const PermitMaxAge = permitMaxAge

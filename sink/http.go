@@ -82,7 +82,13 @@ func defaultHTTPClient(f *fence) *http.Client {
 // (watchLease), so that a healthy replica, whose lease is renewed several
 // times a second, waits out a slow answer, and a replica that lost its
 // proof does not.
-func (c *Client) attempt(ctx context.Context, req wire.Request, body []byte, lease time.Time) (*StatusError, error) {
+//
+// permitAt is when the attempt's permit was granted: a permit older than
+// permitMaxAge is taken anew right before the request is handed to the
+// HTTP client and, with the default one, right before its first byte is
+// written (after the dial and TLS). A failure with no answer after the
+// request may have reached the API is an *unknownOutcome.
+func (c *Client) attempt(ctx context.Context, req wire.Request, body []byte, lease, permitAt time.Time) (*StatusError, error) {
 	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.AttemptTimeout)
 	defer cancel()
 	actx, lapse := context.WithCancelCause(tctx)
@@ -90,7 +96,9 @@ func (c *Client) attempt(ctx context.Context, req wire.Request, body []byte, lea
 	if !lease.IsZero() && c.cfg.Lease != nil {
 		defer c.watchLease(actx, func() { lapse(errLeaseExpired) }, lease)()
 	}
-	hreq, err := http.NewRequestWithContext(actx, http.MethodPost, c.url, bytes.NewReader(body))
+	st := &attemptState{c: c, ctx: actx, permitAt: permitAt}
+	defer st.done.Store(true)
+	hreq, err := http.NewRequestWithContext(st.trace(actx), http.MethodPost, c.url, bytes.NewReader(body))
 	if err != nil {
 		return nil, fmt.Errorf("sink: build request: %w", err)
 	}
@@ -103,8 +111,12 @@ func (c *Client) attempt(ctx context.Context, req wire.Request, body []byte, lea
 		h["X-Cohortsync-Replica"] = c.hvReplica
 	}
 
-	// The last check for a caller's HTTP client; the default one checks
+	// The last checks for a caller's HTTP client; the default one checks
 	// again right before each write (fencedConn).
+	if err := c.freshen(actx, &st.permitAt); err != nil {
+		c.m.Requests.WithLabelValues(string(req.Action), "0").Inc()
+		return nil, fmt.Errorf("sink: waiting for a fresh permit: %w", err)
+	}
 	if err := c.fence.check(); err != nil {
 		c.m.Requests.WithLabelValues(string(req.Action), "0").Inc()
 		return nil, err
@@ -115,11 +127,16 @@ func (c *Client) attempt(ctx context.Context, req wire.Request, body []byte, lea
 		c.m.RequestDuration.Observe(time.Since(start).Seconds())
 		c.m.Requests.WithLabelValues(string(req.Action), "0").Inc()
 		if errors.Is(err, errLeaseExpired) || errors.Is(context.Cause(actx), errLeaseExpired) {
-			// Refused at the socket (nothing was written), or abandoned
-			// when the lease lapsed: retried under a new lease.
-			return nil, errLeaseExpired
+			// Refused at the socket, or abandoned when the lease lapsed:
+			// retried under a new lease.
+			err = errLeaseExpired
+		} else {
+			err = fmt.Errorf("sink: %w", err) // *url.Error: names the URL, which holds no secret
 		}
-		return nil, fmt.Errorf("sink: %w", err) // *url.Error: names the URL, which holds no secret
+		if st.mayHaveSent() {
+			return nil, &unknownOutcome{err: err, sentAt: start}
+		}
+		return nil, err
 	}
 	raw, _ := io.ReadAll(io.LimitReader(resp.Body, readLimit))
 	_, _ = io.CopyN(io.Discard, resp.Body, readLimit) // drain, so the connection is reused

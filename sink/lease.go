@@ -105,14 +105,30 @@ func (f *fence) check() error {
 // with a truncated request, which it cannot act on. HTTP/2 multiplexes
 // Sends on one connection: a refused write closes it for all of them, which
 // is right, since they share the lease.
+//
+// HTTP/1.1 carries one request at a time on a connection: the attempt that
+// got it (GotConn) leaves its state in gate, and the first write after that
+// freshens the attempt's permit before the fence is checked, so that
+// neither a slow dial nor a TLS handshake ages a permit past permitMaxAge
+// before its request's first byte.
 type fencedConn struct {
 	net.Conn
-	f *fence
+	f    *fence
+	gate atomic.Pointer[attemptState]
 }
 
-func (c fencedConn) Write(p []byte) (int, error) {
+func (c *fencedConn) Write(p []byte) (int, error) {
+	st := c.gate.Swap(nil)
+	if st != nil {
+		if err := st.beforeWrite(); err != nil {
+			return 0, err
+		}
+	}
 	if err := c.f.check(); err != nil {
 		return 0, err
+	}
+	if st != nil {
+		st.sent.Store(true)
 	}
 	return c.Conn.Write(p)
 }
@@ -124,7 +140,7 @@ func fencedDialer(dial func(ctx context.Context, network, addr string) (net.Conn
 		if err != nil {
 			return nil, err
 		}
-		return fencedConn{Conn: conn, f: f}, nil
+		return &fencedConn{Conn: conn, f: f}, nil
 	}
 }
 

@@ -1,6 +1,7 @@
 package sink
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -51,6 +52,14 @@ type Config struct {
 	// AttemptTimeout bounds one HTTP attempt, reading the answer included;
 	// 0 means 15s. An attempt that times out is retried like a 5xx.
 	AttemptTimeout time.Duration
+	// MaxProcessingTime bounds how long after a request was sent the API
+	// may still process it (MOENGAGE_MAX_PROCESSING_TIME); it must be longer
+	// than AttemptTimeout; 0 means twice AttemptTimeout (30s). After an
+	// attempt whose outcome is unknown (no answer, and the request may have
+	// reached the API), no request of the other action for the same cohort
+	// is sent until this long after it was sent (unknown.go), and Settle
+	// waits it out before a hand-over.
+	MaxProcessingTime time.Duration
 	// InitialInterval and MaxInterval shape the exponential backoff
 	// (multiplier 1.5, ±50% jitter) between retries of 408, 5xx, network
 	// errors and timeouts, and of a 429 without a usable delay header.
@@ -143,8 +152,11 @@ func (c Config) Validate() error {
 		return errors.New("sink: APIKey is required")
 	case c.MaxBodyBytes < 0:
 		return errors.New("sink: MaxBodyBytes is negative")
-	case c.AttemptTimeout < 0, c.InitialInterval < 0, c.MaxInterval < 0, c.MaxElapsed < 0, c.AuthRetryInterval < 0:
+	case c.AttemptTimeout < 0, c.InitialInterval < 0, c.MaxInterval < 0, c.MaxElapsed < 0, c.AuthRetryInterval < 0,
+		c.MaxProcessingTime < 0:
 		return errors.New("sink: a timeout or interval is negative")
+	case c.MaxProcessingTime != 0 && c.MaxProcessingTime <= cmp.Or(c.AttemptTimeout, DefaultAttemptTimeout):
+		return errors.New("sink: MaxProcessingTime must be longer than AttemptTimeout")
 	case strings.ContainsFunc(c.UserAgent+c.ReplicaID, func(r rune) bool { return r < 0x20 || r == 0x7f }):
 		return errors.New("sink: UserAgent and ReplicaID must not contain control characters")
 	}
@@ -171,6 +183,10 @@ type Client struct {
 	stopConfig  bool       // the API rejects the endpoint or a header; cleared by any acceptance
 	stopBatches int        // Sends stopped by a batch-wide 4xx
 	stopped     atomic.Bool
+
+	unkMu       sync.Mutex                         // guards the two fields below (unknown.go)
+	unknown     map[cohortKey]map[string]time.Time // per cohort and action: until when an unknown request may be processed
+	unknownLast time.Time                          // the latest of them
 }
 
 // New validates cfg, fills in its defaults and returns a Client.
@@ -187,6 +203,7 @@ func New(cfg Config) (*Client, error) {
 	def(&cfg.InitialInterval, DefaultInitialInterval)
 	def(&cfg.MaxInterval, DefaultMaxInterval)
 	def(&cfg.AuthRetryInterval, DefaultAuthRetryInterval)
+	def(&cfg.MaxProcessingTime, 2*cfg.AttemptTimeout)
 	if cfg.MaxInterval < cfg.InitialInterval {
 		cfg.MaxInterval = cfg.InitialInterval
 	}
@@ -218,6 +235,7 @@ func New(cfg Config) (*Client, error) {
 		fence:       f,
 		hvAppKey:    []string{cfg.WorkspaceID},
 		hvUserAgent: []string{cfg.UserAgent},
+		unknown:     map[cohortKey]map[string]time.Time{},
 	}
 	c.creds.Store(newCreds(cfg.WorkspaceID, cfg.APIKey, nil))
 	if cfg.ReplicaID != "" {
@@ -705,23 +723,26 @@ func (s *sender) post(ctx context.Context, req wire.Request, retry metrics.Retry
 		reload bool  // the last answer rejected the credentials
 	)
 	for attempt := 1; ; attempt++ {
-		if err := s.permit(ctx); err != nil {
+		if err := s.hold(ctx, req); err != nil {
+			return nil, decision{}, s.stopped(req, attempt-1, err, last)
+		}
+		lease, permitAt, err := s.ready(ctx)
+		if err != nil {
 			return nil, decision{}, s.stopped(req, attempt-1, err, last)
 		}
 		if reload {
 			c.reloadKey() // a secret rotated during the wait
 		}
-		lease, err := s.lease(ctx)
-		if err != nil {
-			return nil, decision{}, s.stopped(req, attempt-1, err, last)
-		}
 		if retry != "" {
 			c.m.Retries.WithLabelValues(string(retry)).Inc()
 		}
-		serr, err := c.attempt(ctx, req, body, lease)
+		serr, err := c.attempt(ctx, req, body, lease, permitAt)
 		if serr == nil && err == nil {
 			s.accepted(req, attempt)
 			return nil, decision{}, nil
+		}
+		if u := asUnknown(err); u != nil {
+			c.noteUnknown(req, u.sentAt)
 		}
 		f := s.statusFailStreak(newFailure(serr, err))
 		d := f.d
@@ -836,6 +857,41 @@ func (s *sender) retrying(f failure, req wire.Request, attempt int, delay time.D
 			"attempt", attempt, "delay", delay, "members", len(req.UIDs))
 	}
 	return nil
+}
+
+// ready waits until an attempt may start and returns its lease deadline
+// and the time of its permit: a valid lease first, then a permit, then the
+// lease again, since it may have lapsed while the permit was waited for (it
+// is then waited for again, and a permit older than permitMaxAge by then
+// is taken anew). The order matters: a permit taken before a stalled lease
+// would be spent when the lease comes back, together with the permits the
+// Limiter grants then, so that a 60-second window of arrivals would hold
+// more than the Limiter's rate allows for (issue 18: 302 in a 300 window).
+func (s *sender) ready(ctx context.Context) (lease, permitAt time.Time, err error) {
+	for {
+		if lease, err = s.lease(ctx); err != nil {
+			return time.Time{}, time.Time{}, err
+		}
+		if permitAt.IsZero() || time.Since(permitAt) > permitMaxAge {
+			if err = s.permit(ctx); err != nil {
+				return time.Time{}, time.Time{}, err
+			}
+			permitAt = time.Now()
+		}
+		if s.c.leaseHolds(lease) {
+			return lease, permitAt, nil
+		}
+	}
+}
+
+// leaseHolds reports whether the lease that gave deadline d is still valid
+// (a zero d, or no Lease: it never expires).
+func (c *Client) leaseHolds(d time.Time) bool {
+	if d.IsZero() || c.cfg.Lease == nil {
+		return true
+	}
+	_, ok := c.cfg.Lease.Deadline()
+	return ok
 }
 
 // lease waits for a valid lease and returns its deadline (zero: none, or no
