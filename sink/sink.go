@@ -91,13 +91,14 @@ type Config struct {
 	// concurrently. nil: the key never changes.
 	APIKeyFunc func() (string, error)
 	// Lease, when set, fences a paused replica (DESIGN.md invariant 4):
-	// every attempt waits for it (Lease.Wait) after taking its rate-limit
-	// permit, and is abandoned if the lease lapses while it runs (it is
-	// asked again, with Lease.Deadline, at each expiry). With the default
-	// HTTPClient the connection also refuses to write a request once the
-	// latest lease deadline has passed, so that a replica paused between
-	// the check and the write sends nothing when it resumes. nil: always
-	// valid.
+	// every attempt waits for it (Lease.Wait) before taking its rate-limit
+	// permit, and checks it again (Lease.Deadline) once it holds the permit;
+	// it is abandoned if the lease lapses while it runs (it is asked again,
+	// with Lease.Deadline, at each expiry). With the default HTTPClient the
+	// connection also refuses to write a request once the latest lease
+	// deadline has passed on the monotonic clock, or the Lease says it is
+	// no longer valid (Lease.End), so that a replica paused between the
+	// check and the write sends nothing when it resumes. nil: always valid.
 	Lease Lease
 	// UserAgent is the User-Agent header; "" means "cohortsync-worker".
 	UserAgent string
@@ -312,11 +313,23 @@ func (c *Client) syncStop() {
 // members sends nothing and returns nil.
 //
 // Permits and lease: every attempt (the first, a retry, or each part of a
-// split) first takes a permit with Limiter.Wait. Time spent there, and in
-// 429 pauses, is added to the rate-limit wait metric. After its permit, every attempt waits for
-// Config.Lease (Lease.Wait, again if the deadline it returns is already
-// past), and is abandoned (and retried under a new lease) if the lease
-// lapses before its answer comes.
+// split) first waits for Config.Lease (Lease.Wait, again if the deadline it
+// returns is already past), then takes a permit with Limiter.Wait, then
+// checks the lease again (waiting for it again if it lapsed meanwhile); a
+// permit older than half of ratelimit.ArrivalSlack is taken anew, then and
+// right before the request's first byte is written (after the dial and
+// TLS, with the default HTTP client). So no permit is held while the lease
+// is waited for. Time spent in Limiter.Wait, and in 429 pauses, is added to
+// the rate-limit wait metric. An attempt is abandoned (and retried under a
+// new lease) if the lease lapses before its answer comes.
+//
+// Unknown outcomes: an attempt that ends without an answer after its
+// request may have reached the API (an attempt timeout, a lease lapse, a
+// connection lost after the write) may still be processed by the API, up
+// to MaxProcessingTime after it was sent. Until then no request of the
+// other action for the same cohort is sent by this Client (see unknown.go;
+// the same action goes on, it commutes with the late copy), and Settle
+// waits them out for a hand-over.
 //
 // Size: a body larger than MaxBodyBytes is never sent; it is split in halves
 // first (not counted as a retry), and a member whose request alone is too
@@ -405,9 +418,10 @@ func (c *Client) syncStop() {
 // part) and returns an error wrapping ctx.Err(); so does an error from
 // Lease.Wait. An HTTP attempt already under way is NOT aborted: it runs
 // under context.WithoutCancel(ctx) and AttemptTimeout (or the lease's
-// deadline), so that a request for a revoked partition is never left
-// half-sent, with an unknown outcome, while the partition's new owner
-// sends. Cancellation therefore takes up to AttemptTimeout. If that last
+// deadline), so that a request for a revoked partition is not left
+// half-sent by the cancellation itself. Its outcome can still be unknown
+// (it timed out, or the lease lapsed): the fence then waits it out with
+// Settle. Cancellation therefore takes up to AttemptTimeout. If that last
 // attempt is accepted and completes the batch, Send returns nil.
 //
 // Giving up: with MaxElapsed > 0, Send returns an error wrapping ErrGaveUp
