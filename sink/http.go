@@ -98,19 +98,10 @@ func (c *Client) attempt(ctx context.Context, req wire.Request, body []byte, lea
 	}
 	st := &attemptState{c: c, ctx: actx, permitAt: permitAt}
 	defer st.done.Store(true)
-	hreq, err := http.NewRequestWithContext(st.trace(actx), http.MethodPost, c.url, bytes.NewReader(body))
+	hreq, err := c.newRequest(st.trace(actx), body)
 	if err != nil {
-		return nil, fmt.Errorf("sink: build request: %w", err)
+		return nil, err
 	}
-	h := hreq.Header
-	h["Content-Type"] = hvJSON
-	h["Authorization"] = c.creds.Load().hvAuth
-	h["Moe-Appkey"] = c.hvAppKey
-	h["User-Agent"] = c.hvUserAgent
-	if c.hvReplica != nil {
-		h["X-Cohortsync-Replica"] = c.hvReplica
-	}
-
 	// The last checks for a caller's HTTP client; the default one checks
 	// again right before each write (fencedConn).
 	if err := c.freshen(actx, &st.permitAt); err != nil {
@@ -124,19 +115,7 @@ func (c *Client) attempt(ctx context.Context, req wire.Request, body []byte, lea
 	start := time.Now()
 	resp, err := c.cfg.HTTPClient.Do(hreq)
 	if err != nil {
-		c.m.RequestDuration.Observe(time.Since(start).Seconds())
-		c.m.Requests.WithLabelValues(string(req.Action), "0").Inc()
-		if errors.Is(err, errLeaseExpired) || errors.Is(context.Cause(actx), errLeaseExpired) {
-			// Refused at the socket, or abandoned when the lease lapsed:
-			// retried under a new lease.
-			err = errLeaseExpired
-		} else {
-			err = fmt.Errorf("sink: %w", err) // *url.Error: names the URL, which holds no secret
-		}
-		if st.mayHaveSent() {
-			return nil, &unknownOutcome{err: err, sentAt: start}
-		}
-		return nil, err
+		return nil, c.noAnswer(req, st, start, err)
 	}
 	raw, _ := io.ReadAll(io.LimitReader(resp.Body, readLimit))
 	_, _ = io.CopyN(io.Discard, resp.Body, readLimit) // drain, so the connection is reused
@@ -163,6 +142,42 @@ func (c *Client) attempt(ctx context.Context, req wire.Request, body []byte, lea
 		c.parseEnvelope(serr, raw)
 	}
 	return serr, nil
+}
+
+// newRequest builds the POST of body, with its headers.
+func (c *Client) newRequest(ctx context.Context, body []byte) (*http.Request, error) {
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url, bytes.NewReader(body))
+	if err != nil {
+		return nil, fmt.Errorf("sink: build request: %w", err)
+	}
+	h := hreq.Header
+	h["Content-Type"] = hvJSON
+	h["Authorization"] = c.creds.Load().hvAuth
+	h["Moe-Appkey"] = c.hvAppKey
+	h["User-Agent"] = c.hvUserAgent
+	if c.hvReplica != nil {
+		h["X-Cohortsync-Replica"] = c.hvReplica
+	}
+	return hreq, nil
+}
+
+// noAnswer counts an attempt that got no answer (err from the HTTP client;
+// the attempt started at start) and returns its failure: errLeaseExpired
+// when it was refused at the socket or abandoned when the lease lapsed
+// (retried under a new lease), the transport error otherwise; wrapped in an
+// *unknownOutcome when the request may have reached the API.
+func (c *Client) noAnswer(req wire.Request, st *attemptState, start time.Time, err error) error {
+	c.m.RequestDuration.Observe(time.Since(start).Seconds())
+	c.m.Requests.WithLabelValues(string(req.Action), "0").Inc()
+	if errors.Is(err, errLeaseExpired) || errors.Is(context.Cause(st.ctx), errLeaseExpired) {
+		err = errLeaseExpired
+	} else {
+		err = fmt.Errorf("sink: %w", err) // *url.Error: names the URL, which holds no secret
+	}
+	if st.mayHaveSent() {
+		return &unknownOutcome{err: err, sentAt: start}
+	}
+	return err
 }
 
 // windowSpent pauses the Limiter until the API's rate window resets when an
