@@ -168,22 +168,24 @@ func (w *worker) newSink(replica string, limiter *ratelimit.Limiter, membership 
 		reloadKey = config.SecretFileFunc(cfg.MoEngageDataAPIKeyFile)
 	}
 	return sink.New(sink.Config{
-		BaseURL:           cfg.MoEngageBaseURL,
-		WorkspaceID:       cfg.MoEngageWorkspaceID,
-		APIKey:            cfg.MoEngageDataAPIKey.Reveal(),
-		APIKeyFunc:        reloadKey,
-		Lease:             membership,
-		MaxBodyBytes:      cfg.BatchMaxBytes,
-		InitialInterval:   cfg.RetryInitialInterval,
-		MaxInterval:       cfg.RetryMaxInterval,
-		MaxElapsed:        cfg.RetryMaxElapsed,
+		BaseURL:         cfg.MoEngageBaseURL,
+		WorkspaceID:     cfg.MoEngageWorkspaceID,
+		APIKey:          cfg.MoEngageDataAPIKey.Reveal(),
+		APIKeyFunc:      reloadKey,
+		Lease:           membership,
+		MaxBodyBytes:    cfg.BatchMaxBytes,
+		InitialInterval: cfg.RetryInitialInterval,
+		MaxInterval:     cfg.RetryMaxInterval,
+		MaxElapsed:      cfg.RetryMaxElapsed,
+		ReplicaID:       replica,
+		UserAgent:       "cohortsync-worker/" + w.opts.Version,
+		HTTPClient:      w.opts.HTTPClient,
+		Limiter:         limiter,
+		Logger:          w.log,
+		Metrics:         w.m,
+
+		// How long a request left without an answer may still be processed.
 		MaxProcessingTime: cfg.MoEngageMaxProcessingTime,
-		ReplicaID:         replica,
-		UserAgent:         "cohortsync-worker/" + w.opts.Version,
-		HTTPClient:        w.opts.HTTPClient,
-		Limiter:           limiter,
-		Logger:            w.log,
-		Metrics:           w.m,
 	})
 }
 
