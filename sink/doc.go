@@ -13,10 +13,17 @@
 //   - the retry loop itself (only NextBackOff and Reset are taken from
 //     cenkalti/backoff/v4), per-attempt timeouts, the lease check before
 //     every attempt (Config.Lease; the default HTTP client checks it again
-//     before every write), and draining responses;
-//   - taking a rate-limit permit before every attempt, and pausing the
-//     Limiter on a 429 (the Limiter itself, the replica's share and its
-//     start after a rebalance are package internal/ratelimit's);
+//     before every write, on the monotonic clock), and draining responses;
+//   - taking a rate-limit permit before every attempt, after the lease is
+//     proven (re-taken when older than half the arrival slack at the
+//     write), and pausing the Limiter on a 429 (the Limiter itself, the
+//     replica's share and its start after a rebalance are package
+//     internal/ratelimit's);
+//   - unknown outcomes: an answerless attempt that may have reached the
+//     API holds the other action of its cohort for MaxProcessingTime
+//     (unknown.go; Client.Settle for a hand-over);
+//   - HTTP/1.1 only to the API (http.go, defaultHTTPClient: no transport
+//     resends behind the limiter and the fence);
 //   - the request metrics: requests, durations, retries, rate-limit wait,
 //     line stopped (and auth failing).
 //

@@ -3,6 +3,7 @@ package sink
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -44,8 +45,27 @@ func noRedirect(*http.Request, []*http.Request) error { return http.ErrUseLastRe
 // the system roots) with a larger pool. `cohortsync-worker check` sends its
 // probe through one too, so that it reaches the API exactly as the worker
 // does.
+//
+// It speaks HTTP/1.1 only, never HTTP/2. An HTTP/2 transport resends a
+// request on its own after REFUSED_STREAM or a GOAWAY (and, after some
+// protocol errors, resends it on a new connection), below Send: that
+// resend takes no rate-limit permit and is not an attempt the lease
+// watches, so the fleet could go over its budget and a resend could land
+// after the lease lapsed. Over HTTP/1.1 net/http resends a POST only
+// when nothing of it was written (a reused connection found closed), and
+// every connection carries one request at a time, so each request that
+// reaches the API is exactly one of Send's attempts, with its permit, and
+// the fence of a connection concerns only that request. The cost, one
+// connection per request in flight (at most MAX_IN_FLIGHT, a few hundred
+// requests a minute), is nothing next to the budget.
 func NewTransport() *http.Transport {
 	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.ForceAttemptHTTP2 = false
+	// A non-nil, empty TLSNextProto disables HTTP/2 (net/http docs); the
+	// ALPN offer is then http/1.1 only.
+	t.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+	t.Protocols = new(http.Protocols)
+	t.Protocols.SetHTTP1(true)
 	t.MaxIdleConns = 100
 	t.MaxIdleConnsPerHost = 32
 	t.IdleConnTimeout = 90 * time.Second
@@ -73,7 +93,13 @@ func defaultHTTPClient(f *fence) *http.Client {
 // (watchLease), so that a healthy replica, whose lease is renewed several
 // times a second, waits out a slow answer, and a replica that lost its
 // proof does not.
-func (c *Client) attempt(ctx context.Context, req wire.Request, body []byte, lease time.Time) (*StatusError, error) {
+//
+// permitAt is when the attempt's permit was granted: a permit older than
+// permitMaxAge is taken anew right before the request is handed to the
+// HTTP client and, with the default one, right before its first byte is
+// written (after the dial and TLS). A failure with no answer after the
+// request may have reached the API is an *unknownOutcome.
+func (c *Client) attempt(ctx context.Context, req wire.Request, body []byte, lease, permitAt time.Time) (*StatusError, error) {
 	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.AttemptTimeout)
 	defer cancel()
 	actx, lapse := context.WithCancelCause(tctx)
@@ -81,21 +107,18 @@ func (c *Client) attempt(ctx context.Context, req wire.Request, body []byte, lea
 	if !lease.IsZero() && c.cfg.Lease != nil {
 		defer c.watchLease(actx, func() { lapse(errLeaseExpired) }, lease)()
 	}
-	hreq, err := http.NewRequestWithContext(actx, http.MethodPost, c.url, bytes.NewReader(body))
+	st := &attemptState{c: c, ctx: actx, permitAt: permitAt}
+	defer st.done.Store(true)
+	hreq, err := c.newRequest(st.trace(actx), body)
 	if err != nil {
-		return nil, fmt.Errorf("sink: build request: %w", err)
+		return nil, err
 	}
-	h := hreq.Header
-	h["Content-Type"] = hvJSON
-	h["Authorization"] = c.creds.Load().hvAuth
-	h["Moe-Appkey"] = c.hvAppKey
-	h["User-Agent"] = c.hvUserAgent
-	if c.hvReplica != nil {
-		h["X-Cohortsync-Replica"] = c.hvReplica
-	}
-
-	// The last check for a caller's HTTP client; the default one checks
+	// The last checks for a caller's HTTP client; the default one checks
 	// again right before each write (fencedConn).
+	if err := c.freshen(actx, &st.permitAt); err != nil {
+		c.m.Requests.WithLabelValues(string(req.Action), "0").Inc()
+		return nil, fmt.Errorf("sink: waiting for a fresh permit: %w", err)
+	}
 	if err := c.fence.check(); err != nil {
 		c.m.Requests.WithLabelValues(string(req.Action), "0").Inc()
 		return nil, err
@@ -103,14 +126,7 @@ func (c *Client) attempt(ctx context.Context, req wire.Request, body []byte, lea
 	start := time.Now()
 	resp, err := c.cfg.HTTPClient.Do(hreq)
 	if err != nil {
-		c.m.RequestDuration.Observe(time.Since(start).Seconds())
-		c.m.Requests.WithLabelValues(string(req.Action), "0").Inc()
-		if errors.Is(err, errLeaseExpired) || errors.Is(context.Cause(actx), errLeaseExpired) {
-			// Refused at the socket (nothing was written), or abandoned
-			// when the lease lapsed: retried under a new lease.
-			return nil, errLeaseExpired
-		}
-		return nil, fmt.Errorf("sink: %w", err) // *url.Error: names the URL, which holds no secret
+		return nil, c.noAnswer(req, st, start, err)
 	}
 	raw, _ := io.ReadAll(io.LimitReader(resp.Body, readLimit))
 	_, _ = io.CopyN(io.Discard, resp.Body, readLimit) // drain, so the connection is reused
@@ -137,6 +153,42 @@ func (c *Client) attempt(ctx context.Context, req wire.Request, body []byte, lea
 		c.parseEnvelope(serr, raw)
 	}
 	return serr, nil
+}
+
+// newRequest builds the POST of body, with its headers.
+func (c *Client) newRequest(ctx context.Context, body []byte) (*http.Request, error) {
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url, bytes.NewReader(body))
+	if err != nil {
+		return nil, fmt.Errorf("sink: build request: %w", err)
+	}
+	h := hreq.Header
+	h["Content-Type"] = hvJSON
+	h["Authorization"] = c.creds.Load().hvAuth
+	h["Moe-Appkey"] = c.hvAppKey
+	h["User-Agent"] = c.hvUserAgent
+	if c.hvReplica != nil {
+		h["X-Cohortsync-Replica"] = c.hvReplica
+	}
+	return hreq, nil
+}
+
+// noAnswer counts an attempt that got no answer (err from the HTTP client;
+// the attempt started at start) and returns its failure: errLeaseExpired
+// when it was refused at the socket or abandoned when the lease lapsed
+// (retried under a new lease), the transport error otherwise; wrapped in an
+// *unknownOutcome when the request may have reached the API.
+func (c *Client) noAnswer(req wire.Request, st *attemptState, start time.Time, err error) error {
+	c.m.RequestDuration.Observe(time.Since(start).Seconds())
+	c.m.Requests.WithLabelValues(string(req.Action), "0").Inc()
+	if errors.Is(err, errLeaseExpired) || errors.Is(context.Cause(st.ctx), errLeaseExpired) {
+		err = errLeaseExpired
+	} else {
+		err = fmt.Errorf("sink: %w", err) // *url.Error: names the URL, which holds no secret
+	}
+	if st.mayHaveSent() {
+		return &unknownOutcome{err: err, sentAt: start}
+	}
+	return err
 }
 
 // windowSpent pauses the Limiter until the API's rate window resets when an

@@ -36,12 +36,27 @@ var errLeaseExpired = errors.New("sink: the proof of group membership (lease) ex
 // fence is the client-wide lease deadline that the connections of the
 // default HTTP client check before every write. The Lease is the replica's,
 // so the latest deadline any attempt obtained is the latest proof of
-// membership: a write is allowed until then.
+// membership: a write is allowed until then, and only while the Lease itself
+// still says it is valid (Lease.Deadline), so that Lease.End (a fenced
+// generation) lowers the fence at once.
+//
+// Deadlines are compared on the monotonic clock: a deadline is kept as its
+// distance from base (a time.Time with a monotonic reading, as the
+// deadlines of internal/lease have), never as a wall-clock instant, so a
+// step of the wall clock (NTP, an operator, a VM restore) moves nothing. A
+// deadline without a monotonic reading (a Lease that built it from a wall
+// time) falls back to the wall clock, like time.Time.Sub.
 type fence struct {
-	until atomic.Int64 // unix nanoseconds of the latest lease deadline; 0: no deadline
+	base  time.Time    // time.Now() when the Client was made: the monotonic origin
+	until atomic.Int64 // nanoseconds after base of the latest lease deadline; 0: no deadline
+	lease Lease        // asked at every check; nil: no Lease
 	// now is time.Now; tests replace it (before any use) to play a pause
-	// between the start of an attempt and its first write.
+	// between the start of an attempt and its first write, or a clock step.
 	now func() time.Time
+}
+
+func newFence(l Lease) *fence {
+	return &fence{base: time.Now(), lease: l, now: time.Now}
 }
 
 // extend records a lease deadline: the fence moves to it if it is later.
@@ -51,7 +66,7 @@ func (f *fence) extend(d time.Time) {
 		f.until.Store(0)
 		return
 	}
-	n := d.UnixNano()
+	n := max(int64(d.Sub(f.base)), 1) // 0 means no deadline
 	for {
 		cur := f.until.Load()
 		if cur >= n {
@@ -63,11 +78,17 @@ func (f *fence) extend(d time.Time) {
 	}
 }
 
-// check returns errLeaseExpired when the latest lease deadline has passed.
+// check returns errLeaseExpired when the latest lease deadline has passed,
+// or when the Lease is no longer valid (it ended, or lapsed).
 func (f *fence) check() error {
 	until := f.until.Load()
-	if until != 0 && !f.now().Before(time.Unix(0, until)) {
+	if until != 0 && int64(f.now().Sub(f.base)) >= until {
 		return errLeaseExpired
+	}
+	if f.lease != nil && until != 0 {
+		if _, ok := f.lease.Deadline(); !ok {
+			return errLeaseExpired
+		}
 	}
 	return nil
 }
@@ -84,14 +105,30 @@ func (f *fence) check() error {
 // with a truncated request, which it cannot act on. HTTP/2 multiplexes
 // Sends on one connection: a refused write closes it for all of them, which
 // is right, since they share the lease.
+//
+// HTTP/1.1 carries one request at a time on a connection: the attempt that
+// got it (GotConn) leaves its state in gate, and the first write after that
+// freshens the attempt's permit before the fence is checked, so that
+// neither a slow dial nor a TLS handshake ages a permit past permitMaxAge
+// before its request's first byte.
 type fencedConn struct {
 	net.Conn
-	f *fence
+	f    *fence
+	gate atomic.Pointer[attemptState]
 }
 
-func (c fencedConn) Write(p []byte) (int, error) {
+func (c *fencedConn) Write(p []byte) (int, error) {
+	st := c.gate.Swap(nil)
+	if st != nil {
+		if err := st.beforeWrite(); err != nil {
+			return 0, err
+		}
+	}
 	if err := c.f.check(); err != nil {
 		return 0, err
+	}
+	if st != nil {
+		st.sent.Store(true)
 	}
 	return c.Conn.Write(p)
 }
@@ -103,7 +140,7 @@ func fencedDialer(dial func(ctx context.Context, network, addr string) (net.Conn
 		if err != nil {
 			return nil, err
 		}
-		return fencedConn{Conn: conn, f: f}, nil
+		return &fencedConn{Conn: conn, f: f}, nil
 	}
 }
 

@@ -52,7 +52,7 @@ func (l *fakeLease) Deadline() (time.Time, bool) {
 
 // TestLeaseWaitGatesEveryAttempt: no request reaches the API before the
 // lease is granted, and every attempt (the first, a retry, each part of a
-// split) waits for it, after its permit.
+// split) waits for it, before its permit.
 func TestLeaseWaitGatesEveryAttempt(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		lease := &fakeLease{open: make(chan struct{}), next: func(int) time.Time { return time.Now().Add(time.Minute) }}

@@ -1,6 +1,7 @@
 package sink
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -54,6 +55,14 @@ type Config struct {
 	// AttemptTimeout bounds one HTTP attempt, reading the answer included;
 	// 0 means 15s. An attempt that times out is retried like a 5xx.
 	AttemptTimeout time.Duration
+	// MaxProcessingTime bounds how long after a request was sent the API
+	// may still process it (MOENGAGE_MAX_PROCESSING_TIME); it must be longer
+	// than AttemptTimeout; 0 means twice AttemptTimeout (30s). After an
+	// attempt whose outcome is unknown (no answer, and the request may have
+	// reached the API), no request of the other action for the same cohort
+	// is sent until this long after it was sent (unknown.go), and Settle
+	// waits it out before a hand-over.
+	MaxProcessingTime time.Duration
 	// InitialInterval and MaxInterval shape the exponential backoff
 	// (multiplier 1.5, ±50% jitter) between retries of 408, 5xx, network
 	// errors and timeouts, and of a 429 without a usable delay header.
@@ -92,13 +101,14 @@ type Config struct {
 	// concurrently. nil: the key never changes.
 	APIKeyFunc func() (string, error)
 	// Lease, when set, fences a paused replica (DESIGN.md invariant 4):
-	// every attempt waits for it (Lease.Wait) after taking its rate-limit
-	// permit, and is abandoned if the lease lapses while it runs (it is
-	// asked again, with Lease.Deadline, at each expiry). With the default
-	// HTTPClient the connection also refuses to write a request once the
-	// latest lease deadline has passed, so that a replica paused between
-	// the check and the write sends nothing when it resumes. nil: always
-	// valid.
+	// every attempt waits for it (Lease.Wait) before taking its rate-limit
+	// permit, and checks it again (Lease.Deadline) once it holds the permit;
+	// it is abandoned if the lease lapses while it runs (it is asked again,
+	// with Lease.Deadline, at each expiry). With the default HTTPClient the
+	// connection also refuses to write a request once the latest lease
+	// deadline has passed on the monotonic clock, or the Lease says it is
+	// no longer valid (Lease.End), so that a replica paused between the
+	// check and the write sends nothing when it resumes. nil: always valid.
 	Lease Lease
 	// UserAgent is the User-Agent header; "" means "cohortsync-worker".
 	UserAgent string
@@ -153,8 +163,11 @@ func (c Config) Validate() error {
 		return errors.New("sink: APIKey is required")
 	case c.MaxBodyBytes < 0:
 		return errors.New("sink: MaxBodyBytes is negative")
-	case c.AttemptTimeout < 0, c.InitialInterval < 0, c.MaxInterval < 0, c.MaxElapsed < 0, c.AuthRetryInterval < 0, c.AuthRetryMaxInterval < 0:
+	case c.AttemptTimeout < 0, c.InitialInterval < 0, c.MaxInterval < 0, c.MaxElapsed < 0, c.AuthRetryInterval < 0,
+		c.AuthRetryMaxInterval < 0, c.MaxProcessingTime < 0:
 		return errors.New("sink: a timeout or interval is negative")
+	case c.MaxProcessingTime != 0 && c.MaxProcessingTime <= cmp.Or(c.AttemptTimeout, DefaultAttemptTimeout):
+		return errors.New("sink: MaxProcessingTime must be longer than AttemptTimeout")
 	case strings.ContainsFunc(c.UserAgent+c.ReplicaID, func(r rune) bool { return r < 0x20 || r == 0x7f }):
 		return errors.New("sink: UserAgent and ReplicaID must not contain control characters")
 	}
@@ -181,6 +194,10 @@ type Client struct {
 	stopConfig  bool       // the API rejects the endpoint or a header; cleared by any acceptance
 	stopBatches int        // Sends stopped by a batch-wide 4xx
 	stopped     atomic.Bool
+
+	unkMu       sync.Mutex                         // guards the two fields below (unknown.go)
+	unknown     map[cohortKey]map[string]time.Time // per cohort and action: until when an unknown request may be processed
+	unknownLast time.Time                          // the latest of them
 }
 
 // New validates cfg, fills in its defaults and returns a Client.
@@ -199,6 +216,7 @@ func New(cfg Config) (*Client, error) {
 	def(&cfg.AuthRetryInterval, DefaultAuthRetryInterval)
 	def(&cfg.AuthRetryMaxInterval, DefaultAuthRetryMaxInterval)
 	cfg.AuthRetryMaxInterval = max(cfg.AuthRetryMaxInterval, cfg.AuthRetryInterval)
+	def(&cfg.MaxProcessingTime, 2*cfg.AttemptTimeout)
 	if cfg.MaxInterval < cfg.InitialInterval {
 		cfg.MaxInterval = cfg.InitialInterval
 	}
@@ -208,7 +226,7 @@ func New(cfg Config) (*Client, error) {
 	if cfg.UserAgent == "" {
 		cfg.UserAgent = DefaultUserAgent
 	}
-	f := &fence{now: time.Now}
+	f := newFence(cfg.Lease)
 	if cfg.HTTPClient == nil {
 		cfg.HTTPClient = defaultHTTPClient(f)
 	} else {
@@ -230,6 +248,7 @@ func New(cfg Config) (*Client, error) {
 		fence:       f,
 		hvAppKey:    []string{cfg.WorkspaceID},
 		hvUserAgent: []string{cfg.UserAgent},
+		unknown:     map[cohortKey]map[string]time.Time{},
 	}
 	c.creds.Store(newCreds(cfg.WorkspaceID, cfg.APIKey, nil))
 	if cfg.ReplicaID != "" {
@@ -306,11 +325,23 @@ func (c *Client) syncStop() {
 // members sends nothing and returns nil.
 //
 // Permits and lease: every attempt (the first, a retry, or each part of a
-// split) first takes a permit with Limiter.Wait. Time spent there, and in
-// 429 pauses, is added to the rate-limit wait metric. After its permit, every attempt waits for
-// Config.Lease (Lease.Wait, again if the deadline it returns is already
-// past), and is abandoned (and retried under a new lease) if the lease
-// lapses before its answer comes.
+// split) first waits for Config.Lease (Lease.Wait, again if the deadline it
+// returns is already past), then takes a permit with Limiter.Wait, then
+// checks the lease again (waiting for it again if it lapsed meanwhile); a
+// permit older than half of ratelimit.ArrivalSlack is taken anew, then and
+// right before the request's first byte is written (after the dial and
+// TLS, with the default HTTP client). So no permit is held while the lease
+// is waited for. Time spent in Limiter.Wait, and in 429 pauses, is added to
+// the rate-limit wait metric. An attempt is abandoned (and retried under a
+// new lease) if the lease lapses before its answer comes.
+//
+// Unknown outcomes: an attempt that ends without an answer after its
+// request may have reached the API (an attempt timeout, a lease lapse, a
+// connection lost after the write) may still be processed by the API, up
+// to MaxProcessingTime after it was sent. Until then no request of the
+// other action for the same cohort is sent by this Client (see unknown.go;
+// the same action goes on, it commutes with the late copy), and Settle
+// waits them out for a hand-over.
 //
 // Size: a body larger than MaxBodyBytes is never sent; it is split in halves
 // first (not counted as a retry), and a member whose request alone is too
@@ -319,7 +350,11 @@ func (c *Client) syncStop() {
 // Outcomes, per answer (DESIGN.md "Retry policy"):
 //   - 2xx: accepted, unless the body is a JSON object whose "status" is
 //     "fail" (the API's error envelope): that is retried like a 5xx, counted
-//     as requests_total{code="200_fail"} and retries_total{reason="status_fail"}.
+//     as requests_total{code="200_fail"} and retries_total{reason="status_fail"},
+//     until the same answer (status, type, message, attribute) came
+//     statusFailLimit (3) times within the Send: from then on it, and every
+//     identical answer after it, takes the path of a 400 with the same
+//     envelope (below), so that it is never retried forever.
 //   - 429: the Limiter is paused (PauseUntil) for the server's delay
 //     (RetryAfter: Retry-After, else x-ratelimit-reset), else the next
 //     backoff interval; then the same body is retried.
@@ -395,9 +430,10 @@ func (c *Client) syncStop() {
 // part) and returns an error wrapping ctx.Err(); so does an error from
 // Lease.Wait. An HTTP attempt already under way is NOT aborted: it runs
 // under context.WithoutCancel(ctx) and AttemptTimeout (or the lease's
-// deadline), so that a request for a revoked partition is never left
-// half-sent, with an unknown outcome, while the partition's new owner
-// sends. Cancellation therefore takes up to AttemptTimeout. If that last
+// deadline), so that a request for a revoked partition is not left
+// half-sent by the cancellation itself. Its outcome can still be unknown
+// (it timed out, or the lease lapsed): the fence then waits it out with
+// Settle. Cancellation therefore takes up to AttemptTimeout. If that last
 // attempt is accepted and completes the batch, Send returns nil.
 //
 // Giving up: with MaxElapsed > 0, Send returns an error wrapping ErrGaveUp
@@ -444,6 +480,8 @@ type sender struct {
 	stopWait     time.Duration  // the next pause of a stopped line; 0: AuthRetryInterval
 	batchStopped bool           // counted in the client's invalid-batch stop
 	pos          map[string]int // the index of each member in req, built on first use
+	failKey      string         // the last 2xx "status": "fail" answer (StatusError.dedupeKey)
+	failCount    int            // how many times in a row it came (statusFailStreak)
 }
 
 // isolation is one isolating split: the evidence found so far, and the
@@ -728,25 +766,28 @@ func (s *sender) post(ctx context.Context, req wire.Request, retry metrics.Retry
 		reload bool  // the last answer rejected the credentials
 	)
 	for attempt := 1; ; attempt++ {
-		if err := s.permit(ctx); err != nil {
+		if err := s.hold(ctx, req); err != nil {
+			return nil, decision{}, s.stopped(req, attempt-1, err, last)
+		}
+		lease, permitAt, err := s.ready(ctx)
+		if err != nil {
 			return nil, decision{}, s.stopped(req, attempt-1, err, last)
 		}
 		if reload {
 			c.reloadKey() // a secret rotated during the wait
 		}
-		lease, err := s.lease(ctx)
-		if err != nil {
-			return nil, decision{}, s.stopped(req, attempt-1, err, last)
-		}
 		if retry != "" {
 			c.m.Retries.WithLabelValues(string(retry)).Inc()
 		}
-		serr, err := c.attempt(ctx, req, body, lease)
+		serr, err := c.attempt(ctx, req, body, lease, permitAt)
 		if serr == nil && err == nil {
 			s.accepted(req, attempt)
 			return nil, decision{}, nil
 		}
-		f := newFailure(serr, err)
+		if u := asUnknown(err); u != nil {
+			c.noteUnknown(req, u.sentAt)
+		}
+		f := s.statusFailStreak(newFailure(serr, err))
 		d := f.d
 		switch d.kind {
 		case splitHalves, rejectAll, isolate: // the request itself: the caller's
@@ -765,6 +806,33 @@ func (s *sender) post(ctx context.Context, req wire.Request, retry metrics.Retry
 			s.since = time.Now() // a stopped line, or a lease wait, does not count toward MaxElapsed
 		}
 	}
+}
+
+// statusFailLimit is how many identical 2xx "status": "fail" answers one
+// Send takes as transient (retried with backoff) before it treats them, and
+// every identical one after them, as the 4xx they stand for.
+const statusFailLimit = 3
+
+// statusFailStreak counts f if it is a 2xx "status": "fail" answer, and,
+// from the statusFailLimit-th identical one (same status, type, message
+// and attribute) within this Send, reclassifies it as a 400 with the same
+// envelope: the 4xx path (an isolating split that rejects a member only
+// with evidence, a rejection of every member when the cohort's fields are
+// named, or a stopped line), instead of retrying the same answer forever.
+func (s *sender) statusFailStreak(f failure) failure {
+	if f.d.reason != metrics.RetryStatusFail {
+		return f
+	}
+	if f.key != s.failKey {
+		s.failKey, s.failCount = f.key, 0
+	}
+	s.failCount++
+	if s.failCount >= statusFailLimit {
+		as4xx := *f.serr
+		as4xx.Code = http.StatusBadRequest
+		f.d = classify(&as4xx, nil)
+	}
+	return f
 }
 
 // failure is one failed attempt and what to do about it.
@@ -832,6 +900,41 @@ func (s *sender) retrying(f failure, req wire.Request, attempt int, delay time.D
 			"attempt", attempt, "delay", delay, "members", len(req.UIDs))
 	}
 	return nil
+}
+
+// ready waits until an attempt may start and returns its lease deadline
+// and the time of its permit: a valid lease first, then a permit, then the
+// lease again, since it may have lapsed while the permit was waited for (it
+// is then waited for again, and a permit older than permitMaxAge by then
+// is taken anew). The order matters: a permit taken before a stalled lease
+// would be spent when the lease comes back, together with the permits the
+// Limiter grants then, so that a 60-second window of arrivals would hold
+// more than the Limiter's rate allows for (issue 18: 302 in a 300 window).
+func (s *sender) ready(ctx context.Context) (lease, permitAt time.Time, err error) {
+	for {
+		if lease, err = s.lease(ctx); err != nil {
+			return time.Time{}, time.Time{}, err
+		}
+		if permitAt.IsZero() || time.Since(permitAt) > permitMaxAge {
+			if err = s.permit(ctx); err != nil {
+				return time.Time{}, time.Time{}, err
+			}
+			permitAt = time.Now()
+		}
+		if s.c.leaseHolds(lease) {
+			return lease, permitAt, nil
+		}
+	}
+}
+
+// leaseHolds reports whether the lease that gave deadline d is still valid
+// (a zero d, or no Lease: it never expires).
+func (c *Client) leaseHolds(d time.Time) bool {
+	if d.IsZero() || c.cfg.Lease == nil {
+		return true
+	}
+	_, ok := c.cfg.Lease.Deadline()
+	return ok
 }
 
 // lease waits for a valid lease and returns its deadline (zero: none, or no

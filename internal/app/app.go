@@ -178,6 +178,9 @@ func (w *worker) newSink(replica string, limiter *ratelimit.Limiter, membership 
 		Limiter:         limiter,
 		Logger:          w.log,
 		Metrics:         w.m,
+
+		// How long a request left without an answer may still be processed.
+		MaxProcessingTime: cfg.MoEngageMaxProcessingTime,
 	})
 }
 
@@ -192,7 +195,7 @@ func (w *worker) newConsumer(dialer *kafka.Dialer, membership *lease.Lease) (*co
 		DefaultPartner: cfg.CohortsyncPartner,
 		Dialer:         dialer,
 		Transport:      w.transport,
-		Batcher:        w.batcher,
+		Batcher:        settlingBatcher{w.batcher, w.client},
 		DLQ:            w.dlq,
 		Lease:          membership,
 		DrainTimeout:   cfg.ShutdownTimeout - min(5*time.Second, cfg.ShutdownTimeout/5),
@@ -209,6 +212,24 @@ func (w *worker) newConsumer(dialer *kafka.Dialer, membership *lease.Lease) (*co
 		Logger:  w.log,
 		Metrics: w.m,
 	})
+}
+
+// settlingBatcher is the batcher as the consumer sees it. Its Revoke, which
+// the consumer's fence calls before the replica rejoins the group, also
+// waits (within the fence's deadline) until no request of this replica whose
+// outcome is unknown can still be processed by the API (sink.Client.Settle):
+// the group's next generation cannot start before this replica rejoins, so
+// the partitions' next owner never sends beside such a request.
+type settlingBatcher struct {
+	*batcher.Batcher
+	client *sink.Client
+}
+
+func (b settlingBatcher) Revoke(ctx context.Context) error {
+	if err := b.Batcher.Revoke(ctx); err != nil {
+		return err
+	}
+	return b.client.Settle(ctx)
 }
 
 // close releases the connections build opened.

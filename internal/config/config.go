@@ -17,6 +17,11 @@ import (
 	"unicode"
 )
 
+// AttemptTimeout is the worker's timeout of one HTTP attempt to the API
+// (sink.DefaultAttemptTimeout, which internal/app's tests pin it to); it has
+// no variable. MOENGAGE_MAX_PROCESSING_TIME must be longer.
+const AttemptTimeout = 15 * time.Second
+
 // Config is the worker's configuration. Load builds it from the environment
 // and flags; code that builds one itself starts from Default and must call
 // Validate, which also fills the derived fields. Each field's comment names
@@ -85,6 +90,12 @@ type Config struct {
 	// is set; loopback hosts (127.0.0.0/8, ::1, localhost) are always
 	// accepted.
 	MoEngageAllowInsecure bool
+	// MoEngageMaxProcessingTime bounds how long after a request was sent
+	// the API may still process it (MOENGAGE_MAX_PROCESSING_TIME), longer
+	// than the attempt timeout (AttemptTimeout): after an attempt whose
+	// outcome is unknown, no request that a late copy of it could overtake
+	// is sent before then (sink.Config.MaxProcessingTime).
+	MoEngageMaxProcessingTime time.Duration
 	// MoEngageWorkspaceID is the workspace (app) ID, sent as the Basic-auth
 	// username and the MOE-APPKEY header (MOENGAGE_WORKSPACE_ID or
 	// MOENGAGE_WORKSPACE_ID_FILE). Required. It is an identifier, not a
@@ -399,6 +410,8 @@ func (c *Config) checkLimits(h hider) error {
 		return configError("RETRY_INITIAL_INTERVAL", "%s is not positive", c.RetryInitialInterval)
 	case c.RetryMaxInterval < c.RetryInitialInterval:
 		return configError("RETRY_MAX_INTERVAL", "%s is less than RETRY_INITIAL_INTERVAL (%s)", c.RetryMaxInterval, c.RetryInitialInterval)
+	case c.MoEngageMaxProcessingTime <= AttemptTimeout:
+		return configError("MOENGAGE_MAX_PROCESSING_TIME", "%s is not longer than the %s attempt timeout", c.MoEngageMaxProcessingTime, AttemptTimeout)
 	case c.RetryMaxElapsed < 0:
 		return configError("RETRY_MAX_ELAPSED", "%s is negative (0: retry forever)", c.RetryMaxElapsed)
 	case c.ShutdownTimeout <= 0:
@@ -563,6 +576,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Duration("retry_initial_interval", c.RetryInitialInterval),
 		slog.Duration("retry_max_interval", c.RetryMaxInterval),
 		slog.Duration("retry_max_elapsed", c.RetryMaxElapsed),
+		slog.Duration("moengage_max_processing_time", c.MoEngageMaxProcessingTime),
 		slog.String("http_addr", c.HTTPAddr),
 		slog.Duration("shutdown_timeout", c.ShutdownTimeout),
 		slog.String("log_level", c.LogLevel.String()),

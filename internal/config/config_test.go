@@ -55,6 +55,7 @@ func TestDefaultsMatchDesign(t *testing.T) {
 		{"RETRY_INITIAL_INTERVAL", "500ms", "500ms", c.RetryInitialInterval, 500 * time.Millisecond},
 		{"RETRY_MAX_INTERVAL", "60s", "60s", c.RetryMaxInterval, 60 * time.Second},
 		{"RETRY_MAX_ELAPSED", "0", "0", c.RetryMaxElapsed, time.Duration(0)},
+		{"MOENGAGE_MAX_PROCESSING_TIME", "30s", "30s", c.MoEngageMaxProcessingTime, 30 * time.Second},
 		{"HTTP_ADDR", ":9090", ":9090", c.HTTPAddr, ":9090"},
 		{"SHUTDOWN_TIMEOUT", "30s", "30s", c.ShutdownTimeout, 30 * time.Second},
 		{"LOG_LEVEL", "info", "info", c.LogLevel, slog.LevelInfo},
@@ -128,6 +129,8 @@ var fields = map[string]func(config.Config) any{
 	"SHUTDOWN_TIMEOUT":          func(c config.Config) any { return c.ShutdownTimeout },
 	"LOG_LEVEL":                 func(c config.Config) any { return c.LogLevel },
 	"LOG_FORMAT":                func(c config.Config) any { return c.LogFormat },
+
+	"MOENGAGE_MAX_PROCESSING_TIME": func(c config.Config) any { return c.MoEngageMaxProcessingTime },
 }
 
 type parseCase struct {
@@ -193,6 +196,7 @@ func parseCases(t *testing.T) []parseCase {
 		{env: "RETRY_INITIAL_INTERVAL", value: "1s", other: "2s", want: time.Second},
 		{env: "RETRY_MAX_INTERVAL", value: "500ms", other: "2m", want: 500 * time.Millisecond},
 		{env: "RETRY_MAX_ELAPSED", value: "15m", other: "1h", want: 15 * time.Minute},
+		{env: "MOENGAGE_MAX_PROCESSING_TIME", value: "16s", other: "1m", want: 16 * time.Second},
 		{env: "HTTP_ADDR", value: "127.0.0.1:0", other: ":8080", want: "127.0.0.1:0"},
 		{env: "SHUTDOWN_TIMEOUT", value: "1m", other: "10s", want: time.Minute},
 		{env: "LOG_LEVEL", value: "DEBUG", other: "error", want: slog.LevelDebug},
@@ -360,6 +364,8 @@ func invalidCases(t *testing.T) []invalidCase {
 		one("RETRY_INITIAL_INTERVAL", "fast"),
 		one("RETRY_MAX_INTERVAL", "100ms"),
 		one("RETRY_MAX_ELAPSED", "-1s"),
+		one("MOENGAGE_MAX_PROCESSING_TIME", "15s"),
+		one("MOENGAGE_MAX_PROCESSING_TIME", "0"),
 		one("HTTP_ADDR", "localhost"),
 		one("SHUTDOWN_TIMEOUT", "0s"),
 		one("LOG_LEVEL", "loud"),

@@ -196,6 +196,8 @@ func settings() []setting {
 		secretVar("MOENGAGE_DATA_API_KEY", "required: Data API key (Basic-auth password; environment only: the flag is refused, since any process can read a command line)",
 			func(c *Config, s Secret) { c.MoEngageDataAPIKey = s }),
 		fileVar("MOENGAGE_DATA_API_KEY", "file holding the Data API key", true),
+		durationVar("MOENGAGE_MAX_PROCESSING_TIME", "30s", "how long after a request was sent the API may still process it; longer than the 15s attempt timeout (a request left without an answer holds the other action for its cohort this long)",
+			func(c *Config) *time.Duration { return &c.MoEngageMaxProcessingTime }),
 		str("COHORTSYNC_PARTNER", "", "partner used when an event has none",
 			func(c *Config, v string) { c.CohortsyncPartner = strings.TrimSpace(v) }),
 		intVar("BATCH_MAX_BYTES", "128000", "request body cap in bytes (512 to 131072)",
