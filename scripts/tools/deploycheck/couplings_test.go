@@ -105,3 +105,40 @@ func TestRenderedIsValidYAML(t *testing.T) {
 		}
 	}
 }
+
+func TestComposeRules(t *testing.T) {
+	good, err := os.ReadFile("../../../deploy/compose/compose.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(doc string) string {
+		dir := filepath.Join(t.TempDir(), "compose")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		f := filepath.Join(dir, "compose.yaml")
+		if err := os.WriteFile(f, []byte(doc), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	// The build contexts (../..) need not exist for the loader.
+	if err := checkCompose(write(string(good))); err != nil {
+		t.Fatalf("the project's compose file fails: %v", err)
+	}
+	for _, tc := range []struct{ name, old, new, want string }{
+		{"port on every address", `"127.0.0.1:9092:9092"`, `"9092:9092"`, "port 9092 published"},
+		{"no topic creation", "topics: {condition: service_completed_successfully}", "kafka: {condition: service_healthy}", "created by no service"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			doc := strings.Replace(string(good), tc.old, tc.new, 1)
+			if doc == string(good) {
+				t.Fatalf("%q not in compose.yaml", tc.old)
+			}
+			err := checkCompose(write(doc))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+}

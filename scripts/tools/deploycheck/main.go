@@ -13,7 +13,10 @@
 //	                             hashed ConfigMap names, no :latest, the
 //	                             Secret mounted 0400, no service account token.
 //	deploycheck compose FILE     a compose file, loaded and validated by
-//	                             compose-go (the loader Docker Compose uses).
+//	                             compose-go (the loader Docker Compose uses);
+//	                             every published port bound to loopback, and
+//	                             the worker started after a service that
+//	                             created its topics (compose.go).
 //
 // It lives in its own module (scripts/tools) so that the worker's module
 // does not carry these dependencies.
@@ -234,5 +237,5 @@ func checkCompose(file string) error {
 	for _, s := range p.Services {
 		fmt.Printf("deploycheck: %s: service %s ok (image %q)\n", filepath.Base(file), s.Name, s.Image)
 	}
-	return nil
+	return composeRules(p)
 }
