@@ -38,7 +38,7 @@ const (
 	apiKey    = "kube-key-3e9a51c7"
 	// image is the worker image built from the Dockerfile and imported
 	// into the cluster's containerd (scripts/k8s-up).
-	defaultImage = "localhost/cohortsync-worker:test"
+	defaultImage = "localhost/cohortsync-worker:k8s"
 	selector     = "app.kubernetes.io/name=cohortsync-worker"
 )
 

@@ -23,7 +23,7 @@ SCHED_PORT=10259
 KUBELET_PORT=10250
 KUBELET_HEALTHZ_PORT=10248
 PAUSE_IMAGE=localhost/cohortsync/pause:3.10
-WORKER_IMAGE=${COHORTSYNC_IMAGE:-localhost/cohortsync-worker:test}
-EMULATOR_IMAGE=${COHORTSYNC_EMULATOR_IMAGE:-localhost/cohortsync-emulator:test}
+WORKER_IMAGE=${COHORTSYNC_K8S_IMAGE:-localhost/cohortsync-worker:k8s}
+EMULATOR_IMAGE=${COHORTSYNC_K8S_EMULATOR_IMAGE:-localhost/cohortsync-emulator:k8s}
 
 kubectl_() { "$BIN/kubectl" --kubeconfig "$PKI/admin.kubeconfig" "$@"; }
