@@ -73,7 +73,8 @@ push:
 ifeq ($(ENGINE),docker)
 	docker buildx build --platform $(PLATFORMS) $(IMAGE_ARGS) -t $(IMAGE):$(VERSION) --push .
 else
-	podman build --platform $(PLATFORMS) $(IMAGE_ARGS) --manifest $(IMAGE):$(VERSION) .
+	# Buildah before 1.29 sets BUILDPLATFORM to the target: name the builder's.
+	podman build --platform $(PLATFORMS) --build-arg BUILDPLATFORM=linux/$$($(GO) env GOARCH) $(IMAGE_ARGS) --manifest $(IMAGE):$(VERSION) .
 	podman manifest push --all $(IMAGE):$(VERSION) docker://$(IMAGE):$(VERSION)
 endif
 
