@@ -68,12 +68,12 @@ k8s-down:
 image:
 	$(ENGINE) build $(IMAGE_ARGS) -t $(IMAGE):$(VERSION) .
 
-# Both platforms, pushed to $(REGISTRY) (log in first).
+# Both platforms, pushed to $(REGISTRY) (log in first). Buildah before 1.29
+# sets BUILDPLATFORM to the target, so podman is told the builder's.
 push:
 ifeq ($(ENGINE),docker)
 	docker buildx build --platform $(PLATFORMS) $(IMAGE_ARGS) -t $(IMAGE):$(VERSION) --push .
 else
-	# Buildah before 1.29 sets BUILDPLATFORM to the target: name the builder's.
 	podman build --platform $(PLATFORMS) --build-arg BUILDPLATFORM=linux/$$($(GO) env GOARCH) $(IMAGE_ARGS) --manifest $(IMAGE):$(VERSION) .
 	podman manifest push --all $(IMAGE):$(VERSION) docker://$(IMAGE):$(VERSION)
 endif
