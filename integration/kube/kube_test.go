@@ -291,3 +291,37 @@ func tailLines(s string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// TestKubeMemoryLimitFromCgroup: the worker sizes its Go memory limit from
+// the container's memory limit (the manifest sets no GOMEMLIMIT): its start
+// log names the cgroup's limit, which equals the manifest's limits.memory,
+// and a Go limit below it.
+func TestKubeMemoryLimitFromCgroup(t *testing.T) {
+	d := newDeployment(t, 1)
+	d.apply()
+	if err := d.rollout(3 * time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	limit := strings.TrimSpace(mustKubectl(t, "-n", d.ns, "get", "deployment", "cohortsync-worker", "-o",
+		`jsonpath={.spec.template.spec.containers[?(@.name=="worker")].resources.limits.memory}`))
+	if limit != "512Mi" {
+		t.Fatalf("limits.memory %q, want the base's 512Mi", limit)
+	}
+	const want = 512 << 20
+	p := d.readyPods()[0]
+	out := mustKubectl(t, "-n", d.ns, "logs", p.Metadata.Name, "-c", "worker")
+	for _, line := range strings.Split(out, "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(line), &m) != nil || m["msg"] != "Go memory limit" {
+			continue
+		}
+		cg, _ := m["cgroup_limit_bytes"].(float64)
+		gl, _ := m["gomemlimit_bytes"].(float64)
+		if m["source"] != "cgroup" || cg != want || gl <= 0 || gl >= want {
+			t.Fatalf("the worker's memory limit line %v: want source cgroup, cgroup_limit_bytes %d and a Go limit below it", m, want)
+		}
+		t.Logf("Go memory limit %.0f MiB from the cgroup's %.0f MiB", gl/(1<<20), cg/(1<<20))
+		return
+	}
+	t.Fatalf("no \"Go memory limit\" line in the worker's log:\n%s", tailLines(out, 20))
+}
