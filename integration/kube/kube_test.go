@@ -216,8 +216,16 @@ func TestKubeSIGTERMDrainsWithinGrace(t *testing.T) {
 	if _, err := fmt.Sscan(grace, &graceS); err != nil || graceS < 30 {
 		t.Fatalf("terminationGracePeriodSeconds %q", grace)
 	}
-	// Load: a backlog the pods are syncing while one is deleted.
-	produce(t, d.topic, "kube-load", uids("load", 400)...)
+	// Load: a backlog the pods are syncing, through an API that takes 3 s
+	// to answer, so that requests are under way when SIGTERM arrives.
+	if err := api.SetFaults(emulator.Faults{Latency: 3 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = api.SetFaults(emulator.Faults{}) })
+	for i := range 8 {
+		produce(t, d.topic, fmt.Sprintf("kube-load-%d", i), uids(fmt.Sprintf("load%d", i), 50)...)
+	}
+	time.Sleep(2 * time.Second)
 	p := d.readyPods()[0]
 	logs := make(chan string, 1)
 	go func() {
@@ -237,7 +245,15 @@ func TestKubeSIGTERMDrainsWithinGrace(t *testing.T) {
 	if last["msg"] != "stopped" {
 		t.Errorf("the worker's last log line is %v, want its clean exit (\"stopped\"):\n%s", last, tailLines(out, 10))
 	}
-	waitFor(t, 3*time.Minute, "the backlog to sync", func() bool { return len(api.members("kube-load")) == 400 })
+	_ = api.SetFaults(emulator.Faults{})
+	waitFor(t, 3*time.Minute, "the backlog to sync", func() bool {
+		for i := range 8 {
+			if len(api.members(fmt.Sprintf("kube-load-%d", i))) != 50 {
+				return false
+			}
+		}
+		return true
+	})
 }
 
 // ---- helpers ----
