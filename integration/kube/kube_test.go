@@ -341,3 +341,129 @@ func TestKubeMemoryLimitFromCgroup(t *testing.T) {
 	}
 	t.Fatalf("no \"Go memory limit\" line in the worker's log:\n%s", tailLines(out, 20))
 }
+
+// TestKubeDeleteUnderLoadHandsOver: `kubectl delete pod` on a busy replica
+// starts its replacement at once (maxSurge does not apply to deletes), and
+// the replacement's join starts a rebalance during the old pod's drain.
+// The hand-over must not throw the drain away: the deleted pod drops no
+// pending member, and the survivor and the replacement join one generation
+// each (one rebalance, not a burst).
+func TestKubeDeleteUnderLoadHandsOver(t *testing.T) {
+	d := newDeployment(t, 4)
+	d.settings["MAX_IN_FLIGHT"] = "1"
+	d.settings["MAX_PENDING_MEMBERS"] = "12000"
+	d.settings["RATE_LIMIT_SHARING"] = "false"
+	d.settings["BATCH_WINDOW"] = "1s"
+	if err := api.SetFaults(emulator.Faults{Latency: 4 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = api.SetFaults(emulator.Faults{}) })
+	d.apply()
+	if err := d.rollout(3 * time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	// One cohort per partition is likely; adds and removes alternate so
+	// that batches keep coming behind the slow API.
+	const cohorts, perCohort = 8, 1500
+	for i := range cohorts {
+		produce(t, d.topic, fmt.Sprintf("kube-busy-%d", i), uids(fmt.Sprintf("busy%d", i), perCohort)...)
+	}
+	time.Sleep(10 * time.Second)
+	pods := d.readyPods()
+	if len(pods) != 2 {
+		t.Fatalf("%d ready pods", len(pods))
+	}
+	a, c := pods[0], pods[1]
+	if scrape(a.Status.PodIP, "cohortsync_pending_members") < scrape(c.Status.PodIP, "cohortsync_pending_members") {
+		a, c = c, a
+	}
+	pendingA := scrape(a.Status.PodIP, "cohortsync_pending_members")
+	if pendingA < 1000 {
+		t.Fatalf("the busier pod has only %.0f members pending: not a busy replica, the test proves nothing", pendingA)
+	}
+	follow := func(name string) chan string {
+		ch := make(chan string, 1)
+		go func() {
+			out, _ := kubectl(t, 3*time.Minute, "-n", d.ns, "logs", "-f", name, "-c", "worker")
+			ch <- out
+		}()
+		return ch
+	}
+	logsA, logsC := follow(a.Metadata.Name), follow(c.Metadata.Name)
+	time.Sleep(time.Second)
+	since := time.Now()
+	mustKubectl(t, "-n", d.ns, "delete", "pod", a.Metadata.Name, "--wait=false")
+	var outA string
+	select {
+	case outA = <-logsA:
+	case <-time.After(2 * time.Minute):
+		t.Fatal("the deleted pod's log did not end within 2 min")
+	}
+	waitFor(t, 2*time.Minute, "the replacement to be Ready", func() bool { return len(d.readyPods()) == 2 })
+	var b pod
+	for _, p := range d.readyPods() {
+		if p.Metadata.Name != c.Metadata.Name {
+			b = p
+		}
+	}
+	time.Sleep(5 * time.Second)
+	outB := mustKubectl(t, "-n", d.ns, "logs", b.Metadata.Name, "-c", "worker")
+	_ = api.SetFaults(emulator.Faults{})
+	waitFor(t, 3*time.Minute, "every member to sync", func() bool {
+		for i := range cohorts {
+			if len(api.members(fmt.Sprintf("kube-busy-%d", i))) != perCohort {
+				return false
+			}
+		}
+		return true
+	})
+	_, _ = kubectl(t, time.Minute, "-n", d.ns, "delete", "pod", c.Metadata.Name, "--wait=false") // ends C's log stream
+	outC := <-logsC
+	sa, sb, sc := handover(outA, since), handover(outB, since), handover(outC, since)
+	t.Logf("A: %.0f pending at deletion, drained %s, dropped %d; B: %d generation(s), dropped %d; C: %d generation(s), dropped %d",
+		pendingA, sa.drainEnded.Sub(sa.drainStarted).Round(100*time.Millisecond), sa.dropped, sb.joins, sb.dropped, sc.joins, sc.dropped)
+	if sa.drainStarted.IsZero() || sa.drainEnded.IsZero() {
+		t.Fatalf("the deleted pod's log shows no drain:\n%s", tailLines(outA, 15))
+	}
+	if sa.dropped != 0 {
+		t.Errorf("the deleted pod dropped %d pending members: the replacement's join threw its drain away", sa.dropped)
+	}
+	if sb.joins != 1 || sc.joins != 1 {
+		t.Errorf("the replacement joined %d generations and the survivor %d after the deletion, want 1 each (one rebalance)", sb.joins, sc.joins)
+	}
+}
+
+type handoverStats struct {
+	joins, dropped           int
+	drainStarted, drainEnded time.Time
+}
+
+// handover reads a worker's JSON log from since: generations joined,
+// pending members dropped at a revocation, the drain's start and end.
+func handover(out string, since time.Time) handoverStats {
+	var s handoverStats
+	for _, line := range strings.Split(out, "\n") {
+		var l map[string]any
+		if json.Unmarshal([]byte(line), &l) != nil {
+			continue
+		}
+		ts, _ := time.Parse(time.RFC3339Nano, fmt.Sprint(l["time"]))
+		if ts.Before(since) {
+			continue
+		}
+		switch l["msg"] {
+		case "joined generation":
+			s.joins++
+		case "revoked: dropped pending changes":
+			n, _ := l["members"].(float64)
+			s.dropped += int(n)
+		case "draining":
+			s.drainStarted = ts
+		case "left the group after the drain", "left the consumer group":
+			if s.drainEnded.IsZero() {
+				s.drainEnded = ts
+			}
+		}
+	}
+	return s
+}
