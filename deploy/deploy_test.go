@@ -11,13 +11,32 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
 	"github.com/cohortsync/cohortsync-worker/internal/config"
+	"github.com/cohortsync/cohortsync-worker/sink"
 )
+
+// TestDeploycheckKnowsTheAttemptTimeout: scripts/tools/deploycheck (its own
+// module) derives the grace period from a copy of sink.DefaultAttemptTimeout.
+func TestDeploycheckKnowsTheAttemptTimeout(t *testing.T) {
+	b, err := os.ReadFile("../scripts/tools/deploycheck/couplings.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`attemptTimeout = (\d+) \* time.Second`).FindSubmatch(b)
+	if m == nil {
+		t.Fatal("no attemptTimeout constant in deploycheck")
+	}
+	if want := strconv.Itoa(int(sink.DefaultAttemptTimeout / time.Second)); string(m[1]) != want {
+		t.Errorf("deploycheck's attemptTimeout is %ss, sink.DefaultAttemptTimeout %ss", m[1], want)
+	}
+}
 
 // documents parses every YAML document of every manifest.
 func documents(t *testing.T) map[string][]map[string]any {
@@ -64,18 +83,63 @@ func knownVar(name string) bool {
 	return slices.ContainsFunc(config.Vars, func(v config.Var) bool { return v.Env == name })
 }
 
+// envFile reads a kustomize env file (KEY=VALUE lines, # comments).
+func envFile(t *testing.T, path string) map[string]string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			t.Fatalf("%s: %q is not KEY=VALUE", path, line)
+		}
+		out[k] = v
+	}
+	return out
+}
+
+// overlaySettings is the example overlay's configuration: the base's
+// config.env merged with the overlay's configMapGenerator literals.
+func overlaySettings(t *testing.T, docs map[string][]map[string]any, overlay string) map[string]string {
+	t.Helper()
+	cfg := envFile(t, "kubernetes/base/config.env")
+	for _, d := range docs[overlay] {
+		gens, _ := d["configMapGenerator"].([]any)
+		for _, g := range gens {
+			for _, l := range g.(map[string]any)["literals"].([]any) {
+				k, v, _ := strings.Cut(l.(string), "=")
+				cfg[k] = v
+			}
+		}
+	}
+	return cfg
+}
+
 // TestManifestsUseOnlyKnownSettings: every worker variable set in the
-// Kubernetes base and the compose file exists in the worker's configuration.
+// Kubernetes base and overlays and the compose file exists in the worker's
+// configuration.
 func TestManifestsUseOnlyKnownSettings(t *testing.T) {
 	docs := documents(t)
-	for _, d := range docs["kubernetes/base/configmap.yaml"] {
-		data, _ := d["data"].(map[string]any)
-		if len(data) == 0 {
-			t.Fatal("configmap has no data")
+	base := envFile(t, "kubernetes/base/config.env")
+	if len(base) == 0 {
+		t.Fatal("config.env has no settings")
+	}
+	for k := range base {
+		if !knownVar(k) {
+			t.Errorf("config.env sets %s, which the worker does not read", k)
 		}
-		for k := range data {
-			if !knownVar(k) {
-				t.Errorf("configmap sets %s, which the worker does not read", k)
+	}
+	for _, o := range []string{"kubernetes/overlays/example/kustomization.yaml", "kubernetes/overlays/staging-emulator/kustomization.yaml"} {
+		for k := range overlaySettings(t, docs, o) {
+			if !knownVar(k) && k != "HTTPS_PROXY" && k != "NO_PROXY" {
+				t.Errorf("%s sets %s, which the worker does not read", o, k)
 			}
 		}
 	}
@@ -102,19 +166,24 @@ func TestDeploymentShape(t *testing.T) {
 	dep := docs["kubernetes/base/deployment.yaml"][0]
 	spec := dep["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)
 	grace := spec["terminationGracePeriodSeconds"].(int)
-	cfg := docs["kubernetes/base/configmap.yaml"][0]["data"].(map[string]any)
-	c, err := config.Load(nil, func(k string) string {
-		if k == "MOENGAGE_DATA_API_KEY" {
-			return "x"
+	for _, o := range []string{"kubernetes/overlays/example/kustomization.yaml", "kubernetes/overlays/staging-emulator/kustomization.yaml"} {
+		cfg := overlaySettings(t, docs, o)
+		c, err := config.Load(nil, func(k string) string {
+			if k == "MOENGAGE_DATA_API_KEY" {
+				return "x"
+			}
+			return cfg[k]
+		}, nil)
+		if err != nil {
+			t.Fatalf("%s is not a valid configuration: %v", o, err)
 		}
-		v, _ := cfg[k].(string)
-		return v
-	}, nil)
-	if err != nil {
-		t.Fatalf("the ConfigMap is not a valid configuration: %v", err)
-	}
-	if float64(grace) <= c.ShutdownTimeout.Seconds() {
-		t.Errorf("terminationGracePeriodSeconds %d must exceed SHUTDOWN_TIMEOUT %s", grace, c.ShutdownTimeout)
+		// The grace period covers the drain, an API attempt under way (never
+		// cut off) and a margin; scripts/tools/deploycheck checks the same
+		// on the rendered manifests.
+		if want := c.ShutdownTimeout + sink.DefaultAttemptTimeout + 5*time.Second; time.Duration(grace)*time.Second < want {
+			t.Errorf("%s: terminationGracePeriodSeconds %d is below SHUTDOWN_TIMEOUT %s + attempt timeout %s + 5s",
+				o, grace, c.ShutdownTimeout, sink.DefaultAttemptTimeout)
+		}
 	}
 	ctr := spec["containers"].([]any)[0].(map[string]any)
 	if ctr["livenessProbe"].(map[string]any)["httpGet"].(map[string]any)["path"] != "/healthz" ||
@@ -136,7 +205,7 @@ func TestDeploymentShape(t *testing.T) {
 			}
 		}
 	}
-	for _, k := range []string{"Deployment", "ConfigMap", "Secret", "Service", "PodDisruptionBudget", "ScaledObject", "Kustomization"} {
+	for _, k := range []string{"Deployment", "Secret", "Service", "PodDisruptionBudget", "NetworkPolicy", "Job", "Kustomization", "Component"} {
 		if !kinds[k] {
 			t.Errorf("no %s manifest", k)
 		}

@@ -5,9 +5,18 @@
 //	                             every document is decoded strictly into the
 //	                             Kubernetes API type of its apiVersion/kind
 //	                             (unknown or mistyped fields fail); kinds from
-//	                             CRDs (keda.sh) are checked for the basics.
+//	                             CRDs (keda.sh) are checked for the basics;
+//	                             then the couplings within each file
+//	                             (couplings.go): grace period vs
+//	                             SHUTDOWN_TIMEOUT, memory request = limit and
+//	                             no literal GOMEMLIMIT, ports vs HTTP_ADDR,
+//	                             hashed ConfigMap names, no :latest, the
+//	                             Secret mounted 0400, no service account token.
 //	deploycheck compose FILE     a compose file, loaded and validated by
-//	                             compose-go (the loader Docker Compose uses).
+//	                             compose-go (the loader Docker Compose uses);
+//	                             every published port bound to loopback, and
+//	                             the worker started after a service that
+//	                             created its topics (compose.go).
 //
 // It lives in its own module (scripts/tools) so that the worker's module
 // does not carry these dependencies.
@@ -25,7 +34,9 @@ import (
 	"github.com/compose-spec/compose-go/v2/cli"
 	yamlv3 "gopkg.in/yaml.v3"
 	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	"sigs.k8s.io/yaml"
 )
@@ -66,6 +77,7 @@ func checkK8s(files []string) error {
 		if err != nil {
 			return err
 		}
+		var objs []any
 		dec := yamlv3.NewDecoder(bytes.NewReader(b))
 		for {
 			var node yamlv3.Node
@@ -96,6 +108,10 @@ func checkK8s(files []string) error {
 				obj = &appsv1.Deployment{}
 			case "policy/v1/PodDisruptionBudget":
 				obj = &policyv1.PodDisruptionBudget{}
+			case "batch/v1/Job":
+				obj = &batchv1.Job{}
+			case "networking.k8s.io/v1/NetworkPolicy":
+				obj = &networkingv1.NetworkPolicy{}
 			case "keda.sh/v1alpha1/ScaledObject":
 				obj = nil // a CRD: no typed schema here; the basics only
 			default:
@@ -113,9 +129,13 @@ func checkK8s(files []string) error {
 				if err := semantic(obj); err != nil {
 					errs = append(errs, fmt.Errorf("%s: %s %s: %w", f, tm.Kind, tm.Metadata.Name, err))
 				}
+				objs = append(objs, obj)
 			}
 			n++
 			fmt.Printf("deploycheck: %s: %s %s/%s ok\n", filepath.Base(f), tm.APIVersion, tm.Kind, tm.Metadata.Name)
+		}
+		if err := couplings(objs); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", f, err))
 		}
 	}
 	if n == 0 && len(errs) == 0 {
@@ -160,6 +180,50 @@ func semantic(obj any) error {
 	return nil
 }
 
+// couplings checks one rendered file's objects against each other.
+func couplings(objs []any) error {
+	cms := map[string]*corev1.ConfigMap{}
+	var deps []*appsv1.Deployment
+	for _, o := range objs {
+		switch o := o.(type) {
+		case *corev1.ConfigMap:
+			cms[o.Name] = o
+		case *appsv1.Deployment:
+			deps = append(deps, o)
+		}
+	}
+	var errs []error
+	for _, o := range objs {
+		var err error
+		switch o := o.(type) {
+		case *appsv1.Deployment:
+			err = checkDeployment(o, cms)
+		case *batchv1.Job:
+			err = checkPod(o.Spec.Template.Spec, cms)
+		case *corev1.Service:
+			err = checkService(o, deps)
+		default:
+			continue
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%T %s: %w", o, objName(o), err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func objName(o any) string {
+	switch o := o.(type) {
+	case *appsv1.Deployment:
+		return o.Name
+	case *batchv1.Job:
+		return o.Name
+	case *corev1.Service:
+		return o.Name
+	}
+	return ""
+}
+
 func checkCompose(file string) error {
 	ctx := context.Background()
 	opts, err := cli.NewProjectOptions([]string{file}, cli.WithOsEnv, cli.WithDotEnv, cli.WithWorkingDirectory(filepath.Dir(file)))
@@ -173,5 +237,5 @@ func checkCompose(file string) error {
 	for _, s := range p.Services {
 		fmt.Printf("deploycheck: %s: service %s ok (image %q)\n", filepath.Base(file), s.Name, s.Image)
 	}
-	return nil
+	return composeRules(p)
 }
