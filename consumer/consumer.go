@@ -177,8 +177,9 @@ func New(cfg Config) (*Consumer, error) {
 	if rc := cfg.readerConfig(cfg.Topics[0], 0); rc.Validate() != nil {
 		return nil, fmt.Errorf("consumer: invalid reader configuration: %w", rc.Validate())
 	}
-	return &Consumer{cfg: cfg, log: cfg.Logger.With("component", "consumer"), m: cfg.Metrics, lease: cfg.Lease,
-		openReader: openKafkaReader}, nil
+	c := &Consumer{cfg: cfg, log: cfg.Logger.With("component", "consumer"), m: cfg.Metrics, lease: cfg.Lease}
+	c.openReader = c.openCommittedReader
+	return c, nil
 }
 
 // Lease returns the lease the consumer proves its membership to: a sender
@@ -691,17 +692,14 @@ type partitionReader interface {
 	Close() error
 }
 
-// openKafkaReader starts a kafka-go reader at offset.
-func openKafkaReader(rcfg kafka.ReaderConfig, offset int64) (partitionReader, error) {
-	if err := rcfg.Validate(); err != nil { // NewReader panics on an invalid config
+// openCommittedReader starts the read_committed reader of rcfg's
+// partition at offset (fetcher.go). rcfg is what a kafka-go Reader of the
+// partition would be configured with; its topic and partition are used.
+func (c *Consumer) openCommittedReader(rcfg kafka.ReaderConfig, offset int64) (partitionReader, error) {
+	if err := rcfg.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid reader configuration: %w", err)
 	}
-	r := kafka.NewReader(rcfg)
-	if err := r.SetOffset(offset); err != nil {
-		_ = r.Close()
-		return nil, fmt.Errorf("setting the start offset %d: %w", offset, err)
-	}
-	return r, nil
+	return c.cfg.newCommittedReader(rcfg.Topic, rcfg.Partition, offset), nil
 }
 
 // fetch reads one partition from its assigned offset and hands its records
@@ -901,6 +899,10 @@ func (c *Consumer) handle(ctx context.Context, tr *tracker, dec *event.Decoder, 
 	seq, ok := tr.track(m.Offset)
 	if !ok {
 		return buf, nil // delivered twice after a reader restart: already tracked
+	}
+	if isHidden(&m) { // control or aborted records (txn.go): settled, never delivered
+		tr.release(seq)
+		return buf, nil
 	}
 	c.m.EventsConsumed.Inc()
 	ev, err := dec.Decode(m.Value)
