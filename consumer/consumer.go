@@ -75,8 +75,8 @@ type Config struct {
 	// values and headers) of records fetched but not yet decoded and
 	// handed to the Batcher. At the bound the partition's fetch loop
 	// waits; a record larger than the bound is still taken when nothing
-	// else is buffered. Default 4 MiB. kafka-go's reader holds up to
-	// readerQueue more records of its own per partition.
+	// else is buffered. Default 4 MiB. The partition's reader holds at most
+	// one more fetch response (readerMaxBytes, or one larger batch).
 	FetchBufferBytes int
 
 	Logger  *slog.Logger
@@ -816,18 +816,15 @@ func (q *byteQueue) release(n int64) {
 }
 
 const (
-	// readerQueue is how many records kafka-go's reader of one partition
-	// reads ahead (ReaderConfig.QueueCapacity, 100 by default). Those
-	// records are outside FetchBufferBytes: with records of up to 1 MB
-	// (Kafka's default max.message.bytes) a partition holds at most
-	// readerQueue MB in the reader plus FetchBufferBytes in fetchQueue.
+	// readerQueue is the QueueCapacity of readerConfig, which is validated
+	// as a kafka-go Reader's would be; the partition's reader
+	// (committedReader) reads ahead one fetch response instead.
 	readerQueue = 16
 	// readerMaxBytes is the most one fetch of a partition asks for (the
 	// Java consumer's max.partition.fetch.bytes default); a larger record
-	// batch still comes whole. kafka-go reads a response from the socket
-	// as it hands the records on, so this bounds what waits in socket
-	// buffers rather than in the heap, and the time a response takes to
-	// arrive, which kafka-go bounds by MaxWait.
+	// batch still comes whole. The partition's reader decodes a whole
+	// response at a time, so this bounds what it holds beyond
+	// FetchBufferBytes, and the time a response takes to arrive.
 	readerMaxBytes = 1 << 20
 	// fetchQueue is how many fetched records may wait for decoding (and
 	// FetchBufferBytes bounds their bytes).
