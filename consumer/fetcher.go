@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -31,8 +32,11 @@ import (
 //   - requests ask for at most readerMaxBytes, and a larger first batch
 //     still comes whole (the broker's rule), as before.
 //
-// Records of one response wait in buf, decoded and copied, for
-// FetchMessage: at most one response (readerMaxBytes, or one larger batch)
+// A goroutine of its own (run) fetches and decodes the next response while
+// the records of the last one are handed out: the broker's and the
+// decoding's time overlap with the records' processing, as in the Reader,
+// which streamed records as they arrived. So at most two responses
+// (readerMaxBytes each, or one larger batch), decoded and copied, wait
 // beyond FetchBufferBytes, where the Reader held readerQueue records.
 type committedReader struct {
 	topic     string
@@ -46,16 +50,28 @@ type committedReader struct {
 	shared       bool
 	rt           kafka.RoundTripper
 
-	offset int64 // the next offset to fetch; < 0 until resolved
-	buf    []kafka.Message
-	i      int
+	offset int64 // the next offset to fetch; < 0 until resolved (run's)
+
+	start sync.Once
+	ready chan fetched // run → FetchMessage, unbuffered
+	stop  context.CancelFunc
+	done  chan struct{} // closed when run returned
+
+	buf []kafka.Message // FetchMessage's
+	i   int
+}
+
+// fetched is one response's records, or why there are none.
+type fetched struct {
+	msgs []kafka.Message
+	err  error
 }
 
 // newCommittedReader returns the reader of topic/partition from offset (a
 // committed offset, or kafka.FirstOffset / kafka.LastOffset).
 func (c *Config) newCommittedReader(topic string, partition int, offset int64) *committedReader {
 	r := &committedReader{topic: topic, partition: partition, maxWait: c.MaxWait,
-		addr: kafka.TCP(c.Brokers...), offset: offset}
+		addr: kafka.TCP(c.Brokers...), offset: offset, ready: make(chan fetched), done: make(chan struct{})}
 	if t, ok := c.Transport.(*kafka.Transport); ok {
 		r.newTransport = func() kafka.RoundTripper { return partitionTransport(t, topic) }
 	} else {
@@ -77,15 +93,20 @@ func partitionTransport(t *kafka.Transport, topic string) *kafka.Transport {
 // FetchMessage returns the next record, or a hiddenRecords message for
 // records that are not delivered. It blocks until there is one or ctx ends.
 func (r *committedReader) FetchMessage(ctx context.Context) (kafka.Message, error) {
+	r.start.Do(func() {
+		rctx, cancel := context.WithCancel(context.Background())
+		r.stop = cancel
+		go r.run(rctx)
+	})
 	for r.i >= len(r.buf) {
-		if err := ctx.Err(); err != nil {
-			return kafka.Message{}, err
-		}
-		if err := r.fill(ctx); err != nil {
-			if ctx.Err() == nil {
-				r.reconnect()
+		select {
+		case f := <-r.ready:
+			if f.err != nil {
+				return kafka.Message{}, f.err
 			}
-			return kafka.Message{}, err
+			r.buf, r.i = f.msgs, 0
+		case <-ctx.Done():
+			return kafka.Message{}, ctx.Err()
 		}
 	}
 	m := r.buf[r.i]
@@ -94,8 +115,37 @@ func (r *committedReader) FetchMessage(ctx context.Context) (kafka.Message, erro
 	return m, nil
 }
 
-// Close closes the reader's connections.
+// run fetches responses and hands their records to FetchMessage until ctx
+// (Close) ends. After an error it hands the error on (the fetch loop logs
+// it and waits a second before it asks again) and goes on on a fresh
+// connection.
+func (r *committedReader) run(ctx context.Context) {
+	defer close(r.done)
+	for {
+		msgs, err := r.fill(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			r.reconnect()
+		} else if len(msgs) == 0 {
+			continue // the long-poll ended empty
+		}
+		select {
+		case r.ready <- fetched{msgs, err}:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// Close stops the reader and closes its connections.
 func (r *committedReader) Close() error {
+	r.start.Do(func() {}) // no run from now on
+	if r.stop != nil {
+		r.stop()
+		<-r.done
+	}
 	r.closeTransport()
 	return nil
 }
@@ -111,27 +161,27 @@ func (r *committedReader) closeTransport() {
 	}
 }
 
-// fill fetches the next records into buf (possibly none: the long-poll
-// ended empty).
-func (r *committedReader) fill(ctx context.Context) error {
+// fill fetches and decodes the next records (possibly none: the
+// long-poll ended empty).
+func (r *committedReader) fill(ctx context.Context) ([]kafka.Message, error) {
 	if r.offset < 0 {
 		if err := r.resolve(ctx, r.offset); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	p, err := r.fetch(ctx)
 	if errors.Is(err, kafka.OffsetOutOfRange) {
-		return r.outOfRange(ctx)
+		return nil, r.outOfRange(ctx)
 	}
 	if err != nil {
-		return err
+		return nil, err
 	}
 	d, err := decodePartition(r.topic, r.partition, r.offset, p)
 	if err != nil {
-		return fmt.Errorf("decoding the records at offset %d: %w", r.offset, err)
+		return nil, fmt.Errorf("decoding the records at offset %d: %w", r.offset, err)
 	}
-	r.buf, r.i, r.offset = d.msgs, 0, d.next
-	return nil
+	r.offset = d.next
+	return d.msgs, nil
 }
 
 // fetch sends one read_committed Fetch for the partition at r.offset.
@@ -183,14 +233,15 @@ const (
 // resolve sets r.offset from the partition's log start (kafka.FirstOffset)
 // or end (kafka.LastOffset).
 func (r *committedReader) resolve(ctx context.Context, which int64) error {
-	first, last, err := r.bounds(ctx)
+	req := kafka.FirstOffsetOf(r.partition)
+	if which == kafka.LastOffset {
+		req = kafka.LastOffsetOf(r.partition)
+	}
+	off, err := r.listOffset(ctx, req)
 	if err != nil {
 		return fmt.Errorf("reading the offsets of %s/%d: %w", r.topic, r.partition, err)
 	}
-	r.offset = first
-	if which == kafka.LastOffset {
-		r.offset = last
-	}
+	r.offset = off
 	return nil
 }
 
@@ -198,9 +249,9 @@ func (r *committedReader) resolve(ctx context.Context, which int64) error {
 // kafka-go's Reader does: below the log start (records deleted by
 // retention) it moves up to the start; otherwise it waits for records.
 func (r *committedReader) outOfRange(ctx context.Context) error {
-	first, _, err := r.bounds(ctx)
+	first, err := r.listOffset(ctx, kafka.FirstOffsetOf(r.partition))
 	if err != nil {
-		return fmt.Errorf("offset %d out of range, and reading the offsets of %s/%d: %w", r.offset, r.topic, r.partition, err)
+		return fmt.Errorf("offset %d out of range, and reading the log start of %s/%d: %w", r.offset, r.topic, r.partition, err)
 	}
 	if r.offset < first {
 		r.offset = first
@@ -213,23 +264,18 @@ func (r *committedReader) outOfRange(ctx context.Context) error {
 	return nil
 }
 
-// bounds reads the partition's log start and end offsets.
-func (r *committedReader) bounds(ctx context.Context) (first, last int64, err error) {
+// listOffset reads one offset of the partition (its log start or end).
+func (r *committedReader) listOffset(ctx context.Context, req kafka.OffsetRequest) (int64, error) {
 	ctx, cancel := context.WithTimeout(ctx, fetchTimeout)
 	defer cancel()
 	client := &kafka.Client{Addr: r.addr, Transport: r.rt}
-	got, err := listOffsets(ctx, client, map[string][]kafka.OffsetRequest{
-		r.topic: {kafka.FirstOffsetOf(r.partition)},
-	})
+	got, err := listOffsets(ctx, client, map[string][]kafka.OffsetRequest{r.topic: {req}})
 	if err != nil {
-		return 0, 0, err
+		return 0, err
 	}
-	first = got[tp{r.topic, r.partition}]
-	got, err = listOffsets(ctx, client, map[string][]kafka.OffsetRequest{
-		r.topic: {kafka.LastOffsetOf(r.partition)},
-	})
-	if err != nil {
-		return 0, 0, err
+	off, ok := got[tp{r.topic, r.partition}]
+	if !ok {
+		return 0, fmt.Errorf("no offset for %s/%d in the answer", r.topic, r.partition)
 	}
-	return first, got[tp{r.topic, r.partition}], nil
+	return off, nil
 }

@@ -2,11 +2,17 @@ package consumer
 
 import (
 	"fmt"
+	"log/slog"
 	"slices"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/segmentio/kafka-go/protocol"
 	"github.com/segmentio/kafka-go/protocol/fetch"
+
+	"github.com/cohortsync/cohortsync-worker/internal/event"
+	"github.com/cohortsync/cohortsync-worker/internal/metrics"
 )
 
 // A batch of a synthetic fetch response: data records at offsets, or (with
@@ -157,9 +163,11 @@ func TestDecodeReadCommitted(t *testing.T) {
 // once, so the watermark passes the records it stands for, also when it
 // follows a record that is still pending.
 func TestHiddenRecordsSettle(t *testing.T) {
-	c := &Consumer{cfg: Config{}}
+	m := metrics.NewMetrics(prometheus.NewRegistry())
+	c := &Consumer{cfg: Config{}, m: m, log: slog.New(slog.DiscardHandler)}
 	tr := newTracker("t", 0, 0)
-	buf, err := c.handle(t.Context(), tr, nil, hiddenAt("t", 0, 4), nil)
+	dec := event.NewDecoder("")
+	buf, err := c.handle(t.Context(), tr, dec, hiddenAt("t", 0, 4), nil)
 	if err != nil || len(buf) != 0 {
 		t.Fatalf("handle: %v, %d changes", err, len(buf))
 	}
@@ -167,7 +175,7 @@ func TestHiddenRecordsSettle(t *testing.T) {
 		t.Fatalf("watermark %d after hidden records up to 4, want 5", w)
 	}
 	seq, _ := tr.track(6) // a record, pending
-	if _, err := c.handle(t.Context(), tr, nil, hiddenAt("t", 0, 9), nil); err != nil {
+	if _, err := c.handle(t.Context(), tr, dec, hiddenAt("t", 0, 9), nil); err != nil {
 		t.Fatal(err)
 	}
 	if w := tr.watermark(); w != 5 {
@@ -176,5 +184,9 @@ func TestHiddenRecordsSettle(t *testing.T) {
 	tr.release(seq)
 	if w := tr.watermark(); w != 10 {
 		t.Fatalf("watermark %d, want 10 once the record before the hidden ones settled", w)
+	}
+	// Hidden records are not events: neither consumed nor skipped.
+	if n := testutil.ToFloat64(m.EventsConsumed) + testutil.ToFloat64(m.EventsSkipped); n != 0 {
+		t.Fatalf("hidden records counted as %v events", n)
 	}
 }
