@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/cohortsync/cohortsync-worker/internal/event"
@@ -84,5 +85,47 @@ func TestTransactionalInputKfake(t *testing.T) {
 		if end != 0 {
 			t.Errorf("dead-letter partition %d holds %d letters", p, end)
 		}
+	}
+}
+
+// TestKafkaGoReaderIgnoresTransactions pins the premise of committedReader
+// (segmentio/kafka-go#1332): kafka-go's Reader, even with IsolationLevel
+// ReadCommitted, delivers the records of an aborted transaction and the
+// transaction markers as records. When this fails, kafka-go reads
+// transactional input itself: committedReader may give way to its Reader.
+func TestKafkaGoReaderIgnoresTransactions(t *testing.T) {
+	h := newHarness(t)
+	cl, err := kgo.NewClient(kgo.SeedBrokers(h.brokers...), kgo.TransactionalID("txn-"+t.Name()),
+		kgo.DefaultProduceTopic(topic), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, end := range []kgo.TransactionEndTry{kgo.TryAbort, kgo.TryCommit} {
+		if err := cl.BeginTransaction(); err != nil {
+			t.Fatal(err)
+		}
+		if err := cl.ProduceSync(ctx, &kgo.Record{Partition: 0, Value: []byte(fmt.Sprint("commit=", bool(end)))}).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+		if err := cl.EndTransaction(ctx, end); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := kafka.NewReader(kafka.ReaderConfig{Brokers: h.brokers, Topic: topic, Partition: 0,
+		MaxWait: 100 * time.Millisecond, IsolationLevel: kafka.ReadCommitted})
+	defer r.Close()
+	var got []string
+	for range 4 { // aborted record, ABORT marker, committed record, COMMIT marker
+		m, err := r.FetchMessage(ctx)
+		if err != nil {
+			t.Fatalf("kafka-go's Reader returned %d records (%q), then %v: it may now hide transaction markers (and aborted records)", len(got), got, err)
+		}
+		got = append(got, string(m.Value))
+	}
+	if got[0] != "commit=false" {
+		t.Fatalf("kafka-go's Reader returned %q: it may now drop aborted records", got)
 	}
 }
