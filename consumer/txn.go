@@ -101,7 +101,11 @@ type decoded struct {
 // from (a batch emptied by compaction, whose last offset the protocol
 // package does not expose) moves next one past from, with a hiddenRecords
 // for from: no record exists there.
-func decodePartition(topic string, partition int, from int64, p *fetch.ResponsePartition) (decoded, error) {
+//
+// With emit, the messages go to emit as they are decoded, a batch or more
+// at a time (at least decodeChunk), and those left at the end are in msgs;
+// when emit reports false, decoding stops with errStopped.
+func decodePartition(topic string, partition int, from int64, p *fetch.ResponsePartition, emit func([]kafka.Message) bool) (decoded, error) {
 	d := decoded{next: from}
 	batches := recordBatches(p.RecordSet.Records)
 	f := newAbortFilter(p.AbortedTransactions)
@@ -124,6 +128,12 @@ func decodePartition(topic string, partition int, from int64, p *fetch.ResponseP
 		if d.msgs, lastSeen, lastShown, err = readBatch(d.msgs, b, show, topic, partition, p.HighWatermark, from, lastSeen, lastShown); err != nil {
 			return d, err
 		}
+		if emit != nil && len(d.msgs) >= decodeChunk {
+			if !emit(d.msgs) {
+				return d, errStopped
+			}
+			d.msgs = nil
+		}
 	}
 	switch {
 	case lastSeen >= from:
@@ -137,6 +147,12 @@ func decodePartition(topic string, partition int, from int64, p *fetch.ResponseP
 	}
 	return d, nil
 }
+
+// decodeChunk is the fewest messages decodePartition hands to emit at once.
+const decodeChunk = 256
+
+// errStopped is decodePartition's error when emit stopped it.
+var errStopped = errors.New("consumer: decoding stopped")
 
 func hiddenAt(topic string, partition int, offset int64) kafka.Message {
 	return kafka.Message{Topic: topic, Partition: partition, Offset: offset, WriterData: hiddenRecords{}}

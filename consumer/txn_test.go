@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/protocol"
 	"github.com/segmentio/kafka-go/protocol/fetch"
 
@@ -130,7 +131,7 @@ func TestDecodeReadCommitted(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			d, err := decodePartition("t", 3, tc.from, tc.resp)
+			d, err := decodePartition("t", 3, tc.from, tc.resp, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -188,5 +189,58 @@ func TestHiddenRecordsSettle(t *testing.T) {
 	// Hidden records are not events: neither consumed nor skipped.
 	if n := testutil.ToFloat64(m.EventsConsumed) + testutil.ToFloat64(m.EventsSkipped); n != 0 {
 		t.Fatalf("hidden records counted as %v events", n)
+	}
+}
+
+// TestDecodeEmitsInChunks: with emit, decodePartition hands the messages on
+// a batch or more at a time (at least decodeChunk), and what it emitted
+// followed by what it returns is what it returns without emit; an emit
+// that reports false stops it.
+func TestDecodeEmitsInChunks(t *testing.T) {
+	var batches []tBatch
+	off := int64(0)
+	for range 5 {
+		var offs []int64
+		for range 200 {
+			offs = append(offs, off)
+			off++
+		}
+		batches = append(batches, plain(offs...))
+	}
+	batches = append(batches, data(7, true, off), abortAt(7, off+1))
+	aborted := abortedTxns(7, off)
+	whole, err := decodePartition("t", 0, 0, response(aborted, batches...), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var chunks [][]kafka.Message
+	d, err := decodePartition("t", 0, 0, response(aborted, batches...), func(msgs []kafka.Message) bool {
+		chunks = append(chunks, msgs)
+		return true
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var all []int64
+	for i, c := range chunks {
+		if len(c) < decodeChunk {
+			t.Fatalf("chunk %d has %d messages, fewer than %d", i, len(c), decodeChunk)
+		}
+		for _, m := range c {
+			all = append(all, m.Offset)
+		}
+	}
+	for _, m := range d.msgs {
+		all = append(all, m.Offset)
+	}
+	var want []int64
+	for _, m := range whole.msgs {
+		want = append(want, m.Offset)
+	}
+	if len(chunks) < 2 || !slices.Equal(all, want) || d.next != whole.next || !isHidden(&d.msgs[len(d.msgs)-1]) {
+		t.Fatalf("%d chunks; offsets %v…, next %d; want %v…, next %d", len(chunks), all[max(0, len(all)-3):], d.next, want[max(0, len(want)-3):], whole.next)
+	}
+	if _, err := decodePartition("t", 0, 0, response(aborted, batches...), func([]kafka.Message) bool { return false }); err != errStopped {
+		t.Fatalf("a refusing emit: %v, want errStopped", err)
 	}
 }
