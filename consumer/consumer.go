@@ -75,8 +75,8 @@ type Config struct {
 	// values and headers) of records fetched but not yet decoded and
 	// handed to the Batcher. At the bound the partition's fetch loop
 	// waits; a record larger than the bound is still taken when nothing
-	// else is buffered. Default 4 MiB. kafka-go's reader holds up to
-	// readerQueue more records of its own per partition.
+	// else is buffered. Default 4 MiB. The partition's reader holds at most
+	// one more fetch response (readerMaxBytes, or one larger batch).
 	FetchBufferBytes int
 
 	Logger  *slog.Logger
@@ -177,8 +177,9 @@ func New(cfg Config) (*Consumer, error) {
 	if rc := cfg.readerConfig(cfg.Topics[0], 0); rc.Validate() != nil {
 		return nil, fmt.Errorf("consumer: invalid reader configuration: %w", rc.Validate())
 	}
-	return &Consumer{cfg: cfg, log: cfg.Logger.With("component", "consumer"), m: cfg.Metrics, lease: cfg.Lease,
-		openReader: openKafkaReader}, nil
+	c := &Consumer{cfg: cfg, log: cfg.Logger.With("component", "consumer"), m: cfg.Metrics, lease: cfg.Lease}
+	c.openReader = c.openCommittedReader
+	return c, nil
 }
 
 // Lease returns the lease the consumer proves its membership to: a sender
@@ -711,17 +712,14 @@ type partitionReader interface {
 	Close() error
 }
 
-// openKafkaReader starts a kafka-go reader at offset.
-func openKafkaReader(rcfg kafka.ReaderConfig, offset int64) (partitionReader, error) {
-	if err := rcfg.Validate(); err != nil { // NewReader panics on an invalid config
+// openCommittedReader starts the read_committed reader of rcfg's
+// partition at offset (fetcher.go). rcfg is what a kafka-go Reader of the
+// partition would be configured with; its topic and partition are used.
+func (c *Consumer) openCommittedReader(rcfg kafka.ReaderConfig, offset int64) (partitionReader, error) {
+	if err := rcfg.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid reader configuration: %w", err)
 	}
-	r := kafka.NewReader(rcfg)
-	if err := r.SetOffset(offset); err != nil {
-		_ = r.Close()
-		return nil, fmt.Errorf("setting the start offset %d: %w", offset, err)
-	}
-	return r, nil
+	return c.cfg.newCommittedReader(rcfg.Topic, rcfg.Partition, offset), nil
 }
 
 // fetch reads one partition from its assigned offset and hands its records
@@ -838,18 +836,15 @@ func (q *byteQueue) release(n int64) {
 }
 
 const (
-	// readerQueue is how many records kafka-go's reader of one partition
-	// reads ahead (ReaderConfig.QueueCapacity, 100 by default). Those
-	// records are outside FetchBufferBytes: with records of up to 1 MB
-	// (Kafka's default max.message.bytes) a partition holds at most
-	// readerQueue MB in the reader plus FetchBufferBytes in fetchQueue.
+	// readerQueue is the QueueCapacity of readerConfig, which is validated
+	// as a kafka-go Reader's would be; the partition's reader
+	// (committedReader) reads ahead one fetch response instead.
 	readerQueue = 16
 	// readerMaxBytes is the most one fetch of a partition asks for (the
 	// Java consumer's max.partition.fetch.bytes default); a larger record
-	// batch still comes whole. kafka-go reads a response from the socket
-	// as it hands the records on, so this bounds what waits in socket
-	// buffers rather than in the heap, and the time a response takes to
-	// arrive, which kafka-go bounds by MaxWait.
+	// batch still comes whole. The partition's reader decodes a whole
+	// response at a time, so this bounds what it holds beyond
+	// FetchBufferBytes, and the time a response takes to arrive.
 	readerMaxBytes = 1 << 20
 	// fetchQueue is how many fetched records may wait for decoding (and
 	// FetchBufferBytes bounds their bytes).
@@ -928,6 +923,10 @@ func (c *Consumer) handle(ctx context.Context, tr *tracker, dec *event.Decoder, 
 	seq, ok := tr.track(m.Offset)
 	if !ok {
 		return buf, nil // delivered twice after a reader restart: already tracked
+	}
+	if isHidden(&m) { // control or aborted records (txn.go): settled, never delivered
+		tr.release(seq)
+		return buf, nil
 	}
 	c.m.EventsConsumed.Inc()
 	ev, err := dec.Decode(m.Value)
