@@ -107,7 +107,7 @@ func classify(serr *StatusError, err error) decision {
 	case code >= 500:
 		return decision{kind: retryBackoff, reason: metrics.RetryServerError, delay: serr.RetryAfter}
 	}
-	if stop := configError(serr); stop != "" {
+	if stop := stopReason(serr); stop != "" {
 		return decision{kind: stopLine, reason: metrics.RetryLineStopped, stop: stop}
 	}
 	switch {
@@ -120,11 +120,11 @@ func classify(serr *StatusError, err error) decision {
 	}
 }
 
-// configError returns the line-stop reason of an answer meaning that the
+// stopReason returns the line-stop reason of an answer meaning that the
 // credentials or the configuration are wrong, so that no request can
 // succeed until an operator acts (retried slowly, forever; never a
 // rejection), or "" for another answer.
-func configError(e *StatusError) metrics.LineStopReason {
+func stopReason(e *StatusError) metrics.LineStopReason {
 	switch {
 	case e.Code == http.StatusUnauthorized, e.Code == http.StatusForbidden:
 		return stopAuth
@@ -141,7 +141,7 @@ func configError(e *StatusError) metrics.LineStopReason {
 
 // isAuthError reports whether an answer rejects the credentials (401, 403,
 // an "Authentication ..." type): the API key is then re-read.
-func isAuthError(e *StatusError) bool { return e != nil && configError(e) == stopAuth }
+func isAuthError(e *StatusError) bool { return e != nil && stopReason(e) == stopAuth }
 
 // configMessage is the loud log line for a configuration error.
 func configMessage(e *StatusError) string {
@@ -152,7 +152,7 @@ func configMessage(e *StatusError) string {
 		return "the API endpoint answered 2xx with a body that is not the Cohort Sync API's (a proxy, or another service): check MOENGAGE_BASE_URL / MOENGAGE_DC; sending is stopped, nothing is dropped or committed"
 	case e.Code == http.StatusNotFound || e.Code == http.StatusMethodNotAllowed || e.Code >= 300 && e.Code < 400:
 		return "the API endpoint is wrong: check MOENGAGE_BASE_URL / MOENGAGE_DC; sending is stopped, nothing is dropped or committed"
-	case configError(e) == stopConfig:
+	case stopReason(e) == stopConfig:
 		return "the API rejects a request header: this is a bug in the worker or a wrong MOENGAGE_WORKSPACE_ID; sending is stopped, nothing is dropped or committed"
 	default:
 		return "the API rejects the credentials (workspace ID and data API key) or the account is suspended; sending is stopped, nothing is dropped or committed"

@@ -1,0 +1,230 @@
+package sink
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/cohortsync/cohortsync-worker/internal/metrics"
+)
+
+// Path is the Cohort Sync endpoint, relative to Config.BaseURL.
+const Path = "/v1/integrations/cohortsync"
+
+// Defaults for the zero values of Config.
+const (
+	DefaultMaxBodyBytes      = 128000
+	DefaultAttemptTimeout    = 15 * time.Second
+	DefaultInitialInterval   = 500 * time.Millisecond
+	DefaultMaxInterval       = 60 * time.Second
+	DefaultAuthRetryInterval = 30 * time.Second
+	// DefaultAuthRetryMaxInterval: a line stopped for long probes the API
+	// every 5 minutes per stopped Send.
+	DefaultAuthRetryMaxInterval = 5 * time.Minute
+	DefaultUserAgent            = "cohortsync-worker"
+)
+
+// Config configures a Client. Zero values take the documented defaults.
+type Config struct {
+	// BaseURL is scheme://host[:port][/prefix]; requests go to BaseURL + Path.
+	// It must be http or https and must not carry credentials, a query or a
+	// fragment.
+	BaseURL string
+	// WorkspaceID is the Basic-auth username and the MOE-APPKEY header.
+	WorkspaceID string
+	// APIKey is the Basic-auth password. It is never logged and never part
+	// of an error: if the server echoes it, it is replaced by [REDACTED].
+	APIKey string
+	// MaxBodyBytes caps a request body: a larger one is split in halves
+	// before sending (never sent), and a single member that alone exceeds
+	// it is rejected. 0 means 128000, safe under either reading of the
+	// API's "128KB".
+	MaxBodyBytes int
+	// AttemptTimeout bounds one HTTP attempt, reading the answer included;
+	// 0 means 15s. An attempt that times out is retried like a 5xx.
+	AttemptTimeout time.Duration
+	// MaxProcessingTime bounds how long after a request was sent the API
+	// may still process it (MOENGAGE_MAX_PROCESSING_TIME); it must be longer
+	// than AttemptTimeout; 0 means twice AttemptTimeout (30s). After an
+	// attempt whose outcome is unknown (no answer, and the request may have
+	// reached the API), no request of the other action for the same cohort
+	// is sent until this long after it was sent (unknown.go), and Settle
+	// waits it out before a hand-over.
+	MaxProcessingTime time.Duration
+	// InitialInterval and MaxInterval shape the exponential backoff
+	// (multiplier 1.5, ±50% jitter) between retries of 408, 5xx, network
+	// errors and timeouts, and of a 429 without a usable delay header.
+	// 0 means 500ms and 60s.
+	InitialInterval time.Duration
+	MaxInterval     time.Duration
+	// MaxElapsed is how long Send keeps retrying without progress (an
+	// accepted or rejected part) before it returns ErrGaveUp: Send gives
+	// up instead of starting a wait that would end past it, so it returns
+	// at most one attempt's duration after MaxElapsed. 0 means retry
+	// forever, the default on purpose: at-least-once delivery blocks
+	// rather than drops. Time spent while the line is stopped (see
+	// AuthRetryInterval) does not count: that is retried forever.
+	MaxElapsed time.Duration
+	// AuthRetryInterval is the pause between attempts while the line is
+	// stopped: the API answers 401, 403, 415, 404, 405 or a 3xx (wrong
+	// credentials or configuration), or a 4xx that hits every part of a batch
+	// alike (see Send); 0 means 30s. Each probe of the stopped line that
+	// finds it still stopped doubles the pause of that Send, up to
+	// AuthRetryMaxInterval (0 means 5m; never less than AuthRetryInterval):
+	// every probe counts against the budget and nothing but the probe can
+	// go through meanwhile, so a line stopped for hours probes sparingly
+	// (cohortsync_line_stopped_probes_total counts them). A key re-read
+	// after a 401/403 that finds a new key is tried at once.
+	AuthRetryInterval    time.Duration
+	AuthRetryMaxInterval time.Duration
+	// APIKeyFunc, when set, re-reads the API key after the API rejected
+	// the credentials (401, 403, an "Authentication ..." error type): it is
+	// called right after such an answer and again before each retry that
+	// follows one, so that a rotated secret (a Kubernetes Secret file, say)
+	// heals the fleet without a restart. A key that differs from the one in
+	// use replaces it (the Authorization header and the strings scrubbed
+	// from errors are rebuilt atomically) and is tried at once. An error,
+	// or an empty key, is logged and the current key is kept; the error
+	// must not contain the key. It may be called from several Sends, never
+	// concurrently. nil: the key never changes.
+	APIKeyFunc func() (string, error)
+	// Lease, when set, fences a paused replica (DESIGN.md invariant 4):
+	// every attempt waits for it (Lease.Wait) before taking its rate-limit
+	// permit, and checks it again (Lease.Deadline) once it holds the permit;
+	// it is abandoned if the lease lapses while it runs (it is asked again,
+	// with Lease.Deadline, at each expiry). With the default HTTPClient the
+	// connection also refuses to write a request once the latest lease
+	// deadline has passed on the monotonic clock, or the Lease says it is
+	// no longer valid (Lease.End), so that a replica paused between the
+	// check and the write sends nothing when it resumes. nil: always valid.
+	Lease Lease
+	// UserAgent is the User-Agent header; "" means "cohortsync-worker".
+	UserAgent string
+	// ReplicaID, when set, is sent as the X-Cohortsync-Replica header (the
+	// emulator's request log records it).
+	ReplicaID string
+	// HTTPClient sends the requests. nil means a pooled client
+	// (MaxIdleConnsPerHost 32) with no overall Timeout, since attempts
+	// have their own, whose connections check the Lease before every
+	// write; a caller's client gets only the checks before the attempt
+	// and the attempt's deadline. Redirects are never followed, whoever built the
+	// client (New uses a copy with its own CheckRedirect): a 3xx means a
+	// wrong BaseURL, and following it would turn the POST into a GET or
+	// carry the credentials to another host.
+	HTTPClient *http.Client
+	// Limiter gives the permit of every attempt, and is paused on a 429
+	// (a *ratelimit.Limiter: the replica's share of the fleet budget). nil
+	// means unlimited (a 429 then only delays the Send that got it).
+	Limiter Limiter
+	// Logger receives the client's logs, with component=sink. nil means
+	// slog.Default().
+	Logger *slog.Logger
+	// Metrics receives the request metrics. nil means an unregistered set.
+	Metrics *metrics.Metrics
+}
+
+// Validate reports the first problem with c. Its errors never contain the
+// API key (nor a password in BaseURL). APIKey is required even with
+// APIKeyFunc: it is the key of the first attempts.
+func (c Config) Validate() error {
+	u, err := url.Parse(c.BaseURL)
+	if c.BaseURL == "" {
+		return errors.New("sink: BaseURL is required")
+	}
+	if err != nil {
+		return errors.New("sink: BaseURL is not a valid URL") // not echoed: it may hold a secret
+	}
+	// shown is the URL without the parts that may hold a secret.
+	shown := (&url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path}).String()
+	switch {
+	case u.Scheme != "http" && u.Scheme != "https" || u.Host == "":
+		return fmt.Errorf("sink: BaseURL %q is not an http(s)://host URL", shown)
+	case u.User != nil:
+		return fmt.Errorf("sink: BaseURL %q must not carry credentials (use WorkspaceID and APIKey)", shown)
+	case u.RawQuery != "" || u.Fragment != "" || u.ForceQuery:
+		return fmt.Errorf("sink: BaseURL %q must not have a query or a fragment", shown)
+	case c.WorkspaceID == "":
+		return errors.New("sink: WorkspaceID is required")
+	case strings.ContainsFunc(c.WorkspaceID, func(r rune) bool { return r == ':' || r < 0x21 || r == 0x7f }):
+		return errors.New("sink: WorkspaceID must not contain ':', spaces or control characters")
+	case c.APIKey == "":
+		return errors.New("sink: APIKey is required")
+	case c.MaxBodyBytes < 0:
+		return errors.New("sink: MaxBodyBytes is negative")
+	case c.AttemptTimeout < 0, c.InitialInterval < 0, c.MaxInterval < 0, c.MaxElapsed < 0, c.AuthRetryInterval < 0,
+		c.AuthRetryMaxInterval < 0, c.MaxProcessingTime < 0:
+		return errors.New("sink: a timeout or interval is negative")
+	case c.MaxProcessingTime != 0 && c.MaxProcessingTime <= cmp.Or(c.AttemptTimeout, DefaultAttemptTimeout):
+		return errors.New("sink: MaxProcessingTime must be longer than AttemptTimeout")
+	case strings.ContainsFunc(c.UserAgent+c.ReplicaID, func(r rune) bool { return r < 0x20 || r == 0x7f }):
+		return errors.New("sink: UserAgent and ReplicaID must not contain control characters")
+	}
+	return nil
+}
+
+// New validates cfg, fills in its defaults and returns a Client.
+func New(cfg Config) (*Client, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&cfg.AttemptTimeout, DefaultAttemptTimeout)
+	def(&cfg.InitialInterval, DefaultInitialInterval)
+	def(&cfg.MaxInterval, DefaultMaxInterval)
+	def(&cfg.AuthRetryInterval, DefaultAuthRetryInterval)
+	def(&cfg.AuthRetryMaxInterval, DefaultAuthRetryMaxInterval)
+	cfg.AuthRetryMaxInterval = max(cfg.AuthRetryMaxInterval, cfg.AuthRetryInterval)
+	def(&cfg.MaxProcessingTime, 2*cfg.AttemptTimeout)
+	if cfg.MaxInterval < cfg.InitialInterval {
+		cfg.MaxInterval = cfg.InitialInterval
+	}
+	if cfg.MaxBodyBytes == 0 {
+		cfg.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if cfg.UserAgent == "" {
+		cfg.UserAgent = DefaultUserAgent
+	}
+	f := newFence(cfg.Lease)
+	if cfg.HTTPClient == nil {
+		cfg.HTTPClient = defaultHTTPClient(f)
+	} else {
+		hc := *cfg.HTTPClient // a copy: the caller's client is not modified
+		hc.CheckRedirect = noRedirect
+		cfg.HTTPClient = &hc
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = metrics.NewMetrics(nil)
+	}
+	c := &Client{
+		cfg:         cfg,
+		url:         strings.TrimRight(cfg.BaseURL, "/") + Path,
+		log:         cfg.Logger.With("component", "sink"),
+		m:           cfg.Metrics,
+		fence:       f,
+		line:        newStoppedLine(cfg.Metrics),
+		hvAppKey:    []string{cfg.WorkspaceID},
+		hvUserAgent: []string{cfg.UserAgent},
+		unknown:     map[cohortKey]map[string]time.Time{},
+	}
+	c.creds.Store(newCreds(cfg.WorkspaceID, cfg.APIKey, nil))
+	if cfg.ReplicaID != "" {
+		c.hvReplica = []string{cfg.ReplicaID}
+	}
+	return c, nil
+}
+
+// CloseIdleConnections closes the HTTP client's idle connections; call it
+// when the Client is no longer used.
+func (c *Client) CloseIdleConnections() { c.cfg.HTTPClient.CloseIdleConnections() }
