@@ -33,7 +33,7 @@ const (
 	// member: reject them all.
 	rejectAll
 	// isolate: another 4xx. Find the members at fault by splitting; reject
-	// one only with evidence (see Send).
+	// one only with evidence (DESIGN.md "Retry policy").
 	isolate
 )
 

@@ -73,25 +73,17 @@ type Config struct {
 	// AuthRetryInterval is the pause between attempts while the line is
 	// stopped: the API answers 401, 403, 415, 404, 405 or a 3xx (wrong
 	// credentials or configuration), or a 4xx that hits every part of a batch
-	// alike (see Send); 0 means 30s. Each probe of the stopped line that
-	// finds it still stopped doubles the pause of that Send, up to
-	// AuthRetryMaxInterval (0 means 5m; never less than AuthRetryInterval):
-	// every probe counts against the budget and nothing but the probe can
-	// go through meanwhile, so a line stopped for hours probes sparingly
-	// (cohortsync_line_stopped_probes_total counts them). A key re-read
-	// after a 401/403 that finds a new key is tried at once.
+	// alike (DESIGN.md "Retry policy"); 0 means 30s. Each probe of the
+	// stopped line that finds it still stopped doubles the pause of that
+	// Send, up to AuthRetryMaxInterval (0 means 5m; never less than
+	// AuthRetryInterval): every probe counts against the budget and nothing
+	// but the probe can go through meanwhile, so a line stopped for hours
+	// probes sparingly (cohortsync_line_stopped_probes_total counts them).
+	// A key re-read after a 401/403 that finds a new key is tried at once.
 	AuthRetryInterval    time.Duration
 	AuthRetryMaxInterval time.Duration
-	// APIKeyFunc, when set, re-reads the API key after the API rejected
-	// the credentials (401, 403, an "Authentication ..." error type): it is
-	// called right after such an answer and again before each retry that
-	// follows one, so that a rotated secret (a Kubernetes Secret file, say)
-	// heals the fleet without a restart. A key that differs from the one in
-	// use replaces it (the Authorization header and the strings scrubbed
-	// from errors are rebuilt atomically) and is tried at once. An error,
-	// or an empty key, is logged and the current key is kept; the error
-	// must not contain the key. It may be called from several Sends, never
-	// concurrently. nil: the key never changes.
+	// APIKeyFunc re-reads the API key after a 401/403; nil: never (key.go:
+	// reloadKey says when, and what a new key, an error or "" do).
 	APIKeyFunc func() (string, error)
 	// Lease, when set, fences a paused replica (DESIGN.md invariant 4):
 	// every attempt waits for it (Lease.Wait) before taking its rate-limit
@@ -108,14 +100,8 @@ type Config struct {
 	// ReplicaID, when set, is sent as the X-Cohortsync-Replica header (the
 	// emulator's request log records it).
 	ReplicaID string
-	// HTTPClient sends the requests. nil means a pooled client
-	// (MaxIdleConnsPerHost 32) with no overall Timeout, since attempts
-	// have their own, whose connections check the Lease before every
-	// write; a caller's client gets only the checks before the attempt
-	// and the attempt's deadline. Redirects are never followed, whoever built the
-	// client (New uses a copy with its own CheckRedirect): a 3xx means a
-	// wrong BaseURL, and following it would turn the POST into a GET or
-	// carry the credentials to another host.
+	// HTTPClient sends the requests; nil means a pooled client fenced by
+	// the Lease (see New, also for what a caller's client gets).
 	HTTPClient *http.Client
 	// Limiter gives the permit of every attempt, and is paused on a 429
 	// (a *ratelimit.Limiter: the replica's share of the fleet budget). nil
@@ -168,6 +154,13 @@ func (c Config) Validate() error {
 }
 
 // New validates cfg, fills in its defaults and returns a Client.
+//
+// Config.HTTPClient nil means a pooled client with no overall Timeout, since
+// attempts have their own, whose connections check the Lease before every
+// write (defaultHTTPClient); a caller's client gets only the checks before
+// the attempt and the attempt's deadline. Redirects are never followed,
+// whoever built the client (New uses a copy with its own CheckRedirect,
+// noRedirect): a 3xx means a wrong BaseURL.
 func New(cfg Config) (*Client, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err

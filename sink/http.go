@@ -72,9 +72,9 @@ func NewTransport() *http.Transport {
 	return t
 }
 
-// defaultHTTPClient is a pooled client without an overall timeout (every
-// attempt has its own) whose connections check f before every write
-// (fencedConn).
+// defaultHTTPClient is a pooled client (MaxIdleConnsPerHost 32) without an
+// overall timeout (every attempt has its own) whose connections check f
+// before every write (fencedConn).
 func defaultHTTPClient(f *fence) *http.Client {
 	t := NewTransport()
 	t.DialContext = fencedDialer((&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext, f)

@@ -26,10 +26,16 @@ func newCreds(workspace, key string, prev *creds) *creds {
 }
 
 // reloadKey re-reads the API key with Config.APIKeyFunc, after the API
-// rejected the credentials. It reports whether the key changed. A failure
-// to read, or an empty key, is logged (the error's text is scrubbed of the
-// known keys; APIKeyFunc's errors must not hold the key itself) and the
-// current key is kept.
+// rejected the credentials (401, 403, an "Authentication ..." error type):
+// Send calls it right after such an answer and again before each retry that
+// follows one, so that a rotated secret (a Kubernetes Secret file, say)
+// heals the fleet without a restart. It reports whether the key changed: a
+// key that differs from the one in use replaces it (the Authorization
+// header and the strings scrubbed from errors are rebuilt atomically) and is
+// tried at once. A failure to read, or an empty key, is logged (the error's
+// text is scrubbed of the known keys; APIKeyFunc's errors must not hold the
+// key itself) and the current key is kept. APIKeyFunc may be called from
+// several Sends, never concurrently.
 func (c *Client) reloadKey() bool {
 	if c.cfg.APIKeyFunc == nil {
 		return false

@@ -37,135 +37,23 @@ type Client struct {
 	unknownLast time.Time                          // the latest of them
 }
 
-// Send delivers one batch, req, and returns once every member of it has been
-// either accepted by a 2xx or rejected by the API with evidence that the
-// fault is the member's. Rejected members come back as Rejections, in member
-// order, for the caller to dead-letter; the error is then nil. A non-nil
-// error means the batch was not (entirely) delivered: nothing of it may be
-// acknowledged, and the rejections are not returned. A request with no
-// members sends nothing and returns nil.
+// Send delivers one batch, req. It returns once every member has been
+// accepted by a 2xx or rejected by the API with evidence that the fault is
+// the member's: the rejections, in member order, for the caller to
+// dead-letter, and a nil error. A request with no members sends nothing.
 //
-// Permits and lease: every attempt (the first, a retry, or each part of a
-// split) first waits for Config.Lease (Lease.Wait, again if the deadline it
-// returns is already past), then takes a permit with Limiter.Wait, then
-// checks the lease again (waiting for it again if it lapsed meanwhile); a
-// permit older than half of ratelimit.ArrivalSlack is taken anew, then and
-// right before the request's first byte is written (after the dial and
-// TLS, with the default HTTP client). So no permit is held while the lease
-// is waited for. Time spent in Limiter.Wait, and in 429 pauses, is added to
-// the rate-limit wait metric. An attempt is abandoned (and retried under a
-// new lease) if the lease lapses before its answer comes.
+// A non-nil error means the batch was not (entirely) delivered: nothing of
+// it may be acknowledged, and no rejection is returned. It wraps ctx.Err()
+// (or the error of Lease.Wait) when ctx ended first, or ErrGaveUp and the
+// last failure when MaxElapsed passed without progress; a stopped line
+// (LineStopped) never gives up.
 //
-// Unknown outcomes: an attempt that ends without an answer after its
-// request may have reached the API (an attempt timeout, a lease lapse, a
-// connection lost after the write) may still be processed by the API, up
-// to MaxProcessingTime after it was sent. Until then no request of the
-// other action for the same cohort is sent by this Client (see unknown.go;
-// the same action goes on, it commutes with the late copy), and Settle
-// waits them out for a hand-over.
+// Cancellation stops the retries and the parts not yet sent, but not an
+// HTTP attempt under way: that one ends within AttemptTimeout (or the
+// lease's deadline), and if it completes the batch Send returns nil.
 //
-// Size: a body larger than MaxBodyBytes is never sent; it is split in halves
-// first (not counted as a retry), and a member whose request alone is too
-// large is rejected without being sent.
-//
-// Outcomes, per answer (DESIGN.md "Retry policy"):
-//   - 2xx: accepted, unless the body is a JSON object whose "status" is
-//     "fail" (the API's error envelope): that is retried like a 5xx, counted
-//     as requests_total{code="200_fail"} and retries_total{reason="status_fail"},
-//     until the same answer (status, type, message, attribute) came
-//     statusFailLimit (3) times within the Send: from then on it, and every
-//     identical answer after it, takes the path of a 400 with the same
-//     envelope (below), so that it is never retried forever.
-//   - 429: the Limiter is paused (PauseUntil) for the server's delay
-//     (RetryAfter: Retry-After, else x-ratelimit-reset), else the next
-//     backoff interval; then the same body is retried.
-//   - 408, 5xx, connection error, attempt timeout: the same body is retried
-//     after the next backoff interval (exponential with jitter, one
-//     backoff.ExponentialBackOff per Send, Reset after progress); a
-//     Retry-After on such an answer raises the delay to it.
-//   - The lease expired before the request was written (the default HTTP
-//     client refuses to write it): nothing was sent; retried at once under
-//     a new lease (retries_total{reason="lease"}).
-//   - 413: the members are split in halves, sent in order; a single member
-//     that still gets a 413 is rejected ("413 ...: ... too large ...").
-//   - 401, 403, 415 (a bug in the worker), 404, 405 and 3xx (a wrong base
-//     URL), any 4xx whose type is "Authentication required" or
-//     "Authentication Mismatch", and any 4xx whose attribute names a header
-//     (MOE-APPKEY, Authorization, Content-Type): the credentials or the
-//     configuration are wrong. Send logs it at error level, stops the line
-//     (LineStopped, reason auth or config), re-reads the API key on a
-//     401/403 (Config.APIKeyFunc; a new key is tried at once), and retries
-//     the same body every AuthRetryInterval, forever: it never rejects and
-//     never returns success before a 2xx, which clears the stop.
-//   - Another 4xx (400, 409, 422, ...) whose attribute names a field of the
-//     cohort (action, partner, parameters, cohort_name, cohort_id,
-//     cohort_description): every member is rejected with the reason
-//     "<status> <type>: <message>".
-//   - Another 4xx, with no attribute or one naming a member (uid, members):
-//     an isolating split (below) finds the members at fault.
-//
-// Isolating split. The failing request is split in halves, recursively,
-// depth first and in member order; every part is sent, and a part that
-// succeeds is accepted. A member that fails on its own is rejected only with
-// evidence that the fault is its own:
-//   - (a) the error's attribute names a member field (uid, members); or
-//   - (b) parts of the same isolating split (the tree grown from the request
-//     that first failed) were accepted both before and after the member
-//     failed alone: the API takes the batch's envelope and its other
-//     members, and did so on both sides of the member's failure, so an API
-//     fault that starts or ends during the split is not blamed on the
-//     members that met it. A member that failed before any acceptance is
-//     sent alone once more; if nothing was accepted after a member failed,
-//     a canary (one member already accepted, sent alone again: a repeated
-//     add or remove changes nothing) is sent; if the canary fails too,
-//     those members are not rejected (below).
-//
-// Failing parts without attribute wait for evidence: the first one is split
-// further at once (following one failure down costs about 2·log2(n)
-// requests), a later one is split only once evidence exists (if evidence
-// turns up after it was set aside, it is split then). Both halves of a
-// split are always sent before their parent's failure is judged, so a
-// failure is never blamed on a part whose sibling was never tried. One bad
-// member among n costs at most 3 + 2·ceil(log2 n) requests (23 for 1,000);
-// k bad members about k times that.
-//
-// When the split ends without evidence (no part was accepted, e.g. every
-// request gets `400 {"status":"fail","error":{"message":"Malformed
-// JSON",...}}`, or the batch has one member and the error no member
-// attribute), the fault is batch-wide: nothing is rejected, the line stops
-// (LineStopped, reason invalid_batch; logged at error level), and the
-// members still unresolved are sent again, as one request, every
-// AuthRetryInterval, forever; each time they fail alike a new isolating
-// split runs (at most 1 + 2·ceil(log2 n) requests per interval when every
-// part fails). The stop ends when they are accepted, or rejected on
-// evidence. Residual risk: an API fault that both starts and ends between
-// two acceptances of one split looks like bad members.
-//
-// Ordering: Send never has more than one request in flight. Parts are sent
-// in member order, except a failing part set aside for want of evidence
-// (split after the parts that follow it), a member sent alone again, and
-// the canary; the members of one batch are distinct uids of one cohort and
-// action, so their relative order does not matter.
-//
-// Cancellation: when ctx ends, Send stops retrying (and sends no further
-// part) and returns an error wrapping ctx.Err(); so does an error from
-// Lease.Wait. An HTTP attempt already under way is NOT aborted: it runs
-// under context.WithoutCancel(ctx) and AttemptTimeout (or the lease's
-// deadline), so that a request for a revoked partition is not left
-// half-sent by the cancellation itself. Its outcome can still be unknown
-// (it timed out, or the lease lapsed): the fence then waits it out with
-// Settle. Cancellation therefore takes up to AttemptTimeout. If that last
-// attempt is accepted and completes the batch, Send returns nil.
-//
-// Giving up: with MaxElapsed > 0, Send returns an error wrapping ErrGaveUp
-// and the last failure (a *StatusError, or the network error) rather than
-// start a wait that would end more than MaxElapsed after the last progress;
-// a stopped line never gives up.
-//
-// Every request is a POST with Content-Type: application/json,
-// Authorization: Basic base64(workspace:key), MOE-APPKEY: workspace and
-// User-Agent (never MOE-DESTINATION-PARTNER). Response bodies are always
-// drained (up to 128 KiB) and closed, so connections are reused.
+// Send has at most one request in flight. What each answer leads to, the
+// permits, the lease and unknown outcomes: DESIGN.md "Retry policy".
 func (c *Client) Send(ctx context.Context, req wire.Request) ([]wire.Rejection, error) {
 	s := &sender{c: c, req: req, since: time.Now()}
 	s.bo = backoff.ExponentialBackOff{
