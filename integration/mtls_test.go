@@ -142,7 +142,7 @@ func countLogs(w *worker, msg string) int {
 }
 
 // runMTLSWithout: without a client certificate the listener refuses the
-// worker (it logs why, is not ready and commits nothing), and `check`
+// worker (it logs why, never joins the group and commits nothing), and `check`
 // fails kafka.brokers.
 func (sb *secBroker) runMTLSWithout(t *testing.T) {
 	topic, dlq := sb.topics(t)
@@ -168,8 +168,10 @@ func (sb *secBroker) runMTLSWithout(t *testing.T) {
 		return false
 	})
 	time.Sleep(2 * time.Second)
-	if w.ready() {
-		t.Fatal("ready without a client certificate")
+	// Readiness is the pod's own state (joined or joining), so a refused
+	// worker is ready; what it must not do is join the group.
+	if w.joined() {
+		t.Fatal("joined the group without a client certificate")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
