@@ -26,12 +26,14 @@ const ArrivalSlack = time.Second
 // would fall below one request per minute (x < 2) is x/2: it keeps the
 // replica going, and the bound then holds only up to one request per such
 // replica. With nothing assigned it is a token rate (nothing is sent
-// anyway). rpm <= 0 means unlimited.
+// anyway), and so it is when the total is unknown (total <= 0, or fewer
+// than assigned): the smallest share, never the whole budget. rpm <= 0
+// means unlimited.
 func Share(rpm float64, assigned, total int) float64 {
-	if rpm <= 0 || total <= 0 {
+	if rpm <= 0 {
 		return rpm
 	}
-	if assigned == 0 {
+	if assigned <= 0 || total < assigned {
 		return rpm / 1e6
 	}
 	x := rpm * float64(assigned) / float64(total) * float64(time.Minute) / float64(time.Minute+ArrivalSlack)

@@ -24,7 +24,8 @@ func TestShare(t *testing.T) {
 		{300, 1, 1000, 0.3 * 60 / 61 / 2},
 		{300, 0, 6, 300 / 1e6},
 		{0, 2, 6, 0},
-		{300, 2, 0, 300},
+		{300, 2, 0, 300 / 1e6}, // the total is unknown: the smallest share, not the budget
+		{300, 3, 2, 300 / 1e6}, // more assigned than the total: unknown too
 	}
 	for _, c := range cases {
 		if got := ratelimit.Share(c.rpm, c.assigned, c.total); math.Abs(got-c.want) > 1e-9 {
