@@ -29,12 +29,24 @@ import (
 //     same from its own view, the needs are met as far as the spares go.
 //   - A lender lowers its own rate by what it lends BEFORE it publishes, and
 //     keeps it lowered for every record it published until that record's
-//     Until + Margin, even if a later record lends less (a borrower may not
-//     have seen the later one): by the most any such record lends to each
-//     borrower, summed over the borrowers. A borrower adds a lent rate only from a
-//     record of its own generation, and only until Until − Margin by its own
-//     clock, and its Limiter ends the rate on its own then (Lend), even if
-//     the replica was paused and nothing ran.
+//     Until + Margin (on its monotonic clock: Lease + Margin after it made
+//     the record, so a step of its wall clock changes nothing), even if a
+//     later record lends less (a borrower may not have seen the later one):
+//     by the most any such record lends to each borrower, summed over the
+//     borrowers. A borrower adds a lent rate only from a sound record of its
+//     own generation (written no more than Margin ahead of its clock, and
+//     not one that was when first read; lending in all no more than the
+//     record's share, itself no more than the budget), and only until
+//     min(Until, At + Lease) − Margin by its own clock, converted to its
+//     monotonic clock when read; its Limiter ends the rate on its own then
+//     (Lend), even if the replica was paused and nothing ran.
+//   - A share must be verified to be lent: a replica that could not read
+//     the partition total at a rebalance (total 0) takes the share of the
+//     last total it was given, else Share's token rate, lends nothing for
+//     the whole generation, and publishes a demand of at least its share
+//     (no spare of its own for the others to count). The last total is the
+//     group's unless partitions were added meanwhile; the consumer ends a
+//     generation whose counts it could not read once it can read them.
 //
 // Why the fleet stays within the budget at every instant: every rate a
 // borrower adds was published by a lender who had already taken it off its
@@ -59,14 +71,27 @@ import (
 // When views disagree: a borrower that sees a grant late only sends less; a
 // lender that sees a demand late only lends later; clocks more than
 // 2·Margin apart could count a lent rate twice for the difference, which is
-// why Margin is generous. A replica that cannot read or write the board
-// lends nothing new, and what it lent or borrowed ends within Lease +
-// Margin: it is back at no more than its share. A replica that dies or is
-// paused stops renewing its grants, which end within Lease; its share comes
-// back to the others at the next rebalance (the group's session timeout).
-// When the API says the window is spent (a 429, or x-ratelimit-remaining:
-// 0), the replica that was told pauses its Limiter and publishes the pause
-// at once; every replica that reads it pauses until the same time.
+// why Margin is generous (a record from a clock more than Margin ahead of
+// the reader's is refused, so a clock stepped by minutes or hours lends
+// nothing: its records are from the future or already over). A replica
+// that cannot read the board sees no need and lends nothing new; one whose
+// last record could not be written lends nothing new until one is; what it
+// lent or borrowed ends within Lease + Margin: it is back at no more than
+// its share. A replica that dies or is paused stops renewing its grants,
+// which end within Lease; its share comes back to the others at the next
+// rebalance (the group's session timeout).
+//
+// Pauses: when the API says the window is spent (a 429, or
+// x-ratelimit-remaining: 0), the replica that was told pauses its Limiter
+// (PauseUntil) and publishes the pause with its next record, at once;
+// every replica of the generation that reads it holds its Limiter
+// (HoldUntil) until the same time, but no longer than the record's At +
+// maxPause, and not at all for a record written more than Margin ahead of
+// its clock or more than maxPause ago. A hold is never republished and
+// never wakes the loop (only the API's pauses do). So no record parks the
+// fleet for longer than maxPause after it was written, a dead replica's
+// record stops counting at the next generation, and reading records never
+// makes a replica publish more than once a Tick.
 
 // maxPause bounds a pause read from the board (the sink bounds the delays
 // servers ask for the same way).
@@ -104,6 +129,11 @@ type FleetConfig struct {
 	Lease   time.Duration // how long a record's lent rates hold; default 4s
 	Margin  time.Duration // clock difference tolerated (see above); default 1s
 	Logger  *slog.Logger
+	// Clock, when set, is the wall clock that records' times (At, Until,
+	// PauseUntil) are read and written in (tests step it); default
+	// time.Now. Everything this replica keeps (commitments, grants, holds)
+	// is on the monotonic clock.
+	Clock func() time.Time
 	// OnRate, when set, is called after each step with this replica's
 	// own rate and the rate it borrows (for the metrics).
 	OnRate func(own, borrowed float64)
@@ -119,6 +149,10 @@ type Fleet struct {
 	mu        sync.Mutex
 	gen       int64
 	share     float64
+	verified  bool             // the share comes from this generation's partition total
+	lastTotal int              // the last partition total this replica was given (0: none)
+	ahead     map[string]int64 // per replica, the At of its latest record that came from the future
+	unwritten bool             // the last Publish failed: lend nothing new until one succeeds
 	joined    bool
 	committed []commitment // what this replica lent, and until when it honours it
 	granted   uint64       // Limiter permits at the last step
@@ -128,7 +162,7 @@ type Fleet struct {
 
 type commitment struct {
 	lent  map[string]float64 // what one record lent each borrower
-	until time.Time          // the lender honours it until this (Until + Margin)
+	until time.Time          // the lender honours it until this (Until + Margin), monotonic
 }
 
 // NewFleet returns a Fleet.
@@ -151,12 +185,31 @@ func NewFleet(cfg FleetConfig) *Fleet {
 // Rebalance starts generation gen with assigned of total partitions: this
 // replica's rate becomes its Share, two intervals late (Limiter.Rebalance),
 // with nothing lent or borrowed. It returns the share.
+//
+// total <= 0 (or below assigned) means the total is unknown (the partition
+// counts could not be read): the share is then computed from the last total
+// this replica was given, else it is the token rate of Share, and in either
+// case it is not verified: the replica lends nothing from it for the whole
+// generation and publishes it as fully used.
 func (f *Fleet) Rebalance(gen int64, assigned, total int) float64 {
 	f.mu.Lock()
+	verified := total > 0 && total >= assigned
+	switch {
+	case verified:
+		f.lastTotal = total
+	case f.lastTotal > 0 && f.lastTotal >= assigned:
+		total = f.lastTotal
+	default:
+		total = 0 // Share's token rate
+	}
 	f.cfg.Limiter.Lend(nil)
 	rpm := f.cfg.Limiter.Rebalance(f.cfg.Budget, assigned, total)
-	f.gen, f.share, f.joined, f.committed = gen, rpm, true, nil
+	f.gen, f.share, f.verified, f.joined, f.committed = gen, rpm, verified, true, nil
 	f.mu.Unlock()
+	if !verified {
+		f.cfg.Logger.Warn("the partition total is unknown: this replica keeps the share of the last known total, or the smallest, and lends nothing this generation",
+			"requests_per_minute", rpm, "assigned", assigned, "last_known_total", total)
+	}
 	select {
 	case f.wake <- struct{}{}:
 	default:
@@ -186,64 +239,136 @@ func (f *Fleet) Run(ctx context.Context) {
 	}
 }
 
+// wall is the wall clock for records' times at now.
+func (f *Fleet) wall(now time.Time) time.Time {
+	if f.cfg.Clock != nil {
+		return f.cfg.Clock()
+	}
+	return now
+}
+
+// holdPauses applies the pauses replicas of this generation published (the
+// API's window is spent), each bounded by its record's own time: a record
+// from the future (by more than Margin) or older than maxPause is ignored,
+// and a pause holds at most until the record's At + maxPause. The hold is on
+// the monotonic clock and is never republished (Limiter.HoldUntil). A dead
+// replica's record, never deleted, is of an older generation once the group
+// noticed (and a replica that is alive republishes its pause in its next
+// record). Called with mu held.
+func (f *Fleet) holdPauses(recs []Record, now, wall time.Time) {
+	for _, r := range recs {
+		if r.PauseUntil <= 0 || r.Generation != f.gen || f.fromFuture(r, wall) {
+			continue
+		}
+		at := time.UnixMilli(r.At)
+		if wall.Sub(at) > maxPause {
+			continue
+		}
+		until := time.UnixMilli(min(r.PauseUntil, at.Add(maxPause).UnixMilli()))
+		if d := until.Sub(wall); d > 0 {
+			f.cfg.Limiter.HoldUntil(now.Add(d))
+		}
+	}
+}
+
+// fromFuture tells whether r was written more than Margin ahead of our
+// clock when we first read it: such a record stays ignored even once our
+// clock has caught up with it (it is as old as then). Called with mu held.
+func (f *Fleet) fromFuture(r Record, wall time.Time) bool {
+	if time.UnixMilli(r.At).After(wall.Add(f.cfg.Margin)) {
+		if f.ahead == nil {
+			f.ahead = make(map[string]int64)
+		}
+		f.ahead[r.Replica] = r.At
+		return true
+	}
+	return f.ahead[r.Replica] == r.At && r.At != 0
+}
+
+// peers returns the records of replicas of this generation that may count:
+// read lately, written no later than Margin ahead of our clock, and sound
+// (they lend no more than their share, which is no more than the budget).
+// Called with mu held.
+func (f *Fleet) peers(recs []Record, fresh, now, wall time.Time) []Record {
+	stale := 3*f.cfg.Tick + f.cfg.Margin
+	if now.Sub(fresh) >= stale {
+		return nil
+	}
+	var out []Record
+	for _, r := range recs {
+		at := time.UnixMilli(r.At)
+		if r.Generation != f.gen || r.Replica == f.cfg.Replica || f.fromFuture(r, wall) ||
+			wall.Sub(at) >= stale+2*f.cfg.Margin || !(r.Share <= f.cfg.Budget) || !(sum(r.Lent) <= r.Share) {
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// grants returns the rates peers lend this replica, each until its record's
+// Until − Margin, and no later than At + Lease − Margin, converted to the
+// monotonic clock at now.
+func (f *Fleet) grants(peers []Record, now, wall time.Time) ([]Grant, float64) {
+	var grants []Grant
+	borrowed := 0.0
+	for _, r := range peers {
+		end := time.UnixMilli(min(r.Until, r.At+f.cfg.Lease.Milliseconds())).Add(-f.cfg.Margin)
+		if g := r.Lent[f.cfg.Replica]; g > 0 && end.After(wall) {
+			grants = append(grants, Grant{RPM: g, Until: now.Add(end.Sub(wall))})
+			borrowed += g
+		}
+	}
+	return grants, borrowed
+}
+
 // step reads the board, decides what to lend, sets the Limiter and
 // publishes the record.
 func (f *Fleet) step(ctx context.Context, now time.Time) {
 	recs, fresh := f.cfg.Board.Records()
 	lim := f.cfg.Limiter
-	for _, r := range recs {
-		if r.PauseUntil > 0 {
-			// Fleet-wide: the API's window is spent. Bounded like a
-			// server's delay, so that no record can park the fleet.
-			until := time.UnixMilli(r.PauseUntil)
-			if limit := now.Add(maxPause); until.After(limit) {
-				until = limit
-			}
-			lim.PauseUntil(until)
-		}
-	}
+	wall := f.wall(now)
 	f.mu.Lock()
 	if !f.joined || !(f.share > 0) {
 		f.mu.Unlock()
 		return
 	}
+	f.holdPauses(recs, now, wall)
 	demand := f.demand(now)
-	var peers []Record
-	if stale := 3*f.cfg.Tick + f.cfg.Margin; now.Sub(fresh) < stale {
-		for _, r := range recs {
-			if r.Generation == f.gen && r.Replica != f.cfg.Replica && now.Sub(time.UnixMilli(r.At)) < stale+2*f.cfg.Margin {
-				peers = append(peers, r)
-			}
-		}
+	peers := f.peers(recs, fresh, now, wall)
+	var lend map[string]float64
+	switch {
+	case !f.verified:
+		demand = max(demand, f.share) // nothing to lend: others count no spare of ours
+	case !f.unwritten:
+		lend = Allocate(f.share, demand, peers)
 	}
-	until := now.Add(f.cfg.Lease).Truncate(time.Millisecond)
-	lent, own := f.commit(Allocate(f.share, demand, peers), f.share-min(f.share, demand), until.Add(f.cfg.Margin), now)
+	// Honoured on the monotonic clock until at least Until + Margin.
+	lent, own := f.commit(lend, f.share-min(f.share, demand), now.Add(f.cfg.Lease+f.cfg.Margin), now)
+	until := wall.Add(f.cfg.Lease).Truncate(time.Millisecond)
 	rec := Record{Replica: f.cfg.Replica, Generation: f.gen, Share: f.share, Demand: demand,
-		Lent: lent, Until: until.UnixMilli(), At: now.UnixMilli()}
-	var grants []Grant
-	borrowed := 0.0
-	for _, r := range peers {
-		end := time.UnixMilli(r.Until).Add(-f.cfg.Margin)
-		if g := r.Lent[f.cfg.Replica]; g > 0 && end.After(now) {
-			grants = append(grants, Grant{RPM: g, Until: end})
-			borrowed += g
-		}
-	}
+		Lent: lent, Until: until.UnixMilli(), At: wall.UnixMilli()}
+	grants, borrowed := f.grants(peers, now, wall)
 	// Lower our own rate before anyone can read what we lend.
 	lim.SetRPM(own)
 	lim.Lend(grants)
 	f.mu.Unlock()
+	// Only the API's pauses (PauseUntil), never the holds read from the board.
 	if p, _ := lim.Paused(); p.After(now) {
-		rec.PauseUntil = p.Add(time.Millisecond - 1).UnixMilli() // rounded up: nobody resumes early
+		rec.PauseUntil = wall.Add(p.Sub(now) + time.Millisecond - 1).UnixMilli() // rounded up: nobody resumes early
 	}
 	if f.cfg.OnRate != nil {
 		f.cfg.OnRate(own, borrowed)
 	}
 	pctx, cancel := context.WithTimeout(ctx, f.cfg.Tick)
 	defer cancel()
-	if err := f.cfg.Board.Publish(pctx, rec); err != nil && ctx.Err() == nil {
+	err := f.cfg.Board.Publish(pctx, rec)
+	f.mu.Lock()
+	f.unwritten = err != nil
+	f.mu.Unlock()
+	if err != nil && ctx.Err() == nil {
 		// What was lent stays committed until it ends: the record may have
-		// been written.
+		// been written. Nothing new is lent until a record is.
 		f.cfg.Logger.Debug("budget board: publish failed", "err", err)
 	}
 }
