@@ -43,24 +43,44 @@ import (
 //   - A share must be verified to be lent: a replica that could not read
 //     the partition total at a rebalance (total 0) takes the share of the
 //     last total it was given, else Share's token rate, lends nothing for
-//     the whole generation, and publishes a demand of at least its share
-//     (no spare of its own for the others to count). The last total is the
+//     the whole generation, and publishes its share as its demand (no
+//     spare for the others to count, no need to lend to). The last total is the
 //     group's unless partitions were added meanwhile; the consumer ends a
 //     generation whose counts it could not read once it can read them.
 //
-// Why the fleet stays within the budget at every instant: every rate a
-// borrower adds was published by a lender who had already taken it off its
-// own rate, and the lender takes it back only after the borrower stopped
-// using it: the borrower stops at Until − Margin by its clock, the lender
-// resumes at Until + Margin by its own, so with clocks less than 2·Margin
-// apart the lent rate is counted once. So at every instant the rates of a
-// generation add up to at most the sum of the shares, which is at most
-// (RATE_LIMIT_RPM − replicas) × 60/61 (Share). The Limiter accrues permits
-// like a one-token bucket, so over any span a replica's permits are at most
-// one more than the integral of its rate; a request arrives less than
-// ArrivalSlack after its permit, so a 60-second window of arrivals holds the
-// permits of 61 seconds: at most replicas + (61/60)·(RATE_LIMIT_RPM −
-// replicas)·60/61 < RATE_LIMIT_RPM.
+// The reserve: each share is x − 1, x = RATE_LIMIT_RPM × assigned/total ×
+// 60/61 (Share); the 1, its Reserve, pays for the permit its Limiter may
+// hold at the start of a window (below). A replica that has lent its whole
+// share (its own rate at most lowRate, nothing borrowed) drains its Limiter
+// at every step (Drain: it holds no permit, and accrues at most a hundredth
+// of one a minute between steps), and once it has stayed so for
+// reserveAfter (61 s), with nothing to send, it lends its reserve too; as
+// long as a loan it honours lends part of its reserve, it borrows nothing,
+// so it stays drained at lowRate. So with one replica busy the fleet sends at x
+// summed over the replicas, less one: 0.98 of the budget whatever the
+// number of replicas; each other busy replica costs one request a minute.
+//
+// Why the fleet stays within the budget: every rate a borrower adds was
+// published by a lender who had already taken it off its own rate, and the
+// lender takes it back only after the borrower stopped using it: the
+// borrower stops at Until − Margin by its clock, the lender resumes at
+// Until + Margin by its own, so with clocks less than 2·Margin apart the
+// lent rate is counted once. So at every instant the rates of a generation
+// add up to at most the sum of the x, less 1 for each replica that keeps
+// its reserve (plus the token floor, Budget/1e6, of each replica that lent
+// everything). The Limiter accrues permits like a one-token bucket: over a
+// span from s, a replica's permits are at most τ(s), the token it held at
+// s (at most 1), plus the integral of its rate (in permits). A request
+// arrives less than ArrivalSlack after its permit, so a 60-second window of
+// arrivals holds the permits of a span shorter than 61 seconds. Let K be
+// the replicas whose τ(s) may exceed a hundredth; each keeps its reserve
+// during the whole span (it lends it only after 61 s drained at lowRate,
+// which it was not at s, and stays drained while it is lent), so the rates
+// add up to at most Σx − |K| (+ the floors) all through it, and the window
+// holds fewer than |K| + 0.01·replicas + (61/60)·(Σx − |K| + replicas·
+// Budget/1e6) ≤ RATE_LIMIT_RPM − |K|/60 + 0.02·replicas arrivals (Σx ≤
+// RATE_LIMIT_RPM·60/61; a budget up to 9,000/min): with fewer than 50
+// replicas, less than RATE_LIMIT_RPM + 1, so at most RATE_LIMIT_RPM.
 //
 // Generations do not overlap: a replica sends only under a lease proven by
 // the group (package lease), which ends before the group can form the next
@@ -96,6 +116,21 @@ import (
 // maxPause bounds a pause read from the board (the sink bounds the delays
 // servers ask for the same way).
 const maxPause = 15 * time.Minute
+
+// reserveAfter is how long a replica's rate must have been at most lowRate,
+// drained, before it lends its Reserve: no span of permits that a window
+// of arrivals covers (60s + ArrivalSlack) then holds both a permit it had
+// accrued and the reserve in a borrower's hands.
+const reserveAfter = time.Minute + ArrivalSlack
+
+// lowRate is the own rate (per minute) at or under which a replica that
+// borrows nothing counts as having lent its whole share: a minute at it
+// accrues a hundredth of a permit.
+const lowRate = 0.01
+
+// idleUsage is the smoothed rate (per minute) under which a replica's
+// demand is 0: it has sent nothing for several Ticks.
+const idleUsage = 0.01
 
 // Record is what a replica publishes on the board.
 type Record struct {
@@ -146,18 +181,20 @@ type Fleet struct {
 	cfg  FleetConfig
 	wake chan struct{}
 
-	mu        sync.Mutex
-	gen       int64
-	share     float64
-	verified  bool             // the share comes from this generation's partition total
-	lastTotal int              // the last partition total this replica was given (0: none)
-	ahead     map[string]int64 // per replica, the At of its latest record that came from the future
-	unwritten bool             // the last Publish failed: lend nothing new until one succeeds
-	joined    bool
-	committed []commitment // what this replica lent, and until when it honours it
-	granted   uint64       // Limiter permits at the last step
-	last      time.Time    // the last step
-	usage     float64      // permits per minute lately (smoothed)
+	mu         sync.Mutex
+	gen        int64
+	share      float64
+	verified   bool             // the share comes from this generation's partition total
+	lastTotal  int              // the last partition total this replica was given (0: none)
+	ahead      map[string]int64 // per replica, the At of its latest record that came from the future
+	unwritten  bool             // the last Publish failed: lend nothing new until one succeeds
+	lowSince   time.Time        // since when its rate is at most lowRate, drained (zero: it is not)
+	reserveOut bool             // a loan still honoured lends part of its reserve
+	joined     bool
+	committed  []commitment // what this replica lent, and until when it honours it
+	granted    uint64       // Limiter permits at the last step
+	last       time.Time    // the last step
+	usage      float64      // permits per minute lately (smoothed)
 }
 
 type commitment struct {
@@ -204,7 +241,7 @@ func (f *Fleet) Rebalance(gen int64, assigned, total int) float64 {
 	}
 	f.cfg.Limiter.Lend(nil)
 	rpm := f.cfg.Limiter.Rebalance(f.cfg.Budget, assigned, total)
-	f.gen, f.share, f.verified, f.joined, f.committed = gen, rpm, verified, true, nil
+	f.gen, f.share, f.verified, f.joined, f.committed, f.lowSince, f.reserveOut = gen, rpm, verified, true, nil, time.Time{}, false
 	f.mu.Unlock()
 	if !verified {
 		f.cfg.Logger.Warn("the partition total is unknown: this replica keeps the share of the last known total, or the smallest, and lends nothing this generation",
@@ -287,7 +324,8 @@ func (f *Fleet) fromFuture(r Record, wall time.Time) bool {
 
 // peers returns the records of replicas of this generation that may count:
 // read lately, written no later than Margin ahead of our clock, and sound
-// (they lend no more than their share, which is no more than the budget).
+// (they lend no more than their share and its reserve, and the share is no
+// more than the budget).
 // Called with mu held.
 func (f *Fleet) peers(recs []Record, fresh, now, wall time.Time) []Record {
 	stale := 3*f.cfg.Tick + f.cfg.Margin
@@ -298,7 +336,7 @@ func (f *Fleet) peers(recs []Record, fresh, now, wall time.Time) []Record {
 	for _, r := range recs {
 		at := time.UnixMilli(r.At)
 		if r.Generation != f.gen || r.Replica == f.cfg.Replica || f.fromFuture(r, wall) ||
-			wall.Sub(at) >= stale+2*f.cfg.Margin || !(r.Share <= f.cfg.Budget) || !(sum(r.Lent) <= r.Share) {
+			wall.Sub(at) >= stale+2*f.cfg.Margin || !(r.Share <= f.cfg.Budget) || !(sum(r.Lent) <= r.Share+Reserve(r.Share)) {
 			continue
 		}
 		out = append(out, r)
@@ -336,19 +374,34 @@ func (f *Fleet) step(ctx context.Context, now time.Time) {
 	f.holdPauses(recs, now, wall)
 	demand := f.demand(now)
 	peers := f.peers(recs, fresh, now, wall)
+	grants, borrowed := f.grants(peers, now, wall)
 	var lend map[string]float64
+	reserve := 0.0
+	if demand == 0 && len(grants) == 0 && !f.lowSince.IsZero() && now.Sub(f.lowSince) >= reserveAfter {
+		reserve = Reserve(f.share) // drained at lowRate for reserveAfter: it holds no permit
+	}
 	switch {
 	case !f.verified:
-		demand = max(demand, f.share) // nothing to lend: others count no spare of ours
+		demand = f.share // no spare for the others to count, no need (a token share cannot use loans)
 	case !f.unwritten:
-		lend = Allocate(f.share, demand, peers)
+		lend = Allocate(f.share+reserve, demand, peers)
 	}
 	// Honoured on the monotonic clock until at least Until + Margin.
-	lent, own := f.commit(lend, f.share-min(f.share, demand), now.Add(f.cfg.Lease+f.cfg.Margin), now)
+	lent, own := f.commit(lend, f.share-min(f.share, demand)+reserve, now.Add(f.cfg.Lease+f.cfg.Margin), now)
 	until := wall.Add(f.cfg.Lease).Truncate(time.Millisecond)
 	rec := Record{Replica: f.cfg.Replica, Generation: f.gen, Share: f.share, Demand: demand,
 		Lent: lent, Until: until.UnixMilli(), At: wall.UnixMilli()}
-	grants, borrowed := f.grants(peers, now, wall)
+	if f.reserveOut {
+		grants, borrowed = nil, 0 // until no borrower holds its reserve: it sends nothing
+	}
+	if own > lowRate || len(grants) > 0 {
+		f.lowSince = time.Time{}
+	} else {
+		lim.Drain() // at every step, before the rate falls: it holds no permit
+		if f.lowSince.IsZero() {
+			f.lowSince = now
+		}
+	}
 	// Lower our own rate before anyone can read what we lend.
 	lim.SetRPM(own)
 	lim.Lend(grants)
@@ -413,13 +466,20 @@ func (f *Fleet) commit(lent map[string]float64, spare float64, until, now time.T
 	for p, v := range lent {
 		most[p] = max(most[p], v)
 	}
-	return lent, max(f.share-sum(most), 0)
+	f.reserveOut = sum(most) > f.share
+	return lent, max(f.share-sum(most), f.floor())
+}
+
+// floor is the least own rate: a token rate (0 would be unlimited), where a
+// replica that lent its whole share stays.
+func (f *Fleet) floor() float64 {
+	return f.cfg.Budget / 1e6
 }
 
 // demand estimates the rate this replica could use now: the whole budget
 // when its sends waited for permits and it used most of its rate (it would
-// use more), else what it used lately with room to grow. Called with mu
-// held.
+// use more) or its rate is at most lowRate, 0 when it has sent nothing lately,
+// else what it used lately with room to grow. Called with mu held.
 func (f *Fleet) demand(now time.Time) float64 {
 	granted, blocked := f.cfg.Limiter.Demand()
 	if !f.last.IsZero() && now.After(f.last) {
@@ -428,8 +488,11 @@ func (f *Fleet) demand(now time.Time) float64 {
 	}
 	f.granted, f.last = granted, now
 	rate := f.cfg.Limiter.Rate()
-	if blocked && f.usage >= 0.8*rate {
+	switch {
+	case blocked && (f.usage >= 0.8*rate || rate <= lowRate):
 		return f.cfg.Budget
+	case f.usage < idleUsage:
+		return 0 // idle: it lends its whole share
 	}
 	return min(f.cfg.Budget, f.usage*1.25+1)
 }

@@ -190,7 +190,8 @@ func newSimFleet(t *testing.T, budget float64, seed uint64) *simFleet {
 
 // watchRates checks, every 50 ms of the bubble's time, the invariant the budget rests on: the
 // rates of the replicas that may send (not fenced) add up to at most the
-// shares of the generation.
+// shares of the generation and their reserves (lent by replicas drained
+// at the floor rate, which is counted too).
 func (s *simFleet) watchRates(ctx context.Context) {
 	for ctx.Err() == nil {
 		time.Sleep(50 * time.Millisecond)
@@ -198,7 +199,7 @@ func (s *simFleet) watchRates(ctx context.Context) {
 		s.mu.Lock()
 		total, rates := 0.0, 0.0
 		for _, v := range s.shares {
-			total += v
+			total += v + ratelimit.Reserve(v) + s.budget/1e6
 		}
 		var who []string
 		for _, r := range s.replicas {

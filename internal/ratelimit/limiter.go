@@ -215,6 +215,20 @@ func (l *Limiter) PauseUntil(t time.Time) {
 	}
 }
 
+// Drain forgets what accrued of the current interval: the next permit is
+// due one whole interval (at the rate now in force) from now, or later. A
+// replica that lends its whole rate drains its Limiter, so that it holds
+// no permit it could give at once (see fleet.go).
+func (l *Limiter) Drain() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := time.Now()
+	l.expire(now)
+	if next := now.Add(Spacing(l.rateAt(now))); next.After(l.next) {
+		l.next = next
+	}
+}
+
 // HoldUntil grants no permit before t, like PauseUntil, for a pause another
 // replica published: it extends an existing hold and never shortens one,
 // but it is neither reported by Paused nor signalled, so that a replica
