@@ -55,7 +55,8 @@ type Config struct {
 	Lease *lease.Lease
 	// OnAssign is called at every generation, before fetching, with the
 	// partitions assigned to this replica and the total partition count of
-	// the topics (the rate-limit share is len(assigned)/total).
+	// the topics (the rate-limit share is len(assigned)/total; 0 when the
+	// counts could not be read: unknown).
 	OnAssign func(assigned []TopicPartition, total int)
 
 	CommitInterval    time.Duration // default 1s
@@ -381,12 +382,9 @@ func (c *Consumer) assign(ctx context.Context, parts []*partitionState, log *slo
 	if c.cfg.OnAssign == nil {
 		return baseline
 	}
-	total := len(parts) // unknown: assume this replica owns them all
-	if counts != nil {
-		total = 0
-		for _, n := range counts {
-			total += n
-		}
+	total := 0 // unknown (counts nil): the Fleet takes the smallest share
+	for _, n := range counts {
+		total += n
 	}
 	assigned := make([]TopicPartition, len(parts))
 	for i, p := range parts {
@@ -559,7 +557,7 @@ func (c *Consumer) partitionCounts(ctx context.Context) (map[string]int, error) 
 func (c *Consumer) generationCounts(ctx context.Context, log *slog.Logger) (counts, baseline map[string]int) {
 	counts, err := c.partitionCounts(ctx)
 	if err != nil {
-		log.Warn("reading the partition counts failed; assuming this replica owns every partition", "err", err)
+		log.Warn("reading the partition counts failed; the partition total is unknown this generation", "err", err)
 	}
 	baseline = counts
 	if lc := c.leaderCounts.Swap(nil); lc != nil {

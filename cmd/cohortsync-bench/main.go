@@ -92,7 +92,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.largeRecords, "large-records", 150, "records of 900 KB per partition for (dl)")
 	fs.DurationVar(&o.window, "window", time.Second, "BATCH_WINDOW for (e)")
 	fs.StringVar(&o.out, "out", "bench-results/bench.json", "where the JSON goes")
-	fs.StringVar(&o.phases, "phases", "a,b,c,d,dl,e,f,g", "which phases to run")
+	fs.StringVar(&o.phases, "phases", "a,b,c,d,dl,e,f,g", "which phases to run (f' alone: only the (f') runs of f)")
 	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of phase (b) to this file (its first run)")
 	fs.IntVar(&o.repeat, "repeat", 3, "runs of (a) and (b), alternating over the same topic; the figures are the medians, the ratio the median of the runs' ratios")
 	if err := fs.Parse(args); err != nil {
@@ -153,7 +153,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		{[]string{"d"}, b.phaseD},
 		{[]string{"dl"}, b.phaseDL},
 		{[]string{"e"}, b.phaseE},
-		{[]string{"f"}, b.phaseF},
+		{[]string{"f", "f'"}, b.phaseF},
 		{[]string{"g"}, b.phaseG},
 	} {
 		if slices.ContainsFunc(p.names, b.phase) {

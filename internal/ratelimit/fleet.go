@@ -29,26 +29,58 @@ import (
 //     same from its own view, the needs are met as far as the spares go.
 //   - A lender lowers its own rate by what it lends BEFORE it publishes, and
 //     keeps it lowered for every record it published until that record's
-//     Until + Margin, even if a later record lends less (a borrower may not
-//     have seen the later one): by the most any such record lends to each
-//     borrower, summed over the borrowers. A borrower adds a lent rate only from a
-//     record of its own generation, and only until Until − Margin by its own
-//     clock, and its Limiter ends the rate on its own then (Lend), even if
-//     the replica was paused and nothing ran.
+//     Until + Margin (on its monotonic clock: Lease + Margin after it made
+//     the record, so a step of its wall clock changes nothing), even if a
+//     later record lends less (a borrower may not have seen the later one):
+//     by the most any such record lends to each borrower, summed over the
+//     borrowers. A borrower adds a lent rate only from a sound record of its
+//     own generation (written no more than Margin ahead of its clock, and
+//     not one that was when first read; lending in all no more than the
+//     record's share, itself no more than the budget), and only until
+//     min(Until, At + Lease) − Margin by its own clock, converted to its
+//     monotonic clock when read; its Limiter ends the rate on its own then
+//     (Lend), even if the replica was paused and nothing ran.
+//   - A share must be verified to be lent: a replica that could not read
+//     the partition total at a rebalance (total 0) takes the share of the
+//     last total it was given, else Share's token rate, lends nothing for
+//     the whole generation, and publishes its share as its demand (no
+//     spare for the others to count, no need to lend to). The last total is the
+//     group's unless partitions were added meanwhile; the consumer ends a
+//     generation whose counts it could not read once it can read them.
 //
-// Why the fleet stays within the budget at every instant: every rate a
-// borrower adds was published by a lender who had already taken it off its
-// own rate, and the lender takes it back only after the borrower stopped
-// using it: the borrower stops at Until − Margin by its clock, the lender
-// resumes at Until + Margin by its own, so with clocks less than 2·Margin
-// apart the lent rate is counted once. So at every instant the rates of a
-// generation add up to at most the sum of the shares, which is at most
-// (RATE_LIMIT_RPM − replicas) × 60/61 (Share). The Limiter accrues permits
-// like a one-token bucket, so over any span a replica's permits are at most
-// one more than the integral of its rate; a request arrives less than
-// ArrivalSlack after its permit, so a 60-second window of arrivals holds the
-// permits of 61 seconds: at most replicas + (61/60)·(RATE_LIMIT_RPM −
-// replicas)·60/61 < RATE_LIMIT_RPM.
+// The reserve: each share is x − 1, x = RATE_LIMIT_RPM × assigned/total ×
+// 60/61 (Share); the 1, its Reserve, pays for the permit its Limiter may
+// hold at the start of a window (below). A replica that has lent its whole
+// share (its own rate at most lowRate, nothing borrowed) drains its Limiter
+// at every step (Drain: it holds no permit, and accrues at most a hundredth
+// of one a minute between steps), and once it has stayed so for
+// reserveAfter (61 s), with nothing to send, it lends its reserve too; as
+// long as a loan it honours lends part of its reserve, it borrows nothing,
+// so it stays drained at lowRate. So with one replica busy the fleet sends at x
+// summed over the replicas, less one: 0.98 of the budget whatever the
+// number of replicas; each other busy replica costs one request a minute.
+//
+// Why the fleet stays within the budget: every rate a borrower adds was
+// published by a lender who had already taken it off its own rate, and the
+// lender takes it back only after the borrower stopped using it: the
+// borrower stops at Until − Margin by its clock, the lender resumes at
+// Until + Margin by its own, so with clocks less than 2·Margin apart the
+// lent rate is counted once. So at every instant the rates of a generation
+// add up to at most the sum of the x, less 1 for each replica that keeps
+// its reserve (plus the token floor, Budget/1e6, of each replica that lent
+// everything). The Limiter accrues permits like a one-token bucket: over a
+// span from s, a replica's permits are at most τ(s), the token it held at
+// s (at most 1), plus the integral of its rate (in permits). A request
+// arrives less than ArrivalSlack after its permit, so a 60-second window of
+// arrivals holds the permits of a span shorter than 61 seconds. Let K be
+// the replicas whose τ(s) may exceed a hundredth; each keeps its reserve
+// during the whole span (it lends it only after 61 s drained at lowRate,
+// which it was not at s, and stays drained while it is lent), so the rates
+// add up to at most Σx − |K| (+ the floors) all through it, and the window
+// holds fewer than |K| + 0.01·replicas + (61/60)·(Σx − |K| + replicas·
+// Budget/1e6) ≤ RATE_LIMIT_RPM − |K|/60 + 0.02·replicas arrivals (Σx ≤
+// RATE_LIMIT_RPM·60/61; a budget up to 9,000/min): with fewer than 50
+// replicas, less than RATE_LIMIT_RPM + 1, so at most RATE_LIMIT_RPM.
 //
 // Generations do not overlap: a replica sends only under a lease proven by
 // the group (package lease), which ends before the group can form the next
@@ -59,18 +91,46 @@ import (
 // When views disagree: a borrower that sees a grant late only sends less; a
 // lender that sees a demand late only lends later; clocks more than
 // 2·Margin apart could count a lent rate twice for the difference, which is
-// why Margin is generous. A replica that cannot read or write the board
-// lends nothing new, and what it lent or borrowed ends within Lease +
-// Margin: it is back at no more than its share. A replica that dies or is
-// paused stops renewing its grants, which end within Lease; its share comes
-// back to the others at the next rebalance (the group's session timeout).
-// When the API says the window is spent (a 429, or x-ratelimit-remaining:
-// 0), the replica that was told pauses its Limiter and publishes the pause
-// at once; every replica that reads it pauses until the same time.
+// why Margin is generous (a record from a clock more than Margin ahead of
+// the reader's is refused, so a clock stepped by minutes or hours lends
+// nothing: its records are from the future or already over). A replica
+// that cannot read the board sees no need and lends nothing new; one whose
+// last record could not be written lends nothing new until one is; what it
+// lent or borrowed ends within Lease + Margin: it is back at no more than
+// its share. A replica that dies or is paused stops renewing its grants,
+// which end within Lease; its share comes back to the others at the next
+// rebalance (the group's session timeout).
+//
+// Pauses: when the API says the window is spent (a 429, or
+// x-ratelimit-remaining: 0), the replica that was told pauses its Limiter
+// (PauseUntil) and publishes the pause with its next record, at once;
+// every replica of the generation that reads it holds its Limiter
+// (HoldUntil) until the same time, but no longer than the record's At +
+// maxPause, and not at all for a record written more than Margin ahead of
+// its clock or more than maxPause ago. A hold is never republished and
+// never wakes the loop (only the API's pauses do). So no record parks the
+// fleet for longer than maxPause after it was written, a dead replica's
+// record stops counting at the next generation, and reading records never
+// makes a replica publish more than once a Tick.
 
 // maxPause bounds a pause read from the board (the sink bounds the delays
 // servers ask for the same way).
 const maxPause = 15 * time.Minute
+
+// reserveAfter is how long a replica's rate must have been at most lowRate,
+// drained, before it lends its Reserve: no span of permits that a window
+// of arrivals covers (60s + ArrivalSlack) then holds both a permit it had
+// accrued and the reserve in a borrower's hands.
+const reserveAfter = time.Minute + ArrivalSlack
+
+// lowRate is the own rate (per minute) at or under which a replica that
+// borrows nothing counts as having lent its whole share: a minute at it
+// accrues a hundredth of a permit.
+const lowRate = 0.01
+
+// idleUsage is the smoothed rate (per minute) under which a replica's
+// demand is 0: it has sent nothing for several Ticks.
+const idleUsage = 0.01
 
 // Record is what a replica publishes on the board.
 type Record struct {
@@ -104,6 +164,11 @@ type FleetConfig struct {
 	Lease   time.Duration // how long a record's lent rates hold; default 4s
 	Margin  time.Duration // clock difference tolerated (see above); default 1s
 	Logger  *slog.Logger
+	// Clock, when set, is the wall clock that records' times (At, Until,
+	// PauseUntil) are read and written in (tests step it); default
+	// time.Now. Everything this replica keeps (commitments, grants, holds)
+	// is on the monotonic clock.
+	Clock func() time.Time
 	// OnRate, when set, is called after each step with this replica's
 	// own rate and the rate it borrows (for the metrics).
 	OnRate func(own, borrowed float64)
@@ -116,19 +181,25 @@ type Fleet struct {
 	cfg  FleetConfig
 	wake chan struct{}
 
-	mu        sync.Mutex
-	gen       int64
-	share     float64
-	joined    bool
-	committed []commitment // what this replica lent, and until when it honours it
-	granted   uint64       // Limiter permits at the last step
-	last      time.Time    // the last step
-	usage     float64      // permits per minute lately (smoothed)
+	mu         sync.Mutex
+	gen        int64
+	share      float64
+	verified   bool             // the share comes from this generation's partition total
+	lastTotal  int              // the last partition total this replica was given (0: none)
+	ahead      map[string]int64 // per replica, the At of its latest record that came from the future
+	unwritten  bool             // the last Publish failed: lend nothing new until one succeeds
+	lowSince   time.Time        // since when its rate is at most lowRate, drained (zero: it is not)
+	reserveOut bool             // a loan still honoured lends part of its reserve
+	joined     bool
+	committed  []commitment // what this replica lent, and until when it honours it
+	granted    uint64       // Limiter permits at the last step
+	last       time.Time    // the last step
+	usage      float64      // permits per minute lately (smoothed)
 }
 
 type commitment struct {
 	lent  map[string]float64 // what one record lent each borrower
-	until time.Time          // the lender honours it until this (Until + Margin)
+	until time.Time          // the lender honours it until this (Until + Margin), monotonic
 }
 
 // NewFleet returns a Fleet.
@@ -151,12 +222,31 @@ func NewFleet(cfg FleetConfig) *Fleet {
 // Rebalance starts generation gen with assigned of total partitions: this
 // replica's rate becomes its Share, two intervals late (Limiter.Rebalance),
 // with nothing lent or borrowed. It returns the share.
+//
+// total <= 0 (or below assigned) means the total is unknown (the partition
+// counts could not be read): the share is then computed from the last total
+// this replica was given, else it is the token rate of Share, and in either
+// case it is not verified: the replica lends nothing from it for the whole
+// generation and publishes it as fully used.
 func (f *Fleet) Rebalance(gen int64, assigned, total int) float64 {
 	f.mu.Lock()
+	verified := total > 0 && total >= assigned
+	switch {
+	case verified:
+		f.lastTotal = total
+	case f.lastTotal > 0 && f.lastTotal >= assigned:
+		total = f.lastTotal
+	default:
+		total = 0 // Share's token rate
+	}
 	f.cfg.Limiter.Lend(nil)
 	rpm := f.cfg.Limiter.Rebalance(f.cfg.Budget, assigned, total)
-	f.gen, f.share, f.joined, f.committed = gen, rpm, true, nil
+	f.gen, f.share, f.verified, f.joined, f.committed, f.lowSince, f.reserveOut = gen, rpm, verified, true, nil, time.Time{}, false
 	f.mu.Unlock()
+	if !verified {
+		f.cfg.Logger.Warn("the partition total is unknown: this replica keeps the share of the last known total, or the smallest, and lends nothing this generation",
+			"requests_per_minute", rpm, "assigned", assigned, "last_known_total", total)
+	}
 	select {
 	case f.wake <- struct{}{}:
 	default:
@@ -186,64 +276,152 @@ func (f *Fleet) Run(ctx context.Context) {
 	}
 }
 
+// wall is the wall clock for records' times at now.
+func (f *Fleet) wall(now time.Time) time.Time {
+	if f.cfg.Clock != nil {
+		return f.cfg.Clock()
+	}
+	return now
+}
+
+// holdPauses applies the pauses replicas of this generation published (the
+// API's window is spent), each bounded by its record's own time: a record
+// from the future (by more than Margin) or older than maxPause is ignored,
+// and a pause holds at most until the record's At + maxPause. The hold is on
+// the monotonic clock and is never republished (Limiter.HoldUntil). A dead
+// replica's record, never deleted, is of an older generation once the group
+// noticed (and a replica that is alive republishes its pause in its next
+// record). Called with mu held.
+func (f *Fleet) holdPauses(recs []Record, now, wall time.Time) {
+	for _, r := range recs {
+		if r.PauseUntil <= 0 || r.Generation != f.gen || f.fromFuture(r, wall) {
+			continue
+		}
+		at := time.UnixMilli(r.At)
+		if wall.Sub(at) > maxPause {
+			continue
+		}
+		until := time.UnixMilli(min(r.PauseUntil, at.Add(maxPause).UnixMilli()))
+		if d := until.Sub(wall); d > 0 {
+			f.cfg.Limiter.HoldUntil(now.Add(d))
+		}
+	}
+}
+
+// fromFuture tells whether r was written more than Margin ahead of our
+// clock when we first read it: such a record stays ignored even once our
+// clock has caught up with it (it is as old as then). Called with mu held.
+func (f *Fleet) fromFuture(r Record, wall time.Time) bool {
+	if time.UnixMilli(r.At).After(wall.Add(f.cfg.Margin)) {
+		if f.ahead == nil {
+			f.ahead = make(map[string]int64)
+		}
+		f.ahead[r.Replica] = r.At
+		return true
+	}
+	return f.ahead[r.Replica] == r.At && r.At != 0
+}
+
+// peers returns the records of replicas of this generation that may count:
+// read lately, written no later than Margin ahead of our clock, and sound
+// (they lend no more than their share and its reserve, and the share is no
+// more than the budget).
+// Called with mu held.
+func (f *Fleet) peers(recs []Record, fresh, now, wall time.Time) []Record {
+	stale := 3*f.cfg.Tick + f.cfg.Margin
+	if now.Sub(fresh) >= stale {
+		return nil
+	}
+	var out []Record
+	for _, r := range recs {
+		at := time.UnixMilli(r.At)
+		if r.Generation != f.gen || r.Replica == f.cfg.Replica || f.fromFuture(r, wall) ||
+			wall.Sub(at) >= stale+2*f.cfg.Margin || !(r.Share <= f.cfg.Budget) || !(sum(r.Lent) <= r.Share+Reserve(r.Share)) {
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// grants returns the rates peers lend this replica, each until its record's
+// Until − Margin, and no later than At + Lease − Margin, converted to the
+// monotonic clock at now.
+func (f *Fleet) grants(peers []Record, now, wall time.Time) ([]Grant, float64) {
+	var grants []Grant
+	borrowed := 0.0
+	for _, r := range peers {
+		end := time.UnixMilli(min(r.Until, r.At+f.cfg.Lease.Milliseconds())).Add(-f.cfg.Margin)
+		if g := r.Lent[f.cfg.Replica]; g > 0 && end.After(wall) {
+			grants = append(grants, Grant{RPM: g, Until: now.Add(end.Sub(wall))})
+			borrowed += g
+		}
+	}
+	return grants, borrowed
+}
+
 // step reads the board, decides what to lend, sets the Limiter and
 // publishes the record.
 func (f *Fleet) step(ctx context.Context, now time.Time) {
 	recs, fresh := f.cfg.Board.Records()
 	lim := f.cfg.Limiter
-	for _, r := range recs {
-		if r.PauseUntil > 0 {
-			// Fleet-wide: the API's window is spent. Bounded like a
-			// server's delay, so that no record can park the fleet.
-			until := time.UnixMilli(r.PauseUntil)
-			if limit := now.Add(maxPause); until.After(limit) {
-				until = limit
-			}
-			lim.PauseUntil(until)
-		}
-	}
+	wall := f.wall(now)
 	f.mu.Lock()
 	if !f.joined || !(f.share > 0) {
 		f.mu.Unlock()
 		return
 	}
+	f.holdPauses(recs, now, wall)
 	demand := f.demand(now)
-	var peers []Record
-	if stale := 3*f.cfg.Tick + f.cfg.Margin; now.Sub(fresh) < stale {
-		for _, r := range recs {
-			if r.Generation == f.gen && r.Replica != f.cfg.Replica && now.Sub(time.UnixMilli(r.At)) < stale+2*f.cfg.Margin {
-				peers = append(peers, r)
-			}
-		}
+	peers := f.peers(recs, fresh, now, wall)
+	grants, borrowed := f.grants(peers, now, wall)
+	var lend map[string]float64
+	reserve := 0.0
+	if demand == 0 && len(grants) == 0 && !f.lowSince.IsZero() && now.Sub(f.lowSince) >= reserveAfter {
+		reserve = Reserve(f.share) // drained at lowRate for reserveAfter: it holds no permit
 	}
-	until := now.Add(f.cfg.Lease).Truncate(time.Millisecond)
-	lent, own := f.commit(Allocate(f.share, demand, peers), f.share-min(f.share, demand), until.Add(f.cfg.Margin), now)
+	switch {
+	case !f.verified:
+		demand = f.share // no spare for the others to count, no need (a token share cannot use loans)
+	case !f.unwritten:
+		lend = Allocate(f.share+reserve, demand, peers)
+	}
+	// Honoured on the monotonic clock until at least Until + Margin.
+	lent, own := f.commit(lend, f.share-min(f.share, demand)+reserve, now.Add(f.cfg.Lease+f.cfg.Margin), now)
+	until := wall.Add(f.cfg.Lease).Truncate(time.Millisecond)
 	rec := Record{Replica: f.cfg.Replica, Generation: f.gen, Share: f.share, Demand: demand,
-		Lent: lent, Until: until.UnixMilli(), At: now.UnixMilli()}
-	var grants []Grant
-	borrowed := 0.0
-	for _, r := range peers {
-		end := time.UnixMilli(r.Until).Add(-f.cfg.Margin)
-		if g := r.Lent[f.cfg.Replica]; g > 0 && end.After(now) {
-			grants = append(grants, Grant{RPM: g, Until: end})
-			borrowed += g
+		Lent: lent, Until: until.UnixMilli(), At: wall.UnixMilli()}
+	if f.reserveOut {
+		grants, borrowed = nil, 0 // until no borrower holds its reserve: it sends nothing
+	}
+	if own > lowRate || len(grants) > 0 {
+		f.lowSince = time.Time{}
+	} else {
+		lim.Drain() // at every step, before the rate falls: it holds no permit
+		if f.lowSince.IsZero() {
+			f.lowSince = now
 		}
 	}
 	// Lower our own rate before anyone can read what we lend.
 	lim.SetRPM(own)
 	lim.Lend(grants)
 	f.mu.Unlock()
+	// Only the API's pauses (PauseUntil), never the holds read from the board.
 	if p, _ := lim.Paused(); p.After(now) {
-		rec.PauseUntil = p.Add(time.Millisecond - 1).UnixMilli() // rounded up: nobody resumes early
+		rec.PauseUntil = wall.Add(p.Sub(now) + time.Millisecond - 1).UnixMilli() // rounded up: nobody resumes early
 	}
 	if f.cfg.OnRate != nil {
 		f.cfg.OnRate(own, borrowed)
 	}
 	pctx, cancel := context.WithTimeout(ctx, f.cfg.Tick)
 	defer cancel()
-	if err := f.cfg.Board.Publish(pctx, rec); err != nil && ctx.Err() == nil {
+	err := f.cfg.Board.Publish(pctx, rec)
+	f.mu.Lock()
+	f.unwritten = err != nil
+	f.mu.Unlock()
+	if err != nil && ctx.Err() == nil {
 		// What was lent stays committed until it ends: the record may have
-		// been written.
+		// been written. Nothing new is lent until a record is.
 		f.cfg.Logger.Debug("budget board: publish failed", "err", err)
 	}
 }
@@ -288,13 +466,20 @@ func (f *Fleet) commit(lent map[string]float64, spare float64, until, now time.T
 	for p, v := range lent {
 		most[p] = max(most[p], v)
 	}
-	return lent, max(f.share-sum(most), 0)
+	f.reserveOut = sum(most) > f.share
+	return lent, max(f.share-sum(most), f.floor())
+}
+
+// floor is the least own rate: a token rate (0 would be unlimited), where a
+// replica that lent its whole share stays.
+func (f *Fleet) floor() float64 {
+	return f.cfg.Budget / 1e6
 }
 
 // demand estimates the rate this replica could use now: the whole budget
 // when its sends waited for permits and it used most of its rate (it would
-// use more), else what it used lately with room to grow. Called with mu
-// held.
+// use more) or its rate is at most lowRate, 0 when it has sent nothing lately,
+// else what it used lately with room to grow. Called with mu held.
 func (f *Fleet) demand(now time.Time) float64 {
 	granted, blocked := f.cfg.Limiter.Demand()
 	if !f.last.IsZero() && now.After(f.last) {
@@ -303,8 +488,11 @@ func (f *Fleet) demand(now time.Time) float64 {
 	}
 	f.granted, f.last = granted, now
 	rate := f.cfg.Limiter.Rate()
-	if blocked && f.usage >= 0.8*rate {
+	switch {
+	case blocked && (f.usage >= 0.8*rate || rate <= lowRate):
 		return f.cfg.Budget
+	case f.usage < idleUsage:
+		return 0 // idle: it lends its whole share
 	}
 	return min(f.cfg.Budget, f.usage*1.25+1)
 }

@@ -42,6 +42,7 @@ type Limiter struct {
 	grants  []Grant   // lent rates, each until its expiry; kept in order of Until
 	next    time.Time // when the next permit is due at the current rate; zero: at once
 	pause   time.Time // no permit before this: the API's window is spent (PauseUntil)
+	hold    time.Time // no permit before this: another replica's pause, read from the board (HoldUntil)
 	start   time.Time // no permit before this: a new share's late start (Rebalance); not a pause
 	waiters map[chan struct{}]struct{}
 	paused  chan struct{} // cap 1: signalled when PauseUntil extends the pause
@@ -157,6 +158,9 @@ func (l *Limiter) dueAt() time.Time {
 	if l.pause.After(due) {
 		due = l.pause
 	}
+	if l.hold.After(due) {
+		due = l.hold
+	}
 	if l.start.After(due) {
 		due = l.start
 	}
@@ -211,8 +215,36 @@ func (l *Limiter) PauseUntil(t time.Time) {
 	}
 }
 
-// Paused returns when the current pause ends (zero or past: none), and a
-// channel signalled whenever PauseUntil extends it.
+// Drain forgets what accrued of the current interval: the next permit is
+// due one whole interval (at the rate now in force) from now, or later. A
+// replica that lends its whole rate drains its Limiter, so that it holds
+// no permit it could give at once (see fleet.go).
+func (l *Limiter) Drain() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := time.Now()
+	l.expire(now)
+	if next := now.Add(Spacing(l.rateAt(now))); next.After(l.next) {
+		l.next = next
+	}
+}
+
+// HoldUntil grants no permit before t, like PauseUntil, for a pause another
+// replica published: it extends an existing hold and never shortens one,
+// but it is neither reported by Paused nor signalled, so that a replica
+// republishes only the pauses the API gave it, and a pause read from the
+// board never wakes the loop that reads the board.
+func (l *Limiter) HoldUntil(t time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if t.After(l.hold) {
+		l.hold = t // a waiter asleep re-checks when its timer fires
+	}
+}
+
+// Paused returns when the current pause (PauseUntil: the API's, not a
+// HoldUntil) ends (zero or past: none), and a channel signalled whenever
+// PauseUntil extends it.
 func (l *Limiter) Paused() (time.Time, <-chan struct{}) {
 	l.mu.Lock()
 	defer l.mu.Unlock()

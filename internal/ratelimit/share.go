@@ -1,7 +1,6 @@
 package ratelimit
 
 import (
-	"math"
 	"time"
 )
 
@@ -17,28 +16,42 @@ const ArrivalSlack = time.Second
 
 // Share is one replica's part of the fleet-wide budget of rpm requests per
 // minute: x = rpm × assigned/total × 60s/(60s+ArrivalSlack), less one
-// request per minute, rounded down: floor(x − 1). The slack keeps every
-// window of arrivals within the budget though requests arrive up to
-// ArrivalSlack after their permits; the one request less pays for the one
-// permit a Limiter may give beyond the integral of its rate over a window
-// (see fleet.go), so that the shares, and anything lent out of them, never
-// let a 60-second window of arrivals hold more than rpm. A share that
-// would fall below one request per minute (x < 2) is x/2: it keeps the
-// replica going, and the bound then holds only up to one request per such
-// replica. With nothing assigned it is a token rate (nothing is sent
-// anyway). rpm <= 0 means unlimited.
+// request per minute: x − 1 (not rounded: a Limiter spaces fractional rates
+// as well). The slack keeps every window of arrivals within the budget
+// though requests arrive up to ArrivalSlack after their permits; the one
+// request less, the Reserve, pays for the one permit a Limiter may give
+// beyond the integral of its rate over a window (see fleet.go), so that the
+// shares, and anything lent out of them, never let a 60-second window of
+// arrivals hold more than rpm. A replica that has lent its whole share and
+// sent nothing for a minute cannot give that permit, and lends its reserve
+// too (fleet.go). A share that would fall below one request per minute
+// (x < 2) is x/2, with no reserve: it keeps the replica going, and the
+// bound then holds only up to one request per such replica. With nothing assigned it is a token rate (nothing is sent
+// anyway), and so it is when the total is unknown (total <= 0, or fewer
+// than assigned): the smallest share, never the whole budget. rpm <= 0
+// means unlimited.
 func Share(rpm float64, assigned, total int) float64 {
-	if rpm <= 0 || total <= 0 {
+	if rpm <= 0 {
 		return rpm
 	}
-	if assigned == 0 {
+	if assigned <= 0 || total < assigned {
 		return rpm / 1e6
 	}
 	x := rpm * float64(assigned) / float64(total) * float64(time.Minute) / float64(time.Minute+ArrivalSlack)
 	if x >= 2 {
-		return math.Floor(x - 1)
+		return x - 1
 	}
 	return x / 2
+}
+
+// Reserve is the part of the budget a replica with share keeps back besides
+// it (one request per minute; see Share): 1 for a share of at least 1, else
+// 0.
+func Reserve(share float64) float64 {
+	if share >= 1 {
+		return 1
+	}
+	return 0
 }
 
 // Rebalance sets l to this replica's Share of the fleet budget after a

@@ -17,14 +17,15 @@ func TestShare(t *testing.T) {
 		assigned, total int
 		want            float64
 	}{
-		{300, 6, 6, 294}, // 300 × 60/61 = 295.08, less 1
-		{300, 2, 6, 97},  // 100 × 60/61 = 98.36, less 1
-		{300, 3, 7, 125}, // 128.57 × 60/61 = 126.46, less 1
-		{300, 4, 7, 167},
+		{300, 6, 6, 300*60/61.0 - 1}, // 295.08, less 1, not rounded
+		{300, 2, 6, 100*60/61.0 - 1}, // 98.36, less 1
+		{300, 3, 7, 300*3/7.0*60/61 - 1},
+		{300, 4, 7, 300*4/7.0*60/61 - 1},
 		{300, 1, 1000, 0.3 * 60 / 61 / 2},
 		{300, 0, 6, 300 / 1e6},
 		{0, 2, 6, 0},
-		{300, 2, 0, 300},
+		{300, 2, 0, 300 / 1e6}, // the total is unknown: the smallest share, not the budget
+		{300, 3, 2, 300 / 1e6}, // more assigned than the total: unknown too
 	}
 	for _, c := range cases {
 		if got := ratelimit.Share(c.rpm, c.assigned, c.total); math.Abs(got-c.want) > 1e-9 {
@@ -92,11 +93,11 @@ func TestRebalanceStartsTwoIntervalsLate(t *testing.T) {
 			t.Fatal(err)
 		}
 		start := time.Now()
-		rpm := l.Rebalance(300, 3, 6) // 150 × 60/61 = 147.5, less 1 → 146
-		if rpm != 146 || l.RPM() != 146 {
-			t.Fatalf("share %v, limiter %v, want 146", rpm, l.RPM())
+		rpm := l.Rebalance(300, 3, 6) // 150 × 60/61 = 147.54, less 1
+		if want := 150*60/61.0 - 1; rpm != want || l.RPM() != want {
+			t.Fatalf("share %v, limiter %v, want %v", rpm, l.RPM(), want)
 		}
-		spacing := ratelimit.Spacing(146)
+		spacing := ratelimit.Spacing(rpm)
 		got := permits(t, l, 3, start)
 		want := []time.Duration{2 * spacing, 3 * spacing, 4 * spacing}
 		if !slices.Equal(got, want) {
