@@ -286,13 +286,14 @@ func TestContainerWorkerImage(t *testing.T) {
 		}
 		t.Logf("--version: %s", strings.TrimSpace(out))
 	})
-	// The Kubernetes base's init container: `check` in the image, hardened
-	// as the pod runs it. Without a configuration it must stop the rollout
-	// with exit 2 and a line naming what is missing.
+	// The Kubernetes base's init container: `check --offline` in the image,
+	// hardened as the pod runs it. Without a configuration it must stop the
+	// rollout with exit 2 and a line naming what is missing (the first
+	// required variable, KAFKA_BROKERS, since issue 19 has no default).
 	t.Run("check", func(t *testing.T) {
-		code, out := runToExit(t, img, "check")
-		if code != 2 || !strings.Contains(out, "MOENGAGE_WORKSPACE_ID") {
-			t.Fatalf("check without configuration: exit %d, output %q; want exit 2 naming MOENGAGE_WORKSPACE_ID", code, out)
+		code, out := runToExit(t, img, "check", "--offline")
+		if code != 2 || !strings.Contains(out, "KAFKA_BROKERS") {
+			t.Fatalf("check --offline without configuration: exit %d, output %q; want exit 2 naming KAFKA_BROKERS", code, out)
 		}
 	})
 
