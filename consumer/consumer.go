@@ -78,6 +78,12 @@ type Config struct {
 	// else is buffered. Default 4 MiB. kafka-go's reader holds up to
 	// readerQueue more records of its own per partition.
 	FetchBufferBytes int
+	// MaxProcessingTime is how long after a request was sent the API may
+	// still process it (MOENGAGE_MAX_PROCESSING_TIME). A partition whose
+	// previous owner did not prove a clean hand-over is read only this long
+	// after this replica received the generation's assignment (handoff.go).
+	// 0: no wait and no proof written (tests of other things).
+	MaxProcessingTime time.Duration
 
 	Logger  *slog.Logger
 	Metrics *metrics.Metrics
@@ -282,6 +288,11 @@ type partitionState struct {
 	// startErr is why the partition's reader could not start (nil: it
 	// started). fetch sets it before it returns.
 	startErr error
+	// holdUntil: the partition is not read before (handoff.go; set before
+	// the fetch starts). sealed: the fence has written the proof of a clean
+	// hand-over, nothing more is committed (under commitMu).
+	holdUntil time.Time
+	sealed    bool
 }
 
 // runGeneration runs one generation. It returns true when ctx ended and the
@@ -297,7 +308,9 @@ func (c *Consumer) runGeneration(ctx context.Context, group *kafka.ConsumerGroup
 	names := partitionNames(parts)
 	log.Info("joined generation", "member", gen.MemberID, "partitions", len(parts), "assigned", names)
 	c.genID.Store(int64(gen.ID))
+	joined := time.Now() // after the assignment was received, so after the generation started
 	baseline := c.assign(ctx, parts, log)
+	c.proveHandOff(ctx, gen, parts, joined, log) // handoff.go
 
 	// Nothing of this generation is sent before its membership is proven,
 	// and nothing after the proof runs out (DESIGN.md invariant 4).
@@ -311,6 +324,11 @@ func (c *Consumer) runGeneration(ctx context.Context, group *kafka.ConsumerGroup
 	for _, p := range parts {
 		fetchers.Add(1)
 		gen.Start(func(gctx context.Context) {
+			if !awaitHandOff(gctx, stopFetch, p) { // handoff.go
+				fetchers.Done()
+				<-gctx.Done()
+				return
+			}
 			if !c.fetch(gctx, stopFetch, p, &fetchers, log) {
 				return // the reader could not start: end the generation (Run)
 			}
@@ -322,7 +340,9 @@ func (c *Consumer) runGeneration(ctx context.Context, group *kafka.ConsumerGroup
 	gen.Start(func(gctx context.Context) { c.watchLag(gctx, parts, log) }) // lag.go
 	gen.Start(func(gctx context.Context) {
 		defer close(fenced)
-		c.fence(gctx, term, &fetchers, h, names, log)
+		if c.fence(gctx, term, &fetchers, h, names, log) && c.cfg.MaxProcessingTime > 0 {
+			c.commitClean(gen, parts, log) // handoff.go
+		}
 	})
 	gen.Start(func(gctx context.Context) { c.commitEvery(gctx, gen, parts, log) })
 	c.inGen.Store(true)
@@ -400,8 +420,9 @@ func (c *Consumer) assign(ctx context.Context, parts []*partitionState, log *slo
 // the fetch loops (no more Add) and revokes what the batcher holds, within
 // RebalanceTimeout. kafka-go rejoins only after it returns. When the
 // generation ends under a drain, it lets the drain finish first
-// (awaitDrain).
-func (c *Consumer) fence(gctx context.Context, term lease.Term, fetchers *sync.WaitGroup, h *handover, names string, log *slog.Logger) {
+// (awaitDrain). It reports whether Revoke returned in time: then nothing
+// this replica sent can still be processed (handoff.go).
+func (c *Consumer) fence(gctx context.Context, term lease.Term, fetchers *sync.WaitGroup, h *handover, names string, log *slog.Logger) (clean bool) {
 	<-gctx.Done()
 	close(h.ended)
 	if h.handingOver() {
@@ -414,8 +435,10 @@ func (c *Consumer) fence(gctx context.Context, term lease.Term, fetchers *sync.W
 	defer cancel()
 	if err := c.cfg.Batcher.Revoke(rctx); err != nil {
 		log.Error("in-flight requests outlived the rebalance timeout", "err", err)
+		return false
 	}
 	log.Info("fenced generation: nothing of it is pending or in flight", "assigned", names)
+	return true
 }
 
 // commitEvery commits parts every CommitInterval until gctx ends.
@@ -471,7 +494,7 @@ func (c *Consumer) commit(gen *kafka.Generation, parts []*partitionState, log *s
 	var moved []*partitionState
 	for _, p := range parts {
 		tr := p.tr.Load()
-		if tr == nil {
+		if tr == nil || p.sealed {
 			continue
 		}
 		w := tr.watermark()
