@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -37,7 +38,12 @@ import (
 // hence after the last write of any earlier owner, hence after the last time
 // any earlier request could be processed. A partition's mark is written only
 // once its own hold is over: an owner that inherited a partition without
-// proof and hands it on before the bound proves nothing either.
+// proof and hands it on before the bound proves only part of it: its mark
+// carries the rest of its wait, measured before the commit was sent
+// (cleanMark + ";wait=<ms>"), and the next owner, which joins after that
+// commit, waits that long from its own reading. So the wait is not started
+// again at every rebalance (rebalances more often than the bound would
+// otherwise keep the partition unread).
 
 // cleanMark is the offset metadata that proves a clean hand-over by the
 // fence of generation gen.
@@ -59,17 +65,39 @@ func (c *Consumer) proveHandOff(ctx context.Context, gen *kafka.Generation, part
 	want := cleanMark(int(gen.ID) - 1)
 	var held []string
 	for _, p := range parts {
-		if marks[p.topic][p.partition] == want {
+		d := handOffWait(marks[p.topic][p.partition], want, c.cfg.MaxProcessingTime)
+		if d <= 0 {
 			continue
 		}
-		p.holdUntil = joined.Add(c.cfg.MaxProcessingTime)
-		held = append(held, p.topic+"/"+strconv.Itoa(p.partition))
+		p.holdUntil = joined.Add(d)
+		held = append(held, p.topic+"/"+strconv.Itoa(p.partition)+" "+d.String())
 	}
 	if len(held) > 0 {
 		log.Info("no proof that the previous owner handed these partitions over cleanly: a request it left with an unknown outcome may still be processed, so they are read only after MOENGAGE_MAX_PROCESSING_TIME",
 			"partitions", held, "for", c.cfg.MaxProcessingTime, "want_metadata", want)
 	}
 }
+
+// handOffWait is how long a partition whose committed metadata is meta must
+// wait, when want is the mark that proves a clean hand-over: 0 for want, the
+// wait it carries for want;wait=<ms> (at most max), max for anything else.
+func handOffWait(meta, want string, max time.Duration) time.Duration {
+	if meta == want {
+		return 0
+	}
+	rest, ok := strings.CutPrefix(meta, want+waitSuffix)
+	if !ok {
+		return max
+	}
+	ms, err := strconv.ParseInt(rest, 10, 64)
+	if err != nil || ms < 0 || time.Duration(ms) > max/time.Millisecond {
+		return max
+	}
+	return time.Duration(ms) * time.Millisecond
+}
+
+// waitSuffix introduces, in a mark, the rest of the partition's own wait.
+const waitSuffix = ";wait="
 
 // fetchMarks reads the committed metadata of parts (topic → partition →
 // metadata); a partition whose entry has an error has none.
@@ -118,51 +146,41 @@ func awaitHandOff(gctx context.Context, stop <-chan struct{}, p *partitionState)
 	return false
 }
 
-// commitClean commits every partition of gen with cleanMark(int(gen.ID)), once
-// the fence has revoked and settled everything this replica sent, and seals
-// the generation's commits (a later one without metadata would erase the
-// mark). A partition whose own hold is not over, or whose offset is not
-// known (nothing committed, nothing read), gets no mark: its next owner
-// waits.
+// commitClean commits every partition of gen with cleanMark(int(gen.ID)),
+// once the fence has revoked and settled everything this replica sent, and
+// seals the generation's commits (a later one without metadata would erase
+// the mark). A partition whose own wait is not over carries the rest of it
+// in the mark. A partition with no offset yet (nothing committed, nothing
+// read) is committed at its log start, where the group's StartOffset would
+// begin; if that cannot be read it gets no mark and its next owner waits the
+// bound.
 func (c *Consumer) commitClean(gen *kafka.Generation, parts []*partitionState, log *slog.Logger) {
 	c.commitMu.Lock()
 	defer c.commitMu.Unlock()
-	now := time.Now()
-	var commits map[string][]kafka.OffsetCommit
-	var marked []*partitionState
-	for _, p := range parts {
-		sealed := p.sealed
-		p.sealed = true
-		off := max(p.committed, p.start)
-		if tr := p.tr.Load(); tr != nil {
-			off = max(off, tr.watermark())
-		}
-		if sealed || off < 0 || now.Before(p.holdUntil) {
-			continue
-		}
-		if commits == nil {
-			commits = map[string][]kafka.OffsetCommit{}
-		}
-		commits[p.topic] = append(commits[p.topic], kafka.OffsetCommit{Partition: p.partition, Offset: off, Metadata: cleanMark(int(gen.ID))})
-		marked = append(marked, p)
-	}
-	if len(marked) == 0 {
-		return
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	cl := &kafka.Client{Addr: kafka.TCP(c.cfg.Brokers...), Transport: c.cfg.Transport}
+	offs := handOffOffsets(ctx, cl, parts, log)
+	now := time.Now() // before the commit is sent: the rest of a wait is measured from here
+	commits := map[string][]kafka.OffsetCommit{}
+	for p, off := range offs {
+		meta := cleanMark(int(gen.ID))
+		if rest := p.holdUntil.Sub(now); rest > 0 {
+			meta += waitSuffix + strconv.FormatInt(int64((rest+time.Millisecond-1)/time.Millisecond), 10)
+		}
+		commits[p.topic] = append(commits[p.topic], kafka.OffsetCommit{Partition: p.partition, Offset: off, Metadata: meta})
+	}
+	if len(commits) == 0 {
+		return
+	}
 	res, err := cl.OffsetCommit(ctx, &kafka.OffsetCommitRequest{GroupID: gen.GroupID, GenerationID: int(gen.ID),
 		MemberID: gen.MemberID, Topics: commits})
-	failed := map[string]map[int]error{}
+	failed := map[TopicPartition]bool{}
 	if err == nil {
 		for t, ps := range res.Topics {
 			for _, p := range ps {
 				if p.Error != nil {
-					if failed[t] == nil {
-						failed[t] = map[int]error{}
-					}
-					failed[t][p.Partition] = p.Error
+					failed[TopicPartition{t, p.Partition}] = true
 					err = errors.Join(err, p.Error)
 				}
 			}
@@ -174,19 +192,53 @@ func (c *Consumer) commitClean(gen *kafka.Generation, parts []*partitionState, l
 			"err", err)
 	} else {
 		c.m.Commits.WithLabelValues("ok").Inc()
+		log.Info("handed over cleanly: offsets committed with the proof", "metadata", cleanMark(int(gen.ID)), "partitions", len(offs))
 	}
-	for _, p := range marked {
-		if err != nil && (res == nil || failed[p.topic][p.partition] != nil) {
-			continue
+	for p, off := range offs {
+		if res != nil && !failed[TopicPartition{p.topic, p.partition}] {
+			p.committed = off
+			c.m.CommittedOffset.WithLabelValues(p.topic, strconv.Itoa(p.partition)).Set(float64(off))
 		}
-		for _, oc := range commits[p.topic] {
-			if oc.Partition == p.partition {
-				p.committed = oc.Offset
-				c.m.CommittedOffset.WithLabelValues(p.topic, strconv.Itoa(p.partition)).Set(float64(oc.Offset))
+	}
+}
+
+// handOffOffsets seals parts and returns the offset to commit with the
+// proof for each one not sealed before: what was committed or is done,
+// else its log start (ListOffsets; left out when that cannot be read).
+func handOffOffsets(ctx context.Context, cl *kafka.Client, parts []*partitionState, log *slog.Logger) map[*partitionState]int64 {
+	offs := map[*partitionState]int64{}
+	unknown := map[string][]kafka.OffsetRequest{}
+	pending := map[TopicPartition]*partitionState{}
+	for _, p := range parts {
+		sealed := p.sealed
+		p.sealed = true
+		off := max(p.committed, p.start)
+		if tr := p.tr.Load(); tr != nil {
+			off = max(off, tr.watermark())
+		}
+		switch {
+		case sealed:
+		case off >= 0:
+			offs[p] = off
+		default:
+			unknown[p.topic] = append(unknown[p.topic], kafka.FirstOffsetOf(p.partition))
+			pending[TopicPartition{p.topic, p.partition}] = p
+		}
+	}
+	if len(unknown) == 0 {
+		return offs
+	}
+	res, err := cl.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: unknown})
+	if err != nil {
+		log.Warn("cannot read the log start of partitions with no offset: their next owner waits MOENGAGE_MAX_PROCESSING_TIME", "err", err)
+		return offs
+	}
+	for t, ps := range res.Topics {
+		for _, po := range ps {
+			if p := pending[TopicPartition{t, po.Partition}]; p != nil && po.Error == nil && po.FirstOffset >= 0 {
+				offs[p] = po.FirstOffset
 			}
 		}
 	}
-	if err == nil {
-		log.Info("handed over cleanly: offsets committed with the proof", "metadata", cleanMark(int(gen.ID)), "partitions", len(marked))
-	}
+	return offs
 }

@@ -181,3 +181,42 @@ func TestCleanHandOverDoesNotWait(t *testing.T) {
 	checkFold(t, h.rec.foldAccepted(nil), foldLog(h.readTopic(topic, partitions), nil))
 	h.rec.checkNoViolations(t)
 }
+
+// TestInheritedHoldIsNotRestarted: a partition taken over without proof
+// that moves again, cleanly, before its wait is over carries the rest of the
+// wait in its mark (clean:<generation>;wait=<ms>): the next owner waits only
+// that long, not MaxProcessingTime again. Rebalances more often than the
+// bound would otherwise keep such a partition unread for ever.
+func TestInheritedHoldIsNotRestarted(t *testing.T) {
+	const wait = 5 * time.Second
+	h := newHarness(t)
+	a := h.startReplica("a", replicaOpts{maxProcessing: wait})
+	aFirst := firstAssignment(t, a)
+	h.produceAll(event.Add)
+	time.Sleep(time.Until(aFirst.at.Add(2 * time.Second)))
+	b := h.startReplica("b", replicaOpts{maxProcessing: wait})
+	firstAssignment(t, b)
+	h.waitCommittedToEnd(30 * time.Second)
+	first := map[int]time.Time{} // partition -> its first request
+	for _, s := range h.rec.snapshot() {
+		if s.at.Before(aFirst.at.Add(wait - 300*time.Millisecond)) {
+			t.Errorf("%s sent %v %s after the group's first start, before MaxProcessingTime %s", s.replica, s.req.UIDs,
+				s.at.Sub(aFirst.at), wait)
+		}
+		for p := range s.parts {
+			if _, ok := first[p]; !ok {
+				first[p] = s.at
+			}
+		}
+	}
+	for p, at := range first {
+		if late := at.Sub(aFirst.at); late > wait+1500*time.Millisecond {
+			t.Errorf("partition %d was first sent %s after the group's first start: the wait began again at the rebalance (want about %s)",
+				p, late, wait)
+		}
+	}
+	if len(first) != partitions {
+		t.Errorf("requests carried partitions %v, want all %d", first, partitions)
+	}
+	h.rec.checkNoViolations(t)
+}
