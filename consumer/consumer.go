@@ -82,7 +82,10 @@ type Config struct {
 	// still process it (MOENGAGE_MAX_PROCESSING_TIME). A partition whose
 	// previous owner did not prove a clean hand-over is read only this long
 	// after this replica received the generation's assignment (handoff.go).
-	// 0: no wait and no proof written (tests of other things).
+	// 0: no wait and no proof written (tests of other things). The proof
+	// the fence writes is only as true as Batcher.Revoke: it must return
+	// only once nothing this replica sent can still be processed (the
+	// app's settlingBatcher waits for sink.Client.Settle).
 	MaxProcessingTime time.Duration
 
 	Logger  *slog.Logger
