@@ -51,8 +51,9 @@ func cleanMark(gen int) string { return "clean:" + strconv.Itoa(gen) }
 
 // proveHandOff sets, for each of parts, the time before which it must not be
 // fetched: zero when its committed metadata proves a clean hand-over by the
-// generation before gen, joined+MaxProcessingTime otherwise. joined must be
-// a reading taken after this member received gen's assignment.
+// generation before gen, joined plus the rest of a wait the mark carries, or
+// joined+MaxProcessingTime without a mark of that generation. joined must
+// be a reading taken after this member received gen's assignment.
 func (c *Consumer) proveHandOff(ctx context.Context, gen *kafka.Generation, parts []*partitionState, joined time.Time, log *slog.Logger) {
 	if c.cfg.MaxProcessingTime <= 0 || len(parts) == 0 {
 		return
@@ -73,8 +74,8 @@ func (c *Consumer) proveHandOff(ctx context.Context, gen *kafka.Generation, part
 		held = append(held, p.topic+"/"+strconv.Itoa(p.partition)+" "+d.String())
 	}
 	if len(held) > 0 {
-		log.Info("no proof that the previous owner handed these partitions over cleanly: a request it left with an unknown outcome may still be processed, so they are read only after MOENGAGE_MAX_PROCESSING_TIME",
-			"partitions", held, "for", c.cfg.MaxProcessingTime, "want_metadata", want)
+		log.Info("no proof that the previous owner handed these partitions over cleanly: a request it left with an unknown outcome may still be processed, so they are read only after a wait (at most MOENGAGE_MAX_PROCESSING_TIME)",
+			"partitions", held, "max_processing_time", c.cfg.MaxProcessingTime, "want_metadata", want)
 	}
 }
 
