@@ -476,17 +476,25 @@ func startError(parts []*partitionState) error {
 
 // drain, once fetching has stopped, flushes the open batches and waits for
 // the dead-letter writes within DrainTimeout, then commits what was
-// accepted. What did not make it is read again by the next owner.
+// accepted. What did not make it is read again by the next owner. After a
+// complete drain it proves the clean hand-over (handoff.go) before anyone
+// leaves the group.
 func (c *Consumer) drain(gen *kafka.Generation, parts []*partitionState, log *slog.Logger) {
 	dctx, cancel := context.WithTimeout(context.Background(), c.cfg.DrainTimeout)
 	defer cancel()
+	complete := true
 	if err := c.cfg.Batcher.Flush(dctx); err != nil {
+		complete = false
 		log.Warn("drain timed out; unsent changes will be read again by the next owner", "err", err)
 	}
 	if err := c.cfg.DLQ.Wait(dctx); err != nil {
+		complete = false
 		log.Warn("dead-letter writes did not finish; their records will be read again", "err", err)
 	}
 	c.commit(gen, parts, log, nil)
+	if complete {
+		c.proveDrain(dctx, gen, parts, log)
+	}
 }
 
 // commit commits every partition whose watermark moved.

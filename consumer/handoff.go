@@ -79,6 +79,22 @@ func (c *Consumer) proveHandOff(ctx context.Context, gen *kafka.Generation, part
 	}
 }
 
+// proveDrain writes the proof after a complete drain, while this member is
+// still in gen: a drain caught by a rebalance leaves the group itself
+// (handover.go) before the fence could write it. Revoke (nothing is pending
+// or in flight any more) settles the unknown outcomes first, as at the
+// fence; the fence's own proof then finds every partition sealed.
+func (c *Consumer) proveDrain(ctx context.Context, gen *kafka.Generation, parts []*partitionState, log *slog.Logger) {
+	if c.cfg.MaxProcessingTime <= 0 {
+		return
+	}
+	if err := c.cfg.Batcher.Revoke(ctx); err != nil {
+		log.Warn("requests whose outcome is unknown outlived the drain: the next owner waits MOENGAGE_MAX_PROCESSING_TIME", "err", err)
+		return
+	}
+	c.commitClean(gen, parts, log)
+}
+
 // handOffWait is how long a partition whose committed metadata is meta must
 // wait, when want is the mark that proves a clean hand-over: 0 for want, the
 // wait it carries for want;wait=<ms> (at most max), max for anything else.

@@ -220,3 +220,37 @@ func TestInheritedHoldIsNotRestarted(t *testing.T) {
 	}
 	h.rec.checkNoViolations(t)
 }
+
+// TestDrainCaughtByJoinHandsOverWithProof: a replica draining when another
+// joins (a rolling update: the replacement starts at once) finishes its
+// drain, then leaves the group itself (handover.go). It proves the clean
+// hand-over before it leaves, so the joining replica does not wait
+// MaxProcessingTime.
+func TestDrainCaughtByJoinHandsOverWithProof(t *testing.T) {
+	const wait = 6 * time.Second
+	h := newHarness(t)
+	a := h.startReplica("a", replicaOpts{maxProcessing: wait})
+	h.produceAll(event.Add)
+	h.waitCommittedToEnd(30 * time.Second)
+	a.sink.setHold(holdAll)
+	h.produceAll(event.Remove)
+	waitFor(t, 10*time.Second, "a's held requests", func() bool { return h.rec.count("a", "held") > 0 })
+	stopped := make(chan error, 1)
+	go func() { stopped <- a.stop() }() // the drain waits for the held requests
+	b := h.startReplica("b", replicaOpts{maxProcessing: wait})
+	time.Sleep(2 * time.Second) // the join has begun a rebalance: a's drain is caught by it
+	a.sink.setHold(nil)
+	if err := <-stopped; err != nil {
+		t.Fatalf("a: %v", err)
+	}
+	bFirst := firstAssignment(t, b)
+	h.produce(valid(change{part: 0, action: event.Add, cohort: "c2", uid: "v0"}))
+	waitFor(t, 30*time.Second, "b's first request", func() bool { return len(h.rec.sentBy("b")) > 0 })
+	if took := h.rec.sentBy("b")[0].at.Sub(bFirst.at); took >= wait/2 {
+		t.Errorf("b's first request went %s after it took partitions %v over from a drain: it waited for MaxProcessingTime %s without need",
+			took, keys(bFirst.parts), wait)
+	}
+	h.waitCommittedToEnd(30 * time.Second)
+	checkFold(t, h.rec.foldAccepted(nil), foldLog(h.readTopic(topic, partitions), nil))
+	h.rec.checkNoViolations(t)
+}
