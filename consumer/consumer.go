@@ -79,6 +79,15 @@ type Config struct {
 	// else is buffered. Default 4 MiB. The partition's reader holds at most
 	// one more fetch response (readerMaxBytes, or one larger batch).
 	FetchBufferBytes int
+	// MaxProcessingTime is how long after a request was sent the API may
+	// still process it (MOENGAGE_MAX_PROCESSING_TIME). A partition whose
+	// previous owner did not prove a clean hand-over is read only this long
+	// after this replica received the generation's assignment (handoff.go).
+	// 0: no wait and no proof written (tests of other things). The proof
+	// the fence writes is only as true as Batcher.Revoke: it must return
+	// only once nothing this replica sent can still be processed (the
+	// app's settlingBatcher waits for sink.Client.Settle).
+	MaxProcessingTime time.Duration
 
 	Logger  *slog.Logger
 	Metrics *metrics.Metrics
@@ -284,6 +293,11 @@ type partitionState struct {
 	// startErr is why the partition's reader could not start (nil: it
 	// started). fetch sets it before it returns.
 	startErr error
+	// holdUntil: the partition is not read before (handoff.go; set before
+	// the fetch starts). sealed: the fence has written the proof of a clean
+	// hand-over, nothing more is committed (under commitMu).
+	holdUntil time.Time
+	sealed    bool
 }
 
 // runGeneration runs one generation. It returns true when ctx ended and the
@@ -299,7 +313,9 @@ func (c *Consumer) runGeneration(ctx context.Context, group *kafka.ConsumerGroup
 	names := partitionNames(parts)
 	log.Info("joined generation", "member", gen.MemberID, "partitions", len(parts), "assigned", names)
 	c.genID.Store(int64(gen.ID))
+	joined := time.Now() // after the assignment was received, so after the generation started
 	baseline := c.assign(ctx, parts, log)
+	c.proveHandOff(ctx, gen, parts, joined, log) // handoff.go
 
 	// Nothing of this generation is sent before its membership is proven,
 	// and nothing after the proof runs out (DESIGN.md invariant 4).
@@ -313,6 +329,11 @@ func (c *Consumer) runGeneration(ctx context.Context, group *kafka.ConsumerGroup
 	for _, p := range parts {
 		fetchers.Add(1)
 		gen.Start(func(gctx context.Context) {
+			if !awaitHandOff(gctx, stopFetch, p) { // handoff.go
+				fetchers.Done()
+				<-gctx.Done()
+				return
+			}
 			if !c.fetch(gctx, stopFetch, p, &fetchers, log) {
 				return // the reader could not start: end the generation (Run)
 			}
@@ -324,7 +345,9 @@ func (c *Consumer) runGeneration(ctx context.Context, group *kafka.ConsumerGroup
 	gen.Start(func(gctx context.Context) { c.watchLag(gctx, parts, log) }) // lag.go
 	gen.Start(func(gctx context.Context) {
 		defer close(fenced)
-		c.fence(gctx, term, &fetchers, h, names, log)
+		if c.fence(gctx, term, &fetchers, h, names, log) && c.cfg.MaxProcessingTime > 0 {
+			c.commitClean(gen, parts, log) // handoff.go
+		}
 	})
 	gen.Start(func(gctx context.Context) { c.commitEvery(gctx, gen, parts, log) })
 	c.inGen.Store(true)
@@ -399,8 +422,9 @@ func (c *Consumer) assign(ctx context.Context, parts []*partitionState, log *slo
 // the fetch loops (no more Add) and revokes what the batcher holds, within
 // RebalanceTimeout. kafka-go rejoins only after it returns. When the
 // generation ends under a drain, it lets the drain finish first
-// (awaitDrain).
-func (c *Consumer) fence(gctx context.Context, term lease.Term, fetchers *sync.WaitGroup, h *handover, names string, log *slog.Logger) {
+// (awaitDrain). It reports whether Revoke returned in time: then nothing
+// this replica sent can still be processed (handoff.go).
+func (c *Consumer) fence(gctx context.Context, term lease.Term, fetchers *sync.WaitGroup, h *handover, names string, log *slog.Logger) (clean bool) {
 	<-gctx.Done()
 	close(h.ended)
 	if h.handingOver() {
@@ -413,8 +437,10 @@ func (c *Consumer) fence(gctx context.Context, term lease.Term, fetchers *sync.W
 	defer cancel()
 	if err := c.cfg.Batcher.Revoke(rctx); err != nil {
 		log.Error("in-flight requests outlived the rebalance timeout", "err", err)
+		return false
 	}
 	log.Info("fenced generation: nothing of it is pending or in flight", "assigned", names)
+	return true
 }
 
 // commitEvery commits parts every CommitInterval until gctx ends.
@@ -449,17 +475,25 @@ func startError(parts []*partitionState) error {
 
 // drain, once fetching has stopped, flushes the open batches and waits for
 // the dead-letter writes within DrainTimeout, then commits what was
-// accepted. What did not make it is read again by the next owner.
+// accepted. What did not make it is read again by the next owner. After a
+// complete drain it proves the clean hand-over (handoff.go) before anyone
+// leaves the group.
 func (c *Consumer) drain(gen *kafka.Generation, parts []*partitionState, log *slog.Logger) {
 	dctx, cancel := context.WithTimeout(context.Background(), c.cfg.DrainTimeout)
 	defer cancel()
+	complete := true
 	if err := c.cfg.Batcher.Flush(dctx); err != nil {
+		complete = false
 		log.Warn("drain timed out; unsent changes will be read again by the next owner", "err", err)
 	}
 	if err := c.cfg.DLQ.Wait(dctx); err != nil {
+		complete = false
 		log.Warn("dead-letter writes did not finish; their records will be read again", "err", err)
 	}
 	c.commit(gen, parts, log, nil)
+	if complete {
+		c.proveDrain(dctx, gen, parts, log)
+	}
 }
 
 // commit commits every partition whose watermark moved.
@@ -470,7 +504,7 @@ func (c *Consumer) commit(gen *kafka.Generation, parts []*partitionState, log *s
 	var moved []*partitionState
 	for _, p := range parts {
 		tr := p.tr.Load()
-		if tr == nil {
+		if tr == nil || p.sealed {
 			continue
 		}
 		w := tr.watermark()

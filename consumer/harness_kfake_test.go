@@ -563,11 +563,17 @@ type replicaOpts struct {
 	hold       func(wire.Request) bool
 	reject     map[string]string
 	delay      time.Duration
+	// maxProcessing is consumer.Config.MaxProcessingTime (0: no hand-over
+	// proofs, no wait); settle, when set, runs after the batcher's Revoke,
+	// as the app's sink.Client.Settle does (handoff_kfake_test.go).
+	maxProcessing time.Duration
+	settle        func(context.Context) error
 }
 
 // assignment is one OnAssign call, with the batcher's state at that moment
 // (after the previous generation was fenced, before fetching).
 type assignment struct {
+	at       time.Time
 	parts    map[int]bool
 	total    int
 	pending  int
@@ -618,10 +624,10 @@ func (h *harness) startReplica(name string, o replicaOpts) *replica {
 	}
 	r.c, err = consumer.New(consumer.Config{
 		Brokers: h.brokers, Topics: []string{topic}, GroupID: h.group, DefaultPartner: partner,
-		Transport: r.tr, Batcher: r.b, DLQ: r.dlq, OnAssign: r.onAssign,
+		Transport: r.tr, Batcher: settling(r.b, o.settle), DLQ: r.dlq, OnAssign: r.onAssign,
 		CommitInterval: commitInterval, MaxWait: 100 * time.Millisecond,
 		SessionTimeout: 6 * time.Second, HeartbeatInterval: 200 * time.Millisecond,
-		RebalanceTimeout: 10 * time.Second, DrainTimeout: o.drain,
+		RebalanceTimeout: 10 * time.Second, DrainTimeout: o.drain, MaxProcessingTime: o.maxProcessing,
 		Logger: log, Metrics: r.m,
 	})
 	if err != nil {
@@ -653,7 +659,7 @@ func (h *harness) startReplica(name string, o replicaOpts) *replica {
 }
 
 func (r *replica) onAssign(assigned []consumer.TopicPartition, total int) {
-	a := assignment{parts: map[int]bool{}, total: total, pending: r.b.Pending(), inFlight: r.b.InFlight()}
+	a := assignment{at: time.Now(), parts: map[int]bool{}, total: total, pending: r.b.Pending(), inFlight: r.b.InFlight()}
 	for _, tp := range assigned {
 		if tp.Topic == topic {
 			a.parts[tp.Partition] = true

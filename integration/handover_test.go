@@ -74,6 +74,12 @@ func TestDrainSurvivesAJoin(t *testing.T) {
 	wc := startWorker(t, "C", env)
 	stop := p.background(t, g, 1000)
 	waitFor(t, 30*time.Second, "A and C ready", func() bool { return wa.ready() && wc.ready() })
+	// A first start has no proof of a clean hand-over: the partitions are
+	// read only MOENGAGE_MAX_PROCESSING_TIME after the assignment
+	// (DESIGN.md Non-obvious 11).
+	waitFor(t, time.Minute, "A and C reading", func() bool {
+		return wa.metric("cohortsync_events_consumed_total") > 0 && wc.metric("cohortsync_events_consumed_total") > 0
+	})
 	time.Sleep(10 * time.Second) // both busy: a backlog pending behind the slow API
 	stop()
 	pendingA := wa.metric("cohortsync_pending_members")

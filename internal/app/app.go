@@ -203,6 +203,8 @@ func (w *worker) newConsumer(dialer *kafka.Dialer, membership *lease.Lease) (*co
 		SessionTimeout:    cfg.KafkaSessionTimeout,
 		HeartbeatInterval: cfg.KafkaHeartbeatInterval,
 		RebalanceTimeout:  max(30*time.Second, cfg.KafkaSessionTimeout),
+		// A partition handed over without proof waits this long (consumer/handoff.go).
+		MaxProcessingTime: cfg.MoEngageMaxProcessingTime,
 		OnAssign: func(assigned []consumer.TopicPartition, total int) {
 			rpm := w.fleet.Rebalance(w.consumer.Generation(), len(assigned), total)
 			w.m.RateLimitRPM.Set(rpm)

@@ -196,7 +196,7 @@ func settings() []setting {
 		secretVar("MOENGAGE_DATA_API_KEY", "required: Data API key (Basic-auth password; environment only: the flag is refused, since any process can read a command line)",
 			func(c *Config, s Secret) { c.MoEngageDataAPIKey = s }),
 		fileVar("MOENGAGE_DATA_API_KEY", "file holding the Data API key", true),
-		durationVar("MOENGAGE_MAX_PROCESSING_TIME", "30s", "how long after a request was sent the API may still process it; longer than the 15s attempt timeout (a request left without an answer holds the other action for its cohort this long)",
+		durationVar("MOENGAGE_MAX_PROCESSING_TIME", "30s", "how long after a request was sent the API may still process it; longer than the 15s attempt timeout (a request left without an answer holds the other action for its cohort this long; a partition taken over without proof of a clean hand-over, e.g. after a crash or at a first start, is read only this long after the assignment)",
 			func(c *Config) *time.Duration { return &c.MoEngageMaxProcessingTime }),
 		str("COHORTSYNC_PARTNER", "", "partner used when an event has none",
 			func(c *Config, v string) { c.CohortsyncPartner = strings.TrimSpace(v) }),
