@@ -225,8 +225,19 @@ func TestKubeSIGTERMDrainsWithinGrace(t *testing.T) {
 	for i := range 8 {
 		produce(t, d.topic, fmt.Sprintf("kube-load-%d", i), uids(fmt.Sprintf("load%d", i), 50)...)
 	}
-	time.Sleep(2 * time.Second)
-	p := d.readyPods()[0]
+	// A first start reads nothing for MOENGAGE_MAX_PROCESSING_TIME (no
+	// proof of a clean hand-over yet): wait until a pod has a request to
+	// the slow API under way.
+	var p pod
+	waitFor(t, 2*time.Minute, "a request under way", func() bool {
+		for _, q := range d.readyPods() {
+			if scrape(q.Status.PodIP, "cohortsync_in_flight_requests") > 0 {
+				p = q
+				return true
+			}
+		}
+		return false
+	})
 	logs := make(chan string, 1)
 	go func() {
 		out, _ := kubectl(t, 2*time.Minute, "-n", d.ns, "logs", "-f", p.Metadata.Name, "-c", "worker")
@@ -368,19 +379,23 @@ func TestKubeDeleteUnderLoadHandsOver(t *testing.T) {
 	for i := range cohorts {
 		produce(t, d.topic, fmt.Sprintf("kube-busy-%d", i), uids(fmt.Sprintf("busy%d", i), perCohort)...)
 	}
-	time.Sleep(10 * time.Second)
-	pods := d.readyPods()
-	if len(pods) != 2 {
-		t.Fatalf("%d ready pods", len(pods))
-	}
-	a, c := pods[0], pods[1]
-	if scrape(a.Status.PodIP, "cohortsync_pending_members") < scrape(c.Status.PodIP, "cohortsync_pending_members") {
-		a, c = c, a
-	}
-	pendingA := scrape(a.Status.PodIP, "cohortsync_pending_members")
-	if pendingA < 1000 {
-		t.Fatalf("the busier pod has only %.0f members pending: not a busy replica, the test proves nothing", pendingA)
-	}
+	// A first start reads nothing for MOENGAGE_MAX_PROCESSING_TIME (no
+	// proof of a clean hand-over yet), so wait for the backlog to build
+	// rather than a fixed time.
+	var a, c pod
+	var pendingA float64
+	waitFor(t, 2*time.Minute, "a busy replica (1,000 members pending)", func() bool {
+		pods := d.readyPods()
+		if len(pods) != 2 {
+			return false
+		}
+		a, c = pods[0], pods[1]
+		if scrape(a.Status.PodIP, "cohortsync_pending_members") < scrape(c.Status.PodIP, "cohortsync_pending_members") {
+			a, c = c, a
+		}
+		pendingA = scrape(a.Status.PodIP, "cohortsync_pending_members")
+		return pendingA >= 1000
+	})
 	follow := func(name string) chan string {
 		ch := make(chan string, 1)
 		go func() {
