@@ -180,6 +180,11 @@ func workerConfig(brokers []string, topic, dlqTopic string, a *api) config.Confi
 	cfg.RetryMaxInterval = 2 * time.Second
 	cfg.HTTPAddr = ""
 	cfg.ShutdownTimeout = 10 * time.Second
+	// A first start has no proof of a clean hand-over, so it reads nothing
+	// for MOENGAGE_MAX_PROCESSING_TIME (DESIGN.md, Non-obvious 11); the
+	// in-process emulator never processes a request late, so the demo
+	// takes the shortest bound the configuration accepts.
+	cfg.MoEngageMaxProcessingTime = config.AttemptTimeout + time.Second
 	return cfg
 }
 
