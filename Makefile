@@ -37,7 +37,7 @@ test-unit:
 # had (it needs root on Debian).
 test: vet lint-deploy
 	scripts/ensure-deps
-	$(GO) test -race -count=1 -timeout 30m ./...
+	$(GO) test -race -count=1 -timeout 50m ./...
 	scripts/test-containers
 	scripts/test-kube
 
@@ -95,7 +95,7 @@ lint-deploy:
 
 test-integration:
 	scripts/ensure-deps
-	$(GO) test -race -count=1 -timeout 30m -v ./integration/
+	$(GO) test -race -count=1 -timeout 50m -v ./integration/
 
 demo:
 	$(GO) run ./cmd/cohortsync-demo
