@@ -534,6 +534,7 @@ func TestContainerReplicasShareOnHostNetwork(t *testing.T) {
 			"KAFKA_SESSION_TIMEOUT": "6s", "KAFKA_HEARTBEAT_INTERVAL": "1s",
 			"MOENGAGE_BASE_URL": api.URL, "MOENGAGE_WORKSPACE_ID": workspace, "MOENGAGE_DATA_API_KEY": apiKey,
 			"RATE_LIMIT_RPM": strconv.Itoa(budget), "HTTP_ADDR": addrs[i], "LOG_FORMAT": "json",
+			"MOENGAGE_MAX_PROCESSING_TIME": "16s", // the shortest accepted: the emulator never processes late
 		}, addrs[i])
 	}
 	split := func() bool {
@@ -545,7 +546,14 @@ func TestContainerReplicasShareOnHostNetwork(t *testing.T) {
 		return true
 	}
 	waitFor(t, 90*time.Second, "one partition per replica", split)
-	// Rates settle within a few board ticks; then count a window.
+	// A first start reads nothing for MOENGAGE_MAX_PROCESSING_TIME (no
+	// proof of a clean hand-over): wait for the busy partition's first
+	// request, then let the rates settle within a few board ticks, then
+	// count a window.
+	waitFor(t, 90*time.Second, "the first request", func() bool {
+		recs, _ := api.requestsSince(t, 0)
+		return len(recs) > 0
+	})
 	time.Sleep(10 * time.Second)
 	_, seq := api.requestsSince(t, 0)
 	const window = 40 * time.Second
