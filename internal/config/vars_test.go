@@ -82,26 +82,28 @@ func TestMarkdownTable(t *testing.T) {
 	}
 }
 
-// TestREADMETableMatchesCode keeps the README's configuration table equal
-// to MarkdownTable. UPDATE_README=1 rewrites it.
-func TestREADMETableMatchesCode(t *testing.T) {
-	b, err := os.ReadFile("../../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	const start, end = "<!-- config-table:start -->\n", "<!-- config-table:end -->"
-	s := string(b)
-	i, j := strings.Index(s, start), strings.Index(s, end)
-	if i < 0 || j < i {
-		t.Fatal("README has no config-table markers")
-	}
-	if got, want := s[i+len(start):j], config.MarkdownTable(); got != want {
-		if os.Getenv("UPDATE_README") != "" {
-			if err := os.WriteFile("../../README.md", []byte(s[:i+len(start)]+want+s[j:]), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			return
+// TestDocTablesMatchCode keeps the configuration tables of the README and
+// of DESIGN.md equal to MarkdownTable. UPDATE_README=1 rewrites them.
+func TestDocTablesMatchCode(t *testing.T) {
+	for _, doc := range []string{"../../README.md", "../../DESIGN.md"} {
+		b, err := os.ReadFile(doc)
+		if err != nil {
+			t.Fatal(err)
 		}
-		t.Fatalf("README configuration table is stale; run UPDATE_README=1 go test ./internal/config/\nwant:\n%s", want)
+		const start, end = "<!-- config-table:start -->\n", "<!-- config-table:end -->"
+		s := string(b)
+		i, j := strings.Index(s, start), strings.Index(s, end)
+		if i < 0 || j < i {
+			t.Fatalf("%s has no config-table markers", doc)
+		}
+		if got, want := s[i+len(start):j], config.MarkdownTable(); got != want {
+			if os.Getenv("UPDATE_README") != "" {
+				if err := os.WriteFile(doc, []byte(s[:i+len(start)]+want+s[j:]), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				continue
+			}
+			t.Errorf("%s configuration table is stale; run UPDATE_README=1 go test ./internal/config/\nwant:\n%s", doc, want)
+		}
 	}
 }
