@@ -123,7 +123,7 @@ func TestWorkspaceMembership(t *testing.T) {
 		t.Errorf("ws1 members = %v, want [a b] (ws2's remove must not reach it)", got)
 	}
 	if got := e.Members("ws2", "p", "c"); got == nil || len(got) != 0 {
-		t.Errorf("ws2 members = %v, want []", got)
+		t.Errorf("ws2 members = %#v, want an empty, existing segment", got)
 	}
 	if got := e.Members("ws3", "p", "c"); !slices.Equal(got, []string{"a"}) {
 		t.Errorf("ws3 members = %v, want [a]", got)
