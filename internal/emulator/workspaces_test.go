@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -408,5 +409,49 @@ func TestAdminWorkspaces(t *testing.T) {
 	}
 	if err := c.AddWorkspace(ctx, "nokey", emulator.Workspace{}); err == nil || !strings.Contains(err.Error(), "400") {
 		t.Errorf("workspace without a key: err = %v, want 400", err)
+	}
+}
+
+// TestWorkspacesConcurrentChanges changes workspaces at run time while
+// requests flow (run with -race): ws1's requests all succeed whatever
+// happens to ws2 and ws9.
+func TestWorkspacesConcurrentChanges(t *testing.T) {
+	e, srv, _ := startServer(t, func(c *emulator.Config) { c.RateLimit = 100000 })
+	const perWorker = 60
+	var wg sync.WaitGroup
+	for _, ws := range []string{"ws1", "ws2"} {
+		wg.Go(func() {
+			for i := range perWorker {
+				code := post(t, srv, as(ws, "key"+ws[2:], body("add_members", "p", "c", strconv.Itoa(i))))
+				if ws == "ws1" && code != 200 {
+					t.Errorf("ws1 request %d: status %d", i, code)
+				}
+			}
+		})
+	}
+	stop := make(chan struct{})
+	var changer sync.WaitGroup
+	changer.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			_ = e.RevokeKey("ws2")
+			_ = e.SetWorkspaceFaults("ws2", &emulator.Faults{Forbidden: true})
+			_ = e.AddWorkspace("ws9", emulator.Workspace{Key: "k", RateLimit: 1})
+			_ = e.Workspaces()
+			_, _ = e.WorkspaceFaults("ws2")
+			_ = e.RestoreKey("ws2")
+			_ = e.SetWorkspaceFaults("ws2", nil)
+			_ = e.RemoveWorkspace("ws9")
+		}
+	})
+	wg.Wait()
+	close(stop)
+	changer.Wait()
+	if got := len(e.Members("ws1", "p", "c")); got != perWorker {
+		t.Errorf("ws1 has %d members, want %d", got, perWorker)
 	}
 }
