@@ -3,6 +3,13 @@
 // /_emulator/, for tests, demos and staging setups. See package
 // internal/emulator for the behaviour.
 //
+// It serves one workspace or several: --credentials, --credentials-file
+// and --workspaces-dir (the worker's MOENGAGE_WORKSPACES_DIR layout:
+// <workspace_id>.key, optional <workspace_id>.rate_limit_rpm) together give
+// the workspaces; each has its own key, rate limit, segments and faults, and
+// /_emulator/workspaces/{id} adds, revokes, restores and faults one at run
+// time.
+//
 // Every flag can also be set with an environment variable named EMULATOR_
 // followed by the flag name in upper snake case (--rate-limit is
 // EMULATOR_RATE_LIMIT); a flag given on the command line wins. Logs go to

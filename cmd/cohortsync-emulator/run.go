@@ -131,6 +131,8 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 	fs.StringVar(&o.addrFile, "addr-file", "", "also write the bound address to this file")
 	credentials := fs.String("credentials", "", "credentials as workspace_id:api_key pairs, comma-separated (ws1:key1,ws2:key2)")
 	credentialsFile := fs.String("credentials-file", "", "file of credentials: a JSON object {\"ws\":\"key\"} or workspace_id:api_key pairs, one per line or comma-separated; # starts a comment")
+	workspacesDir := fs.String("workspaces-dir", "", "directory of workspaces in the worker's MOENGAGE_WORKSPACES_DIR layout: <workspace_id>.key holds the key, optional <workspace_id>.rate_limit_rpm the workspace's rate limit (.dc and dot-files are ignored; read once at start)")
+	rateLimits := fs.String("workspace-rate-limits", "", "per-workspace rate limits as workspace_id:requests pairs, comma-separated (ws1:600,ws2:60); -1 = unlimited; others use --rate-limit")
 	usersFile := fs.String("users-file", "", "JSON object {\"workspace_id\":[\"uid\",…]} that enables the user store; without it every uid exists")
 	fs.IntVar(&o.cfg.MaxBodyBytes, "max-body-bytes", def.MaxBodyBytes, "bodies longer than this get 413")
 	fs.IntVar(&o.cfg.RateLimit, "rate-limit", def.RateLimit, "requests per window per workspace; 0 = unlimited")
@@ -208,8 +210,12 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 			creds[ws] = key
 		}
 	}
-	if len(creds) == 0 {
-		return o, errors.New("no credentials: set --credentials (EMULATOR_CREDENTIALS) or --credentials-file (EMULATOR_CREDENTIALS_FILE)")
+	o.cfg.Workspaces, err = workspacesFromFlags(creds, *workspacesDir, *rateLimits)
+	if err != nil {
+		return o, err
+	}
+	if len(creds) == 0 && len(o.cfg.Workspaces) == 0 {
+		return o, errors.New("no credentials: set --credentials (EMULATOR_CREDENTIALS), --credentials-file (EMULATOR_CREDENTIALS_FILE) or --workspaces-dir (EMULATOR_WORKSPACES_DIR)")
 	}
 	o.cfg.Credentials = creds
 
@@ -250,6 +256,48 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 		return o, err
 	}
 	return o, nil
+}
+
+// workspacesFromFlags loads --workspaces-dir and applies
+// --workspace-rate-limits, to workspaces of the directory or of creds.
+func workspacesFromFlags(creds map[string]string, dir, limits string) (map[string]emulator.Workspace, error) {
+	var out map[string]emulator.Workspace
+	if dir != "" {
+		loaded, err := emulator.LoadWorkspacesDir(dir)
+		if err != nil {
+			return nil, fmt.Errorf("--workspaces-dir: %w", err)
+		}
+		for ws, w := range loaded {
+			if k, ok := creds[ws]; ok && k != w.Key {
+				return nil, fmt.Errorf("workspace %q has different keys in --workspaces-dir and --credentials", ws)
+			}
+		}
+		out = loaded
+	}
+	for pair := range strings.SplitSeq(limits, ",") {
+		if pair = strings.TrimSpace(pair); pair == "" {
+			continue
+		}
+		ws, v, _ := strings.Cut(pair, ":")
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		if ws = strings.TrimSpace(ws); err != nil || ws == "" || n == 0 || n < -1 {
+			return nil, fmt.Errorf("--workspace-rate-limits: %q is not workspace_id:requests (a positive number, or -1)", pair)
+		}
+		w, ok := out[ws]
+		if !ok {
+			key, known := creds[ws]
+			if !known {
+				return nil, fmt.Errorf("--workspace-rate-limits: workspace %q has no key", ws)
+			}
+			w = emulator.Workspace{Key: key}
+		}
+		w.RateLimit = n
+		if out == nil {
+			out = map[string]emulator.Workspace{}
+		}
+		out[ws] = w
+	}
+	return out, nil
 }
 
 // parseCredentials parses "ws1:key1,ws2:key2". Keys may contain ':'.
@@ -323,14 +371,27 @@ func printUsage(w io.Writer, fs *flag.FlagSet) {
 	fmt.Fprintf(w, `Usage: %s [flags]
 
 Serves an emulation of POST %s (MoEngage Cohort Sync API)
-and an admin API under %s (healthz, segments, requests, faults, reset, users).
+and an admin API under %s (healthz, segments, requests, faults, reset, users,
+workspaces).
+
+Several workspaces: each has its own key, rate limit window, segments and,
+optionally, faults. Give them with --credentials, --credentials-file and
+--workspaces-dir (together, the union), and their own limits with
+--workspace-rate-limits or <workspace_id>.rate_limit_rpm files. At run time,
+per workspace ({id} path-escaped):
+  PUT    %sworkspaces/{id}          add it or rotate its key: {"key":"…","rate_limit":N}
+  DELETE %sworkspaces/{id}          stop serving it (401 from then on)
+  POST   %sworkspaces/{id}/revoke   its key gets 401 until .../restore
+  PUT    %sworkspaces/{id}/faults   its own faults (DELETE: back to the global ones)
+  GET    %sworkspaces/{id}/segments its segments (also .../requests)
 
 Every flag can also be set by the environment variable shown in brackets;
 a flag given on the command line wins. Faults can be changed at run time
 with PUT %sfaults.
 
 Flags:
-`, progName, emulator.APIPath, emulator.AdminPrefix, emulator.AdminPrefix)
+`, progName, emulator.APIPath, emulator.AdminPrefix, emulator.AdminPrefix, emulator.AdminPrefix,
+		emulator.AdminPrefix, emulator.AdminPrefix, emulator.AdminPrefix, emulator.AdminPrefix)
 	fs.VisitAll(func(f *flag.Flag) {
 		typ, usage := flag.UnquoteUsage(f)
 		name := "--" + f.Name

@@ -21,6 +21,23 @@ import (
 //	POST   /_emulator/users     seed the user store: {"workspace_id":…,"uids":[…],"replace":bool}
 //	DELETE /_emulator/users     disable the user store
 //
+// These endpoints act on every workspace: the segments and requests of all
+// (filter with ?workspace=), and the emulator-wide faults, which apply to
+// every workspace without faults of its own. With one workspace they are
+// that workspace's. Per workspace ({id} path-escaped):
+//
+//	GET    /_emulator/workspaces                 {"workspaces":[WorkspaceInfo…]} (keys are never shown)
+//	GET    /_emulator/workspaces/{id}            WorkspaceInfo; 404 if not served
+//	PUT    /_emulator/workspaces/{id}            add it, or rotate its key (body: Workspace); answers WorkspaceInfo
+//	DELETE /_emulator/workspaces/{id}            stop serving it (401 from then on); segments are kept
+//	POST   /_emulator/workspaces/{id}/revoke     revoke its key (401 "App Secret key mismatch")
+//	POST   /_emulator/workspaces/{id}/restore    restore a revoked key
+//	GET    /_emulator/workspaces/{id}/faults     the faults in force for it
+//	PUT    /_emulator/workspaces/{id}/faults     give it its own faults (body: Faults)
+//	DELETE /_emulator/workspaces/{id}/faults     drop its own faults: the emulator-wide faults apply again
+//	GET    /_emulator/workspaces/{id}/segments   {"segments":[…]} of that workspace; ?partner=&cohort_id=
+//	GET    /_emulator/workspaces/{id}/requests   {"requests":[…],…} naming that workspace; ?since=<seq>
+//
 // Errors are {"error":"<message>"} with 400, 404 or 405.
 const AdminPrefix = "/_emulator/"
 
@@ -88,6 +105,10 @@ func (e *Emulator) serveAdmin(w http.ResponseWriter, r *http.Request) {
 			e.adminUsers(w, r)
 		}
 	default:
+		if route == "workspaces" || strings.HasPrefix(route, "workspaces/") {
+			e.serveAdminWorkspaces(w, r)
+			return
+		}
 		writeJSON(w, http.StatusNotFound, adminError{Error: "unknown admin endpoint " + r.URL.Path})
 	}
 }

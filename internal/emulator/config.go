@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"time"
 )
 
@@ -51,9 +50,16 @@ const (
 // says. Config is a plain value; [New] copies it.
 type Config struct {
 	// Credentials maps workspace ID (the Basic-auth username and MOE-APPKEY)
-	// to API key (the Basic-auth password). At least one entry is required;
-	// a workspace ID may not be empty or contain ':'.
+	// to API key (the Basic-auth password). At least one workspace, here or
+	// in Workspaces, is required; a workspace ID may not be empty or
+	// contain ':'.
 	Credentials map[string]string
+
+	// Workspaces are workspaces with their own settings (rate limit,
+	// faults), served alongside Credentials; see [LoadWorkspacesDir] for a
+	// directory in the worker's MOENGAGE_WORKSPACES_DIR layout. An ID in
+	// both must have the same key.
+	Workspaces map[string]Workspace
 
 	// MaxBodyBytes is the 413 threshold: a body longer than this is rejected.
 	// The emulator reads at most MaxBodyBytes+1 bytes. 0 means
@@ -157,18 +163,20 @@ func DefaultConfig() Config {
 // Validate reports the first problem with c, if any. Zero values are valid
 // wherever a field's doc gives them a meaning.
 func (c Config) Validate() error {
-	if len(c.Credentials) == 0 {
+	if len(c.Credentials) == 0 && len(c.Workspaces) == 0 {
 		return errors.New("emulator: config: at least one credential (workspace ID -> API key) is required")
 	}
 	for ws, key := range c.Credentials {
-		if ws == "" {
-			return errors.New("emulator: config: empty workspace ID in credentials")
+		if err := validateWorkspace(ws, Workspace{Key: key}); err != nil {
+			return err
 		}
-		if strings.Contains(ws, ":") {
-			return fmt.Errorf("emulator: config: workspace ID %q contains ':' and could never authenticate", ws)
+	}
+	for ws, w := range c.Workspaces {
+		if err := validateWorkspace(ws, w); err != nil {
+			return err
 		}
-		if key == "" {
-			return fmt.Errorf("emulator: config: empty API key for workspace %q", ws)
+		if key, ok := c.Credentials[ws]; ok && key != w.Key {
+			return fmt.Errorf("emulator: config: workspace %q has different keys in Credentials and Workspaces", ws)
 		}
 	}
 	if c.MaxBodyBytes < 0 {

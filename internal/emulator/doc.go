@@ -80,8 +80,35 @@
 // "status":"fail" 200s of step 9, count only when Config.CountRejected is
 // true.
 //
+// # Workspaces
+//
+// The emulator serves several workspaces (Config.Credentials and
+// Config.Workspaces, or [LoadWorkspacesDir] for a directory in the layout of
+// the worker's MOENGAGE_WORKSPACES_DIR). Each has its own key (Basic-auth
+// user = workspace ID, password = key, MOE-APPKEY = workspace ID), its own
+// rate limit (Workspace.RateLimit, else Config.RateLimit) with its own
+// windows and x-ratelimit-* headers, its own segments and user store, and
+// optionally its own faults. A workspace's faults (Workspace.Faults,
+// [Emulator.SetWorkspaceFaults]) replace the emulator-wide Config.Faults /
+// [Emulator.SetFaults] for the requests that name it; steps 2 (outage) and
+// the injected latency, which come before authentication, go by the
+// Basic-auth username (else MOE-APPKEY) the request claims. A forced 429,
+// a 403 or an outage of one workspace leaves the others alone.
+//
+// At run time: [Emulator.AddWorkspace] adds a workspace or rotates its key
+// (the old key gets 401 at once); [Emulator.RevokeKey] makes the key of a
+// workspace answer 401 "App Secret key mismatch" (as a revoked Data API key
+// does) until [Emulator.RestoreKey]; [Emulator.RemoveWorkspace] stops
+// serving it. None of them touches segments or rate windows. A 403 for one
+// workspace is its own Faults.Forbidden. [Emulator.Reset] returns to the
+// workspaces of Config. The admin API has the same operations under
+// /_emulator/workspaces/{id} (see [AdminPrefix]); the older admin endpoints
+// act on all workspaces (their faults are the emulator-wide ones, which are
+// the single workspace's when there is one).
+//
 // # Concurrency
 //
 // All methods of [Emulator] are safe for concurrent use. One mutex guards the
-// segments, the user store, the rate windows, the faults and the request log.
+// segments, the user store, the rate windows, the workspaces, the faults and
+// the request log.
 package emulator

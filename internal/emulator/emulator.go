@@ -30,6 +30,7 @@ type Emulator struct {
 	segments    map[segmentKey]*segment
 	users       map[string]map[string]struct{} // nil: store disabled
 	windows     map[string]*rateWindow         // by workspace
+	workspaces  map[string]*wsState            // the workspaces served, by ID
 	faults      Faults
 	faultsSetAt time.Time
 	rng         *rand.Rand
@@ -40,6 +41,7 @@ type Emulator struct {
 type rateWindow struct {
 	start time.Time
 	count int
+	limit int // the workspace's limit when the window was last used
 }
 
 // New validates cfg, fills in defaults and returns a ready Emulator.
@@ -49,6 +51,14 @@ func New(cfg Config) (*Emulator, error) {
 	}
 	cfg = cfg.withDefaults()
 	cfg.Credentials = maps.Clone(cfg.Credentials)
+	cfg.Workspaces = maps.Clone(cfg.Workspaces)
+	for id, w := range cfg.Workspaces {
+		if w.Faults != nil {
+			f := w.Faults.clone()
+			w.Faults = &f
+			cfg.Workspaces[id] = w
+		}
+	}
 	cfg.Faults = cfg.Faults.clone()
 	seed := cfg.Seed
 	if seed == 0 {
@@ -74,11 +84,14 @@ func (e *Emulator) resetLocked() {
 	e.windows = make(map[string]*rateWindow)
 	e.faults = e.cfg.Faults.clone()
 	e.faultsSetAt = e.now()
+	e.resetWorkspacesLocked(e.faultsSetAt)
 	e.reqlog.clear()
 }
 
 // Reset clears the segments, the request log (Seq keeps increasing) and the
-// rate windows, and restores the user store and the faults given in Config.
+// rate windows, and restores the user store, the faults and the workspaces
+// given in Config (workspaces added at run time are dropped, revoked keys
+// restored, workspace faults put back).
 func (e *Emulator) Reset() {
 	e.mu.Lock()
 	e.resetLocked()
@@ -159,7 +172,7 @@ func (e *Emulator) handle(r *http.Request, rec *RequestRecord) outcome {
 		return early(outcome{err: errMethodNotAllowed, header: http.Header{"Allow": {http.MethodPost}}})
 	}
 
-	if d := e.latency(); d > 0 {
+	if d := e.latency(rec.Workspace); d > 0 {
 		rec.Latency = d
 		t := time.NewTimer(d)
 		select {
@@ -170,9 +183,10 @@ func (e *Emulator) handle(r *http.Request, rec *RequestRecord) outcome {
 		}
 	}
 	e.mu.Lock()
-	if now := e.now(); e.faults.Outage || now.Before(e.faults.OutageUntil) ||
-		e.faults.activeStep(FaultOutage, e.faultsSetAt, now) {
-		o := outcome{fault: FaultOutage, reset: e.faults.OutageReset}
+	now := e.now()
+	if f, setAt := e.faultsLocked(rec.Workspace); f.Outage || now.Before(f.OutageUntil) ||
+		f.activeStep(FaultOutage, setAt, now) {
+		o := outcome{fault: FaultOutage, reset: f.OutageReset}
 		if !o.reset {
 			o.err = serverError(http.StatusServiceUnavailable)
 		}
@@ -233,8 +247,9 @@ func (e *Emulator) handle(r *http.Request, rec *RequestRecord) outcome {
 // whatever the client does (FaultLate); it reports whether it held.
 func (e *Emulator) holdLate(rec *RequestRecord) bool {
 	e.mu.Lock()
-	d := e.faults.LateDelay
-	late := e.drawLocked(e.faults.LateRate)
+	f, _ := e.faultsLocked(rec.Workspace)
+	d := f.LateDelay
+	late := e.drawLocked(f.LateRate)
 	e.mu.Unlock()
 	if !late {
 		return false
@@ -296,10 +311,11 @@ func readAll(r io.Reader, b []byte) ([]byte, error) {
 // e.mu must be held.
 func (e *Emulator) decideLocked(ws string, req *cohortRequest, verr *apiError, rec *RequestRecord) outcome {
 	now := e.now()
-	f := &e.faults
+	f, setAt := e.faultsLocked(ws)
 	var win *rateWindow
-	if e.cfg.RateLimit > 0 {
+	if limit := e.rateLimitLocked(ws); limit > 0 {
 		win = e.windowLocked(ws, now)
+		win.limit = limit
 	}
 	count := func() {
 		if win != nil {
@@ -319,9 +335,9 @@ func (e *Emulator) decideLocked(ws string, req *cohortRequest, verr *apiError, r
 	if forced {
 		f.Force429--
 	} else {
-		forced = f.activeStep(Fault429, e.faultsSetAt, now)
+		forced = f.activeStep(Fault429, setAt, now)
 	}
-	if forced || (win != nil && win.count >= e.cfg.RateLimit) {
+	if forced || (win != nil && win.count >= win.limit) {
 		o := outcome{err: errRateLimited, header: e.rateHeaders(win, now, true)}
 		if forced {
 			o.fault = Fault429
@@ -337,7 +353,7 @@ func (e *Emulator) decideLocked(ws string, req *cohortRequest, verr *apiError, r
 	}
 	// Injected rejections of a valid request: never applied, counted like
 	// the 400s above (a StatusFail 200 too: it is a rejection in disguise).
-	if o, ok := f.rejectOutcome(req.Members, e.faultsSetAt, now); ok {
+	if o, ok := f.rejectOutcome(req.Members, setAt, now); ok {
 		if e.cfg.CountRejected {
 			count()
 		}
@@ -348,9 +364,9 @@ func (e *Emulator) decideLocked(ws string, req *cohortRequest, verr *apiError, r
 
 	var o outcome
 	switch {
-	case f.activeStep(FaultReset, e.faultsSetAt, now) || e.drawLocked(f.ResetRate):
+	case f.activeStep(FaultReset, setAt, now) || e.drawLocked(f.ResetRate):
 		o = outcome{reset: true, fault: FaultReset}
-	case f.activeStep(Fault5xx, e.faultsSetAt, now) || e.drawLocked(f.ErrorRate):
+	case f.activeStep(Fault5xx, setAt, now) || e.drawLocked(f.ErrorRate):
 		status := http.StatusInternalServerError
 		if n := len(f.ErrorStatuses); n > 0 {
 			status = f.ErrorStatuses[e.rng.IntN(n)]
@@ -378,12 +394,13 @@ func (e *Emulator) drawLocked(rate float64) bool {
 	}
 }
 
-// latency returns the injected latency for one request.
-func (e *Emulator) latency() time.Duration {
+// latency returns the injected latency for one request naming workspace ws.
+func (e *Emulator) latency(ws string) time.Duration {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	d := e.faults.Latency
-	if j := e.faults.LatencyJitter; j > 0 {
+	f, _ := e.faultsLocked(ws)
+	d := f.Latency
+	if j := f.LatencyJitter; j > 0 {
 		d += time.Duration(e.rng.Int64N(int64(j) + 1))
 	}
 	return d
@@ -421,11 +438,11 @@ func (e *Emulator) rateHeaders(win *rateWindow, now time.Time, is429 bool) http.
 	end := windowStart(now, e.cfg.RateWindow).Add(e.cfg.RateWindow)
 	left := ceilSeconds(end.Sub(now))
 	if win != nil {
-		remaining := max(0, e.cfg.RateLimit-win.count)
+		remaining := max(0, win.limit-win.count)
 		if is429 {
 			remaining = 0
 		}
-		h.Set("X-Ratelimit-Limit", strconv.Itoa(e.cfg.RateLimit))
+		h.Set("X-Ratelimit-Limit", strconv.Itoa(win.limit))
 		h.Set("X-Ratelimit-Remaining", strconv.Itoa(remaining))
 		if e.cfg.ResetHeader == ResetEpoch {
 			h.Set("X-Ratelimit-Reset", strconv.FormatInt(ceilSeconds(time.Duration(end.UnixNano())), 10))
@@ -453,7 +470,14 @@ func (e *Emulator) authenticate(r *http.Request) (string, *apiError) {
 	if !ok {
 		return "", errAuthHeader
 	}
-	key, known := e.cfg.Credentials[user]
+	e.mu.Lock()
+	var key string
+	s := e.workspaces[user]
+	known := s != nil && !s.revoked
+	if known {
+		key = s.key
+	}
+	e.mu.Unlock()
 	if !known || subtle.ConstantTimeCompare([]byte(key), []byte(pass)) != 1 {
 		return "", errSecretMismatch
 	}
