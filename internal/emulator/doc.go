@@ -1,6 +1,6 @@
 // Package emulator is an in-process stand-in for MoEngage's Cohort Sync API,
 // POST /v1/integrations/cohortsync, as described in
-// /work/shared/cohortsync-api.md (called "the contract" below).
+// the API contract, cohortsync-api.md (called "the contract" below).
 //
 // It owns the HTTP behaviour of that one endpoint (the order of checks, the
 // documented error bodies, the rate limit and its headers), an in-memory copy
