@@ -111,9 +111,6 @@ func mustOpen(t testing.TB, o Options) *Registry {
 type kubelet struct {
 	t   testing.TB
 	dir string
-	// beforeSwap, when set, runs after the payload is written and before
-	// ..data is swapped.
-	beforeSwap func()
 }
 
 func (k *kubelet) publish(payload map[string]string) {
@@ -142,9 +139,6 @@ func (k *kubelet) publish(payload map[string]string) {
 				t.Fatal(err)
 			}
 		}
-	}
-	if k.beforeSwap != nil {
-		k.beforeSwap()
 	}
 	if err := os.Symlink(filepath.Base(ts), filepath.Join(k.dir, "..data_tmp")); err != nil {
 		t.Fatal(err)
