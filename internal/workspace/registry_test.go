@@ -248,3 +248,38 @@ func TestKubeletSwapDuringRead(t *testing.T) {
 	wantKey(t, r, "A", "a3")
 	wantKey(t, r, "B", "b3")
 }
+
+// TestKubeletBadVersionKeepsLastGood publishes a version in which one
+// workspace's key is empty and another's data center invalid, while a
+// third rotates: the first two keep their last good values, the third
+// rotates, and both files are problems until a good version comes.
+func TestKubeletBadVersionKeepsLastGood(t *testing.T) {
+	dir := t.TempDir()
+	k := &kubelet{t: t, dir: dir}
+	k.publish(map[string]string{"A.key": "a1", "B.key": "b1", "B.dc": "02", "C.key": "c1"})
+	rec := newRecorder()
+	r := mustOpen(t, options(dir, rec, nil))
+	<-rec.changed
+
+	k.publish(map[string]string{"A.key": "", "B.key": "b1", "B.dc": "99", "C.key": "c2"})
+	r.poll()
+	wantChanges(t, <-rec.changed, Change{"C", KeyRotated})
+	wantKey(t, r, "A", "a1")
+	if w, _ := r.Lookup("B"); w.DC != "02" {
+		t.Fatalf("B = %v, want its last good data center", w)
+	}
+	var files []string
+	for _, p := range r.Problems() {
+		files = append(files, p.File)
+	}
+	if !slices.Equal(files, []string{"A.key", "B.dc"}) {
+		t.Fatalf("problems in %v, want A.key and B.dc", files)
+	}
+
+	k.publish(map[string]string{"A.key": "a2", "B.key": "b1", "B.dc": "03", "C.key": "c2"})
+	r.poll()
+	wantChanges(t, <-rec.changed, Change{"A", KeyRotated}, Change{"B", DCChanged})
+	if ps := r.Problems(); len(ps) != 0 {
+		t.Fatalf("Problems = %v", ps)
+	}
+}
