@@ -215,38 +215,48 @@ func TestKubeletSwapWithin5s(t *testing.T) {
 	})
 }
 
-// TestKubeletSwapDuringRead swaps ..data after the registry listed a
-// version and before it read its files, which the kubelet then deletes: the
-// registry must not take the half-deleted version (its files would read as
-// removed, and so would their workspaces) and must end on the newest one.
+// TestKubeletSwapDuringRead swaps ..data while the registry reads a
+// version, which the kubelet then deletes: before the registry lists it
+// (the listing fails) or after (its files read as removed). The registry
+// must not take the half-deleted version (its workspaces would be removed)
+// nor report a problem, and must end on the newest version.
 func TestKubeletSwapDuringRead(t *testing.T) {
-	dir := t.TempDir()
-	k := &kubelet{t: t, dir: dir}
-	k.publish(map[string]string{"A.key": "a1", "B.key": "b1"})
-	rec := newRecorder()
-	r := mustOpen(t, options(dir, rec, nil))
-	<-rec.changed
+	for step, name := range []string{"before the listing", "after the listing"} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			k := &kubelet{t: t, dir: dir}
+			k.publish(map[string]string{"A.key": "a1", "B.key": "b1"})
+			rec := newRecorder()
+			r := mustOpen(t, options(dir, rec, nil))
+			<-rec.changed
 
-	lists := 0
-	r.sc.afterList = func() {
-		if lists++; lists == 1 {
-			k.publish(map[string]string{"A.key": "a3", "B.key": "b3"}) // deletes v2
-		}
-	}
-	k.publish(map[string]string{"A.key": "a2", "B.key": "b2"})
-	r.poll()
-	if lists != 2 {
-		t.Fatalf("listed %d versions, want 2 (v2, swapped away during its read, then v3)", lists)
-	}
-	for _, u := range rec.updates {
-		for _, c := range u.Changes {
-			if c.What == Removed {
-				t.Fatalf("generation %d removed %s", u.Generation, c.ID)
+			reads := 0
+			r.sc.readHook = func(s int) {
+				if s == step {
+					if reads++; reads == 1 {
+						k.publish(map[string]string{"A.key": "a3", "B.key": "b3"}) // deletes v2
+					}
+				}
 			}
-		}
+			k.publish(map[string]string{"A.key": "a2", "B.key": "b2"})
+			r.poll()
+			if reads != 2 {
+				t.Fatalf("read %d versions, want 2 (v2, swapped away during its read, then v3)", reads)
+			}
+			for _, u := range rec.updates {
+				for _, c := range u.Changes {
+					if c.What == Removed {
+						t.Fatalf("generation %d removed %s", u.Generation, c.ID)
+					}
+				}
+			}
+			if got := rec.problemFiles(); len(got) != 0 {
+				t.Fatalf("problems reported: %q", got)
+			}
+			wantKey(t, r, "A", "a3")
+			wantKey(t, r, "B", "b3")
+		})
 	}
-	wantKey(t, r, "A", "a3")
-	wantKey(t, r, "B", "b3")
 }
 
 // TestKubeletBadVersionKeepsLastGood publishes a version in which one

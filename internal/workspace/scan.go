@@ -79,9 +79,9 @@ type scanner struct {
 	target string // the ..data target the files were read from; "" plain
 	round  uint64
 	files  map[string]*entry
-	// afterList, when set (tests), runs after a Kubernetes version is
-	// listed and before its files are read.
-	afterList func()
+	// readHook, when set (tests), runs while a Kubernetes version is
+	// read: with 0 before it is listed, 1 before its files are read.
+	readHook func(step int)
 }
 
 // poll updates the files. It reports whether any result changed; err is a
@@ -104,18 +104,20 @@ func (s *scanner) pollData(target string) (bool, error) {
 			return false, nil
 		}
 		files, err := s.readVersion(s.resolve(target))
-		if err != nil {
+		again, lerr := os.Readlink(filepath.Join(s.dir, dataLink))
+		switch {
+		case lerr != nil:
+			return false, fmt.Errorf("read %s again: %w", dataLink, lerr)
+		case again != target:
+			// Swapped while we read: what we read may be half gone (the
+			// kubelet deletes the old version), an error included.
+			target = again
+			continue
+		case err != nil:
 			return false, err
 		}
-		again, err := os.Readlink(filepath.Join(s.dir, dataLink))
-		if err != nil {
-			return false, fmt.Errorf("read %s again: %w", dataLink, err)
-		}
-		if again == target {
-			s.target, s.files = target, files
-			return true, nil
-		}
-		target = again // swapped while we read: what we read may be half gone
+		s.target, s.files = target, files
+		return true, nil
 	}
 	return false, fmt.Errorf("%s changed during each of 3 reads; trying again at the next poll", dataLink)
 }
@@ -128,15 +130,20 @@ func (s *scanner) resolve(target string) string {
 	return filepath.Join(s.dir, target)
 }
 
+func (s *scanner) hook(step int) {
+	if s.readHook != nil {
+		s.readHook(step)
+	}
+}
+
 // readVersion reads every file of one published Kubernetes version.
 func (s *scanner) readVersion(base string) (map[string]*entry, error) {
+	s.hook(0)
 	names, err := listNames(base)
 	if err != nil {
 		return nil, err
 	}
-	if s.afterList != nil {
-		s.afterList()
-	}
+	s.hook(1)
 	files := make(map[string]*entry, len(names))
 	for _, name := range names {
 		e := newEntry(name)
