@@ -102,7 +102,7 @@ func New(cfg Config) (*Batcher, error) {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.Metrics == nil {
-		cfg.Metrics = metrics.NewMetrics(nil)
+		cfg.Metrics = metrics.New(nil)
 	}
 	return &Batcher{
 		cfg:     cfg,

@@ -82,7 +82,7 @@ func TestTriggers(t *testing.T) {
 				defer batcher.SetMaxSlots(tc.maxSlots)()
 			}
 			synctest.Test(t, func(t *testing.T) {
-				m := metrics.NewMetrics(nil)
+				m := metrics.New(nil)
 				cfg := tc.cfg
 				cfg.Window, cfg.Metrics = time.Hour, m
 				h := start(t, cfg)

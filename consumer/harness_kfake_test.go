@@ -612,7 +612,7 @@ func (h *harness) startReplica(name string, o replicaOpts) *replica {
 		o.drain = 20 * time.Second
 	}
 	log := h.log.With("replica", name)
-	r := &replica{name: name, h: h, m: metrics.NewMetrics(prometheus.NewRegistry()), tr: &kafka.Transport{}}
+	r := &replica{name: name, h: h, m: metrics.New(prometheus.NewRegistry()), tr: &kafka.Transport{}}
 	r.sink = &fakeSink{name: name, rec: h.rec, assigned: r.current, reject: o.reject, delay: o.delay}
 	r.sink.setHold(o.hold)
 	r.dlq = consumer.NewDLQ(consumer.NewWriter(h.brokers, dlqTopic, r.tr, log), dlqTopic, log, r.m)

@@ -198,7 +198,7 @@ func New(cfg Config) (*Client, error) {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.Metrics == nil {
-		cfg.Metrics = metrics.NewMetrics(nil)
+		cfg.Metrics = metrics.New(nil)
 	}
 	c := &Client{
 		cfg:         cfg,

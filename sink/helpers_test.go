@@ -358,7 +358,7 @@ func modes(t *testing.T, f func(t *testing.T, mode string)) {
 // config before New (BaseURL already holds the server's URL).
 func newEnv(t *testing.T, mode string, respond func(n int, c call) reply, tweak func(*sink.Config)) *env {
 	t.Helper()
-	e := &env{t: t, mode: mode, api: newAPI(respond), m: metrics.NewMetrics(nil), logs: &logBuffer{}}
+	e := &env{t: t, mode: mode, api: newAPI(respond), m: metrics.New(nil), logs: &logBuffer{}}
 	cfg := sink.Config{
 		WorkspaceID: testWorkspace,
 		APIKey:      testKey,

@@ -94,7 +94,7 @@ func build(opts Options) (_ *worker, err error) {
 		w.reg = prometheus.NewRegistry()
 		metrics.RegisterRuntime(w.reg)
 	}
-	w.m = metrics.NewMetrics(w.reg)
+	w.m = metrics.New(w.reg)
 	w.m.SetBuildInfo(opts.Version)
 	replica := opts.ReplicaID
 	if replica == "" {

@@ -12,7 +12,7 @@ import (
 // start, one series per reason, at 0.
 func TestLineStoppedRegistered(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	metrics.NewMetrics(reg)
+	metrics.New(reg)
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)

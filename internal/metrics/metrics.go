@@ -16,7 +16,7 @@ import (
 const ns = "cohortsync"
 
 // Metrics holds the worker's metrics. A nil *Metrics is not valid; use
-// NewMetrics(nil) (an unregistered set) in tests that do not look at them.
+// New(nil) (an unregistered set) in tests that do not look at them.
 // All fields are safe for concurrent use.
 type Metrics struct {
 	EventsConsumed     prometheus.Counter
@@ -129,10 +129,10 @@ const (
 // LineStopReasons are the bounded values of the line_stopped reason label.
 var LineStopReasons = []LineStopReason{LineStopAuth, LineStopConfig, LineStopInvalidBatch}
 
-// NewMetrics builds the metrics and registers them on reg (nil: not
+// New builds the metrics and registers them on reg (nil: not
 // registered). Known label values are pre-initialised so that series exist
 // from the start.
-func NewMetrics(reg prometheus.Registerer) *Metrics {
+func New(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		EventsConsumed: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "events_consumed_total",
 			Help: "Kafka records read from the input topics."}),
