@@ -143,8 +143,10 @@ func stopReason(e *StatusError) metrics.LineStopReason {
 // an "Authentication ..." type): the API key is then re-read.
 func isAuthError(e *StatusError) bool { return e != nil && stopReason(e) == stopAuth }
 
-// configMessage is the loud log line for a configuration error.
-func configMessage(e *StatusError) string {
+// lineStopMessage is the loud log line, what the operator must fix, for an
+// answer that stops the line (stopReason: the credentials or the
+// configuration).
+func lineStopMessage(e *StatusError) string {
 	switch {
 	case e.Code == http.StatusUnsupportedMediaType:
 		return "the API rejects the request's content type: this is a bug in the worker; sending is stopped, nothing is dropped or committed"

@@ -130,7 +130,7 @@ func (s *sender) delay(f failure, req wire.Request, attempt int, reload bool) ti
 		}
 		if s.c.line.stop(f.d.stop) || f.key != s.lastKey {
 			s.lastKey = f.key
-			s.log().Error(configMessage(f.serr), "err", f.serr, "status", f.status, "attempt", attempt,
+			s.log().Error(lineStopMessage(f.serr), "err", f.serr, "status", f.status, "attempt", attempt,
 				"delay", delay, "members", len(req.UIDs))
 		}
 		return delay
