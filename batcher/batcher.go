@@ -5,7 +5,6 @@ import (
 	"errors"
 	"log/slog"
 	"sync/atomic"
-	"time"
 
 	"github.com/cohortsync/cohortsync-worker/internal/metrics"
 	"github.com/cohortsync/cohortsync-worker/internal/wire"
@@ -49,11 +48,7 @@ type DeadLetterFunc func(ctx context.Context, rejected []Rejected) error
 
 // Config configures a Batcher. Zero values take the documented defaults.
 type Config struct {
-	MaxBytes    int           // request body cap; default 128000
-	MaxMembers  int           // members per request; 0 = only MaxBytes limits
-	Window      time.Duration // longest an open batch waits before it is due; default 5s
-	MaxInFlight int           // concurrent requests; default 4
-	MaxPending  int           // member changes read but not acknowledged before Add blocks; default 1000000
+	Limits // MaxInFlight bounds the concurrent requests; MaxPending, the changes read but not acknowledged before Add blocks
 
 	Sink       Sink           // required
 	DeadLetter DeadLetterFunc // required
@@ -86,12 +81,11 @@ type Batcher struct {
 // New returns a Batcher. Run must be running for it to take changes and
 // send batches.
 func New(cfg Config) (*Batcher, error) {
-	core, err := NewCore(Limits{MaxBytes: cfg.MaxBytes, MaxMembers: cfg.MaxMembers,
-		Window: cfg.Window, MaxInFlight: cfg.MaxInFlight, MaxPending: cfg.MaxPending})
+	core, err := NewCore(cfg.Limits)
 	if err != nil {
 		return nil, err
 	}
-	cfg.MaxBytes, cfg.MaxInFlight = core.lim.MaxBytes, core.lim.MaxInFlight
+	cfg.Limits = core.lim
 	switch {
 	case cfg.Sink == nil:
 		return nil, errors.New("batcher: Sink is required")

@@ -24,6 +24,7 @@ type Limits struct {
 	Window      time.Duration // longest an open batch waits before it is due; default 5s
 	MaxInFlight int           // batches taken by Next and not yet settled; default 4
 	MaxPending  int           // member changes held (pending or in flight) before Room is 0; default 1000000
+	MaxSlots    int           // members a batch's table holds before it is sealed; default and most: the table's bound (tests lower it)
 }
 
 func (l *Limits) setDefaults() error {
@@ -39,10 +40,13 @@ func (l *Limits) setDefaults() error {
 	if l.MaxPending == 0 {
 		l.MaxPending = 1000000
 	}
+	if l.MaxSlots == 0 || l.MaxSlots > maxSlots {
+		l.MaxSlots = maxSlots
+	}
 	switch {
 	case l.MaxBytes < 64:
 		return fmt.Errorf("batcher: MaxBytes %d is too small", l.MaxBytes)
-	case l.MaxMembers < 0, l.Window < 0, l.MaxInFlight < 0, l.MaxPending < 0:
+	case l.MaxMembers < 0, l.Window < 0, l.MaxInFlight < 0, l.MaxPending < 0, l.MaxSlots < 0:
 		return errors.New("batcher: negative limit")
 	}
 	return nil
@@ -139,7 +143,7 @@ func (c *Core) whyFull(bt *batch) metrics.Trigger {
 		return metrics.TriggerMembers
 	case bt.remaining(c.lim.MaxBytes) < minMember:
 		return metrics.TriggerBytes
-	case bt.m.full():
+	case bt.m.full(c.lim.MaxSlots):
 		return metrics.TriggerSlots
 	}
 	return ""

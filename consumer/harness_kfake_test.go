@@ -617,7 +617,7 @@ func (h *harness) startReplica(name string, o replicaOpts) *replica {
 	r.sink.setHold(o.hold)
 	r.dlq = consumer.NewDLQ(consumer.NewWriter(h.brokers, dlqTopic, r.tr, log), dlqTopic, log, r.m)
 	var err error
-	r.b, err = batcher.New(batcher.Config{Window: o.window, MaxPending: o.maxPending, MaxMembers: o.maxMembers,
+	r.b, err = batcher.New(batcher.Config{Limits: batcher.Limits{Window: o.window, MaxPending: o.maxPending, MaxMembers: o.maxMembers},
 		Sink: r.sink, DeadLetter: r.dlq.DeadLetter, Logger: log, Metrics: r.m})
 	if err != nil {
 		h.t.Fatal(err)
