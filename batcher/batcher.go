@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"sync/atomic"
 
-	"github.com/cohortsync/cohortsync-worker/internal/metrics"
 	"github.com/cohortsync/cohortsync-worker/internal/wire"
 )
 
@@ -53,7 +52,7 @@ type Config struct {
 	Sink       Sink           // required
 	DeadLetter DeadLetterFunc // required
 	Logger     *slog.Logger
-	Metrics    *metrics.Metrics
+	Metrics    Metrics // nil: none
 }
 
 // ErrStopped is returned by Add, Revoke and Flush once Run has returned.
@@ -64,7 +63,7 @@ var ErrStopped = errors.New("batcher: stopped")
 type Batcher struct {
 	cfg  Config
 	log  *slog.Logger
-	m    *metrics.Metrics
+	m    Metrics
 	core *Core // owned by Run's goroutine
 
 	adds    chan addRequest
@@ -96,7 +95,7 @@ func New(cfg Config) (*Batcher, error) {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.Metrics == nil {
-		cfg.Metrics = metrics.New(nil)
+		cfg.Metrics = noMetrics{}
 	}
 	return &Batcher{
 		cfg:     cfg,

@@ -87,7 +87,7 @@ func TestTriggers(t *testing.T) {
 				tc.run(h)
 				synctest.Wait()
 				for _, a := range []event.Action{event.Add, event.Remove} {
-					for _, tr := range metrics.Triggers {
+					for _, tr := range batcher.Triggers {
 						key := string(a) + "/" + string(tr)
 						if got := testutil.ToFloat64(m.BatchesFlushed.WithLabelValues(string(a), string(tr))); got != tc.want[key] {
 							t.Errorf("batches_flushed_total{%s} = %v, want %v", key, got, tc.want[key])

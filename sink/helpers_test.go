@@ -438,7 +438,7 @@ func (e *env) retries(reason string) float64 {
 // allRetries maps every retry reason to its count, leaving out zeros.
 func (e *env) allRetries() map[string]float64 {
 	out := map[string]float64{}
-	for _, r := range metrics.RetryReasons {
+	for _, r := range sink.RetryReasons {
 		if v := e.retries(string(r)); v != 0 {
 			out[string(r)] = v
 		}
