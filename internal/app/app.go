@@ -124,13 +124,8 @@ func build(opts Options) (_ *worker, err error) {
 	w.dlq = consumer.NewDLQ(consumer.NewWriter(cfg.KafkaBrokers, cfg.KafkaDLQTopic, transport, w.log),
 		cfg.KafkaDLQTopic, w.log, w.m)
 	w.batcher, err = batcher.New(batcher.Config{
-		Limits: batcher.Limits{
-			MaxBytes:    cfg.BatchMaxBytes,
-			MaxMembers:  cfg.BatchMaxMembers,
-			Window:      cfg.BatchWindow,
-			MaxInFlight: cfg.MaxInFlight,
-			MaxPending:  cfg.MaxPendingMembers,
-		},
+		Limits: batcher.Limits{MaxBytes: cfg.BatchMaxBytes, MaxMembers: cfg.BatchMaxMembers, Window: cfg.BatchWindow,
+			MaxInFlight: cfg.MaxInFlight, MaxPending: cfg.MaxPendingMembers},
 		Sink:       w.client,
 		DeadLetter: w.dlq.DeadLetter,
 		Logger:     w.log,
