@@ -47,7 +47,10 @@ type DeadLetterFunc func(ctx context.Context, rejected []Rejected) error
 
 // Config configures a Batcher. Zero values take the documented defaults.
 type Config struct {
-	Limits // MaxInFlight bounds the concurrent requests; MaxPending, the changes read but not acknowledged before Add blocks
+	// Limits bound the batches. In a Batcher, MaxInFlight is the number of
+	// concurrent requests, and MaxPending the member changes read but not
+	// acknowledged before Add blocks.
+	Limits
 
 	Sink       Sink           // required
 	DeadLetter DeadLetterFunc // required
