@@ -5,9 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync/atomic"
-	"time"
 
-	"github.com/cohortsync/cohortsync-worker/internal/metrics"
 	"github.com/cohortsync/cohortsync-worker/internal/wire"
 )
 
@@ -49,16 +47,15 @@ type DeadLetterFunc func(ctx context.Context, rejected []Rejected) error
 
 // Config configures a Batcher. Zero values take the documented defaults.
 type Config struct {
-	MaxBytes    int           // request body cap; default 128000
-	MaxMembers  int           // members per request; 0 = only MaxBytes limits
-	Window      time.Duration // longest an open batch waits before it is due; default 5s
-	MaxInFlight int           // concurrent requests; default 4
-	MaxPending  int           // member changes read but not acknowledged before Add blocks; default 1000000
+	// Limits bound the batches. In a Batcher, MaxInFlight is the number of
+	// concurrent requests, and MaxPending the member changes read but not
+	// acknowledged before Add blocks.
+	Limits
 
 	Sink       Sink           // required
 	DeadLetter DeadLetterFunc // required
 	Logger     *slog.Logger
-	Metrics    *metrics.Metrics
+	Metrics    Metrics // nil: none
 }
 
 // ErrStopped is returned by Add, Revoke and Flush once Run has returned.
@@ -69,7 +66,7 @@ var ErrStopped = errors.New("batcher: stopped")
 type Batcher struct {
 	cfg  Config
 	log  *slog.Logger
-	m    *metrics.Metrics
+	m    Metrics
 	core *Core // owned by Run's goroutine
 
 	adds    chan addRequest
@@ -86,12 +83,11 @@ type Batcher struct {
 // New returns a Batcher. Run must be running for it to take changes and
 // send batches.
 func New(cfg Config) (*Batcher, error) {
-	core, err := NewCore(Limits{MaxBytes: cfg.MaxBytes, MaxMembers: cfg.MaxMembers,
-		Window: cfg.Window, MaxInFlight: cfg.MaxInFlight, MaxPending: cfg.MaxPending})
+	core, err := NewCore(cfg.Limits)
 	if err != nil {
 		return nil, err
 	}
-	cfg.MaxBytes, cfg.MaxInFlight = core.lim.MaxBytes, core.lim.MaxInFlight
+	cfg.Limits = core.lim
 	switch {
 	case cfg.Sink == nil:
 		return nil, errors.New("batcher: Sink is required")
@@ -102,7 +98,7 @@ func New(cfg Config) (*Batcher, error) {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.Metrics == nil {
-		cfg.Metrics = metrics.NewMetrics(nil)
+		cfg.Metrics = noMetrics{}
 	}
 	return &Batcher{
 		cfg:     cfg,

@@ -207,7 +207,7 @@ func (h *harness) add(cohort string, a event.Action, uid string) int {
 
 func TestWindow(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		h := start(t, batcher.Config{Window: 5 * time.Second})
+		h := start(t, batcher.Config{Limits: batcher.Limits{Window: 5 * time.Second}})
 		defer h.stop()
 		t0 := time.Now()
 		h.add("c1", event.Add, "u1")
@@ -244,7 +244,7 @@ func TestWindow(t *testing.T) {
 func TestBytesExact(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const maxBytes = 2000
-		h := start(t, batcher.Config{MaxBytes: maxBytes, Window: time.Hour})
+		h := start(t, batcher.Config{Limits: batcher.Limits{MaxBytes: maxBytes, Window: time.Hour}})
 		defer h.stop()
 		rng := rand.New(rand.NewPCG(1, 2))
 		var uids []string
@@ -282,7 +282,7 @@ func TestExactlyMaxBytesBody(t *testing.T) {
 		// Choose MaxBytes so that two members fill the body exactly.
 		one := wire.Request{Header: h0, UIDs: []string{"aaaaaaaaaa", "bbbbbbbbbb"}}
 		maxBytes := wire.Size(one)
-		h := start(t, batcher.Config{MaxBytes: maxBytes, Window: time.Hour})
+		h := start(t, batcher.Config{Limits: batcher.Limits{MaxBytes: maxBytes, Window: time.Hour}})
 		defer h.stop()
 		h.add("c1", event.Add, "aaaaaaaaaa")
 		h.add("c1", event.Add, "bbbbbbbbbb")
@@ -292,7 +292,7 @@ func TestExactlyMaxBytesBody(t *testing.T) {
 			t.Fatalf("want one request of exactly %d bytes, got %d requests", maxBytes, len(reqs))
 		}
 		// One byte less: the second member no longer fits.
-		h2 := start(t, batcher.Config{MaxBytes: maxBytes - 1, Window: time.Hour})
+		h2 := start(t, batcher.Config{Limits: batcher.Limits{MaxBytes: maxBytes - 1, Window: time.Hour}})
 		defer h2.stop()
 		h2.add("c1", event.Add, "aaaaaaaaaa")
 		h2.add("c1", event.Add, "bbbbbbbbbb")
@@ -305,7 +305,7 @@ func TestExactlyMaxBytesBody(t *testing.T) {
 
 func TestMaxMembers(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		h := start(t, batcher.Config{MaxMembers: 3, Window: time.Hour})
+		h := start(t, batcher.Config{Limits: batcher.Limits{MaxMembers: 3, Window: time.Hour}})
 		defer h.stop()
 		for i := range 7 {
 			h.add("c1", event.Add, fmt.Sprint("u", i))
@@ -323,7 +323,7 @@ func TestMaxMembers(t *testing.T) {
 
 func TestCompaction(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		h := start(t, batcher.Config{Window: time.Second})
+		h := start(t, batcher.Config{Limits: batcher.Limits{Window: time.Second}})
 		defer h.stop()
 		a1 := h.add("c1", event.Add, "u")
 		r1 := h.add("c1", event.Remove, "u")
@@ -361,7 +361,7 @@ func TestCompaction(t *testing.T) {
 func TestCompactionAcrossFlush(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		sink := &fakeSink{hold: true}
-		h := start(t, batcher.Config{Window: time.Second, Sink: sink})
+		h := start(t, batcher.Config{Limits: batcher.Limits{Window: time.Second}, Sink: sink})
 		defer h.stop()
 		a1 := h.add("c1", event.Add, "u")
 		time.Sleep(time.Second)
@@ -396,7 +396,7 @@ func TestCompactionAcrossFlush(t *testing.T) {
 func TestOneInFlightPerCohortInOrder(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		sink := &fakeSink{hold: true}
-		h := start(t, batcher.Config{Window: time.Second, MaxMembers: 2, MaxInFlight: 8, Sink: sink})
+		h := start(t, batcher.Config{Limits: batcher.Limits{Window: time.Second, MaxMembers: 2, MaxInFlight: 8}, Sink: sink})
 		defer h.stop()
 		for i := range 20 {
 			for _, c := range []string{"c1", "c2", "c3"} {
@@ -442,7 +442,7 @@ func TestOneInFlightPerCohortInOrder(t *testing.T) {
 func TestMaxInFlight(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		sink := &fakeSink{hold: true}
-		h := start(t, batcher.Config{Window: time.Second, MaxInFlight: 2, Sink: sink})
+		h := start(t, batcher.Config{Limits: batcher.Limits{Window: time.Second, MaxInFlight: 2}, Sink: sink})
 		defer h.stop()
 		for c := range 5 {
 			h.add(fmt.Sprint("c", c), event.Add, "u")
@@ -467,7 +467,7 @@ func TestMaxInFlight(t *testing.T) {
 func TestLongestWaitingFirst(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		sink := &fakeSink{hold: true}
-		h := start(t, batcher.Config{Window: time.Second, MaxMembers: 2, MaxInFlight: 1, Sink: sink})
+		h := start(t, batcher.Config{Limits: batcher.Limits{Window: time.Second, MaxMembers: 2, MaxInFlight: 1}, Sink: sink})
 		defer h.stop()
 		h.add("Z", event.Add, "u1")
 		h.add("Z", event.Add, "u2") // full: sent at once, and held
@@ -501,7 +501,7 @@ func TestLongestWaitingFirst(t *testing.T) {
 func TestDueBatchAbsorbsWhileSlotsAreBusy(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		sink := &fakeSink{hold: true}
-		h := start(t, batcher.Config{Window: time.Second, MaxInFlight: 1, Sink: sink})
+		h := start(t, batcher.Config{Limits: batcher.Limits{Window: time.Second, MaxInFlight: 1}, Sink: sink})
 		defer h.stop()
 		h.add("Z", event.Add, "u1")
 		time.Sleep(time.Second) // Z is sent, and held
@@ -522,7 +522,7 @@ func TestDueBatchAbsorbsWhileSlotsAreBusy(t *testing.T) {
 func TestBackpressure(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		sink := &fakeSink{hold: true}
-		h := start(t, batcher.Config{Window: time.Second, MaxPending: 10, Sink: sink})
+		h := start(t, batcher.Config{Limits: batcher.Limits{Window: time.Second, MaxPending: 10}, Sink: sink})
 		defer h.stop()
 		for i := range 10 {
 			h.add("c1", event.Add, fmt.Sprint("u", i))
@@ -569,7 +569,7 @@ func TestBackpressure(t *testing.T) {
 func TestRevokeDropsPendingAndAwaitsInFlight(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		sink := &fakeSink{hold: true}
-		h := start(t, batcher.Config{Window: time.Second, Sink: sink})
+		h := start(t, batcher.Config{Limits: batcher.Limits{Window: time.Second}, Sink: sink})
 		defer h.stop()
 		inflight := h.add("c1", event.Add, "u1")
 		time.Sleep(time.Second)
@@ -612,7 +612,7 @@ func TestRevokeDropsPendingAndAwaitsInFlight(t *testing.T) {
 func TestRejectedMembersAreDeadLettered(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		sink := &fakeSink{reject: map[string]string{"bad": "400 uid invalid"}}
-		h := start(t, batcher.Config{Window: time.Second, Sink: sink})
+		h := start(t, batcher.Config{Limits: batcher.Limits{Window: time.Second}, Sink: sink})
 		defer h.stop()
 		good := h.add("c1", event.Add, "good")
 		bad1 := h.add("c1", event.Remove, "bad")
@@ -636,7 +636,7 @@ func TestRejectedMembersAreDeadLettered(t *testing.T) {
 // in a batch of its own, so that no other member's body exceeds MaxBytes.
 func TestTooLargeMemberIsSentAlone(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		h := start(t, batcher.Config{MaxBytes: 300, Window: time.Second})
+		h := start(t, batcher.Config{Limits: batcher.Limits{MaxBytes: 300, Window: time.Second}})
 		defer h.stop()
 		big := string(make([]byte, 300))
 		if h.b.Fits(hdr("c1", event.Add), big) || !h.b.Fits(hdr("c1", event.Add), "u") {
@@ -669,7 +669,7 @@ func TestTooLargeMemberIsSentAlone(t *testing.T) {
 
 func TestFlushSendsEverythingNow(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		h := start(t, batcher.Config{Window: time.Hour})
+		h := start(t, batcher.Config{Limits: batcher.Limits{Window: time.Hour}})
 		defer h.stop()
 		for c := range 3 {
 			h.add(fmt.Sprint("c", c), event.Add, "u")
@@ -686,7 +686,7 @@ func TestFlushSendsEverythingNow(t *testing.T) {
 func TestSinkGivingUpIsFatal(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		sink := &fakeSink{err: errors.New("gave up")}
-		b, err := batcher.New(batcher.Config{Window: time.Second, Sink: sink, DeadLetter: (&deadLetters{}).write})
+		b, err := batcher.New(batcher.Config{Limits: batcher.Limits{Window: time.Second}, Sink: sink, DeadLetter: (&deadLetters{}).write})
 		if err != nil {
 			t.Fatal(err)
 		}

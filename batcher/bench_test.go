@@ -36,7 +36,7 @@ func BenchmarkAdd(b *testing.B) {
 	}{{"distinct", 1}, {"compacting", 1}, {"fresh", 1}, {"distinct", 256}, {"compacting", 256}, {"fresh", 256}} {
 		name := tc.name
 		b.Run(fmt.Sprintf("%s/batch=%d", name, tc.batch), func(b *testing.B) {
-			bt, err := batcher.New(batcher.Config{Window: time.Hour, MaxInFlight: 64, Sink: nopSink{},
+			bt, err := batcher.New(batcher.Config{Limits: batcher.Limits{Window: time.Hour, MaxInFlight: 64}, Sink: nopSink{},
 				DeadLetter: func(context.Context, []batcher.Rejected) error { return nil }})
 			if err != nil {
 				b.Fatal(err)

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/cohortsync/cohortsync-worker/internal/event"
-	"github.com/cohortsync/cohortsync-worker/internal/metrics"
 	"github.com/cohortsync/cohortsync-worker/internal/wire"
 )
 
@@ -24,6 +23,7 @@ type Limits struct {
 	Window      time.Duration // longest an open batch waits before it is due; default 5s
 	MaxInFlight int           // batches taken by Next and not yet settled; default 4
 	MaxPending  int           // member changes held (pending or in flight) before Room is 0; default 1000000
+	MaxSlots    int           // members a batch's table holds before it is sealed; default and most: the table's bound (tests lower it)
 }
 
 func (l *Limits) setDefaults() error {
@@ -39,10 +39,13 @@ func (l *Limits) setDefaults() error {
 	if l.MaxPending == 0 {
 		l.MaxPending = 1000000
 	}
+	if l.MaxSlots == 0 || l.MaxSlots > maxSlots {
+		l.MaxSlots = maxSlots
+	}
 	switch {
 	case l.MaxBytes < 64:
 		return fmt.Errorf("batcher: MaxBytes %d is too small", l.MaxBytes)
-	case l.MaxMembers < 0, l.Window < 0, l.MaxInFlight < 0, l.MaxPending < 0:
+	case l.MaxMembers < 0, l.Window < 0, l.MaxInFlight < 0, l.MaxPending < 0, l.MaxSlots < 0:
 		return errors.New("batcher: negative limit")
 	}
 	return nil
@@ -133,14 +136,14 @@ func (c *Core) Add(ch Change, now time.Time) {
 }
 
 // whyFull returns why bt can take no more members, or "" if it can.
-func (c *Core) whyFull(bt *batch) metrics.Trigger {
+func (c *Core) whyFull(bt *batch) Trigger {
 	switch {
 	case c.lim.MaxMembers > 0 && bt.live >= c.lim.MaxMembers:
-		return metrics.TriggerMembers
+		return TriggerMembers
 	case bt.remaining(c.lim.MaxBytes) < minMember:
-		return metrics.TriggerBytes
-	case bt.m.full():
-		return metrics.TriggerSlots
+		return TriggerBytes
+	case bt.m.full(c.lim.MaxSlots):
+		return TriggerSlots
 	}
 	return ""
 }
@@ -153,10 +156,10 @@ func (c *Core) openBatch(co *cohort, h wire.Header, ms int, now time.Time) *batc
 	switch {
 	case bt == nil:
 	case bt.hdr != h:
-		c.seal(co, bt, metrics.TriggerHeaderChange, now)
+		c.seal(co, bt, TriggerHeaderChange, now)
 		bt = nil
 	case wire.BodySize(bt.env, bt.live+1, bt.memberBytes+ms) > c.lim.MaxBytes:
-		c.seal(co, bt, metrics.TriggerBytes, now)
+		c.seal(co, bt, TriggerBytes, now)
 		bt = nil
 	}
 	if bt == nil {
@@ -172,7 +175,7 @@ func (c *Core) openBatch(co *cohort, h wire.Header, ms int, now time.Time) *batc
 }
 
 // seal closes bt to new members and makes it due now; trigger is why.
-func (c *Core) seal(co *cohort, bt *batch, trigger metrics.Trigger, now time.Time) {
+func (c *Core) seal(co *cohort, bt *batch, trigger Trigger, now time.Time) {
 	bt.trigger = trigger
 	if now.Before(bt.dueAt) {
 		bt.dueAt = now
@@ -274,18 +277,18 @@ func (c *Core) Next(now time.Time) *Batch {
 }
 
 // trigger says why bt is sent at now.
-func (c *Core) trigger(bt *batch, now time.Time) metrics.Trigger {
+func (c *Core) trigger(bt *batch, now time.Time) Trigger {
 	switch {
 	case bt.trigger != "": // sealed
 		return bt.trigger
 	case c.flushAll:
-		return metrics.TriggerShutdown
+		return TriggerShutdown
 	case !bt.createdAt.Add(c.lim.Window).After(now):
-		return metrics.TriggerWindow
+		return TriggerWindow
 	default:
 		// The cohort is due because of a later batch, sealed, and its
 		// batches are sent in order: this one goes first.
-		return metrics.TriggerAhead
+		return TriggerAhead
 	}
 }
 
@@ -339,9 +342,9 @@ func (c *Core) Flush(now time.Time) {
 // Batch is a batch taken for sending by Core.Next.
 type Batch struct {
 	Header    wire.Header
-	Members   int             // live members
-	Trigger   metrics.Trigger // why it was sent
-	BodyBytes int             // the size of the request's body
+	Members   int     // live members
+	Trigger   Trigger // why it was sent
+	BodyBytes int     // the size of the request's body
 
 	co  *cohort
 	bt  *batch
@@ -447,7 +450,7 @@ type batch struct {
 	m           members
 	live        int
 	memberBytes int
-	trigger     metrics.Trigger // why it was sealed; "" while open
+	trigger     Trigger // why it was sealed; "" while open
 	createdAt   time.Time
 	dueAt       time.Time
 }

@@ -6,7 +6,8 @@
 // rule and backpressure. It does no I/O of its own: batches leave through the
 // Sink interface (which takes the rate-limit permits), rejected members
 // through the DeadLetter function, and acceptance is reported through each
-// change's Ack. It knows nothing of Kafka or HTTP.
+// change's Ack; what it measures goes out through the Metrics interface
+// (trigger.go). It knows nothing of Kafka, HTTP or Prometheus.
 //
 // Structure: the state and every decision about it are in Core (core.go), a
 // plain data structure with no goroutines, locks, clock or I/O, driven with

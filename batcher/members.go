@@ -54,9 +54,9 @@ const (
 	slotMask = 1<<slotBits - 1
 )
 
-// maxSlots is the most slots a batch holds: slotMask - 1. A variable only so
-// that a test can lower it (export_test.go); nothing else writes it.
-var maxSlots = slotMask - 1
+// maxSlots is the most slots a batch holds: slotMask - 1. Limits.MaxSlots
+// may lower it.
+const maxSlots = slotMask - 1
 
 func tag(h uint64) uint32 { return uint32(h>>56) << slotBits }
 
@@ -82,10 +82,11 @@ func (m *members) find(uid string, h uint64) int32 {
 	}
 }
 
-// full reports whether the batch must take no more members: its slot
-// numbers would no longer fit a table entry. (Far beyond any body the API
-// accepts; it bounds a Batcher configured with a huge MaxBytes.)
-func (m *members) full() bool { return len(m.slots) >= maxSlots }
+// full reports whether the batch must take no more members: it holds limit
+// slots (Limits.MaxSlots; at most maxSlots, beyond which its slot numbers
+// would no longer fit a table entry: far beyond any body the API accepts,
+// it bounds a Batcher configured with a huge MaxBytes).
+func (m *members) full(limit int) bool { return len(m.slots) >= limit }
 
 // add appends a live slot for uid, indexes it and returns its number. The
 // table grows (and the slots may be compacted) before the slot is added, so

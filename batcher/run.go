@@ -20,7 +20,7 @@ func (b *Batcher) Run(ctx context.Context) error {
 	defer l.stop()
 	// The heartbeat behind /healthz: busy from a request to the next wait,
 	// which must never take long (Run answers everyone at once).
-	hb := b.m.Loops.Start("batcher")
+	hb := b.m.StartLoop("batcher")
 	defer hb.Stop()
 	for {
 		if l.fatal != nil {
@@ -100,10 +100,7 @@ func (l *loop) add(r addRequest) {
 // dispatch starts sending every batch the Core has due.
 func (l *loop) dispatch(now time.Time) {
 	for bt := l.core.Next(now); bt != nil; bt = l.core.Next(now) {
-		m := l.b.m
-		m.BatchesFlushed.WithLabelValues(string(bt.Header.Action), string(bt.Trigger)).Inc()
-		m.BatchMembers.Observe(float64(bt.Members))
-		m.BatchBytes.Observe(float64(bt.BodyBytes))
+		l.b.m.BatchFlushed(string(bt.Header.Action), string(bt.Trigger), bt.Members, bt.BodyBytes)
 		go l.b.send(l.sendCtx, bt)
 	}
 	l.publish()
@@ -159,10 +156,9 @@ func (l *loop) publish() {
 	pending, inFlight := c.Pending(), c.InFlight()
 	l.b.pending.Store(int64(pending))
 	l.b.inFlight.Store(int64(inFlight))
-	m.PendingMembers.Set(float64(pending))
-	m.InFlight.Set(float64(inFlight))
+	m.SetBacklog(pending, inFlight)
 	if n := c.Compacted(); n != l.compacted {
-		m.EventsCompacted.Add(float64(n - l.compacted))
+		m.AddCompacted(n - l.compacted)
 		l.compacted = n
 	}
 	if l.space != nil && c.Room() > 0 {

@@ -32,22 +32,21 @@ func TestTriggers(t *testing.T) {
 		}
 	}
 	for _, tc := range []struct {
-		name     string
-		cfg      batcher.Config
-		maxSlots int // 0: the default bound
-		run      func(h *harness)
-		want     map[string]float64 // action/trigger → batches
+		name string
+		cfg  batcher.Config
+		run  func(h *harness)
+		want map[string]float64 // action/trigger → batches
 	}{
-		{name: "bytes, the body is full", cfg: batcher.Config{MaxBytes: twoBody},
+		{name: "bytes, the body is full", cfg: batcher.Config{Limits: batcher.Limits{MaxBytes: twoBody}},
 			run:  func(h *harness) { add(h, h1, "aaaaaaaaaa", "bbbbbbbbbb") },
 			want: map[string]float64{"add_members/bytes": 1}},
-		{name: "bytes, the next member does not fit", cfg: batcher.Config{MaxBytes: twoBody - 1},
+		{name: "bytes, the next member does not fit", cfg: batcher.Config{Limits: batcher.Limits{MaxBytes: twoBody - 1}},
 			run:  func(h *harness) { add(h, h1, "aaaaaaaaaa", "bbbbbbbbbb") }, // the second stays open
 			want: map[string]float64{"add_members/bytes": 1}},
-		{name: "members", cfg: batcher.Config{MaxMembers: 2},
+		{name: "members", cfg: batcher.Config{Limits: batcher.Limits{MaxMembers: 2}},
 			run:  func(h *harness) { add(h, h1, "u1", "u2", "u3") },
 			want: map[string]float64{"add_members/members": 1}},
-		{name: "slots", cfg: batcher.Config{}, maxSlots: 2,
+		{name: "slots", cfg: batcher.Config{Limits: batcher.Limits{MaxSlots: 2}},
 			run:  func(h *harness) { add(h, h1, "u1", "u2", "u3") },
 			want: map[string]float64{"add_members/slots": 1}},
 		{name: "header_change", cfg: batcher.Config{},
@@ -56,7 +55,7 @@ func TestTriggers(t *testing.T) {
 				add(h, renamed, "u2") // the second stays open
 			},
 			want: map[string]float64{"add_members/header_change": 1}},
-		{name: "ahead", cfg: batcher.Config{MaxMembers: 2},
+		{name: "ahead", cfg: batcher.Config{Limits: batcher.Limits{MaxMembers: 2}},
 			run: func(h *harness) {
 				add(h, h1, "u1")                            // open, due in an hour
 				add(h, hdr("c1", event.Remove), "u2", "u3") // full: the cohort is due now
@@ -78,11 +77,9 @@ func TestTriggers(t *testing.T) {
 			want: map[string]float64{"add_members/shutdown": 1}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if tc.maxSlots > 0 {
-				defer batcher.SetMaxSlots(tc.maxSlots)()
-			}
+			t.Parallel()
 			synctest.Test(t, func(t *testing.T) {
-				m := metrics.NewMetrics(nil)
+				m := metrics.New(nil)
 				cfg := tc.cfg
 				cfg.Window, cfg.Metrics = time.Hour, m
 				h := start(t, cfg)
@@ -90,7 +87,7 @@ func TestTriggers(t *testing.T) {
 				tc.run(h)
 				synctest.Wait()
 				for _, a := range []event.Action{event.Add, event.Remove} {
-					for _, tr := range metrics.Triggers {
+					for _, tr := range batcher.Triggers {
 						key := string(a) + "/" + string(tr)
 						if got := testutil.ToFloat64(m.BatchesFlushed.WithLabelValues(string(a), string(tr))); got != tc.want[key] {
 							t.Errorf("batches_flushed_total{%s} = %v, want %v", key, got, tc.want[key])
@@ -99,5 +96,13 @@ func TestTriggers(t *testing.T) {
 				}
 			})
 		})
+	}
+}
+
+// TestMaxSlotsNegative: a negative MaxSlots is refused like every other
+// negative limit.
+func TestMaxSlotsNegative(t *testing.T) {
+	if _, err := batcher.NewCore(batcher.Limits{MaxSlots: -1}); err == nil {
+		t.Fatal("NewCore accepted MaxSlots -1")
 	}
 }

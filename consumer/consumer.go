@@ -113,7 +113,7 @@ func (c *Config) setDefaults() error {
 		c.Logger = slog.Default()
 	}
 	if c.Metrics == nil {
-		c.Metrics = metrics.NewMetrics(nil)
+		c.Metrics = metrics.New(nil)
 	}
 	if c.Transport == nil {
 		c.Transport = kafka.DefaultTransport

@@ -128,7 +128,7 @@ func NewDLQ(w Writer, topic string, log *slog.Logger, m *metrics.Metrics) *DLQ {
 		log = slog.Default()
 	}
 	if m == nil {
-		m = metrics.NewMetrics(nil)
+		m = metrics.New(nil)
 	}
 	return &DLQ{w: w, topic: topic, log: log.With("component", "dlq"), m: m,
 		queue: make(chan *letter, 1024), idle: make(chan struct{})}

@@ -108,7 +108,7 @@ func headerOf(m kafka.Message, key string) (string, bool) {
 // startDLQ runs a DLQ over w until the test ends; configure, when set,
 // runs before.
 func startDLQ(t *testing.T, w Writer, configure ...func(*DLQ)) (*DLQ, *metrics.Metrics) {
-	m := metrics.NewMetrics(nil)
+	m := metrics.New(nil)
 	d := NewDLQ(w, "dlq", testLog(t), m)
 	for _, f := range configure {
 		f(d)
@@ -296,7 +296,7 @@ func TestDeadLetterWithoutValue(t *testing.T) {
 func TestDeadLetterBatchRefusedAsTooLarge(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		w := &fakeWriter{maxBytes: 100 << 10}
-		m := metrics.NewMetrics(nil)
+		m := metrics.New(nil)
 		d := NewDLQ(w, "dlq", testLog(t), m)
 		d.MaxLetterBytes = 10 << 20
 		small := []byte(`{"action":"add"`)

@@ -612,12 +612,12 @@ func (h *harness) startReplica(name string, o replicaOpts) *replica {
 		o.drain = 20 * time.Second
 	}
 	log := h.log.With("replica", name)
-	r := &replica{name: name, h: h, m: metrics.NewMetrics(prometheus.NewRegistry()), tr: &kafka.Transport{}}
+	r := &replica{name: name, h: h, m: metrics.New(prometheus.NewRegistry()), tr: &kafka.Transport{}}
 	r.sink = &fakeSink{name: name, rec: h.rec, assigned: r.current, reject: o.reject, delay: o.delay}
 	r.sink.setHold(o.hold)
 	r.dlq = consumer.NewDLQ(consumer.NewWriter(h.brokers, dlqTopic, r.tr, log), dlqTopic, log, r.m)
 	var err error
-	r.b, err = batcher.New(batcher.Config{Window: o.window, MaxPending: o.maxPending, MaxMembers: o.maxMembers,
+	r.b, err = batcher.New(batcher.Config{Limits: batcher.Limits{Window: o.window, MaxPending: o.maxPending, MaxMembers: o.maxMembers},
 		Sink: r.sink, DeadLetter: r.dlq.DeadLetter, Logger: log, Metrics: r.m})
 	if err != nil {
 		h.t.Fatal(err)

@@ -13,7 +13,7 @@ import (
 // waits on the outside: liveness must not call it wedged, however long it
 // waits (issue 19 §1). It is busy again once the letter is queued.
 func TestFullDeadLetterQueueIsNotAWedge(t *testing.T) {
-	m := metrics.NewMetrics(nil)
+	m := metrics.New(nil)
 	d := NewDLQ(nil, "dlq", testLog(t), m) // never Run: nothing drains the queue
 	for range cap(d.queue) {
 		if err := d.enqueue(t.Context(), &letter{}); err != nil {

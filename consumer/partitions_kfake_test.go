@@ -106,7 +106,7 @@ func startLite(t testing.TB, cluster *kfake.Cluster, topics []string, mod func(*
 		log = testLogger(tt)
 	}
 	l := &lite{t: t, cluster: cluster, brokers: cluster.ListenAddrs(), b: &recBatcher{uids: map[string]bool{}}, runErr: make(chan error, 1)}
-	m := metrics.NewMetrics(prometheus.NewRegistry())
+	m := metrics.New(prometheus.NewRegistry())
 	tr := &kafka.Transport{}
 	dlq := consumer.NewDLQ(consumer.NewWriter(l.brokers, dlqTopic, tr, log), dlqTopic, log, m)
 	cfg := consumer.Config{

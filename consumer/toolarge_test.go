@@ -30,7 +30,7 @@ type handleHarness struct {
 func newHandleHarness(t *testing.T, maxBytes int) *handleHarness {
 	w := &fakeWriter{}
 	d, m := startDLQ(t, w)
-	b, err := batcher.New(batcher.Config{MaxBytes: maxBytes, Sink: nopSink{}, DeadLetter: d.DeadLetter, Metrics: m})
+	b, err := batcher.New(batcher.Config{Limits: batcher.Limits{MaxBytes: maxBytes}, Sink: nopSink{}, DeadLetter: d.DeadLetter, Metrics: m})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,7 +150,7 @@ func TestTooLargeMemberOfBulkEvent(t *testing.T) {
 // Batcher's own Fits, else 128000 bytes.
 func TestHandleFitsDefaults(t *testing.T) {
 	h := wire.Header{Action: event.Add, Partner: "p", CohortID: "c", CohortName: "n"}
-	b, err := batcher.New(batcher.Config{MaxBytes: 1000, Sink: nopSink{}, DeadLetter: func(context.Context, []batcher.Rejected) error { return nil }})
+	b, err := batcher.New(batcher.Config{Limits: batcher.Limits{MaxBytes: 1000}, Sink: nopSink{}, DeadLetter: func(context.Context, []batcher.Rejected) error { return nil }})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -164,7 +164,7 @@ func TestDecodeReadCommitted(t *testing.T) {
 // once, so the watermark passes the records it stands for, also when it
 // follows a record that is still pending.
 func TestHiddenRecordsSettle(t *testing.T) {
-	m := metrics.NewMetrics(prometheus.NewRegistry())
+	m := metrics.New(prometheus.NewRegistry())
 	c := &Consumer{cfg: Config{}, m: m, log: slog.New(slog.DiscardHandler)}
 	tr := newTracker("t", 0, 0)
 	dec := event.NewDecoder("")

@@ -11,7 +11,7 @@ import (
 func exportedMetrics(t *testing.T) map[string]bool {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	m := metrics.NewMetrics(reg)
+	m := metrics.New(reg)
 	m.SetBuildInfo("test")
 	m.Requests.WithLabelValues("add_members", "200")
 	m.CommittedOffset.WithLabelValues("t", "0")

@@ -13,7 +13,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/cohortsync/cohortsync-worker/internal/metrics"
+	"github.com/cohortsync/cohortsync-worker/sink"
 )
 
 var update = flag.Bool("update", false, "rewrite monitoring/operator/prometheusrule.yaml from monitoring/alerts.yaml")
@@ -269,9 +269,9 @@ func TestAlertsCoverStopConditions(t *testing.T) {
 	}
 	all := strings.Join(exprs, "\n")
 	has := func(sel string) bool { return strings.Contains(all, sel) }
-	for _, reason := range metrics.LineStopReasons {
+	for _, reason := range sink.LineStopReasons {
 		switch reason {
-		case metrics.LineStopAuth, metrics.LineStopConfig:
+		case sink.LineStopAuth, sink.LineStopConfig:
 			// cohortsync_auth_failing is 1 exactly while one of these is.
 			if !has("(cohortsync_auth_failing)") && !has(fmt.Sprintf(`cohortsync_line_stopped{reason="%s"}`, reason)) {
 				t.Errorf("no alert on a line stopped for %s", reason)

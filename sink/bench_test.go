@@ -31,7 +31,7 @@ func BenchmarkSend(b *testing.B) {
 		b.Run(fmt.Sprintf("members=%d", members), func(b *testing.B) {
 			c, err := sink.New(sink.Config{BaseURL: "https://api-01.moengage.com", WorkspaceID: testWorkspace,
 				APIKey: testKey, HTTPClient: &http.Client{Transport: okTransport{}},
-				Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: metrics.NewMetrics(nil)})
+				Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: metrics.New(nil)})
 			if err != nil {
 				b.Fatal(err)
 			}

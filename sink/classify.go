@@ -5,8 +5,6 @@ import (
 	"net/http"
 	"strings"
 	"time"
-
-	"github.com/cohortsync/cohortsync-worker/internal/metrics"
 )
 
 // kind is what Send does after a failed attempt.
@@ -42,9 +40,9 @@ type decision struct {
 	kind kind
 	// reason is the retries_total reason of the next attempt of the same
 	// members.
-	reason metrics.RetryReason
+	reason RetryReason
 	// stop is the line_stopped reason of a stopLine.
-	stop metrics.LineStopReason
+	stop LineStopReason
 	// delay is the delay the server asked for (StatusError.RetryAfter):
 	// the pause of a retryPause, a floor for retryBackoff; 0 if none.
 	delay time.Duration
@@ -57,9 +55,9 @@ type decision struct {
 // config for 415, 404, 405, 3xx and a header named at fault; invalid_batch
 // for a 4xx that hits every part of a batch alike.
 const (
-	stopAuth         = metrics.LineStopAuth
-	stopConfig       = metrics.LineStopConfig
-	stopInvalidBatch = metrics.LineStopInvalidBatch
+	stopAuth         = LineStopAuth
+	stopConfig       = LineStopConfig
+	stopInvalidBatch = LineStopInvalidBatch
 )
 
 // envelopeAttrs are the request fields outside the members: a 4xx naming one
@@ -88,35 +86,35 @@ func classify(serr *StatusError, err error) decision {
 	if err != nil {
 		switch {
 		case errors.Is(err, errLeaseExpired):
-			return decision{kind: retryNow, reason: metrics.RetryLease}
+			return decision{kind: retryNow, reason: RetryLease}
 		case isTimeout(err):
-			return decision{kind: retryBackoff, reason: metrics.RetryTimeout}
+			return decision{kind: retryBackoff, reason: RetryTimeout}
 		default:
-			return decision{kind: retryBackoff, reason: metrics.RetryNetwork}
+			return decision{kind: retryBackoff, reason: RetryNetwork}
 		}
 	}
 	switch code := serr.Code; {
 	case serr.NotAPI:
-		return decision{kind: stopLine, reason: metrics.RetryLineStopped, stop: stopConfig}
+		return decision{kind: stopLine, reason: RetryLineStopped, stop: stopConfig}
 	case code >= 200 && code < 300: // "status": "fail" in a 2xx: not an acceptance
-		return decision{kind: retryBackoff, reason: metrics.RetryStatusFail, delay: serr.RetryAfter}
+		return decision{kind: retryBackoff, reason: RetryStatusFail, delay: serr.RetryAfter}
 	case code == http.StatusTooManyRequests:
-		return decision{kind: retryPause, reason: metrics.RetryRateLimited, delay: serr.RetryAfter}
+		return decision{kind: retryPause, reason: RetryRateLimited, delay: serr.RetryAfter}
 	case code == http.StatusRequestTimeout:
-		return decision{kind: retryBackoff, reason: metrics.RetryTimeout, delay: serr.RetryAfter}
+		return decision{kind: retryBackoff, reason: RetryTimeout, delay: serr.RetryAfter}
 	case code >= 500:
-		return decision{kind: retryBackoff, reason: metrics.RetryServerError, delay: serr.RetryAfter}
+		return decision{kind: retryBackoff, reason: RetryServerError, delay: serr.RetryAfter}
 	}
 	if stop := stopReason(serr); stop != "" {
-		return decision{kind: stopLine, reason: metrics.RetryLineStopped, stop: stop}
+		return decision{kind: stopLine, reason: RetryLineStopped, stop: stop}
 	}
 	switch {
 	case serr.Code == http.StatusRequestEntityTooLarge:
-		return decision{kind: splitHalves, reason: metrics.RetryTooLarge}
+		return decision{kind: splitHalves, reason: RetryTooLarge}
 	case envelopeAttrs[serr.Attribute]:
-		return decision{kind: rejectAll, reason: metrics.RetryInvalid}
+		return decision{kind: rejectAll, reason: RetryInvalid}
 	default:
-		return decision{kind: isolate, reason: metrics.RetryInvalid, member: memberAttrs[serr.Attribute]}
+		return decision{kind: isolate, reason: RetryInvalid, member: memberAttrs[serr.Attribute]}
 	}
 }
 
@@ -124,7 +122,7 @@ func classify(serr *StatusError, err error) decision {
 // credentials or the configuration are wrong, so that no request can
 // succeed until an operator acts (retried slowly, forever; never a
 // rejection), or "" for another answer.
-func stopReason(e *StatusError) metrics.LineStopReason {
+func stopReason(e *StatusError) LineStopReason {
 	switch {
 	case e.Code == http.StatusUnauthorized, e.Code == http.StatusForbidden:
 		return stopAuth
@@ -143,8 +141,10 @@ func stopReason(e *StatusError) metrics.LineStopReason {
 // an "Authentication ..." type): the API key is then re-read.
 func isAuthError(e *StatusError) bool { return e != nil && stopReason(e) == stopAuth }
 
-// configMessage is the loud log line for a configuration error.
-func configMessage(e *StatusError) string {
+// lineStopMessage is the loud log line, what the operator must fix, for an
+// answer that stops the line (stopReason: the credentials or the
+// configuration).
+func lineStopMessage(e *StatusError) string {
 	switch {
 	case e.Code == http.StatusUnsupportedMediaType:
 		return "the API rejects the request's content type: this is a bug in the worker; sending is stopped, nothing is dropped or committed"

@@ -40,60 +40,34 @@ type Config struct {
 	// APIKey is the Basic-auth password. It is never logged and never part
 	// of an error: if the server echoes it, it is replaced by [REDACTED].
 	APIKey string
-	// MaxBodyBytes caps a request body: a larger one is split in halves
-	// before sending (never sent), and a single member that alone exceeds
-	// it is rejected. 0 means 128000, safe under either reading of the
-	// API's "128KB".
+	// MaxBodyBytes caps a request body; 0 means 128000 (DESIGN.md "Retry
+	// policy in the sink", Size: larger bodies are split, never sent).
 	MaxBodyBytes int
 	// AttemptTimeout bounds one HTTP attempt, reading the answer included;
 	// 0 means 15s. An attempt that times out is retried like a 5xx.
 	AttemptTimeout time.Duration
-	// MaxProcessingTime bounds how long after a request was sent the API
-	// may still process it (MOENGAGE_MAX_PROCESSING_TIME); it must be longer
-	// than AttemptTimeout; 0 means twice AttemptTimeout (30s). After an
-	// attempt whose outcome is unknown (no answer, and the request may have
-	// reached the API), no request of the other action for the same cohort
-	// is sent until this long after it was sent (unknown.go), and Settle
-	// waits it out before a hand-over.
+	// MaxProcessingTime bounds how long the API may still process a request
+	// after it was sent; longer than AttemptTimeout; 0 means twice it
+	// (unknown.go says what waits for it).
 	MaxProcessingTime time.Duration
-	// InitialInterval and MaxInterval shape the exponential backoff
-	// (multiplier 1.5, ±50% jitter) between retries of 408, 5xx, network
-	// errors and timeouts, and of a 429 without a usable delay header.
-	// 0 means 500ms and 60s.
+	// InitialInterval and MaxInterval bound the retry backoff; 0 means 500ms
+	// and 60s (DESIGN.md "Retry policy in the sink").
 	InitialInterval time.Duration
 	MaxInterval     time.Duration
-	// MaxElapsed is how long Send keeps retrying without progress (an
-	// accepted or rejected part) before it returns ErrGaveUp: Send gives
-	// up instead of starting a wait that would end past it, so it returns
-	// at most one attempt's duration after MaxElapsed. 0 means retry
-	// forever, the default on purpose: at-least-once delivery blocks
-	// rather than drops. Time spent while the line is stopped (see
-	// AuthRetryInterval) does not count: that is retried forever.
+	// MaxElapsed is how long Send retries without progress before ErrGaveUp;
+	// 0, the default, means forever (sender.retrying; DESIGN.md "Retry
+	// policy in the sink", Giving up).
 	MaxElapsed time.Duration
-	// AuthRetryInterval is the pause between attempts while the line is
-	// stopped: the API answers 401, 403, 415, 404, 405 or a 3xx (wrong
-	// credentials or configuration), or a 4xx that hits every part of a batch
-	// alike (DESIGN.md "Retry policy"); 0 means 30s. Each probe of the
-	// stopped line that finds it still stopped doubles the pause of that
-	// Send, up to AuthRetryMaxInterval (0 means 5m; never less than
-	// AuthRetryInterval): every probe counts against the budget and nothing
-	// but the probe can go through meanwhile, so a line stopped for hours
-	// probes sparingly (cohortsync_line_stopped_probes_total counts them).
-	// A key re-read after a 401/403 that finds a new key is tried at once.
+	// AuthRetryInterval is the first pause between probes of a stopped line,
+	// doubling up to AuthRetryMaxInterval (never below it); 0 means 30s and 5m (stopPause;
+	// DESIGN.md "Retry policy in the sink").
 	AuthRetryInterval    time.Duration
 	AuthRetryMaxInterval time.Duration
 	// APIKeyFunc re-reads the API key after a 401/403; nil: never (key.go:
 	// reloadKey says when, and what a new key, an error or "" do).
 	APIKeyFunc func() (string, error)
-	// Lease, when set, fences a paused replica (DESIGN.md invariant 4):
-	// every attempt waits for it (Lease.Wait) before taking its rate-limit
-	// permit, and checks it again (Lease.Deadline) once it holds the permit;
-	// it is abandoned if the lease lapses while it runs (it is asked again,
-	// with Lease.Deadline, at each expiry). With the default HTTPClient the
-	// connection also refuses to write a request once the latest lease
-	// deadline has passed on the monotonic clock, or the Lease says it is
-	// no longer valid (Lease.End), so that a replica paused between the
-	// check and the write sends nothing when it resumes. nil: always valid.
+	// Lease, when set, fences a paused replica; nil: always valid (the Lease
+	// and fence types in lease.go; DESIGN.md invariant 4).
 	Lease Lease
 	// UserAgent is the User-Agent header; "" means "cohortsync-worker".
 	UserAgent string
@@ -198,7 +172,7 @@ func New(cfg Config) (*Client, error) {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.Metrics == nil {
-		cfg.Metrics = metrics.NewMetrics(nil)
+		cfg.Metrics = metrics.New(nil)
 	}
 	c := &Client{
 		cfg:         cfg,

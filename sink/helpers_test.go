@@ -358,7 +358,7 @@ func modes(t *testing.T, f func(t *testing.T, mode string)) {
 // config before New (BaseURL already holds the server's URL).
 func newEnv(t *testing.T, mode string, respond func(n int, c call) reply, tweak func(*sink.Config)) *env {
 	t.Helper()
-	e := &env{t: t, mode: mode, api: newAPI(respond), m: metrics.NewMetrics(nil), logs: &logBuffer{}}
+	e := &env{t: t, mode: mode, api: newAPI(respond), m: metrics.New(nil), logs: &logBuffer{}}
 	cfg := sink.Config{
 		WorkspaceID: testWorkspace,
 		APIKey:      testKey,
@@ -438,7 +438,7 @@ func (e *env) retries(reason string) float64 {
 // allRetries maps every retry reason to its count, leaving out zeros.
 func (e *env) allRetries() map[string]float64 {
 	out := map[string]float64{}
-	for _, r := range metrics.RetryReasons {
+	for _, r := range sink.RetryReasons {
 		if v := e.retries(string(r)); v != 0 {
 			out[string(r)] = v
 		}

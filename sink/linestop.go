@@ -39,7 +39,7 @@ func newStoppedLine(m *metrics.Metrics) *stoppedLine { return &stoppedLine{m: m}
 
 // stop stops the line for reason (stopAuth or stopConfig). It reports
 // whether the state changed.
-func (l *stoppedLine) stop(reason metrics.LineStopReason) bool {
+func (l *stoppedLine) stop(reason LineStopReason) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	changed := false
@@ -90,7 +90,7 @@ func (l *stoppedLine) sync() {
 // stopPause returns the pause before the next probe of a stopped line
 // (reason), counts the probe, and doubles the pause after it, up to
 // AuthRetryMaxInterval.
-func (s *sender) stopPause(reason metrics.LineStopReason) time.Duration {
+func (s *sender) stopPause(reason LineStopReason) time.Duration {
 	d := s.stopWait
 	if d == 0 {
 		d = s.c.cfg.AuthRetryInterval

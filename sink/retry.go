@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/cohortsync/cohortsync-worker/internal/metrics"
 	"github.com/cohortsync/cohortsync-worker/internal/wire"
 )
 
@@ -14,7 +13,7 @@ import (
 // it returns (nil, _, nil) when accepted, the answer and its classification
 // for a 413 or another 4xx, and an error when ctx ended (or Lease.Wait
 // failed) or Send gave up.
-func (s *sender) post(ctx context.Context, req wire.Request, retry metrics.RetryReason) (*StatusError, decision, error) {
+func (s *sender) post(ctx context.Context, req wire.Request, retry RetryReason) (*StatusError, decision, error) {
 	c := s.c
 	body := wire.AppendBody(make([]byte, 0, wire.Size(req)), req)
 	var (
@@ -76,7 +75,7 @@ const statusFailLimit = 3
 // with evidence, a rejection of every member when the cohort's fields are
 // named, or a stopped line), instead of retrying the same answer forever.
 func (s *sender) statusFailStreak(f failure) failure {
-	if f.d.reason != metrics.RetryStatusFail {
+	if f.d.reason != RetryStatusFail {
 		return f
 	}
 	if f.key != s.failKey {
@@ -130,7 +129,7 @@ func (s *sender) delay(f failure, req wire.Request, attempt int, reload bool) ti
 		}
 		if s.c.line.stop(f.d.stop) || f.key != s.lastKey {
 			s.lastKey = f.key
-			s.log().Error(configMessage(f.serr), "err", f.serr, "status", f.status, "attempt", attempt,
+			s.log().Error(lineStopMessage(f.serr), "err", f.serr, "status", f.status, "attempt", attempt,
 				"delay", delay, "members", len(req.UIDs))
 		}
 		return delay

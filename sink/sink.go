@@ -111,7 +111,7 @@ func split(req wire.Request) (wire.Request, wire.Request) {
 
 // deliverHalves sends the two halves of req, in order. retry is the retry
 // reason of their first attempts ("" when never sent).
-func (s *sender) deliverHalves(ctx context.Context, req wire.Request, retry metrics.RetryReason, iso *isolation) error {
+func (s *sender) deliverHalves(ctx context.Context, req wire.Request, retry RetryReason, iso *isolation) error {
 	a, b := split(req)
 	if err := s.deliver(ctx, a, retry, iso); err != nil {
 		return err
@@ -138,7 +138,7 @@ func (s *sender) progress() {
 // within an isolating split (iso != nil), until req is accepted, rejected,
 // or handed to iso to wait for evidence. retry is the Retries reason to
 // count for its first attempt ("" if these members were never sent).
-func (s *sender) deliver(ctx context.Context, req wire.Request, retry metrics.RetryReason, iso *isolation) (err error) {
+func (s *sender) deliver(ctx context.Context, req wire.Request, retry RetryReason, iso *isolation) (err error) {
 	c := s.c
 	if iso == nil {
 		defer func() {
@@ -190,7 +190,7 @@ func (s *sender) deliver(ctx context.Context, req wire.Request, retry metrics.Re
 		if err != nil || len(pending) == 0 {
 			return err
 		}
-		req.UIDs, retry = pending, metrics.RetryInvalid
+		req.UIDs, retry = pending, RetryInvalid
 		if err := s.stopBatch(ctx, req, serr); err != nil {
 			return err
 		}
@@ -200,7 +200,7 @@ func (s *sender) deliver(ctx context.Context, req wire.Request, retry metrics.Re
 // oversize handles req, whose body of size bytes is over MaxBodyBytes: a
 // single member is rejected unsent, more are split in halves (never sent:
 // not a retry).
-func (s *sender) oversize(ctx context.Context, req wire.Request, size int, retry metrics.RetryReason, iso *isolation) error {
+func (s *sender) oversize(ctx context.Context, req wire.Request, size int, retry RetryReason, iso *isolation) error {
 	c := s.c
 	if len(req.UIDs) > 1 {
 		return s.deliverHalves(ctx, req, retry, iso)

@@ -94,7 +94,7 @@ func build(opts Options) (_ *worker, err error) {
 		w.reg = prometheus.NewRegistry()
 		metrics.RegisterRuntime(w.reg)
 	}
-	w.m = metrics.NewMetrics(w.reg)
+	w.m = metrics.New(w.reg)
 	w.m.SetBuildInfo(opts.Version)
 	replica := opts.ReplicaID
 	if replica == "" {
@@ -124,15 +124,12 @@ func build(opts Options) (_ *worker, err error) {
 	w.dlq = consumer.NewDLQ(consumer.NewWriter(cfg.KafkaBrokers, cfg.KafkaDLQTopic, transport, w.log),
 		cfg.KafkaDLQTopic, w.log, w.m)
 	w.batcher, err = batcher.New(batcher.Config{
-		MaxBytes:    cfg.BatchMaxBytes,
-		MaxMembers:  cfg.BatchMaxMembers,
-		Window:      cfg.BatchWindow,
-		MaxInFlight: cfg.MaxInFlight,
-		MaxPending:  cfg.MaxPendingMembers,
-		Sink:        w.client,
-		DeadLetter:  w.dlq.DeadLetter,
-		Logger:      w.log,
-		Metrics:     w.m,
+		Limits: batcher.Limits{MaxBytes: cfg.BatchMaxBytes, MaxMembers: cfg.BatchMaxMembers, Window: cfg.BatchWindow,
+			MaxInFlight: cfg.MaxInFlight, MaxPending: cfg.MaxPendingMembers},
+		Sink:       w.client,
+		DeadLetter: w.dlq.DeadLetter,
+		Logger:     w.log,
+		Metrics:    w.m,
 	})
 	if err != nil {
 		return nil, err

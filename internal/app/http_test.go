@@ -37,7 +37,7 @@ func closedWithin(t *testing.T, conn net.Conn, r *bufio.Reader, d time.Duration)
 func startTestHTTP(t *testing.T, to httpTimeouts) string {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	metrics.NewMetrics(reg)
+	metrics.New(reg)
 	addr := make(chan string, 1)
 	srv, err := serveHTTP("127.0.0.1:0", reg, testProbes(nil, time.Minute),
 		slog.New(slog.NewTextHandler(io.Discard, nil)), func(a string) { addr <- a }, to)

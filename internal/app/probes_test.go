@@ -64,7 +64,7 @@ func TestProbesReadyDespiteStoppedLine(t *testing.T) {
 // that waits on the outside (a broker or API outage) for as long does not,
 // nor one that stopped.
 func TestProbesLiveness(t *testing.T) {
-	loops := metrics.NewMetrics(nil).Loops
+	loops := metrics.New(nil).Loops
 	const bound = 200 * time.Millisecond
 	base := serveProbes(t, testProbes(loops, bound))
 

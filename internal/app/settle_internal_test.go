@@ -32,8 +32,8 @@ func TestFenceSettlesUnknownOutcomes(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(client.CloseIdleConnections)
-	b, err := batcher.New(batcher.Config{MaxBytes: 128000, MaxMembers: 100, Window: time.Second, MaxInFlight: 1,
-		MaxPending: 100, Sink: client, DeadLetter: func(context.Context, []batcher.Rejected) error { return nil }})
+	b, err := batcher.New(batcher.Config{Limits: batcher.Limits{MaxBytes: 128000, MaxMembers: 100, Window: time.Second,
+		MaxInFlight: 1, MaxPending: 100}, Sink: client, DeadLetter: func(context.Context, []batcher.Rejected) error { return nil }})
 	if err != nil {
 		t.Fatal(err)
 	}

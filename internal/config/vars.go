@@ -45,23 +45,43 @@ type setting struct {
 	// cross-field checks belong to Validate, so that configurations built in
 	// code are checked too.
 	set func(c *Config, v string) bool
+	// value is the setting's value in c for Config.LogValue; a secret's is
+	// only whether it is set. nil only on *_FILE settings, which are not
+	// logged.
+	value func(c *Config) slog.Value
 }
 
 func flagName(env string) string { return strings.ToLower(strings.ReplaceAll(env, "_", "-")) }
 
-func str(env, def, help string, set func(*Config, string)) setting {
+// str is a string setting: field gets the value as norm leaves it.
+func str(env, def, help string, norm func(string) string, field func(*Config) *string) setting {
 	return setting{Var: Var{Env: env, Flag: flagName(env), Default: def, Help: help},
-		set: func(c *Config, v string) bool { set(c, v); return true }}
+		set:   func(c *Config, v string) bool { *field(c) = norm(v); return true },
+		value: func(c *Config) slog.Value { return slog.StringValue(*field(c)) }}
 }
+
+// listVar is a comma-separated setting (see list), logged comma-joined.
+func listVar(env, def, help string, field func(*Config) *[]string) setting {
+	return setting{Var: Var{Env: env, Flag: flagName(env), Default: def, Help: help},
+		set:   func(c *Config, v string) bool { *field(c) = list(v); return true },
+		value: func(c *Config) slog.Value { return slog.StringValue(strings.Join(*field(c), ",")) }}
+}
+
+// The normalisations of string settings.
+func asIs(v string) string      { return v }
+func upperTrim(v string) string { return strings.ToUpper(strings.TrimSpace(v)) }
+func lowerTrim(v string) string { return strings.ToLower(strings.TrimSpace(v)) }
+func trimURL(v string) string   { return strings.TrimRight(strings.TrimSpace(v), "/") }
 
 func parsed(env, def, kind, help string, set func(*Config, string) bool) setting {
 	return setting{Var: Var{Env: env, Flag: flagName(env), Default: def, Help: help}, kind: kind, set: set}
 }
 
-func secretVar(env, help string, set func(*Config, Secret)) setting {
-	st := str(env, "", help, func(c *Config, v string) { set(c, NewSecret(v)) })
-	st.Secret = true
-	return st
+// secretVar is a credential: it is logged only as whether it is set.
+func secretVar(env, help string, field func(*Config) *Secret) setting {
+	return setting{Var: Var{Env: env, Flag: flagName(env), Help: help, Secret: true},
+		set:   func(c *Config, v string) bool { *field(c) = NewSecret(v); return true },
+		value: func(c *Config) slog.Value { return slog.BoolValue(field(c).Reveal() != "") }}
 }
 
 func fileVar(target, help string, secret bool) setting {
@@ -88,23 +108,28 @@ func boolVar(env, help string, field func(*Config) *bool) setting {
 		return err == nil
 	})
 	st.isBool = true
+	st.value = func(c *Config) slog.Value { return slog.BoolValue(*field(c)) }
 	return st
 }
 
 func durationVar(env, def, help string, field func(*Config) *time.Duration) setting {
-	return parsed(env, def, "duration", help, func(c *Config, v string) bool {
+	st := parsed(env, def, "duration", help, func(c *Config, v string) bool {
 		d, err := time.ParseDuration(strings.TrimSpace(v))
 		*field(c) = d
 		return err == nil
 	})
+	st.value = func(c *Config) slog.Value { return slog.DurationValue(*field(c)) }
+	return st
 }
 
 func intVar(env, def, help string, field func(*Config) *int) setting {
-	return parsed(env, def, "integer", help, func(c *Config, v string) bool {
+	st := parsed(env, def, "integer", help, func(c *Config, v string) bool {
 		n, err := strconv.Atoi(strings.TrimSpace(v))
 		*field(c) = n
 		return err == nil
 	})
+	st.value = func(c *Config) slog.Value { return slog.IntValue(*field(c)) }
+	return st
 }
 
 // parseLevel accepts exactly the four slog level names, in any case.
@@ -135,6 +160,7 @@ func settings() []setting {
 		return ok
 	})
 	logLevel.hint = " (want debug, info, warn or error)"
+	logLevel.value = func(c *Config) slog.Value { return slog.StringValue(c.LogLevel.String()) }
 	rpm := parsed("RATE_LIMIT_RPM", "300", "number",
 		"fleet-wide requests per minute (0: no client-side limit, accepted only with a loopback MOENGAGE_BASE_URL: the emulator and benchmarks)",
 		func(c *Config, v string) bool {
@@ -142,6 +168,7 @@ func settings() []setting {
 			c.RateLimitRPM = f
 			return err == nil && !math.IsNaN(f) && !math.IsInf(f, 0)
 		})
+	rpm.value = func(c *Config) slog.Value { return slog.Float64Value(c.RateLimitRPM) }
 
 	sharing := parsed("RATE_LIMIT_SHARING", "true", "boolean",
 		"share RATE_LIMIT_RPM by demand over KAFKA_BUDGET_TOPIC (false: each replica keeps its static share, partitions ÷ all partitions)",
@@ -151,55 +178,56 @@ func settings() []setting {
 			return err == nil
 		})
 	sharing.isBool = true
+	sharing.value = func(c *Config) slog.Value { return slog.BoolValue(c.RateLimitSharing) }
 
 	return []setting{
-		str("KAFKA_BROKERS", "", "required: comma-separated bootstrap servers (no default)",
-			func(c *Config, v string) { c.KafkaBrokers = list(v) }),
-		str("KAFKA_TOPIC", "cohort-membership-changes", "topic(s) to consume, comma-separated",
-			func(c *Config, v string) { c.KafkaTopics = list(v) }),
+		listVar("KAFKA_BROKERS", "", "required: comma-separated bootstrap servers (no default)",
+			func(c *Config) *[]string { return &c.KafkaBrokers }),
+		listVar("KAFKA_TOPIC", "cohort-membership-changes", "topic(s) to consume, comma-separated",
+			func(c *Config) *[]string { return &c.KafkaTopics }),
 		str("KAFKA_GROUP_ID", "", "required: consumer group (no default: a shared one lets a staging deployment join production's group)",
-			func(c *Config, v string) { c.KafkaGroupID = strings.TrimSpace(v) }),
+			strings.TrimSpace, func(c *Config) *string { return &c.KafkaGroupID }),
 		durationVar("KAFKA_SESSION_TIMEOUT", "10s", "consumer-group session timeout: a replica silent this long loses its partitions, and its share of the budget, to the others (6s to 5m)",
 			func(c *Config) *time.Duration { return &c.KafkaSessionTimeout }),
 		durationVar("KAFKA_HEARTBEAT_INTERVAL", "3s", "consumer-group heartbeat interval, under a third of KAFKA_SESSION_TIMEOUT",
 			func(c *Config) *time.Duration { return &c.KafkaHeartbeatInterval }),
 		str("KAFKA_DLQ_TOPIC", "<first topic>.dlq", "dead-letter topic",
-			func(c *Config, v string) { c.KafkaDLQTopic = strings.TrimSpace(v) }),
+			strings.TrimSpace, func(c *Config) *string { return &c.KafkaDLQTopic }),
 		str("KAFKA_BUDGET_TOPIC", "<KAFKA_GROUP_ID>.budget", "compacted topic the replicas share RATE_LIMIT_RPM over (created if missing)",
-			func(c *Config, v string) { c.KafkaBudgetTopic = strings.TrimSpace(v) }),
+			strings.TrimSpace, func(c *Config) *string { return &c.KafkaBudgetTopic }),
 		boolVar("KAFKA_TLS", "connect to Kafka with TLS",
 			func(c *Config) *bool { return &c.KafkaTLS }),
 		str("KAFKA_TLS_CA_FILE", "", "PEM file of the CA that signed the brokers' certificates (implies TLS)",
-			func(c *Config, v string) { c.KafkaTLSCAFile = strings.TrimSpace(v) }),
+			strings.TrimSpace, func(c *Config) *string { return &c.KafkaTLSCAFile }),
 		str("KAFKA_TLS_CERT_FILE", "", "PEM file of the client certificate (chain) for mutual TLS, with KAFKA_TLS_KEY_FILE (implies TLS); re-read when it changes",
-			func(c *Config, v string) { c.KafkaTLSCertFile = strings.TrimSpace(v) }),
+			strings.TrimSpace, func(c *Config) *string { return &c.KafkaTLSCertFile }),
 		str("KAFKA_TLS_KEY_FILE", "", "PEM file of the client certificate's private key (unencrypted PKCS#8, PKCS#1 or EC); re-read when it changes",
-			func(c *Config, v string) { c.KafkaTLSKeyFile = strings.TrimSpace(v) }),
+			strings.TrimSpace, func(c *Config) *string { return &c.KafkaTLSKeyFile }),
 		str("KAFKA_SASL_MECHANISM", "", "SASL mechanism: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or AWS_MSK_IAM (Amazon MSK IAM: credentials and AWS_REGION from the AWS SDK's default chain; implies TLS) (empty: no SASL)",
-			func(c *Config, v string) { c.KafkaSASLMechanism = strings.ToUpper(strings.TrimSpace(v)) }),
+			upperTrim, func(c *Config) *string { return &c.KafkaSASLMechanism }),
 		str("KAFKA_SASL_USERNAME", "", "SASL username",
-			func(c *Config, v string) { c.KafkaSASLUsername = v }),
+			asIs, func(c *Config) *string { return &c.KafkaSASLUsername }),
 		secretVar("KAFKA_SASL_PASSWORD", "SASL password (environment only: the flag is refused, since any process can read a command line)",
-			func(c *Config, s Secret) { c.KafkaSASLPassword = s }),
+			func(c *Config) *Secret { return &c.KafkaSASLPassword }),
 		fileVar("KAFKA_SASL_PASSWORD", "file holding the SASL password", true),
 		boolVar("KAFKA_SASL_ALLOW_INSECURE", "accept SASL PLAIN without TLS to brokers off the loopback interface (the password crosses the network in clear text)",
 			func(c *Config) *bool { return &c.KafkaSASLAllowInsecure }),
 		str("MOENGAGE_DC", "", "required unless MOENGAGE_BASE_URL is set: MoEngage data center, 01, 02, 03, 04, 05, 06 or 101; the base URL is https://api-{dc}.moengage.com (no default: a wrong one sends the key and uids to another region)",
-			func(c *Config, v string) { c.MoEngageDC = strings.TrimSpace(v) }),
+			strings.TrimSpace, func(c *Config) *string { return &c.MoEngageDC }),
 		str("MOENGAGE_BASE_URL", "", "overrides the URL built from the DC (emulator, proxies)",
-			func(c *Config, v string) { c.MoEngageBaseURL = strings.TrimRight(strings.TrimSpace(v), "/") }),
+			trimURL, func(c *Config) *string { return &c.MoEngageBaseURL }),
 		boolVar("MOENGAGE_ALLOW_INSECURE", "accept an http:// MOENGAGE_BASE_URL off the loopback interface (the API key crosses the network in clear text)",
 			func(c *Config) *bool { return &c.MoEngageAllowInsecure }),
 		str("MOENGAGE_WORKSPACE_ID", "", "required: workspace ID (Basic-auth username and MOE-APPKEY header)",
-			func(c *Config, v string) { c.MoEngageWorkspaceID = strings.TrimSpace(v) }),
+			strings.TrimSpace, func(c *Config) *string { return &c.MoEngageWorkspaceID }),
 		fileVar("MOENGAGE_WORKSPACE_ID", "file holding the workspace ID", false),
 		secretVar("MOENGAGE_DATA_API_KEY", "required: Data API key (Basic-auth password; environment only: the flag is refused, since any process can read a command line)",
-			func(c *Config, s Secret) { c.MoEngageDataAPIKey = s }),
+			func(c *Config) *Secret { return &c.MoEngageDataAPIKey }),
 		fileVar("MOENGAGE_DATA_API_KEY", "file holding the Data API key", true),
 		durationVar("MOENGAGE_MAX_PROCESSING_TIME", "30s", "how long after a request was sent the API may still process it; longer than the 15s attempt timeout (a request left without an answer holds the other action for its cohort this long; a partition taken over without proof of a clean hand-over, e.g. after a crash or at a first start, is read only this long after the assignment)",
 			func(c *Config) *time.Duration { return &c.MoEngageMaxProcessingTime }),
 		str("COHORTSYNC_PARTNER", "", "partner used when an event has none",
-			func(c *Config, v string) { c.CohortsyncPartner = strings.TrimSpace(v) }),
+			strings.TrimSpace, func(c *Config) *string { return &c.CohortsyncPartner }),
 		intVar("BATCH_MAX_BYTES", "128000", "request body cap in bytes (512 to 131072)",
 			func(c *Config) *int { return &c.BatchMaxBytes }),
 		intVar("BATCH_MAX_MEMBERS", "0", "optional member cap per request (0: derived from BATCH_MAX_BYTES only)",
@@ -219,12 +247,12 @@ func settings() []setting {
 		durationVar("RETRY_MAX_ELAPSED", "0", "give up a batch after this long (0: retry forever; giving up stops the worker, nothing is lost)",
 			func(c *Config) *time.Duration { return &c.RetryMaxElapsed }),
 		str("HTTP_ADDR", ":9090", "address of /metrics, /healthz, /readyz (empty: disabled)",
-			func(c *Config, v string) { c.HTTPAddr = strings.TrimSpace(v) }),
+			strings.TrimSpace, func(c *Config) *string { return &c.HTTPAddr }),
 		durationVar("SHUTDOWN_TIMEOUT", "30s", "drain budget on SIGTERM/SIGINT",
 			func(c *Config) *time.Duration { return &c.ShutdownTimeout }),
 		logLevel,
 		str("LOG_FORMAT", "json", "json or text",
-			func(c *Config, v string) { c.LogFormat = strings.ToLower(strings.TrimSpace(v)) }),
+			lowerTrim, func(c *Config) *string { return &c.LogFormat }),
 	}
 }
 
@@ -278,4 +306,24 @@ func MarkdownTable() string {
 		fmt.Fprintf(&b, "| `%s` | `--%s` | %s | %s |\n", v.Env, v.Flag, def, strings.ReplaceAll(v.Help, "|", `\|`))
 	}
 	return b.String()
+}
+
+// LogValue implements slog.LogValuer: a summary of c for the start-up log
+// line, one attribute per variable of settings() (its name in lower case;
+// the *_FILE variants, which have no value, are left out). It holds no secret: for each
+// credential it says only whether it is set (the name + "_set").
+func (c Config) LogValue() slog.Value {
+	sts := settings()
+	attrs := make([]slog.Attr, 0, len(sts))
+	for _, st := range sts {
+		if st.value == nil { // a *_FILE variant (TestLogValueFromSettings)
+			continue
+		}
+		key := strings.ToLower(st.Env)
+		if st.Secret {
+			key += "_set"
+		}
+		attrs = append(attrs, slog.Attr{Key: key, Value: st.value(&c)})
+	}
+	return slog.GroupValue(attrs...)
 }

@@ -16,7 +16,7 @@ import (
 const ns = "cohortsync"
 
 // Metrics holds the worker's metrics. A nil *Metrics is not valid; use
-// NewMetrics(nil) (an unregistered set) in tests that do not look at them.
+// New(nil) (an unregistered set) in tests that do not look at them.
 // All fields are safe for concurrent use.
 type Metrics struct {
 	EventsConsumed     prometheus.Counter
@@ -45,8 +45,8 @@ type Metrics struct {
 	LeaseRenewals      *prometheus.CounterVec // outcome: ok, fenced, error
 	LeaseValid         prometheus.Gauge
 	AuthFailing        prometheus.Gauge       // 1 while line_stopped{reason="auth"} or {reason="config"} is 1
-	LineStopped        *prometheus.GaugeVec   // reason (LineStopReasons)
-	LineStoppedProbes  *prometheus.CounterVec // reason (LineStopReasons)
+	LineStopped        *prometheus.GaugeVec   // reason (sink.LineStopReasons)
+	LineStoppedProbes  *prometheus.CounterVec // reason (sink.LineStopReasons)
 	Ready              prometheus.Gauge
 	BuildInfo          *prometheus.GaugeVec
 	// Loops is the progress heartbeat of the process's own loops, behind
@@ -54,85 +54,30 @@ type Metrics struct {
 	Loops *Loops
 }
 
-// Trigger is a value of the batches_flushed_total trigger label: what made
-// a batch due.
-type Trigger string
-
-// The triggers. A batch is sealed (closed to new members, due at once) by
-// bytes, members, slots or header_change; an open batch becomes due by
-// window, shutdown or ahead.
-const (
-	// TriggerBytes: the next member would not fit under the body cap, or
-	// no member could.
-	TriggerBytes Trigger = "bytes"
-	// TriggerMembers: the batch holds the most members a request may.
-	TriggerMembers Trigger = "members"
-	// TriggerSlots: the batch's member table is full (a bound far beyond
-	// any body the API accepts; only a huge body cap reaches it).
-	TriggerSlots Trigger = "slots"
-	// TriggerHeaderChange: a change of the same cohort and action came
-	// with another cohort_name or cohort_description, which one body
-	// cannot carry.
-	TriggerHeaderChange Trigger = "header_change"
-	// TriggerWindow: the batch's window, counted from its first member,
-	// ended.
-	TriggerWindow Trigger = "window"
-	// TriggerShutdown: the worker is draining.
-	TriggerShutdown Trigger = "shutdown"
-	// TriggerAhead: the batch was sent before its window ended, ahead of
-	// a later, sealed batch of the same cohort (a cohort's batches are
-	// sent in order).
-	TriggerAhead Trigger = "ahead"
-)
-
-// Triggers are the bounded values of the batches_flushed_total trigger label.
-var Triggers = []Trigger{TriggerBytes, TriggerMembers, TriggerSlots, TriggerHeaderChange, TriggerWindow,
-	TriggerShutdown, TriggerAhead}
+// triggers are the values of the batches_flushed_total trigger label:
+// batcher.Triggers (batcher/trigger.go says what each means; a batcher
+// test checks that the two lists agree).
+var triggers = []string{"bytes", "members", "slots", "header_change", "window", "shutdown", "ahead"}
 
 // DeadLetterFailureReasons are the bounded values of the
 // dead_letter_failures_total reason label.
 var DeadLetterFailureReasons = []string{"too_large", "permanent", "transient"}
 
-// RetryReason is a value of the retries_total reason label: why an attempt
-// repeats members already sent.
-type RetryReason string
+// retryReasons are the values of the retries_total reason label:
+// sink.RetryReasons (sink/reason.go says what each means; a sink test
+// checks that the two lists agree).
+var retryReasons = []string{"rate_limited", "server_error", "timeout", "network", "too_large", "invalid", "auth",
+	"status_fail", "lease"}
 
-const (
-	RetryRateLimited RetryReason = "rate_limited" // a 429
-	RetryServerError RetryReason = "server_error" // a 5xx
-	RetryTimeout     RetryReason = "timeout"      // a 408, or the attempt timed out
-	RetryNetwork     RetryReason = "network"      // no answer: the connection failed
-	RetryTooLarge    RetryReason = "too_large"    // a 413: the parts of a split
-	RetryInvalid     RetryReason = "invalid"      // another 4xx: the parts of an isolating split
-	// RetryLineStopped: the line is stopped (credentials or configuration,
-	// LineStopAuth or LineStopConfig); the label value is "auth" for
-	// dashboards built before the config stop existed.
-	RetryLineStopped RetryReason = "auth"
-	RetryStatusFail  RetryReason = "status_fail" // a 2xx whose body says "status": "fail"
-	RetryLease       RetryReason = "lease"       // the lease lapsed before the request was written
-)
+// lineStopReasons are the values of the line_stopped and
+// line_stopped_probes_total reason label: sink.LineStopReasons (a sink test
+// checks that the two lists agree).
+var lineStopReasons = []string{"auth", "config", "invalid_batch"}
 
-// RetryReasons are the bounded values of the retries_total reason label.
-var RetryReasons = []RetryReason{RetryRateLimited, RetryServerError, RetryTimeout, RetryNetwork,
-	RetryTooLarge, RetryInvalid, RetryLineStopped, RetryStatusFail, RetryLease}
-
-// LineStopReason is a value of the line_stopped reason label: why the sink
-// sends only probes.
-type LineStopReason string
-
-const (
-	LineStopAuth         LineStopReason = "auth"          // the API rejects the credentials
-	LineStopConfig       LineStopReason = "config"        // the API rejects the endpoint or a header
-	LineStopInvalidBatch LineStopReason = "invalid_batch" // a 4xx hits every part of a batch alike
-)
-
-// LineStopReasons are the bounded values of the line_stopped reason label.
-var LineStopReasons = []LineStopReason{LineStopAuth, LineStopConfig, LineStopInvalidBatch}
-
-// NewMetrics builds the metrics and registers them on reg (nil: not
+// New builds the metrics and registers them on reg (nil: not
 // registered). Known label values are pre-initialised so that series exist
 // from the start.
-func NewMetrics(reg prometheus.Registerer) *Metrics {
+func New(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		EventsConsumed: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "events_consumed_total",
 			Help: "Kafka records read from the input topics."}),
@@ -206,16 +151,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.DeadLetterFailures.WithLabelValues(r)
 	}
 	for _, a := range []event.Action{event.Add, event.Remove} {
-		for _, tr := range Triggers {
-			m.BatchesFlushed.WithLabelValues(string(a), string(tr))
+		for _, tr := range triggers {
+			m.BatchesFlushed.WithLabelValues(string(a), tr)
 		}
 	}
-	for _, r := range RetryReasons {
-		m.Retries.WithLabelValues(string(r))
+	for _, r := range retryReasons {
+		m.Retries.WithLabelValues(r)
 	}
-	for _, r := range LineStopReasons {
-		m.LineStopped.WithLabelValues(string(r))
-		m.LineStoppedProbes.WithLabelValues(string(r))
+	for _, r := range lineStopReasons {
+		m.LineStopped.WithLabelValues(r)
+		m.LineStoppedProbes.WithLabelValues(r)
 	}
 	for _, o := range []string{"ok", "error"} {
 		m.Commits.WithLabelValues(o)
@@ -231,6 +176,34 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			m.LineStopped, m.LineStoppedProbes, m.Ready, m.BuildInfo)
 	}
 	return m
+}
+
+// BatchFlushed counts a batch handed to the sink (batcher.Metrics): its
+// action, what made it due (batcher.Trigger), its members and body bytes.
+func (m *Metrics) BatchFlushed(action, trigger string, members, bodyBytes int) {
+	m.BatchesFlushed.WithLabelValues(action, trigger).Inc()
+	m.BatchMembers.Observe(float64(members))
+	m.BatchBytes.Observe(float64(bodyBytes))
+}
+
+// SetBacklog sets pending_members and in_flight_requests (batcher.Metrics).
+func (m *Metrics) SetBacklog(pending, inFlight int) {
+	m.PendingMembers.Set(float64(pending))
+	m.InFlight.Set(float64(inFlight))
+}
+
+// AddCompacted adds n to events_compacted_total (batcher.Metrics).
+func (m *Metrics) AddCompacted(n int64) { m.EventsCompacted.Add(float64(n)) }
+
+// StartLoop registers a loop's heartbeat on m.Loops (batcher.Metrics; the
+// interface is batcher.Heartbeat's, spelt out so that this package does
+// not import batcher).
+func (m *Metrics) StartLoop(name string) interface {
+	Busy()
+	Idle()
+	Stop()
+} {
+	return m.Loops.Start(name)
 }
 
 // SetBuildInfo sets cohortsync_build_info{version, goversion} to 1.

@@ -11,7 +11,7 @@ import (
 
 func TestMetricsLintClean(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
-	m := metrics.NewMetrics(reg)
+	m := metrics.New(reg)
 	m.SetBuildInfo("test")
 	m.Requests.WithLabelValues("add_members", metrics.Code(200)).Inc()
 	m.CommittedOffset.WithLabelValues("t", "0").Set(1)

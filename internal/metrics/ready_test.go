@@ -10,7 +10,7 @@ import (
 )
 
 func TestTrackReady(t *testing.T) {
-	m := NewMetrics(nil)
+	m := New(nil)
 	var ok atomic.Bool
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
