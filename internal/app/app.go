@@ -23,6 +23,7 @@ import (
 	"github.com/cohortsync/cohortsync-worker/consumer"
 	"github.com/cohortsync/cohortsync-worker/internal/board"
 	"github.com/cohortsync/cohortsync-worker/internal/config"
+	"github.com/cohortsync/cohortsync-worker/internal/kafkaconn"
 	"github.com/cohortsync/cohortsync-worker/internal/lease"
 	"github.com/cohortsync/cohortsync-worker/internal/metrics"
 	"github.com/cohortsync/cohortsync-worker/internal/ratelimit"
@@ -102,7 +103,7 @@ func build(opts Options) (_ *worker, err error) {
 	}
 	w.log.Info("starting cohortsync-worker", "version", opts.Version, "replica", replica, "config", cfg)
 
-	dialer, transport, err := kafkaSecurity(cfg, w.log)
+	dialer, transport, err := kafkaconn.New(cfg, w.log)
 	if err != nil {
 		return nil, err
 	}

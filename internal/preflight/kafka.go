@@ -23,8 +23,8 @@ import (
 	"github.com/segmentio/kafka-go/protocol/saslhandshake"
 	"github.com/segmentio/kafka-go/sasl"
 
-	"github.com/cohortsync/cohortsync-worker/internal/app"
 	"github.com/cohortsync/cohortsync-worker/internal/config"
+	"github.com/cohortsync/cohortsync-worker/internal/kafkaconn"
 )
 
 // clientID is the Kafka client id of every connection the check opens, so
@@ -36,7 +36,7 @@ const clientID = "cohortsync-worker-check"
 // (with automatic topic creation off), topic configurations and the group's
 // description.
 func checkKafka(ctx context.Context, cfg config.Config, to time.Duration) []Result {
-	_, tr, err := app.KafkaSecurity(cfg)
+	_, tr, err := kafkaconn.New(cfg, nil)
 	if err != nil {
 		return []Result{{Check: "kafka.brokers", Status: Fail, Detail: oneLine(err.Error(), 300)}}
 	}
