@@ -23,6 +23,7 @@ import (
 	"github.com/cohortsync/cohortsync-worker/consumer"
 	"github.com/cohortsync/cohortsync-worker/internal/board"
 	"github.com/cohortsync/cohortsync-worker/internal/config"
+	"github.com/cohortsync/cohortsync-worker/internal/deadletter"
 	"github.com/cohortsync/cohortsync-worker/internal/kafkaconn"
 	"github.com/cohortsync/cohortsync-worker/internal/lease"
 	"github.com/cohortsync/cohortsync-worker/internal/metrics"
@@ -73,7 +74,7 @@ type worker struct {
 	m         *metrics.Metrics
 	transport *kafka.Transport
 	client    *sink.Client
-	dlq       *consumer.DLQ
+	dlq       *deadletter.DLQ
 	batcher   *batcher.Batcher
 	consumer  *consumer.Consumer
 	fleet     *ratelimit.Fleet
@@ -122,8 +123,8 @@ func build(opts Options) (_ *worker, err error) {
 	if w.client, err = w.newSink(replica, limiter, membership); err != nil {
 		return nil, err
 	}
-	w.dlq = consumer.NewDLQ(consumer.NewWriter(cfg.KafkaBrokers, cfg.KafkaDLQTopic, transport, w.log),
-		cfg.KafkaDLQTopic, w.log, w.m)
+	w.dlq = deadletter.New(deadletter.NewWriter(cfg.KafkaBrokers, cfg.KafkaDLQTopic, transport, w.log),
+		cfg.KafkaDLQTopic, consumer.Locate, w.log, w.m)
 	w.batcher, err = batcher.New(batcher.Config{
 		MaxBytes:    cfg.BatchMaxBytes,
 		MaxMembers:  cfg.BatchMaxMembers,

@@ -176,3 +176,14 @@ func (c *clientCert) keep(err error) (*tls.Certificate, error) {
 	}
 	return c.cert, nil
 }
+
+// Logger bridges kafka-go's Printf logger to slog, at level (nil log: the
+// default logger).
+func Logger(log *slog.Logger, level slog.Level) kafka.Logger {
+	if log == nil {
+		log = slog.Default()
+	}
+	return kafka.LoggerFunc(func(format string, args ...any) {
+		log.Log(context.Background(), level, fmt.Sprintf(format, args...), "component", "kafka-go")
+	})
+}

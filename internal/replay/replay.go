@@ -14,7 +14,7 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
-	"github.com/cohortsync/cohortsync-worker/consumer"
+	"github.com/cohortsync/cohortsync-worker/internal/deadletter"
 	"github.com/cohortsync/cohortsync-worker/internal/event"
 )
 
@@ -441,14 +441,14 @@ func (r *Replayer) partition(ctx context.Context, p int, committed int64, commit
 		if !r.selected(m) {
 			r.skipped.Add(1)
 			next = m.Offset + 1
-		} else if size, ok := headers(m.Headers)[consumer.HeaderOriginalSize]; ok {
+		} else if size, ok := headers(m.Headers)[deadletter.HeaderOriginalSize]; ok {
 			// Written without its value (too large for the dead-letter
 			// topic): writing it back would publish an empty record, a
 			// tombstone on a compacted topic. The source offset in its
 			// headers says where the original is.
 			h := headers(m.Headers)
 			fmt.Fprintf(r.cfg.Status, "not replayable: %s/%d/%d was dead-lettered without its value (%s bytes); the original is %s/%s/%s\n",
-				topic, p, m.Offset, size, h[consumer.HeaderSourceTopic], h[consumer.HeaderSourcePartition], h[consumer.HeaderSourceOffset])
+				topic, p, m.Offset, size, h[deadletter.HeaderSourceTopic], h[deadletter.HeaderSourcePartition], h[deadletter.HeaderSourceOffset])
 			r.skipped.Add(1)
 			next = m.Offset + 1
 		} else {
@@ -460,7 +460,7 @@ func (r *Replayer) partition(ctx context.Context, p int, committed int64, commit
 			if r.cfg.DryRun {
 				h := headers(m.Headers)
 				fmt.Fprintf(r.cfg.Out, "would replay %s/%d/%d to %s/%d key=%q reason=%s error=%q\n",
-					topic, p, m.Offset, out.Topic, out.Partition, m.Key, h[consumer.HeaderReason], h[consumer.HeaderError])
+					topic, p, m.Offset, out.Topic, out.Partition, m.Key, h[deadletter.HeaderReason], h[deadletter.HeaderError])
 			}
 			batch = append(batch, out)
 			next = m.Offset + 1
@@ -510,7 +510,7 @@ func (r *Replayer) selected(m kafka.Message) bool {
 	if r.reasons == nil {
 		return true
 	}
-	return r.reasons[headers(m.Headers)[consumer.HeaderReason]]
+	return r.reasons[headers(m.Headers)[deadletter.HeaderReason]]
 }
 
 // rewrite returns the record to write for dead letter m: its key and
@@ -521,9 +521,9 @@ func (r *Replayer) rewrite(ctx context.Context, m kafka.Message) (kafka.Message,
 	h := headers(m.Headers)
 	topic, samePlace := r.cfg.ToTopic, r.cfg.ToTopic == ""
 	if samePlace {
-		topic = h[consumer.HeaderSourceTopic]
+		topic = h[deadletter.HeaderSourceTopic]
 		if topic == "" {
-			return kafka.Message{}, fmt.Errorf("dead letter %s has no %s header: pass --to-topic", from, consumer.HeaderSourceTopic)
+			return kafka.Message{}, fmt.Errorf("dead letter %s has no %s header: pass --to-topic", from, deadletter.HeaderSourceTopic)
 		}
 		if topic == r.cfg.Topic {
 			return kafka.Message{}, fmt.Errorf("dead letter %s names the dead-letter topic as its source: pass --to-topic", from)
@@ -546,7 +546,7 @@ func (r *Replayer) rewrite(ctx context.Context, m kafka.Message) (kafka.Message,
 		// Back into the partition it was read from: it keeps its place in
 		// the order of its key even if the producers' partitioner differs
 		// from ours.
-		if sp, err := strconv.Atoi(h[consumer.HeaderSourcePartition]); err == nil && sp >= 0 && sp < n {
+		if sp, err := strconv.Atoi(h[deadletter.HeaderSourcePartition]); err == nil && sp >= 0 && sp < n {
 			partition = sp
 		}
 	}
