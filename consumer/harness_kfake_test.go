@@ -32,9 +32,9 @@ import (
 	"github.com/cohortsync/cohortsync-worker/consumer"
 	"github.com/cohortsync/cohortsync-worker/internal/deadletter"
 	"github.com/cohortsync/cohortsync-worker/internal/event"
-	"github.com/cohortsync/cohortsync-worker/internal/kafkaadmin"
+	"github.com/cohortsync/cohortsync-worker/internal/harness/kafkaadmin"
+	"github.com/cohortsync/cohortsync-worker/internal/harness/rig"
 	"github.com/cohortsync/cohortsync-worker/internal/metrics"
-	"github.com/cohortsync/cohortsync-worker/internal/rig"
 	"github.com/cohortsync/cohortsync-worker/internal/wire"
 )
 

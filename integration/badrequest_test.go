@@ -14,7 +14,7 @@ import (
 	"github.com/cohortsync/cohortsync-worker/internal/deadletter"
 	"github.com/cohortsync/cohortsync-worker/internal/emulator"
 	"github.com/cohortsync/cohortsync-worker/internal/event"
-	"github.com/cohortsync/cohortsync-worker/internal/rig"
+	"github.com/cohortsync/cohortsync-worker/internal/harness/rig"
 )
 
 // Tests of API rejections the worker must tell apart (DESIGN.md invariant 7

@@ -23,9 +23,9 @@ import (
 
 	"github.com/cohortsync/cohortsync-worker/internal/deadletter"
 	"github.com/cohortsync/cohortsync-worker/internal/event"
-	"github.com/cohortsync/cohortsync-worker/internal/kafkaadmin"
-	"github.com/cohortsync/cohortsync-worker/internal/localkafka"
-	"github.com/cohortsync/cohortsync-worker/internal/rig"
+	"github.com/cohortsync/cohortsync-worker/internal/harness/kafkaadmin"
+	"github.com/cohortsync/cohortsync-worker/internal/harness/localkafka"
+	"github.com/cohortsync/cohortsync-worker/internal/harness/rig"
 )
 
 // The SASL user of the secured broker. The passwords are distinctive so that
