@@ -16,6 +16,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/cohortsync/cohortsync-worker/batcher"
+	"github.com/cohortsync/cohortsync-worker/internal/deadletter"
 	"github.com/cohortsync/cohortsync-worker/internal/event"
 	"github.com/cohortsync/cohortsync-worker/internal/lease"
 	"github.com/cohortsync/cohortsync-worker/internal/metrics"
@@ -41,7 +42,7 @@ type Config struct {
 	Dialer    *kafka.Dialer      // TLS/SASL for the group and readers; nil = plain TCP
 	Transport kafka.RoundTripper // TLS/SASL for metadata requests; nil = kafka.DefaultTransport
 	Batcher   Batcher            // required
-	DLQ       *DLQ               // required
+	DLQ       *deadletter.DLQ    // required
 	// Fits reports whether a request with header h and the single member
 	// uid fits within the request body cap. A member that does not can
 	// never be sent: its record is dead-lettered as it is, with the reason
@@ -972,7 +973,7 @@ func (c *Consumer) handle(ctx context.Context, tr *tracker, dec *event.Decoder, 
 		c.m.EventsInvalid.WithLabelValues(string(inv.Reason)).Inc()
 		c.log.Debug("invalid event; dead-lettering", "reason", inv.Reason, "err", inv.Detail,
 			"topic", m.Topic, "partition", m.Partition, "offset", m.Offset)
-		return buf, c.cfg.DLQ.invalid(ctx, m, inv, newRecordAck(tr, seq, m.Key, nil, 1))
+		return buf, c.cfg.DLQ.Invalid(ctx, m, inv, newRecordAck(tr, seq, m.Key, nil, 1))
 	}
 	h := wire.Header{Action: ev.Action, Partner: ev.Partner, CohortID: ev.CohortID,
 		CohortName: ev.CohortName, CohortDescription: ev.CohortDescription}

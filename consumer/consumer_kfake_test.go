@@ -20,7 +20,7 @@ import (
 	"github.com/segmentio/kafka-go"
 	"go.uber.org/goleak"
 
-	"github.com/cohortsync/cohortsync-worker/consumer"
+	"github.com/cohortsync/cohortsync-worker/internal/deadletter"
 	"github.com/cohortsync/cohortsync-worker/internal/event"
 	"github.com/cohortsync/cohortsync-worker/internal/wire"
 )
@@ -212,11 +212,11 @@ func TestInvalidEventsDeadLettered(t *testing.T) {
 			t.Errorf("%s: value %q, want the original %q", b.r.key, m.Value, b.r.value)
 		}
 		want := map[string]string{
-			consumer.HeaderReason:          string(b.reason),
-			consumer.HeaderSourceTopic:     topic,
-			consumer.HeaderSourcePartition: strconv.Itoa(src.Partition),
-			consumer.HeaderSourceOffset:    strconv.FormatInt(src.Offset, 10),
-			partHeader:                     strconv.Itoa(b.r.part), // the original headers stay
+			deadletter.HeaderReason:          string(b.reason),
+			deadletter.HeaderSourceTopic:     topic,
+			deadletter.HeaderSourcePartition: strconv.Itoa(src.Partition),
+			deadletter.HeaderSourceOffset:    strconv.FormatInt(src.Offset, 10),
+			partHeader:                       strconv.Itoa(b.r.part), // the original headers stay
 		}
 		for _, hd := range b.r.headers {
 			want[hd.Key] = string(hd.Value)
@@ -226,11 +226,11 @@ func TestInvalidEventsDeadLettered(t *testing.T) {
 				t.Errorf("%s: header %s = %q, want %q", b.r.key, k, g, v)
 			}
 		}
-		if e, _ := header(m, consumer.HeaderError); e == "" {
-			t.Errorf("%s: no %s header", b.r.key, consumer.HeaderError)
+		if e, _ := header(m, deadletter.HeaderError); e == "" {
+			t.Errorf("%s: no %s header", b.r.key, deadletter.HeaderError)
 		}
-		if at, _ := header(m, consumer.HeaderFailedAt); !validTime(at) {
-			t.Errorf("%s: %s = %q", b.r.key, consumer.HeaderFailedAt, at)
+		if at, _ := header(m, deadletter.HeaderFailedAt); !validTime(at) {
+			t.Errorf("%s: %s = %q", b.r.key, deadletter.HeaderFailedAt, at)
 		}
 	}
 	if n := testutil.ToFloat64(a.m.EventsSkipped); n != 1 {
@@ -338,11 +338,11 @@ func TestAPIRejectionDeadLettered(t *testing.T) {
 		t.Errorf("dead letter key=%q event=%+v, want the rejected member alone", m.Key, ev)
 	}
 	want := map[string]string{
-		consumer.HeaderReason:          string(event.ReasonAPIRejected),
-		consumer.HeaderError:           why,
-		consumer.HeaderSourceTopic:     topic,
-		consumer.HeaderSourcePartition: strconv.Itoa(src.Partition),
-		consumer.HeaderSourceOffset:    strconv.FormatInt(src.Offset, 10),
+		deadletter.HeaderReason:          string(event.ReasonAPIRejected),
+		deadletter.HeaderError:           why,
+		deadletter.HeaderSourceTopic:     topic,
+		deadletter.HeaderSourcePartition: strconv.Itoa(src.Partition),
+		deadletter.HeaderSourceOffset:    strconv.FormatInt(src.Offset, 10),
 	}
 	for k, v := range want {
 		if g, _ := header(m, k); g != v {

@@ -11,7 +11,7 @@ import (
 	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
 
-	"github.com/cohortsync/cohortsync-worker/internal/localkafka"
+	"github.com/cohortsync/cohortsync-worker/internal/harness/localkafka"
 )
 
 // benchBrokers is a kfake cluster with the topic "bench", or with

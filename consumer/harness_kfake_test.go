@@ -30,10 +30,11 @@ import (
 
 	"github.com/cohortsync/cohortsync-worker/batcher"
 	"github.com/cohortsync/cohortsync-worker/consumer"
+	"github.com/cohortsync/cohortsync-worker/internal/deadletter"
 	"github.com/cohortsync/cohortsync-worker/internal/event"
-	"github.com/cohortsync/cohortsync-worker/internal/kafkaadmin"
+	"github.com/cohortsync/cohortsync-worker/internal/harness/kafkaadmin"
+	"github.com/cohortsync/cohortsync-worker/internal/harness/rig"
 	"github.com/cohortsync/cohortsync-worker/internal/metrics"
-	"github.com/cohortsync/cohortsync-worker/internal/rig"
 	"github.com/cohortsync/cohortsync-worker/internal/wire"
 )
 
@@ -585,7 +586,7 @@ type replica struct {
 	h    *harness
 	b    *batcher.Batcher
 	sink *fakeSink
-	dlq  *consumer.DLQ
+	dlq  *deadletter.DLQ
 	c    *consumer.Consumer
 	m    *metrics.Metrics
 	tr   *kafka.Transport
@@ -615,7 +616,7 @@ func (h *harness) startReplica(name string, o replicaOpts) *replica {
 	r := &replica{name: name, h: h, m: metrics.New(prometheus.NewRegistry()), tr: &kafka.Transport{}}
 	r.sink = &fakeSink{name: name, rec: h.rec, assigned: r.current, reject: o.reject, delay: o.delay}
 	r.sink.setHold(o.hold)
-	r.dlq = consumer.NewDLQ(consumer.NewWriter(h.brokers, dlqTopic, r.tr, log), dlqTopic, log, r.m)
+	r.dlq = deadletter.New(deadletter.NewWriter(h.brokers, dlqTopic, r.tr, log), dlqTopic, consumer.Locate, log, r.m)
 	var err error
 	r.b, err = batcher.New(batcher.Config{Limits: batcher.Limits{Window: o.window, MaxPending: o.maxPending, MaxMembers: o.maxMembers},
 		Sink: r.sink, DeadLetter: r.dlq.DeadLetter, Logger: log, Metrics: r.m})

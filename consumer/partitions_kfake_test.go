@@ -24,6 +24,7 @@ import (
 
 	"github.com/cohortsync/cohortsync-worker/batcher"
 	"github.com/cohortsync/cohortsync-worker/consumer"
+	"github.com/cohortsync/cohortsync-worker/internal/deadletter"
 	"github.com/cohortsync/cohortsync-worker/internal/event"
 	"github.com/cohortsync/cohortsync-worker/internal/metrics"
 )
@@ -108,7 +109,7 @@ func startLite(t testing.TB, cluster *kfake.Cluster, topics []string, mod func(*
 	l := &lite{t: t, cluster: cluster, brokers: cluster.ListenAddrs(), b: &recBatcher{uids: map[string]bool{}}, runErr: make(chan error, 1)}
 	m := metrics.New(prometheus.NewRegistry())
 	tr := &kafka.Transport{}
-	dlq := consumer.NewDLQ(consumer.NewWriter(l.brokers, dlqTopic, tr, log), dlqTopic, log, m)
+	dlq := deadletter.New(deadletter.NewWriter(l.brokers, dlqTopic, tr, log), dlqTopic, consumer.Locate, log, m)
 	cfg := consumer.Config{
 		Brokers: l.brokers, Topics: topics, GroupID: "g-" + t.Name(), DefaultPartner: partner,
 		Transport: tr, Batcher: l.b, DLQ: dlq, OnAssign: l.onAssign,
@@ -412,7 +413,7 @@ func TestFetchBufferBytesBound(t *testing.T) {
 func TestConfigTimings(t *testing.T) {
 	base := func() consumer.Config {
 		return consumer.Config{Brokers: []string{"127.0.0.1:1"}, Topics: []string{"t"}, GroupID: "g",
-			Batcher: &recBatcher{}, DLQ: &consumer.DLQ{}}
+			Batcher: &recBatcher{}, DLQ: &deadletter.DLQ{}}
 	}
 	for _, tc := range []struct {
 		name string

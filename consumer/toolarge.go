@@ -78,7 +78,7 @@ func (c *Consumer) deadLetterTooLarge(ctx context.Context, tr *tracker, seq int6
 	for _, u := range fit {
 		buf = append(buf, batcher.Change{Header: h, UID: u, Ack: ack})
 	}
-	return buf, c.cfg.DLQ.invalid(ctx, m, inv, ack)
+	return buf, c.cfg.DLQ.Invalid(ctx, m, inv, ack)
 }
 
 // tooLargeDetail is the error of a too_large letter: which members of the

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cohortsync/cohortsync-worker/consumer"
+	"github.com/cohortsync/cohortsync-worker/internal/deadletter"
 	"github.com/cohortsync/cohortsync-worker/internal/event"
 )
 
@@ -37,10 +37,10 @@ func TestTooLargeMemberDeadLetteredEndToEnd(t *testing.T) {
 		if string(m.Value) != string(want) {
 			t.Errorf("letter %q is not its original record", m.Key)
 		}
-		if r, _ := header(m, consumer.HeaderReason); r != string(event.ReasonTooLarge) {
+		if r, _ := header(m, deadletter.HeaderReason); r != string(event.ReasonTooLarge) {
 			t.Errorf("letter %q: reason %q", m.Key, r)
 		}
-		if e, _ := header(m, consumer.HeaderError); len(e) > consumer.MaxHeaderValue || !strings.Contains(e, `"BBBB`) {
+		if e, _ := header(m, deadletter.HeaderError); len(e) > deadletter.MaxHeaderValue || !strings.Contains(e, `"BBBB`) {
 			t.Errorf("letter %q: error %q", m.Key, e)
 		}
 	}

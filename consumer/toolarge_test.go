@@ -10,6 +10,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/cohortsync/cohortsync-worker/batcher"
+	"github.com/cohortsync/cohortsync-worker/internal/deadletter"
 	"github.com/cohortsync/cohortsync-worker/internal/event"
 	"github.com/cohortsync/cohortsync-worker/internal/wire"
 )
@@ -78,11 +79,11 @@ func TestTooLargeMemberDeadLetteredFromRecord(t *testing.T) {
 		if o, _ := headerOf(l, "origin"); o != "upstream" {
 			t.Error("the record's headers are not kept")
 		}
-		if r, _ := headerOf(l, HeaderReason); r != string(event.ReasonTooLarge) {
+		if r, _ := headerOf(l, deadletter.HeaderReason); r != string(event.ReasonTooLarge) {
 			t.Errorf("reason %q", r)
 		}
-		e, _ := headerOf(l, HeaderError)
-		if len(e) > MaxHeaderValue || !utf8.ValidString(e) || !strings.Contains(e, `"UUUU`) || !strings.Contains(e, "(200000 bytes)") {
+		e, _ := headerOf(l, deadletter.HeaderError)
+		if len(e) > deadletter.MaxHeaderValue || !utf8.ValidString(e) || !strings.Contains(e, `"UUUU`) || !strings.Contains(e, "(200000 bytes)") {
 			t.Errorf("error header (%d bytes) %q does not name the uid, bounded", len(e), e)
 		}
 		if h.tr.watermark() != 1 {
@@ -137,9 +138,9 @@ func TestTooLargeMemberOfBulkEvent(t *testing.T) {
 			if len(l) != 1 || string(l[0].Value) != string(value) {
 				t.Fatalf("%d letters, want the original record", len(l))
 			}
-			e, _ := headerOf(l[0], HeaderError)
+			e, _ := headerOf(l[0], deadletter.HeaderError)
 			if !strings.Contains(e, "2 of the event's 4 members") || !strings.Contains(e, `"xxx`) || !strings.Contains(e, `"ééé`) ||
-				strings.Contains(e, `"a"`) || len(e) > MaxHeaderValue {
+				strings.Contains(e, `"a"`) || len(e) > deadletter.MaxHeaderValue {
 				t.Errorf("error header %q", e)
 			}
 		})
@@ -179,7 +180,7 @@ func TestTooLargeDetailBounded(t *testing.T) {
 	if !strings.Contains(d, "and 7 more") {
 		t.Errorf("%q", d)
 	}
-	if c := clip(d, MaxHeaderValue); len(c) > MaxHeaderValue || !utf8.ValidString(c) {
+	if c := deadletter.Clip(d, deadletter.MaxHeaderValue); len(c) > deadletter.MaxHeaderValue || !utf8.ValidString(c) {
 		t.Errorf("%q", c)
 	}
 }

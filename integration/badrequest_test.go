@@ -11,10 +11,10 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
-	"github.com/cohortsync/cohortsync-worker/consumer"
+	"github.com/cohortsync/cohortsync-worker/internal/deadletter"
 	"github.com/cohortsync/cohortsync-worker/internal/emulator"
 	"github.com/cohortsync/cohortsync-worker/internal/event"
-	"github.com/cohortsync/cohortsync-worker/internal/rig"
+	"github.com/cohortsync/cohortsync-worker/internal/harness/rig"
 )
 
 // Tests of API rejections the worker must tell apart (DESIGN.md invariant 7
@@ -202,10 +202,10 @@ func TestPoisonedMember(t *testing.T) {
 		len(ev.UIDs) != 1 || ev.UIDs[0] != poison {
 		t.Errorf("dead letter key %q value %s, want key %q and an add of %s", m.Key, m.Value, cohort, poison)
 	}
-	if h[consumer.HeaderReason] != string(event.ReasonAPIRejected) || !strings.HasPrefix(h[consumer.HeaderError], "400 ") ||
-		!strings.Contains(h[consumer.HeaderError], emulator.MessageInvalidParameters) ||
-		h[consumer.HeaderSourceTopic] != topic || h[consumer.HeaderSourcePartition] != "0" ||
-		h[consumer.HeaderSourceOffset] != strconv.Itoa(poisonI) {
+	if h[deadletter.HeaderReason] != string(event.ReasonAPIRejected) || !strings.HasPrefix(h[deadletter.HeaderError], "400 ") ||
+		!strings.Contains(h[deadletter.HeaderError], emulator.MessageInvalidParameters) ||
+		h[deadletter.HeaderSourceTopic] != topic || h[deadletter.HeaderSourcePartition] != "0" ||
+		h[deadletter.HeaderSourceOffset] != strconv.Itoa(poisonI) {
 		t.Errorf("dead letter headers %v", h)
 	}
 
@@ -422,7 +422,7 @@ func brDescribeLetters(ms []kafka.Message) string {
 			break
 		}
 		h := brHeaders(m)
-		fmt.Fprintf(&b, "  key %q reason %q error %q value %s\n", m.Key, h[consumer.HeaderReason], h[consumer.HeaderError], m.Value)
+		fmt.Fprintf(&b, "  key %q reason %q error %q value %s\n", m.Key, h[deadletter.HeaderReason], h[deadletter.HeaderError], m.Value)
 	}
 	return b.String()
 }

@@ -19,7 +19,7 @@ import (
 	"github.com/testcontainers/testcontainers-go"
 	"github.com/testcontainers/testcontainers-go/wait"
 
-	"github.com/cohortsync/cohortsync-worker/internal/localkafka"
+	"github.com/cohortsync/cohortsync-worker/internal/harness/localkafka"
 )
 
 // testBroker is a broker the suite started itself: a local Maven broker

@@ -17,7 +17,7 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
-	"github.com/cohortsync/cohortsync-worker/consumer"
+	"github.com/cohortsync/cohortsync-worker/internal/deadletter"
 	"github.com/cohortsync/cohortsync-worker/internal/emulator"
 	"github.com/cohortsync/cohortsync-worker/sink"
 )
@@ -492,8 +492,8 @@ func chaos(t *testing.T, byUID bool) {
 		for _, x := range m.Headers {
 			h[x.Key] = string(x.Value)
 		}
-		if h[consumer.HeaderReason] != "forbidden_character" {
-			t.Errorf("dead letter with reason %q: %s", h[consumer.HeaderReason], m.Value)
+		if h[deadletter.HeaderReason] != "forbidden_character" {
+			t.Errorf("dead letter with reason %q: %s", h[deadletter.HeaderReason], m.Value)
 		}
 		seen[string(m.Value)] = true
 	}

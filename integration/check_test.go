@@ -16,7 +16,7 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
-	"github.com/cohortsync/cohortsync-worker/internal/localkafka"
+	"github.com/cohortsync/cohortsync-worker/internal/harness/localkafka"
 )
 
 // checkRun is one `cohortsync-worker check` run.

@@ -4,5 +4,5 @@
 //
 // The broker is the cluster named by KAFKA_BROKERS, or a real Apache Kafka
 // 4.x broker the suite fetches from Maven Central and starts on loopback
-// (internal/localkafka). The suite is skipped with -short.
+// (internal/harness/localkafka). The suite is skipped with -short.
 package integration

@@ -10,7 +10,7 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
-	"github.com/cohortsync/cohortsync-worker/consumer"
+	"github.com/cohortsync/cohortsync-worker/internal/deadletter"
 	"github.com/cohortsync/cohortsync-worker/internal/event"
 )
 
@@ -36,7 +36,7 @@ func testHostileRecords(t *testing.T, dlqMax int) {
 	topic, _ := newTopic(t, 2)
 	dlq := topic + ".hostile.dlq"
 	tc := kafka.TopicConfig{Topic: dlq, NumPartitions: 1, ReplicationFactor: 1}
-	letterRoom := consumer.DefaultMaxLetterBytes - 4096 // a letter's headers and framing
+	letterRoom := deadletter.DefaultMaxLetterBytes - 4096 // a letter's headers and framing
 	if dlqMax > 0 {
 		tc.ConfigEntries = []kafka.ConfigEntry{{ConfigName: "max.message.bytes", ConfigValue: strconv.Itoa(dlqMax)}}
 		letterRoom = min(letterRoom, dlqMax-4096)
@@ -108,8 +108,8 @@ func testHostileRecords(t *testing.T, dlqMax int) {
 		}
 		switch {
 		case len(pz.value) > letterRoom: // written without its value
-			if len(m.Value) != 0 || h[consumer.HeaderReason] != string(event.ReasonTooLarge) ||
-				h[consumer.HeaderOriginalSize] != strconv.Itoa(len(pz.value)) || h[consumer.HeaderOriginalReason] != string(pz.reason) {
+			if len(m.Value) != 0 || h[deadletter.HeaderReason] != string(event.ReasonTooLarge) ||
+				h[deadletter.HeaderOriginalSize] != strconv.Itoa(len(pz.value)) || h[deadletter.HeaderOriginalReason] != string(pz.reason) {
 				t.Errorf("letter %d: value %d bytes, headers %v; want no value, reason too_large, original size %d and reason %s",
 					i, len(m.Value), h, len(pz.value), pz.reason)
 			}
@@ -117,14 +117,14 @@ func testHostileRecords(t *testing.T, dlqMax int) {
 			if string(m.Value) != pz.value {
 				t.Errorf("letter %d: value of %d bytes is not the original record (%d bytes)", i, len(m.Value), len(pz.value))
 			}
-			if h[consumer.HeaderReason] != string(pz.reason) {
-				t.Errorf("letter %d: reason %q, want %q (error %q)", i, h[consumer.HeaderReason], pz.reason, h[consumer.HeaderError])
+			if h[deadletter.HeaderReason] != string(pz.reason) {
+				t.Errorf("letter %d: reason %q, want %q (error %q)", i, h[deadletter.HeaderReason], pz.reason, h[deadletter.HeaderError])
 			}
 		}
-		if pz.errorNames != "" && !strings.Contains(h[consumer.HeaderError], pz.errorNames) {
-			t.Errorf("letter %d: error %q does not say %q", i, h[consumer.HeaderError], pz.errorNames)
+		if pz.errorNames != "" && !strings.Contains(h[deadletter.HeaderError], pz.errorNames) {
+			t.Errorf("letter %d: error %q does not say %q", i, h[deadletter.HeaderError], pz.errorNames)
 		}
-		if h[consumer.HeaderSourceTopic] != topic || h[consumer.HeaderSourceOffset] == "" {
+		if h[deadletter.HeaderSourceTopic] != topic || h[deadletter.HeaderSourceOffset] == "" {
 			t.Errorf("letter %d: source headers %v", i, h)
 		}
 	}

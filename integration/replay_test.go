@@ -14,7 +14,7 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
-	"github.com/cohortsync/cohortsync-worker/consumer"
+	"github.com/cohortsync/cohortsync-worker/internal/deadletter"
 	"github.com/cohortsync/cohortsync-worker/internal/event"
 )
 
@@ -65,7 +65,7 @@ func TestDLQReplay(t *testing.T) {
 	}
 	for key, reason := range map[string]event.Reason{"fix-0": event.ReasonForbiddenChar, "fix-1": event.ReasonForbiddenChar,
 		"fix-2": event.ReasonForbiddenChar, "broken": event.ReasonMalformed} {
-		if got := replayHeaders(byKey[key])[consumer.HeaderReason]; got != string(reason) {
+		if got := replayHeaders(byKey[key])[deadletter.HeaderReason]; got != string(reason) {
 			t.Fatalf("dead letter %s has reason %q, want %s", key, got, reason)
 		}
 	}
@@ -130,7 +130,7 @@ func TestDLQReplay(t *testing.T) {
 				t.Errorf("%s: the dead-letter header %s was kept", m.Key, k)
 			}
 		}
-		if src := replayHeaders(orig)[consumer.HeaderSourcePartition]; strconv.Itoa(m.Partition) != src {
+		if src := replayHeaders(orig)[deadletter.HeaderSourcePartition]; strconv.Itoa(m.Partition) != src {
 			t.Errorf("%s: replayed into partition %d, read from %s", m.Key, m.Partition, src)
 		}
 	}
@@ -155,7 +155,7 @@ func TestDLQReplay(t *testing.T) {
 	}
 	for _, m := range all[len(poison):] {
 		h := replayHeaders(m)
-		if h[consumer.HeaderReason] != string(event.ReasonForbiddenChar) || !strings.HasPrefix(h[replayedFromHeader], dlq+"/0/") {
+		if h[deadletter.HeaderReason] != string(event.ReasonForbiddenChar) || !strings.HasPrefix(h[replayedFromHeader], dlq+"/0/") {
 			t.Errorf("dead letter again %q: headers %v", m.Key, h)
 		}
 	}

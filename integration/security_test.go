@@ -21,11 +21,11 @@ import (
 	"github.com/segmentio/kafka-go/sasl/plain"
 	"github.com/segmentio/kafka-go/sasl/scram"
 
-	"github.com/cohortsync/cohortsync-worker/consumer"
+	"github.com/cohortsync/cohortsync-worker/internal/deadletter"
 	"github.com/cohortsync/cohortsync-worker/internal/event"
-	"github.com/cohortsync/cohortsync-worker/internal/kafkaadmin"
-	"github.com/cohortsync/cohortsync-worker/internal/localkafka"
-	"github.com/cohortsync/cohortsync-worker/internal/rig"
+	"github.com/cohortsync/cohortsync-worker/internal/harness/kafkaadmin"
+	"github.com/cohortsync/cohortsync-worker/internal/harness/localkafka"
+	"github.com/cohortsync/cohortsync-worker/internal/harness/rig"
 )
 
 // The SASL user of the secured broker. The passwords are distinctive so that
@@ -349,7 +349,7 @@ func (sb *secBroker) runOK(t *testing.T, seed uint64, addr string, useTLS bool, 
 	if string(got[0].Key) != "poison-0" || string(got[0].Value) != secPoison {
 		t.Errorf("dead letter %q=%q, want the original poison-0=%q", got[0].Key, got[0].Value, secPoison)
 	}
-	if h[consumer.HeaderReason] != string(event.ReasonMalformed) || h[consumer.HeaderSourceTopic] != topic {
+	if h[deadletter.HeaderReason] != string(event.ReasonMalformed) || h[deadletter.HeaderSourceTopic] != topic {
 		t.Errorf("dead letter headers %v", h)
 	}
 	checkRequests(t, a, 128000)

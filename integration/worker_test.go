@@ -13,7 +13,7 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
-	"github.com/cohortsync/cohortsync-worker/consumer"
+	"github.com/cohortsync/cohortsync-worker/internal/deadletter"
 	"github.com/cohortsync/cohortsync-worker/internal/emulator"
 	"github.com/cohortsync/cohortsync-worker/internal/event"
 )
@@ -92,10 +92,10 @@ func TestPoison(t *testing.T) {
 		if string(m.Value) != poison[i].value {
 			t.Errorf("dead letter %d value %q, want the original %q", i, m.Value, poison[i].value)
 		}
-		if h[consumer.HeaderReason] != string(poison[i].reason) {
-			t.Errorf("dead letter %d reason %q, want %q (error %q)", i, h[consumer.HeaderReason], poison[i].reason, h[consumer.HeaderError])
+		if h[deadletter.HeaderReason] != string(poison[i].reason) {
+			t.Errorf("dead letter %d reason %q, want %q (error %q)", i, h[deadletter.HeaderReason], poison[i].reason, h[deadletter.HeaderError])
 		}
-		if h[consumer.HeaderSourceTopic] != topic || h[consumer.HeaderSourceOffset] == "" || h[consumer.HeaderError] == "" {
+		if h[deadletter.HeaderSourceTopic] != topic || h[deadletter.HeaderSourceOffset] == "" || h[deadletter.HeaderError] == "" {
 			t.Errorf("dead letter %d headers %v", i, h)
 		}
 	}

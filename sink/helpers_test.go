@@ -31,8 +31,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/cohortsync/cohortsync-worker/internal/event"
+	"github.com/cohortsync/cohortsync-worker/internal/harness/rig"
 	"github.com/cohortsync/cohortsync-worker/internal/metrics"
-	"github.com/cohortsync/cohortsync-worker/internal/rig"
 	"github.com/cohortsync/cohortsync-worker/internal/wire"
 	"github.com/cohortsync/cohortsync-worker/sink"
 )

@@ -39,7 +39,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/cohortsync/cohortsync-worker/internal/kafkaadmin"
+	"github.com/cohortsync/cohortsync-worker/internal/harness/kafkaadmin"
 )
 
 type options struct {

@@ -18,7 +18,7 @@ import (
 
 	"github.com/cohortsync/cohortsync-worker/internal/emulator"
 	"github.com/cohortsync/cohortsync-worker/internal/event"
-	"github.com/cohortsync/cohortsync-worker/internal/rig"
+	"github.com/cohortsync/cohortsync-worker/internal/harness/rig"
 )
 
 type rssResult struct {

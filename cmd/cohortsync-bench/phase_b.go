@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/cohortsync/cohortsync-worker/internal/emulator"
-	"github.com/cohortsync/cohortsync-worker/internal/rig"
+	"github.com/cohortsync/cohortsync-worker/internal/harness/rig"
 )
 
 // workerUnlimited runs the worker over topic, in consumer group group, with

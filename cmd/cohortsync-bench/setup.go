@@ -22,8 +22,8 @@ import (
 	"github.com/cohortsync/cohortsync-worker/internal/config"
 	"github.com/cohortsync/cohortsync-worker/internal/emulator"
 	"github.com/cohortsync/cohortsync-worker/internal/event"
-	"github.com/cohortsync/cohortsync-worker/internal/localkafka"
-	"github.com/cohortsync/cohortsync-worker/internal/rig"
+	"github.com/cohortsync/cohortsync-worker/internal/harness/localkafka"
+	"github.com/cohortsync/cohortsync-worker/internal/harness/rig"
 )
 
 func numCPU() int {

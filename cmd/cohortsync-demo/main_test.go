@@ -11,7 +11,7 @@ import (
 	"github.com/segmentio/kafka-go"
 	"go.uber.org/goleak"
 
-	"github.com/cohortsync/cohortsync-worker/internal/rig"
+	"github.com/cohortsync/cohortsync-worker/internal/harness/rig"
 )
 
 // TestDemo runs the embedded demo end to end on a small sample and checks

@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/cohortsync/cohortsync-worker/internal/emulator"
-	"github.com/cohortsync/cohortsync-worker/internal/rig"
+	"github.com/cohortsync/cohortsync-worker/internal/harness/rig"
 )
 
 func noEnv(string) string { return "" }

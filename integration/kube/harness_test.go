@@ -30,7 +30,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/cohortsync/cohortsync-worker/internal/emulator"
-	"github.com/cohortsync/cohortsync-worker/internal/localkafka"
+	"github.com/cohortsync/cohortsync-worker/internal/harness/localkafka"
 )
 
 const (

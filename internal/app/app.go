@@ -23,6 +23,8 @@ import (
 	"github.com/cohortsync/cohortsync-worker/consumer"
 	"github.com/cohortsync/cohortsync-worker/internal/board"
 	"github.com/cohortsync/cohortsync-worker/internal/config"
+	"github.com/cohortsync/cohortsync-worker/internal/deadletter"
+	"github.com/cohortsync/cohortsync-worker/internal/kafkaconn"
 	"github.com/cohortsync/cohortsync-worker/internal/lease"
 	"github.com/cohortsync/cohortsync-worker/internal/metrics"
 	"github.com/cohortsync/cohortsync-worker/internal/ratelimit"
@@ -72,7 +74,7 @@ type worker struct {
 	m         *metrics.Metrics
 	transport *kafka.Transport
 	client    *sink.Client
-	dlq       *consumer.DLQ
+	dlq       *deadletter.DLQ
 	batcher   *batcher.Batcher
 	consumer  *consumer.Consumer
 	fleet     *ratelimit.Fleet
@@ -102,7 +104,7 @@ func build(opts Options) (_ *worker, err error) {
 	}
 	w.log.Info("starting cohortsync-worker", "version", opts.Version, "replica", replica, "config", cfg)
 
-	dialer, transport, err := kafkaSecurity(cfg, w.log)
+	dialer, transport, err := kafkaconn.New(cfg, w.log)
 	if err != nil {
 		return nil, err
 	}
@@ -121,8 +123,8 @@ func build(opts Options) (_ *worker, err error) {
 	if w.client, err = w.newSink(replica, limiter, membership); err != nil {
 		return nil, err
 	}
-	w.dlq = consumer.NewDLQ(consumer.NewWriter(cfg.KafkaBrokers, cfg.KafkaDLQTopic, transport, w.log),
-		cfg.KafkaDLQTopic, w.log, w.m)
+	w.dlq = deadletter.New(deadletter.NewWriter(cfg.KafkaBrokers, cfg.KafkaDLQTopic, transport, w.log),
+		cfg.KafkaDLQTopic, consumer.Locate, w.log, w.m)
 	w.batcher, err = batcher.New(batcher.Config{
 		Limits: batcher.Limits{MaxBytes: cfg.BatchMaxBytes, MaxMembers: cfg.BatchMaxMembers, Window: cfg.BatchWindow,
 			MaxInFlight: cfg.MaxInFlight, MaxPending: cfg.MaxPendingMembers},

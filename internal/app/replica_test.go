@@ -13,8 +13,8 @@ import (
 
 	"github.com/cohortsync/cohortsync-worker/internal/app"
 	"github.com/cohortsync/cohortsync-worker/internal/event"
+	"github.com/cohortsync/cohortsync-worker/internal/harness/rig"
 	"github.com/cohortsync/cohortsync-worker/internal/ratelimit"
-	"github.com/cohortsync/cohortsync-worker/internal/rig"
 )
 
 // gauge reads a gauge or counter without labels from reg (-1: absent).

@@ -12,8 +12,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/cohortsync/cohortsync-worker/internal/board"
+	"github.com/cohortsync/cohortsync-worker/internal/harness/rig"
 	"github.com/cohortsync/cohortsync-worker/internal/ratelimit"
-	"github.com/cohortsync/cohortsync-worker/internal/rig"
 )
 
 // TestBoardSharesRecords: two replicas' boards on one (in-process) Kafka

@@ -140,9 +140,9 @@ func TestFileMapPathsExist(t *testing.T) {
 		var dir string // of the last file named: `consumer/fetcher.go`, `txn.go`
 		for _, m := range code.FindAllStringSubmatch(first, -1) {
 			p := m[1]
-			candidates := []string{p}
+			candidates := []string{p, filepath.Join("internal", p)}
 			if !strings.Contains(p, "/") {
-				candidates = []string{filepath.Join(dir, p), filepath.Join("internal", p), p}
+				candidates = append(candidates, filepath.Join(dir, p))
 			} else if strings.HasSuffix(p, ".go") {
 				dir = filepath.Dir(p)
 			}

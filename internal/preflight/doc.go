@@ -10,7 +10,7 @@
 // and the Cohort Sync API (DNS, TLS, and the credentials as far as the
 // contract allows). It does not own the configuration's rules (package
 // config), the worker's Kafka client or its API client: it builds the Kafka
-// dialer from the same settings as the worker (app.KafkaSecurity).
+// dialer from the same settings as the worker (kafkaconn.New).
 //
 // Nothing a check does changes anything. On Kafka it only reads metadata,
 // topic configurations and the group's description: it joins no group,

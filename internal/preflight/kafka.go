@@ -15,16 +15,11 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
-	"github.com/segmentio/kafka-go/protocol"
-	"github.com/segmentio/kafka-go/protocol/apiversions"
 	"github.com/segmentio/kafka-go/protocol/describegroups"
 	metadataAPI "github.com/segmentio/kafka-go/protocol/metadata"
-	"github.com/segmentio/kafka-go/protocol/saslauthenticate"
-	"github.com/segmentio/kafka-go/protocol/saslhandshake"
-	"github.com/segmentio/kafka-go/sasl"
 
-	"github.com/cohortsync/cohortsync-worker/internal/app"
 	"github.com/cohortsync/cohortsync-worker/internal/config"
+	"github.com/cohortsync/cohortsync-worker/internal/kafkaconn"
 )
 
 // clientID is the Kafka client id of every connection the check opens, so
@@ -36,7 +31,7 @@ const clientID = "cohortsync-worker-check"
 // (with automatic topic creation off), topic configurations and the group's
 // description.
 func checkKafka(ctx context.Context, cfg config.Config, to time.Duration) []Result {
-	_, tr, err := app.KafkaSecurity(cfg)
+	_, tr, err := kafkaconn.New(cfg, nil)
 	if err != nil {
 		return []Result{{Check: "kafka.brokers", Status: Fail, Detail: oneLine(err.Error(), 300)}}
 	}
@@ -333,196 +328,6 @@ func describeGroup(ctx context.Context, tr *kafka.Transport, brokers []string, g
 		res.Status, res.Detail = OK, fmt.Sprintf("%s is %s with %d member%s (%s)", group, g.GroupState, len(g.Members), plural(len(g.Members)), only)
 	}
 	return res, g.AuthorizedOperations
-}
-
-// need is one operation the worker needs on one resource.
-type need struct {
-	resource string // "topic t", "group g"
-	op       kafka.ACLOperationType
-	why      string
-	ops      int32 // the authorized operations the brokers reported; MinInt32: unknown
-	missing  bool  // the resource does not exist or cannot be described (its own check failed)
-}
-
-// checkACLs checks the operations the worker needs: READ on each input
-// topic and on the group, WRITE on the dead-letter topic (each implies
-// DESCRIBE). The brokers report what this principal may do on each
-// resource (KIP-430); where they do not, DescribeAcls can still show that
-// no authorizer is configured. Otherwise the check says what it could not
-// verify.
-func checkACLs(ctx context.Context, cl *kafka.Client, cfg config.Config, topics map[string]metadataAPI.ResponseTopic,
-	groupOps int32, groupFailed bool, to time.Duration) Result {
-	var needs []need
-	for _, t := range cfg.KafkaTopics {
-		needs = append(needs, need{resource: "topic " + t, op: kafka.ACLOperationTypeRead, why: "consume",
-			ops: topics[t].TopicAuthorizedOperations, missing: topics[t].ErrorCode != 0 || topics[t].Name == ""})
-	}
-	needs = append(needs, need{resource: "group " + cfg.KafkaGroupID, op: kafka.ACLOperationTypeRead, why: "join and commit", ops: groupOps, missing: groupFailed})
-	d := topics[cfg.KafkaDLQTopic]
-	needs = append(needs, need{resource: "topic " + cfg.KafkaDLQTopic, op: kafka.ACLOperationTypeWrite, why: "dead letters",
-		ops: d.TopicAuthorizedOperations, missing: d.ErrorCode != 0 || d.Name == ""})
-
-	var granted, denied, unknown, skipped []string
-	for _, n := range needs {
-		label := fmt.Sprintf("%s on %s", strings.ToUpper(n.op.String()), n.resource)
-		switch {
-		case n.missing:
-			skipped = append(skipped, label)
-		case n.ops == math.MinInt32:
-			unknown = append(unknown, label)
-		case n.ops&(1<<n.op) != 0:
-			granted = append(granted, label)
-		default:
-			denied = append(denied, label+" ("+n.why+")")
-		}
-	}
-	how := "as the brokers report for this principal"
-	if len(unknown) > 0 {
-		cctx, cancel := context.WithTimeout(ctx, to)
-		res, err := cl.DescribeACLs(cctx, &kafka.DescribeACLsRequest{Filter: kafka.ACLFilter{
-			ResourceTypeFilter: kafka.ResourceTypeAny, ResourcePatternTypeFilter: kafka.PatternTypeAny,
-			Operation: kafka.ACLOperationTypeAny, PermissionType: kafka.ACLPermissionTypeAny}})
-		cancel()
-		if err == nil && errors.Is(res.Error, kafka.SecurityDisabled) {
-			granted, unknown = append(granted, unknown...), nil
-			how = "no authorizer is configured on the brokers (DescribeAcls: security disabled), so every operation is allowed"
-		}
-	}
-	var parts []string
-	if len(denied) > 0 {
-		parts = append(parts, "not granted: "+strings.Join(denied, ", "))
-	}
-	if len(granted) > 0 {
-		parts = append(parts, "granted: "+strings.Join(granted, ", "))
-	}
-	if len(unknown) > 0 {
-		parts = append(parts, "not verified (the brokers did not report authorized operations and DescribeAcls was not allowed): "+strings.Join(unknown, ", "))
-	}
-	if len(skipped) > 0 {
-		parts = append(parts, "not checked (missing, or not even describable: see its line): "+strings.Join(skipped, ", "))
-	}
-	r := Result{Check: "kafka.acls", Detail: strings.Join(parts, "; ") + " (" + how + ")"}
-	switch {
-	case len(denied) > 0:
-		r.Status = Fail
-	case len(unknown) > 0:
-		r.Status = Warn
-	case len(granted) == 0:
-		r.Status, r.Detail = Skip, strings.Join(parts, "; ")
-	default:
-		r.Status = OK
-	}
-	return r
-}
-
-// rawMetadata asks addr for the metadata of topics, with the operations
-// this principal may perform on each, and with automatic topic creation
-// off: asking about a missing topic must not create it.
-func rawMetadata(ctx context.Context, addr string, tlsCfg *tls.Config, mech sasl.Mechanism, to time.Duration, topics []string) (*metadataAPI.Response, error) {
-	pc, err := dialRaw(ctx, addr, tlsCfg, mech, to)
-	if err != nil {
-		return nil, err
-	}
-	defer pc.Close()
-	m, err := pc.RoundTrip(&metadataAPI.Request{TopicNames: topics, AllowAutoTopicCreation: false, IncludeTopicAuthorizedOperations: true})
-	if err != nil {
-		return nil, err
-	}
-	md, ok := m.(*metadataAPI.Response)
-	if !ok {
-		return nil, fmt.Errorf("unexpected metadata answer %T", m)
-	}
-	return md, nil
-}
-
-// dialRaw opens a connection to one broker as kafka-go's transport does
-// (TCP, TLS with the configured settings and the broker's name, API version
-// negotiation, SASL with the configured mechanism), bounded by to. The
-// caller closes it.
-func dialRaw(ctx context.Context, addr string, tlsCfg *tls.Config, mech sasl.Mechanism, to time.Duration) (*protocol.Conn, error) {
-	ctx, cancel := context.WithTimeout(ctx, to)
-	defer cancel()
-	d := net.Dialer{}
-	nc, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return nil, err
-	}
-	host, port, _ := net.SplitHostPort(addr)
-	if tlsCfg != nil {
-		c := tlsCfg.Clone()
-		if c.ServerName == "" {
-			c.ServerName = host
-		}
-		tc := tls.Client(nc, c)
-		if err := tc.HandshakeContext(ctx); err != nil {
-			nc.Close()
-			return nil, fmt.Errorf("TLS: %w", err)
-		}
-		nc = tc
-	}
-	deadline, _ := ctx.Deadline()
-	pc := protocol.NewConn(nc, clientID)
-	_ = pc.SetDeadline(deadline)
-	ok := false
-	defer func() {
-		if !ok {
-			pc.Close()
-		}
-	}()
-	m, err := pc.RoundTrip(new(apiversions.Request))
-	if err != nil {
-		return nil, err
-	}
-	av := m.(*apiversions.Response)
-	if av.ErrorCode != 0 {
-		return nil, kafka.Error(av.ErrorCode)
-	}
-	versions := make(map[protocol.ApiKey]int16, len(av.ApiKeys))
-	for _, k := range av.ApiKeys {
-		key := protocol.ApiKey(k.ApiKey)
-		versions[key] = key.SelectVersion(k.MinVersion, k.MaxVersion)
-	}
-	pc.SetVersions(versions)
-	if mech != nil {
-		p, _ := strconv.Atoi(port)
-		if err := authenticate(sasl.WithMetadata(ctx, &sasl.Metadata{Host: host, Port: p}), pc, mech); err != nil {
-			return nil, fmt.Errorf("SASL %s: %w", mech.Name(), err)
-		}
-	}
-	ok = true
-	return pc, nil
-}
-
-// authenticate runs the SASL handshake and exchange on pc.
-func authenticate(ctx context.Context, pc *protocol.Conn, mech sasl.Mechanism) error {
-	m, err := pc.RoundTrip(&saslhandshake.Request{Mechanism: mech.Name()})
-	if err != nil {
-		return err
-	}
-	if code := m.(*saslhandshake.Response).ErrorCode; code != 0 {
-		return kafka.Error(code)
-	}
-	sess, state, err := mech.Start(ctx)
-	if err != nil {
-		return err
-	}
-	for done := false; !done; {
-		m, err := pc.RoundTrip(&saslauthenticate.Request{AuthBytes: state})
-		if err != nil {
-			return err
-		}
-		res := m.(*saslauthenticate.Response)
-		if res.ErrorCode != 0 {
-			if res.ErrorMessage != "" {
-				return fmt.Errorf("%s: %s", kafka.Error(res.ErrorCode).Title(), res.ErrorMessage)
-			}
-			return kafka.Error(res.ErrorCode)
-		}
-		if done, state, err = sess.Next(ctx, res.AuthBytes); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // clientLeaf is the client certificate of KAFKA_TLS_CERT_FILE and

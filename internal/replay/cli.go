@@ -11,9 +11,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cohortsync/cohortsync-worker/internal/app"
 	"github.com/cohortsync/cohortsync-worker/internal/config"
 	"github.com/cohortsync/cohortsync-worker/internal/event"
+	"github.com/cohortsync/cohortsync-worker/internal/kafkaconn"
 )
 
 // Exit codes of Main.
@@ -197,7 +197,7 @@ func replayMain(ctx context.Context, args []string, getenv func(string) string, 
 	case o.toTopic == cfg.KafkaDLQTopic:
 		return bad("--to-topic is the dead-letter topic %s", cfg.KafkaDLQTopic)
 	}
-	dialer, transport, err := app.KafkaSecurity(cfg)
+	dialer, transport, err := kafkaconn.New(cfg, nil)
 	if err != nil {
 		return bad("%s", firstLine(err.Error()))
 	}

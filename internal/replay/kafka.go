@@ -25,7 +25,7 @@ var (
 )
 
 // NewKafka returns the adapter for the cluster at brokers. dialer and
-// transport carry TLS and SASL (app.KafkaSecurity); nil means plain TCP.
+// transport carry TLS and SASL (kafkaconn.New); nil means plain TCP.
 func NewKafka(brokers []string, dialer *kafka.Dialer, transport kafka.RoundTripper) *Kafka {
 	if dialer == nil {
 		dialer = &kafka.Dialer{Timeout: 10 * time.Second, DualStack: true}

@@ -12,7 +12,7 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
-	"github.com/cohortsync/cohortsync-worker/consumer"
+	"github.com/cohortsync/cohortsync-worker/internal/deadletter"
 	"github.com/cohortsync/cohortsync-worker/internal/event"
 )
 
@@ -26,12 +26,12 @@ const (
 func deadLetter(key string, reason event.Reason, srcPartition int, srcOffset int64, extra ...kafka.Header) kafka.Message {
 	hs := append([]kafka.Header(nil), extra...)
 	hs = append(hs,
-		kafka.Header{Key: consumer.HeaderReason, Value: []byte(reason)},
-		kafka.Header{Key: consumer.HeaderError, Value: []byte("detail of " + key)},
-		kafka.Header{Key: consumer.HeaderSourceTopic, Value: []byte(src)},
-		kafka.Header{Key: consumer.HeaderSourcePartition, Value: []byte(strconv.Itoa(srcPartition))},
-		kafka.Header{Key: consumer.HeaderSourceOffset, Value: []byte(strconv.FormatInt(srcOffset, 10))},
-		kafka.Header{Key: consumer.HeaderFailedAt, Value: []byte("2026-11-28T10:00:00Z")},
+		kafka.Header{Key: deadletter.HeaderReason, Value: []byte(reason)},
+		kafka.Header{Key: deadletter.HeaderError, Value: []byte("detail of " + key)},
+		kafka.Header{Key: deadletter.HeaderSourceTopic, Value: []byte(src)},
+		kafka.Header{Key: deadletter.HeaderSourcePartition, Value: []byte(strconv.Itoa(srcPartition))},
+		kafka.Header{Key: deadletter.HeaderSourceOffset, Value: []byte(strconv.FormatInt(srcOffset, 10))},
+		kafka.Header{Key: deadletter.HeaderFailedAt, Value: []byte("2026-11-28T10:00:00Z")},
 	)
 	return kafka.Message{Key: []byte(key), Value: []byte(`{"value of":"` + key + `"}`), Headers: hs}
 }
@@ -108,7 +108,7 @@ func TestReplayRewritesAndCommits(t *testing.T) {
 	if fmt.Sprint(m.Headers) != fmt.Sprint(wantHeaders) {
 		t.Errorf("headers %v, want %v", m.Headers, wantHeaders)
 	}
-	if h := hdrs(p2[0]); h[HeaderReplayedFrom] != "in.dlq/0/2" || h[consumer.HeaderReason] != "" {
+	if h := hdrs(p2[0]); h[HeaderReplayedFrom] != "in.dlq/0/2" || h[deadletter.HeaderReason] != "" {
 		t.Errorf("headers %v", h)
 	}
 	if off := c.commitOf(group, 0); off != 4 {
@@ -131,7 +131,7 @@ func TestReplayRewritesAndCommits(t *testing.T) {
 // must not be written back as an empty record (a tombstone).
 func TestLetterWithoutValueIsNotReplayed(t *testing.T) {
 	stripped := deadLetter("k1", event.ReasonTooLarge, 1, 11,
-		kafka.Header{Key: consumer.HeaderOriginalSize, Value: []byte("1500000")})
+		kafka.Header{Key: deadletter.HeaderOriginalSize, Value: []byte("1500000")})
 	stripped.Value = nil
 	c := setup(deadLetter("k0", event.ReasonTooLarge, 0, 10), stripped)
 	res := runReplay(t, c, nil)
@@ -321,7 +321,7 @@ func TestSourcePartitionOutOfRangeFallsBackToKeyHash(t *testing.T) {
 
 func TestDeadLetterWithoutSourceTopicStopsTheRun(t *testing.T) {
 	bad := kafka.Message{Key: []byte("x"), Value: []byte("{}"),
-		Headers: []kafka.Header{{Key: consumer.HeaderReason, Value: []byte(event.ReasonAPIRejected)}}}
+		Headers: []kafka.Header{{Key: deadletter.HeaderReason, Value: []byte(event.ReasonAPIRejected)}}}
 	c := setup(deadLetter("k0", event.ReasonMalformed, 0, 1), bad, deadLetter("k2", event.ReasonMalformed, 0, 3))
 	res := runReplay(t, c, nil)
 	if res.err == nil || !strings.Contains(res.err.Error(), "in.dlq/0/1") || !strings.Contains(res.err.Error(), "--to-topic") {

@@ -12,7 +12,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
-	"github.com/cohortsync/cohortsync-worker/internal/kafkaadmin"
+	"github.com/cohortsync/cohortsync-worker/internal/harness/kafkaadmin"
 )
 
 const (

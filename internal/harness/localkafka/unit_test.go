@@ -11,12 +11,12 @@ import (
 )
 
 func TestEmbeddedPomMatchesScript(t *testing.T) {
-	want, err := os.ReadFile(filepath.Join("..", "..", "scripts", "kafka", "pom.xml"))
+	want, err := os.ReadFile(filepath.Join("..", "..", "..", "scripts", "kafka", "pom.xml"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(pomXML, want) {
-		t.Fatal("internal/localkafka/pom.xml differs from scripts/kafka/pom.xml: copy the script's pom over the embedded one")
+		t.Fatal("internal/harness/localkafka/pom.xml differs from scripts/kafka/pom.xml: copy the script's pom over the embedded one")
 	}
 }
 

@@ -1,4 +1,4 @@
-package consumer
+package deadletter
 
 import (
 	"context"
@@ -14,7 +14,7 @@ import (
 // waits (issue 19 §1). It is busy again once the letter is queued.
 func TestFullDeadLetterQueueIsNotAWedge(t *testing.T) {
 	m := metrics.New(nil)
-	d := NewDLQ(nil, "dlq", testLog(t), m) // never Run: nothing drains the queue
+	d := New(nil, "dlq", nil, testLog(t), m) // never Run: nothing drains the queue
 	for range cap(d.queue) {
 		if err := d.enqueue(t.Context(), &letter{}); err != nil {
 			t.Fatal(err)

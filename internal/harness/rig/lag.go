@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/cohortsync/cohortsync-worker/internal/kafkaadmin"
+	"github.com/cohortsync/cohortsync-worker/internal/harness/kafkaadmin"
 )
 
 // ErrStopped is returned by [WaitNoLag] when the consumer stopped first.

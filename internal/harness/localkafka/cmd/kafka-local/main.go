@@ -24,7 +24,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/cohortsync/cohortsync-worker/internal/localkafka"
+	"github.com/cohortsync/cohortsync-worker/internal/harness/localkafka"
 )
 
 const defaultPort = 9092

@@ -1,4 +1,9 @@
-package app
+// Package kafkaconn connects to the Kafka cluster the way the worker does:
+// the kafka-go dialer and transport with the TLS (CA, a client certificate
+// re-read at each handshake) and SASL (PLAIN, SCRAM, AWS_MSK_IAM) settings
+// of the configuration. The worker and the tools that talk to the same
+// cluster (cohortsync-worker dlq replay, check) use it.
+package kafkaconn
 
 import (
 	"bytes"
@@ -23,18 +28,14 @@ import (
 	"github.com/cohortsync/cohortsync-worker/internal/config"
 )
 
-// KafkaSecurity builds the kafka-go dialer (consumer groups and readers) and
+// New builds the kafka-go dialer (consumer groups and readers) and
 // transport (metadata, produce and offset requests) from the TLS and SASL
-// settings of cfg, exactly as the worker does. Tools that talk to the same
-// cluster (cohortsync-worker dlq replay, check) use it so that they connect
-// the same way. It logs nothing (a reloaded client certificate included).
-func KafkaSecurity(cfg config.Config) (*kafka.Dialer, *kafka.Transport, error) {
-	return kafkaSecurity(cfg, slog.New(slog.DiscardHandler))
-}
-
-// kafkaSecurity builds the dialer (group and readers) and the transport
-// (metadata and the dead-letter writer) from the TLS and SASL settings.
-func kafkaSecurity(cfg config.Config, log *slog.Logger) (*kafka.Dialer, *kafka.Transport, error) {
+// settings of cfg. log receives the client certificate's reloads; nil logs
+// nothing.
+func New(cfg config.Config, log *slog.Logger) (*kafka.Dialer, *kafka.Transport, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	dialer := &kafka.Dialer{Timeout: 10 * time.Second, DualStack: true}
 	transport := &kafka.Transport{DialTimeout: 10 * time.Second}
 	if cfg.KafkaTLS || cfg.KafkaTLSCAFile != "" || cfg.KafkaTLSCertFile != "" {
@@ -174,4 +175,15 @@ func (c *clientCert) keep(err error) (*tls.Certificate, error) {
 		c.log.Warn("cannot load the rotated Kafka client certificate; presenting the previous one", "err", err)
 	}
 	return c.cert, nil
+}
+
+// Logger bridges kafka-go's Printf logger to slog, at level (nil log: the
+// default logger).
+func Logger(log *slog.Logger, level slog.Level) kafka.Logger {
+	if log == nil {
+		log = slog.Default()
+	}
+	return kafka.LoggerFunc(func(format string, args ...any) {
+		log.Log(context.Background(), level, fmt.Sprintf(format, args...), "component", "kafka-go")
+	})
 }

@@ -18,8 +18,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/cohortsync/cohortsync-worker/internal/emulator"
-	"github.com/cohortsync/cohortsync-worker/internal/kafkaadmin"
-	"github.com/cohortsync/cohortsync-worker/internal/rig"
+	"github.com/cohortsync/cohortsync-worker/internal/harness/kafkaadmin"
+	"github.com/cohortsync/cohortsync-worker/internal/harness/rig"
 )
 
 // fakeTB records a failure instead of ending the test.

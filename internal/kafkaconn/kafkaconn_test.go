@@ -1,4 +1,4 @@
-package app
+package kafkaconn
 
 import (
 	"bytes"
@@ -185,7 +185,7 @@ func TestMSKIAMSignsWithTheDefaultChain(t *testing.T) {
 		t.Setenv(k, v)
 	}
 	cfg := config.Config{KafkaTLS: true, KafkaSASLMechanism: config.AWSMSKIAM}
-	dialer, transport, err := kafkaSecurity(cfg, slog.New(slog.DiscardHandler))
+	dialer, transport, err := New(cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,7 +221,7 @@ func TestMSKIAMSignsWithTheDefaultChain(t *testing.T) {
 
 	t.Setenv("AWS_REGION", "")
 	t.Setenv("AWS_DEFAULT_REGION", "")
-	if _, _, err := kafkaSecurity(cfg, slog.New(slog.DiscardHandler)); err == nil || !strings.Contains(err.Error(), "AWS_REGION") {
+	if _, _, err := New(cfg, slog.New(slog.DiscardHandler)); err == nil || !strings.Contains(err.Error(), "AWS_REGION") {
 		t.Fatalf("no region: %v", err)
 	}
 }
