@@ -79,33 +79,7 @@ func (c *Consumer) Generation() int64 { return c.genID.Load() }
 // open batches within DrainTimeout, commits what was accepted and leaves the
 // group. It returns nil after a clean drain, or an error that stopped it.
 func (c *Consumer) Run(ctx context.Context) error {
-	gcfg := kafka.ConsumerGroupConfig{
-		ID:                c.cfg.GroupID,
-		Brokers:           c.cfg.Brokers,
-		Dialer:            c.cfg.Dialer,
-		Topics:            c.cfg.Topics,
-		HeartbeatInterval: c.cfg.HeartbeatInterval,
-		SessionTimeout:    c.cfg.SessionTimeout,
-		RebalanceTimeout:  c.cfg.RebalanceTimeout,
-		JoinGroupBackoff:  time.Second,
-		StartOffset:       kafka.FirstOffset,
-		Logger:            kafkaLogger(c.cfg.Logger, slog.LevelDebug),
-		ErrorLogger:       kafkaLogger(c.cfg.Logger, slog.LevelWarn),
-		Timeout:           10 * time.Second,
-		// kafka-go's defaults, wrapped to assign the partitions of topics
-		// kafka-go missed and to remember the partitions a join led by
-		// this member assigned (the partition watch's baseline).
-		// Their protocol names are kafka-go's: members of older versions
-		// still agree on a protocol.
-		GroupBalancers: []kafka.GroupBalancer{
-			countingBalancer{kafka.RangeGroupBalancer{}, c},
-			countingBalancer{kafka.RoundRobinGroupBalancer{}, c},
-		},
-		// kafka-go's own partition watcher (WatchPartitionChanges) is not
-		// used: it ends every generation at once while a topic does not
-		// exist (a rejoin loop), and it asks for metadata with automatic
-		// topic creation on. watchPartitions does the job.
-	}
+	gcfg := c.groupConfig()
 	if err := gcfg.Validate(); err != nil {
 		return fmt.Errorf("consumer: %w", err)
 	}
@@ -148,6 +122,37 @@ func (c *Consumer) Run(ctx context.Context) error {
 			_ = group.Close()
 			return fmt.Errorf("consumer: %w (%d generations in a row)", err, startFailures)
 		}
+	}
+}
+
+// groupConfig is the configuration of the kafka-go consumer group.
+func (c *Consumer) groupConfig() kafka.ConsumerGroupConfig {
+	return kafka.ConsumerGroupConfig{
+		ID:                c.cfg.GroupID,
+		Brokers:           c.cfg.Brokers,
+		Dialer:            c.cfg.Dialer,
+		Topics:            c.cfg.Topics,
+		HeartbeatInterval: c.cfg.HeartbeatInterval,
+		SessionTimeout:    c.cfg.SessionTimeout,
+		RebalanceTimeout:  c.cfg.RebalanceTimeout,
+		JoinGroupBackoff:  time.Second,
+		StartOffset:       kafka.FirstOffset,
+		Logger:            kafkaLogger(c.cfg.Logger, slog.LevelDebug),
+		ErrorLogger:       kafkaLogger(c.cfg.Logger, slog.LevelWarn),
+		Timeout:           10 * time.Second,
+		// kafka-go's defaults, wrapped to assign the partitions of topics
+		// kafka-go missed and to remember the partitions a join led by
+		// this member assigned (the partition watch's baseline).
+		// Their protocol names are kafka-go's: members of older versions
+		// still agree on a protocol.
+		GroupBalancers: []kafka.GroupBalancer{
+			countingBalancer{kafka.RangeGroupBalancer{}, c},
+			countingBalancer{kafka.RoundRobinGroupBalancer{}, c},
+		},
+		// kafka-go's own partition watcher (WatchPartitionChanges) is not
+		// used: it ends every generation at once while a topic does not
+		// exist (a rejoin loop), and it asks for metadata with automatic
+		// topic creation on. watchPartitions does the job.
 	}
 }
 
@@ -198,20 +203,7 @@ func (c *Consumer) runGeneration(ctx context.Context, group *kafka.ConsumerGroup
 	stopFetch := make(chan struct{})
 	var fetchers sync.WaitGroup // fetch loops that may still call Add
 	fenced := make(chan struct{})
-	for _, p := range parts {
-		fetchers.Add(1)
-		gen.Start(func(gctx context.Context) {
-			if !awaitHandOff(gctx, stopFetch, p) { // handoff.go
-				fetchers.Done()
-				<-gctx.Done()
-				return
-			}
-			if !c.fetch(gctx, stopFetch, p, &fetchers, log) {
-				return // the reader could not start: end the generation (Run)
-			}
-			<-gctx.Done() // returning earlier would end the generation
-		})
-	}
+	c.startFetches(gen, parts, stopFetch, &fetchers, log)
 	// New partitions or a new topic end the generation (watchPartitions).
 	gen.Start(func(gctx context.Context) { c.watchPartitions(gctx, baseline, log) })
 	gen.Start(func(gctx context.Context) { c.watchLag(gctx, parts, log) }) // lag.go
@@ -246,6 +238,26 @@ func (c *Consumer) runGeneration(ctx context.Context, group *kafka.ConsumerGroup
 	<-fenced
 	log.Info("left the consumer group")
 	return true, nil
+}
+
+// startFetches starts, in gen, the fetch loop of every partition of parts,
+// each once its hand-off allows (awaitHandOff). fetchers counts the loops
+// that may still call Add; closing stop ends them.
+func (c *Consumer) startFetches(gen *kafka.Generation, parts []*partitionState, stop <-chan struct{}, fetchers *sync.WaitGroup, log *slog.Logger) {
+	for _, p := range parts {
+		fetchers.Add(1)
+		gen.Start(func(gctx context.Context) {
+			if !awaitHandOff(gctx, stop, p) { // handoff.go
+				fetchers.Done()
+				<-gctx.Done()
+				return
+			}
+			if !c.fetch(gctx, stop, p, fetchers, log) {
+				return // the reader could not start: end the generation (Run)
+			}
+			<-gctx.Done() // returning earlier would end the generation
+		})
+	}
 }
 
 // assignedPartitions returns the partitions gen assigns to this member.
