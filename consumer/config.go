@@ -42,7 +42,7 @@ type Config struct {
 	OnAssign func(assigned []TopicPartition, total int)
 
 	CommitInterval    time.Duration // default 1s
-	MaxWait           time.Duration // fetch long-poll; default 500ms (it also bounds Reader.Close)
+	MaxWait           time.Duration // fetch long-poll: the broker answers a partition's fetch within it; default 500ms
 	SessionTimeout    time.Duration // default 10s (brokers reject < 6s)
 	RebalanceTimeout  time.Duration // default 30s: the longest a generation's fencing may take
 	HeartbeatInterval time.Duration // default 3s; must be < SessionTimeout/3

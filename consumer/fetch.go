@@ -27,7 +27,8 @@ func (c *Config) readerConfig(topic string, partition int) kafka.ReaderConfig {
 	}
 }
 
-// partitionReader is what fetch uses of a *kafka.Reader.
+// partitionReader is what fetch uses of a partition's reader (a
+// *committedReader; tests wrap it: WrapReaders).
 type partitionReader interface {
 	FetchMessage(ctx context.Context) (kafka.Message, error)
 	Close() error
@@ -71,15 +72,17 @@ func (c *Consumer) fetch(gctx context.Context, stop <-chan struct{}, p *partitio
 	}()
 	// This goroutine only fetches; a second one per partition decodes and
 	// tracks the records and hands their changes to the batcher, as many
-	// as are waiting per call, so that partitions do not queue on the
-	// batcher's lock and no record needs an allocation of its own. Between
-	// the two wait at most fetchQueue records and FetchBufferBytes bytes.
+	// as are waiting per call, so that partitions do not queue one record
+	// at a time for the batcher's Run goroutine (Add asks it over a
+	// channel) and no record needs an allocation of its own. Between the
+	// two wait at most fetchQueue records and FetchBufferBytes bytes (the
+	// fetchBudget).
 	msgs := make(chan kafka.Message, fetchQueue)
-	q := &byteQueue{limit: int64(c.cfg.FetchBufferBytes), freed: make(chan struct{}, 1)}
+	budget := &fetchBudget{limit: int64(c.cfg.FetchBufferBytes), freed: make(chan struct{}, 1)}
 	processed := make(chan struct{})
 	go func() {
 		defer close(processed)
-		c.process(ctx, p, msgs, q)
+		c.process(ctx, p, msgs, budget)
 	}()
 	defer func() {
 		close(msgs)
@@ -99,7 +102,7 @@ func (c *Consumer) fetch(gctx context.Context, stop <-chan struct{}, p *partitio
 			}
 			continue
 		}
-		if !q.acquire(ctx, recordBytes(m)) {
+		if !budget.acquire(ctx, recordBytes(m)) {
 			return true
 		}
 		msgs <- m // process drains msgs until it is closed: this cannot block for good
@@ -115,43 +118,44 @@ func recordBytes(m kafka.Message) int64 {
 	return int64(n)
 }
 
-// byteQueue counts the bytes of the records between one partition's fetch
-// loop, the only caller of acquire, and its process loop, the only caller
-// of release. Both are lock-free on the way through; acquire waits only at
-// the bound, for a release.
-type byteQueue struct {
+// fetchBudget is the byte budget between one partition's fetch loop and its
+// process loop: the bytes of the records fetched and not yet decoded,
+// bounded by FetchBufferBytes. The fetch loop is the only caller of
+// acquire, the process loop the only caller of release. Both are lock-free
+// on the way through; acquire waits only at the bound, for a release.
+type fetchBudget struct {
 	limit int64
-	n     atomic.Int64
+	n     atomic.Int64  // bytes taken and not given back
 	freed chan struct{} // capacity 1: a release's wake-up for a waiting acquire
 }
 
-// acquire takes n bytes, waiting while that would pass the limit and some
-// bytes are taken (a record larger than the limit passes alone). It
-// returns false when ctx ended first.
-func (q *byteQueue) acquire(ctx context.Context, n int64) bool {
+// acquire takes n bytes of the budget, waiting while that would pass the
+// limit and some bytes are taken (a record larger than the limit passes
+// alone). It returns false when ctx ended first.
+func (b *fetchBudget) acquire(ctx context.Context, n int64) bool {
 	for {
-		// Only release runs concurrently, and it only lowers q.n: a
+		// Only release runs concurrently, and it only lowers b.n: a
 		// check that passes stays true until the Add.
-		if cur := q.n.Load(); cur == 0 || cur+n <= q.limit {
-			q.n.Add(n)
+		if cur := b.n.Load(); cur == 0 || cur+n <= b.limit {
+			b.n.Add(n)
 			return true
 		}
 		select {
-		case <-q.freed:
+		case <-b.freed:
 		case <-ctx.Done():
 			return false
 		}
 	}
 }
 
-// release gives back n bytes and wakes a waiting acquire.
-func (q *byteQueue) release(n int64) {
+// release gives n bytes back to the budget and wakes a waiting acquire.
+func (b *fetchBudget) release(n int64) {
 	if n == 0 {
 		return
 	}
-	q.n.Add(-n)
+	b.n.Add(-n)
 	select {
-	case q.freed <- struct{}{}:
+	case b.freed <- struct{}{}:
 	default: // a wake-up is pending already
 	}
 }

@@ -20,7 +20,7 @@ const maxAdd = 2048
 // and adds their changes to the batcher, joining the records already
 // waiting into one call. It returns when msgs is closed, or when an Add
 // fails because the generation is over (what is left is read again later).
-func (c *Consumer) process(ctx context.Context, p *partitionState, msgs <-chan kafka.Message, q *byteQueue) {
+func (c *Consumer) process(ctx context.Context, p *partitionState, msgs <-chan kafka.Message, budget *fetchBudget) {
 	dec := event.NewDecoder(c.cfg.DefaultPartner)
 	buf := make([]batcher.Change, 0, maxAdd)
 	var tr *tracker
@@ -64,7 +64,7 @@ func (c *Consumer) process(ctx context.Context, p *partitionState, msgs <-chan k
 		}
 		// The records are decoded: their bytes are garbage now (the
 		// changes hold copies), whether or not Add has to wait.
-		q.release(taken)
+		budget.release(taken)
 		hb.Idle()
 		if err == nil && len(buf) > 0 {
 			err = c.cfg.Batcher.Add(ctx, buf)
