@@ -54,6 +54,10 @@ type Config struct {
 	// Default 5s; negative disables the watch (new partitions then wait
 	// for the next rebalance).
 	PartitionWatchInterval time.Duration
+	// LagInterval is how often a generation reads its partitions' high
+	// watermarks from the brokers to publish cohortsync_consumer_lag
+	// (watchLag). Default 15s.
+	LagInterval time.Duration
 	// FetchBufferBytes bounds, per assigned partition, the bytes (keys,
 	// values and headers) of records fetched but not yet decoded and
 	// handed to the Batcher. At the bound the partition's fetch loop
@@ -88,6 +92,7 @@ func (c *Config) setDefaults() error {
 	def(&c.HeartbeatInterval, 3*time.Second)
 	def(&c.DrainTimeout, 30*time.Second)
 	def(&c.PartitionWatchInterval, 5*time.Second)
+	def(&c.LagInterval, 15*time.Second)
 	if c.FetchBufferBytes == 0 {
 		c.FetchBufferBytes = 4 << 20
 	}
@@ -124,6 +129,8 @@ func (c *Config) setDefaults() error {
 		// member must get three heartbeats into a session, so that one
 		// lost heartbeat neither expels it nor lets its lease run out.
 		return fmt.Errorf("consumer: HeartbeatInterval %s is not less than a third of SessionTimeout %s", c.HeartbeatInterval, c.SessionTimeout)
+	case c.LagInterval < 0:
+		return fmt.Errorf("consumer: LagInterval %s is negative", c.LagInterval)
 	case c.FetchBufferBytes < 0:
 		return fmt.Errorf("consumer: FetchBufferBytes %d is negative", c.FetchBufferBytes)
 	}
