@@ -49,7 +49,7 @@ type DeadLetterFunc func(ctx context.Context, rejected []Rejected) error
 
 // Config configures a Batcher. Zero values take the documented defaults.
 type Config struct {
-	MaxBytes    int           // request body cap; default 128000
+	MaxBytes    int           // request body cap; default wire.DefaultMaxBodyBytes (128000)
 	MaxMembers  int           // members per request; 0 = only MaxBytes limits
 	Window      time.Duration // longest an open batch waits before it is due; default 5s
 	MaxInFlight int           // concurrent requests; default 4
@@ -122,10 +122,7 @@ func New(cfg Config) (*Batcher, error) {
 // fits within MaxBytes. A change that does not fit can never be sent (the
 // consumer dead-letters its record as too_large instead of adding it).
 func (b *Batcher) Fits(h wire.Header, uid string) bool {
-	if wire.SingleBodyBound(h, uid) <= b.cfg.MaxBytes {
-		return true // the common case, without quoting five strings per change
-	}
-	return wire.BodySize(wire.EnvelopeSize(h), 1, wire.MemberSize(uid)) <= b.cfg.MaxBytes
+	return wire.Fits(h, uid, b.cfg.MaxBytes)
 }
 
 type addRequest struct {

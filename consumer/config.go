@@ -25,11 +25,11 @@ type Config struct {
 	Batcher   Batcher            // required
 	DLQ       *DLQ               // required
 	// Fits reports whether a request with header h and the single member
-	// uid fits within the request body cap. A member that does not can
-	// never be sent: its record is dead-lettered as it is, with the reason
-	// too_large, and the record's other members go on. nil = the Batcher's
-	// own Fits method when it has one (*batcher.Batcher does, with its
-	// MaxBytes), else a 128000-byte cap.
+	// uid fits within the Batcher's request body cap. A member that does
+	// not can never be sent: its record is dead-lettered as it is, with the
+	// reason too_large, and the record's other members go on. nil = the
+	// default cap, wire.Fits with wire.DefaultMaxBodyBytes: a Batcher with
+	// another MaxBytes needs its own here (the app passes BATCH_MAX_BYTES).
 	Fits func(h wire.Header, uid string) bool
 	// Lease receives this replica's proofs of group membership (see
 	// keepLease); the sink waits for it before every attempt. nil = a
@@ -106,7 +106,7 @@ func (c *Config) setDefaults() error {
 		c.Transport = kafka.DefaultTransport
 	}
 	if c.Fits == nil {
-		c.Fits = defaultFits(c.Batcher)
+		c.Fits = defaultFits
 	}
 	if c.Lease == nil {
 		c.Lease = lease.New()
