@@ -1,5 +1,6 @@
 // Package wire owns the Cohort Sync API request body: its exact encoding and
-// the byte arithmetic the batcher uses to keep every body under the size cap.
+// the byte arithmetic the batcher uses to keep every body under the size cap,
+// and the cap's default and one-member fit check (DefaultMaxBodyBytes, Fits).
 //
 // The encoder and the size functions are two views of one format; a test and
 // a fuzz target check that they agree to the byte.
