@@ -18,7 +18,7 @@ import (
 
 // Limits are the bounds a Core keeps. Zero values take the defaults.
 type Limits struct {
-	MaxBytes    int           // request body cap; default 128000
+	MaxBytes    int           // request body cap; default wire.DefaultMaxBodyBytes (128000)
 	MaxMembers  int           // members per request; 0 = only MaxBytes limits
 	Window      time.Duration // longest an open batch waits before it is due; default 5s
 	MaxInFlight int           // batches taken by Next and not yet settled; default 4
@@ -28,7 +28,7 @@ type Limits struct {
 
 func (l *Limits) setDefaults() error {
 	if l.MaxBytes == 0 {
-		l.MaxBytes = 128000
+		l.MaxBytes = wire.DefaultMaxBodyBytes
 	}
 	if l.Window == 0 {
 		l.Window = 5 * time.Second

@@ -12,4 +12,22 @@
 // partition taken over without that proof is read only MaxProcessingTime
 // after the assignment (handoff.go).
 // It does not batch, and it knows nothing of HTTP.
+//
+// The files, by concern:
+//   - config.go: Config, its defaults and checks.
+//   - consumer.go: the group loop: New, Run, runGeneration, fence, drain.
+//   - commit.go: the commit cadence (commitEvery) and commit.
+//   - partitions.go: partition discovery and the kafka-go workarounds:
+//     metadata, partitionCounts, completePartitions, countingBalancer,
+//     watchPartitions.
+//   - fetch.go: a partition's fetch loop and its byte budget (fetchBudget);
+//     fetcher.go: its read_committed reader (committedReader); txn.go: what
+//     that reader hides of transactions.
+//   - process.go: decoding and handing records to the Batcher (process,
+//     handle); toolarge.go: members too large for any request.
+//   - tracker.go: per-partition offsets and the commit watermark.
+//   - lease.go, heartbeat.go: the membership lease's proofs.
+//   - handoff.go, handover.go: the proof of a clean hand-over, and a drain
+//     caught by a rebalance.
+//   - lag.go: cohortsync_consumer_lag.
 package consumer

@@ -9,13 +9,9 @@ import (
 	"github.com/segmentio/kafka-go"
 )
 
-// LagInterval is how often a generation reads its partitions' high
-// watermarks from the brokers to publish cohortsync_consumer_lag.
-var LagInterval = 15 * time.Second
-
 // watchLag publishes, for every partition of the generation, the records
 // between the group's position and the partition's high watermark, read
-// from the brokers on a ticker (ListOffsets): it keeps moving while nothing
+// from the brokers every LagInterval (ListOffsets): it keeps moving while nothing
 // is fetched or committed -- during an API outage, exactly when lag grows.
 // The position is the last committed offset, else the generation's start
 // offset, else the start of the log (a new group starts at the earliest
@@ -29,7 +25,7 @@ func (c *Consumer) watchLag(gctx context.Context, parts []*partitionState, log *
 		return
 	}
 	client := &kafka.Client{Addr: kafka.TCP(c.cfg.Brokers...), Transport: c.cfg.Transport, Timeout: 10 * time.Second}
-	t := time.NewTicker(LagInterval)
+	t := time.NewTicker(c.cfg.LagInterval)
 	defer t.Stop()
 	failing := false
 	for {

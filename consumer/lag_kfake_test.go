@@ -9,7 +9,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 
-	"github.com/cohortsync/cohortsync-worker/consumer"
 	"github.com/cohortsync/cohortsync-worker/internal/event"
 )
 
@@ -32,12 +31,8 @@ func lagSum(v *prometheus.GaugeVec) (sum float64, series int) {
 // reading may stall), falls to 0 once everything is committed, and its
 // series are deleted when the partitions are revoked.
 func TestLagFromHighWatermark(t *testing.T) {
-	old := consumer.LagInterval
-	consumer.LagInterval = 100 * time.Millisecond
-	t.Cleanup(func() { consumer.LagInterval = old })
-
 	h := newHarness(t)
-	a := h.startReplica("a", replicaOpts{hold: holdAll}) // an API outage
+	a := h.startReplica("a", replicaOpts{hold: holdAll, lagInterval: 100 * time.Millisecond}) // an API outage
 	a.waitAssigned(t, partitions)
 
 	const n = 400

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -72,10 +73,7 @@ func (c *Consumer) keepLease(gctx context.Context, gen *kafka.Generation, term l
 			return
 		case <-t.C:
 		}
-		sent := time.Now() // before the request: the proof counts from here
-		ctx, cancel := context.WithTimeout(hctx, valid)
-		err := heartbeat(ctx, c.cfg.Transport, addr, gen)
-		cancel()
+		sent, err := c.heartbeatOnce(hctx, addr, gen, valid)
 		switch until, proven := c.proofUntil(err, sent, lastOK, h); {
 		case proven:
 			if err == nil {
@@ -107,6 +105,16 @@ func (c *Consumer) keepLease(gctx context.Context, gen *kafka.Generation, term l
 		c.m.LeaseValid.Set(gauge(c.lease.Valid()))
 		t.Reset(c.leaseEvery())
 	}
+}
+
+// heartbeatOnce sends one Heartbeat for gen, waiting at most valid for the
+// answer, and returns when it was sent (just before the request: a proof
+// counts from there) and the answer.
+func (c *Consumer) heartbeatOnce(ctx context.Context, addr net.Addr, gen *kafka.Generation, valid time.Duration) (sent time.Time, err error) {
+	sent = time.Now() // before the request: the proof counts from here
+	ctx, cancel := context.WithTimeout(ctx, valid)
+	defer cancel()
+	return sent, heartbeat(ctx, c.cfg.Transport, addr, gen)
 }
 
 // proofUntil is until when the heartbeat sent at sent and answered err

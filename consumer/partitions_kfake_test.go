@@ -428,6 +428,8 @@ func TestConfigTimings(t *testing.T) {
 		{"heartbeat > session/3", func(c *consumer.Config) { c.HeartbeatInterval = 5 * time.Second }, "HeartbeatInterval"},
 		{"heartbeat < session/3", func(c *consumer.Config) { c.SessionTimeout, c.HeartbeatInterval = 9*time.Second, 2999*time.Millisecond }, ""},
 		{"negative fetch buffer", func(c *consumer.Config) { c.FetchBufferBytes = -1 }, "FetchBufferBytes"},
+		{"lag interval", func(c *consumer.Config) { c.LagInterval = 100 * time.Millisecond }, ""},
+		{"negative lag interval", func(c *consumer.Config) { c.LagInterval = -time.Second }, "LagInterval"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := base()

@@ -12,31 +12,14 @@ import (
 	"github.com/cohortsync/cohortsync-worker/internal/wire"
 )
 
-// defaultMaxBodyBytes is the request body cap of Config.Fits when neither
-// it nor the Batcher says otherwise (the batcher's default MaxBytes).
-const defaultMaxBodyBytes = 128000
-
 // maxNamedUIDs is how many of the members that do not fit a too_large
 // letter names in its error header.
 const maxNamedUIDs = 3
 
-// fitter is a Batcher that knows its request body cap.
-type fitter interface {
-	Fits(h wire.Header, uid string) bool
-}
-
-var _ fitter = (*batcher.Batcher)(nil)
-
-// defaultFits returns the Fits of b when it has one (as *batcher.Batcher
-// does: its own body cap), else a check against defaultMaxBodyBytes.
-func defaultFits(b Batcher) func(wire.Header, string) bool {
-	if f, ok := b.(fitter); ok {
-		return f.Fits
-	}
-	return func(h wire.Header, uid string) bool {
-		return wire.SingleBodyBound(h, uid) <= defaultMaxBodyBytes ||
-			wire.BodySize(wire.EnvelopeSize(h), 1, wire.MemberSize(uid)) <= defaultMaxBodyBytes
-	}
+// defaultFits is Config.Fits when none is given: the default request body
+// cap, which is the Batcher's when its MaxBytes is left at the default.
+func defaultFits(h wire.Header, uid string) bool {
+	return wire.Fits(h, uid, wire.DefaultMaxBodyBytes)
 }
 
 // splitFit returns the members of uids that fit in a request with header h

@@ -2,6 +2,7 @@ package consumer
 
 import (
 	"context"
+	"log/slog"
 	"strings"
 	"testing"
 	"testing/synctest"
@@ -20,7 +21,7 @@ type nopSink struct{}
 func (nopSink) Send(context.Context, wire.Request) ([]wire.Rejection, error) { return nil, nil }
 
 // handleHarness runs handle on records of one partition, with a DLQ over an
-// in-memory topic and a (not running) batcher for its body cap.
+// in-memory topic and a (not running) batcher whose body cap is Fits'.
 type handleHarness struct {
 	c   *Consumer
 	w   *fakeWriter
@@ -36,7 +37,7 @@ func newHandleHarness(t *testing.T, maxBytes int) *handleHarness {
 		t.Fatal(err)
 	}
 	c, err := New(Config{Brokers: []string{"kafka:9092"}, Topics: []string{"in"}, GroupID: "g",
-		Batcher: b, DLQ: d, Logger: testLog(t), Metrics: m})
+		Batcher: b, DLQ: d, Fits: b.Fits, Logger: testLog(t), Metrics: m})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,25 +148,39 @@ func TestTooLargeMemberOfBulkEvent(t *testing.T) {
 	}
 }
 
-// TestHandleFitsDefaults: the body cap comes from Config.Fits, else the
-// Batcher's own Fits, else 128000 bytes.
-func TestHandleFitsDefaults(t *testing.T) {
+// TestHandleFitsDefault (issue 20 §3): the body cap comes from Config.Fits,
+// else it is wire's default (128000 bytes), whatever the Batcher: the
+// consumer no longer probes its Batcher for a Fits method (the app passes
+// one built from BATCH_MAX_BYTES).
+func TestHandleFitsDefault(t *testing.T) {
 	h := wire.Header{Action: event.Add, Partner: "p", CohortID: "c", CohortName: "n"}
 	b, err := batcher.New(batcher.Config{Limits: batcher.Limits{MaxBytes: 1000}, Sink: nopSink{}, DeadLetter: func(context.Context, []batcher.Rejected) error { return nil }})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if f := defaultFits(b); f(h, strings.Repeat("x", 1000)) || !f(h, strings.Repeat("x", 800)) {
-		t.Error("the batcher's Fits is not used")
+	newConsumer := func(fits func(wire.Header, string) bool) *Consumer {
+		c, err := New(Config{Brokers: []string{"kafka:9092"}, Topics: []string{"in"}, GroupID: "g",
+			Batcher: b, DLQ: &deadletter.DLQ{}, Fits: fits, Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
 	}
-	if f := defaultFits(nil); f(h, strings.Repeat("x", 128000)) || !f(h, strings.Repeat("x", 127000)) {
+	mid := strings.Repeat("x", 5000) // over the batcher's 1000 bytes, under the default cap
+	if f := newConsumer(nil).cfg.Fits; !f(h, mid) {
+		t.Error("with Fits nil, the Batcher's own cap was used: the Batcher was probed")
+	} else if f(h, strings.Repeat("x", 128000)) || !f(h, strings.Repeat("x", 127000)) {
 		t.Error("the default cap is not 128000")
 	}
-	fit, big := splitFit(defaultFits(b), h, []string{"a", "b"})
+	fits := newConsumer(b.Fits).cfg.Fits
+	if fits(h, mid) || !fits(h, strings.Repeat("x", 800)) {
+		t.Error("Config.Fits is not used")
+	}
+	fit, big := splitFit(fits, h, []string{"a", "b"})
 	if big != nil || len(fit) != 2 {
 		t.Error("splitFit")
 	}
-	fits, uids := defaultFits(b), []string{"a", "b"}
+	uids := []string{"a", "b"}
 	if n := testing.AllocsPerRun(100, func() { splitFit(fits, h, uids) }); n != 0 {
 		t.Errorf("splitFit allocates %v times when all fit", n)
 	}

@@ -14,8 +14,10 @@ import (
 // record is settled. Records are tracked in fetch order (offsets strictly
 // increasing, gaps allowed) and released in any order.
 //
-// tracker is safe for concurrent use: fetch loops track, send goroutines
-// release, the commit loop reads.
+// tracker is safe for concurrent use: the partition's process loop tracks
+// (and releases the records it settles itself: hidden ones, tombstones),
+// the batcher's send goroutines and the dead-letter writer release through
+// the records' Acks, the commit loop and the drain read.
 type tracker struct {
 	topic     string
 	partition int

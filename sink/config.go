@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cohortsync/cohortsync-worker/internal/metrics"
+	"github.com/cohortsync/cohortsync-worker/internal/wire"
 )
 
 // Path is the Cohort Sync endpoint, relative to Config.BaseURL.
@@ -18,7 +19,7 @@ const Path = "/v1/integrations/cohortsync"
 
 // Defaults for the zero values of Config.
 const (
-	DefaultMaxBodyBytes      = 128000
+	DefaultMaxBodyBytes      = wire.DefaultMaxBodyBytes
 	DefaultAttemptTimeout    = 15 * time.Second
 	DefaultInitialInterval   = 500 * time.Millisecond
 	DefaultMaxInterval       = 60 * time.Second

@@ -28,6 +28,7 @@ import (
 	"github.com/cohortsync/cohortsync-worker/internal/lease"
 	"github.com/cohortsync/cohortsync-worker/internal/metrics"
 	"github.com/cohortsync/cohortsync-worker/internal/ratelimit"
+	"github.com/cohortsync/cohortsync-worker/internal/wire"
 	"github.com/cohortsync/cohortsync-worker/sink"
 )
 
@@ -183,11 +184,16 @@ func (w *worker) newSink(replica string, limiter *ratelimit.Limiter, membership 
 	})
 }
 
-// newConsumer makes the group consumer. At every assignment it sets the
-// replica's share of the budget.
+// newConsumer makes the group consumer.
 func (w *worker) newConsumer(dialer *kafka.Dialer, membership *lease.Lease) (*consumer.Consumer, error) {
+	return consumer.New(w.consumerConfig(dialer, membership))
+}
+
+// consumerConfig is the group consumer's configuration. At every assignment
+// it sets the replica's share of the budget.
+func (w *worker) consumerConfig(dialer *kafka.Dialer, membership *lease.Lease) consumer.Config {
 	cfg := w.cfg
-	return consumer.New(consumer.Config{
+	return consumer.Config{
 		Brokers:        cfg.KafkaBrokers,
 		Topics:         cfg.KafkaTopics,
 		GroupID:        cfg.KafkaGroupID,
@@ -196,6 +202,7 @@ func (w *worker) newConsumer(dialer *kafka.Dialer, membership *lease.Lease) (*co
 		Transport:      w.transport,
 		Batcher:        settlingBatcher{w.batcher, w.client},
 		DLQ:            w.dlq,
+		Fits:           func(h wire.Header, uid string) bool { return wire.Fits(h, uid, cfg.BatchMaxBytes) }, // the batcher's cap
 		Lease:          membership,
 		DrainTimeout:   cfg.ShutdownTimeout - min(5*time.Second, cfg.ShutdownTimeout/5),
 		// The fence of a generation may take as long as a session.
@@ -212,7 +219,7 @@ func (w *worker) newConsumer(dialer *kafka.Dialer, membership *lease.Lease) (*co
 		},
 		Logger:  w.log,
 		Metrics: w.m,
-	})
+	}
 }
 
 // settlingBatcher is the batcher as the consumer sees it. Its Revoke, which

@@ -69,6 +69,8 @@ func FuzzBodySize(f *testing.F) {
 		one.UIDs = []string{u2}
 		if exact, bound := len(wire.AppendBody(nil, one)), wire.SingleBodyBound(r.Header, u2); bound < exact {
 			t.Fatalf("SingleBodyBound %d < encoded %d", bound, exact)
+		} else if !wire.Fits(r.Header, u2, exact) || wire.Fits(r.Header, u2, exact-1) {
+			t.Fatalf("Fits disagrees with the encoded size %d", exact)
 		}
 		var v struct {
 			Action     string `json:"action"`
@@ -97,5 +99,27 @@ func BenchmarkAppendBody(b *testing.B) {
 	b.SetBytes(int64(wire.Size(r)))
 	for b.Loop() {
 		buf = wire.AppendBody(buf[:0], r)
+	}
+}
+
+// TestFits: Fits(h, uid, max) is exactly whether the encoded body of the
+// request with h and uid alone is at most max bytes, at the boundary, on
+// both sides of SingleBodyBound's shortcut, and with escaping.
+func TestFits(t *testing.T) {
+	for _, h := range []wire.Header{
+		{Action: event.Add, Partner: "p", CohortID: "c", CohortName: "n"},
+		{Action: event.Remove, Partner: "\x01\"", CohortID: "\u2028", CohortName: "é", CohortDescription: "d\n"},
+	} {
+		for _, uid := range []string{"", "u", strings.Repeat("x", 500), strings.Repeat("\x01", 200), strings.Repeat("é\"", 100)} {
+			size := len(wire.AppendBody(nil, wire.Request{Header: h, UIDs: []string{uid}}))
+			for _, max := range []int{size - 1, size, size + 1, wire.SingleBodyBound(h, uid), wire.DefaultMaxBodyBytes} {
+				if got, want := wire.Fits(h, uid, max), size <= max; got != want {
+					t.Errorf("Fits(%+v, %d-byte uid, %d) = %v, body is %d bytes", h, len(uid), max, got, size)
+				}
+			}
+		}
+	}
+	if wire.DefaultMaxBodyBytes != 128000 {
+		t.Errorf("DefaultMaxBodyBytes = %d, want 128000 (BATCH_MAX_BYTES's default)", wire.DefaultMaxBodyBytes)
 	}
 }

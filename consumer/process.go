@@ -1,0 +1,118 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/cohortsync/cohortsync-worker/batcher"
+	"github.com/cohortsync/cohortsync-worker/internal/event"
+	"github.com/cohortsync/cohortsync-worker/internal/metrics"
+	"github.com/cohortsync/cohortsync-worker/internal/wire"
+)
+
+// maxAdd bounds the changes handed to the batcher in one call.
+const maxAdd = 2048
+
+// process decodes and tracks the records of one partition in read order
+// and adds their changes to the batcher, joining the records already
+// waiting into one call. It returns when msgs is closed, or when an Add
+// fails because the generation is over (what is left is read again later).
+func (c *Consumer) process(ctx context.Context, p *partitionState, msgs <-chan kafka.Message, budget *fetchBudget) {
+	dec := event.NewDecoder(c.cfg.DefaultPartner)
+	buf := make([]batcher.Change, 0, maxAdd)
+	var tr *tracker
+	var err error
+	// /healthz: busy while decoding; waiting for records, for room in the
+	// batcher and for the dead-letter queue is not a wedge.
+	hb := c.m.Loops.Start(fmt.Sprintf("decode %s/%d", p.topic, p.partition))
+	defer hb.Stop()
+	ctx = metrics.WithLoop(ctx, hb)
+	for m := range msgs {
+		hb.Busy()
+		buf = buf[:0]
+		var taken int64 // bytes of the records handled in this round
+		for {
+			taken += recordBytes(m)
+			if tr == nil {
+				// The tracker starts at the first offset actually read: with
+				// no commit yet, the assignment says "first offset", not a
+				// number.
+				start := p.start
+				if start < 0 {
+					start = m.Offset
+				}
+				tr = newTracker(p.topic, p.partition, start)
+				p.tr.Store(tr)
+			}
+			if buf, err = c.handle(ctx, tr, dec, m, buf); err != nil {
+				break
+			}
+			if len(buf) >= maxAdd {
+				break
+			}
+			var ok bool
+			select {
+			case m, ok = <-msgs:
+			default:
+			}
+			if !ok {
+				break
+			}
+		}
+		// The records are decoded: their bytes are garbage now (the
+		// changes hold copies), whether or not Add has to wait.
+		budget.release(taken)
+		hb.Idle()
+		if err == nil && len(buf) > 0 {
+			err = c.cfg.Batcher.Add(ctx, buf)
+		}
+		if err != nil {
+			for range msgs {
+			}
+			return
+		}
+	}
+}
+
+// handle tracks one record, dead-letters it if it is invalid, and appends
+// its changes to buf otherwise. A record with members too large for any
+// request is dead-lettered as too_large, and its other members appended
+// (deadLetterTooLarge). It fails only when ctx ended while a dead-letter
+// write was being queued.
+func (c *Consumer) handle(ctx context.Context, tr *tracker, dec *event.Decoder, m kafka.Message, buf []batcher.Change) ([]batcher.Change, error) {
+	seq, ok := tr.track(m.Offset)
+	if !ok {
+		return buf, nil // delivered twice after a reader restart: already tracked
+	}
+	if isHidden(&m) { // control or aborted records (txn.go): settled, never delivered
+		tr.release(seq)
+		return buf, nil
+	}
+	c.m.EventsConsumed.Inc()
+	ev, err := dec.Decode(m.Value)
+	if errors.Is(err, event.ErrTombstone) {
+		c.m.EventsSkipped.Inc()
+		tr.release(seq)
+		return buf, nil
+	}
+	var inv *event.InvalidError
+	if errors.As(err, &inv) {
+		c.m.EventsInvalid.WithLabelValues(string(inv.Reason)).Inc()
+		c.log.Debug("invalid event; dead-lettering", "reason", inv.Reason, "err", inv.Detail,
+			"topic", m.Topic, "partition", m.Partition, "offset", m.Offset)
+		return buf, c.cfg.DLQ.Invalid(ctx, m, inv, newRecordAck(tr, seq, m.Key, nil, 1))
+	}
+	h := wire.Header{Action: ev.Action, Partner: ev.Partner, CohortID: ev.CohortID,
+		CohortName: ev.CohortName, CohortDescription: ev.CohortDescription}
+	if fit, big := splitFit(c.cfg.Fits, h, ev.UIDs); big != nil {
+		return c.deadLetterTooLarge(ctx, tr, seq, m, &ev, h, fit, big, buf)
+	}
+	ack := newRecordAck(tr, seq, m.Key, &ev, len(ev.UIDs))
+	for _, u := range ev.UIDs {
+		buf = append(buf, batcher.Change{Header: h, UID: u, Ack: ack})
+	}
+	return buf, nil
+}
