@@ -30,4 +30,6 @@
 //   - handoff.go, handover.go: the proof of a clean hand-over, and a drain
 //     caught by a rebalance.
 //   - lag.go: cohortsync_consumer_lag.
+//   - dlq.go: Locate, where a rejected member's record was read, for the
+//     dead-letter writer (internal/deadletter).
 package consumer
