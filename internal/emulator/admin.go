@@ -126,8 +126,14 @@ func allow(w http.ResponseWriter, r *http.Request, methods ...string) bool {
 }
 
 func (e *Emulator) adminSegments(w http.ResponseWriter, r *http.Request) {
+	e.writeSegments(w, r, r.URL.Query().Get("workspace"))
+}
+
+// writeSegments answers with the segments of workspace ws ("" for every
+// workspace), filtered by the partner and cohort_id query parameters.
+func (e *Emulator) writeSegments(w http.ResponseWriter, r *http.Request, ws string) {
 	q := r.URL.Query()
-	ws, partner, id := q.Get("workspace"), q.Get("partner"), q.Get("cohort_id")
+	partner, id := q.Get("partner"), q.Get("cohort_id")
 	out := []Segment{}
 	for _, s := range e.Segments() {
 		if (ws == "" || s.Workspace == ws) && (partner == "" || s.Partner == partner) && (id == "" || s.CohortID == id) {
@@ -138,6 +144,12 @@ func (e *Emulator) adminSegments(w http.ResponseWriter, r *http.Request) {
 }
 
 func (e *Emulator) adminRequests(w http.ResponseWriter, r *http.Request) {
+	e.writeRequests(w, r, "")
+}
+
+// writeRequests answers with the request log after the since query
+// parameter, only workspace ws's requests unless ws is "".
+func (e *Emulator) writeRequests(w http.ResponseWriter, r *http.Request, ws string) {
 	var since uint64
 	if s := r.URL.Query().Get("since"); s != "" {
 		v, err := strconv.ParseUint(s, 10, 64)
@@ -150,6 +162,15 @@ func (e *Emulator) adminRequests(w http.ResponseWriter, r *http.Request) {
 	e.mu.Lock()
 	resp := RequestsResponse{Requests: e.reqlog.since(since), LastSeq: e.reqlog.lastSeq, Dropped: e.reqlog.dropped}
 	e.mu.Unlock()
+	if ws != "" {
+		all := resp.Requests
+		resp.Requests = []RequestRecord{}
+		for _, rec := range all {
+			if rec.Workspace == ws {
+				resp.Requests = append(resp.Requests, rec)
+			}
+		}
+	}
 	writeJSON(w, http.StatusOK, resp)
 }
 

@@ -144,37 +144,11 @@ func (e *Emulator) adminWorkspaceFaults(w http.ResponseWriter, r *http.Request, 
 }
 
 func (e *Emulator) adminWorkspaceSegments(w http.ResponseWriter, r *http.Request, id string) {
-	q := r.URL.Query()
-	partner, cohortID := q.Get("partner"), q.Get("cohort_id")
-	out := []Segment{}
-	for _, s := range e.WorkspaceSegments(id) {
-		if (partner == "" || s.Partner == partner) && (cohortID == "" || s.CohortID == cohortID) {
-			out = append(out, s)
-		}
-	}
-	writeJSON(w, http.StatusOK, SegmentsResponse{Segments: out})
+	e.writeSegments(w, r, id)
 }
 
 func (e *Emulator) adminWorkspaceRequests(w http.ResponseWriter, r *http.Request, id string) {
-	var since uint64
-	if s := r.URL.Query().Get("since"); s != "" {
-		v, err := strconv.ParseUint(s, 10, 64)
-		if err != nil {
-			writeJSON(w, http.StatusBadRequest, adminError{Error: fmt.Sprintf("since %q is not a sequence number", s)})
-			return
-		}
-		since = v
-	}
-	e.mu.Lock()
-	all := e.reqlog.since(since)
-	resp := RequestsResponse{Requests: []RequestRecord{}, LastSeq: e.reqlog.lastSeq, Dropped: e.reqlog.dropped}
-	e.mu.Unlock()
-	for _, rec := range all {
-		if rec.Workspace == id {
-			resp.Requests = append(resp.Requests, rec)
-		}
-	}
-	writeJSON(w, http.StatusOK, resp)
+	e.writeRequests(w, r, id)
 }
 
 // wsRoute is the admin route of workspace id, plus sub when not empty.
