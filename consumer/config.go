@@ -20,6 +20,14 @@ type Config struct {
 	Topics         []string
 	GroupID        string
 	DefaultPartner string // partner of events that name none
+	// Workspace is the MoEngage workspace this worker sends to
+	// (MOENGAGE_WORKSPACE_ID). An event that names another workspace in
+	// workspace_id is never sent: it is dead-lettered as unknown_workspace,
+	// for `dlq replay` once a worker serves that workspace. Events naming
+	// Workspace, or none, are sent. Empty means no workspace is known, not
+	// "any": every event that names a workspace is then dead-lettered, and
+	// only those naming none are sent.
+	Workspace string
 
 	Dialer    *kafka.Dialer      // TLS/SASL for the group and readers; nil = plain TCP
 	Transport kafka.RoundTripper // TLS/SASL for metadata requests; nil = kafka.DefaultTransport

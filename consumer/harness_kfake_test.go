@@ -570,6 +570,7 @@ type replicaOpts struct {
 	maxProcessing time.Duration
 	settle        func(context.Context) error
 	lagInterval   time.Duration // consumer.Config.LagInterval (0: its default)
+	workspace     string        // consumer.Config.Workspace
 }
 
 // assignment is one OnAssign call, with the batcher's state at that moment
@@ -630,7 +631,7 @@ func (h *harness) startReplica(name string, o replicaOpts) *replica {
 		CommitInterval: commitInterval, MaxWait: 100 * time.Millisecond,
 		SessionTimeout: 6 * time.Second, HeartbeatInterval: 200 * time.Millisecond,
 		RebalanceTimeout: 10 * time.Second, DrainTimeout: o.drain, MaxProcessingTime: o.maxProcessing,
-		LagInterval: o.lagInterval, Logger: log, Metrics: r.m,
+		LagInterval: o.lagInterval, Workspace: o.workspace, Logger: log, Metrics: r.m,
 	})
 	if err != nil {
 		h.t.Fatal(err)

@@ -77,7 +77,8 @@ func (c *Consumer) process(ctx context.Context, p *partitionState, msgs <-chan k
 	}
 }
 
-// handle tracks one record, dead-letters it if it is invalid, and appends
+// handle tracks one record, dead-letters it if it is invalid or names a
+// workspace this worker does not send to (misrouted), and appends
 // its changes to buf otherwise. A record with members too large for any
 // request is dead-lettered as too_large, and its other members appended
 // (deadLetterTooLarge). It fails only when ctx ended while a dead-letter
@@ -99,7 +100,12 @@ func (c *Consumer) handle(ctx context.Context, tr *tracker, dec *event.Decoder, 
 		return buf, nil
 	}
 	var inv *event.InvalidError
-	if errors.As(err, &inv) {
+	if err == nil {
+		inv = c.misrouted(&ev) // decoded, but not for this worker to send
+	} else {
+		errors.As(err, &inv)
+	}
+	if inv != nil {
 		c.m.EventsInvalid.WithLabelValues(string(inv.Reason)).Inc()
 		c.log.Debug("invalid event; dead-lettering", "reason", inv.Reason, "err", inv.Detail,
 			"topic", m.Topic, "partition", m.Partition, "offset", m.Offset)
@@ -115,4 +121,20 @@ func (c *Consumer) handle(ctx context.Context, tr *tracker, dec *event.Decoder, 
 		buf = append(buf, batcher.Change{Header: h, UID: u, Ack: ack})
 	}
 	return buf, nil
+}
+
+// misrouted returns the reason an event that names a workspace other than
+// the one this worker sends to (Config.Workspace) must not be sent, or nil.
+// Sending it would put one MoEngage customer's members into another's
+// workspace; dead-lettered, it can be replayed to a worker that serves it.
+func (c *Consumer) misrouted(ev *event.Event) *event.InvalidError {
+	if ev.Workspace == "" || ev.Workspace == c.cfg.Workspace {
+		return nil
+	}
+	serves := "no workspace is configured"
+	if c.cfg.Workspace != "" {
+		serves = "this worker serves " + event.Quote(c.cfg.Workspace)
+	}
+	return &event.InvalidError{Reason: event.ReasonUnknownWorkspace,
+		Detail: "workspace_id " + event.Quote(ev.Workspace) + " is not served here (" + serves + ", MOENGAGE_WORKSPACE_ID)"}
 }

@@ -198,6 +198,7 @@ func (w *worker) consumerConfig(dialer *kafka.Dialer, membership *lease.Lease) c
 		Topics:         cfg.KafkaTopics,
 		GroupID:        cfg.KafkaGroupID,
 		DefaultPartner: cfg.CohortsyncPartner,
+		Workspace:      cfg.MoEngageWorkspaceID, // events naming another are dead-lettered, never sent here
 		Dialer:         dialer,
 		Transport:      w.transport,
 		Batcher:        settlingBatcher{w.batcher, w.client},

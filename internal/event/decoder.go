@@ -42,8 +42,8 @@ func NewDecoder(defaultPartner string) *Decoder {
 // Decode is like Decode(value, defaultPartner), except that the returned
 // Event's UIDs slice is reused by the next call (the strings in it are not),
 // and the header strings (partner, cohort_id, cohort_name,
-// cohort_description) are interned in a bounded cache so that repeated
-// cohorts allocate nothing.
+// cohort_description, workspace_id) are interned in a bounded cache so that
+// repeated cohorts allocate nothing.
 //
 // The next call may overwrite the elements of the UIDs slice: a caller that
 // keeps the slice past that must copy it (slices.Clone). The strings
@@ -84,6 +84,7 @@ func (d *Decoder) build(f *fastFields, value []byte) (ev Event, ok bool) {
 	} else {
 		ev.Partner = d.defaultPartner
 	}
+	ev.Workspace = d.intern(f.bytes(value, fieldWorkspaceID))
 
 	// One allocation for the members, and for occurred_at, which is only
 	// parsed and is short.

@@ -13,6 +13,8 @@ import (
 	"reflect"
 	"strings"
 	"time"
+
+	"github.com/cohortsync/cohortsync-worker/internal/workspace"
 )
 
 // Action is a membership change: add members to a cohort or remove them.
@@ -39,6 +41,10 @@ type Event struct {
 	CohortDescription string
 	UIDs              []string
 	OccurredAt        time.Time // zero when absent
+	// Workspace is the MoEngage workspace the event names in workspace_id
+	// (a valid workspace.ValidID), or "" when it names none (the field is
+	// absent or null): the consumer decides what that means.
+	Workspace string
 }
 
 // Reason is a bounded, machine-readable cause of an invalid event. It is used
@@ -54,11 +60,15 @@ const (
 	ReasonForbiddenChar Reason = "forbidden_character"
 	ReasonTooLarge      Reason = "too_large"
 	ReasonAPIRejected   Reason = "api_rejected"
+	// ReasonUnknownWorkspace: the event names a workspace (workspace_id)
+	// this worker does not serve. Decode never returns it; the consumer
+	// dead-letters such events, to be replayed once a worker serves it.
+	ReasonUnknownWorkspace Reason = "unknown_workspace"
 )
 
 // Reasons lists every Reason, for pre-initialising metric labels.
 var Reasons = []Reason{ReasonMalformed, ReasonMissingField, ReasonInvalidAction,
-	ReasonInvalidField, ReasonForbiddenChar, ReasonTooLarge, ReasonAPIRejected}
+	ReasonInvalidField, ReasonForbiddenChar, ReasonTooLarge, ReasonAPIRejected, ReasonUnknownWorkspace}
 
 // InvalidError says why an event was rejected. Reason is bounded; Detail is
 // a human-readable explanation that never contains secrets (it may quote the
@@ -88,6 +98,7 @@ type raw struct {
 	UID               *string         `json:"uid"`
 	UIDs              []string        `json:"uids"`
 	OccurredAt        json.RawMessage `json:"occurred_at"`
+	WorkspaceID       *string         `json:"workspace_id"`
 }
 
 // ParseAction maps the accepted spellings ("add_members", "add",
@@ -172,6 +183,12 @@ func decodeSlow(value []byte, defaultPartner string) (Event, error) {
 	default:
 		return Event{}, invalid(ReasonMissingField, "partner is missing and no default partner (COHORTSYNC_PARTNER) is configured")
 	}
+	if r.WorkspaceID != nil {
+		if err := checkWorkspace(*r.WorkspaceID); err != nil {
+			return Event{}, err
+		}
+		ev.Workspace = *r.WorkspaceID
+	}
 	if r.UID == nil && r.UIDs == nil {
 		return Event{}, invalid(ReasonMissingField, "uid or uids is missing")
 	}
@@ -255,6 +272,18 @@ func required(name string, v *string) error {
 	return nil
 }
 
+// checkWorkspace rejects a workspace_id that is not a workspace ID
+// (workspace.ValidID). JSON null is absence and never gets here.
+func checkWorkspace(id string) error {
+	if id == "" {
+		return invalid(ReasonInvalidField, "workspace_id is empty (omit it, or null, for the default workspace)")
+	}
+	if !workspace.ValidID(id) {
+		return invalid(ReasonInvalidField, "workspace_id %s is not a workspace ID: 1 to 128 ASCII letters, digits, '_' or '-', starting with a letter or a digit", Quote(id))
+	}
+	return nil
+}
+
 // dedupe keeps the first occurrence of each uid, preserving order.
 func dedupe(uids []string) []string {
 	seen := make(map[string]struct{}, len(uids))
@@ -282,9 +311,10 @@ func Encode(ev Event) []byte {
 		UID               string   `json:"uid,omitempty"`
 		UIDs              []string `json:"uids,omitempty"`
 		OccurredAt        string   `json:"occurred_at,omitempty"`
+		WorkspaceID       string   `json:"workspace_id,omitempty"`
 	}
 	o := out{Action: ev.Action, CohortID: ev.CohortID, CohortName: ev.CohortName,
-		CohortDescription: ev.CohortDescription, Partner: ev.Partner}
+		CohortDescription: ev.CohortDescription, Partner: ev.Partner, WorkspaceID: ev.Workspace}
 	if len(ev.UIDs) == 1 {
 		o.UID = ev.UIDs[0]
 	} else {

@@ -7,6 +7,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/cohortsync/cohortsync-worker/internal/event"
+	"github.com/cohortsync/cohortsync-worker/internal/workspace"
 )
 
 func TestDecode(t *testing.T) {
@@ -30,6 +31,10 @@ func TestDecode(t *testing.T) {
 			want: event.Event{Action: event.Add, CohortID: "c", CohortName: "n", Partner: "dflt", UIDs: []string{"u"}}},
 		{name: "unknown fields ignored", in: `{"action":"add","cohort_id":"c","cohort_name":"n","partner":"p","uid":"u","extra":{"x":1}}`,
 			want: event.Event{Action: event.Add, CohortID: "c", CohortName: "n", Partner: "p", UIDs: []string{"u"}}},
+		{name: "workspace_id", in: `{"action":"add","cohort_id":"c","cohort_name":"n","partner":"p","uid":"u","workspace_id":"WS_1"}`,
+			want: event.Event{Action: event.Add, CohortID: "c", CohortName: "n", Partner: "p", UIDs: []string{"u"}, Workspace: "WS_1"}},
+		{name: "workspace_id invalid", in: `{"action":"add","cohort_id":"c","cohort_name":"n","partner":"p","uid":"u","workspace_id":"WS 1"}`,
+			reason: event.ReasonInvalidField},
 		{name: "leading period passes through", in: `{"action":"add","cohort_id":"c","cohort_name":".n","partner":"p","uid":"u"}`,
 			want: event.Event{Action: event.Add, CohortID: "c", CohortName: ".n", Partner: "p", UIDs: []string{"u"}}},
 		{name: "malformed", in: `{"action":`, reason: event.ReasonMalformed},
@@ -81,8 +86,60 @@ func TestDecode(t *testing.T) {
 			}
 			got.UIDs, tc.want.UIDs = nil, nil
 			if got.Action != tc.want.Action || got.CohortID != tc.want.CohortID || got.CohortName != tc.want.CohortName ||
-				got.CohortDescription != tc.want.CohortDescription || got.Partner != tc.want.Partner {
+				got.CohortDescription != tc.want.CohortDescription || got.Partner != tc.want.Partner || got.Workspace != tc.want.Workspace {
 				t.Fatalf("got %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestDecodeWorkspace: workspace_id is read by Decode and by a Decoder
+// alike (fast path or not): a valid ID is the Event's Workspace; absent or
+// null names none; anything else is invalid_field, naming the field.
+func TestDecodeWorkspace(t *testing.T) {
+	const head = `{"action":"add","cohort_id":"c","cohort_name":"n","partner":"p","uid":"u"`
+	long := strings.Repeat("W", 128)
+	for _, tc := range []struct {
+		name, field string // field: what follows head, after a comma
+		want        string // the Workspace; "" with detail: rejected
+		detail      string // a part of the error's detail
+	}{
+		{name: "valid", field: `"workspace_id":"ABC123_DEBUG"`, want: "ABC123_DEBUG"},
+		{name: "dash", field: `"workspace_id":"w-1"`, want: "w-1"},
+		{name: "escaped", field: `"workspace_id":"W\u0041_1"`, want: "WA_1"},
+		{name: "128 bytes", field: `"workspace_id":"` + long + `"`, want: long},
+		{name: "other case key", field: `"Workspace_ID":"W_2"`, want: "W_2"}, // encoding/json folds keys
+		{name: "absent", field: `"x":"y"`},
+		{name: "null", field: `"workspace_id":null`},
+		{name: "empty", field: `"workspace_id":""`, detail: "workspace_id is empty"},
+		{name: "too long", field: `"workspace_id":"` + long + `W"`, detail: "is not a workspace ID"},
+		{name: "white space", field: `"workspace_id":"W 1"`, detail: `workspace_id "W 1" is not a workspace ID`},
+		{name: "colon", field: `"workspace_id":"W:1"`, detail: "is not a workspace ID"},
+		{name: "dot", field: `"workspace_id":"W.1"`, detail: "is not a workspace ID"},
+		{name: "leading underscore", field: `"workspace_id":"_W"`, detail: "is not a workspace ID"},
+		{name: "non-ASCII", field: `"workspace_id":"Wé"`, detail: "is not a workspace ID"},
+		{name: "escaped space", field: `"workspace_id":"W\u0020"`, detail: "is not a workspace ID"},
+		{name: "number", field: `"workspace_id":12`, detail: "workspace_id must be a string, not a JSON number"},
+		{name: "bool", field: `"workspace_id":true`, detail: "workspace_id must be a string, not a JSON boolean"},
+		{name: "object", field: `"workspace_id":{"id":"W"}`, detail: "workspace_id must be a string, not a JSON object"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			in := head + "," + tc.field + "}"
+			dec := event.NewDecoder("")
+			for i, decode := range []func([]byte) (event.Event, error){
+				func(v []byte) (event.Event, error) { return event.Decode(v, "") }, dec.Decode, dec.Decode,
+			} {
+				ev, err := decode([]byte(in))
+				if tc.detail == "" {
+					if err != nil || ev.Workspace != tc.want {
+						t.Fatalf("decoder %d: %s: Workspace %q, err %v; want %q", i, in, ev.Workspace, err, tc.want)
+					}
+					continue
+				}
+				var inv *event.InvalidError
+				if !errors.As(err, &inv) || inv.Reason != event.ReasonInvalidField || !strings.Contains(inv.Detail, tc.detail) {
+					t.Fatalf("decoder %d: %s: err %v; want invalid_field with %q", i, in, err, tc.detail)
+				}
 			}
 		})
 	}
@@ -173,13 +230,15 @@ func TestDecodeErrorsAreBounded(t *testing.T) {
 // JSON's words, never Go's.
 func TestDecodeTypeErrorsSpeakJSON(t *testing.T) {
 	for in, want := range map[string]string{
-		`[1,2]`:           "the record is a JSON array; an event must be a JSON object",
-		`"add"`:           "the record is a JSON string; an event must be a JSON object",
-		`7`:               "the record is a JSON number; an event must be a JSON object",
-		`{"uid":7}`:       "uid must be a string, not a JSON number",
-		`{"action":{}}`:   "action must be a string, not a JSON object",
-		`{"uids":"a"}`:    "uids must be an array of strings, not a JSON string",
-		`{"uids":[true]}`: "uids must be an array of strings; it holds a JSON boolean",
+		`[1,2]`:                  "the record is a JSON array; an event must be a JSON object",
+		`"add"`:                  "the record is a JSON string; an event must be a JSON object",
+		`7`:                      "the record is a JSON number; an event must be a JSON object",
+		`{"uid":7}`:              "uid must be a string, not a JSON number",
+		`{"action":{}}`:          "action must be a string, not a JSON object",
+		`{"uids":"a"}`:           "uids must be an array of strings, not a JSON string",
+		`{"uids":[true]}`:        "uids must be an array of strings; it holds a JSON boolean",
+		`{"workspace_id":7}`:     "workspace_id must be a string, not a JSON number",
+		`{"workspace_id":["W"]}`: "workspace_id must be a string, not a JSON array",
 	} {
 		_, err := event.Decode([]byte(in), "")
 		var inv *event.InvalidError
@@ -222,12 +281,14 @@ func TestEncodeRoundTrip(t *testing.T) {
 	for _, ev := range []event.Event{
 		{Action: event.Add, Partner: "p", CohortID: "c", CohortName: "n", UIDs: []string{"u"}},
 		{Action: event.Remove, Partner: "p", CohortID: "c", CohortName: "n", CohortDescription: "d", UIDs: []string{"a", "b"}},
+		{Action: event.Add, Partner: "p", CohortID: "c", CohortName: "n", UIDs: []string{"u"}, Workspace: "WS_1"},
 	} {
 		got, err := event.Decode(event.Encode(ev), "")
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got.Action != ev.Action || strings.Join(got.UIDs, ",") != strings.Join(ev.UIDs, ",") || got.CohortDescription != ev.CohortDescription {
+		if got.Action != ev.Action || strings.Join(got.UIDs, ",") != strings.Join(ev.UIDs, ",") || got.CohortDescription != ev.CohortDescription ||
+			got.Workspace != ev.Workspace {
 			t.Fatalf("round trip %+v -> %+v", ev, got)
 		}
 	}
@@ -241,6 +302,12 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte(`{"action":"add","cohort_id":"c","cohort_name":"a|b","uid":"u"}`))
 	f.Add([]byte(`{"action":`))
 	f.Add([]byte(`null`))
+	f.Add([]byte(`{"action":"add","cohort_id":"c","cohort_name":"n","uid":"u","workspace_id":"WS_1"}`))
+	f.Add([]byte(`{"action":"add","cohort_id":"c","cohort_name":"n","uid":"u","workspace_id":null}`))
+	f.Add([]byte(`{"action":"add","cohort_id":"c","cohort_name":"n","uid":"u","workspace_id":""}`))
+	f.Add([]byte(`{"action":"add","cohort_id":"c","cohort_name":"n","uid":"u","workspace_id":"a:b"}`))
+	f.Add([]byte(`{"action":"add","cohort_id":"c","cohort_name":"n","uid":"u","workspace_id":1}`))
+	f.Add([]byte(`{"action":"add","cohort_id":"c","cohort_name":"n","uid":"u","Workspace_ID":"W\u0041"}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		ev, err := event.Decode(data, "default-partner")
 		if err != nil {
@@ -266,11 +333,15 @@ func FuzzDecode(f *testing.F) {
 			}
 			seen[u] = true
 		}
+		if ev.Workspace != "" && !workspace.ValidID(ev.Workspace) {
+			t.Fatalf("accepted workspace_id %q", ev.Workspace)
+		}
 		back, err := event.Decode(event.Encode(ev), "")
 		if err != nil {
 			t.Fatalf("re-decode: %v", err)
 		}
-		if strings.Join(back.UIDs, "\x00") != strings.Join(ev.UIDs, "\x00") || back.CohortName != ev.CohortName {
+		if strings.Join(back.UIDs, "\x00") != strings.Join(ev.UIDs, "\x00") || back.CohortName != ev.CohortName ||
+			back.Workspace != ev.Workspace {
 			t.Fatalf("round trip changed %+v into %+v", ev, back)
 		}
 	})

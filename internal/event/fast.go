@@ -3,6 +3,8 @@ package event
 import (
 	"bytes"
 	"time"
+
+	"github.com/cohortsync/cohortsync-worker/internal/workspace"
 )
 
 // This file holds the fast path of Decode: a hand-written parser for the
@@ -37,6 +39,7 @@ const (
 	fieldUID
 	fieldUIDs
 	fieldOccurredAt
+	fieldWorkspaceID
 	numFields
 
 	fieldUnknown = -1 // a key that matches no field of raw
@@ -52,6 +55,7 @@ var fieldNames = [numFields]string{
 	fieldUID:               "uid",
 	fieldUIDs:              "uids",
 	fieldOccurredAt:        "occurred_at",
+	fieldWorkspaceID:       "workspace_id",
 }
 
 // span is the value of a string. For a string without escape sequences it
@@ -112,7 +116,7 @@ func decodeFast(value []byte, defaultPartner string) (ev Event, ok bool) {
 	// occurred_at is parsed from the header string and not kept.
 	var buf [256]byte
 	b := buf[:0]
-	for _, field := range [...]int{fieldCohortID, fieldCohortName, fieldCohortDescription, fieldPartner, fieldOccurredAt} {
+	for _, field := range [...]int{fieldCohortID, fieldCohortName, fieldCohortDescription, fieldPartner, fieldWorkspaceID, fieldOccurredAt} {
 		b = append(b, f.bytes(value, field)...) // absent fields are empty
 	}
 	s := string(b)
@@ -123,6 +127,7 @@ func decodeFast(value []byte, defaultPartner string) (ev Event, ok bool) {
 	if ev.Partner == "" {
 		ev.Partner = defaultPartner
 	}
+	ev.Workspace = take(&s, f.str[fieldWorkspaceID].len())
 	if f.present(fieldOccurredAt) {
 		t, err := time.Parse(time.RFC3339Nano, s)
 		if err != nil {
@@ -171,6 +176,9 @@ func (f *fastFields) check(v []byte, defaultPartner string) (a Action, members [
 	}
 	if f.str[fieldPartner].len() == 0 && defaultPartner == "" {
 		return "", nil, false
+	}
+	if f.present(fieldWorkspaceID) && !workspace.ValidID(string(f.bytes(v, fieldWorkspaceID))) {
+		return "", nil, false // "" included
 	}
 	members = f.uids
 	if f.present(fieldUID) {
@@ -332,6 +340,8 @@ func lookupField(key []byte) (field int, ok bool) {
 		return fieldUIDs, true
 	case "occurred_at":
 		return fieldOccurredAt, true
+	case "workspace_id":
+		return fieldWorkspaceID, true
 	}
 	for _, name := range fieldNames {
 		if equalFoldASCII(key, name) {

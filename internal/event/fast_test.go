@@ -45,6 +45,22 @@ var fastSeeds = func() []string {
 		`{"action":"remove","cohort_id":"c","cohort_name":"n","uid":"u"}`,
 		`{"action":"remove_members","cohort_id":"c","cohort_name":".n","cohort_description":"","partner":"","uid":"u"}`,
 
+		// workspace_id.
+		`{"action":"add","cohort_id":"c","cohort_name":"n","partner":"p","uid":"u","workspace_id":"WS_1"}`,
+		`{"workspace_id":"a-b_C9","action":"add","cohort_id":"c","cohort_name":"n","uid":"u"}`,
+		`{"action":"add","cohort_id":"c","cohort_name":"n","partner":"p","uid":"u","workspace_id":"W\u0053"}`,
+		`{"action":"add","cohort_id":"c","cohort_name":"n","partner":"p","uid":"u","workspace_id":null}`,
+		`{"action":"add","cohort_id":"c","cohort_name":"n","partner":"p","uid":"u","workspace_id":""}`,
+		`{"action":"add","cohort_id":"c","cohort_name":"n","partner":"p","uid":"u","workspace_id":"_W"}`,
+		`{"action":"add","cohort_id":"c","cohort_name":"n","partner":"p","uid":"u","workspace_id":"W:1"}`,
+		`{"action":"add","cohort_id":"c","cohort_name":"n","partner":"p","uid":"u","workspace_id":"W\u00e9"}`,
+		`{"action":"add","cohort_id":"c","cohort_name":"n","partner":"p","uid":"u","workspace_id":7}`,
+		`{"action":"add","cohort_id":"c","cohort_name":"n","partner":"p","uid":"u","workspace_id":["W"]}`,
+		`{"action":"add","cohort_id":"c","cohort_name":"n","partner":"p","uid":"u","WORKSPACE_ID":"W"}`,
+		`{"action":"add","cohort_id":"c","cohort_name":"n","partner":"p","uid":"u","workspace_id":"A","workspace_id":"B"}`,
+		`{"action":"add","cohort_id":"c","cohort_name":"n","partner":"p","uid":"u","workspace_id":"` + strings.Repeat("W", 128) + `"}`,
+		`{"action":"add","cohort_id":"c","cohort_name":"n","partner":"p","uid":"u","workspace_id":"` + strings.Repeat("W", 129) + `"}`,
+
 		// Members.
 		`{"action":"add","cohort_id":"c","cohort_name":"n","partner":"p","uids":["a","b","a","c","b"]}`,
 		`{"action":"add","cohort_id":"c","cohort_name":"n","partner":"p","uid":"a","uids":["b","a","c","b"]}`,
@@ -425,6 +441,8 @@ func TestDecodeFastTakesCommonInputs(t *testing.T) {
 		{name: "unknown scalars skipped",
 			in:   `{"version":2,"action":"add","n":-1.5e+10,"b":true,"z":null,"s":"esc\n\u00e9\"","cohort_id":"c","cohort_name":"n","partner":"p","uid":"u"}`,
 			want: Event{Action: Add, CohortID: "c", CohortName: "n", Partner: "p", UIDs: []string{"u"}}},
+		{name: "workspace_id", in: `{"workspace_id":"WS_1","action":"add","cohort_id":"c","cohort_name":"n","partner":"p","uid":"u"}`,
+			want: Event{Action: Add, CohortID: "c", CohortName: "n", Partner: "p", UIDs: []string{"u"}, Workspace: "WS_1"}},
 		{name: "UTF-8", in: `{"action":"add","cohort_id":"c","cohort_name":"café 😀","partner":"p","uid":"ü"}`,
 			want: Event{Action: Add, CohortID: "c", CohortName: "café 😀", Partner: "p", UIDs: []string{"ü"}}},
 	}
@@ -611,6 +629,7 @@ func TestDecodeFastLeavesToSlow(t *testing.T) {
 		`{"ACTION":"add",` + tail,                           // a key in another case
 		`{"action":"upsert","action":"add",` + tail,         // the last duplicate wins
 		`{"action":"add","cohort_description":null,` + tail, // null is absence
+		`{"action":"add","workspace_id":null,` + tail,       // null is absence
 		`{"action":"add","x":{"y":1},` + tail,               // a nested unknown value
 		`{"action":"add","uidſ":["v"],` + tail,              // ſ folds to s
 	} {
@@ -659,6 +678,25 @@ func TestDecoderInterns(t *testing.T) {
 		}
 	}); n != 1 {
 		t.Errorf("Decode of a known cohort allocates %v times, want 1 (the uid)", n)
+	}
+
+	// workspace_id is interned too, and read by the fast path.
+	ws := Encode(Event{Action: Add, CohortID: "cohort-0042", CohortName: "Bench_Cohort_0042",
+		Partner: "bench", UIDs: []string{"aB3dE5gH7j"}, Workspace: "ABCDEFGHIJKLMNOPQRSTUVWX"})
+	wsFirst, err := d.Decode(slices.Clone(ws))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := d.Decode(ws)
+	if err != nil || ev.Workspace != "ABCDEFGHIJKLMNOPQRSTUVWX" || unsafe.StringData(ev.Workspace) != unsafe.StringData(wsFirst.Workspace) {
+		t.Fatalf("Workspace %q (err %v) is not the interned %q", ev.Workspace, err, wsFirst.Workspace)
+	}
+	if n := testing.AllocsPerRun(100, func() {
+		if _, err := d.Decode(ws); err != nil {
+			t.Fatal(err)
+		}
+	}); n != 1 {
+		t.Errorf("Decode of a known cohort and workspace allocates %v times, want 1 (the uid)", n)
 	}
 }
 

@@ -82,7 +82,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		EventsConsumed: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "events_consumed_total",
 			Help: "Kafka records read from the input topics."}),
 		EventsInvalid: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "events_invalid_total",
-			Help: "Records that failed decoding or validation, by reason."}, []string{"reason"}),
+			Help: "Records that failed decoding or validation, or that name a workspace this worker does not send to (unknown_workspace), by reason."}, []string{"reason"}),
 		EventsDeadLettered: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "events_dead_lettered_total",
 			Help: "Records written to the dead-letter topic, by reason."}, []string{"reason"}),
 		DeadLetterFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "dead_letter_failures_total",
