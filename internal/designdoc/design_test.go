@@ -15,7 +15,8 @@ import (
 const root = "../.."
 
 // decls is every name the module's production code declares: functions and
-// types by name, methods as "Type.Method" and by name, and each of them
+// types by name, methods as "Type.Method" and by name, struct fields as
+// "Type.Field", and each of them
 // also as "pkg.Name".
 func decls(t *testing.T) map[string]bool {
 	t.Helper()
@@ -49,6 +50,13 @@ func decls(t *testing.T) map[string]bool {
 					switch s := s.(type) {
 					case *ast.TypeSpec:
 						add(s.Name.Name)
+						if st, ok := s.Type.(*ast.StructType); ok {
+							for _, f := range st.Fields.List {
+								for _, n := range f.Names {
+									add(s.Name.Name + "." + n.Name) // a field, as Type.Field
+								}
+							}
+						}
 					case *ast.ValueSpec:
 						for _, n := range s.Names {
 							add(n.Name)
