@@ -1,0 +1,124 @@
+package parking_test
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/cohortsync/cohortsync-worker/internal/parking"
+)
+
+func TestCommitRoundTrip(t *testing.T) {
+	c := parking.Commit{Offset: 3, Mark: 40, Held: map[string]int64{"ws,1;x": 3, "ws2": 17}}
+	meta := "clean:7;wait=120;" + c.Encode()
+	got, err := parking.ParseCommit(3, meta)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Mark != 40 || len(got.Held) != 2 || got.Held["ws,1;x"] != 3 || got.Held["ws2"] != 17 {
+		t.Fatalf("ParseCommit(%q) = %+v", meta, got)
+	}
+	if !got.Settled("ws2", 16) || got.Settled("ws2", 17) || !got.Settled("ws3", 39) || got.Settled("ws3", 40) {
+		t.Fatalf("Settled wrong for %+v", got)
+	}
+	if none, err := parking.ParseCommit(12, "clean:3"); err != nil || none.Mark != 12 || len(none.Held) != 0 {
+		t.Fatalf("a commit without parking metadata: %+v, %v", none, err)
+	}
+	for _, bad := range []string{"m=x", "m=10;h=a", "m=10;h=a:2", "m=10;h=a:11"} {
+		if _, err := parking.ParseCommit(5, bad); err == nil {
+			t.Errorf("ParseCommit(5, %q) accepted", bad)
+		}
+	}
+}
+
+// TestMetadataBound: past the bound a parking partition stops holding new
+// workspaces (its main cursor stops), and what it encodes stays within
+// MaxMetadata however far the held offsets grow.
+func TestMetadataBound(t *testing.T) {
+	p := parking.NewPartition(parking.Commit{})
+	n := 0
+	for ; ; n++ {
+		w := fmt.Sprintf("WORKSPACE%08d", n)
+		if !p.Hold(w, 0) {
+			if p.Classify(w) != parking.Deliver {
+				t.Fatalf("a workspace refused by Hold is held")
+			}
+			break
+		}
+	}
+	if n < 90 || n > 200 {
+		t.Fatalf("%d workspaces fit, want about 100", n)
+	}
+	c := p.Commit()
+	for w := range c.Held {
+		c.Held[w] = 1<<63 - 1
+	}
+	c.Mark = 1<<63 - 1
+	if l := len(c.Encode()) + parking.Reserve; l > parking.MaxMetadata {
+		t.Fatalf("metadata %d bytes with the reserve, bound %d", l, parking.MaxMetadata)
+	}
+}
+
+func TestSourceDetour(t *testing.T) {
+	s, err := parking.NewSource("clean:4;d=ws1", []int64{10, 0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	commits := map[int]parking.Commit{0: {Mark: 9}, 1: {}}
+	get := func(k int) parking.Commit { return commits[k] }
+	if !s.Detoured("ws1") || s.CanUndetour("ws1", false, get) {
+		t.Fatal("a predecessor's records below the parking end are not settled yet")
+	}
+	commits[0] = parking.Commit{Mark: 10}
+	if !s.CanUndetour("ws1", false, get) || s.CanUndetour("ws1", true, get) {
+		t.Fatal("CanUndetour: settled and unblocked only")
+	}
+	meta, err := s.StartDetour("ws2")
+	if err != nil || meta != "d=ws1,ws2" {
+		t.Fatalf("StartDetour = %q, %v", meta, err)
+	}
+	s.Parked("ws2", 1, 4)
+	commits[1] = parking.Commit{Mark: 9, Held: map[string]int64{"ws2": 4}}
+	if s.CanUndetour("ws2", false, get) {
+		t.Fatal("ws2's record at 4 is held at 4")
+	}
+	s.Undetour("ws1")
+	if s.Metadata() != "d=ws2" {
+		t.Fatalf("Metadata = %q", s.Metadata())
+	}
+	for i := 0; ; i++ {
+		if _, err := s.StartDetour(fmt.Sprintf("WORKSPACE%08d", i)); errors.Is(err, parking.ErrFull) {
+			if len(s.Metadata())+parking.Reserve > parking.MaxMetadata || i < 100 {
+				t.Fatalf("full after %d workspaces at %d bytes", i, len(s.Metadata()))
+			}
+			break
+		}
+	}
+}
+
+// TestNotBefore: the reader waits until the hold of the parking replica
+// ended, never less (rounded up to the millisecond), measured on the clock
+// it reads (synctest's fake clock here).
+func TestNotBefore(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		now := time.Now()
+		v := parking.NotBefore(now.Add(30*time.Second+time.Microsecond), now.Add(time.Second))
+		time.Sleep(10 * time.Second)
+		w, err := parking.Wait(v, time.Now())
+		if err != nil || w < 20*time.Second || w > 20*time.Second+time.Millisecond {
+			t.Fatalf("Wait(%q) = %v, %v, want 20 s", v, w, err)
+		}
+		time.Sleep(w)
+		if w, _ := parking.Wait(v, time.Now()); w != 0 {
+			t.Fatalf("after the wait: %v more", w)
+		}
+		if w, err := parking.Wait(parking.NotBefore(), time.Now()); w != 0 || err != nil {
+			t.Fatalf("no hold: %v, %v", w, err)
+		}
+		if _, err := parking.Wait("soon", time.Now()); err == nil {
+			t.Fatal("an unreadable header was accepted")
+		}
+	})
+}
