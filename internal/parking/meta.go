@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // MaxMetadata is the broker's default offset.metadata.max.bytes. Reserve is
@@ -26,11 +27,14 @@ const maxOffsetDigits = 19
 
 // Commit is a parking partition's committed state: Offset is the committed
 // offset (min of Mark and every Held), Mark the main cursor's watermark m,
-// Held the first unsent offset o_V of every listed workspace.
+// Held the first unsent offset o_V of every listed workspace, Hold the
+// longest unknown-outcome hold of the owner's replica (its own requests,
+// and a hand-over wait not yet over), measured before the commit was sent.
 type Commit struct {
 	Offset int64
 	Mark   int64
 	Held   map[string]int64
+	Hold   time.Duration
 }
 
 // Settled reports whether the parking record of workspace w at offset p is
@@ -47,12 +51,17 @@ func esc(w string) string { return url.QueryEscape(w) }
 // entryBound is the longest an entry for w can become.
 func entryBound(w string) int { return len(esc(w)) + 2 + maxOffsetDigits }
 
-// Encode returns the metadata tokens of c: "m=<m>;h=<w>:<o>,..." (workspaces
-// sorted, query-escaped). Offset is not encoded: it is the commit's offset.
+// Encode returns the metadata tokens of c: "m=<m>[;hold=<ms>][;h=<w>:<o>,...]"
+// (workspaces sorted, query-escaped, the hold rounded up to the
+// millisecond). Offset is not encoded: it is the commit's offset.
 func (c Commit) Encode() string {
 	var b strings.Builder
 	b.WriteString("m=")
 	b.WriteString(strconv.FormatInt(c.Mark, 10))
+	if c.Hold > 0 {
+		b.WriteString(";hold=")
+		b.WriteString(strconv.FormatInt(ceilMillis(c.Hold), 10))
+	}
 	if len(c.Held) == 0 {
 		return b.String()
 	}
@@ -80,6 +89,12 @@ func ParseCommit(offset int64, meta string) (Commit, error) {
 				return Commit{}, fmt.Errorf("parking: mark %q: %w", tok, err)
 			}
 			c.Mark = m
+		case strings.HasPrefix(tok, "hold="):
+			ms, err := strconv.ParseInt(tok[5:], 10, 64)
+			if err != nil || ms < 0 {
+				return Commit{}, fmt.Errorf("parking: hold %q", tok)
+			}
+			c.Hold = time.Duration(ms) * time.Millisecond
 		case strings.HasPrefix(tok, "h=") && len(tok) > 2:
 			if err := parseHeld(tok[2:], c.Held); err != nil {
 				return Commit{}, err
@@ -92,6 +107,10 @@ func ParseCommit(offset int64, meta string) (Commit, error) {
 		}
 	}
 	return c, nil
+}
+
+func ceilMillis(d time.Duration) int64 {
+	return int64((d + time.Millisecond - 1) / time.Millisecond)
 }
 
 func parseHeld(s string, into map[string]int64) error {

@@ -12,6 +12,8 @@ import (
 // step does one random thing: produce, read, toggle a block, commit, or
 // hand a partition over (clean: committed first; else a crash).
 func (m *model) step() {
+	m.now += m.r.Int64N(m.dt)
+	m.applyLate()
 	switch p := m.r.IntN(100); {
 	case p < 30:
 		m.produce()
@@ -27,7 +29,6 @@ func (m *model) step() {
 	case p < 86:
 		w := m.ws[m.r.IntN(len(m.ws))]
 		m.blocked[w] = !m.blocked[w]
-		m.tracef("blocked %s=%v", w, m.blocked[w])
 	case p < 91:
 		m.commitSrc(m.r.IntN(len(m.src)))
 	case p < 96:
@@ -40,9 +41,11 @@ func (m *model) step() {
 	m.checkMemory()
 }
 
-// quiesce runs every owner until none can move, committing each round.
+// quiesce runs every owner until none can move and no hold or late copy
+// is left, committing each round; time moves on while all wait.
 func (m *model) quiesce() {
 	for range 10000 {
+		m.applyLate()
 		moved := false
 		for s := range m.src {
 			for m.srcStep(s) {
@@ -58,10 +61,32 @@ func (m *model) quiesce() {
 		}
 		m.checkMemory()
 		if !moved {
-			return
+			if len(m.late) == 0 && !m.waiting() {
+				return
+			}
+			m.now += 1000
 		}
 	}
 	m.failf("no quiescence")
+}
+
+func (m *model) waiting() bool {
+	for _, o := range m.so {
+		if o.maxHold(m.now) > 0 {
+			return true
+		}
+		for _, d := range o.direct {
+			if d > m.now {
+				return true
+			}
+		}
+	}
+	for _, o := range m.po {
+		if o.maxHold(m.now) > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // checkIsolation is assertion (3): with a workspace still blocked, every
@@ -167,9 +192,12 @@ func TestModelCatchesBrokenRules(t *testing.T) {
 		noDetour:       "(3)",
 		holdInMemory:   "(4)",
 		markFromOffset: "(1)|(2)",
+		noNotBefore:    "(1)",
+		noUndetourWait: "(1)",
 	}
 	n := seeds(t, 2000)
-	for mut, tags := range want {
+	for mut := none + 1; mut <= noUndetourWait; mut++ {
+		tags := want[mut]
 		t.Run(mutationNames[mut], func(t *testing.T) {
 			for seed := range uint64(n) {
 				for _, f := range run(seed, mut, 400) {

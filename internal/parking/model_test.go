@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"hash/fnv"
 	"math/rand/v2"
+	"slices"
+	"time"
 
 	"github.com/cohortsync/cohortsync-worker/internal/parking"
 )
@@ -11,10 +13,16 @@ import (
 // The model: source partitions and K parking partitions as in-memory logs,
 // one owner per partition driving a parking.Source or parking.Partition, an
 // API that accepts only unblocked workspaces, and commits (offset +
-// metadata) that are the only thing a new owner starts from. Sends are
-// synchronous: an accepted record is settled at once, so a watermark is the
-// owner's read position. Not modelled: unknown outcomes (the not-before
-// header, notbefore_test.go) and late writes of an expelled owner.
+// metadata) that are the only thing a new owner starts from (with the
+// parking logs' ends). Time is an explicit clock in milliseconds. A request
+// may have an unknown outcome: its sender retries it at once, holds the
+// cohort for the bound (Non-obvious 11; the model holds both actions, the
+// sink only the other one), and a late copy lands at a random moment within
+// the bound, also for a workspace blocked meanwhile. A new owner waits the
+// bound before it reads (a hand-over without proof). Sends are otherwise
+// synchronous, so a watermark is an owner's read position.
+
+const bound = 30_000 // MOENGAGE_MAX_PROCESSING_TIME, ms
 
 // mutation breaks one rule on purpose, to show that the checks catch it.
 type mutation int
@@ -29,12 +37,15 @@ const (
 	noDetour                // a blocked workspace's records wait in the source
 	holdInMemory            // the parking owner keeps the records it passes over
 	markFromOffset          // a new parking owner reads from the committed offset, its m starting there
+	noNotBefore             // parked records carry no hold
+	noUndetourWait          // direct sends after an un-detour ignore the parking replica's hold
 )
 
 var mutationNames = map[mutation]string{
 	none: "none", undetourEarly: "undetourEarly", skipOffByOne: "skipOffByOne",
 	commitPastHeld: "commitPastHeld", noWriteAhead: "noWriteAhead", staleEnds: "staleEnds",
 	noDetour: "noDetour", holdInMemory: "holdInMemory", markFromOffset: "markFromOffset",
+	noNotBefore: "noNotBefore", noUndetourWait: "noUndetourWait",
 }
 
 type rec struct {
@@ -42,9 +53,12 @@ type rec struct {
 	add            bool
 	src            int
 	srcOff         int64
+	notBefore      string // header of a parked record
 }
 
 type key struct{ w, cohort, uid string }
+
+func (r rec) cohortKey() string { return r.w + "/" + r.cohort }
 
 type commitRec struct {
 	off  int64
@@ -52,43 +66,68 @@ type commitRec struct {
 	ends []int64 // parking log ends at the commit (for staleEnds)
 }
 
+// owner is what both kinds of owners share: the replica's holds per
+// cohort, and the hand-over wait.
+type owner struct {
+	holds     map[string]int64 // cohort key → end of its hold
+	waitUntil int64
+}
+
 type srcOwner struct {
-	st  *parking.Source
-	pos int64
+	owner
+	st     *parking.Source
+	pos    int64
+	direct map[string]int64 // workspace → no direct send before (un-detour wait)
 }
 
 type parkOwner struct {
+	owner
 	p     *parking.Partition
-	mem   int
-	start *parking.Commit // markFromOffset: the commit it started from // records kept in memory (holdInMemory)
+	mem   int             // records kept in memory (holdInMemory)
+	start *parking.Commit // markFromOffset: the commit it started from
+	armed map[int64]bool  // records whose header this owner applied
+}
+
+type lateCopy struct {
+	at     int64
+	r      rec
+	replay bool // sent after a later change of its key (a re-read's repeat)
 }
 
 type model struct {
 	r          *rand.Rand
 	mut        mutation
+	now        int64
 	ws         []string
+	nc, nu     int   // cohorts, uids per cohort
+	unknown    int   // one attempt in unknown has an unknown outcome
+	dt         int64 // a step's time is up to dt ms
 	blocked    map[string]bool
 	src, park  [][]rec
 	srcCommit  []commitRec
 	parkCommit []commitRec
 	so         []*srcOwner
 	po         []*parkOwner
+	late       []lateCopy
 	api        map[key]bool
 	seen       map[key][]int64
 	fails      []string
-	trace      []string
+	trace      []string // nil: off
 }
 
 func (m *model) tracef(format string, args ...any) {
 	if m.trace != nil {
-		m.trace = append(m.trace, fmt.Sprintf(format, args...))
+		m.trace = append(m.trace, fmt.Sprintf("%7d ", m.now)+fmt.Sprintf(format, args...))
 	}
 }
 
 func newModel(seed uint64, mut mutation) *model {
 	r := rand.New(rand.NewPCG(seed, 0x9a4c))
 	nw, ns, nk := 2+r.IntN(3), 2*(1+r.IntN(2)), 1+r.IntN(3)
-	m := &model{r: r, mut: mut, blocked: map[string]bool{}, api: map[key]bool{}, seen: map[key][]int64{}}
+	m := &model{r: r, mut: mut, nc: 3, nu: 4, unknown: 20, dt: 3000, blocked: map[string]bool{}, api: map[key]bool{}, seen: map[key][]int64{}}
+	if r.IntN(3) == 0 { // hot: few keys, many unknown outcomes
+		m.nc, m.nu, m.unknown, m.dt = 1, 2, 4, 300
+	}
 	for i := range nw {
 		m.ws = append(m.ws, fmt.Sprintf("ws%d", i))
 	}
@@ -129,21 +168,71 @@ func (m *model) srcPartition(w, c, u string) int {
 
 func (m *model) produce() {
 	w := m.ws[m.r.IntN(len(m.ws))]
-	c, u := fmt.Sprintf("c%d", m.r.IntN(3)), fmt.Sprintf("u%d", m.r.IntN(4))
+	c, u := fmt.Sprintf("c%d", m.r.IntN(m.nc)), fmt.Sprintf("u%d", m.r.IntN(m.nu))
 	s := m.srcPartition(w, c, u)
 	m.src[s] = append(m.src[s], rec{w: w, cohort: c, uid: u, add: m.r.IntN(2) == 0, src: s, srcOff: int64(len(m.src[s]))})
 }
 
-// deliver is the API: it takes a change only for an unblocked workspace.
-func (m *model) deliver(r rec) bool {
+// apply is the API processing r. Assertion (1), as it happens: a change
+// the API sees for the first time, or a late copy of a request sent in
+// order, never comes after a later change of its key. (A re-read may
+// repeat changes already seen, late copies of the repeat included:
+// checkFinal asks that such a repeat end on the latest.)
+func (m *model) apply(r rec, late bool) {
+	k := key{r.w, r.cohort, r.uid}
+	o := int64(r.src)<<32 | r.srcOff
+	if seq := m.seen[k]; len(seq) > 0 && slices.Max(seq) > o {
+		if late {
+			m.failf("(1) %v: a late copy of %s landed after %s", k, offs(o), offs(slices.Max(seq)))
+		} else if !slices.Contains(seq, o) {
+			m.failf("(1) %v: %s seen first after %s", k, offs(o), offs(slices.Max(seq)))
+		}
+	}
+	m.tracef("apply %v %s late=%v", k, offs(o), late)
+	m.seen[k] = append(m.seen[k], o)
+	m.api[k] = r.add
+}
+
+// deliver is a Send of r by owner o: the API takes it only for an
+// unblocked workspace; one attempt in m.unknown has an unknown outcome.
+func (m *model) deliver(o *owner, r rec) bool {
+	if m.r.IntN(m.unknown) == 0 {
+		seq := m.seen[key{r.w, r.cohort, r.uid}]
+		replay := len(seq) > 0 && slices.Max(seq) > int64(r.src)<<32|r.srcOff
+		m.late = append(m.late, lateCopy{at: m.now + 1 + m.r.Int64N(bound), r: r, replay: replay})
+		m.tracef("unknown %s s%d@%d until %d, copy at %d", r.cohortKey(), r.src, r.srcOff, m.now+bound, m.late[len(m.late)-1].at)
+		o.holds[r.cohortKey()] = max(o.holds[r.cohortKey()], m.now+bound)
+	}
 	if m.blocked[r.w] {
 		return false
 	}
-	k := key{r.w, r.cohort, r.uid}
-	m.tracef("deliver %v s%d@%d add=%v", k, r.src, r.srcOff, r.add)
-	m.seen[k] = append(m.seen[k], int64(r.src)<<32|r.srcOff)
-	m.api[k] = r.add
+	m.apply(r, false)
 	return true
+}
+
+// applyLate lets the late copies due by now land, in their order.
+func (m *model) applyLate() {
+	slices.SortStableFunc(m.late, func(a, b lateCopy) int { return int(a.at - b.at) })
+	i := 0
+	for ; i < len(m.late) && m.late[i].at <= m.now; i++ {
+		m.apply(m.late[i].r, !m.late[i].replay)
+	}
+	m.late = m.late[i:]
+}
+
+func (o *owner) free(ck string, now int64) bool { return now >= o.holds[ck] && now >= o.waitUntil }
+
+// maxHold is the longest hold left in o, the hand-over wait included.
+func (o *owner) maxHold(now int64) time.Duration {
+	end := o.waitUntil
+	for _, e := range o.holds {
+		end = max(end, e)
+	}
+	return time.Duration(max(0, end-now)) * time.Millisecond
+}
+
+func (m *model) newOwner() owner {
+	return owner{holds: map[string]int64{}, waitUntil: m.now + bound}
 }
 
 func (m *model) ends() []int64 {
@@ -162,151 +251,6 @@ func (m *model) parkCommitOf(k int) parking.Commit {
 	return c
 }
 
-func (m *model) srcTakeover(s int, clean bool) {
-	if clean {
-		m.commitSrc(s)
-	}
-	c := m.srcCommit[s]
-	ends := m.ends()
-	if m.mut == staleEnds && c.ends != nil {
-		ends = c.ends
-	}
-	st, err := parking.NewSource(c.meta, ends)
-	if err != nil {
-		m.failf("source %d: %v", s, err)
-		return
-	}
-	m.so[s] = &srcOwner{st: st, pos: c.off}
-	m.tracef("src %d takeover clean=%v commit %+v", s, clean, c)
-}
-
-func (m *model) commitSrc(s int) {
-	o := m.so[s]
-	m.srcCommit[s] = commitRec{off: o.pos, meta: o.st.Metadata(), ends: m.ends()}
-}
-
-func (m *model) parkTakeover(k int, clean bool) {
-	if clean {
-		m.commitPark(k)
-	}
-	c := m.parkCommitOf(k)
-	m.po[k] = &parkOwner{p: parking.NewPartition(c)}
-	if m.mut == markFromOffset {
-		m.po[k] = &parkOwner{p: parking.NewPartition(parking.Commit{Offset: c.Offset, Mark: c.Offset, Held: c.Held}), start: &c}
-	}
-	if m.mut == skipOffByOne {
-		for w, o := range c.Held {
-			m.po[k].p.Advance(w, o+1)
-		}
-	}
-	m.tracef("park %d takeover clean=%v commit %+v", k, clean, c)
-}
-
-func (m *model) commitPark(k int) {
-	c := m.po[k].p.Commit()
-	if m.mut == commitPastHeld {
-		c = parking.Commit{Offset: c.Mark, Mark: c.Mark}
-	}
-	m.parkCommit[k] = commitRec{off: c.Offset, meta: c.Encode()}
-	m.tracef("park %d commit %+v", k, c)
-}
-
-// srcStep lets source partition s's owner handle its next record.
-func (m *model) srcStep(s int) bool {
-	o := m.so[s]
-	if o.pos >= int64(len(m.src[s])) {
-		return false
-	}
-	r := m.src[s][o.pos]
-	if o.st.Detoured(r.w) {
-		ok := o.st.CanUndetour(r.w, m.blocked[r.w], m.parkCommitOf)
-		if m.mut == undetourEarly {
-			ok = !m.blocked[r.w]
-		}
-		if ok {
-			m.tracef("src %d undetour %s at %d", s, r.w, o.pos)
-			o.st.Undetour(r.w)
-		}
-	}
-	if !o.st.Detoured(r.w) {
-		if m.deliver(r) {
-			o.pos++
-			return true
-		}
-		if m.mut == noDetour {
-			return false
-		}
-		m.tracef("src %d detour %s at %d", s, r.w, o.pos)
-		meta, err := o.st.StartDetour(r.w)
-		if err != nil {
-			return false
-		}
-		if m.mut != noWriteAhead {
-			m.srcCommit[s] = commitRec{off: o.pos, meta: meta, ends: m.ends()}
-		}
-	}
-	k := parking.PartitionFor(r.w, r.cohort, len(m.park))
-	m.park[k] = append(m.park[k], r)
-	m.tracef("src %d park %s s%d@%d -> k%d@%d", s, r.w, r.src, r.srcOff, k, len(m.park[k])-1)
-	o.st.Parked(r.w, k, int64(len(m.park[k])-1))
-	o.pos++
-	return true
-}
-
-// parkMain lets parking partition k's main cursor handle its next record.
-func (m *model) parkMain(k int) bool {
-	o := m.po[k]
-	off := o.p.Next()
-	if off >= int64(len(m.park[k])) {
-		return false
-	}
-	r := m.park[k][off]
-	if o.start != nil && o.start.Settled(r.w, off) {
-		o.p.Done(off) // the design's skip rule, read from the committed offset
-		return true
-	}
-	switch d := o.p.Classify(r.w); d {
-	case parking.Pass:
-		if m.mut == holdInMemory {
-			o.mem++
-		}
-	case parking.Deliver:
-		if !m.deliver(r) && !o.p.Hold(r.w, off) {
-			return false
-		}
-	}
-	o.p.Done(off)
-	return true
-}
-
-// parkResume moves w's resume cursor in parking partition k by one record.
-func (m *model) parkResume(k int, w string) bool {
-	o := m.po[k]
-	pos, ok := o.p.Held(w)
-	if !ok || m.blocked[w] {
-		return false
-	}
-	m.tracef("park %d resume %s at %d", k, w, pos)
-	if pos >= o.p.Next() {
-		o.p.Advance(w, pos)
-		return true
-	}
-	if r := m.park[k][pos]; r.w == w && !m.deliver(r) {
-		return false
-	}
-	o.p.Advance(w, pos+1)
-	return true
-}
-
-func (m *model) anyResume(k int) bool {
-	for _, w := range m.ws {
-		if m.parkResume(k, w) {
-			return true
-		}
-	}
-	return false
-}
-
 // checkMemory is assertion (4): no owner holds more than one offset per
 // workspace (and parking partition), nothing per record.
 func (m *model) checkMemory() {
@@ -319,5 +263,10 @@ func (m *model) checkMemory() {
 		if n := o.p.Size() + o.mem; n > len(m.ws) {
 			m.failf("(4) parking %d holds %d entries for %d workspaces", k, n, len(m.ws))
 		}
+		if len(o.armed) > len(m.ws)+1 {
+			m.failf("(4) parking %d armed %d records", k, len(o.armed))
+		}
 	}
 }
+
+func msTime(ms int64) time.Time { return time.UnixMilli(ms) }

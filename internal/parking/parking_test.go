@@ -11,13 +11,13 @@ import (
 )
 
 func TestCommitRoundTrip(t *testing.T) {
-	c := parking.Commit{Offset: 3, Mark: 40, Held: map[string]int64{"ws,1;x": 3, "ws2": 17}}
+	c := parking.Commit{Offset: 3, Mark: 40, Held: map[string]int64{"ws,1;x": 3, "ws2": 17}, Hold: 2500*time.Microsecond + 1}
 	meta := "clean:7;wait=120;" + c.Encode()
 	got, err := parking.ParseCommit(3, meta)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.Mark != 40 || len(got.Held) != 2 || got.Held["ws,1;x"] != 3 || got.Held["ws2"] != 17 {
+	if got.Mark != 40 || got.Hold != 3*time.Millisecond || len(got.Held) != 2 || got.Held["ws,1;x"] != 3 || got.Held["ws2"] != 17 {
 		t.Fatalf("ParseCommit(%q) = %+v", meta, got)
 	}
 	if !got.Settled("ws2", 16) || got.Settled("ws2", 17) || !got.Settled("ws3", 39) || got.Settled("ws3", 40) {
@@ -26,7 +26,7 @@ func TestCommitRoundTrip(t *testing.T) {
 	if none, err := parking.ParseCommit(12, "clean:3"); err != nil || none.Mark != 12 || len(none.Held) != 0 {
 		t.Fatalf("a commit without parking metadata: %+v, %v", none, err)
 	}
-	for _, bad := range []string{"m=x", "m=10;h=a", "m=10;h=a:2", "m=10;h=a:11"} {
+	for _, bad := range []string{"m=x", "m=10;h=a", "m=10;h=a:2", "m=10;h=a:11", "m=10;hold=-1"} {
 		if _, err := parking.ParseCommit(5, bad); err == nil {
 			t.Errorf("ParseCommit(5, %q) accepted", bad)
 		}
@@ -51,7 +51,7 @@ func TestMetadataBound(t *testing.T) {
 	if n < 90 || n > 200 {
 		t.Fatalf("%d workspaces fit, want about 100", n)
 	}
-	c := p.Commit()
+	c := p.Commit(time.Hour)
 	for w := range c.Held {
 		c.Held[w] = 1<<63 - 1
 	}
@@ -68,12 +68,15 @@ func TestSourceDetour(t *testing.T) {
 	}
 	commits := map[int]parking.Commit{0: {Mark: 9}, 1: {}}
 	get := func(k int) parking.Commit { return commits[k] }
-	if !s.Detoured("ws1") || s.CanUndetour("ws1", false, get) {
+	if ok, _ := s.CanUndetour("ws1", false, get); !s.Detoured("ws1") || ok {
 		t.Fatal("a predecessor's records below the parking end are not settled yet")
 	}
-	commits[0] = parking.Commit{Mark: 10}
-	if !s.CanUndetour("ws1", false, get) || s.CanUndetour("ws1", true, get) {
-		t.Fatal("CanUndetour: settled and unblocked only")
+	commits[0] = parking.Commit{Mark: 10, Hold: 7 * time.Second}
+	if ok, wait := s.CanUndetour("ws1", false, get); !ok || wait != 7*time.Second {
+		t.Fatalf("CanUndetour = %v, %v; want true and the parking replica's hold", ok, wait)
+	}
+	if ok, _ := s.CanUndetour("ws1", true, get); ok {
+		t.Fatal("CanUndetour while blocked")
 	}
 	meta, err := s.StartDetour("ws2")
 	if err != nil || meta != "d=ws1,ws2" {
@@ -81,7 +84,7 @@ func TestSourceDetour(t *testing.T) {
 	}
 	s.Parked("ws2", 1, 4)
 	commits[1] = parking.Commit{Mark: 9, Held: map[string]int64{"ws2": 4}}
-	if s.CanUndetour("ws2", false, get) {
+	if ok, _ := s.CanUndetour("ws2", false, get); ok {
 		t.Fatal("ws2's record at 4 is held at 4")
 	}
 	s.Undetour("ws1")
@@ -98,26 +101,33 @@ func TestSourceDetour(t *testing.T) {
 	}
 }
 
-// TestNotBefore: the reader waits until the hold of the parking replica
-// ended, never less (rounded up to the millisecond), measured on the clock
-// it reads (synctest's fake clock here).
+// TestNotBefore: the reader of a parked record sends it no earlier than the
+// hold of the replica that parked it ended, whatever the two replicas'
+// clocks say: the header is a duration the reader waits from its reading
+// (which is after the write), rounded up to the millisecond. A time-of-day
+// header read by a replica whose clock is 10 s ahead would have let it send
+// 10 s early (the design's first wording).
 func TestNotBefore(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		now := time.Now()
-		v := parking.NotBefore(now.Add(30*time.Second+time.Microsecond), now.Add(time.Second))
-		time.Sleep(10 * time.Second)
-		w, err := parking.Wait(v, time.Now())
-		if err != nil || w < 20*time.Second || w > 20*time.Second+time.Millisecond {
-			t.Fatalf("Wait(%q) = %v, %v, want 20 s", v, w, err)
+		holdEnd := time.Now().Add(30*time.Second + time.Microsecond)
+		time.Sleep(5 * time.Second)
+		v := parking.NotBefore(time.Now(), holdEnd, time.Now().Add(time.Second))
+		time.Sleep(10 * time.Second) // the record waits in the parking log
+		w, err := parking.Wait(v)
+		if err != nil {
+			t.Fatal(err)
 		}
 		time.Sleep(w)
-		if w, _ := parking.Wait(v, time.Now()); w != 0 {
-			t.Fatalf("after the wait: %v more", w)
+		if now := time.Now(); now.Before(holdEnd) || now.Sub(holdEnd) > 10*time.Second+time.Millisecond {
+			t.Fatalf("sent %v after the hold ended", now.Sub(holdEnd))
 		}
-		if w, err := parking.Wait(parking.NotBefore(), time.Now()); w != 0 || err != nil {
+		if w, err := parking.Wait(parking.NotBefore(time.Now())); w != 0 || err != nil {
 			t.Fatalf("no hold: %v, %v", w, err)
 		}
-		if _, err := parking.Wait("soon", time.Now()); err == nil {
+		if w, _ := parking.Wait(parking.NotBefore(time.Now(), holdEnd.Add(-time.Hour))); w != 0 {
+			t.Fatalf("a hold already over: %v", w)
+		}
+		if _, err := parking.Wait("soon"); err == nil {
 			t.Fatal("an unreadable header was accepted")
 		}
 	})

@@ -1,5 +1,7 @@
 package parking
 
+import "time"
+
 // Decision is what the main cursor of a parking partition does with a record.
 type Decision int
 
@@ -110,9 +112,10 @@ func (p *Partition) Advance(x string, pos int64) bool {
 	return false
 }
 
-// Commit is the state to commit: offset min(m, every o_V).
-func (p *Partition) Commit() Commit {
-	c := Commit{Offset: p.next, Mark: p.next, Held: make(map[string]int64, len(p.held))}
+// Commit is the state to commit: offset min(m, every o_V); hold is the
+// longest unknown-outcome hold of this replica at this moment (see Commit).
+func (p *Partition) Commit(hold time.Duration) Commit {
+	c := Commit{Offset: p.next, Mark: p.next, Held: make(map[string]int64, len(p.held)), Hold: hold}
 	for w, o := range p.held {
 		c.Held[w] = o
 		c.Offset = min(c.Offset, o)

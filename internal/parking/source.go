@@ -3,6 +3,7 @@ package parking
 import (
 	"fmt"
 	"hash/fnv"
+	"time"
 )
 
 // PartitionFor is the parking partition of a change of workspace w and
@@ -97,21 +98,29 @@ func (s *Source) Parked(w string, k int, off int64) {
 // CanUndetour reports whether w's records from s may be sent directly
 // again: w is not blocked and every parking partition's committed state
 // (commit(k), read with OffsetFetch) settles the last record that s may have
-// parked there for w.
-func (s *Source) CanUndetour(w string, blocked bool, commit func(k int) Commit) bool {
-	pos, ok := s.detour[w]
-	if !ok {
-		return true
+// parked there for w. When it may, wait is the longest Hold of those
+// commits: the owner sends none of w's records from s before wait has
+// passed since it read them (a late copy of a parking replica's abandoned
+// request could otherwise land after them).
+func (s *Source) CanUndetour(w string, blocked bool, commit func(k int) Commit) (ok bool, wait time.Duration) {
+	pos, detoured := s.detour[w]
+	if !detoured {
+		return true, 0
 	}
 	if blocked {
-		return false
+		return false, 0
 	}
 	for k, p := range pos {
-		if p >= 0 && !commit(k).Settled(w, p) {
-			return false
+		if p < 0 {
+			continue
 		}
+		c := commit(k)
+		if !c.Settled(w, p) {
+			return false, 0
+		}
+		wait = max(wait, c.Hold)
 	}
-	return true
+	return true, wait
 }
 
 // Undetour sends w's records directly again; the caller checked
