@@ -4,7 +4,9 @@
 // topic and when it may send them directly again (Source), how a parking
 // partition's owner passes over a blocked workspace's records with one cursor
 // per workspace and resumes them in log order (Partition), the encoding of
-// both in the commit metadata, and the not-before header (notbefore.go).
+// both in the commit metadata, the writer generation that makes a late
+// write of an expelled owner stale, and the not-before header
+// (notbefore.go).
 //
 // Like batcher.Core it is pure: no Kafka, no goroutines, no clock of its
 // own. Offsets and times are explicit arguments; the caller reads and writes

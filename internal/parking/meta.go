@@ -27,14 +27,18 @@ const maxOffsetDigits = 19
 
 // Commit is a parking partition's committed state: Offset is the committed
 // offset (min of Mark and every Held), Mark the main cursor's watermark m,
-// Held the first unsent offset o_V of every listed workspace, Hold the
-// longest unknown-outcome hold of the owner's replica (its own requests,
-// and a hand-over wait not yet over), measured before the commit was sent.
+// Held the first unsent offset o_V of every listed workspace, Gen the
+// highest writer generation the main cursor read, HeldGen the same for
+// each resume cursor (the records before o_V), Hold the longest
+// unknown-outcome hold of the owner's replica (its own requests, and a
+// hand-over wait not yet over), measured before the commit was sent.
 type Commit struct {
-	Offset int64
-	Mark   int64
-	Held   map[string]int64
-	Hold   time.Duration
+	Offset  int64
+	Mark    int64
+	Gen     int64
+	Held    map[string]int64
+	HeldGen map[string]int64
+	Hold    time.Duration
 }
 
 // Settled reports whether the parking record of workspace w at offset p is
@@ -49,15 +53,15 @@ func (c Commit) Settled(w string, p int64) bool {
 func esc(w string) string { return url.QueryEscape(w) }
 
 // entryBound is the longest an entry for w can become.
-func entryBound(w string) int { return len(esc(w)) + 2 + maxOffsetDigits }
+func entryBound(w string) int { return len(esc(w)) + 2 + 2*maxOffsetDigits }
 
-// Encode returns the metadata tokens of c: "m=<m>[;hold=<ms>][;h=<w>:<o>,...]"
-// (workspaces sorted, query-escaped, the hold rounded up to the
-// millisecond). Offset is not encoded: it is the commit's offset.
+// Encode returns the metadata tokens of c:
+// "m=<m>;g=<gen>[;hold=<ms>][;h=<w>:<o>:<gen>,...]" (workspaces sorted,
+// query-escaped, the hold rounded up to the millisecond). Offset is not
+// encoded: it is the commit's offset.
 func (c Commit) Encode() string {
 	var b strings.Builder
-	b.WriteString("m=")
-	b.WriteString(strconv.FormatInt(c.Mark, 10))
+	fmt.Fprintf(&b, "m=%d;g=%d", c.Mark, c.Gen)
 	if c.Hold > 0 {
 		b.WriteString(";hold=")
 		b.WriteString(strconv.FormatInt(ceilMillis(c.Hold), 10))
@@ -70,7 +74,7 @@ func (c Commit) Encode() string {
 		if i > 0 {
 			b.WriteByte(',')
 		}
-		fmt.Fprintf(&b, "%s:%d", esc(w), c.Held[w])
+		fmt.Fprintf(&b, "%s:%d:%d", esc(w), c.Held[w], c.HeldGen[w])
 	}
 	return b.String()
 }
@@ -80,7 +84,7 @@ func (c Commit) Encode() string {
 // commit without m= (none yet, or written before parking existed) has
 // Mark = offset and nothing held: everything below the offset is settled.
 func ParseCommit(offset int64, meta string) (Commit, error) {
-	c := Commit{Offset: offset, Mark: offset, Held: map[string]int64{}}
+	c := Commit{Offset: offset, Mark: offset, Held: map[string]int64{}, HeldGen: map[string]int64{}}
 	for _, tok := range strings.Split(meta, ";") {
 		switch {
 		case strings.HasPrefix(tok, "m="):
@@ -89,6 +93,12 @@ func ParseCommit(offset int64, meta string) (Commit, error) {
 				return Commit{}, fmt.Errorf("parking: mark %q: %w", tok, err)
 			}
 			c.Mark = m
+		case strings.HasPrefix(tok, "g="):
+			g, err := strconv.ParseInt(tok[2:], 10, 64)
+			if err != nil {
+				return Commit{}, fmt.Errorf("parking: generation %q: %w", tok, err)
+			}
+			c.Gen = g
 		case strings.HasPrefix(tok, "hold="):
 			ms, err := strconv.ParseInt(tok[5:], 10, 64)
 			if err != nil || ms < 0 {
@@ -96,7 +106,7 @@ func ParseCommit(offset int64, meta string) (Commit, error) {
 			}
 			c.Hold = time.Duration(ms) * time.Millisecond
 		case strings.HasPrefix(tok, "h=") && len(tok) > 2:
-			if err := parseHeld(tok[2:], c.Held); err != nil {
+			if err := parseHeld(tok[2:], c); err != nil {
 				return Commit{}, err
 			}
 		}
@@ -113,21 +123,22 @@ func ceilMillis(d time.Duration) int64 {
 	return int64((d + time.Millisecond - 1) / time.Millisecond)
 }
 
-func parseHeld(s string, into map[string]int64) error {
+func parseHeld(s string, into Commit) error {
 	for _, e := range strings.Split(s, ",") {
-		i := strings.LastIndexByte(e, ':')
-		if i < 0 {
+		f := strings.Split(e, ":")
+		if len(f) != 3 {
 			return fmt.Errorf("parking: held entry %q", e)
 		}
-		w, err := url.QueryUnescape(e[:i])
+		w, err := url.QueryUnescape(f[0])
 		if err != nil {
 			return fmt.Errorf("parking: held workspace %q: %w", e, err)
 		}
-		o, err := strconv.ParseInt(e[i+1:], 10, 64)
-		if err != nil {
-			return fmt.Errorf("parking: held offset %q: %w", e, err)
+		o, err1 := strconv.ParseInt(f[1], 10, 64)
+		g, err2 := strconv.ParseInt(f[2], 10, 64)
+		if err1 != nil || err2 != nil {
+			return fmt.Errorf("parking: held entry %q", e)
 		}
-		into[w] = o
+		into.Held[w], into.HeldGen[w] = o, g
 	}
 	return nil
 }

@@ -9,6 +9,12 @@ func (m *model) srcTakeover(s int, clean bool) {
 		m.commitSrc(s)
 	}
 	c := m.srcCommit[s]
+	m.newGeneration()
+	if m.mut != noMarker {
+		for k := range m.park {
+			m.park[k] = append(m.park[k], rec{marker: true, gen: m.gen})
+		}
+	}
 	ends := m.ends()
 	if m.mut == staleEnds && c.ends != nil {
 		ends = c.ends
@@ -19,7 +25,24 @@ func (m *model) srcTakeover(s int, clean bool) {
 		return
 	}
 	m.tracef("src %d takeover %+v", s, c)
-	m.so[s] = &srcOwner{owner: m.newOwner(), st: st, pos: c.off, direct: map[string]int64{}}
+	if old := m.so[s]; old != nil && old.last != nil && !clean && m.r.IntN(2) == 0 {
+		w := *old.last
+		w.at = m.now + bound + m.r.Int64N(2*bound) // after the successor's wait: a paused writer
+		m.lateWrites = append(m.lateWrites, w)
+	}
+	m.so[s] = &srcOwner{owner: m.newOwner(), gen: m.gen, st: st, pos: c.off, direct: map[string]int64{}}
+}
+
+// newGeneration is a rebalance: every owner that keeps its partition
+// writes in the new generation from now on (its writes of the old one were
+// acknowledged before: the fence awaits them).
+func (m *model) newGeneration() {
+	m.gen++
+	for _, o := range m.so {
+		if o != nil {
+			o.gen = m.gen
+		}
+	}
 }
 
 func (m *model) commitSrc(s int) {
@@ -32,14 +55,15 @@ func (m *model) parkTakeover(k int, clean bool) {
 		m.commitPark(k)
 	}
 	c := m.parkCommitOf(k)
+	m.newGeneration()
 	o := &parkOwner{owner: m.newOwner(), p: parking.NewPartition(c), armed: map[int64]bool{}}
 	switch m.mut {
 	case markFromOffset:
-		o.p = parking.NewPartition(parking.Commit{Offset: c.Offset, Mark: c.Offset, Held: c.Held})
+		o.p = parking.NewPartition(parking.Commit{Offset: c.Offset, Mark: c.Offset, Gen: c.Gen, Held: c.Held, HeldGen: c.HeldGen})
 		o.start = &c
 	case skipOffByOne:
 		for w, off := range c.Held {
-			o.p.Advance(w, off+1)
+			o.p.Advance(w, off, c.HeldGen[w])
 		}
 	}
 	m.tracef("park %d takeover %+v", k, c)
@@ -50,7 +74,7 @@ func (m *model) commitPark(k int) {
 	o := m.po[k]
 	c := o.p.Commit(o.maxHold(m.now))
 	if m.mut == commitPastHeld {
-		c = parking.Commit{Offset: c.Mark, Mark: c.Mark, Hold: c.Hold}
+		c = parking.Commit{Offset: c.Mark, Mark: c.Mark, Gen: c.Gen, Hold: c.Hold}
 	}
 	m.parkCommit[k] = commitRec{off: c.Offset, meta: c.Encode()}
 }
@@ -112,8 +136,12 @@ func (m *model) parkRecord(o *srcOwner, r rec) {
 		end = 0
 	}
 	r.notBefore = parking.NotBefore(msTime(m.now), msTime(end))
+	if m.mut != noGenFilter {
+		r.gen = o.gen
+	}
 	k := parking.PartitionFor(r.w, r.cohort, len(m.park))
 	m.park[k] = append(m.park[k], r)
+	o.last = &lateWrite{k: k, r: r}
 	o.st.Parked(r.w, k, int64(len(m.park[k])-1))
 	m.tracef("park %s s%d@%d -> k%d@%d nb=%s", r.cohortKey(), r.src, r.srcOff, k, len(m.park[k])-1, r.notBefore)
 	o.pos++
@@ -143,10 +171,10 @@ func (m *model) parkMain(k int) bool {
 	}
 	r := m.park[k][off]
 	if o.start != nil && o.start.Settled(r.w, off) {
-		o.p.Done(off) // the design's first skip rule, read from the committed offset
+		o.p.Done(off, r.gen) // the design's first skip rule, read from the committed offset
 		return true
 	}
-	switch o.p.Classify(r.w) {
+	switch o.p.Classify(r.w, r.gen) {
 	case parking.Pass:
 		if m.mut == holdInMemory {
 			o.mem++
@@ -155,34 +183,37 @@ func (m *model) parkMain(k int) bool {
 		// Not sent before its cohort is free; a blocked workspace is held
 		// all the same (a request that overtook a late copy would break
 		// order even if the API refused it: its outcome may be unknown).
+		if r.marker {
+			break
+		}
 		sent := m.ready(o, off, r) && m.deliver(&o.owner, r)
 		if !sent && (!m.blocked[r.w] || !o.p.Hold(r.w, off)) {
 			return false
 		}
 	}
 	delete(o.armed, off)
-	o.p.Done(off)
+	o.p.Done(off, r.gen)
 	return true
 }
 
 // parkResume moves w's resume cursor in parking partition k by one record.
 func (m *model) parkResume(k int, w string) bool {
 	o := m.po[k]
-	pos, ok := o.p.Held(w)
-	if !ok || m.blocked[w] || m.now < o.waitUntil {
+	if _, held := o.p.Held(w); !held || m.blocked[w] || m.now < o.waitUntil {
 		return false
 	}
-	if pos >= o.p.Next() {
-		o.p.Advance(w, pos)
-		return true
+	pos, ok := o.p.Resume(w)
+	if !ok {
+		return true // released
 	}
-	if r := m.park[k][pos]; r.w == w {
+	r := m.park[k][pos]
+	if o.p.ResumeClassify(w, r.w, r.gen) == parking.Deliver && !r.marker {
 		if !m.ready(o, pos, r) || !m.deliver(&o.owner, r) {
 			return false
 		}
 		delete(o.armed, pos)
 	}
-	o.p.Advance(w, pos+1)
+	o.p.Advance(w, pos, r.gen)
 	return true
 }
 

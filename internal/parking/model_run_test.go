@@ -61,7 +61,7 @@ func (m *model) quiesce() {
 		}
 		m.checkMemory()
 		if !moved {
-			if len(m.late) == 0 && !m.waiting() {
+			if len(m.late) == 0 && len(m.lateWrites) == 0 && !m.waiting() {
 				return
 			}
 			m.now += 1000
@@ -118,6 +118,9 @@ func (m *model) checkFinal() {
 		if last, top := seq[len(seq)-1], slices.Max(seq); last != top {
 			m.failf("(1) %v: saw %s last after %s", k, offs(last), offs(top))
 		}
+	}
+	for k, need := range m.need {
+		m.failf("(1) %v: a repeat ended before %s", k, offs(need))
 	}
 	fold := map[key]bool{}
 	for _, log := range m.src {
@@ -194,9 +197,11 @@ func TestModelCatchesBrokenRules(t *testing.T) {
 		markFromOffset: "(1)|(2)",
 		noNotBefore:    "(1)",
 		noUndetourWait: "(1)",
+		noGenFilter:    "(1)",
+		noMarker:       "(1)",
 	}
 	n := seeds(t, 2000)
-	for mut := none + 1; mut <= noUndetourWait; mut++ {
+	for mut := none + 1; mut <= noMarker; mut++ {
 		tags := want[mut]
 		t.Run(mutationNames[mut], func(t *testing.T) {
 			for seed := range uint64(n) {

@@ -39,13 +39,15 @@ const (
 	markFromOffset          // a new parking owner reads from the committed offset, its m starting there
 	noNotBefore             // parked records carry no hold
 	noUndetourWait          // direct sends after an un-detour ignore the parking replica's hold
+	noGenFilter             // parked records carry no writer generation: late writes are not dropped
+	noMarker                // a new source owner reads the parking ends without writing its marker first
 )
 
 var mutationNames = map[mutation]string{
 	none: "none", undetourEarly: "undetourEarly", skipOffByOne: "skipOffByOne",
 	commitPastHeld: "commitPastHeld", noWriteAhead: "noWriteAhead", staleEnds: "staleEnds",
 	noDetour: "noDetour", holdInMemory: "holdInMemory", markFromOffset: "markFromOffset",
-	noNotBefore: "noNotBefore", noUndetourWait: "noUndetourWait",
+	noNotBefore: "noNotBefore", noUndetourWait: "noUndetourWait", noGenFilter: "noGenFilter", noMarker: "noMarker",
 }
 
 type rec struct {
@@ -54,6 +56,8 @@ type rec struct {
 	src            int
 	srcOff         int64
 	notBefore      string // header of a parked record
+	gen            int64  // header of a parked record: its writer's generation
+	marker         bool   // a generation marker, no change
 }
 
 type key struct{ w, cohort, uid string }
@@ -75,6 +79,8 @@ type owner struct {
 
 type srcOwner struct {
 	owner
+	gen    int64
+	last   *lateWrite // the last record it parked
 	st     *parking.Source
 	pos    int64
 	direct map[string]int64 // workspace → no direct send before (un-detour wait)
@@ -86,6 +92,15 @@ type parkOwner struct {
 	mem   int             // records kept in memory (holdInMemory)
 	start *parking.Commit // markFromOffset: the commit it started from
 	armed map[int64]bool  // records whose header this owner applied
+}
+
+// lateWrite is a parking write of an expelled owner that the brokers
+// append late (a copy of one it made: a superset of the real case, where
+// the write was not acknowledged and the successor re-parks the record).
+type lateWrite struct {
+	at int64
+	k  int
+	r  rec
 }
 
 type lateCopy struct {
@@ -109,8 +124,11 @@ type model struct {
 	so         []*srcOwner
 	po         []*parkOwner
 	late       []lateCopy
+	lateWrites []lateWrite
+	gen        int64 // the group's generation: one more at every takeover
 	api        map[key]bool
 	seen       map[key][]int64
+	need       map[key]int64 // a repeat under way: the next change it must show
 	fails      []string
 	trace      []string // nil: off
 }
@@ -124,7 +142,7 @@ func (m *model) tracef(format string, args ...any) {
 func newModel(seed uint64, mut mutation) *model {
 	r := rand.New(rand.NewPCG(seed, 0x9a4c))
 	nw, ns, nk := 2+r.IntN(3), 2*(1+r.IntN(2)), 1+r.IntN(3)
-	m := &model{r: r, mut: mut, nc: 3, nu: 4, unknown: 20, dt: 3000, blocked: map[string]bool{}, api: map[key]bool{}, seen: map[key][]int64{}}
+	m := &model{r: r, mut: mut, nc: 3, nu: 4, unknown: 20, dt: 3000, blocked: map[string]bool{}, api: map[key]bool{}, seen: map[key][]int64{}, need: map[key]int64{}}
 	if r.IntN(3) == 0 { // hot: few keys, many unknown outcomes
 		m.nc, m.nu, m.unknown, m.dt = 1, 2, 4, 300
 	}
@@ -175,22 +193,40 @@ func (m *model) produce() {
 
 // apply is the API processing r. Assertion (1), as it happens: a change
 // the API sees for the first time, or a late copy of a request sent in
-// order, never comes after a later change of its key. (A re-read may
-// repeat changes already seen, late copies of the repeat included:
-// checkFinal asks that such a repeat end on the latest.)
+// order, never comes after a later change of its key; a change seen again
+// after a later one (a re-read's repeat) is followed by its key's next
+// change in the log, and so on until the repeat is past the latest seen:
+// a repeat replays the log, it does not skip back and forth.
 func (m *model) apply(r rec, late bool) {
 	k := key{r.w, r.cohort, r.uid}
 	o := int64(r.src)<<32 | r.srcOff
+	if need, ok := m.need[k]; ok {
+		if o > need {
+			m.failf("(1) %v: %s after a repeat that stopped before %s", k, offs(o), offs(need))
+		}
+		delete(m.need, k)
+	}
 	if seq := m.seen[k]; len(seq) > 0 && slices.Max(seq) > o {
 		if late {
 			m.failf("(1) %v: a late copy of %s landed after %s", k, offs(o), offs(slices.Max(seq)))
 		} else if !slices.Contains(seq, o) {
 			m.failf("(1) %v: %s seen first after %s", k, offs(o), offs(slices.Max(seq)))
 		}
+		m.need[k] = m.nextOf(r)
 	}
 	m.tracef("apply %v %s late=%v", k, offs(o), late)
 	m.seen[k] = append(m.seen[k], o)
 	m.api[k] = r.add
+}
+
+// nextOf is the offset of the next change of r's key in its source log.
+func (m *model) nextOf(r rec) int64 {
+	for _, x := range m.src[r.src][r.srcOff+1:] {
+		if x.w == r.w && x.cohort == r.cohort && x.uid == r.uid {
+			return int64(x.src)<<32 | x.srcOff
+		}
+	}
+	panic("no later change of a key seen later")
 }
 
 // deliver is a Send of r by owner o: the API takes it only for an
@@ -218,6 +254,15 @@ func (m *model) applyLate() {
 		m.apply(m.late[i].r, !m.late[i].replay)
 	}
 	m.late = m.late[i:]
+	keep := m.lateWrites[:0]
+	for _, w := range m.lateWrites {
+		if w.at <= m.now {
+			m.park[w.k] = append(m.park[w.k], w.r)
+		} else {
+			keep = append(keep, w)
+		}
+	}
+	m.lateWrites = keep
 }
 
 func (o *owner) free(ck string, now int64) bool { return now >= o.holds[ck] && now >= o.waitUntil }

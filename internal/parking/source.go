@@ -35,7 +35,8 @@ type Source struct {
 
 // NewSource rebuilds s's parking state from its committed metadata and the
 // parking partitions' end offsets read at the takeover (ends[i] is the next
-// offset of parking partition i). A workspace listed as detoured may have
+// offset of parking partition i), after this owner's generation marker was
+// acknowledged in every one of them (PARKING.md 6). A workspace listed as detoured may have
 // records from s anywhere below those ends, written by a predecessor after
 // its last commit: all of them count as written by this owner.
 func NewSource(meta string, ends []int64) (*Source, error) {
