@@ -302,3 +302,60 @@ func TestNoTargetsOtherWorkspaceStops(t *testing.T) {
 		}
 	})
 }
+
+// TestUnknownWorkspaceSpendsNoPermit: a batch whose workspace has no key
+// takes no rate-limit permit while stopped (the budget is the other
+// workspaces'), however many times it is woken; it takes one when it is
+// finally sent.
+func TestUnknownWorkspaceSpendsNoPermit(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		reg := newTargets()
+		lim := &recordingLimiter{}
+		e := newEnv(t, "mem", nil, func(c *sink.Config) { c.Targets = reg.lookup; c.Limiter = lim })
+		res := e.goSend(e.ctx(), wsRequest("WS_LATE", "c1", event.Add, 1))
+		for range 3 {
+			time.Sleep(time.Hour) // every stop pause, up to 5 minutes, 12 times and more
+			e.client.TargetsChanged()
+			synctest.Wait()
+		}
+		if n := len(lim.got()); n != 0 {
+			t.Fatalf("%d permits taken by a batch without a key, want 0", n)
+		}
+		reg.set("WS_LATE", "key")
+		e.client.TargetsChanged()
+		if r := <-res; r.err != nil {
+			t.Fatal(r.err)
+		}
+		if n := len(lim.got()); n != 1 {
+			t.Fatalf("%d permits, want 1 (the one request sent)", n)
+		}
+	})
+}
+
+// TestTargetKeyScrubbed: an answer that echoes a workspace's key (or its
+// Basic credentials) has it replaced by [REDACTED] in the error and the
+// logs, as with the single key.
+func TestTargetKeyScrubbed(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const key = "ws-b-S3CRET-key-never-logged"
+		reg := newTargets("WS_B", key)
+		e := newEnv(t, "mem", func(_ int, c call) reply {
+			return fail(400, "Bad Request", "bad key "+key+" creds "+c.header.Get("Authorization"), "")
+		}, func(c *sink.Config) { c.Targets = reg.lookup })
+		ctx, cancel := context.WithTimeout(e.ctx(), 10*time.Minute)
+		defer cancel()
+		_, err := e.client.Send(ctx, wsRequest("WS_B", "c1", event.Add, 1))
+		if err == nil {
+			t.Fatal("Send returned nil")
+		}
+		cred := strings.TrimPrefix(basicFor("WS_B", key), "Basic ")
+		for what, text := range map[string]string{"the error": err.Error(), "the logs": e.logs.String()} {
+			if strings.Contains(text, key) || strings.Contains(text, cred) {
+				t.Errorf("%s holds the workspace's key: %s", what, text)
+			}
+			if !strings.Contains(text, "[REDACTED]") {
+				t.Errorf("%s shows no [REDACTED]: the answer was not seen", what)
+			}
+		}
+	})
+}
