@@ -18,7 +18,7 @@ type Ack interface{ Done() }
 
 // Change is one member change read from the log.
 type Change struct {
-	Header wire.Header // action, partner and cohort of the change
+	Header wire.Header // workspace, action, partner and cohort of the change
 	UID    string
 	Ack    Ack
 }

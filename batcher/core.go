@@ -56,7 +56,7 @@ func (l *Limits) setDefaults() error {
 var minMember = wire.MemberSize("x")
 
 // Core is the batching state: the open and sealed batches of every cohort,
-// the net effect of their changes per (partner, cohort, uid), and which
+// the net effect of their changes per (workspace, partner, cohort, uid), and which
 // cohort is due next. It is not safe for concurrent use: one goroutine owns
 // it. A Batch taken by Next belongs to its taker until it is given back to
 // Settle; meanwhile the Core does not touch its members.
@@ -100,7 +100,7 @@ func (c *Core) Room() int { return max(0, c.lim.MaxPending-c.pending) }
 // A change should fit a request on its own (Batcher.Fits). One that does
 // not is put in a batch of its own, never with others.
 func (c *Core) Add(ch Change, now time.Time) {
-	key := cohortKey{ch.Header.Partner, ch.Header.CohortID}
+	key := cohortKey{ch.Header.Workspace, ch.Header.Partner, ch.Header.CohortID}
 	co := c.cohorts[key]
 	if co == nil {
 		co = &cohort{key: key, heapIdx: -1}
@@ -413,9 +413,12 @@ func (b *Batch) Acknowledge(rejections []wire.Rejection) {
 	}
 }
 
-type cohortKey struct{ partner, cohortID string }
+// cohortKey names a cohort: the API's cohorts are per partner, and each
+// workspace (MoEngage customer) has its own, so that two workspaces' cohorts
+// of the same id never share a batch, a compaction or the one in flight.
+type cohortKey struct{ workspace, partner, cohortID string }
 
-// cohort is the state of one (partner, cohort_id).
+// cohort is the state of one (workspace, partner, cohort_id).
 type cohort struct {
 	key      cohortKey
 	queue    []*batch  // pending batches, in creation order; sent head first

@@ -1,9 +1,10 @@
 // Package batcher merges membership changes into per-cohort batches and
 // schedules them for sending.
 //
-// It owns the open batches, net-effect compaction per (partner, cohort, uid),
-// the size and time windows, the flush order, the per-cohort one-in-flight
-// rule and backpressure. It does no I/O of its own: batches leave through the
+// It owns the open batches, net-effect compaction per (workspace, partner,
+// cohort, uid), the size and time windows, the flush order, the per-cohort
+// one-in-flight rule (a cohort is a (workspace, partner, cohort_id): two
+// workspaces' cohorts of the same id are unrelated) and backpressure. It does no I/O of its own: batches leave through the
 // Sink interface (which takes the rate-limit permits), rejected members
 // through the DeadLetter function, and acceptance is reported through each
 // change's Ack; what it measures goes out through the Metrics interface

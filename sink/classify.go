@@ -58,6 +58,7 @@ const (
 	stopAuth         = LineStopAuth
 	stopConfig       = LineStopConfig
 	stopInvalidBatch = LineStopInvalidBatch
+	stopNoKey        = LineStopNoKey
 )
 
 // envelopeAttrs are the request fields outside the members: a 4xx naming one

@@ -67,6 +67,14 @@ type Config struct {
 	// APIKeyFunc re-reads the API key after a 401/403; nil: never (key.go:
 	// reloadKey says when, and what a new key, an error or "" do).
 	APIKeyFunc func() (string, error)
+	// Targets, when set, gives the target (ID, base URL, key) of each
+	// batch's workspace (wire.Header.Workspace; "" means WorkspaceID),
+	// resolved before every attempt; it returns an error wrapping
+	// ErrUnknownWorkspace for a workspace it does not know. BaseURL,
+	// APIKey and APIKeyFunc are then not used, and WorkspaceID, the default
+	// workspace, is optional. nil: every batch is for WorkspaceID, sent
+	// with BaseURL and APIKey (target.go).
+	Targets func(workspace string) (Target, error)
 	// Lease, when set, fences a paused replica; nil: always valid (the Lease
 	// and fence types in lease.go; DESIGN.md invariant 4).
 	Lease Lease
@@ -92,9 +100,41 @@ type Config struct {
 // Validate reports the first problem with c. Its errors never contain the
 // API key (nor a password in BaseURL). APIKey is required even with
 // APIKeyFunc: it is the key of the first attempts.
+//
+// With Targets, BaseURL and APIKey are not required (and not used), nor is
+// WorkspaceID; each target is checked before its attempts.
 func (c Config) Validate() error {
-	u, err := url.Parse(c.BaseURL)
-	if c.BaseURL == "" {
+	if c.Targets == nil || c.BaseURL != "" {
+		if err := validBaseURL(c.BaseURL); err != nil {
+			return err
+		}
+	}
+	if c.Targets == nil || c.WorkspaceID != "" {
+		if err := validWorkspaceID(c.WorkspaceID); err != nil {
+			return fmt.Errorf("sink: WorkspaceID %w", err)
+		}
+	}
+	switch {
+	case c.APIKey == "" && c.Targets == nil:
+		return errors.New("sink: APIKey is required")
+	case c.MaxBodyBytes < 0:
+		return errors.New("sink: MaxBodyBytes is negative")
+	case c.AttemptTimeout < 0, c.InitialInterval < 0, c.MaxInterval < 0, c.MaxElapsed < 0, c.AuthRetryInterval < 0,
+		c.AuthRetryMaxInterval < 0, c.MaxProcessingTime < 0:
+		return errors.New("sink: a timeout or interval is negative")
+	case c.MaxProcessingTime != 0 && c.MaxProcessingTime <= cmp.Or(c.AttemptTimeout, DefaultAttemptTimeout):
+		return errors.New("sink: MaxProcessingTime must be longer than AttemptTimeout")
+	case strings.ContainsFunc(c.UserAgent+c.ReplicaID, func(r rune) bool { return r < 0x20 || r == 0x7f }):
+		return errors.New("sink: UserAgent and ReplicaID must not contain control characters")
+	}
+	return nil
+}
+
+// validBaseURL checks a base URL: http(s)://host[:port][/prefix], without
+// credentials, a query or a fragment. Its errors never show a secret.
+func validBaseURL(base string) error {
+	u, err := url.Parse(base)
+	if base == "" {
 		return errors.New("sink: BaseURL is required")
 	}
 	if err != nil {
@@ -109,21 +149,17 @@ func (c Config) Validate() error {
 		return fmt.Errorf("sink: BaseURL %q must not carry credentials (use WorkspaceID and APIKey)", shown)
 	case u.RawQuery != "" || u.Fragment != "" || u.ForceQuery:
 		return fmt.Errorf("sink: BaseURL %q must not have a query or a fragment", shown)
-	case c.WorkspaceID == "":
-		return errors.New("sink: WorkspaceID is required")
-	case strings.ContainsFunc(c.WorkspaceID, func(r rune) bool { return r == ':' || r < 0x21 || r == 0x7f }):
-		return errors.New("sink: WorkspaceID must not contain ':', spaces or control characters")
-	case c.APIKey == "":
-		return errors.New("sink: APIKey is required")
-	case c.MaxBodyBytes < 0:
-		return errors.New("sink: MaxBodyBytes is negative")
-	case c.AttemptTimeout < 0, c.InitialInterval < 0, c.MaxInterval < 0, c.MaxElapsed < 0, c.AuthRetryInterval < 0,
-		c.AuthRetryMaxInterval < 0, c.MaxProcessingTime < 0:
-		return errors.New("sink: a timeout or interval is negative")
-	case c.MaxProcessingTime != 0 && c.MaxProcessingTime <= cmp.Or(c.AttemptTimeout, DefaultAttemptTimeout):
-		return errors.New("sink: MaxProcessingTime must be longer than AttemptTimeout")
-	case strings.ContainsFunc(c.UserAgent+c.ReplicaID, func(r rune) bool { return r < 0x20 || r == 0x7f }):
-		return errors.New("sink: UserAgent and ReplicaID must not contain control characters")
+	}
+	return nil
+}
+
+// validWorkspaceID checks a workspace ID, the Basic-auth user.
+func validWorkspaceID(id string) error {
+	switch {
+	case id == "":
+		return errors.New("is required")
+	case strings.ContainsFunc(id, func(r rune) bool { return r == ':' || r < 0x21 || r == 0x7f }):
+		return errors.New("must not contain ':', spaces or control characters")
 	}
 	return nil
 }
@@ -177,7 +213,7 @@ func New(cfg Config) (*Client, error) {
 	}
 	c := &Client{
 		cfg:         cfg,
-		url:         strings.TrimRight(cfg.BaseURL, "/") + Path,
+		url:         strings.TrimRight(cfg.BaseURL, "/") + Path, // unused with Targets
 		log:         cfg.Logger.With("component", "sink"),
 		m:           cfg.Metrics,
 		fence:       f,

@@ -2,7 +2,12 @@
 //
 // It owns:
 //   - the HTTP request: the body (encoded by internal/wire), the endpoint
-//     (BaseURL + Path), Basic auth and the MOE-APPKEY header;
+//     (BaseURL + Path), Basic auth and the MOE-APPKEY header, those of the
+//     batch's workspace (wire.Header.Workspace) resolved before every
+//     attempt: Config.Targets gives each workspace's ID, base URL and key,
+//     or without it the Client serves Config.WorkspaceID alone (target.go);
+//     a workspace without credentials stops its Send's line (no_key),
+//     and Client.TargetsChanged wakes the stopped Sends;
 //   - the classification of every answer (classify) and what follows from
 //     it, per DESIGN.md's retry policy: accept, retry with backoff, pause for
 //     a 429, split a 413, split an invalid batch to isolate the members at
@@ -20,7 +25,7 @@
 //     replica's share and its start after a rebalance are package
 //     internal/ratelimit's);
 //   - unknown outcomes: an answerless attempt that may have reached the
-//     API holds the other action of its cohort for MaxProcessingTime
+//     API holds the other action of its cohort (per workspace) for MaxProcessingTime
 //     (unknown.go; Client.Settle for a hand-over);
 //   - HTTP/1.1 only to the API (http.go, defaultHTTPClient: no transport
 //     resends behind the limiter and the fence);

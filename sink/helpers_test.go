@@ -94,6 +94,7 @@ func fail(status int, typ, msg, attr string) reply {
 type call struct {
 	at            time.Time // when the request (its whole body) arrived
 	method        string
+	host          string // the Host the request went to
 	path          string
 	header        http.Header
 	contentLength int64
@@ -133,7 +134,7 @@ func (a *api) receive(r *http.Request) (int, reply, error) {
 	if err != nil {
 		return 0, reply{}, err
 	}
-	c := call{at: time.Now(), method: r.Method, path: r.URL.Path, header: r.Header.Clone(),
+	c := call{at: time.Now(), method: r.Method, host: r.Host, path: r.URL.Path, header: r.Header.Clone(),
 		contentLength: r.ContentLength, body: body}
 	c.req, c.decoded = decodeBody(body)
 	c.canonical = c.decoded && bytes.Equal(wire.AppendBody(nil, c.req), body)

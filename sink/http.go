@@ -99,7 +99,7 @@ func defaultHTTPClient(f *fence) *http.Client {
 // HTTP client and, with the default one, right before its first byte is
 // written (after the dial and TLS). A failure with no answer after the
 // request may have reached the API is an *unknownOutcome.
-func (c *Client) attempt(ctx context.Context, req wire.Request, body []byte, lease, permitAt time.Time) (*StatusError, error) {
+func (c *Client) attempt(ctx context.Context, req wire.Request, to *dest, body []byte, lease, permitAt time.Time) (*StatusError, error) {
 	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.AttemptTimeout)
 	defer cancel()
 	actx, lapse := context.WithCancelCause(tctx)
@@ -109,7 +109,7 @@ func (c *Client) attempt(ctx context.Context, req wire.Request, body []byte, lea
 	}
 	st := &attemptState{c: c, ctx: actx, permitAt: permitAt}
 	defer st.done.Store(true)
-	hreq, err := c.newRequest(st.trace(actx), body)
+	hreq, err := c.newRequest(st.trace(actx), to, body)
 	if err != nil {
 		return nil, err
 	}
@@ -150,21 +150,21 @@ func (c *Client) attempt(ctx context.Context, req wire.Request, body []byte, lea
 	}
 	c.m.Requests.WithLabelValues(string(req.Action), code).Inc()
 	if !serr.NotAPI {
-		c.parseEnvelope(serr, raw)
+		to.creds.parseEnvelope(serr, raw)
 	}
 	return serr, nil
 }
 
-// newRequest builds the POST of body, with its headers.
-func (c *Client) newRequest(ctx context.Context, body []byte) (*http.Request, error) {
-	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url, bytes.NewReader(body))
+// newRequest builds the POST of body to to, with its headers.
+func (c *Client) newRequest(ctx context.Context, to *dest, body []byte) (*http.Request, error) {
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, to.url, bytes.NewReader(body))
 	if err != nil {
 		return nil, fmt.Errorf("sink: build request: %w", err)
 	}
 	h := hreq.Header
 	h["Content-Type"] = hvJSON
-	h["Authorization"] = c.creds.Load().hvAuth
-	h["Moe-Appkey"] = c.hvAppKey
+	h["Authorization"] = to.creds.hvAuth
+	h["Moe-Appkey"] = to.hvAppKey
 	h["User-Agent"] = c.hvUserAgent
 	if c.hvReplica != nil {
 		h["X-Cohortsync-Replica"] = c.hvReplica
@@ -236,9 +236,10 @@ func successBody(raw []byte) successOutcome {
 	return notAPI
 }
 
-// parseEnvelope fills serr from the error envelope in raw, if it is one.
-// It tolerates a string "error" and unknown fields.
-func (c *Client) parseEnvelope(serr *StatusError, raw []byte) {
+// parseEnvelope fills serr from the error envelope in raw, if it is one,
+// scrubbed of cr's secrets (those of the attempt that got it). It
+// tolerates a string "error" and unknown fields.
+func (c *creds) parseEnvelope(serr *StatusError, raw []byte) {
 	var env struct {
 		Error json.RawMessage `json:"error"`
 	}
@@ -266,7 +267,7 @@ func (c *Client) parseEnvelope(serr *StatusError, raw []byte) {
 
 // clean truncates a server-sent string and removes the credentials from it,
 // should the server echo them.
-func (c *Client) clean(s string) string {
+func (c *creds) clean(s string) string {
 	s = c.scrub(s) // first too: truncating could cut a key and leave its start
 	if len(s) > maxField {
 		s = strings.ToValidUTF8(s[:maxField], "") + "…"
@@ -277,10 +278,14 @@ func (c *Client) clean(s string) string {
 	return c.scrub(s)
 }
 
-// scrub replaces every occurrence of the API key (and of the encoded
-// Basic credentials) in s.
-func (c *Client) scrub(s string) string {
-	for _, secret := range c.creds.Load().secrets {
+// scrub replaces every occurrence of the API key in use (and of the
+// encoded Basic credentials) in s.
+func (c *Client) scrub(s string) string { return c.creds.Load().scrub(s) }
+
+// scrub replaces every occurrence of the key of c, the key before it (if
+// any), and of their encoded Basic credentials in s.
+func (c *creds) scrub(s string) string {
+	for _, secret := range c.secrets {
 		if secret != "" && strings.Contains(s, secret) {
 			s = strings.ReplaceAll(s, secret, redacted)
 		}

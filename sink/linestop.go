@@ -14,8 +14,12 @@ import (
 // credentials (401, 403) or the configuration (415, 404, 405, 3xx, a
 // header), which any Send's next 2xx clears; or it answers some Send's batch
 // with a 4xx that hits every part of it alike, which lasts until that batch
-// goes through or its Send returns. Stopped Sends retry every
-// AuthRetryInterval and never drop nor reject anything meanwhile; the
+// goes through or its Send returns; or some Send's batch is for a workspace
+// it has no credentials for (no_key; config without Targets), which lasts
+// until that workspace has them or the Send returns. Stopped Sends retry
+// every stop pause (AuthRetryInterval, doubling) and never drop nor reject
+// anything meanwhile; TargetsChanged makes all but the invalid-batch ones
+// try at once. The
 // worker reports not-ready. Mirrored by the cohortsync_line_stopped{reason}
 // gauge (and, for the credentials and the configuration, by
 // cohortsync_auth_failing).
@@ -27,12 +31,14 @@ func (c *Client) LineStopped() bool { return c.line.stopped.Load() }
 // each goes through or returns). Its gauges are written under the same lock
 // as its state, so they never disagree with it.
 type stoppedLine struct {
-	mu      sync.Mutex // guards the three fields below and orders the gauges with them
-	auth    bool       // the API rejects the credentials; cleared by any acceptance
-	config  bool       // the API rejects the endpoint or a header; cleared by any acceptance
-	batches int        // Sends stopped by a batch-wide 4xx
-	stopped atomic.Bool
-	m       *metrics.Metrics
+	mu       sync.Mutex // guards the fields below and orders the gauges with them
+	auth     bool       // the API rejects the credentials; cleared by any acceptance
+	config   bool       // the API rejects the endpoint or a header; cleared by any acceptance
+	batches  int        // Sends stopped by a batch-wide 4xx
+	noKey    int        // Sends whose workspace has no target or key (LineStopNoKey)
+	unrouted int        // Sends whose workspace this Client cannot send to (LineStopConfig)
+	stopped  atomic.Bool
+	m        *metrics.Metrics
 }
 
 func newStoppedLine(m *metrics.Metrics) *stoppedLine { return &stoppedLine{m: m} }
@@ -72,6 +78,19 @@ func (l *stoppedLine) addBatch(delta int) {
 	l.sync()
 }
 
+// addTarget counts a Send in (+1) or out (-1) of the stop for a missing
+// target, for reason (LineStopNoKey or LineStopConfig).
+func (l *stoppedLine) addTarget(reason LineStopReason, delta int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if reason == stopNoKey {
+		l.noKey += delta
+	} else {
+		l.unrouted += delta
+	}
+	l.sync()
+}
+
 // sync updates the flag and the gauges; mu is held.
 func (l *stoppedLine) sync() {
 	b := func(v bool) float64 {
@@ -80,11 +99,13 @@ func (l *stoppedLine) sync() {
 		}
 		return 0
 	}
-	l.stopped.Store(l.auth || l.config || l.batches > 0)
-	l.m.AuthFailing.Set(b(l.auth || l.config))
+	config := l.config || l.unrouted > 0
+	l.stopped.Store(l.auth || config || l.batches > 0 || l.noKey > 0)
+	l.m.AuthFailing.Set(b(l.auth || config))
 	l.m.LineStopped.WithLabelValues(string(stopAuth)).Set(b(l.auth))
-	l.m.LineStopped.WithLabelValues(string(stopConfig)).Set(b(l.config))
+	l.m.LineStopped.WithLabelValues(string(stopConfig)).Set(b(config))
 	l.m.LineStopped.WithLabelValues(string(stopInvalidBatch)).Set(b(l.batches > 0))
+	l.m.LineStopped.WithLabelValues(string(stopNoKey)).Set(b(l.noKey > 0))
 }
 
 // stopPause returns the pause before the next probe of a stopped line

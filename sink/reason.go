@@ -35,7 +35,8 @@ const (
 	LineStopAuth         LineStopReason = "auth"          // the API rejects the credentials
 	LineStopConfig       LineStopReason = "config"        // the API rejects the endpoint or a header
 	LineStopInvalidBatch LineStopReason = "invalid_batch" // a 4xx hits every part of a batch alike
+	LineStopNoKey        LineStopReason = "no_key"        // a batch's workspace has no target or key (Config.Targets)
 )
 
 // LineStopReasons are all the line-stop reasons.
-var LineStopReasons = []LineStopReason{LineStopAuth, LineStopConfig, LineStopInvalidBatch}
+var LineStopReasons = []LineStopReason{LineStopAuth, LineStopConfig, LineStopInvalidBatch, LineStopNoKey}

@@ -21,20 +21,15 @@ func (s *sender) post(ctx context.Context, req wire.Request, retry RetryReason) 
 		reload bool  // the last answer rejected the credentials
 	)
 	for attempt := 1; ; attempt++ {
-		if err := s.hold(ctx, req); err != nil {
-			return nil, decision{}, s.stopped(req, attempt-1, err, last)
-		}
-		lease, permitAt, err := s.ready(ctx)
+		to, lease, permitAt, err := s.next(ctx, req, reload)
 		if err != nil {
 			return nil, decision{}, s.stopped(req, attempt-1, err, last)
-		}
-		if reload {
-			c.reloadKey() // a secret rotated during the wait
 		}
 		if retry != "" {
 			c.m.Retries.WithLabelValues(string(retry)).Inc()
 		}
-		serr, err := c.attempt(ctx, req, body, lease, permitAt)
+		wake := c.wakeChan() // before the attempt: a change during it wakes a stop after it
+		serr, err := c.attempt(ctx, req, to, body, lease, permitAt)
 		if serr == nil && err == nil {
 			s.accepted(req, attempt)
 			return nil, decision{}, nil
@@ -49,18 +44,50 @@ func (s *sender) post(ctx context.Context, req wire.Request, retry RetryReason) 
 			return serr, d, nil
 		}
 		reload = d.kind == stopLine && isAuthError(serr)
-		delay := s.delay(f, req, attempt, reload)
+		delay := s.delay(f, req, attempt, reload, to)
 		retry, last = d.reason, f.cause
 		if err := s.retrying(f, req, attempt, delay); err != nil {
 			return nil, decision{}, err
 		}
-		if err := s.wait(ctx, delay, d.kind == retryPause); err != nil {
+		if d.kind == stopLine {
+			err = sleepWake(ctx, delay, wake)
+		} else {
+			err = s.wait(ctx, delay, d.kind == retryPause)
+		}
+		if err != nil {
 			return nil, decision{}, s.stopped(req, attempt, err, last)
 		}
 		if d.kind == stopLine || d.kind == retryNow {
 			s.since = time.Now() // a stopped line, or a lease wait, does not count toward MaxElapsed
 		}
 	}
+}
+
+// next waits until req's next attempt may start: no unknown outcome holds
+// it, its workspace has a target (resolved before the permit: a Send
+// without credentials spends none), a lease and a permit (ready). It
+// returns the target as of then (a key rotated during the waits is used),
+// re-reading the default key first after a 401/403 (reload).
+func (s *sender) next(ctx context.Context, req wire.Request, reload bool) (*dest, time.Time, time.Time, error) {
+	c := s.c
+	if err := s.hold(ctx, req); err != nil {
+		return nil, time.Time{}, time.Time{}, err
+	}
+	to, err := s.target(ctx, req)
+	if err != nil {
+		return nil, time.Time{}, time.Time{}, err
+	}
+	lease, permitAt, err := s.ready(ctx)
+	if err != nil {
+		return nil, time.Time{}, time.Time{}, err
+	}
+	if reload {
+		c.reloadKey() // a secret rotated during the wait
+	}
+	if now, _, err := c.destFor(req.Workspace); err == nil {
+		to = now
+	}
+	return to, lease, permitAt, nil
 }
 
 // statusFailLimit is how many identical 2xx "status": "fail" answers one
@@ -111,9 +138,10 @@ func newFailure(serr *StatusError, err error) failure {
 
 // delay returns how long to wait before the same body goes again. For a
 // stopped line it also re-reads the API key (reload: the answer rejected
-// the credentials; a new key is tried at once), stops the line and logs
+// the credentials; a new key, or a Target's key other than the one to
+// sent, is tried at once), stops the line and logs
 // it loudly, once per new failure.
-func (s *sender) delay(f failure, req wire.Request, attempt int, reload bool) time.Duration {
+func (s *sender) delay(f failure, req wire.Request, attempt int, reload bool, to *dest) time.Duration {
 	switch f.d.kind {
 	case retryBackoff:
 		return max(s.bo.NextBackOff(), f.d.delay)
@@ -124,7 +152,7 @@ func (s *sender) delay(f failure, req wire.Request, attempt int, reload bool) ti
 		return s.bo.NextBackOff()
 	case stopLine:
 		delay := s.stopPause(f.d.stop)
-		if reload && s.c.reloadKey() {
+		if reload && (s.c.reloadKey() || s.c.keyRotated(to, req.Workspace)) {
 			delay = 0 // try the new key at once
 		}
 		if s.c.line.stop(f.d.stop) || f.key != s.lastKey {

@@ -31,6 +31,7 @@ type Client struct {
 	hvAppKey, hvUserAgent, hvReplica []string // header values, read-only
 
 	line *stoppedLine // LineStopped: the credentials, the configuration, or batches that fail alike
+	wake waker        // TargetsChanged wakes the stopped Sends
 
 	unkMu       sync.Mutex                         // guards the two fields below (unknown.go)
 	unknown     map[cohortKey]map[string]time.Time // per cohort and action: until when an unknown request may be processed
@@ -67,6 +68,7 @@ func (c *Client) Send(ctx context.Context, req wire.Request) ([]wire.Rejection, 
 	}
 	s.bo.Reset()
 	defer s.unstop(false)
+	defer s.untarget(false)
 	if err := s.deliver(ctx, req, "", nil); err != nil {
 		return nil, err
 	}
@@ -88,15 +90,20 @@ type sender struct {
 	lastKey      string         // the failure last logged, to log a repeating one once
 	stopWait     time.Duration  // the next pause of a stopped line; 0: AuthRetryInterval
 	batchStopped bool           // counted in the client's invalid-batch stop
+	targetStop   LineStopReason // counted in the client's stop for a missing target ("": not)
 	pos          map[string]int // the index of each member in req, built on first use
 	failKey      string         // the last 2xx "status": "fail" answer (StatusError.dedupeKey)
 	failCount    int            // how many times in a row it came (statusFailStreak)
 }
 
-// log returns the Send's logger, with cohort_id and action.
+// log returns the Send's logger, with cohort_id and action, and the
+// workspace when the batch names one.
 func (s *sender) log() *slog.Logger {
 	if s.logger == nil {
 		s.logger = s.c.log.With("cohort_id", s.req.CohortID, "action", string(s.req.Action))
+		if s.req.Workspace != "" {
+			s.logger = s.logger.With("workspace", s.req.Workspace)
+		}
 	}
 	return s.logger
 }

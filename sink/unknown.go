@@ -26,15 +26,21 @@ import (
 // (Settle; the group's new generation cannot start before it rejoins, or is
 // expelled).
 
-// cohortKey identifies a cohort: the API's cohorts are per partner.
-type cohortKey struct{ partner, cohort string }
+// cohortKey identifies a cohort: the API's cohorts are per workspace and
+// partner (two customers' cohort ids may collide).
+type cohortKey struct{ workspace, partner, cohort string }
+
+// cohortOf returns the key of req's cohort ("" workspace: the default one).
+func (c *Client) cohortOf(req wire.Request) cohortKey {
+	return cohortKey{c.workspaceOf(req.Workspace), req.Partner, req.CohortID}
+}
 
 // noteUnknown records that req, sent at sentAt, has an unknown outcome.
 func (c *Client) noteUnknown(req wire.Request, sentAt time.Time) {
 	until := sentAt.Add(c.cfg.MaxProcessingTime)
 	c.unkMu.Lock()
 	defer c.unkMu.Unlock()
-	k := cohortKey{req.Partner, req.CohortID}
+	k := c.cohortOf(req)
 	m := c.unknown[k]
 	if m == nil {
 		m = map[string]time.Time{}
@@ -54,7 +60,7 @@ func (c *Client) noteUnknown(req wire.Request, sentAt time.Time) {
 func (c *Client) heldUntil(req wire.Request) time.Time {
 	c.unkMu.Lock()
 	defer c.unkMu.Unlock()
-	k := cohortKey{req.Partner, req.CohortID}
+	k := c.cohortOf(req)
 	now := time.Now()
 	var until time.Time
 	for a, u := range c.unknown[k] {

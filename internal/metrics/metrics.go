@@ -72,7 +72,7 @@ var retryReasons = []string{"rate_limited", "server_error", "timeout", "network"
 // lineStopReasons are the values of the line_stopped and
 // line_stopped_probes_total reason label: sink.LineStopReasons (a sink test
 // checks that the two lists agree).
-var lineStopReasons = []string{"auth", "config", "invalid_batch"}
+var lineStopReasons = []string{"auth", "config", "invalid_batch", "no_key"}
 
 // New builds the metrics and registers them on reg (nil: not
 // registered). Known label values are pre-initialised so that series exist

@@ -21,7 +21,14 @@ type Request struct {
 
 // Header is the identity of a request without its members: what must be equal
 // for two members to share a request body.
+//
+// Workspace names the MoEngage workspace the request is for ("" = the
+// sink's default workspace). It is not part of the body: the API names the
+// workspace by the request's credentials (Basic-auth user and MOE-APPKEY),
+// which the sink picks per request from it. EnvelopeSize, BodySize, Fits
+// and AppendBody ignore it.
 type Header struct {
+	Workspace         string
 	Action            event.Action
 	Partner           string
 	CohortID          string

@@ -123,3 +123,27 @@ func TestFits(t *testing.T) {
 		t.Errorf("DefaultMaxBodyBytes = %d, want 128000 (BATCH_MAX_BYTES's default)", wire.DefaultMaxBodyBytes)
 	}
 }
+
+// The workspace names the credentials, never the body: the body, its size
+// and the fit check are those of the same request without a workspace.
+func TestWorkspaceNotInBody(t *testing.T) {
+	const ws = "WS_secret_workspace_7"
+	h := wire.Header{Workspace: ws, Action: event.Add, Partner: "p", CohortID: "c", CohortName: "n", CohortDescription: "d"}
+	r := wire.Request{Header: h, UIDs: []string{"u1", "u2"}}
+	bare := r
+	bare.Workspace = ""
+	got := string(wire.AppendBody(nil, r))
+	if strings.Contains(got, ws) || strings.Contains(got, "workspace") {
+		t.Fatalf("the body names the workspace: %s", got)
+	}
+	if want := string(wire.AppendBody(nil, bare)); got != want {
+		t.Fatalf("body with a workspace:\n got %s\nwant %s", got, want)
+	}
+	if wire.Size(r) != len(got) || wire.EnvelopeSize(h) != wire.EnvelopeSize(bare.Header) {
+		t.Fatalf("sizes: Size %d len %d, envelope %d vs %d", wire.Size(r), len(got), wire.EnvelopeSize(h), wire.EnvelopeSize(bare.Header))
+	}
+	max := wire.Size(wire.Request{Header: bare.Header, UIDs: []string{"u1"}})
+	if !wire.Fits(h, "u1", max) || wire.Fits(h, "u1", max-1) {
+		t.Fatalf("Fits counts the workspace (cap %d)", max)
+	}
+}
