@@ -138,7 +138,7 @@ func (c *Config) checkMoEngage(h hider) error {
 		return configError("MOENGAGE_DC", "%s is not one of %s", h.show(c.MoEngageDC), strings.Join(DataCenters, ", "))
 	}
 	if c.MoEngageBaseURL == "" {
-		c.MoEngageBaseURL = "https://api-" + c.MoEngageDC + ".moengage.com"
+		c.MoEngageBaseURL = BaseURLFor(c.MoEngageDC)
 	}
 	if err := checkBaseURL(c.MoEngageBaseURL, h); err != nil {
 		return err
@@ -178,6 +178,10 @@ func (c *Config) checkWorkspaces(h hider) error {
 	}
 	return nil
 }
+
+// BaseURLFor is the Cohort Sync API's base URL in data center dc:
+// https://api-{dc}.moengage.com (cohortsync-api.md §2).
+func BaseURLFor(dc string) string { return "https://api-" + dc + ".moengage.com" }
 
 // checkLimits checks batching, the rate, retries and the process settings.
 func (c *Config) checkLimits(h hider) error {
