@@ -148,7 +148,7 @@ func build(opts Options) (_ *worker, err error) {
 // openRegistry opens the registry (MOENGAGE_WORKSPACES_DIR) when there is
 // one, and checks the default workspace against it (workspaces.go).
 func (w *worker) openRegistry() (err error) {
-	if w.ws, err = openWorkspaces(w.cfg, w.opts.Config.MoEngageBaseURL, w.log, w.reg); err != nil {
+	if w.ws, err = openWorkspaces(w.cfg, w.log, w.reg); err != nil {
 		return err
 	}
 	if w.ws.reg != nil {

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
-	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -48,8 +47,8 @@ type workspaces struct {
 	// defURL is the default's base URL when defKey is set (MOENGAGE_BASE_URL
 	// or MOENGAGE_DC's).
 	defURL string
-	// override is MOENGAGE_BASE_URL as configured ("": derived per data
-	// center).
+	// override is MOENGAGE_BASE_URL when it overrides every data center
+	// ("": each workspace's data center; config.BaseURLOverride).
 	override string
 	// budget is RATE_LIMIT_RPM, the one budget every workspace shares.
 	budget float64
@@ -63,10 +62,9 @@ type workspaces struct {
 
 // openWorkspaces opens the registry when MOENGAGE_WORKSPACES_DIR is set (a
 // directory that cannot be listed fails the start) and registers the
-// registry's gauges on reg. rawBaseURL is MOENGAGE_BASE_URL before
-// Validate derived it.
-func openWorkspaces(cfg config.Config, rawBaseURL string, log *slog.Logger, reg prometheus.Registerer) (*workspaces, error) {
-	ws := &workspaces{def: cfg.MoEngageWorkspaceID, override: strings.TrimRight(strings.TrimSpace(rawBaseURL), "/"),
+// registry's gauges on reg. cfg is validated.
+func openWorkspaces(cfg config.Config, log *slog.Logger, reg prometheus.Registerer) (*workspaces, error) {
+	ws := &workspaces{def: cfg.MoEngageWorkspaceID, override: cfg.BaseURLOverride(),
 		budget: cfg.RateLimitRPM, log: log}
 	if key := cfg.MoEngageDataAPIKey.Reveal(); key != "" {
 		ws.defKey, ws.defURL = staticKey(key, cfg.MoEngageDataAPIKeyFile), cfg.MoEngageBaseURL
@@ -142,7 +140,7 @@ func (ws *workspaces) registryTargets(id string) (registryTarget, error) {
 // over its budget). RATE_LIMIT_RPM 0 (no client-side limit) honours only
 // workspaces without a budget of their own.
 func (ws *workspaces) honoured(w workspace.Workspace) error {
-	if w.RateLimitRPM == ws.budget || ws.budget > 0 && w.RateLimitRPM >= ws.budget {
+	if config.SharedBudgetHonoured(w.RateLimitRPM, ws.budget) {
 		return nil
 	}
 	return fmt.Errorf("workspace %s is not served: its budget %s.rate_limit_rpm (%s/min) is below RATE_LIMIT_RPM (%s/min), "+

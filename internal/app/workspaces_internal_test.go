@@ -44,11 +44,10 @@ func registryConfig(dir, def, key string) config.Config {
 
 func mustOpen(t *testing.T, cfg config.Config) *workspaces {
 	t.Helper()
-	raw := cfg.MoEngageBaseURL
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	ws, err := openWorkspaces(cfg, raw, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	ws, err := openWorkspaces(cfg, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,7 +148,7 @@ func TestRegistryTargetsFollowRotation(t *testing.T) {
 // fails the start with an error naming MOENGAGE_WORKSPACES_DIR.
 func TestOpenRegistryUnlistable(t *testing.T) {
 	cfg := registryConfig(filepath.Join(t.TempDir(), "missing"), "WA", "k")
-	_, err := openWorkspaces(cfg, "", slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	_, err := openWorkspaces(cfg, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
 	if err == nil || !strings.Contains(err.Error(), "MOENGAGE_WORKSPACES_DIR") || !strings.Contains(err.Error(), "missing") {
 		t.Fatalf("err = %v, want one naming MOENGAGE_WORKSPACES_DIR and the directory", err)
 	}

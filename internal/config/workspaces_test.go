@@ -55,3 +55,31 @@ func TestWorkspacesDir(t *testing.T) {
 		})
 	}
 }
+
+// TestBaseURLOverride: MOENGAGE_BASE_URL overrides the registry's data
+// centers only when it is not MOENGAGE_DC's own URL (which Validate derives
+// when it is unset, so a loaded configuration always has one).
+func TestBaseURLOverride(t *testing.T) {
+	for _, tc := range []struct{ dc, url, want string }{
+		{"01", "", ""},
+		{"01", "https://api-01.moengage.com/", ""},
+		{"01", "http://127.0.0.1:8080", "http://127.0.0.1:8080"},
+		{"", "http://127.0.0.1:8080/", "http://127.0.0.1:8080"},
+	} {
+		c, err := config.Load(nil, getenv(with(required(), map[string]string{"MOENGAGE_DC": tc.dc, "MOENGAGE_BASE_URL": tc.url})), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := c.BaseURLOverride(); got != tc.want {
+			t.Errorf("MOENGAGE_DC %q, MOENGAGE_BASE_URL %q: override %q, want %q", tc.dc, tc.url, got, tc.want)
+		}
+	}
+	for _, tc := range []struct {
+		rpm, budget float64
+		want        bool
+	}{{300, 300, true}, {600, 300, true}, {100, 300, false}, {0, 0, true}, {100, 0, false}} {
+		if got := config.SharedBudgetHonoured(tc.rpm, tc.budget); got != tc.want {
+			t.Errorf("SharedBudgetHonoured(%v, %v) = %v", tc.rpm, tc.budget, got)
+		}
+	}
+}
