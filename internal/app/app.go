@@ -151,9 +151,13 @@ func (w *worker) openRegistry() (err error) {
 	if w.ws, err = openWorkspaces(w.cfg, w.log, w.reg); err != nil {
 		return err
 	}
-	if w.ws.reg != nil {
-		return w.ws.checkDefault(w.cfg.MoEngageBaseURL)
+	if w.ws.reg == nil {
+		return nil
 	}
+	if err := w.ws.checkDefault(w.cfg.MoEngageBaseURL); err != nil {
+		return err
+	}
+	w.ws.logStage()
 	return nil
 }
 

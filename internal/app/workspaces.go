@@ -232,6 +232,20 @@ func (ws *workspaces) checkDefault(baseURL string) error {
 	return nil
 }
 
+// logStage says at start what the registry is used for while the sink
+// sends to one workspace, and when MOENGAGE_DATA_API_KEY shadows the
+// registry's key of the default.
+func (ws *workspaces) logStage() {
+	if _, ok := ws.reg.Lookup(ws.def); ok && ws.defKey != nil {
+		ws.log.Warn("MOENGAGE_DATA_API_KEY is set: the default workspace's key file in MOENGAGE_WORKSPACES_DIR is not used",
+			"workspace", ws.def, "file", ws.def+".key")
+	}
+	if !sinkRoutesWorkspaces {
+		ws.log.Warn("workspace registry opened, but only the default workspace is sent to until the sink sends per workspace (issue 21 stage 1): "+
+			"events naming another are dead-lettered as unknown_workspace", "default", ws.def, "registry_workspaces", ws.reg.Snapshot().Len())
+	}
+}
+
 // defaultKey is the default workspace's key function for the sink
 // (sink.Config.APIKeyFunc): MOENGAGE_DATA_API_KEY_FILE's, or the
 // registry's when MOENGAGE_DATA_API_KEY is not set; nil: a fixed key.

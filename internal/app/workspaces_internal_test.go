@@ -187,6 +187,9 @@ func TestBuildWithRegistry(t *testing.T) {
 	if n := gauge(t, w.reg, "cohortsync_workspace_registry_problems"); n != 2 { // "bad name.key", WBAD.rate_limit_rpm
 		t.Errorf("cohortsync_workspace_registry_problems = %v, want 2", n)
 	}
+	if !sinkRoutesWorkspaces && !strings.Contains(logs.String(), "only the default workspace is sent to") {
+		t.Errorf("no warning that only the default is served:\n%s", logs.String())
+	}
 	if !strings.Contains(logs.String(), "WLOW.rate_limit_rpm") {
 		t.Errorf("no error logged for WLOW's budget:\n%s", logs.String())
 	}
