@@ -172,6 +172,8 @@ func Run(ctx context.Context, opts Options) Report {
 		targets = ts
 		if defKey != "" { // the default's key is the registry's
 			cfg.MoEngageDataAPIKey = config.NewSecret(defKey)
+			opts.keyFrom = fmt.Sprintf("MOENGAGE_WORKSPACE_ID (%s) and its key file %s.key in MOENGAGE_WORKSPACES_DIR, and MOENGAGE_DC",
+				cfg.MoEngageWorkspaceID, cfg.MoEngageWorkspaceID)
 		}
 	}
 	if opts.Offline {

@@ -124,4 +124,16 @@ func TestWorkspacesProbed(t *testing.T) {
 	if rep.ExitCode() != ExitFailed {
 		t.Errorf("exit %d, want %d", rep.ExitCode(), ExitFailed)
 	}
+
+	// The default keyed by the registry: a rejected key names its file.
+	if err := os.WriteFile(filepath.Join(dir, "DEF.key"), []byte("revoked"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg = config.Default()
+	cfg.KafkaBrokers, cfg.KafkaGroupID = []string{"127.0.0.1:1"}, "g"
+	cfg.MoEngageBaseURL, cfg.MoEngageWorkspaceID, cfg.MoEngageWorkspacesDir = api.URL, "DEF", dir
+	rep = Run(t.Context(), Options{Config: cfg, Timeout: 5 * time.Second})
+	if r := find(t, rep.Results, "api.credentials"); r.Status != Fail || !strings.Contains(r.Detail, "DEF.key in MOENGAGE_WORKSPACES_DIR") {
+		t.Errorf("default keyed by the registry, revoked: %+v", r)
+	}
 }
