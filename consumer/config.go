@@ -20,14 +20,24 @@ type Config struct {
 	Topics         []string
 	GroupID        string
 	DefaultPartner string // partner of events that name none
-	// Workspace is the MoEngage workspace this worker sends to
-	// (MOENGAGE_WORKSPACE_ID). An event that names another workspace in
-	// workspace_id is never sent: it is dead-lettered as unknown_workspace,
-	// for `dlq replay` once a worker serves that workspace. Events naming
-	// Workspace, or none, are sent. Empty means no workspace is known, not
-	// "any": every event that names a workspace is then dead-lettered, and
-	// only those naming none are sent.
+	// Workspace is the default MoEngage workspace (MOENGAGE_WORKSPACE_ID):
+	// events naming none in workspace_id go to it. An event naming a
+	// workspace is handled only when it names Workspace or Serves accepts
+	// it; otherwise it is never sent: it is dead-lettered as
+	// unknown_workspace, for `dlq replay` once a worker serves that
+	// workspace (the interim until parking, DESIGN.md invariant 8). Empty
+	// means no default, not "any": every event naming a workspace that
+	// Serves does not accept is dead-lettered. Events naming none are sent
+	// when Serves is nil (one workspace, as before the registry) and are
+	// dead-lettered as invalid_field when Serves is set (a registry with no
+	// default: they have nowhere to go).
 	Workspace string
+	// Serves, when set, is the registry's accept rule
+	// (MOENGAGE_WORKSPACES_DIR): it reports whether this worker sends to a
+	// workspace other than Workspace. It is called for every event naming
+	// such a workspace, from the consumer's fetch loops concurrently: it
+	// must be cheap and safe for concurrent use. nil: only Workspace.
+	Serves func(workspace string) bool
 
 	Dialer    *kafka.Dialer      // TLS/SASL for the group and readers; nil = plain TCP
 	Transport kafka.RoundTripper // TLS/SASL for metadata requests; nil = kafka.DefaultTransport

@@ -569,8 +569,9 @@ type replicaOpts struct {
 	// as the app's sink.Client.Settle does (handoff_kfake_test.go).
 	maxProcessing time.Duration
 	settle        func(context.Context) error
-	lagInterval   time.Duration // consumer.Config.LagInterval (0: its default)
-	workspace     string        // consumer.Config.Workspace
+	lagInterval   time.Duration     // consumer.Config.LagInterval (0: its default)
+	workspace     string            // consumer.Config.Workspace
+	serves        func(string) bool // consumer.Config.Serves
 }
 
 // assignment is one OnAssign call, with the batcher's state at that moment
@@ -631,7 +632,7 @@ func (h *harness) startReplica(name string, o replicaOpts) *replica {
 		CommitInterval: commitInterval, MaxWait: 100 * time.Millisecond,
 		SessionTimeout: 6 * time.Second, HeartbeatInterval: 200 * time.Millisecond,
 		RebalanceTimeout: 10 * time.Second, DrainTimeout: o.drain, MaxProcessingTime: o.maxProcessing,
-		LagInterval: o.lagInterval, Workspace: o.workspace, Logger: log, Metrics: r.m,
+		LagInterval: o.lagInterval, Workspace: o.workspace, Serves: o.serves, Logger: log, Metrics: r.m,
 	})
 	if err != nil {
 		h.t.Fatal(err)

@@ -123,18 +123,35 @@ func (c *Consumer) handle(ctx context.Context, tr *tracker, dec *event.Decoder, 
 	return buf, nil
 }
 
-// misrouted returns the reason an event that names a workspace other than
-// the one this worker sends to (Config.Workspace) must not be sent, or nil.
-// Sending it would put one MoEngage customer's members into another's
-// workspace; dead-lettered, it can be replayed to a worker that serves it.
+// misrouted returns the reason an event must not be sent from here, or nil:
+// it names a workspace this worker does not send to (neither the default,
+// Config.Workspace, nor one Config.Serves accepts), or it names none while
+// there is no default to send it to (a registry without
+// MOENGAGE_WORKSPACE_ID). Sending it would put one MoEngage customer's
+// members into another's workspace; dead-lettered, it can be replayed to a
+// worker that serves it.
 func (c *Consumer) misrouted(ev *event.Event) *event.InvalidError {
-	if ev.Workspace == "" || ev.Workspace == c.cfg.Workspace {
+	def := c.cfg.Workspace
+	switch {
+	case ev.Workspace == "" && (def != "" || c.cfg.Serves == nil):
+		return nil
+	case ev.Workspace == "":
+		return &event.InvalidError{Reason: event.ReasonInvalidField,
+			Detail: "the event names no workspace (workspace_id) and there is no default workspace (MOENGAGE_WORKSPACE_ID)"}
+	case ev.Workspace == def || c.cfg.Serves != nil && c.cfg.Serves(ev.Workspace):
 		return nil
 	}
 	serves := "no workspace is configured"
-	if c.cfg.Workspace != "" {
-		serves = "this worker serves " + event.Quote(c.cfg.Workspace)
+	switch {
+	case c.cfg.Serves != nil && def != "":
+		serves = "not in MOENGAGE_WORKSPACES_DIR nor the default " + event.Quote(def) + ", MOENGAGE_WORKSPACE_ID"
+	case c.cfg.Serves != nil:
+		serves = "not in MOENGAGE_WORKSPACES_DIR"
+	case def != "":
+		serves = "this worker serves " + event.Quote(def) + ", MOENGAGE_WORKSPACE_ID"
+	default:
+		serves += ", MOENGAGE_WORKSPACE_ID"
 	}
 	return &event.InvalidError{Reason: event.ReasonUnknownWorkspace,
-		Detail: "workspace_id " + event.Quote(ev.Workspace) + " is not served here (" + serves + ", MOENGAGE_WORKSPACE_ID)"}
+		Detail: "workspace_id " + event.Quote(ev.Workspace) + " is not served here (" + serves + ")"}
 }

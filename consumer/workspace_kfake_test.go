@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -129,5 +130,74 @@ func TestNoWorkspaceConfiguredDeadLettersNamedOnes(t *testing.T) {
 	}
 	if e, _ := header(dead[0], deadletter.HeaderError); !strings.Contains(e, `"WS_A"`) || !strings.Contains(e, "no workspace is configured") {
 		t.Errorf("error %q", e)
+	}
+}
+
+// Issue 21, the registry's accept rule (Config.Serves): an event naming the
+// default or a workspace Serves accepts is sent; one naming a workspace
+// neither covers is dead-lettered as unknown_workspace, its error naming
+// MOENGAGE_WORKSPACES_DIR. A workspace that Serves starts accepting later
+// (added to the registry) is sent from then on.
+func TestRegistryWorkspacesServed(t *testing.T) {
+	h := newHarness(t)
+	var added atomic.Bool
+	serves := func(ws string) bool { return ws == "WS_C" || ws == "WS_D" && added.Load() }
+	h.startReplica("a", replicaOpts{workspace: "WS_A", serves: serves}).waitAssigned(t, partitions)
+
+	unknown := wsRecord(change{0, event.Add, "c1", "p0-ws-b"}, "WS_B")
+	early := wsRecord(change{1, event.Add, "c1", "p1-ws-d-early"}, "WS_D")
+	h.produce(valid(change{0, event.Add, "c1", "p0-none"}), wsRecord(change{0, event.Add, "c1", "p0-ws-a"}, "WS_A"),
+		wsRecord(change{0, event.Add, "c1", "p0-ws-c"}, "WS_C"), unknown, early)
+	h.waitCommittedToEnd(20 * time.Second)
+	added.Store(true)
+	h.produce(wsRecord(change{1, event.Add, "c1", "p1-ws-d-late"}, "WS_D"))
+	h.waitCommittedToEnd(20 * time.Second)
+
+	got := h.rec.foldAccepted(nil)
+	for _, u := range []string{"p0-none", "p0-ws-a", "p0-ws-c", "p1-ws-d-late"} {
+		if got[memberKey{"c1", u}] != event.Add {
+			t.Errorf("%s was not sent", u)
+		}
+	}
+	if len(got) != 4 {
+		t.Errorf("accepted %s, want the four served members only", fmtFold(got))
+	}
+	dead := h.readTopic(dlqTopic, dlqParts)
+	if len(dead) != 2 || string(dead[0].Key) != string(unknown.key) && string(dead[1].Key) != string(unknown.key) {
+		t.Fatalf("%d dead letters, want WS_B's and WS_D's before it was added", len(dead))
+	}
+	for _, d := range dead {
+		if r, _ := header(d, deadletter.HeaderReason); r != string(event.ReasonUnknownWorkspace) {
+			t.Errorf("reason %q, want unknown_workspace", r)
+		}
+		if e, _ := header(d, deadletter.HeaderError); !strings.Contains(e, "MOENGAGE_WORKSPACES_DIR") || !strings.Contains(e, `"WS_A"`) {
+			t.Errorf("error %q does not name the registry and the default", e)
+		}
+	}
+}
+
+// With a registry and no default workspace, an event naming none has
+// nowhere to go: it is dead-lettered as invalid_field, never sent (to
+// whichever workspace the sink would pick).
+func TestRegistryWithoutDefaultDeadLettersUnnamed(t *testing.T) {
+	h := newHarness(t)
+	h.startReplica("a", replicaOpts{serves: func(ws string) bool { return ws == "WS_C" }}).waitAssigned(t, partitions)
+
+	unnamed := valid(change{2, event.Add, "c1", "p2-none"})
+	h.produce(unnamed, wsRecord(change{2, event.Add, "c1", "p2-ws-c"}, "WS_C"))
+	h.waitCommittedToEnd(20 * time.Second)
+
+	if got := h.rec.foldAccepted(nil); got[memberKey{"c1", "p2-ws-c"}] != event.Add || len(got) != 1 {
+		t.Errorf("accepted %s, want p2-ws-c only", fmtFold(got))
+	}
+	dead := h.readTopic(dlqTopic, dlqParts)
+	if len(dead) != 1 || string(dead[0].Key) != string(unnamed.key) {
+		t.Fatalf("%d dead letters, want the record naming no workspace", len(dead))
+	}
+	if r, _ := header(dead[0], deadletter.HeaderReason); r != string(event.ReasonInvalidField) {
+		t.Errorf("reason %q, want invalid_field", r)
+	}
+	if e, _ := header(dead[0], deadletter.HeaderError); !strings.Contains(e, "MOENGAGE_WORKSPACE_ID") {
+		t.Errorf("error %q does not name MOENGAGE_WORKSPACE_ID", e)
 	}
 }

@@ -80,6 +80,7 @@ type worker struct {
 	consumer  *consumer.Consumer
 	fleet     *ratelimit.Fleet
 	board     *board.Board // nil: RATE_LIMIT_SHARING off (or no limit)
+	ws        *workspaces  // the registry (MOENGAGE_WORKSPACES_DIR) and the default workspace
 }
 
 // build validates the configuration and makes every component, starting
@@ -104,6 +105,9 @@ func build(opts Options) (_ *worker, err error) {
 		replica = defaultReplicaID()
 	}
 	w.log.Info("starting cohortsync-worker", "version", opts.Version, "replica", replica, "config", cfg)
+	if err := w.openRegistry(); err != nil {
+		return nil, err
+	}
 
 	dialer, transport, err := kafkaconn.New(cfg, w.log)
 	if err != nil {
@@ -141,6 +145,22 @@ func build(opts Options) (_ *worker, err error) {
 	return w, err
 }
 
+// openRegistry opens the registry (MOENGAGE_WORKSPACES_DIR) when there is
+// one, and checks the default workspace against it (workspaces.go).
+func (w *worker) openRegistry() (err error) {
+	if w.ws, err = openWorkspaces(w.cfg, w.log, w.reg); err != nil {
+		return err
+	}
+	if w.ws.reg == nil {
+		return nil
+	}
+	if err := w.ws.checkDefault(w.cfg.MoEngageBaseURL); err != nil {
+		return err
+	}
+	w.ws.logStage()
+	return nil
+}
+
 // newFleet makes what shares the budget: the Fleet, and with
 // RATE_LIMIT_SHARING its board on KAFKA_BUDGET_TOPIC.
 func (w *worker) newFleet(replica string, dialer *kafka.Dialer, limiter *ratelimit.Limiter) {
@@ -158,14 +178,18 @@ func (w *worker) newFleet(replica string, dialer *kafka.Dialer, limiter *ratelim
 // newSink makes the Cohort Sync API client.
 func (w *worker) newSink(replica string, limiter *ratelimit.Limiter, membership *lease.Lease) (*sink.Client, error) {
 	cfg := w.cfg
-	var reloadKey func() (string, error)
-	if cfg.MoEngageDataAPIKeyFile != "" {
-		reloadKey = config.SecretFileFunc(cfg.MoEngageDataAPIKeyFile)
+	reloadKey := w.ws.defaultKey(cfg.MoEngageDataAPIKeyFile)
+	key := cfg.MoEngageDataAPIKey.Reveal()
+	if key == "" { // the default's key is the registry's (checkDefault: it has one)
+		var err error
+		if key, err = reloadKey(); err != nil {
+			return nil, err
+		}
 	}
 	return sink.New(sink.Config{
 		BaseURL:         cfg.MoEngageBaseURL,
 		WorkspaceID:     cfg.MoEngageWorkspaceID,
-		APIKey:          cfg.MoEngageDataAPIKey.Reveal(),
+		APIKey:          key,
 		APIKeyFunc:      reloadKey,
 		Lease:           membership,
 		MaxBodyBytes:    cfg.BatchMaxBytes,
@@ -199,6 +223,7 @@ func (w *worker) consumerConfig(dialer *kafka.Dialer, membership *lease.Lease) c
 		GroupID:        cfg.KafkaGroupID,
 		DefaultPartner: cfg.CohortsyncPartner,
 		Workspace:      cfg.MoEngageWorkspaceID, // events naming another are dead-lettered, never sent here
+		Serves:         w.ws.consumerServes(),   // ... unless the registry serves it (workspaces.go)
 		Dialer:         dialer,
 		Transport:      w.transport,
 		Batcher:        settlingBatcher{w.batcher, w.client},
@@ -289,6 +314,9 @@ func (w *worker) run(ctx context.Context) error {
 		g.Go(func() error { w.board.Run(gctx); return nil })
 	}
 	g.Go(func() error { w.fleet.Run(gctx); return nil })
+	if w.ws.reg != nil {
+		g.Go(func() error { return w.ws.reg.Run(gctx) })
+	}
 	// The consumer stops on ctx (soft stop) or when the batcher fails.
 	cctx, cancel := context.WithCancel(ctx)
 	defer cancel()

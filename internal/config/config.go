@@ -87,18 +87,29 @@ type Config struct {
 	// outcome is unknown, no request that a late copy of it could overtake
 	// is sent before then (sink.Config.MaxProcessingTime).
 	MoEngageMaxProcessingTime time.Duration
-	// MoEngageWorkspaceID is the workspace (app) ID, sent as the Basic-auth
-	// username and the MOE-APPKEY header (MOENGAGE_WORKSPACE_ID or
-	// MOENGAGE_WORKSPACE_ID_FILE). Required. It is an identifier, not a
-	// credential, and is logged.
+	// MoEngageWorkspaceID is the default workspace (app) ID, sent as the
+	// Basic-auth username and the MOE-APPKEY header for events that name no
+	// workspace (MOENGAGE_WORKSPACE_ID or MOENGAGE_WORKSPACE_ID_FILE).
+	// Required unless MoEngageWorkspacesDir is set. It is an identifier, not
+	// a credential, and is logged.
 	MoEngageWorkspaceID string
-	// MoEngageDataAPIKey is the Data API key, sent as the Basic-auth password
-	// (MOENGAGE_DATA_API_KEY or MOENGAGE_DATA_API_KEY_FILE). Required.
+	// MoEngageDataAPIKey is the default workspace's Data API key, sent as
+	// the Basic-auth password (MOENGAGE_DATA_API_KEY or
+	// MOENGAGE_DATA_API_KEY_FILE). Required with MoEngageWorkspaceID,
+	// unless MoEngageWorkspacesDir is set: then, when it is empty, the
+	// default workspace's key is the registry's <MoEngageWorkspaceID>.key.
+	// Refused without MoEngageWorkspaceID (whose key would it be?).
 	MoEngageDataAPIKey Secret
 	// MoEngageDataAPIKeyFile is the file the key was read from
 	// (MOENGAGE_DATA_API_KEY_FILE), or empty. The worker reads it again
 	// after a 401 or 403, so that a rotated secret heals without a restart.
 	MoEngageDataAPIKeyFile string
+	// MoEngageWorkspacesDir is the registry of workspaces
+	// (MOENGAGE_WORKSPACES_DIR, internal/workspace): a directory of
+	// <workspace_id>.key, .dc and .rate_limit_rpm files, read again without
+	// a restart. Empty: one workspace, MoEngageWorkspaceID. Validate checks
+	// that it is a directory; the worker lists it at start.
+	MoEngageWorkspacesDir string
 	// CohortsyncPartner is the partner used for events that name none
 	// (COHORTSYNC_PARTNER). Empty: such events are invalid.
 	CohortsyncPartner string
@@ -162,7 +173,7 @@ var SASLMechanisms = []string{"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", AWSMSKI
 const AWSMSKIAM = "AWS_MSK_IAM"
 
 // Default returns the configuration with every default of Vars applied. It
-// has no workspace ID or API key, so it does not validate until those are
+// has no workspace ID (nor registry) or API key, so it does not validate until those are
 // set; the derived fields (KafkaDLQTopic, MoEngageBaseURL) are left empty for
 // Validate to fill, so that they follow the topics and DC a caller sets.
 func Default() Config {

@@ -111,6 +111,7 @@ var fields = map[string]func(config.Config) any{
 	"KAFKA_SASL_ALLOW_INSECURE": func(c config.Config) any { return c.KafkaSASLAllowInsecure },
 	"MOENGAGE_WORKSPACE_ID":     func(c config.Config) any { return c.MoEngageWorkspaceID },
 	"MOENGAGE_DATA_API_KEY":     func(c config.Config) any { return c.MoEngageDataAPIKey.Reveal() },
+	"MOENGAGE_WORKSPACES_DIR":   func(c config.Config) any { return c.MoEngageWorkspacesDir },
 	"COHORTSYNC_PARTNER":        func(c config.Config) any { return c.CohortsyncPartner },
 	"BATCH_MAX_BYTES":           func(c config.Config) any { return c.BatchMaxBytes },
 	"BATCH_MAX_MEMBERS":         func(c config.Config) any { return c.BatchMaxMembers },
@@ -148,6 +149,7 @@ func parseCases(t *testing.T) []parseCase {
 	c2, k2 := clientPair(t, "alice")
 	cert, key := writeFile(t, "c1.pem", c1), writeFile(t, "k1.pem", k1)
 	cert2, key2 := writeFile(t, "c2.pem", c2), writeFile(t, "k2.pem", k2)
+	wsDir := t.TempDir()
 	sasl := func(drop string) map[string]string {
 		m := map[string]string{"KAFKA_SASL_MECHANISM": "PLAIN", "KAFKA_SASL_USERNAME": "alice", "KAFKA_SASL_PASSWORD": saslPassword}
 		delete(m, drop)
@@ -184,6 +186,7 @@ func parseCases(t *testing.T) []parseCase {
 		{env: "MOENGAGE_ALLOW_INSECURE", value: "1", other: "false", want: true},
 		{env: "MOENGAGE_WORKSPACE_ID", value: " ws2 ", other: "ws3", want: "ws2"},
 		{env: "MOENGAGE_DATA_API_KEY", value: apiKey, other: "other-key", want: apiKey},
+		{env: "MOENGAGE_WORKSPACES_DIR", value: " " + wsDir + " ", other: t.TempDir(), want: wsDir},
 		{env: "COHORTSYNC_PARTNER", value: "6HNBXFm7ZS", other: "p2", want: "6HNBXFm7ZS"},
 		{env: "BATCH_MAX_BYTES", value: "512", other: "1000", want: 512},
 		{env: "BATCH_MAX_BYTES", value: "131072", other: "1000", want: 131072},
@@ -337,11 +340,11 @@ func invalidCases(t *testing.T) []invalidCase {
 		one("MOENGAGE_BASE_URL", "http://h/?x=1"),
 		one("MOENGAGE_BASE_URL", "http://h/#frag"),
 		one("MOENGAGE_BASE_URL", "http://[::1"),
-		{env: "MOENGAGE_WORKSPACE_ID", over: map[string]string{"MOENGAGE_WORKSPACE_ID": ""}, exact: "config: MOENGAGE_WORKSPACE_ID is required"},
+		{env: "MOENGAGE_WORKSPACE_ID", over: map[string]string{"MOENGAGE_WORKSPACE_ID": ""}, has: "required (the workspace to send to) unless MOENGAGE_WORKSPACES_DIR"},
 		one("MOENGAGE_WORKSPACE_ID", "ws:1"),
 		one("MOENGAGE_WORKSPACE_ID", "w s"),
 		one("MOENGAGE_WORKSPACE_ID", "ws\x00"),
-		{env: "MOENGAGE_DATA_API_KEY", over: map[string]string{"MOENGAGE_DATA_API_KEY": ""}, exact: "config: MOENGAGE_DATA_API_KEY is required"},
+		{env: "MOENGAGE_DATA_API_KEY", over: map[string]string{"MOENGAGE_DATA_API_KEY": ""}, has: "required with MOENGAGE_WORKSPACE_ID"},
 		one("BATCH_MAX_BYTES", "511"),
 		one("BATCH_MAX_BYTES", "131073"),
 		{env: "BATCH_MAX_BYTES", over: map[string]string{"BATCH_MAX_BYTES": "128KB"}, exact: `config: BATCH_MAX_BYTES: invalid integer "128KB"`},
@@ -377,6 +380,10 @@ func invalidCases(t *testing.T) []invalidCase {
 		{env: "KAFKA_TLS_CERT_FILE", over: map[string]string{"KAFKA_TLS_CERT_FILE": "/nonexistent/user.crt", "KAFKA_TLS_KEY_FILE": "/nonexistent/user.key"}, has: "cannot read"},
 		{env: "KAFKA_SASL_PASSWORD_FILE", over: map[string]string{"KAFKA_SASL_PASSWORD": "", "KAFKA_SASL_PASSWORD_FILE": "/nonexistent/pw"}, has: "/nonexistent/pw"},
 		{env: "MOENGAGE_WORKSPACE_ID_FILE", over: map[string]string{"MOENGAGE_WORKSPACE_ID": "", "MOENGAGE_WORKSPACE_ID_FILE": "/nonexistent/ws"}, has: "/nonexistent/ws"},
+		{env: "MOENGAGE_WORKSPACES_DIR", over: map[string]string{"MOENGAGE_WORKSPACES_DIR": "/nonexistent/workspaces"}, has: `cannot read "/nonexistent/workspaces": no such file`},
+		{env: "MOENGAGE_WORKSPACES_DIR", over: map[string]string{"MOENGAGE_WORKSPACES_DIR": notPEM}, has: "is not a directory"},
+		// A key without a workspace: whose would it be?
+		{env: "MOENGAGE_DATA_API_KEY", over: map[string]string{"MOENGAGE_WORKSPACE_ID": "", "MOENGAGE_WORKSPACES_DIR": t.TempDir()}, has: "MOENGAGE_WORKSPACE_ID is not"},
 	}
 }
 

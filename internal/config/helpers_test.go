@@ -54,6 +54,7 @@ var designVars = []string{
 	"MOENGAGE_DC", "MOENGAGE_BASE_URL",
 	"MOENGAGE_ALLOW_INSECURE", // issue 10 §5: the opt-in for an http:// base URL
 	"MOENGAGE_WORKSPACE_ID", "MOENGAGE_DATA_API_KEY",
+	"MOENGAGE_WORKSPACES_DIR",      // issue 21: the registry of workspaces
 	"MOENGAGE_MAX_PROCESSING_TIME", // issue 18 §3: the bound on an unknown outcome
 	"COHORTSYNC_PARTNER", "BATCH_MAX_BYTES", "BATCH_MAX_MEMBERS", "BATCH_WINDOW", "RATE_LIMIT_RPM",
 	"RATE_LIMIT_SHARING", // issue 12: the opt-out of the shared budget

@@ -138,7 +138,7 @@ func (c *Config) checkMoEngage(h hider) error {
 		return configError("MOENGAGE_DC", "%s is not one of %s", h.show(c.MoEngageDC), strings.Join(DataCenters, ", "))
 	}
 	if c.MoEngageBaseURL == "" {
-		c.MoEngageBaseURL = "https://api-" + c.MoEngageDC + ".moengage.com"
+		c.MoEngageBaseURL = BaseURLFor(c.MoEngageDC)
 	}
 	if err := checkBaseURL(c.MoEngageBaseURL, h); err != nil {
 		return err
@@ -147,18 +147,63 @@ func (c *Config) checkMoEngage(h hider) error {
 		return configError("MOENGAGE_BASE_URL", "%s is plain http: every request would carry MOENGAGE_DATA_API_KEY in clear text; "+
 			"use https, or accept the risk with MOENGAGE_ALLOW_INSECURE=true (loopback hosts need neither)", h.show(c.MoEngageBaseURL))
 	}
-	if c.MoEngageWorkspaceID == "" {
-		return errors.New("config: MOENGAGE_WORKSPACE_ID is required")
+	return c.checkWorkspaces(h)
+}
+
+// checkWorkspaces checks the default workspace, its key and the registry
+// (MOENGAGE_WORKSPACES_DIR): with a registry the default and its key are
+// optional, and the key may come from the registry's <id>.key.
+func (c *Config) checkWorkspaces(h hider) error {
+	dir, id, key := c.MoEngageWorkspacesDir, c.MoEngageWorkspaceID, c.MoEngageDataAPIKey.Reveal()
+	if dir != "" {
+		if fi, err := os.Stat(dir); err != nil {
+			return configError("MOENGAGE_WORKSPACES_DIR", "cannot read %s: %s", h.show(dir), pathErr(err))
+		} else if !fi.IsDir() {
+			return configError("MOENGAGE_WORKSPACES_DIR", "%s is not a directory (the registry: <workspace_id>.key files)", h.show(dir))
+		}
 	}
-	if strings.ContainsFunc(c.MoEngageWorkspaceID, func(r rune) bool { return r == ':' || unicode.IsSpace(r) || unicode.IsControl(r) }) {
+	switch {
+	case id == "" && dir == "":
+		return configError("MOENGAGE_WORKSPACE_ID", "required (the workspace to send to) unless MOENGAGE_WORKSPACES_DIR names a registry of workspaces")
+	case id == "" && key != "":
+		return configError("MOENGAGE_DATA_API_KEY", "is set but MOENGAGE_WORKSPACE_ID is not: it is the default workspace's key; "+
+			"set MOENGAGE_WORKSPACE_ID too, or leave it unset and put each workspace's key in MOENGAGE_WORKSPACES_DIR")
+	case strings.ContainsFunc(id, func(r rune) bool { return r == ':' || unicode.IsSpace(r) || unicode.IsControl(r) }):
 		// Basic auth cannot carry a username with a colon, and the ID is
 		// also a header value.
-		return configError("MOENGAGE_WORKSPACE_ID", "%s must not contain a colon, white space or control characters", h.show(c.MoEngageWorkspaceID))
-	}
-	if c.MoEngageDataAPIKey.Reveal() == "" {
-		return errors.New("config: MOENGAGE_DATA_API_KEY is required")
+		return configError("MOENGAGE_WORKSPACE_ID", "%s must not contain a colon, white space or control characters", h.show(id))
+	case id != "" && key == "" && dir == "":
+		return configError("MOENGAGE_DATA_API_KEY", "required with MOENGAGE_WORKSPACE_ID (or MOENGAGE_DATA_API_KEY_FILE; "+
+			"with MOENGAGE_WORKSPACES_DIR the key may instead be the registry's <MOENGAGE_WORKSPACE_ID>.key)")
 	}
 	return nil
+}
+
+// BaseURLFor is the Cohort Sync API's base URL in data center dc:
+// https://api-{dc}.moengage.com (cohortsync-api.md §2).
+func BaseURLFor(dc string) string { return "https://api-" + dc + ".moengage.com" }
+
+// BaseURLOverride returns MOENGAGE_BASE_URL when it overrides the data
+// centers (for every workspace of the registry), or "" when the base URL is
+// MOENGAGE_DC's (derived by Validate, or set to the same URL): then each
+// workspace goes to its own data center's URL.
+func (c *Config) BaseURLOverride() string {
+	u := strings.TrimRight(c.MoEngageBaseURL, "/")
+	if c.MoEngageDC != "" && u == BaseURLFor(c.MoEngageDC) {
+		return ""
+	}
+	return u
+}
+
+// SharedBudgetHonoured reports whether a workspace whose own budget is rpm
+// (its <id>.rate_limit_rpm, else RATE_LIMIT_RPM) can be served under the
+// one RATE_LIMIT_RPM budget all workspaces share until per-workspace
+// budgets are built (issue 21 stage 1): only when its budget is not below
+// the shared one, so that its requests never exceed it. RATE_LIMIT_RPM 0
+// (no client-side limit) honours only workspaces without a budget of
+// their own (rpm 0 too).
+func SharedBudgetHonoured(rpm, rateLimitRPM float64) bool {
+	return rpm == rateLimitRPM || rateLimitRPM > 0 && rpm >= rateLimitRPM
 }
 
 // checkLimits checks batching, the rate, retries and the process settings.

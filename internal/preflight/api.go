@@ -237,6 +237,9 @@ func checkCredentials(ctx context.Context, cfg config.Config, opts Options, tran
 	case got.transportErr != nil:
 		return res(Fail, "%s to %s failed: %s", what, cfg.MoEngageBaseURL, got)
 	case c == http.StatusUnauthorized:
+		if opts.keyFrom != "" { // a registry workspace (workspaces.go)
+			return res(Fail, "credentials rejected: %s answered %s; check %s", what, got, opts.keyFrom)
+		}
 		return res(Fail, "credentials rejected: %s answered %s; check MOENGAGE_WORKSPACE_ID (%s) and MOENGAGE_DATA_API_KEY (the Data API key), and MOENGAGE_DC", what, got, ws)
 	case c == http.StatusForbidden:
 		return res(Fail, "refused: %s answered %s: the account is suspended or the key does not cover this API", what, got)

@@ -33,7 +33,9 @@ const (
 type Result struct {
 	// Check names what was checked: config, config.unknown, kafka.brokers,
 	// kafka.topic, kafka.dlq, kafka.group, kafka.acls, api.dns, api.tls (or
-	// api.connect for a plain-http base URL) and api.credentials.
+	// api.connect for a plain-http base URL) and api.credentials; with
+	// MOENGAGE_WORKSPACES_DIR also config.workspaces and, for each registry
+	// workspace besides the default, the api.* checks suffixed [workspace].
 	Check  string `json:"check"`
 	Status Status `json:"status"`
 	// Detail says what the check proved, or why it failed, in one line. It
@@ -137,6 +139,10 @@ type Options struct {
 	// whose pod must start whether or not the API and every broker answer
 	// now; the full check belongs in a pre-deploy Job or CI.
 	Offline bool
+
+	// keyFrom, on a registry workspace's checks, says where its credentials
+	// come from, for the message of a rejected key (workspaces.go).
+	keyFrom string
 }
 
 // Run runs every check and returns the report. The configuration checks
@@ -159,6 +165,17 @@ func Run(ctx context.Context, opts Options) Report {
 		}
 		rep.Results = append(rep.Results, Result{Check: "config.unknown", Status: st, Detail: u.String()})
 	}
+	var targets []wsTarget
+	if cfg.MoEngageWorkspacesDir != "" {
+		res, ts, defKey := checkWorkspaces(cfg)
+		rep.Results = append(rep.Results, res...)
+		targets = ts
+		if defKey != "" { // the default's key is the registry's
+			cfg.MoEngageDataAPIKey = config.NewSecret(defKey)
+			opts.keyFrom = fmt.Sprintf("MOENGAGE_WORKSPACE_ID (%s) and its key file %s.key in MOENGAGE_WORKSPACES_DIR, and MOENGAGE_DC",
+				cfg.MoEngageWorkspaceID, cfg.MoEngageWorkspaceID)
+		}
+	}
 	if opts.Offline {
 		const why = "skipped: --offline checks the configuration only (no network); run the full check before a rollout"
 		rep.Results = append(rep.Results, Result{Check: "kafka", Status: Skip, Detail: why}, Result{Check: "api", Status: Skip, Detail: why})
@@ -167,7 +184,12 @@ func Run(ctx context.Context, opts Options) Report {
 	var kafkaRes, apiRes []Result
 	var wg sync.WaitGroup
 	wg.Go(func() { kafkaRes = checkKafka(ctx, cfg, opts.Timeout) })
-	wg.Go(func() { apiRes = checkAPI(ctx, cfg, opts) })
+	wg.Go(func() {
+		if cfg.MoEngageWorkspaceID != "" && cfg.MoEngageDataAPIKey.Reveal() != "" {
+			apiRes = checkAPI(ctx, cfg, opts)
+		}
+		apiRes = append(apiRes, checkWorkspaceAPIs(ctx, cfg, opts, targets)...)
+	})
 	wg.Wait()
 	rep.Results = append(rep.Results, kafkaRes...)
 	rep.Results = append(rep.Results, apiRes...)
@@ -187,8 +209,11 @@ func ConfigError(err error) Report {
 
 func configSummary(c config.Config) string {
 	key := "from MOENGAGE_DATA_API_KEY"
-	if c.MoEngageDataAPIKeyFile != "" {
+	switch {
+	case c.MoEngageDataAPIKeyFile != "":
 		key = "read from " + c.MoEngageDataAPIKeyFile
+	case c.MoEngageWorkspacesDir != "" && c.MoEngageDataAPIKey.Reveal() == "":
+		key = "from MOENGAGE_WORKSPACES_DIR " + c.MoEngageWorkspacesDir
 	}
 	return fmt.Sprintf("every variable valid (the validation the worker runs at start): brokers %s, topic %s, group %s, dead-letter topic %s, API %s, workspace %s, key %s",
 		strings.Join(c.KafkaBrokers, ","), strings.Join(c.KafkaTopics, ","), c.KafkaGroupID, c.KafkaDLQTopic, c.MoEngageBaseURL, c.MoEngageWorkspaceID, key)

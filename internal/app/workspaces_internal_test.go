@@ -1,0 +1,222 @@
+package app
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/cohortsync/cohortsync-worker/internal/config"
+	"github.com/cohortsync/cohortsync-worker/internal/lease"
+)
+
+// registryDir writes files (name → content) into a new directory.
+func registryDir(t *testing.T, files map[string]string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// registryConfig is a valid configuration with the registry dir; nothing
+// is dialled by build.
+func registryConfig(dir, def, key string) config.Config {
+	cfg := config.Default()
+	cfg.KafkaBrokers = []string{"127.0.0.1:1"}
+	cfg.KafkaTopics = []string{"in"}
+	cfg.KafkaGroupID = "g"
+	cfg.MoEngageDC = "01"
+	cfg.MoEngageWorkspaceID = def
+	cfg.MoEngageDataAPIKey = config.NewSecret(key)
+	cfg.MoEngageWorkspacesDir = dir
+	return cfg
+}
+
+func mustOpen(t *testing.T, cfg config.Config) *workspaces {
+	t.Helper()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	ws, err := openWorkspaces(cfg, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ws
+}
+
+// TestRegistryTargets (issue 21 stage 1): a workspace's target is its ID,
+// the base URL of its data center (its .dc, else MOENGAGE_DC; MOENGAGE_BASE_URL
+// overrides all) and the registry's key; the default keeps MOENGAGE_DATA_API_KEY
+// when set. A workspace outside the registry, or whose .rate_limit_rpm is
+// below the RATE_LIMIT_RPM every workspace shares, has none (not served),
+// with an error naming the file and the fix.
+func TestRegistryTargets(t *testing.T) {
+	dir := registryDir(t, map[string]string{"WA.key": "key-a\n", "WA.dc": "02", "WB.key": "key-b",
+		"WLOW.key": "key-low", "WLOW.rate_limit_rpm": "100", "WHIGH.key": "key-high", "WHIGH.rate_limit_rpm": "600",
+		"DEF.key": "registry-key-of-def"})
+	ws := mustOpen(t, registryConfig(dir, "DEF", "env-key"))
+
+	for _, tc := range []struct{ id, url, key string }{
+		{"WA", "https://api-02.moengage.com", "key-a"},
+		{"WB", "https://api-01.moengage.com", "key-b"}, // MOENGAGE_DC
+		{"WHIGH", "https://api-01.moengage.com", "key-high"},
+		{"DEF", "https://api-01.moengage.com", "env-key"}, // MOENGAGE_DATA_API_KEY wins for the default
+	} {
+		got, err := ws.registryTargets(tc.id)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.id, err)
+		}
+		key, err := got.Key()
+		if got.ID != tc.id || got.BaseURL != tc.url || err != nil || key != tc.key {
+			t.Errorf("%s: target {%s %s} key %q (%v), want {%s %s} key %q", tc.id, got.ID, got.BaseURL, key, err, tc.id, tc.url, tc.key)
+		}
+		if !ws.serves(tc.id) {
+			t.Errorf("%s not served", tc.id)
+		}
+	}
+	for id, want := range map[string][]string{
+		"WLOW":  {"WLOW.rate_limit_rpm", "below RATE_LIMIT_RPM (300/min)", "lower RATE_LIMIT_RPM to 100"},
+		"WNONE": {"not in MOENGAGE_WORKSPACES_DIR", "WNONE.key"},
+	} {
+		_, err := ws.registryTargets(id)
+		for _, w := range want {
+			if err == nil || !strings.Contains(err.Error(), w) {
+				t.Errorf("%s: error %v does not say %q", id, err, w)
+			}
+		}
+		if ws.serves(id) {
+			t.Errorf("%s served", id)
+		}
+	}
+
+	// MOENGAGE_BASE_URL overrides every data center.
+	cfg := registryConfig(dir, "DEF", "env-key")
+	cfg.MoEngageBaseURL = "http://127.0.0.1:9/"
+	ws = mustOpen(t, cfg)
+	if got, err := ws.registryTargets("WA"); err != nil || got.BaseURL != "http://127.0.0.1:9" {
+		t.Errorf("WA with MOENGAGE_BASE_URL: %+v, %v", got, err)
+	}
+
+	// RATE_LIMIT_RPM 0 (no client-side limit, the emulator): only
+	// workspaces without a budget of their own are honoured.
+	cfg.RateLimitRPM = 0
+	ws = mustOpen(t, cfg)
+	if !ws.serves("WB") || ws.serves("WHIGH") {
+		t.Errorf("RATE_LIMIT_RPM 0: WB served %v (want true), WHIGH served %v (want false)", ws.serves("WB"), ws.serves("WHIGH"))
+	}
+}
+
+// TestRegistryTargetsFollowRotation: the key function reads the registry
+// as it is now, so a rotated key is returned once the registry read it.
+func TestRegistryTargetsFollowRotation(t *testing.T) {
+	dir := registryDir(t, map[string]string{"WA.key": "old"})
+	ws := mustOpen(t, registryConfig(dir, "WA", ""))
+	tg, err := ws.registryTargets("WA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "WA.key"), []byte("new-key-longer"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = ws.reg.Run(ctx) }()         // as the worker's errgroup runs it
+	deadline := time.Now().Add(5 * time.Second) // the design's bound
+	for {
+		k, err := tg.Key()
+		if err == nil && k == "new-key-longer" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("key 5 s after rotation %q, %v", k, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestOpenRegistryUnlistable: a registry directory that cannot be listed
+// fails the start with an error naming MOENGAGE_WORKSPACES_DIR.
+func TestOpenRegistryUnlistable(t *testing.T) {
+	cfg := registryConfig(filepath.Join(t.TempDir(), "missing"), "WA", "k")
+	_, err := openWorkspaces(cfg, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	if err == nil || !strings.Contains(err.Error(), "MOENGAGE_WORKSPACES_DIR") || !strings.Contains(err.Error(), "missing") {
+		t.Fatalf("err = %v, want one naming MOENGAGE_WORKSPACES_DIR and the directory", err)
+	}
+}
+
+// TestBuildWithRegistry: build opens the registry, takes the default's key
+// from it when MOENGAGE_DATA_API_KEY is not set, keeps the consumer to the
+// default until the sink sends per workspace, and exports the gauges. A
+// default the registry cannot key, or whose data center is not MOENGAGE_DC,
+// fails the start with a message naming the variables; so does a registry
+// without a default (stage 1: the sink has one workspace).
+func TestBuildWithRegistry(t *testing.T) {
+	dir := registryDir(t, map[string]string{"DEF.key": "def-key", "WA.key": "a", "WLOW.key": "l",
+		"WLOW.rate_limit_rpm": "1", "bad name.key": "x", "WBAD.key": "k", "WBAD.rate_limit_rpm": "-1", "WDC.key": "k", "WDC.dc": "02"})
+	var logs strings.Builder
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	w, err := build(Options{Config: registryConfig(dir, "DEF", ""), Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.close)
+	cc := w.consumerConfig(nil, lease.New())
+	if cc.Workspace != "DEF" || (cc.Serves != nil) != sinkRoutesWorkspaces {
+		t.Errorf("consumer: Workspace %q, Serves set %v (want %v)", cc.Workspace, cc.Serves != nil, sinkRoutesWorkspaces)
+	}
+	if k, err := w.ws.defaultKey("")(); err != nil || k != "def-key" {
+		t.Errorf("default key %q, %v; want the registry's DEF.key", k, err)
+	}
+	wantServed := 1.0 // the default only, until the sink routes
+	if sinkRoutesWorkspaces {
+		wantServed = 3 // DEF, WA, WDC; not WLOW
+	}
+	if n := gauge(t, w.reg, "cohortsync_workspaces"); n != wantServed {
+		t.Errorf("cohortsync_workspaces = %v, want %v", n, wantServed)
+	}
+	if n := gauge(t, w.reg, "cohortsync_workspace_registry_problems"); n != 2 { // "bad name.key", WBAD.rate_limit_rpm
+		t.Errorf("cohortsync_workspace_registry_problems = %v, want 2", n)
+	}
+	if !sinkRoutesWorkspaces && !strings.Contains(logs.String(), "only the default workspace is sent to") {
+		t.Errorf("no warning that only the default is served:\n%s", logs.String())
+	}
+	if !strings.Contains(logs.String(), "WLOW.rate_limit_rpm") {
+		t.Errorf("no error logged for WLOW's budget:\n%s", logs.String())
+	}
+
+	for _, tc := range []struct{ def, key, want string }{
+		{"NOKEY", "", "MOENGAGE_WORKSPACE_ID NOKEY: no MOENGAGE_DATA_API_KEY"},
+		{"WDC", "", "is not MOENGAGE_DC's"},
+		{"", "", "without MOENGAGE_WORKSPACE_ID"},
+	} {
+		_, err := build(Options{Config: registryConfig(dir, tc.def, tc.key), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("default %q: err = %v, want %q", tc.def, err, tc.want)
+		}
+	}
+}
+
+func gauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
+}

@@ -1,0 +1,118 @@
+package preflight
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"github.com/cohortsync/cohortsync-worker/internal/config"
+	"github.com/cohortsync/cohortsync-worker/internal/workspace"
+)
+
+// wsTarget is a registry workspace the worker would send to, other than
+// the default: what its credential probe needs.
+type wsTarget struct {
+	id, baseURL, key string
+}
+
+// checkWorkspaces checks the registry (MOENGAGE_WORKSPACES_DIR) as the
+// worker reads it at start (internal/app, workspaces.go): the directory
+// must list; each problem (an unusable file, named) fails; so does a
+// workspace whose budget the shared RATE_LIMIT_RPM cannot honour, and a
+// default workspace the worker could not send to. It returns the results
+// (check config.workspaces), the workspaces to probe, and the default's key
+// when it comes from the registry ("" otherwise). It reads files only.
+func checkWorkspaces(cfg config.Config) ([]Result, []wsTarget, string) {
+	fail := func(format string, a ...any) Result {
+		return Result{Check: "config.workspaces", Status: Fail, Detail: fmt.Sprintf(format, a...)}
+	}
+	reg, err := workspace.Open(workspace.Options{Dir: cfg.MoEngageWorkspacesDir, DefaultDC: cfg.MoEngageDC,
+		DefaultRPM: cfg.RateLimitRPM, ValidDC: workspace.OneOf(config.DataCenters), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		return []Result{fail("MOENGAGE_WORKSPACES_DIR: %s", oneLine(err.Error(), 300))}, nil, ""
+	}
+	var out []Result
+	for _, p := range reg.Problems() {
+		out = append(out, fail("%s", oneLine(p.Err.Error(), 300)))
+	}
+	def, override := cfg.MoEngageWorkspaceID, cfg.BaseURLOverride()
+	var targets []wsTarget
+	for _, id := range reg.IDs() {
+		w, _ := reg.Lookup(id)
+		url := override
+		if url == "" {
+			url = config.BaseURLFor(w.DC)
+		}
+		switch {
+		case !config.SharedBudgetHonoured(w.RateLimitRPM, cfg.RateLimitRPM):
+			out = append(out, fail("workspace %s will not be served: its budget %s.rate_limit_rpm (%v/min) is below RATE_LIMIT_RPM (%v/min), "+
+				"which every workspace shares until per-workspace budgets are built; lower RATE_LIMIT_RPM or remove the file", id, id, w.RateLimitRPM, cfg.RateLimitRPM))
+		case id != def:
+			targets = append(targets, wsTarget{id: id, baseURL: url, key: w.Key()})
+		}
+	}
+	defKey, res := checkDefaultWorkspace(cfg, reg)
+	if res != nil {
+		out = append(out, *res)
+	}
+	if len(out) == 0 {
+		out = append(out, Result{Check: "config.workspaces", Status: OK, Detail: fmt.Sprintf("MOENGAGE_WORKSPACES_DIR %s: %d workspaces (%s), every file usable",
+			cfg.MoEngageWorkspacesDir, reg.Snapshot().Len(), idList(reg.IDs()))})
+	}
+	return out, targets, defKey
+}
+
+// checkDefaultWorkspace checks that the worker can send to the default
+// workspace with the registry as it is (app: workspaces.checkDefault): a
+// default exists (until the sink sends per workspace), and without
+// MOENGAGE_DATA_API_KEY the registry holds its key, in MOENGAGE_DC's data
+// center. It returns the default's key when the registry gives it.
+func checkDefaultWorkspace(cfg config.Config, reg *workspace.Registry) (string, *Result) {
+	fail := func(format string, a ...any) (string, *Result) {
+		return "", &Result{Check: "config.workspaces", Status: Fail, Detail: fmt.Sprintf(format, a...)}
+	}
+	def := cfg.MoEngageWorkspaceID
+	switch {
+	case def == "":
+		return fail("MOENGAGE_WORKSPACES_DIR without MOENGAGE_WORKSPACE_ID: the worker does not start (sending to registry workspaces is not wired into the sink yet); set MOENGAGE_WORKSPACE_ID")
+	case cfg.MoEngageDataAPIKey.Reveal() != "":
+		return "", nil
+	}
+	w, ok := reg.Lookup(def)
+	switch {
+	case !ok:
+		return fail("MOENGAGE_WORKSPACE_ID %s: no MOENGAGE_DATA_API_KEY and no usable %s.key in MOENGAGE_WORKSPACES_DIR", def, def)
+	case !config.SharedBudgetHonoured(w.RateLimitRPM, cfg.RateLimitRPM):
+		return fail("MOENGAGE_WORKSPACE_ID %s: its budget in MOENGAGE_WORKSPACES_DIR is below RATE_LIMIT_RPM", def)
+	case cfg.BaseURLOverride() == "" && w.DC != cfg.MoEngageDC:
+		return fail("MOENGAGE_WORKSPACE_ID %s: its data center in MOENGAGE_WORKSPACES_DIR (%s.dc: %s) is not MOENGAGE_DC (%s): set MOENGAGE_DC to it", def, def, w.DC, cfg.MoEngageDC)
+	}
+	return w.Key(), nil
+}
+
+func idList(ids []string) string {
+	if len(ids) > 10 {
+		return strings.Join(ids[:10], ", ") + fmt.Sprintf(" and %d more", len(ids)-10)
+	}
+	return strings.Join(ids, ", ")
+}
+
+// checkWorkspaceAPIs runs the API checks of each registry workspace, one
+// after the other: the same checks and the one probe the default gets
+// (checkAPI), with the workspace's base URL and key; each result's check
+// is suffixed with [workspace].
+func checkWorkspaceAPIs(ctx context.Context, cfg config.Config, opts Options, targets []wsTarget) []Result {
+	var out []Result
+	for _, t := range targets {
+		c := cfg
+		c.MoEngageWorkspaceID, c.MoEngageDataAPIKey, c.MoEngageBaseURL = t.id, config.NewSecret(t.key), t.baseURL
+		o := opts
+		o.keyFrom = fmt.Sprintf("%s.key in MOENGAGE_WORKSPACES_DIR (the Data API key of workspace %s) and its data center (%s.dc, MOENGAGE_DC)", t.id, t.id, t.id)
+		for _, r := range checkAPI(ctx, c, o) {
+			r.Check += "[" + t.id + "]"
+			out = append(out, r)
+		}
+	}
+	return out
+}
