@@ -111,7 +111,7 @@ func (c *Consumer) handle(ctx context.Context, tr *tracker, dec *event.Decoder, 
 			"topic", m.Topic, "partition", m.Partition, "offset", m.Offset)
 		return buf, c.cfg.DLQ.Invalid(ctx, m, inv, newRecordAck(tr, seq, m.Key, nil, 1))
 	}
-	h := wire.Header{Action: ev.Action, Partner: ev.Partner, CohortID: ev.CohortID,
+	h := wire.Header{Workspace: c.workspaceOf(&ev), Action: ev.Action, Partner: ev.Partner, CohortID: ev.CohortID,
 		CohortName: ev.CohortName, CohortDescription: ev.CohortDescription}
 	if fit, big := splitFit(c.cfg.Fits, h, ev.UIDs); big != nil {
 		return c.deadLetterTooLarge(ctx, tr, seq, m, &ev, h, fit, big, buf)
@@ -130,6 +130,17 @@ func (c *Consumer) handle(ctx context.Context, tr *tracker, dec *event.Decoder, 
 // MOENGAGE_WORKSPACE_ID). Sending it would put one MoEngage customer's
 // members into another's workspace; dead-lettered, it can be replayed to a
 // worker that serves it.
+// workspaceOf is the workspace an accepted event's changes go to: the one
+// it names, else the default. One workspace is always named the same way,
+// so that an event naming the default and one naming none share batches
+// (and their order).
+func (c *Consumer) workspaceOf(ev *event.Event) string {
+	if ev.Workspace != "" {
+		return ev.Workspace
+	}
+	return c.cfg.Workspace
+}
+
 func (c *Consumer) misrouted(ev *event.Event) *event.InvalidError {
 	def := c.cfg.Workspace
 	switch {

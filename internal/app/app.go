@@ -154,7 +154,7 @@ func (w *worker) openRegistry() (err error) {
 	if w.ws.reg == nil {
 		return nil
 	}
-	if err := w.ws.checkDefault(w.cfg.MoEngageBaseURL); err != nil {
+	if err := w.ws.checkDefault(); err != nil {
 		return err
 	}
 	w.ws.logStage()
@@ -180,13 +180,9 @@ func (w *worker) newSink(replica string, limiter *ratelimit.Limiter, membership 
 	cfg := w.cfg
 	reloadKey := w.ws.defaultKey(cfg.MoEngageDataAPIKeyFile)
 	key := cfg.MoEngageDataAPIKey.Reveal()
-	if key == "" { // the default's key is the registry's (checkDefault: it has one)
-		var err error
-		if key, err = reloadKey(); err != nil {
-			return nil, err
-		}
-	}
-	return sink.New(sink.Config{
+	targets := w.ws.sinkTargets() // with a registry, every workspace's key and URL, the default's too
+	client, err := sink.New(sink.Config{
+		Targets:         targets,
 		BaseURL:         cfg.MoEngageBaseURL,
 		WorkspaceID:     cfg.MoEngageWorkspaceID,
 		APIKey:          key,
@@ -206,6 +202,10 @@ func (w *worker) newSink(replica string, limiter *ratelimit.Limiter, membership 
 		// How long a request left without an answer may still be processed.
 		MaxProcessingTime: cfg.MoEngageMaxProcessingTime,
 	})
+	if err == nil {
+		w.ws.targetsChanged = client.TargetsChanged // a key added, fixed or rotated is tried at once
+	}
+	return client, err
 }
 
 // newConsumer makes the group consumer.

@@ -9,6 +9,7 @@ import (
 
 	"github.com/cohortsync/cohortsync-worker/internal/config"
 	"github.com/cohortsync/cohortsync-worker/internal/workspace"
+	"github.com/cohortsync/cohortsync-worker/sink"
 )
 
 // This file is the worker's side of the workspace registry
@@ -16,15 +17,6 @@ import (
 // the targets it gives the sink, its metrics. Stage 1 builds no parking and
 // no per-workspace budgets: the one RATE_LIMIT_RPM budget is shared by all
 // workspaces together.
-
-// sinkRoutesWorkspaces says whether the sink sends each batch with its own
-// workspace's credentials (sink.Config.Targets, wire.Header.Workspace). Until
-// it does, the consumer accepts the default workspace only: an event naming
-// another registry workspace would otherwise be sent with the default's
-// credentials, into the wrong customer's workspace. The coordinator sets it
-// to true when it wires registryTargets into the sink (and Targets'
-// TargetsChanged into workspaces.targetsChanged).
-const sinkRoutesWorkspaces = false
 
 // registryTarget is where and how a workspace's requests go, in plain types
 // (the sink's Target is made from it): the Basic-auth user and MOE-APPKEY,
@@ -55,7 +47,7 @@ type workspaces struct {
 	log    *slog.Logger
 	// targetsChanged, when set, is called after each registry change
 	// (added, removed, key rotated, data center or budget changed): the
-	// coordinator points it at sink.Client.TargetsChanged. Registry.Run's
+	// newSink points it at sink.Client.TargetsChanged. Registry.Run's
 	// goroutine calls it, never concurrently.
 	targetsChanged func()
 }
@@ -157,13 +149,28 @@ func (ws *workspaces) serves(id string) bool {
 	return err == nil
 }
 
-// consumerServes is consumer.Config.Serves: nil (the default only) until
-// the sink sends per workspace.
+// consumerServes is consumer.Config.Serves: nil (the default only)
+// without a registry.
 func (ws *workspaces) consumerServes() func(string) bool {
-	if !sinkRoutesWorkspaces || ws.reg == nil {
+	if ws.reg == nil {
 		return nil
 	}
 	return ws.serves
+}
+
+// sinkTargets is sink.Config.Targets: nil (the default only, through
+// sink.Config's own key and URL) without a registry.
+func (ws *workspaces) sinkTargets() func(string) (sink.Target, error) {
+	if ws.reg == nil {
+		return nil
+	}
+	return func(id string) (sink.Target, error) {
+		t, err := ws.registryTargets(id)
+		if err != nil {
+			return sink.Target{}, fmt.Errorf("%w: %w", sink.ErrUnknownWorkspace, err)
+		}
+		return sink.Target{ID: t.ID, BaseURL: t.BaseURL, Key: t.Key}, nil
+	}
 }
 
 // served counts the workspaces the consumer accepts.
@@ -209,40 +216,24 @@ func (ws *workspaces) changed(u workspace.Update) {
 	}
 }
 
-// checkDefault checks at start that the default workspace can be sent to
-// by today's sink, which has one workspace: its key comes from
-// MOENGAGE_DATA_API_KEY, or from the registry with the data center and
-// budget of MOENGAGE_DC / RATE_LIMIT_RPM.
-func (ws *workspaces) checkDefault(baseURL string) error {
-	if ws.def == "" {
-		return fmt.Errorf("MOENGAGE_WORKSPACES_DIR without MOENGAGE_WORKSPACE_ID: sending to registry workspaces " +
-			"is not wired into the sink yet (issue 21 stage 1); set MOENGAGE_WORKSPACE_ID")
-	}
-	if ws.defKey != nil {
+// checkDefault checks at start that the default workspace, when there is
+// one, has a key: MOENGAGE_DATA_API_KEY, or the registry's.
+func (ws *workspaces) checkDefault() error {
+	if ws.def == "" || ws.defKey != nil {
 		return nil
 	}
-	t, err := ws.registryTargets(ws.def)
-	switch {
-	case err != nil:
+	if _, err := ws.registryTargets(ws.def); err != nil {
 		return fmt.Errorf("MOENGAGE_WORKSPACE_ID %s: no MOENGAGE_DATA_API_KEY, and the registry cannot give its key: %w", ws.def, err)
-	case t.BaseURL != baseURL:
-		return fmt.Errorf("MOENGAGE_WORKSPACE_ID %s: its data center in MOENGAGE_WORKSPACES_DIR (%s) is not MOENGAGE_DC's (%s): "+
-			"set MOENGAGE_DC to it (until the sink sends per workspace, the default has one base URL)", ws.def, t.BaseURL, baseURL)
 	}
 	return nil
 }
 
-// logStage says at start what the registry is used for while the sink
-// sends to one workspace, and when MOENGAGE_DATA_API_KEY shadows the
-// registry's key of the default.
+// logStage says at start when MOENGAGE_DATA_API_KEY shadows the registry's
+// key of the default.
 func (ws *workspaces) logStage() {
 	if _, ok := ws.reg.Lookup(ws.def); ok && ws.defKey != nil {
 		ws.log.Warn("MOENGAGE_DATA_API_KEY is set: the default workspace's key file in MOENGAGE_WORKSPACES_DIR is not used",
 			"workspace", ws.def, "file", ws.def+".key")
-	}
-	if !sinkRoutesWorkspaces {
-		ws.log.Warn("workspace registry opened, but only the default workspace is sent to until the sink sends per workspace (issue 21 stage 1): "+
-			"events naming another are dead-lettered as unknown_workspace", "default", ws.def, "registry_workspaces", ws.reg.Snapshot().Len())
 	}
 }
 

@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"os"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/cohortsync/cohortsync-worker/internal/config"
 	"github.com/cohortsync/cohortsync-worker/internal/lease"
+	"github.com/cohortsync/cohortsync-worker/sink"
 )
 
 // registryDir writes files (name → content) into a new directory.
@@ -155,11 +157,12 @@ func TestOpenRegistryUnlistable(t *testing.T) {
 }
 
 // TestBuildWithRegistry: build opens the registry, takes the default's key
-// from it when MOENGAGE_DATA_API_KEY is not set, keeps the consumer to the
-// default until the sink sends per workspace, and exports the gauges. A
-// default the registry cannot key, or whose data center is not MOENGAGE_DC,
-// fails the start with a message naming the variables; so does a registry
-// without a default (stage 1: the sink has one workspace).
+// from it when MOENGAGE_DATA_API_KEY is not set, lets the consumer take
+// every workspace the registry serves, gives the sink every workspace's
+// target (the default's too, from its own data center) and its
+// TargetsChanged, and exports the gauges. A default the registry cannot key
+// fails the start with a message naming the variables; a registry without
+// a default starts.
 func TestBuildWithRegistry(t *testing.T) {
 	dir := registryDir(t, map[string]string{"DEF.key": "def-key", "WA.key": "a", "WLOW.key": "l",
 		"WLOW.rate_limit_rpm": "1", "bad name.key": "x", "WBAD.key": "k", "WBAD.rate_limit_rpm": "-1", "WDC.key": "k", "WDC.dc": "02"})
@@ -171,38 +174,43 @@ func TestBuildWithRegistry(t *testing.T) {
 	}
 	t.Cleanup(w.close)
 	cc := w.consumerConfig(nil, lease.New())
-	if cc.Workspace != "DEF" || (cc.Serves != nil) != sinkRoutesWorkspaces {
-		t.Errorf("consumer: Workspace %q, Serves set %v (want %v)", cc.Workspace, cc.Serves != nil, sinkRoutesWorkspaces)
+	if cc.Workspace != "DEF" || cc.Serves == nil || !cc.Serves("WA") || cc.Serves("WLOW") || cc.Serves("NOPE") {
+		t.Errorf("consumer: Workspace %q, Serves set %v: want DEF, serving WA and not WLOW or NOPE", cc.Workspace, cc.Serves != nil)
 	}
 	if k, err := w.ws.defaultKey("")(); err != nil || k != "def-key" {
 		t.Errorf("default key %q, %v; want the registry's DEF.key", k, err)
 	}
-	wantServed := 1.0 // the default only, until the sink routes
-	if sinkRoutesWorkspaces {
-		wantServed = 3 // DEF, WA, WDC; not WLOW
+	if w.ws.targetsChanged == nil {
+		t.Error("the registry's changes are not passed to the sink (TargetsChanged)")
 	}
-	if n := gauge(t, w.reg, "cohortsync_workspaces"); n != wantServed {
-		t.Errorf("cohortsync_workspaces = %v, want %v", n, wantServed)
+	targets := w.ws.sinkTargets()
+	if tg, err := targets("WDC"); err != nil || tg.ID != "WDC" || !strings.Contains(tg.BaseURL, "api-02.") {
+		t.Errorf("WDC's target = %+v, %v; want its own data center 02", tg, err)
+	}
+	if _, err := targets("NOPE"); !errors.Is(err, sink.ErrUnknownWorkspace) {
+		t.Errorf("NOPE's target: err = %v, want sink.ErrUnknownWorkspace", err)
+	}
+	if n := gauge(t, w.reg, "cohortsync_workspaces"); n != 3 { // DEF, WA, WDC; not WLOW
+		t.Errorf("cohortsync_workspaces = %v, want 3", n)
 	}
 	if n := gauge(t, w.reg, "cohortsync_workspace_registry_problems"); n != 2 { // "bad name.key", WBAD.rate_limit_rpm
 		t.Errorf("cohortsync_workspace_registry_problems = %v, want 2", n)
-	}
-	if !sinkRoutesWorkspaces && !strings.Contains(logs.String(), "only the default workspace is sent to") {
-		t.Errorf("no warning that only the default is served:\n%s", logs.String())
 	}
 	if !strings.Contains(logs.String(), "WLOW.rate_limit_rpm") {
 		t.Errorf("no error logged for WLOW's budget:\n%s", logs.String())
 	}
 
-	for _, tc := range []struct{ def, key, want string }{
-		{"NOKEY", "", "MOENGAGE_WORKSPACE_ID NOKEY: no MOENGAGE_DATA_API_KEY"},
-		{"WDC", "", "is not MOENGAGE_DC's"},
-		{"", "", "without MOENGAGE_WORKSPACE_ID"},
-	} {
-		_, err := build(Options{Config: registryConfig(dir, tc.def, tc.key), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-		if err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("default %q: err = %v, want %q", tc.def, err, tc.want)
+	_, err = build(Options{Config: registryConfig(dir, "NOKEY", ""), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err == nil || !strings.Contains(err.Error(), "MOENGAGE_WORKSPACE_ID NOKEY: no MOENGAGE_DATA_API_KEY") {
+		t.Errorf("default NOKEY: err = %v, want one naming MOENGAGE_WORKSPACE_ID and MOENGAGE_DATA_API_KEY", err)
+	}
+	for _, def := range []string{"", "WDC"} { // no default; a default in its own data center
+		w, err := build(Options{Config: registryConfig(dir, def, ""), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		if err != nil {
+			t.Errorf("default %q: %v", def, err)
+			continue
 		}
+		w.close()
 	}
 }
 

@@ -167,13 +167,13 @@ func Run(ctx context.Context, opts Options) Report {
 	}
 	var targets []wsTarget
 	if cfg.MoEngageWorkspacesDir != "" {
-		res, ts, defKey := checkWorkspaces(cfg)
+		res, ts, def := checkWorkspaces(cfg)
 		rep.Results = append(rep.Results, res...)
 		targets = ts
-		if defKey != "" { // the default's key is the registry's
-			cfg.MoEngageDataAPIKey = config.NewSecret(defKey)
-			opts.keyFrom = fmt.Sprintf("MOENGAGE_WORKSPACE_ID (%s) and its key file %s.key in MOENGAGE_WORKSPACES_DIR, and MOENGAGE_DC",
-				cfg.MoEngageWorkspaceID, cfg.MoEngageWorkspaceID)
+		if def != nil { // the default's key (and data center) are the registry's
+			cfg.MoEngageDataAPIKey, cfg.MoEngageBaseURL = config.NewSecret(def.key), def.baseURL
+			opts.keyFrom = fmt.Sprintf("MOENGAGE_WORKSPACE_ID (%s) and its files %s.key and %s.dc in MOENGAGE_WORKSPACES_DIR",
+				cfg.MoEngageWorkspaceID, cfg.MoEngageWorkspaceID, cfg.MoEngageWorkspaceID)
 		}
 	}
 	if opts.Offline {

@@ -21,16 +21,16 @@ type wsTarget struct {
 // must list; each problem (an unusable file, named) fails; so does a
 // workspace whose budget the shared RATE_LIMIT_RPM cannot honour, and a
 // default workspace the worker could not send to. It returns the results
-// (check config.workspaces), the workspaces to probe, and the default's key
-// when it comes from the registry ("" otherwise). It reads files only.
-func checkWorkspaces(cfg config.Config) ([]Result, []wsTarget, string) {
+// (check config.workspaces), the workspaces to probe, and the default's
+// target when its key comes from the registry (nil otherwise). It reads files only.
+func checkWorkspaces(cfg config.Config) ([]Result, []wsTarget, *wsTarget) {
 	fail := func(format string, a ...any) Result {
 		return Result{Check: "config.workspaces", Status: Fail, Detail: fmt.Sprintf(format, a...)}
 	}
 	reg, err := workspace.Open(workspace.Options{Dir: cfg.MoEngageWorkspacesDir, DefaultDC: cfg.MoEngageDC,
 		DefaultRPM: cfg.RateLimitRPM, ValidDC: workspace.OneOf(config.DataCenters), Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
-		return []Result{fail("MOENGAGE_WORKSPACES_DIR: %s", oneLine(err.Error(), 300))}, nil, ""
+		return []Result{fail("MOENGAGE_WORKSPACES_DIR: %s", oneLine(err.Error(), 300))}, nil, nil
 	}
 	var out []Result
 	for _, p := range reg.Problems() {
@@ -64,20 +64,17 @@ func checkWorkspaces(cfg config.Config) ([]Result, []wsTarget, string) {
 }
 
 // checkDefaultWorkspace checks that the worker can send to the default
-// workspace with the registry as it is (app: workspaces.checkDefault): a
-// default exists (until the sink sends per workspace), and without
-// MOENGAGE_DATA_API_KEY the registry holds its key, in MOENGAGE_DC's data
-// center. It returns the default's key when the registry gives it.
-func checkDefaultWorkspace(cfg config.Config, reg *workspace.Registry) (string, *Result) {
-	fail := func(format string, a ...any) (string, *Result) {
-		return "", &Result{Check: "config.workspaces", Status: Fail, Detail: fmt.Sprintf(format, a...)}
+// workspace, when there is one, with the registry as it is (app:
+// workspaces.checkDefault): without MOENGAGE_DATA_API_KEY the registry
+// holds its key, with a budget the worker honours. It returns the
+// default's target when the registry gives its key.
+func checkDefaultWorkspace(cfg config.Config, reg *workspace.Registry) (*wsTarget, *Result) {
+	fail := func(format string, a ...any) (*wsTarget, *Result) {
+		return nil, &Result{Check: "config.workspaces", Status: Fail, Detail: fmt.Sprintf(format, a...)}
 	}
 	def := cfg.MoEngageWorkspaceID
-	switch {
-	case def == "":
-		return fail("MOENGAGE_WORKSPACES_DIR without MOENGAGE_WORKSPACE_ID: the worker does not start (sending to registry workspaces is not wired into the sink yet); set MOENGAGE_WORKSPACE_ID")
-	case cfg.MoEngageDataAPIKey.Reveal() != "":
-		return "", nil
+	if def == "" || cfg.MoEngageDataAPIKey.Reveal() != "" {
+		return nil, nil
 	}
 	w, ok := reg.Lookup(def)
 	switch {
@@ -85,10 +82,12 @@ func checkDefaultWorkspace(cfg config.Config, reg *workspace.Registry) (string, 
 		return fail("MOENGAGE_WORKSPACE_ID %s: no MOENGAGE_DATA_API_KEY and no usable %s.key in MOENGAGE_WORKSPACES_DIR", def, def)
 	case !config.SharedBudgetHonoured(w.RateLimitRPM, cfg.RateLimitRPM):
 		return fail("MOENGAGE_WORKSPACE_ID %s: its budget in MOENGAGE_WORKSPACES_DIR is below RATE_LIMIT_RPM", def)
-	case cfg.BaseURLOverride() == "" && w.DC != cfg.MoEngageDC:
-		return fail("MOENGAGE_WORKSPACE_ID %s: its data center in MOENGAGE_WORKSPACES_DIR (%s.dc: %s) is not MOENGAGE_DC (%s): set MOENGAGE_DC to it", def, def, w.DC, cfg.MoEngageDC)
 	}
-	return w.Key(), nil
+	url := cfg.BaseURLOverride()
+	if url == "" {
+		url = config.BaseURLFor(w.DC) // the worker sends to it in its own data center
+	}
+	return &wsTarget{id: def, baseURL: url, key: w.Key()}, nil
 }
 
 func idList(ids []string) string {

@@ -133,7 +133,7 @@ func TestWorkspacesProbed(t *testing.T) {
 	cfg.KafkaBrokers, cfg.KafkaGroupID = []string{"127.0.0.1:1"}, "g"
 	cfg.MoEngageBaseURL, cfg.MoEngageWorkspaceID, cfg.MoEngageWorkspacesDir = api.URL, "DEF", dir
 	rep = Run(t.Context(), Options{Config: cfg, Timeout: 5 * time.Second})
-	if r := find(t, rep.Results, "api.credentials"); r.Status != Fail || !strings.Contains(r.Detail, "DEF.key in MOENGAGE_WORKSPACES_DIR") {
+	if r := find(t, rep.Results, "api.credentials"); r.Status != Fail || !strings.Contains(r.Detail, "DEF.key and DEF.dc in MOENGAGE_WORKSPACES_DIR") {
 		t.Errorf("default keyed by the registry, revoked: %+v", r)
 	}
 }
