@@ -3,7 +3,6 @@ package ratelimit
 import (
 	"context"
 	"log/slog"
-	"math"
 	"sync"
 	"time"
 )
@@ -284,82 +283,6 @@ func (f *Fleet) wall(now time.Time) time.Time {
 	return now
 }
 
-// holdPauses applies the pauses replicas of this generation published (the
-// API's window is spent), each bounded by its record's own time: a record
-// from the future (by more than Margin) or older than maxPause is ignored,
-// and a pause holds at most until the record's At + maxPause. The hold is on
-// the monotonic clock and is never republished (Limiter.HoldUntil). A dead
-// replica's record, never deleted, is of an older generation once the group
-// noticed (and a replica that is alive republishes its pause in its next
-// record). Called with mu held.
-func (f *Fleet) holdPauses(recs []Record, now, wall time.Time) {
-	for _, r := range recs {
-		if r.PauseUntil <= 0 || r.Generation != f.gen || f.fromFuture(r, wall) {
-			continue
-		}
-		at := time.UnixMilli(r.At)
-		if wall.Sub(at) > maxPause {
-			continue
-		}
-		until := time.UnixMilli(min(r.PauseUntil, at.Add(maxPause).UnixMilli()))
-		if d := until.Sub(wall); d > 0 {
-			f.cfg.Limiter.HoldUntil(now.Add(d))
-		}
-	}
-}
-
-// fromFuture tells whether r was written more than Margin ahead of our
-// clock when we first read it: such a record stays ignored even once our
-// clock has caught up with it (it is as old as then). Called with mu held.
-func (f *Fleet) fromFuture(r Record, wall time.Time) bool {
-	if time.UnixMilli(r.At).After(wall.Add(f.cfg.Margin)) {
-		if f.ahead == nil {
-			f.ahead = make(map[string]int64)
-		}
-		f.ahead[r.Replica] = r.At
-		return true
-	}
-	return f.ahead[r.Replica] == r.At && r.At != 0
-}
-
-// peers returns the records of replicas of this generation that may count:
-// read lately, written no later than Margin ahead of our clock, and sound
-// (they lend no more than their share and its reserve, and the share is no
-// more than the budget).
-// Called with mu held.
-func (f *Fleet) peers(recs []Record, fresh, now, wall time.Time) []Record {
-	stale := 3*f.cfg.Tick + f.cfg.Margin
-	if now.Sub(fresh) >= stale {
-		return nil
-	}
-	var out []Record
-	for _, r := range recs {
-		at := time.UnixMilli(r.At)
-		if r.Generation != f.gen || r.Replica == f.cfg.Replica || f.fromFuture(r, wall) ||
-			wall.Sub(at) >= stale+2*f.cfg.Margin || !(r.Share <= f.cfg.Budget) || !(sum(r.Lent) <= r.Share+Reserve(r.Share)) {
-			continue
-		}
-		out = append(out, r)
-	}
-	return out
-}
-
-// grants returns the rates peers lend this replica, each until its record's
-// Until − Margin, and no later than At + Lease − Margin, converted to the
-// monotonic clock at now.
-func (f *Fleet) grants(peers []Record, now, wall time.Time) ([]Grant, float64) {
-	var grants []Grant
-	borrowed := 0.0
-	for _, r := range peers {
-		end := time.UnixMilli(min(r.Until, r.At+f.cfg.Lease.Milliseconds())).Add(-f.cfg.Margin)
-		if g := r.Lent[f.cfg.Replica]; g > 0 && end.After(wall) {
-			grants = append(grants, Grant{RPM: g, Until: now.Add(end.Sub(wall))})
-			borrowed += g
-		}
-	}
-	return grants, borrowed
-}
-
 // step reads the board, decides what to lend, sets the Limiter and
 // publishes the record.
 func (f *Fleet) step(ctx context.Context, now time.Time) {
@@ -413,6 +336,12 @@ func (f *Fleet) step(ctx context.Context, now time.Time) {
 	if f.cfg.OnRate != nil {
 		f.cfg.OnRate(own, borrowed)
 	}
+	f.publish(ctx, rec)
+}
+
+// publish writes rec to the board; until a record is written, nothing new
+// is lent (unwritten).
+func (f *Fleet) publish(ctx context.Context, rec Record) {
 	pctx, cancel := context.WithTimeout(ctx, f.cfg.Tick)
 	defer cancel()
 	err := f.cfg.Board.Publish(pctx, rec)
@@ -424,113 +353,4 @@ func (f *Fleet) step(ctx context.Context, now time.Time) {
 		// been written. Nothing new is lent until a record is.
 		f.cfg.Logger.Debug("budget board: publish failed", "err", err)
 	}
-}
-
-// commit records the loans of a new record, honoured until until, and
-// returns them and this replica's own rate: its share less, for each
-// borrower, the most any record still honoured lends it. A borrower uses one
-// record of ours at a time, but not necessarily the latest (each borrower
-// may hold another one), so the largest loans of different records add up;
-// the new record may raise a loan above what is honoured already only as
-// far as spare (what we do not use ourselves) allows, so that the sum never
-// exceeds the share. Called with mu held.
-func (f *Fleet) commit(lent map[string]float64, spare float64, until, now time.Time) (map[string]float64, float64) {
-	kept := f.committed[:0]
-	most := map[string]float64{}
-	for _, c := range f.committed {
-		if c.until.After(now) {
-			kept = append(kept, c)
-			for p, v := range c.lent {
-				most[p] = max(most[p], v)
-			}
-		}
-	}
-	f.committed = kept
-	raise, room := 0.0, max(0, spare-sum(most))
-	for p, v := range lent {
-		raise += max(0, v-most[p])
-	}
-	if raise > room {
-		scaled := make(map[string]float64, len(lent))
-		for p, v := range lent {
-			if v > most[p] {
-				v = most[p] + math.Floor((v-most[p])*room/raise*1000)/1000
-			}
-			if v > 0 {
-				scaled[p] = v
-			}
-		}
-		lent = scaled
-	}
-	f.committed = append(f.committed, commitment{lent: lent, until: until})
-	for p, v := range lent {
-		most[p] = max(most[p], v)
-	}
-	f.reserveOut = sum(most) > f.share
-	return lent, max(f.share-sum(most), f.floor())
-}
-
-// floor is the least own rate: a token rate (0 would be unlimited), where a
-// replica that lent its whole share stays.
-func (f *Fleet) floor() float64 {
-	return f.cfg.Budget / 1e6
-}
-
-// demand estimates the rate this replica could use now: the whole budget
-// when its sends waited for permits and it used most of its rate (it would
-// use more) or its rate is at most lowRate, 0 when it has sent nothing lately,
-// else what it used lately with room to grow. Called with mu held.
-func (f *Fleet) demand(now time.Time) float64 {
-	granted, blocked := f.cfg.Limiter.Demand()
-	if !f.last.IsZero() && now.After(f.last) {
-		perMin := float64(granted-f.granted) / now.Sub(f.last).Minutes()
-		f.usage = 0.5*f.usage + 0.5*perMin
-	}
-	f.granted, f.last = granted, now
-	rate := f.cfg.Limiter.Rate()
-	switch {
-	case blocked && (f.usage >= 0.8*rate || rate <= lowRate):
-		return f.cfg.Budget
-	case f.usage < idleUsage:
-		return 0 // idle: it lends its whole share
-	}
-	return min(f.cfg.Budget, f.usage*1.25+1)
-}
-
-// Allocate returns what a replica with share and demand lends to each of
-// peers (the others of its generation): its spare, share − demand, split
-// in proportion to what each peer wants beyond its own share. The split
-// counts the other lenders' spares (from their records), so that when
-// every lender does the same, each need is met as far as the spares go
-// and no more. Lent rates are rounded down to 1/1000 rpm.
-func Allocate(share, demand float64, peers []Record) map[string]float64 {
-	spare := share - min(share, demand)
-	if !(spare > 0) {
-		return nil
-	}
-	pool, needs := spare, 0.0
-	for _, p := range peers {
-		pool += p.Share - min(p.Share, p.Demand)
-		needs += max(0, p.Demand-p.Share)
-	}
-	if !(needs > 0) {
-		return nil
-	}
-	out := make(map[string]float64)
-	for _, p := range peers {
-		if need := max(0, p.Demand-p.Share); need > 0 {
-			if g := math.Floor(spare*need/max(needs, pool)*1000) / 1000; g > 0 {
-				out[p.Replica] = g
-			}
-		}
-	}
-	return out
-}
-
-func sum(m map[string]float64) float64 {
-	s := 0.0
-	for _, v := range m {
-		s += v
-	}
-	return s
 }
