@@ -61,9 +61,13 @@ func (f *Fleet) floor() float64 {
 }
 
 // demand estimates the rate this replica could use now: the whole budget
-// when its sends waited for permits and it used most of its rate (it would
-// use more) or its rate is at most lowRate, 0 when it has sent nothing lately,
-// else what it used lately with room to grow. Called with mu held.
+// when its sends wait for permits (one is asleep in Limiter.Wait now, or
+// one slept since the last step: it uses all its rate gives and would use
+// more), 0 when it has sent nothing lately, else what it used lately with
+// room to grow. (The usage is an estimate smoothed over Ticks: a replica
+// whose permits are several Ticks apart shows a usage far below its rate
+// in the Ticks between them, so it does not tell whether a replica that
+// waits uses its rate.) Called with mu held.
 func (f *Fleet) demand(now time.Time) float64 {
 	granted, blocked := f.cfg.Limiter.Demand()
 	if !f.last.IsZero() && now.After(f.last) {
@@ -71,9 +75,8 @@ func (f *Fleet) demand(now time.Time) float64 {
 		f.usage = 0.5*f.usage + 0.5*perMin
 	}
 	f.granted, f.last = granted, now
-	rate := f.cfg.Limiter.Rate()
 	switch {
-	case blocked && (f.usage >= 0.8*rate || rate <= lowRate):
+	case blocked:
 		return f.cfg.Budget
 	case f.usage < idleUsage:
 		return 0 // idle: it lends its whole share

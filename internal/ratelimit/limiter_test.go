@@ -470,3 +470,36 @@ func TestLimiterPermitsWithinTheRateIntegral(t *testing.T) {
 		})
 	}
 }
+
+// TestLimiterDemandWhileAsleep: a waiter asleep across several calls of
+// Demand (permits further apart than the Fleet's Ticks) counts as blocked
+// at each of them, not only at the first.
+func TestLimiterDemandWhileAsleep(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := ratelimit.NewLimiter(6) // a permit every 10 s
+		if err := l.Wait(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		if _, blocked := l.Demand(); blocked {
+			t.Fatal("blocked before anything waited")
+		}
+		done := make(chan error, 1)
+		go func() { done <- l.Wait(t.Context()) }()
+		for i := range 5 {
+			time.Sleep(time.Second)
+			synctest.Wait()
+			if _, blocked := l.Demand(); !blocked {
+				t.Fatalf("call %d, %d s into a 10 s wait: not blocked", i+1, i+1)
+			}
+		}
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if _, blocked := l.Demand(); !blocked {
+			t.Fatal("the wait that just ended is not reported")
+		}
+		if _, blocked := l.Demand(); blocked {
+			t.Fatal("blocked with nothing waiting since the last call")
+		}
+	})
+}
