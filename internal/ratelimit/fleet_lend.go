@@ -10,6 +10,30 @@ import (
 // (commit). The rules, and why they keep the fleet within the budget, are at
 // the top of fleet.go.
 
+// lending returns what this step lends (nil: nothing), the demand to
+// publish, and the part of the reserve it may lend (what it lends comes out
+// of its share and that). A replica drained at lowRate for reserveAfter
+// holds no permit, and may lend its reserve too; one whose share is not
+// verified lends nothing and shows no spare and no need; one that may not
+// lend or borrow now (loans false, fleet_full.go) shows its spare but no
+// need. Called with mu held.
+func (f *Fleet) lending(demand float64, borrows, loans bool, peers []Record, now time.Time) (map[string]float64, float64, float64) {
+	var lend map[string]float64
+	reserve := 0.0
+	if demand == 0 && !borrows && !f.lowSince.IsZero() && now.Sub(f.lowSince) >= reserveAfter {
+		reserve = Reserve(f.share) // drained at lowRate for reserveAfter: it holds no permit
+	}
+	switch {
+	case !f.verified:
+		demand = f.share // no spare for the others to count, no need (a token share cannot use loans)
+	case !loans:
+		demand = min(demand, f.share) // it borrows nothing now: no need to lend to (its spare shows)
+	case !f.unwritten:
+		lend = Allocate(f.share+reserve, demand, peers)
+	}
+	return lend, demand, reserve
+}
+
 // commit records the loans of a new record, honoured until until, and
 // returns them and this replica's own rate: its share less, for each
 // borrower, the most any record still honoured lends it. A borrower uses one

@@ -410,7 +410,8 @@ func TestLimiterConcurrentRealTime(t *testing.T) {
 
 // TestLimiterPermitsWithinTheRateIntegral: whatever the changes of rate
 // (SetRPM, grants lent and ending), the permits over any span are at most
-// one more than the integral of the rate over it: the bound the fleet's
+// one more than the integral of the rate over it, and between any two
+// consecutive permits the integral is at least one: the bounds the fleet's
 // budget rests on (fleet.go).
 func TestLimiterPermitsWithinTheRateIntegral(t *testing.T) {
 	for seed := range uint64(5) {
@@ -448,6 +449,25 @@ func TestLimiterPermitsWithinTheRateIntegral(t *testing.T) {
 				}
 				cancel()
 				<-done
+				// The form the full share's argument uses (fleet.go): between
+				// two consecutive permits, the rate's integral is at least one
+				// permit (so n permits in a span shorter than 61 s at a rate of
+				// at most k per 61 s are at most k).
+				integral := func(from, to time.Duration) float64 {
+					sum := 0.0
+					for i, r := range rates {
+						lo, hi := max(from, time.Duration(i)*slot), min(to, time.Duration(i+1)*slot)
+						if hi > lo {
+							sum += r / 60 * (hi - lo).Seconds()
+						}
+					}
+					return sum
+				}
+				for j := 1; j < len(permitAt) && permitAt[j] < time.Duration(len(rates))*slot; j++ {
+					if got := integral(permitAt[j-1], permitAt[j]); got < 1-1e-6 {
+						t.Fatalf("permits at %v and %v: the rate's integral between them is %.6f, under one permit", permitAt[j-1], permitAt[j], got)
+					}
+				}
 				for _, span := range []int{1, 7, 100, 610} {
 					for a := 0; a+span <= len(rates); a++ {
 						integral := 0.0
