@@ -255,11 +255,15 @@ func (l *Limiter) Paused() (time.Time, <-chan struct{}) {
 }
 
 // Demand returns the permits granted so far and whether a Wait had to
-// sleep since the last call (the replica wants more than its rate).
+// sleep since the last call or is asleep now (the replica wants more than
+// its rate). A waiter asleep across several calls counts at each of them:
+// a replica whose permits are further apart than the calls is still
+// starved between them.
 func (l *Limiter) Demand() (granted uint64, blocked bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	blocked, l.blocked = l.blocked, false
+	asleep := len(l.waiters) > 0 // it will have slept since this call, too
+	blocked, l.blocked = l.blocked || asleep, asleep
 	return l.granted, blocked
 }
 

@@ -410,7 +410,8 @@ func TestLimiterConcurrentRealTime(t *testing.T) {
 
 // TestLimiterPermitsWithinTheRateIntegral: whatever the changes of rate
 // (SetRPM, grants lent and ending), the permits over any span are at most
-// one more than the integral of the rate over it: the bound the fleet's
+// one more than the integral of the rate over it, and between any two
+// consecutive permits the integral is at least one: the bounds the fleet's
 // budget rests on (fleet.go).
 func TestLimiterPermitsWithinTheRateIntegral(t *testing.T) {
 	for seed := range uint64(5) {
@@ -448,6 +449,25 @@ func TestLimiterPermitsWithinTheRateIntegral(t *testing.T) {
 				}
 				cancel()
 				<-done
+				// The form the full share's argument uses (fleet.go): between
+				// two consecutive permits, the rate's integral is at least one
+				// permit (so n permits in a span shorter than 61 s at a rate of
+				// at most k per 61 s are at most k).
+				integral := func(from, to time.Duration) float64 {
+					sum := 0.0
+					for i, r := range rates {
+						lo, hi := max(from, time.Duration(i)*slot), min(to, time.Duration(i+1)*slot)
+						if hi > lo {
+							sum += r / 60 * (hi - lo).Seconds()
+						}
+					}
+					return sum
+				}
+				for j := 1; j < len(permitAt) && permitAt[j] < time.Duration(len(rates))*slot; j++ {
+					if got := integral(permitAt[j-1], permitAt[j]); got < 1-1e-6 {
+						t.Fatalf("permits at %v and %v: the rate's integral between them is %.6f, under one permit", permitAt[j-1], permitAt[j], got)
+					}
+				}
 				for _, span := range []int{1, 7, 100, 610} {
 					for a := 0; a+span <= len(rates); a++ {
 						integral := 0.0
@@ -469,4 +489,37 @@ func TestLimiterPermitsWithinTheRateIntegral(t *testing.T) {
 			})
 		})
 	}
+}
+
+// TestLimiterDemandWhileAsleep: a waiter asleep across several calls of
+// Demand (permits further apart than the Fleet's Ticks) counts as blocked
+// at each of them, not only at the first.
+func TestLimiterDemandWhileAsleep(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := ratelimit.NewLimiter(6) // a permit every 10 s
+		if err := l.Wait(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		if _, blocked := l.Demand(); blocked {
+			t.Fatal("blocked before anything waited")
+		}
+		done := make(chan error, 1)
+		go func() { done <- l.Wait(t.Context()) }()
+		for i := range 5 {
+			time.Sleep(time.Second)
+			synctest.Wait()
+			if _, blocked := l.Demand(); !blocked {
+				t.Fatalf("call %d, %d s into a 10 s wait: not blocked", i+1, i+1)
+			}
+		}
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if _, blocked := l.Demand(); !blocked {
+			t.Fatal("the wait that just ended is not reported")
+		}
+		if _, blocked := l.Demand(); blocked {
+			t.Fatal("blocked with nothing waiting since the last call")
+		}
+	})
 }

@@ -1,6 +1,7 @@
 package ratelimit
 
 import (
+	"math"
 	"time"
 )
 
@@ -24,7 +25,8 @@ const ArrivalSlack = time.Second
 // shares, and anything lent out of them, never let a 60-second window of
 // arrivals hold more than rpm. A replica that has lent its whole share and
 // sent nothing for a minute cannot give that permit, and lends its reserve
-// too (fleet.go). A share that would fall below one request per minute
+// too; one that has lent and borrowed nothing for a minute runs at its
+// FullShare, reserve included (fleet.go). A share that would fall below one request per minute
 // (x < 2) is x/2, with no reserve: it keeps the replica going, and the
 // bound then holds only up to one request per such replica. With nothing assigned it is a token rate (nothing is sent
 // anyway), and so it is when the total is unknown (total <= 0, or fewer
@@ -75,4 +77,24 @@ func (l *Limiter) Rebalance(budget float64, assigned, total int) float64 {
 		l.start = time.Now().Add(2 * Spacing(rpm))
 	}
 	return rpm
+}
+
+// FullShare is the rate a replica may run at, its reserve included, while
+// it has lent and borrowed nothing for a while (fleet.go, "The reserve"):
+// the whole number of requests of its part of the budget, k = floor(rpm ×
+// assigned/total), spread over 60s+ArrivalSlack, as a rate per minute:
+// k × 60s/(60s+ArrivalSlack). A Limiter at that rate (or below) gives at
+// most k permits in any span shorter than 60s+ArrivalSlack, whatever its
+// changes (Limiter), so such replicas need no reserve: their k add up to
+// at most rpm. 0 when Share keeps no reserve (a share under two requests a
+// minute, a token rate, an unknown total, unlimited).
+func FullShare(rpm float64, assigned, total int) float64 {
+	if rpm <= 0 || Reserve(Share(rpm, assigned, total)) == 0 || assigned <= 0 || total < assigned {
+		return 0
+	}
+	k := math.Floor(rpm * float64(assigned) / float64(total))
+	if rpm == math.Trunc(rpm) && rpm < 1<<40 {
+		k = float64(int64(rpm) * int64(assigned) / int64(total)) // exact: no rounding error can add one
+	}
+	return k * float64(time.Minute) / float64(time.Minute+ArrivalSlack)
 }
