@@ -123,13 +123,6 @@ func (c *Consumer) handle(ctx context.Context, tr *tracker, dec *event.Decoder, 
 	return buf, nil
 }
 
-// misrouted returns the reason an event must not be sent from here, or nil:
-// it names a workspace this worker does not send to (neither the default,
-// Config.Workspace, nor one Config.Serves accepts), or it names none while
-// there is no default to send it to (a registry without
-// MOENGAGE_WORKSPACE_ID). Sending it would put one MoEngage customer's
-// members into another's workspace; dead-lettered, it can be replayed to a
-// worker that serves it.
 // workspaceOf is the workspace an accepted event's changes go to: the one
 // it names, else the default. One workspace is always named the same way,
 // so that an event naming the default and one naming none share batches
@@ -141,6 +134,13 @@ func (c *Consumer) workspaceOf(ev *event.Event) string {
 	return c.cfg.Workspace
 }
 
+// misrouted returns the reason an event must not be sent from here, or nil:
+// it names a workspace this worker does not send to (neither the default,
+// Config.Workspace, nor one Config.Serves accepts), or it names none while
+// there is no default to send it to (a registry without
+// MOENGAGE_WORKSPACE_ID). Sending it would put one MoEngage customer's
+// members into another's workspace; dead-lettered, it can be replayed to a
+// worker that serves it.
 func (c *Consumer) misrouted(ev *event.Event) *event.InvalidError {
 	def := c.cfg.Workspace
 	switch {
