@@ -302,16 +302,4 @@ func (s *sender) stopped(req wire.Request, attempts int, err, last error) error 
 }
 
 // sleep waits d, or until ctx ends.
-func sleep(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
+func sleep(ctx context.Context, d time.Duration) error { return sleepWake(ctx, d, nil) }

@@ -14,21 +14,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/cohortsync/cohortsync-worker/internal/config"
+	"github.com/cohortsync/cohortsync-worker/internal/harness/rig"
 	"github.com/cohortsync/cohortsync-worker/internal/lease"
 	"github.com/cohortsync/cohortsync-worker/sink"
 )
-
-// registryDir writes files (name → content) into a new directory.
-func registryDir(t *testing.T, files map[string]string) string {
-	t.Helper()
-	dir := t.TempDir()
-	for name, content := range files {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dir
-}
 
 // registryConfig is a valid configuration with the registry dir; nothing
 // is dialled by build.
@@ -63,7 +52,7 @@ func mustOpen(t *testing.T, cfg config.Config) *workspaces {
 // below the RATE_LIMIT_RPM every workspace shares, has none (not served),
 // with an error naming the file and the fix.
 func TestRegistryTargets(t *testing.T) {
-	dir := registryDir(t, map[string]string{"WA.key": "key-a\n", "WA.dc": "02", "WB.key": "key-b",
+	dir := rig.Dir(t, map[string]string{"WA.key": "key-a\n", "WA.dc": "02", "WB.key": "key-b",
 		"WLOW.key": "key-low", "WLOW.rate_limit_rpm": "100", "WHIGH.key": "key-high", "WHIGH.rate_limit_rpm": "600",
 		"DEF.key": "registry-key-of-def"})
 	ws := mustOpen(t, registryConfig(dir, "DEF", "env-key"))
@@ -121,7 +110,7 @@ func TestRegistryTargets(t *testing.T) {
 // TestRegistryTargetsFollowRotation: the key function reads the registry
 // as it is now, so a rotated key is returned once the registry read it.
 func TestRegistryTargetsFollowRotation(t *testing.T) {
-	dir := registryDir(t, map[string]string{"WA.key": "old"})
+	dir := rig.Dir(t, map[string]string{"WA.key": "old"})
 	ws := mustOpen(t, registryConfig(dir, "WA", ""))
 	tg, err := ws.registryTargets("WA")
 	if err != nil {
@@ -164,7 +153,7 @@ func TestOpenRegistryUnlistable(t *testing.T) {
 // fails the start with a message naming the variables; a registry without
 // a default starts.
 func TestBuildWithRegistry(t *testing.T) {
-	dir := registryDir(t, map[string]string{"DEF.key": "def-key", "WA.key": "a", "WLOW.key": "l",
+	dir := rig.Dir(t, map[string]string{"DEF.key": "def-key", "WA.key": "a", "WLOW.key": "l",
 		"WLOW.rate_limit_rpm": "1", "bad name.key": "x", "WBAD.key": "k", "WBAD.rate_limit_rpm": "-1", "WDC.key": "k", "WDC.dc": "02"})
 	var logs strings.Builder
 	log := slog.New(slog.NewTextHandler(&logs, nil))

@@ -13,19 +13,8 @@ import (
 	"time"
 
 	"github.com/cohortsync/cohortsync-worker/internal/config"
+	"github.com/cohortsync/cohortsync-worker/internal/harness/rig"
 )
-
-// wsRegistry writes files (name → content) into a new directory.
-func wsRegistry(t *testing.T, files map[string]string) string {
-	t.Helper()
-	dir := t.TempDir()
-	for name, content := range files {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dir
-}
 
 // TestWorkspacesOffline (issue 21): `check --offline` validates the
 // registry, files only: a problem fails the check (exit 2) naming the file,
@@ -36,8 +25,8 @@ func TestWorkspacesOffline(t *testing.T) {
 	rc := &recorder{answer: func(string) (int, string) { return 401, secretMismatch }}
 	api := httptest.NewServer(rc)
 	defer api.Close()
-	good := wsRegistry(t, map[string]string{"WA.key": "ka", "WB.key": "kb", "WB.dc": "02"})
-	bad := wsRegistry(t, map[string]string{"WA.key": "ka", "WB.key": "kb", "WB.dc": "99", "WC.key": "kc", "WC.rate_limit_rpm": "10"})
+	good := rig.Dir(t, map[string]string{"WA.key": "ka", "WB.key": "kb", "WB.dc": "02"})
+	bad := rig.Dir(t, map[string]string{"WA.key": "ka", "WB.key": "kb", "WB.dc": "99", "WC.key": "kc", "WC.rate_limit_rpm": "10"})
 	env := map[string]string{"KAFKA_BROKERS": broker, "KAFKA_GROUP_ID": "g", "MOENGAGE_BASE_URL": api.URL,
 		"MOENGAGE_WORKSPACE_ID": "WA", "MOENGAGE_WORKSPACES_DIR": good}
 	getenv := func(k string) string { return env[k] }
@@ -95,7 +84,7 @@ func TestWorkspacesProbed(t *testing.T) {
 		_, _ = io.WriteString(w, `{"status":"success"}`)
 	}))
 	defer api.Close()
-	dir := wsRegistry(t, map[string]string{"DEF.key": "kdef", "WA.key": "ka", "WB.key": "revoked"})
+	dir := rig.Dir(t, map[string]string{"DEF.key": "kdef", "WA.key": "ka", "WB.key": "revoked"})
 	cfg := config.Default()
 	cfg.KafkaBrokers, cfg.KafkaGroupID = []string{"127.0.0.1:1"}, "g"
 	cfg.MoEngageBaseURL, cfg.MoEngageWorkspaceID, cfg.MoEngageWorkspacesDir = api.URL, "DEF", dir

@@ -61,12 +61,7 @@ func TestHalfWrittenKeyKeepsLastGood(t *testing.T) {
 // within one poll interval: the registry never takes the empty file.
 func TestRewriteBetweenPollsIsNotAProblem(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		dir := t.TempDir()
-		write(t, dir, "A.key", "a1")
-		rec := newRecorder()
-		r := mustOpen(t, options(dir, rec, nil))
-		<-rec.changed
-		stop := run(t, r)
+		dir, rec, _, stop := runWithA1(t)
 		defer stop()
 		time.Sleep(1500 * time.Millisecond) // the confirmation read at 1 s is done
 
@@ -85,12 +80,7 @@ func TestRewriteBetweenPollsIsNotAProblem(t *testing.T) {
 // workspace is never removed.
 func TestRemovedAndRecreatedBetweenPolls(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		dir := t.TempDir()
-		write(t, dir, "A.key", "a1")
-		rec := newRecorder()
-		r := mustOpen(t, options(dir, rec, nil))
-		<-rec.changed
-		stop := run(t, r)
+		dir, rec, r, stop := runWithA1(t)
 		defer stop()
 		time.Sleep(1500 * time.Millisecond)
 
@@ -291,4 +281,16 @@ func TestWhatString(t *testing.T) {
 			t.Errorf("%d.String() = %q, want %q", w, got, want)
 		}
 	}
+}
+
+// runWithA1 opens and runs a registry on a new directory holding A.key
+// ("a1"), once its first generation is announced. Call stop at the end.
+func runWithA1(t *testing.T) (dir string, rec *recorder, r *Registry, stop func()) {
+	t.Helper()
+	dir = t.TempDir()
+	write(t, dir, "A.key", "a1")
+	rec = newRecorder()
+	r = mustOpen(t, options(dir, rec, nil))
+	<-rec.changed
+	return dir, rec, r, run(t, r)
 }
