@@ -45,7 +45,7 @@ func (f *Fleet) debtReplicas(recs []Record, gen int64, total int) int {
 		// The latest generation before gen: this replica may have missed
 		// some (new to the group, or dropped from it for a while).
 		for _, g := range []int64{r.Generation, r.PrevGeneration} {
-			if g < gen && (!ok || g > old) {
+			if g > 0 && g < gen && (!ok || g > old) {
 				old, ok = g, true
 			}
 		}
