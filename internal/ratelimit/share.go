@@ -65,6 +65,9 @@ func Reserve(share float64) float64 {
 // window could hold the old permits of one replica and the new ones of
 // another on top of the budget. Two intervals cover one permit of the old
 // share, granted at most one (old) interval before, and the arrival slack.
+// The Fleet starts it later still by the debt of the generation change
+// (fleet_debt.go): the permits the replicas of the last generation may have
+// given beyond their shares.
 func (l *Limiter) Rebalance(budget float64, assigned, total int) float64 {
 	rpm := Share(budget, assigned, total)
 	l.mu.Lock()
