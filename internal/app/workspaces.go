@@ -80,7 +80,7 @@ func openWorkspaces(cfg config.Config, log *slog.Logger, reg prometheus.Register
 	reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "cohortsync_workspaces",
 			Help: "Workspaces this worker sends to: the default and those of the registry it serves (MOENGAGE_WORKSPACES_DIR)."},
-			func() float64 { return float64(ws.served()) }),
+			func() float64 { return float64(ws.count()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "cohortsync_workspace_registry_problems",
 			Help: "Files of the workspace registry (or the directory itself) that cannot be used; each is logged with its reason."},
 			func() float64 { return float64(ws.problems()) }))
@@ -105,24 +105,33 @@ func (ws *workspaces) registryTargets(id string) (registryTarget, error) {
 	if id == ws.def && ws.defKey != nil {
 		return registryTarget{ID: id, BaseURL: ws.defURL, Key: ws.defKey}, nil
 	}
-	if ws.reg == nil {
-		return registryTarget{}, fmt.Errorf("workspace %s is not served: there is no MOENGAGE_WORKSPACES_DIR", id)
-	}
-	w, ok := ws.reg.Lookup(id)
-	if !ok {
-		return registryTarget{}, fmt.Errorf("workspace %s is not in MOENGAGE_WORKSPACES_DIR (no %s.key)", id, id)
-	}
-	if err := ws.honoured(w); err != nil {
+	w, err := ws.served(id)
+	if err != nil {
 		return registryTarget{}, err
 	}
 	url := ws.override
 	if url == "" {
-		if w.DC == "" { // config requires MOENGAGE_DC without MOENGAGE_BASE_URL
-			return registryTarget{}, fmt.Errorf("workspace %s has no data center (%s.dc, MOENGAGE_DC)", id, id)
-		}
 		url = config.BaseURLFor(w.DC)
 	}
 	return registryTarget{ID: id, BaseURL: url, Key: ws.reg.KeyFunc(id)}, nil
+}
+
+// served returns registry workspace id when the worker sends to it, else
+// why not: not in the registry, a budget it cannot honour, no data center.
+// It builds nothing: the consumer asks it for every event naming a
+// workspace (serves).
+func (ws *workspaces) served(id string) (workspace.Workspace, error) {
+	if ws.reg == nil {
+		return workspace.Workspace{}, fmt.Errorf("workspace %s is not served: there is no MOENGAGE_WORKSPACES_DIR", id)
+	}
+	w, ok := ws.reg.Lookup(id)
+	switch {
+	case !ok:
+		return w, fmt.Errorf("workspace %s is not in MOENGAGE_WORKSPACES_DIR (no %s.key)", id, id)
+	case ws.override == "" && w.DC == "": // config requires MOENGAGE_DC without MOENGAGE_BASE_URL
+		return w, fmt.Errorf("workspace %s has no data center (%s.dc, MOENGAGE_DC)", id, id)
+	}
+	return w, ws.honoured(w)
 }
 
 // honoured reports why w's budget cannot be kept, or nil. Per-workspace
@@ -145,7 +154,10 @@ func rpmText(f float64) string { return strconv.FormatFloat(f, 'f', -1, 64) }
 // serves reports whether the worker sends to workspace id (the consumer's
 // accept rule for events naming a workspace other than the default).
 func (ws *workspaces) serves(id string) bool {
-	_, err := ws.registryTargets(id)
+	if id == ws.def && ws.defKey != nil {
+		return true
+	}
+	_, err := ws.served(id)
 	return err == nil
 }
 
@@ -173,8 +185,8 @@ func (ws *workspaces) sinkTargets() func(string) (sink.Target, error) {
 	}
 }
 
-// served counts the workspaces the consumer accepts.
-func (ws *workspaces) served() int {
+// count is the number of workspaces the consumer accepts.
+func (ws *workspaces) count() int {
 	n := 0
 	if ws.def != "" {
 		n = 1 // accepted by the consumer whatever the registry says
