@@ -61,9 +61,11 @@ func Ensure(ctx context.Context, cfg Config) (partitions int, err error) {
 }
 
 // existingCount reads the partition count of a topic that another client
-// has just created: its metadata may lag for a moment.
+// has just created. Its metadata may lag: kafka-go's Transport answers a
+// metadata request from its cache, refreshed every MetadataTTL (6 s by
+// default), so this polls for up to 30 s.
 func existingCount(ctx context.Context, c *kafka.Client, topic string) (int, error) {
-	for range 20 {
+	for range 120 {
 		md, err := c.Metadata(ctx, &kafka.MetadataRequest{})
 		if err == nil {
 			if n := topicPartitions(md, topic); n > 0 {
