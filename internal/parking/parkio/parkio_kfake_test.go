@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"reflect"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -425,4 +427,45 @@ func TestOneProduceInFlight(t *testing.T) {
 	if seen != 6 || most != 1 {
 		t.Fatalf("%d produces, at most %d at once; want 6, one at a time", seen, most)
 	}
+}
+
+// TestEnsureLostRace: a topic that this replica did not see in the
+// metadata but another created first (CreateTopics answers
+// TOPIC_ALREADY_EXISTS) is success, with the existing topic's count read
+// back. The broker hides the (seeded) topic from the first metadata answer,
+// as when another replica creates it between the two requests.
+func TestEnsureLostRace(t *testing.T) {
+	c := cluster(t, kfake.SeedTopics(3, "g.parked"))
+	var once sync.Once
+	c.ControlKey(int16(kmsg.Metadata), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		hidden := false
+		once.Do(func() { hidden = true })
+		if !hidden {
+			return nil, nil, false
+		}
+		c.KeepControl()
+		return metadataWithoutTopics(t, req.(*kmsg.MetadataRequest), c.ListenAddrs()[0]), nil, true
+	})
+	cfg := parkio.Config{Brokers: c.ListenAddrs(), Topic: "g.parked", Partitions: 5,
+		Transport: &kafka.Transport{MetadataTTL: 100 * time.Millisecond}}
+	n, err := parkio.Ensure(testCtx(t), cfg)
+	if err != nil || n != 3 {
+		t.Fatalf("Ensure = %d, %v; want the existing topic's 3 partitions", n, err)
+	}
+}
+
+// metadataWithoutTopics answers req with the one broker at addr and no
+// topic.
+func metadataWithoutTopics(t *testing.T, req *kmsg.MetadataRequest, addr string) *kmsg.MetadataResponse {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _ := strconv.Atoi(port)
+	resp := req.ResponseKind().(*kmsg.MetadataResponse)
+	b := kmsg.NewMetadataResponseBroker()
+	b.NodeID, b.Host, b.Port = 0, host, int32(p)
+	resp.Brokers = []kmsg.MetadataResponseBroker{b}
+	resp.ControllerID = 0
+	return resp
 }
