@@ -40,6 +40,15 @@ type Config struct {
 	// budget over (KAFKA_BUDGET_TOPIC). Empty means derived: Validate sets
 	// it to KafkaGroupID + ".budget".
 	KafkaBudgetTopic string
+	// ParkingTopicPartitions, ParkingTopicReplication and
+	// ParkingTopicRetention are the partitions, replication factor (capped
+	// at the broker count) and retention.ms of the parking topic
+	// <KafkaGroupID>.parked when the worker creates it
+	// (PARKING_TOPIC_PARTITIONS, PARKING_TOPIC_REPLICATION,
+	// PARKING_TOPIC_RETENTION; issue 21). An existing topic keeps its own.
+	ParkingTopicPartitions  int
+	ParkingTopicReplication int
+	ParkingTopicRetention   time.Duration
 	// KafkaTLS connects to the brokers with TLS (KAFKA_TLS). Validate sets
 	// it when KafkaTLSCAFile is set.
 	KafkaTLS bool

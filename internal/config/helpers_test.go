@@ -46,7 +46,8 @@ var designVars = []string{
 	"KAFKA_BROKERS", "KAFKA_TOPIC", "KAFKA_GROUP_ID",
 	"KAFKA_SESSION_TIMEOUT", "KAFKA_HEARTBEAT_INTERVAL", // issue 12: how soon a dead replica's share comes back
 	"KAFKA_DLQ_TOPIC",
-	"KAFKA_BUDGET_TOPIC", // issue 12: the board the replicas share the budget over
+	"KAFKA_BUDGET_TOPIC",                                                               // issue 12: the board the replicas share the budget over
+	"PARKING_TOPIC_PARTITIONS", "PARKING_TOPIC_REPLICATION", "PARKING_TOPIC_RETENTION", // issue 21: the parking topic
 	"KAFKA_TLS", "KAFKA_TLS_CA_FILE",
 	"KAFKA_TLS_CERT_FILE", "KAFKA_TLS_KEY_FILE", // issue 19 §12: mutual TLS (Strimzi's TLS users)
 	"KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD",

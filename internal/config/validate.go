@@ -81,6 +81,14 @@ func (c *Config) checkKafka(h hider) error {
 	case c.KafkaBudgetTopic == c.KafkaDLQTopic:
 		return configError("KAFKA_BUDGET_TOPIC", "%s is also the dead-letter topic (KAFKA_DLQ_TOPIC)", h.show(c.KafkaBudgetTopic))
 	}
+	switch {
+	case c.ParkingTopicPartitions < 1 || c.ParkingTopicPartitions > 10000:
+		return configError("PARKING_TOPIC_PARTITIONS", "%d is outside 1..10000", c.ParkingTopicPartitions)
+	case c.ParkingTopicReplication < 1 || c.ParkingTopicReplication > 32767:
+		return configError("PARKING_TOPIC_REPLICATION", "%d is outside 1..32767", c.ParkingTopicReplication)
+	case c.ParkingTopicRetention < time.Hour:
+		return configError("PARKING_TOPIC_RETENTION", "%s is less than 1h (parked changes older than this are lost)", c.ParkingTopicRetention)
+	}
 	if c.KafkaTLSCAFile != "" {
 		if err := checkCAFile(c.KafkaTLSCAFile, h); err != nil {
 			return err
