@@ -195,7 +195,7 @@ func settings() []setting {
 			strings.TrimSpace, func(c *Config) *string { return &c.KafkaDLQTopic }),
 		str("KAFKA_BUDGET_TOPIC", "<KAFKA_GROUP_ID>.budget", "compacted topic the replicas share RATE_LIMIT_RPM over (created if missing)",
 			strings.TrimSpace, func(c *Config) *string { return &c.KafkaBudgetTopic }),
-		intVar("PARKING_TOPIC_PARTITIONS", "12", "partitions of the parking topic <KAFKA_GROUP_ID>.parked when the worker creates it (an existing topic keeps its own)",
+		intVar("PARKING_TOPIC_PARTITIONS", "12", "partitions of the parking topic (KAFKA_GROUP_ID + .parked) when the worker creates it (an existing topic keeps its own)",
 			func(c *Config) *int { return &c.ParkingTopicPartitions }),
 		intVar("PARKING_TOPIC_REPLICATION", "3", "replication factor of the parking topic when the worker creates it, capped at the number of brokers",
 			func(c *Config) *int { return &c.ParkingTopicReplication }),
