@@ -38,16 +38,7 @@ func Ensure(ctx context.Context, cfg Config) (partitions int, err error) {
 	if n := topicPartitions(md, cfg.Topic); n > 0 {
 		return n, nil
 	}
-	repl := min(cfg.Replication, max(1, len(md.Brokers)))
-	res, err := c.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{{
-		Topic: cfg.Topic, NumPartitions: cfg.Partitions, ReplicationFactor: repl,
-		ConfigEntries: []kafka.ConfigEntry{
-			{ConfigName: "cleanup.policy", ConfigValue: "delete"},
-			{ConfigName: "retention.ms", ConfigValue: strconv.FormatInt(cfg.Retention.Milliseconds(), 10)},
-			{ConfigName: "min.insync.replicas", ConfigValue: strconv.Itoa(min(2, repl))},
-			{ConfigName: "max.message.bytes", ConfigValue: strconv.Itoa(MaxMessageBytes)},
-		},
-	}}})
+	res, err := c.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{CreateSpec(cfg, len(md.Brokers))}})
 	if err != nil {
 		return 0, fmt.Errorf("parkio: create %s: %w", cfg.Topic, err)
 	}
@@ -58,6 +49,26 @@ func Ensure(ctx context.Context, cfg Config) (partitions int, err error) {
 		return 0, fmt.Errorf("parkio: create %s: %w", cfg.Topic, err)
 	}
 	return existingCount(ctx, c, cfg.Topic)
+}
+
+// CreateSpec is the topic Ensure creates on a cluster of brokers brokers:
+// cfg.Partitions (default 12), cfg.Replication (default 3) capped at the
+// broker count, and the configs: delete cleanup, retention.ms
+// cfg.Retention (default 7 days), min.insync.replicas min(2, replication)
+// and max.message.bytes MaxMessageBytes. (Exported for the preflight
+// check, which asks the brokers to validate it.)
+func CreateSpec(cfg Config, brokers int) kafka.TopicConfig {
+	cfg = cfg.withDefaults()
+	repl := min(cfg.Replication, max(1, brokers))
+	return kafka.TopicConfig{
+		Topic: cfg.Topic, NumPartitions: cfg.Partitions, ReplicationFactor: repl,
+		ConfigEntries: []kafka.ConfigEntry{
+			{ConfigName: "cleanup.policy", ConfigValue: "delete"},
+			{ConfigName: "retention.ms", ConfigValue: strconv.FormatInt(cfg.Retention.Milliseconds(), 10)},
+			{ConfigName: "min.insync.replicas", ConfigValue: strconv.Itoa(min(2, repl))},
+			{ConfigName: "max.message.bytes", ConfigValue: strconv.Itoa(MaxMessageBytes)},
+		},
+	}
 }
 
 // existingCount reads the partition count of a topic that another client
