@@ -25,12 +25,12 @@ type need struct {
 
 // checkACLs checks the operations the worker needs: READ on each input
 // topic and on the group, WRITE on the dead-letter topic (each implies
-// DESCRIBE). The brokers report what this principal may do on each
+// DESCRIBE), and those on the parking topic (checkParking). The brokers report what this principal may do on each
 // resource (KIP-430); where they do not, DescribeAcls can still show that
 // no authorizer is configured. Otherwise the check says what it could not
 // verify.
 func checkACLs(ctx context.Context, cl *kafka.Client, cfg config.Config, topics map[string]metadataAPI.ResponseTopic,
-	groupOps int32, groupFailed bool, to time.Duration) Result {
+	groupOps int32, groupFailed bool, parking []need, to time.Duration) Result {
 	var needs []need
 	for _, t := range cfg.KafkaTopics {
 		needs = append(needs, need{resource: "topic " + t, op: kafka.ACLOperationTypeRead, why: "consume",
@@ -40,6 +40,7 @@ func checkACLs(ctx context.Context, cl *kafka.Client, cfg config.Config, topics 
 	d := topics[cfg.KafkaDLQTopic]
 	needs = append(needs, need{resource: "topic " + cfg.KafkaDLQTopic, op: kafka.ACLOperationTypeWrite, why: "dead letters",
 		ops: d.TopicAuthorizedOperations, missing: d.ErrorCode != 0 || d.Name == ""})
+	needs = append(needs, parking...)
 
 	var granted, denied, unknown, skipped []string
 	for _, n := range needs {

@@ -27,7 +27,7 @@ import (
 const clientID = "cohortsync-worker-check"
 
 // checkKafka runs the Kafka checks: kafka.brokers, one kafka.topic per input
-// topic, kafka.dlq, kafka.group and kafka.acls. It only reads: metadata
+// topic, kafka.dlq, kafka.parking, kafka.group and kafka.acls. It only reads: metadata
 // (with automatic topic creation off), topic configurations and the group's
 // description.
 func checkKafka(ctx context.Context, cfg config.Config, to time.Duration) []Result {
@@ -43,7 +43,7 @@ func checkKafka(ctx context.Context, cfg config.Config, to time.Duration) []Resu
 		return append([]Result{{Check: "kafka.brokers", Status: Fail, Detail: expired}},
 			skipRest("the client certificate has expired")...)
 	}
-	topics := append(slices.Clone(cfg.KafkaTopics), cfg.KafkaDLQTopic)
+	topics := append(slices.Clone(cfg.KafkaTopics), cfg.KafkaDLQTopic, parkingTopic(cfg).Topic)
 
 	// The bootstrap brokers, through kafka-go's client with the worker's
 	// dialer settings: the path the worker takes.
@@ -109,7 +109,7 @@ func checkKafka(ctx context.Context, cfg config.Config, to time.Duration) []Resu
 		byName[t.Name] = t
 	}
 	cl := &kafka.Client{Addr: kafka.TCP(reached...), Transport: tr, Timeout: to}
-	maxBytes := topicMaxBytes(ctx, cl, to, topics)
+	maxBytes := topicMaxBytes(ctx, cl, to, topics[:len(topics)-1]) // the parking topic's: checkParking
 
 	for _, name := range cfg.KafkaTopics {
 		t := byName[name]
@@ -137,10 +137,12 @@ func checkKafka(ctx context.Context, cfg config.Config, to time.Duration) []Resu
 		r.Detail += "; " + describeDLQBytes(cfg, maxBytes, &r.Status)
 	}
 	out = append(out, r)
+	parking, parkingNeeds := checkParking(ctx, tr, cl, cfg, md, maxBytes, to)
+	out = append(out, parking)
 
 	group, groupOps := describeGroup(ctx, tr, reached, cfg.KafkaGroupID, to)
 	out = append(out, group)
-	out = append(out, checkACLs(ctx, cl, cfg, byName, groupOps, group.Status == Fail, to))
+	out = append(out, checkACLs(ctx, cl, cfg, byName, groupOps, group.Status == Fail, parkingNeeds, to))
 	return out
 }
 
@@ -149,6 +151,7 @@ func checkKafka(ctx context.Context, cfg config.Config, to time.Duration) []Resu
 func skipRest(why string) []Result {
 	return []Result{{Check: "kafka.topic", Status: Skip, Detail: "skipped: " + why},
 		{Check: "kafka.dlq", Status: Skip, Detail: "skipped: " + why},
+		{Check: "kafka.parking", Status: Skip, Detail: "skipped: " + why},
 		{Check: "kafka.group", Status: Skip, Detail: "skipped: " + why},
 		{Check: "kafka.acls", Status: Skip, Detail: "skipped: " + why}}
 }

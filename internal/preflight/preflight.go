@@ -32,7 +32,7 @@ const (
 // Result is one line of the report.
 type Result struct {
 	// Check names what was checked: config, config.unknown, kafka.brokers,
-	// kafka.topic, kafka.dlq, kafka.group, kafka.acls, api.dns, api.tls (or
+	// kafka.topic, kafka.dlq, kafka.parking, kafka.group, kafka.acls, api.dns, api.tls (or
 	// api.connect for a plain-http base URL) and api.credentials; with
 	// MOENGAGE_WORKSPACES_DIR also config.workspaces and, for each registry
 	// workspace besides the default, the api.* checks suffixed [workspace].
