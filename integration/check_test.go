@@ -119,7 +119,9 @@ func TestCheck(t *testing.T) {
 		wantLine(t, r, "kafka.topic", "ok", topic+" exists: 3 partitions")
 		wantLine(t, r, "kafka.dlq", "ok", dlq+" exists", "max.message.bytes")
 		wantLine(t, r, "kafka.group", "ok", group+" does not exist yet", "joins no group and commits nothing")
-		wantLine(t, r, "kafka.acls", "ok", "READ on topic "+topic, "READ on group "+group, "WRITE on topic "+dlq)
+		wantLine(t, r, "kafka.parking", "ok", group+".parked does not exist yet; the worker creates it with 12 partitions",
+			"replication factor 1 (PARKING_TOPIC_REPLICATION 3, capped at the 1 broker)", "the controller validated this creation")
+		wantLine(t, r, "kafka.acls", "ok", "READ on topic "+topic, "READ on group "+group, "WRITE on topic "+dlq, "CREATE on topic "+group+".parked")
 		wantLine(t, r, "api.connect", "ok")
 		wantLine(t, r, "api.credentials", "WARN", "credentials not verified", "400")
 		if strings.Contains(r.out, apiKey) {
@@ -418,9 +420,26 @@ func TestCheckACLs(t *testing.T) {
 		}
 		wantLine(t, r, "kafka.acls", "FAIL", "not granted: WRITE on topic "+dlq, "READ on topic "+topic, "READ on group "+group)
 		wantLine(t, r, "kafka.dlq", "WARN", "max.message.bytes not verified") // the worker needs no DESCRIBE_CONFIGS
+		wantLine(t, r, "kafka.parking", "FAIL", group+".parked", "not authorized to describe it")
 	})
 
 	grant(kafka.ResourceTypeTopic, dlq, kafka.ACLOperationTypeWrite)
+	grant(kafka.ResourceTypeTopic, group+".parked", kafka.ACLOperationTypeDescribe)
+
+	t.Run("no-parking-create", func(t *testing.T) {
+		var r checkRun
+		waitFor(t, 30*time.Second, "the DESCRIBE grant on the parking topic", func() bool {
+			r = runCheck(t, env)
+			return !strings.Contains(r.line("kafka.parking"), "not authorized to describe")
+		})
+		if r.code != 1 {
+			t.Fatalf("exit %d, want 1", r.code)
+		}
+		wantLine(t, r, "kafka.parking", "FAIL", group+".parked does not exist yet", "the worker may not create it")
+		wantLine(t, r, "kafka.acls", "FAIL", "not granted: CREATE on topic "+group+".parked")
+	})
+
+	grant(kafka.ResourceTypeTopic, group+".parked", kafka.ACLOperationTypeCreate, kafka.ACLOperationTypeRead, kafka.ACLOperationTypeWrite)
 
 	t.Run("granted", func(t *testing.T) {
 		var r checkRun
@@ -428,7 +447,8 @@ func TestCheckACLs(t *testing.T) {
 			r = runCheck(t, env)
 			return r.code == 0
 		})
-		wantLine(t, r, "kafka.acls", "ok", "granted: READ on topic "+topic, "READ on group "+group, "WRITE on topic "+dlq)
+		wantLine(t, r, "kafka.acls", "ok", "granted: READ on topic "+topic, "READ on group "+group, "WRITE on topic "+dlq, "CREATE on topic "+group+".parked")
+		wantLine(t, r, "kafka.parking", "ok", group+".parked does not exist yet", "the controller validated this creation")
 		if strings.Contains(r.out, aclPassword) {
 			t.Error("the SASL password is in the report")
 		}

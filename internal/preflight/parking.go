@@ -113,7 +113,12 @@ func parkingToCreate(ctx context.Context, tr *kafka.Transport, cfg config.Config
 		r.Status, create.ops = Fail, math.MinInt32
 		r.Detail += fmt.Sprintf("; but the controller refuses this creation: %s %s", code.Title(), msg)
 	}
-	return r, []need{create}
+	// READ and WRITE cannot be verified on a topic that does not exist:
+	// kafka.acls lists them as not checked.
+	later := func(op kafka.ACLOperationType) need {
+		return need{resource: "topic " + pc.Topic, op: op, why: "park a stuck workspace's changes", missing: true}
+	}
+	return r, []need{create, later(kafka.ACLOperationTypeRead), later(kafka.ACLOperationTypeWrite)}
 }
 
 // validateCreate sends spec as a validate-only CreateTopics to the
