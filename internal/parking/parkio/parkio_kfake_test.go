@@ -324,6 +324,13 @@ func TestWriteRetriesAndFails(t *testing.T) {
 	if pos[0].Offset != 0 || pos[1].Offset != 1 {
 		t.Fatalf("positions %v, want offsets 0 and 1", pos)
 	}
+	// The accepted attempt carried the records whole (kafka-go's record
+	// Bytes are read once: each attempt needs fresh ones).
+	for i, m := range readAll(t, c.ListenAddrs(), "g.parked", 0, 2) {
+		if p, err := parkio.Decode(m); err != nil || !reflect.DeepEqual(p.Record, rec(0, i, "a")) {
+			t.Fatalf("record %d read back as %+v, %v", i, p.Record, err)
+		}
+	}
 	c.DropControl()
 	refuse(29 /* TOPIC_AUTHORIZATION_FAILED */, 1000)
 	start := time.Now()
