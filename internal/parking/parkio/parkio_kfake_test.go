@@ -1,6 +1,7 @@
 package parkio_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -475,4 +476,51 @@ func metadataWithoutTopics(t *testing.T, req *kmsg.MetadataRequest, addr string)
 	resp.Brokers = []kmsg.MetadataResponseBroker{b}
 	resp.ControllerID = 0
 	return resp
+}
+
+// TestWriteLargeBatches: records that do not fit one produce request
+// together (MaxBatchBytes) go in several, in order, and each position still
+// holds its record.
+func TestWriteLargeBatches(t *testing.T) {
+	c := cluster(t)
+	w := newWriter(t, c.ListenAddrs(), "g.parked", 1)
+	var mu sync.Mutex
+	var sizes []int
+	c.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, tp := range req.(*kmsg.ProduceRequest).Topics {
+			for _, p := range tp.Partitions {
+				sizes = append(sizes, len(p.Records))
+			}
+		}
+		return nil, nil, false
+	})
+	recs := make([]parkio.Record, 5)
+	for i := range recs {
+		recs[i] = rec(0, i, "a")
+		recs[i].Value = bytes.Repeat([]byte{byte('a' + i)}, 400<<10)
+	}
+	pos, err := w.Write(testCtx(t), recs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	if len(sizes) != 3 {
+		t.Errorf("%d produce requests (record set sizes %v), want 3: two records of 400 KiB per request", len(sizes), sizes)
+	}
+	for _, n := range sizes {
+		if n > parkio.MaxBatchBytes+(64<<10) {
+			t.Errorf("a produce request carried %d bytes of records", n)
+		}
+	}
+	mu.Unlock()
+	log := readAll(t, c.ListenAddrs(), "g.parked", 0, 5)
+	for i, p := range pos {
+		got, err := parkio.Decode(log[p.Offset])
+		if err != nil || !reflect.DeepEqual(got.Record, recs[i]) {
+			t.Fatalf("record %d at %v: %v", i, p, err)
+		}
+	}
 }

@@ -14,9 +14,11 @@ import (
 )
 
 // MaxBatchBytes bounds one produce request's records (estimated
-// uncompressed: keys, values and headers), below MaxMessageBytes. A single
-// record larger than that is sent alone.
-const MaxBatchBytes = 1 << 20
+// uncompressed: keys, values, headers and a generous per-record overhead),
+// so that a batch of several records fits a topic with the broker's
+// default max.message.bytes (1 MiB + 12) too. A single record larger than
+// that is sent alone.
+const MaxBatchBytes = 1<<20 - 4096
 
 // ErrClosed is the error of a Write or MarkAndEnds after Close.
 var ErrClosed = errors.New("parkio: writer closed")
@@ -90,6 +92,9 @@ func (m msg) size() int {
 // Write appends recs and returns, once all are acknowledged, each one's
 // position (pos[i] for recs[i]).
 func (w *Writer) Write(ctx context.Context, recs []Record) ([]Position, error) {
+	if w.k < 1 {
+		return nil, fmt.Errorf("parkio: a writer of %d partitions", w.k)
+	}
 	if err := w.begin(); err != nil {
 		return nil, err
 	}
