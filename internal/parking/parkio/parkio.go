@@ -134,9 +134,7 @@ func markerHeaders(gen int64) []kafka.Header {
 func Decode(m kafka.Message) (Parked, error) {
 	h := map[string]string{}
 	for _, x := range m.Headers {
-		if _, dup := h[x.Key]; !dup { // the first wins: a duplicate is not ours
-			h[x.Key] = string(x.Value)
-		}
+		h[x.Key] = string(x.Value) // the last wins: a writer's own headers come last (as in deadletter)
 	}
 	p := Parked{Partition: m.Partition, Offset: m.Offset}
 	var err error
