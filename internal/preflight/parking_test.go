@@ -94,3 +94,29 @@ func create(t *testing.T, brokers []string, tc kafka.TopicConfig) {
 		t.Fatal(err)
 	}
 }
+
+// TestTransportValidateOnlyCreateWaits is the premise of validateCreate's
+// own connection: kafka-go's Transport, after a successful CreateTopics,
+// waits for the topic to show in its metadata, which a validate-only one
+// never does, so through the Transport the check would wait out its whole
+// timeout (and then report success). If kafka-go stops waiting, this fails
+// and the Transport will do.
+func TestTransportValidateOnlyCreateWaits(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+	defer cancel()
+	cl := &kafka.Client{Addr: kafka.TCP(c.ListenAddrs()...), Transport: &kafka.Transport{}}
+	start := time.Now()
+	_, err = cl.CreateTopics(ctx, &kafka.CreateTopicsRequest{ValidateOnly: true,
+		Topics: []kafka.TopicConfig{{Topic: "v.parked", NumPartitions: 1, ReplicationFactor: 1}}})
+	if d := time.Since(start); d < 900*time.Millisecond {
+		t.Fatalf("a validate-only CreateTopics through kafka-go's Transport returned in %v (%v): validateCreate may use it", d, err)
+	}
+	if partitions(t, c.ListenAddrs(), "v.parked") != 0 {
+		t.Fatal("the validate-only CreateTopics created the topic")
+	}
+}
