@@ -30,7 +30,7 @@ type Client struct {
 
 	hvAppKey, hvUserAgent, hvReplica []string // header values, read-only
 
-	line *stoppedLine // LineStopped: the credentials, the configuration, or batches that fail alike
+	line *stoppedLine // per workspace: LineStopped, Blocked (blocked.go)
 	wake waker        // TargetsChanged wakes the stopped Sends
 
 	unkMu       sync.Mutex                         // guards the two fields below (unknown.go)
@@ -95,6 +95,9 @@ type sender struct {
 	failKey      string         // the last 2xx "status": "fail" answer (StatusError.dedupeKey)
 	failCount    int            // how many times in a row it came (statusFailStreak)
 }
+
+// ws is the workspace of the Send's batch (the default one for "").
+func (s *sender) ws() string { return s.c.workspaceOf(s.req.Workspace) }
 
 // log returns the Send's logger, with cohort_id and action, and the
 // workspace when the batch names one.
