@@ -27,6 +27,7 @@ func (s *sender) post(ctx context.Context, req wire.Request, retry RetryReason) 
 		}
 		if retry != "" {
 			c.m.Retries.WithLabelValues(string(retry)).Inc()
+			c.m.WorkspaceRetries.WithLabelValues(to.ws, string(retry)).Inc()
 		}
 		wake := c.wakeChan() // before the attempt: a change during it wakes a stop after it
 		sent := time.Now()
