@@ -2,6 +2,10 @@ package sink
 
 import (
 	"cmp"
+	"context"
+	"io"
+	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,25 +33,29 @@ import (
 //     started before another workspace recovered from a shared outage does
 //     not count: the end of a global outage blocks nobody.
 //
-// A block is a hold with a time limit, not a state the sink must see
-// cleared by a request: once a workspace is parked it may have no request
-// in flight at all, and no request would be harmless to send just to ask
-// (every valid request changes a cohort; an empty member list is not
-// documented). So a hold ends:
+// A block is a hold with a time limit: once a workspace is parked it may
+// have no request in flight at all, and no request proves it healthy
+// without changing a cohort. So a hold ends:
 //
 //   - at any 2xx for the workspace;
 //   - at TargetsChanged, for a hold for the credentials, the
 //     configuration or a missing key (the registry may have fixed it);
 //   - when its time limit passes: the workspace's stop pause,
 //     AuthRetryInterval (30 s) at first, doubling at every hold that
-//     follows without a 2xx between, up to AuthRetryMaxInterval (5 min).
+//     follows without a 2xx between, up to AuthRetryMaxInterval (5 min),
+//     unless a request of the workspace failed or stopped during the hold
+//     (a Send still at work), or the probe says it is still refused or
+//     failing: the hold is then renewed, twice as long.
 //
-// The workspace's resumed traffic is then the probe: its first request
-// that fails the same way holds it again at once (a stop, or a failure
-// while its failingSince is still BlockedAfter old and another workspace
-// still flows), for twice as long. A workspace that is fixed flows again
-// within a stop pause (at once after TargetsChanged), and a workspace that
-// is not costs one request per pause.
+// The probe (probeWorkspace) is `check`'s (preflight.APIProbe): the body
+// {}, with the workspace's credentials and a rate-limit permit. It names no
+// cohort, so nothing can change. A 401/403, a configuration answer, a 5xx,
+// a 429 or no answer renews the hold; a 400 (the API answered and did not
+// refuse the credentials; the contract does not say whether it checks them
+// before the body) or a 2xx ends it, and the workspace's resumed traffic
+// is the proof: its first request that fails the same way holds it again
+// at once (a stop, or a failure while its failingSince is still
+// BlockedAfter old and another workspace still flows), for twice as long.
 //
 // Without Config.Targets (the single-workspace configuration) nothing is
 // ever blocked: there is no other workspace to keep flowing, and the line
@@ -158,6 +166,7 @@ type stoppedLine struct {
 	blockedAfter time.Duration
 	pause0, max  time.Duration          // the first and the longest hold
 	label        func(ws string) string // the workspace label (Client.workspaceLabel)
+	probe        func(ws string) bool   // Client.probeWorkspace
 	shown        map[string]bool        // the workspace labels publish has set
 	log          func(msg string, args ...any)
 	m            *metrics.Metrics
@@ -227,18 +236,36 @@ func (l *stoppedLine) unhold(ws string, w *wsLine, why string) {
 }
 
 // expire ends hold gen of ws at its time limit, unless a request of ws
-// failed or stopped during the hold (a Send still at work probed it): the
-// hold is then renewed, for twice as long, without a change of Blocked.
+// failed or stopped during the hold (a Send still at work probed it), or
+// the probe (probeWorkspace) shows ws still refused or failing: the hold is
+// then renewed, for twice as long, without a change of Blocked. The probe
+// is sent without the lock.
 func (l *stoppedLine) expire(ws string, gen uint64) {
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	w := l.ws[ws]
-	switch {
-	case w == nil || w.gen != gen || w.held == "":
-	case w.badAt.After(w.heldAt):
+	if w == nil || w.gen != gen || w.held == "" {
+		l.mu.Unlock()
+		return
+	}
+	if w.badAt.After(w.heldAt) {
 		l.limit(ws, w, cmp.Or(w.pause, l.pause0))
+		l.mu.Unlock()
+		return
+	}
+	why := w.held
+	l.mu.Unlock()
+	ok := l.probe(ws)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if slices.Contains(LineStopReasons, LineStopReason(why)) {
+		l.m.LineStoppedProbes.WithLabelValues(why).Inc()
+	}
+	switch {
+	case w.gen != gen || w.held == "": // ended meanwhile (a 2xx, TargetsChanged)
+	case ok:
+		l.unhold(ws, w, "its probe was answered without a refusal after its stop pause: its next request tells")
 	default:
-		l.unhold(ws, w, "its stop pause passed: its next request probes it")
+		l.limit(ws, w, cmp.Or(w.pause, l.pause0))
 	}
 }
 
@@ -344,7 +371,7 @@ func (c *Client) newStoppedLine() *stoppedLine {
 		ws: map[string]*wsLine{}, failing: map[string]bool{}, changed: make(chan struct{}),
 		def: c.cfg.WorkspaceID, single: c.cfg.Targets == nil, blockedAfter: c.cfg.BlockedAfter,
 		pause0: c.cfg.AuthRetryInterval, max: c.cfg.AuthRetryMaxInterval,
-		label: c.workspaceLabel, log: c.log.Warn, m: c.m,
+		label: c.workspaceLabel, probe: c.probeWorkspace, log: c.log.Warn, m: c.m,
 	}
 }
 
@@ -366,4 +393,42 @@ func (c *Client) workspaceLabel(ws string) string {
 		return OtherWorkspace
 	}
 	return ws
+}
+
+// probeBody is the body of the probe of a blocked workspace:
+// preflight.APIProbe, a JSON object without any required field.
+var probeBody = []byte("{}")
+
+// probeWorkspace sends probeBody once for workspace ws, after a rate-limit
+// permit (waited for at most AttemptTimeout), and reports whether the
+// answer lets ws take requests again: a 2xx with the API's body, or a 400.
+// Anything else, or no target, no permit or no answer, is false. Counted
+// in workspace_requests_total, not in requests_total (it carries no change).
+func (c *Client) probeWorkspace(ws string) bool {
+	d, _, err := c.destFor(ws)
+	if err != nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.AttemptTimeout)
+	defer cancel()
+	if lim := c.cfg.Limiter; lim != nil {
+		if err := lim.Wait(ctx); err != nil {
+			return false
+		}
+	}
+	hreq, err := c.newRequest(ctx, d, probeBody)
+	if err != nil {
+		return false
+	}
+	resp, err := c.cfg.HTTPClient.Do(hreq)
+	if err != nil {
+		c.m.WorkspaceRequests.WithLabelValues(d.ws, "0").Inc()
+		return false
+	}
+	raw, _ := io.ReadAll(io.LimitReader(resp.Body, readLimit))
+	_, _ = io.CopyN(io.Discard, resp.Body, readLimit)
+	resp.Body.Close()
+	c.m.WorkspaceRequests.WithLabelValues(d.ws, metrics.Code(resp.StatusCode)).Inc()
+	code := resp.StatusCode
+	return code == http.StatusBadRequest || code >= 200 && code < 300 && successBody(raw) != notAPI
 }

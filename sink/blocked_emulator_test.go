@@ -1,6 +1,7 @@
 package sink_test
 
 import (
+	"context"
 	"net/http/httptest"
 	"testing"
 	"time"
@@ -99,5 +100,80 @@ func TestBlockedAgainstEmulator(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(m.WorkspaceStopped.WithLabelValues("WS_A", "auth")); got != 0 {
 		t.Fatalf("workspace_stopped{WS_A,auth} = %v after WS_A's 2xx", got)
+	}
+}
+
+// TestBlockedProbeAgainstEmulator: the probe of a blocked workspace (the
+// body {}) against the emulator: while WS_A's key is revoked it is answered
+// 401 and the hold is renewed; once the key is restored (and nothing tells
+// the Client) the next probe is answered 400 and ends the hold. This is
+// the premise of the probe: the answer to {} tells a refused key (401) from
+// an accepted one (400) on the emulator, which authenticates first.
+func TestBlockedProbeAgainstEmulator(t *testing.T) {
+	t.Parallel()
+	cfg := emulator.DefaultConfig()
+	cfg.Workspaces = map[string]emulator.Workspace{"WS_A": {Key: "key-a"}, "WS_B": {Key: "key-b"}}
+	emu, err := emulator.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(emu)
+	t.Cleanup(srv.Close)
+	m := metrics.New(nil)
+	c, err := sink.New(sink.Config{
+		Targets: func(ws string) (sink.Target, error) {
+			k := map[string]string{"WS_A": "key-a", "WS_B": "key-b"}[ws]
+			return sink.Target{ID: ws, BaseURL: srv.URL, Key: func() (string, error) { return k, nil }}, nil
+		},
+		AuthRetryInterval:    20 * time.Millisecond,
+		AuthRetryMaxInterval: 40 * time.Millisecond,
+		Metrics:              m,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.CloseIdleConnections)
+	if err := emu.RevokeKey("WS_A"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	changed := c.BlockedChanged()
+	res := make(chan error, 1)
+	go func() { _, err := c.Send(ctx, wsRequest("WS_A", "c1", event.Add, 1)); res <- err }()
+	<-changed
+	cancel() // parked: only the probes ask the API about WS_A now
+	<-res
+	probes401 := func() float64 { return testutil.ToFloat64(m.WorkspaceRequests.WithLabelValues("WS_A", "401")) }
+	base := probes401()
+	deadline := time.Now().Add(5 * time.Second)
+	for probes401() < base+3 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if probes401() < base+3 || !c.Blocked("WS_A") {
+		t.Fatalf("%v probes answered 401, Blocked(WS_A) %v; want 3 or more, and blocked", probes401()-base, c.Blocked("WS_A"))
+	}
+	changed = c.BlockedChanged()
+	if err := emu.RestoreKey("WS_A"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-changed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("WS_A still blocked 5s after its key was restored")
+	}
+	if c.Blocked("WS_A") {
+		t.Fatal("BlockedChanged closed but WS_A is blocked")
+	}
+	if got := testutil.ToFloat64(m.WorkspaceRequests.WithLabelValues("WS_A", "400")); got < 1 {
+		t.Fatalf("no probe answered 400 (%v)", got)
+	}
+	var empty int
+	for _, r := range emu.Requests() {
+		if r.Workspace == "WS_A" && r.Applied {
+			empty++
+		}
+	}
+	if empty != 0 {
+		t.Fatalf("%d requests of WS_A changed a segment", empty)
 	}
 }

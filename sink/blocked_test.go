@@ -202,15 +202,36 @@ func TestRateLimitedIsNotBlocked(t *testing.T) {
 }
 
 // TestBlockedHoldOutlivesItsSend: A's 401 blocks A. The hold outlives A's
-// Send (the consumer abandons it to park A's changes); B's 2xx does not end
-// it; it ends by itself after the stop pause (30 s), so that A's resumed
-// traffic probes it. A second 401 holds A again, for twice as long, and
-// TargetsChanged (the registry changed) ends a hold for the credentials at
-// once.
+// Send (the consumer abandons it to park A's changes), and B's 2xx does not
+// end it. At its time limit (the stop pause, 30 s) the hold sends one probe,
+// the body {} with A's credentials: answered 401, the hold is renewed for
+// twice as long; answered 400 (the API no longer refuses A), it ends. A new
+// 401 holds A again, for twice as long again, and TargetsChanged (the
+// registry changed) ends a hold for the credentials at once.
 func TestBlockedHoldOutlivesItsSend(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		reg := newTargets("WS_A", "key-a", "WS_B", "key-b")
-		e := newEnv(t, "mem", revokedA, func(c *sink.Config) { c.Targets = reg.lookup; c.WorkspaceID = "" })
+		var fixed atomic.Bool
+		e := newEnv(t, "mem", func(n int, c call) reply {
+			switch {
+			case c.header.Get("Moe-Appkey") != "WS_A":
+				return ok()
+			case !fixed.Load():
+				return fail(401, "Authentication required", "App Secret key mismatch", "")
+			case string(c.body) == "{}":
+				return fail(400, "MissingAttributeError", "action is not found in the payload", "action")
+			}
+			return ok()
+		}, func(c *sink.Config) { c.Targets = reg.lookup; c.WorkspaceID = "" })
+		probes := func() (n int) {
+			for _, c := range e.api.got() {
+				if string(c.body) == "{}" {
+					checkCall(t, c, "WS_A", "key-a")
+					n++
+				}
+			}
+			return n
+		}
 		sendA := func() {
 			ctx, cancel := context.WithCancel(e.ctx())
 			r := e.goSend(ctx, wsRequest("WS_A", "c1", event.Add, 1))
@@ -238,19 +259,31 @@ func TestBlockedHoldOutlivesItsSend(t *testing.T) {
 		if testutil.ToFloat64(e.m.WorkspaceStopped.WithLabelValues("WS_B", "auth")) != 0 {
 			t.Fatal("workspace_stopped{WS_B,auth} is set")
 		}
-		time.Sleep(sink.DefaultAuthRetryInterval - time.Second - time.Since(start))
-		if !e.client.Blocked("WS_A") {
-			t.Fatal("A's hold ended before its stop pause (B's 2xx, or A's Send returning)")
+		at := func(d time.Duration) { time.Sleep(d - time.Since(start)); synctest.Wait() }
+		at(sink.DefaultAuthRetryInterval - time.Second)
+		if !e.client.Blocked("WS_A") || probes() != 0 {
+			t.Fatalf("before its stop pause: Blocked(A) %v, %d probes; want true, 0 (B's 2xx, or A's Send returning, ended it?)",
+				e.client.Blocked("WS_A"), probes())
 		}
-		time.Sleep(2 * time.Second)
-		if e.client.Blocked("WS_A") {
-			t.Fatal("A's hold did not end after its stop pause")
+		at(sink.DefaultAuthRetryInterval + time.Second)
+		if !e.client.Blocked("WS_A") || probes() != 1 {
+			t.Fatalf("after its stop pause, the key still revoked: Blocked(A) %v, %d probes; want true, 1", e.client.Blocked("WS_A"), probes())
 		}
-		sendA() // the probe: 401 again
+		fixed.Store(true)
+		at(3*sink.DefaultAuthRetryInterval - time.Second)
+		if !e.client.Blocked("WS_A") || probes() != 1 {
+			t.Fatalf("before the renewed hold's end (twice the pause): Blocked(A) %v, %d probes", e.client.Blocked("WS_A"), probes())
+		}
+		at(3*sink.DefaultAuthRetryInterval + time.Second)
+		if e.client.Blocked("WS_A") || probes() != 2 {
+			t.Fatalf("after the renewed hold, the probe answered 400: Blocked(A) %v, %d probes; want false, 2", e.client.Blocked("WS_A"), probes())
+		}
+		fixed.Store(false)
+		sendA() // 401 again
 		held := time.Now()
-		time.Sleep(2*sink.DefaultAuthRetryInterval - time.Second)
+		time.Sleep(4*sink.DefaultAuthRetryInterval - time.Second)
 		if !e.client.Blocked("WS_A") {
-			t.Fatal("A's second hold did not last twice the stop pause")
+			t.Fatal("A's third hold did not last twice the second one")
 		}
 		e.client.TargetsChanged()
 		if e.client.Blocked("WS_A") {
