@@ -322,11 +322,18 @@ func TestSingleWorkspaceNeverBlocked(t *testing.T) {
 // TestUnknownWorkspaceBlockedAndLabelledOther: a batch for a workspace
 // without a target blocks it (no_key); its metrics count under workspace
 // "other", so the label stays bounded by the registry. Once it is added,
-// TargetsChanged unblocks it.
+// TargetsChanged unblocks it, the "other" series go back to 0, and its
+// metrics count under its own name.
 func TestUnknownWorkspaceBlockedAndLabelledOther(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		reg := newTargets("WS_A", "key-a")
-		e := newEnv(t, "mem", nil, func(c *sink.Config) { c.Targets = reg.lookup })
+		var revoked atomic.Bool
+		e := newEnv(t, "mem", func(_ int, c call) reply {
+			if revoked.Load() {
+				return fail(401, "Authentication required", "App Secret key mismatch", "")
+			}
+			return ok()
+		}, func(c *sink.Config) { c.Targets = reg.lookup })
 		r := e.goSend(e.ctx(), wsRequest("WS_NEW", "c1", event.Add, 1))
 		synctest.Wait()
 		if !e.client.Blocked("WS_NEW") || e.client.Blocked("WS_A") {
@@ -348,6 +355,23 @@ func TestUnknownWorkspaceBlockedAndLabelledOther(t *testing.T) {
 		}
 		if got := testutil.ToFloat64(e.m.WorkspaceStopped.WithLabelValues("WS_NEW", "no_key")); got != 0 {
 			t.Fatalf("workspace_stopped{WS_NEW,no_key} = %v after delivery", got)
+		}
+		for _, g := range []string{"workspace_stopped{other,no_key}", "workspace_blocked{other}"} {
+			v := testutil.ToFloat64(e.m.WorkspaceStopped.WithLabelValues(sink.OtherWorkspace, "no_key"))
+			if g == "workspace_blocked{other}" {
+				v = testutil.ToFloat64(e.m.WorkspaceBlocked.WithLabelValues(sink.OtherWorkspace))
+			}
+			if v != 0 {
+				t.Errorf("%s = %v once WS_NEW is in the registry: a stale series", g, v)
+			}
+		}
+		revoked.Store(true) // WS_NEW's metrics now count under its own name
+		ctx, cancel := context.WithCancel(e.ctx())
+		defer cancel()
+		e.goSend(ctx, wsRequest("WS_NEW", "c1", event.Add, 1))
+		synctest.Wait()
+		if got := testutil.ToFloat64(e.m.WorkspaceStopped.WithLabelValues("WS_NEW", "auth")); got != 1 {
+			t.Errorf("workspace_stopped{WS_NEW,auth} = %v after its 401, want 1", got)
 		}
 	})
 }
