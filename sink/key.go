@@ -37,7 +37,7 @@ func newCreds(workspace, key string, prev *creds) *creds {
 // key itself) and the current key is kept. APIKeyFunc may be called from
 // several Sends, never concurrently.
 func (c *Client) reloadKey() bool {
-	if c.cfg.APIKeyFunc == nil {
+	if c.cfg.APIKeyFunc == nil || c.cfg.Targets != nil { // with Targets each attempt reads its workspace's key
 		return false
 	}
 	c.keyMu.Lock() // one reader at a time: concurrent 401s re-read once each, in turn

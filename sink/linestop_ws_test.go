@@ -1,6 +1,7 @@
 package sink_test
 
 import (
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -86,6 +87,40 @@ func TestDefaultWorkspaceStopMakesNotReady(t *testing.T) {
 		synctest.Wait()
 		if !e.client.LineStopped() {
 			t.Fatal("the default workspace is stopped but LineStopped is false")
+		}
+	})
+}
+
+// TestTargetsDoNotReloadTheDefaultKey: with Targets, APIKeyFunc is not
+// used (Config's contract): a 401 of a workspace does not re-read the
+// default workspace's key, nor log that "the API key changed" (it did, for
+// the default workspace, at another workspace's 401, since the Client's
+// own key was "" with a registry).
+func TestTargetsDoNotReloadTheDefaultKey(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		reg := newTargets("WS_A", "key-a", "WS_B", "key-b")
+		var calls atomic.Int64
+		var fixed atomic.Bool
+		e := newEnv(t, "mem", func(_ int, c call) reply {
+			if c.header.Get("Moe-Appkey") == "WS_A" && !fixed.Load() {
+				return fail(401, "Authentication required", "App Secret key mismatch", "")
+			}
+			return ok()
+		}, func(c *sink.Config) {
+			c.Targets, c.WorkspaceID, c.APIKey = reg.lookup, "WS_B", ""
+			c.APIKeyFunc = func() (string, error) { calls.Add(1); return "key-b", nil }
+		})
+		r := e.goSend(e.ctx(), wsRequest("WS_A", "c1", event.Add, 1))
+		synctest.Wait()
+		fixed.Store(true)
+		if res := <-r; res.err != nil {
+			t.Fatal(res.err)
+		}
+		if n := calls.Load(); n != 0 {
+			t.Errorf("APIKeyFunc called %d times after WS_A's 401, want 0", n)
+		}
+		if lines := e.logs.lines(t, "the API key changed"); len(lines) != 0 {
+			t.Errorf("logged %v", lines)
 		}
 	})
 }
