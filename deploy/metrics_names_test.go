@@ -16,6 +16,8 @@ func exportedMetrics(t *testing.T) map[string]bool {
 	m.Requests.WithLabelValues("add_members", "200")
 	m.CommittedOffset.WithLabelValues("t", "0")
 	m.Lag.WithLabelValues("t", "0")
+	m.WorkspaceBlocked.WithLabelValues("WS")
+	m.WorkspaceStopped.WithLabelValues("WS", "auth")
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)

@@ -28,6 +28,8 @@ const (
 	// every 5 minutes per stopped Send.
 	DefaultAuthRetryMaxInterval = 5 * time.Minute
 	DefaultUserAgent            = "cohortsync-worker"
+	// DefaultBlockedAfter: a workspace failing alone for 30 s is blocked.
+	DefaultBlockedAfter = 30 * time.Second
 )
 
 // Config configures a Client. Zero values take the documented defaults.
@@ -64,6 +66,10 @@ type Config struct {
 	// DESIGN.md "Retry policy in the sink").
 	AuthRetryInterval    time.Duration
 	AuthRetryMaxInterval time.Duration
+	// BlockedAfter is how long a workspace's requests fail retryably,
+	// while another workspace's go through, before it is blocked
+	// (Client.Blocked; blocked.go); 0 means 30s. Used only with Targets.
+	BlockedAfter time.Duration
 	// APIKeyFunc re-reads the API key after a 401/403; nil: never (key.go:
 	// reloadKey says when, and what a new key, an error or "" do).
 	APIKeyFunc func() (string, error)
@@ -119,7 +125,7 @@ func (c Config) Validate() error {
 		return errors.New("sink: APIKey is required")
 	case c.MaxBodyBytes < 0:
 		return errors.New("sink: MaxBodyBytes is negative")
-	case c.AttemptTimeout < 0, c.InitialInterval < 0, c.MaxInterval < 0, c.MaxElapsed < 0, c.AuthRetryInterval < 0,
+	case c.AttemptTimeout < 0, c.BlockedAfter < 0, c.InitialInterval < 0, c.MaxInterval < 0, c.MaxElapsed < 0, c.AuthRetryInterval < 0,
 		c.AuthRetryMaxInterval < 0, c.MaxProcessingTime < 0:
 		return errors.New("sink: a timeout or interval is negative")
 	case c.MaxProcessingTime != 0 && c.MaxProcessingTime <= cmp.Or(c.AttemptTimeout, DefaultAttemptTimeout):
@@ -188,6 +194,7 @@ func New(cfg Config) (*Client, error) {
 	def(&cfg.AuthRetryMaxInterval, DefaultAuthRetryMaxInterval)
 	cfg.AuthRetryMaxInterval = max(cfg.AuthRetryMaxInterval, cfg.AuthRetryInterval)
 	def(&cfg.MaxProcessingTime, 2*cfg.AttemptTimeout)
+	def(&cfg.BlockedAfter, DefaultBlockedAfter)
 	if cfg.MaxInterval < cfg.InitialInterval {
 		cfg.MaxInterval = cfg.InitialInterval
 	}
@@ -217,11 +224,11 @@ func New(cfg Config) (*Client, error) {
 		log:         cfg.Logger.With("component", "sink"),
 		m:           cfg.Metrics,
 		fence:       f,
-		line:        newStoppedLine(cfg.Metrics),
 		hvAppKey:    []string{cfg.WorkspaceID},
 		hvUserAgent: []string{cfg.UserAgent},
 		unknown:     map[cohortKey]map[string]time.Time{},
 	}
+	c.line = c.newStoppedLine()
 	c.creds.Store(newCreds(cfg.WorkspaceID, cfg.APIKey, nil))
 	if cfg.ReplicaID != "" {
 		c.hvReplica = []string{cfg.ReplicaID}

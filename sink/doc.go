@@ -13,7 +13,10 @@
 //     a 429, split a 413, split an invalid batch to isolate the members at
 //     fault (rejecting one only with evidence), or stop the line and retry
 //     slowly while the credentials, the configuration or a whole batch are
-//     rejected (Client.LineStopped);
+//     rejected (Client.LineStopped), each workspace its own line;
+//   - the blocked view (blocked.go): which workspaces cannot take changes
+//     for their own reasons (Client.Blocked, Client.BlockedChanged), so
+//     that the consumer parks their changes while the others flow;
 //   - the API key in use, re-read after a 401/403 (Config.APIKeyFunc);
 //   - the retry loop itself (only NextBackOff and Reset are taken from
 //     cenkalti/backoff/v4), per-attempt timeouts, the lease check before
@@ -30,7 +33,7 @@
 //   - HTTP/1.1 only to the API (http.go, defaultHTTPClient: no transport
 //     resends behind the limiter and the fence);
 //   - the request metrics: requests, durations, retries, rate-limit wait,
-//     line stopped (and auth failing).
+//     line stopped (and auth failing), per workspace stopped and blocked.
 //
 // It does not own the lease itself (the consumer group proves membership),
 // batching, compaction, per-cohort ordering or the number of concurrent

@@ -116,17 +116,18 @@ func (c *Client) attempt(ctx context.Context, req wire.Request, to *dest, body [
 	// The last checks for a caller's HTTP client; the default one checks
 	// again right before each write (fencedConn).
 	if err := c.freshen(actx, &st.permitAt); err != nil {
-		c.m.Requests.WithLabelValues(string(req.Action), "0").Inc()
+		c.countRequest(req, to, "0")
 		return nil, fmt.Errorf("sink: waiting for a fresh permit: %w", err)
 	}
 	if err := c.fence.check(); err != nil {
-		c.m.Requests.WithLabelValues(string(req.Action), "0").Inc()
+		c.countRequest(req, to, "0")
 		return nil, err
 	}
 	start := time.Now()
+	c.m.WorkspaceChanges.WithLabelValues(to.ws, "sent").Add(float64(len(req.UIDs)))
 	resp, err := c.cfg.HTTPClient.Do(hreq)
 	if err != nil {
-		return nil, c.noAnswer(req, st, start, err)
+		return nil, c.noAnswer(req, to, st, start, err)
 	}
 	raw, _ := io.ReadAll(io.LimitReader(resp.Body, readLimit))
 	_, _ = io.CopyN(io.Discard, resp.Body, readLimit) // drain, so the connection is reused
@@ -138,7 +139,8 @@ func (c *Client) attempt(ctx context.Context, req wire.Request, to *dest, body [
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
 		switch successBody(raw) {
 		case accepted:
-			c.m.Requests.WithLabelValues(string(req.Action), code).Inc()
+			c.countRequest(req, to, code)
+			c.m.WorkspaceChanges.WithLabelValues(to.ws, "accepted").Add(float64(len(req.UIDs)))
 			c.windowSpent(resp.Header)
 			return nil, nil
 		case saysFail:
@@ -148,11 +150,19 @@ func (c *Client) attempt(ctx context.Context, req wire.Request, to *dest, body [
 			serr.NotAPI = true
 		}
 	}
-	c.m.Requests.WithLabelValues(string(req.Action), code).Inc()
+	c.countRequest(req, to, code)
 	if !serr.NotAPI {
 		to.creds.parseEnvelope(serr, raw)
 	}
 	return serr, nil
+}
+
+// countRequest counts an attempt of req to to, answered with code:
+// requests_total{action,code} and workspace_requests_total{workspace,code}
+// (to.ws: a workspace with a target is the Client's, never "other").
+func (c *Client) countRequest(req wire.Request, to *dest, code string) {
+	c.m.Requests.WithLabelValues(string(req.Action), code).Inc()
+	c.m.WorkspaceRequests.WithLabelValues(to.ws, code).Inc()
 }
 
 // newRequest builds the POST of body to to, with its headers.
@@ -177,9 +187,9 @@ func (c *Client) newRequest(ctx context.Context, to *dest, body []byte) (*http.R
 // when it was refused at the socket or abandoned when the lease lapsed
 // (retried under a new lease), the transport error otherwise; wrapped in an
 // *unknownOutcome when the request may have reached the API.
-func (c *Client) noAnswer(req wire.Request, st *attemptState, start time.Time, err error) error {
+func (c *Client) noAnswer(req wire.Request, to *dest, st *attemptState, start time.Time, err error) error {
 	c.m.RequestDuration.Observe(time.Since(start).Seconds())
-	c.m.Requests.WithLabelValues(string(req.Action), "0").Inc()
+	c.countRequest(req, to, "0")
 	if errors.Is(err, errLeaseExpired) || errors.Is(context.Cause(st.ctx), errLeaseExpired) {
 		err = errLeaseExpired
 	} else {

@@ -37,27 +37,28 @@ func newCreds(workspace, key string, prev *creds) *creds {
 // key itself) and the current key is kept. APIKeyFunc may be called from
 // several Sends, never concurrently.
 func (c *Client) reloadKey() bool {
-	if c.cfg.APIKeyFunc == nil {
+	if c.cfg.APIKeyFunc == nil || c.cfg.Targets != nil { // with Targets each attempt reads its workspace's key
 		return false
 	}
 	c.keyMu.Lock() // one reader at a time: concurrent 401s re-read once each, in turn
 	defer c.keyMu.Unlock()
 	key, err := c.cfg.APIKeyFunc()
 	cur := c.creds.Load()
+	log := c.log.With("workspace", c.cfg.WorkspaceID) // the default workspace's key
 	switch {
 	case err != nil:
-		c.log.Error("cannot re-read the API key; keeping the current one", "err", c.scrub(err.Error()))
+		log.Error("cannot re-read the API key; keeping the current one", "err", c.scrub(err.Error()))
 		return false
 	case key == "":
-		c.log.Error("the re-read API key is empty; keeping the current one")
+		log.Error("the re-read API key is empty; keeping the current one")
 		return false
 	case strings.ContainsFunc(key, func(r rune) bool { return r < 0x20 || r == 0x7f }):
-		c.log.Error("the re-read API key contains control characters; keeping the current one")
+		log.Error("the re-read API key contains control characters; keeping the current one")
 		return false
 	case key == cur.key:
 		return false
 	}
 	c.creds.Store(newCreds(c.cfg.WorkspaceID, key, cur))
-	c.log.Warn("the API key changed; the next attempts use the new one")
+	log.Warn("the API key changed; the next attempts use the new one")
 	return true
 }

@@ -27,8 +27,10 @@ func (s *sender) post(ctx context.Context, req wire.Request, retry RetryReason) 
 		}
 		if retry != "" {
 			c.m.Retries.WithLabelValues(string(retry)).Inc()
+			c.m.WorkspaceRetries.WithLabelValues(to.ws, string(retry)).Inc()
 		}
 		wake := c.wakeChan() // before the attempt: a change during it wakes a stop after it
+		sent := time.Now()
 		serr, err := c.attempt(ctx, req, to, body, lease, permitAt)
 		if serr == nil && err == nil {
 			s.accepted(req, attempt)
@@ -39,6 +41,7 @@ func (s *sender) post(ctx context.Context, req wire.Request, retry RetryReason) 
 		}
 		f := s.statusFailStreak(newFailure(serr, err))
 		d := f.d
+		c.noteFailure(req.Workspace, d, sent)
 		switch d.kind {
 		case splitHalves, rejectAll, isolate: // the request itself: the caller's
 			return serr, d, nil
@@ -155,7 +158,7 @@ func (s *sender) delay(f failure, req wire.Request, attempt int, reload bool, to
 		if reload && (s.c.reloadKey() || s.c.keyRotated(to, req.Workspace)) {
 			delay = 0 // try the new key at once
 		}
-		if s.c.line.stop(f.d.stop) || f.key != s.lastKey {
+		if s.c.line.stop(s.ws(), f.d.stop) || f.key != s.lastKey {
 			s.lastKey = f.key
 			s.log().Error(lineStopMessage(f.serr), "err", f.serr, "status", f.status, "attempt", attempt,
 				"delay", delay, "members", len(req.UIDs))
@@ -245,7 +248,7 @@ func (s *sender) lease(ctx context.Context) (time.Time, error) {
 // accepted records a 2xx for req.
 func (s *sender) accepted(req wire.Request, attempt int) {
 	s.progress()
-	if s.c.line.clear() {
+	if s.c.line.accept(s.ws(), time.Now()) {
 		s.log().Info("the API accepts the credentials again; sending resumed", "attempt", attempt)
 	}
 	if s.lastKey != "" {

@@ -30,7 +30,7 @@ type Client struct {
 
 	hvAppKey, hvUserAgent, hvReplica []string // header values, read-only
 
-	line *stoppedLine // LineStopped: the credentials, the configuration, or batches that fail alike
+	line *stoppedLine // per workspace: LineStopped, Blocked (blocked.go)
 	wake waker        // TargetsChanged wakes the stopped Sends
 
 	unkMu       sync.Mutex                         // guards the two fields below (unknown.go)
@@ -96,14 +96,14 @@ type sender struct {
 	failCount    int            // how many times in a row it came (statusFailStreak)
 }
 
-// log returns the Send's logger, with cohort_id and action, and the
-// workspace when the batch names one.
+// ws is the workspace of the Send's batch (the default one for "").
+func (s *sender) ws() string { return s.c.workspaceOf(s.req.Workspace) }
+
+// log returns the Send's logger, with the workspace (the default one's ID
+// for a batch that names none), cohort_id and action.
 func (s *sender) log() *slog.Logger {
 	if s.logger == nil {
-		s.logger = s.c.log.With("cohort_id", s.req.CohortID, "action", string(s.req.Action))
-		if s.req.Workspace != "" {
-			s.logger = s.logger.With("workspace", s.req.Workspace)
-		}
+		s.logger = s.c.log.With("workspace", s.ws(), "cohort_id", s.req.CohortID, "action", string(s.req.Action))
 	}
 	return s.logger
 }
@@ -127,6 +127,7 @@ func (s *sender) deliverHalves(ctx context.Context, req wire.Request, retry Retr
 }
 
 func (s *sender) reject(uids []string, reason string) {
+	s.c.m.WorkspaceChanges.WithLabelValues(s.c.workspaceLabel(s.ws()), "rejected").Add(float64(len(uids)))
 	for _, u := range uids {
 		s.rejected = append(s.rejected, wire.Rejection{UID: u, Reason: reason})
 	}

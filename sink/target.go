@@ -127,10 +127,12 @@ func (s *sender) stopTarget(ctx context.Context, req wire.Request, reason LineSt
 	pause := s.stopPause(reason)
 	if s.targetStop != reason {
 		if s.targetStop != "" {
-			s.c.line.addTarget(s.targetStop, -1)
+			s.c.line.addTarget(s.ws(), s.targetStop, -1)
 		}
 		s.targetStop = reason
-		s.c.line.addTarget(reason, 1)
+		s.c.line.addTarget(s.ws(), reason, 1)
+	} else {
+		s.c.line.reprobe(s.ws(), reason)
 	}
 	if key := string(reason) + "|" + cause.Error(); key != s.lastKey {
 		s.lastKey = key
@@ -151,7 +153,7 @@ func (s *sender) untarget(resolved bool) {
 	if s.targetStop == "" {
 		return
 	}
-	s.c.line.addTarget(s.targetStop, -1)
+	s.c.line.addTarget(s.ws(), s.targetStop, -1)
 	s.targetStop = ""
 	if resolved {
 		s.stopWait, s.lastKey = 0, ""
@@ -179,9 +181,11 @@ type waker struct {
 // rotated, a workspace added or removed, a data center changed): every
 // Send whose line is stopped for the credentials or a missing target
 // (LineStopAuth, LineStopConfig, LineStopNoKey) tries again at once,
-// instead of after its stop pause. The app calls it from the registry's
-// OnChange. It never blocks.
+// instead of after its stop pause, and the workspaces blocked for those
+// reasons are unblocked (Blocked): their resumed traffic probes them. The
+// app calls it from the registry's OnChange. It never blocks.
 func (c *Client) TargetsChanged() {
+	c.line.targetsChanged()
 	c.wake.mu.Lock()
 	defer c.wake.mu.Unlock()
 	if c.wake.ch != nil {

@@ -2,6 +2,13 @@
 // what happened: a Kafka broker, the cohortsync emulator, the worker, and a
 // few thousand sample membership events (a few of them malformed).
 //
+// By default the events are spread over three workspaces (a registry in a
+// temporary MOENGAGE_WORKSPACES_DIR); mid-run the last one's key is revoked
+// through the emulator's admin API, and restored later (workspaces.go): the
+// report shows, per workspace, the fold check, its requests, and what the
+// others got through while it was stopped. -workspaces 1 runs one
+// workspace, without a revocation.
+//
 // By default everything runs in this process and needs nothing but Go: an
 // in-process Kafka (kfake, which speaks the real protocol) and the in-process
 // emulator. KAFKA_BROKERS switches to a real cluster (or -kafka=local starts
@@ -59,6 +66,8 @@ type options struct {
 	verbose    bool
 	timeout    time.Duration
 	seed       uint64
+	workspaces int
+	revokeFor  time.Duration
 }
 
 // parseOptions reads the flags; it returns nil options after -help.
@@ -76,6 +85,8 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.BoolVar(&o.verbose, "v", false, "show the worker's logs")
 	fs.DurationVar(&o.timeout, "timeout", 3*time.Minute, "give up after this long")
 	fs.Uint64Var(&o.seed, "seed", 1, "random seed for the sample events")
+	fs.IntVar(&o.workspaces, "workspaces", 3, "workspaces the events are spread over (1: one, no revocation; more need the in-process emulator)")
+	fs.DurationVar(&o.revokeFor, "revoke-for", 6*time.Second, "how long the last workspace's key stays revoked (with -workspaces > 1); the second half of the events is produced meanwhile")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, nil
@@ -118,24 +129,44 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	defer a.close()
 	say("Cohort Sync API: %s", a.desc)
 
-	// 3. Sample events.
-	want, err := produce(ctx, brokers, topic, *o)
+	// 3. Sample events: all of them, or the first half before a revocation.
+	s := newSample(*o, a.workspaces)
+	first := s.msgs
+	if len(a.workspaces) > 1 {
+		first = s.msgs[:len(s.msgs)/2]
+	}
+	w := newWriter(brokers, topic)
+	defer w.Close()
+	if err := writeAll(ctx, w, first); err != nil {
+		return err
+	}
+	say("produced %d of %d events (%d malformed) over %d cohorts in %d workspaces to %s",
+		len(first), len(s.msgs), o.poison, o.cohorts, len(a.workspaces), topic)
+
+	// 4. The worker, until the group has no lag (after the revocation, if any).
+	cfg, err := workerConfig(brokers, topic, dlqTopic, a)
 	if err != nil {
 		return err
 	}
-	say("produced %d events (%d malformed) over %d cohorts to %s", o.events+o.poison, o.poison, o.cohorts, topic)
-
-	// 4. The worker, until the group has no lag.
-	cfg := workerConfig(brokers, topic, dlqTopic, a)
+	defer a.removeRegistry()
 	say("worker started (group %s); waiting until the group lag is zero…", cfg.KafkaGroupID)
-	reg, caughtUp, err := runWorker(ctx, cfg, log)
+	var rev *revocation
+	during := func(ctx context.Context) error {
+		if len(a.workspaces) == 1 {
+			return nil
+		}
+		var err error
+		rev, err = revokeMidRun(ctx, say, a, w, s.msgs[len(first):], cfg, *o)
+		return err
+	}
+	reg, caughtUp, err := runWorker(ctx, cfg, log, during)
 	if err != nil {
 		return err
 	}
 	say("caught up in %s; the worker drained and stopped", caughtUp.Round(time.Millisecond))
 
 	// 5. Report.
-	return report(ctx, stdout, reg, a, want, *o, time.Since(started))
+	return report(ctx, stdout, reg, a, s.want, rev, *o, time.Since(started))
 }
 
 // api is where the worker sends its requests: the API named by
@@ -145,16 +176,28 @@ type api struct {
 	desc                    string
 	emu                     *emulator.Emulator // nil for an API named by the environment
 	close                   func()
+	// workspaces are the workspaces the events go to: workspace alone, or
+	// several (the first one the default), each with its key in keys and
+	// in the registry directory regDir (workspaces.go).
+	workspaces []string
+	keys       map[string]string
+	regDir     string
 }
 
 func startAPI(o options, log *slog.Logger) (*api, error) {
 	if url := os.Getenv("MOENGAGE_BASE_URL"); url != "" {
-		return &api{baseURL: url, workspace: os.Getenv("MOENGAGE_WORKSPACE_ID"), key: os.Getenv("MOENGAGE_DATA_API_KEY"),
-			desc: url, close: func() {}}, nil
+		ws := os.Getenv("MOENGAGE_WORKSPACE_ID")
+		return &api{baseURL: url, workspace: ws, key: os.Getenv("MOENGAGE_DATA_API_KEY"),
+			desc: url, close: func() {}, workspaces: []string{ws}}, nil
 	}
 	a := &api{workspace: "demo-workspace", key: "demo-data-api-key"}
 	ecfg := emulator.DefaultConfig()
-	ecfg.Credentials = map[string]string{a.workspace: a.key}
+	if o.workspaces > 1 {
+		ecfg.Workspaces = a.demoWorkspaces(o.workspaces)
+	} else {
+		a.workspaces = []string{a.workspace}
+		ecfg.Credentials = map[string]string{a.workspace: a.key}
+	}
 	ecfg.Faults.ErrorRate = o.errorRate
 	ecfg.Logger = log
 	srv, err := rig.ServeAPI(ecfg)
@@ -166,7 +209,7 @@ func startAPI(o options, log *slog.Logger) (*api, error) {
 	return a, nil
 }
 
-func workerConfig(brokers []string, topic, dlqTopic string, a *api) config.Config {
+func workerConfig(brokers []string, topic, dlqTopic string, a *api) (config.Config, error) {
 	cfg := config.Default()
 	cfg.KafkaBrokers = brokers
 	cfg.KafkaTopics = []string{topic}
@@ -185,20 +228,28 @@ func workerConfig(brokers []string, topic, dlqTopic string, a *api) config.Confi
 	// in-process emulator never processes a request late, so the demo
 	// takes the shortest bound the configuration accepts.
 	cfg.MoEngageMaxProcessingTime = config.AttemptTimeout + time.Second
-	return cfg
+	if len(a.workspaces) > 1 {
+		return cfg, a.useRegistry(&cfg)
+	}
+	return cfg, nil
 }
 
-// runWorker runs the worker in-process until its group has no lag, then
-// stops it (it drains first) and returns its metrics and the time it took
-// to catch up.
-func runWorker(ctx context.Context, cfg config.Config, log *slog.Logger) (*prometheus.Registry, time.Duration, error) {
+// runWorker runs the worker in-process, and during beside it, until during
+// has returned and the group has no lag; then it stops the worker (it
+// drains first) and returns its metrics and the time it took to catch up.
+func runWorker(ctx context.Context, cfg config.Config, log *slog.Logger,
+	during func(context.Context) error) (*prometheus.Registry, time.Duration, error) {
 	reg := prometheus.NewRegistry()
 	start := time.Now()
 	w := rig.Start(ctx, func(ctx context.Context) error {
 		return app.Run(ctx, app.Options{Config: cfg, Logger: log, Registry: reg, Version: "demo", ReplicaID: "demo"})
 	})
 	admin := kafkaadmin.New(cfg.KafkaBrokers, nil)
-	if err := rig.WaitNoLag(ctx, admin, cfg.KafkaTopics[0], cfg.KafkaGroupID, w.Done()); err != nil {
+	err := during(ctx)
+	if err == nil {
+		err = rig.WaitNoLag(ctx, admin, cfg.KafkaTopics[0], cfg.KafkaGroupID, w.Done())
+	}
+	if err != nil {
 		if werr := w.Stop(); werr != nil {
 			err = fmt.Errorf("%w: %w", err, werr)
 		}
@@ -239,17 +290,21 @@ func startKafka(ctx context.Context, o options, log *slog.Logger, topics ...stri
 	return c.ListenAddrs(), c.Close, "in-process (kfake)", nil
 }
 
-type cohortKey struct{ partner, id string }
+type cohortKey struct{ workspace, partner, id string }
 
-// produce writes the sample events keyed by cohort_id and returns the
-// membership they imply: the fold of the log.
-func produce(ctx context.Context, brokers []string, topic string, o options) (map[cohortKey]map[string]bool, error) {
+// sample is the demo's events and the membership they imply.
+type sample struct {
+	msgs []kafka.Message
+	want map[cohortKey]map[string]bool // the fold of the log
+}
+
+// newSample makes the sample events, keyed by cohort_id, and their fold.
+// Cohort c belongs to workspace c mod len(workspaces); the first, the
+// default, is named in workspace_id only every other time (never with one
+// workspace). The workspaces share the partitions.
+func newSample(o options, workspaces []string) sample {
 	rng := rand.New(rand.NewPCG(o.seed, 42))
-	w := &kafka.Writer{Addr: kafka.TCP(brokers...), Topic: topic, Balancer: &kafka.Hash{},
-		BatchTimeout: 5 * time.Millisecond, BatchSize: 500, RequiredAcks: kafka.RequireAll}
-	defer w.Close()
-	want := map[cohortKey]map[string]bool{}
-	msgs := make([]kafka.Message, 0, o.events+o.poison)
+	s := sample{want: map[cohortKey]map[string]bool{}, msgs: make([]kafka.Message, 0, o.events+o.poison)}
 	poisonAt := map[int]string{}
 	kinds := []string{
 		`{"action":"add_members","cohort_id":`,                  // malformed JSON
@@ -265,7 +320,7 @@ func produce(ctx context.Context, brokers []string, topic string, o options) (ma
 	}
 	for i := range o.events {
 		if p, ok := poisonAt[i]; ok {
-			msgs = append(msgs, kafka.Message{Key: []byte("poison"), Value: []byte(p)})
+			s.msgs = append(s.msgs, kafka.Message{Key: []byte("poison"), Value: []byte(p)})
 		}
 		c := rng.IntN(o.cohorts)
 		ev := event.Event{
@@ -279,31 +334,45 @@ func produce(ctx context.Context, brokers []string, topic string, o options) (ma
 		if rng.Float64() >= 0.7 {
 			ev.Action = event.Remove
 		}
-		k := cohortKey{ev.Partner, ev.CohortID}
-		if want[k] == nil {
-			want[k] = map[string]bool{}
+		ws := workspaces[c%len(workspaces)]
+		if ws != workspaces[0] || len(workspaces) > 1 && rng.IntN(2) == 0 {
+			ev.Workspace = ws
+		}
+		k := cohortKey{ws, ev.Partner, ev.CohortID}
+		if s.want[k] == nil {
+			s.want[k] = map[string]bool{}
 		}
 		if ev.Action == event.Add {
-			want[k][ev.UIDs[0]] = true
+			s.want[k][ev.UIDs[0]] = true
 		} else {
-			delete(want[k], ev.UIDs[0])
+			delete(s.want[k], ev.UIDs[0])
 		}
-		msgs = append(msgs, kafka.Message{Key: []byte(ev.CohortID), Value: event.Encode(ev)})
+		s.msgs = append(s.msgs, kafka.Message{Key: []byte(ev.CohortID), Value: event.Encode(ev)})
 	}
+	return s
+}
+
+func newWriter(brokers []string, topic string) *kafka.Writer {
+	return &kafka.Writer{Addr: kafka.TCP(brokers...), Topic: topic, Balancer: &kafka.Hash{},
+		BatchTimeout: 5 * time.Millisecond, BatchSize: 500, RequiredAcks: kafka.RequireAll}
+}
+
+// writeAll writes msgs, in order.
+func writeAll(ctx context.Context, w *kafka.Writer, msgs []kafka.Message) error {
 	for len(msgs) > 0 {
 		n := min(len(msgs), 1000)
 		if err := w.WriteMessages(ctx, msgs[:n]...); err != nil {
-			return nil, fmt.Errorf("produce: %w", err)
+			return fmt.Errorf("produce: %w", err)
 		}
 		msgs = msgs[n:]
 	}
-	return want, nil
+	return nil
 }
 
 // report prints the worker's figures and compares every cohort's
 // membership in the API with the fold of the event log.
 func report(ctx context.Context, w io.Writer, reg *prometheus.Registry, a *api,
-	want map[cohortKey]map[string]bool, o options, took time.Duration) error {
+	want map[cohortKey]map[string]bool, rev *revocation, o options, took time.Duration) error {
 	m, err := rig.Gather(reg)
 	if err != nil {
 		return err
@@ -321,11 +390,16 @@ func report(ctx context.Context, w io.Writer, reg *prometheus.Registry, a *api,
 	}
 	got := map[cohortKey][]string{}
 	for _, s := range segs {
-		if s.Workspace == a.workspace {
-			got[cohortKey{s.Partner, s.CohortID}] = s.Members
+		if slices.Contains(a.workspaces, s.Workspace) {
+			got[cohortKey{s.Workspace, s.Partner, s.CohortID}] = s.Members
 		}
 	}
-	bad := printCohorts(w, want, got)
+	var bad int
+	if len(a.workspaces) == 1 {
+		bad = printCohorts(w, want, got)
+	} else {
+		bad = printWorkspaces(w, a, want, got, rev)
+	}
 	if bad > 0 || int(dead) != o.poison {
 		return fmt.Errorf("%d cohorts differ from the fold of the log; %0.f dead-lettered of %d malformed", bad, dead, o.poison)
 	}
@@ -366,16 +440,22 @@ func printCohorts(w io.Writer, want map[cohortKey]map[string]bool, got map[cohor
 	slices.SortFunc(keys, func(a, b cohortKey) int { return strings.Compare(a.id, b.id) })
 	for _, k := range keys {
 		exp, act := want[k], got[k]
-		ok := len(act) == len(exp)
-		for _, u := range act {
-			ok = ok && exp[u]
-		}
 		mark := "ok"
-		if !ok {
+		if !folds(exp, act) {
 			mark = "MISMATCH"
 			bad++
 		}
 		fmt.Fprintf(w, "  %-20s %9d %9d  %s\n", k.id, len(exp), len(act), mark)
 	}
 	return bad
+}
+
+// folds reports whether act, a cohort's members in the API, are exactly
+// exp, the fold of its events.
+func folds(exp map[string]bool, act []string) bool {
+	ok := len(act) == len(exp)
+	for _, u := range act {
+		ok = ok && exp[u]
+	}
+	return ok
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"net/http"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -14,15 +15,17 @@ import (
 	"github.com/cohortsync/cohortsync-worker/internal/harness/rig"
 )
 
-// TestDemo runs the embedded demo end to end on a small sample and checks
-// its report: the membership check passes and the poison was dead-lettered.
-// run stops all it started: Kafka, the emulator and the worker.
-func TestDemo(t *testing.T) {
+// runDemo runs the embedded demo end to end on a small sample with args
+// added and checks its report: the membership check passes and the poison
+// was dead-lettered. run stops all it started: Kafka, the emulator and the
+// worker.
+func runDemo(t *testing.T, args ...string) string {
 	t.Setenv("KAFKA_BROKERS", "")
 	t.Setenv("MOENGAGE_BASE_URL", "")
 	leaks := goleak.IgnoreCurrent()
 	var out, errOut bytes.Buffer
-	err := run(context.Background(), []string{"-events", "800", "-cohorts", "5", "-users", "100", "-poison", "3", "-error-rate", "0.2"}, &out, &errOut)
+	args = append([]string{"-events", "800", "-cohorts", "6", "-users", "100", "-poison", "3", "-error-rate", "0.2"}, args...)
+	err := run(context.Background(), args, &out, &errOut)
 	if err != nil {
 		t.Fatalf("demo: %v\n%s\n%s", err, out.String(), errOut.String())
 	}
@@ -49,5 +52,36 @@ func TestDemo(t *testing.T) {
 	}
 	if strings.Contains(report, "MISMATCH") {
 		t.Fatalf("mismatch:\n%s", report)
+	}
+	return report
+}
+
+// TestDemo: three workspaces, ws-gamma's key revoked mid-run and restored.
+// Each workspace's fold check passes; ws-gamma got 401s and no acceptance
+// while revoked, and was accepted again after the restore.
+func TestDemo(t *testing.T) {
+	report := runDemo(t, "-revoke-for", "3s")
+	for _, ws := range []string{"ws-alpha", "ws-beta", "ws-gamma"} {
+		if !regexp.MustCompile(`(?m)^  ` + ws + ` +2 +\d+ +\d+ ok `).MatchString(report) {
+			t.Errorf("no fold check passed for %s:\n%s", ws, report)
+		}
+	}
+	stopped := regexp.MustCompile(`ws-gamma +stopped: ([1-9]\d*) requests answered 401 in all, 0 changes accepted meanwhile; first accepted [^ ]+ after the restore`)
+	if !stopped.MatchString(report) {
+		t.Errorf("ws-gamma's revocation not reported as stopped, then accepted after the restore:\n%s", report)
+	}
+	if n := strings.Count(report, "changes accepted meanwhile; the longest time without an acceptance"); n != 2 {
+		t.Errorf("%d workspaces reported beside the revoked one, want 2:\n%s", n, report)
+	}
+}
+
+// TestDemoOneWorkspace: the single-workspace demo, its per-cohort table.
+func TestDemoOneWorkspace(t *testing.T) {
+	report := runDemo(t, "-workspaces", "1")
+	if n := strings.Count(report, "cohort-0"); n != 6 {
+		t.Errorf("%d cohort lines, want 6:\n%s", n, report)
+	}
+	if strings.Contains(report, "revoked") {
+		t.Errorf("a revocation with one workspace:\n%s", report)
 	}
 }

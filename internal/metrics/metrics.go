@@ -47,6 +47,7 @@ type Metrics struct {
 	AuthFailing        prometheus.Gauge       // 1 while line_stopped{reason="auth"} or {reason="config"} is 1
 	LineStopped        *prometheus.GaugeVec   // reason (sink.LineStopReasons)
 	LineStoppedProbes  *prometheus.CounterVec // reason (sink.LineStopReasons)
+	PerWorkspace                              // workspace.go
 	Ready              prometheus.Gauge
 	BuildInfo          *prometheus.GaugeVec
 	// Loops is the progress heartbeat of the process's own loops, behind
@@ -137,6 +138,7 @@ func New(reg prometheus.Registerer) *Metrics {
 			Help: "1 while sending is stopped (retried slowly, nothing dropped or committed), by reason."}, []string{"reason"}),
 		LineStoppedProbes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "line_stopped_probes_total",
 			Help: "Probes of a stopped line: each time a stopped Send sends again, after a pause that doubles from 30s to 5m, by reason."}, []string{"reason"}),
+		PerWorkspace: newPerWorkspace(),
 		Ready: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "ready",
 			Help: "1 when the replica is ready (/readyz): started, and joined or joining the consumer group. A stopped line or failing dead letters do not change it (see line_stopped, dead_letter_failing)."}),
 		BuildInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "build_info",
@@ -164,6 +166,9 @@ func New(reg prometheus.Registerer) *Metrics {
 	}
 	for _, o := range []string{"ok", "error"} {
 		m.Commits.WithLabelValues(o)
+	}
+	if reg != nil {
+		reg.MustRegister(m.PerWorkspace.collectors()...)
 	}
 	for _, o := range []string{"ok", "fenced", "error"} {
 		m.LeaseRenewals.WithLabelValues(o)
