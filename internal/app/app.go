@@ -79,6 +79,7 @@ type worker struct {
 	batcher   *batcher.Batcher
 	consumer  *consumer.Consumer
 	fleet     *ratelimit.Fleets // a budget per workspace
+	budgetM   *metrics.Budget   // its metrics by workspace
 	board     *board.Board      // nil: RATE_LIMIT_SHARING off (or no limit)
 	ws        *workspaces       // the registry (MOENGAGE_WORKSPACES_DIR) and the default workspace
 }
@@ -166,18 +167,14 @@ func (w *worker) openRegistry() (err error) {
 func (w *worker) newFleet(replica string, dialer *kafka.Dialer) {
 	cfg := w.cfg
 	fc := ratelimit.FleetsConfig{Replica: replica, Budget: cfg.RateLimitRPM, BudgetOf: w.ws.budgetOf, Registry: w.ws.ids, Logger: w.log,
-		OnRate: func(ws string, own, borrowed float64) {
-			if ws == w.ws.def {
-				w.m.RateLimitRPM.Set(own + borrowed)
-			}
-		}}
+		OnRate: w.onRate}
 	if cfg.RateLimitSharing && (cfg.RateLimitRPM > 0 || w.ws.reg != nil) {
 		w.board = board.New(board.Config{Brokers: cfg.KafkaBrokers, Topic: cfg.KafkaBudgetTopic, Replica: replica,
 			Dialer: dialer, Transport: w.transport, Logger: w.log, OnDuplicate: w.m.BoardDuplicates.Inc})
 		fc.Board = w.board
 	}
-	w.fleet = ratelimit.NewFleets(fc)
-	w.ws.budgetsChanged = w.fleet.Sync // a workspace removed, or its budget changed
+	w.fleet, w.budgetM = ratelimit.NewFleets(fc), metrics.NewBudget(w.reg)
+	w.ws.budgetsChanged = w.budgetsChanged // a workspace removed, or its budget changed
 }
 
 // newSink makes the Cohort Sync API client.
@@ -200,7 +197,7 @@ func (w *worker) newSink(replica string, membership *lease.Lease) (*sink.Client,
 		ReplicaID:       replica,
 		UserAgent:       "cohortsync-worker/" + w.opts.Version,
 		HTTPClient:      w.opts.HTTPClient,
-		Limiters:        func(ws string) sink.Limiter { return w.fleet.Limiter(ws) }, // the batch's workspace's budget
+		Limiters:        w.limiterFor, // the batch's workspace's budget
 		Logger:          w.log,
 		Metrics:         w.m,
 
