@@ -60,6 +60,10 @@ import (
 // least RATE_LIMIT_RPM (config.SharedBudgetHonoured), so its share is
 // within each of their budgets' shares.
 
+// quiet is the Logger of each workspace's Fleet: what it would log, Fleets
+// logs once for all.
+var quiet = slog.New(slog.DiscardHandler)
+
 // RecordVersion is Record.V of the records Fleets writes.
 const RecordVersion = 2
 
@@ -193,7 +197,7 @@ func (m *Fleets) newState(ws string, budget float64) *wsState {
 		lim.SetRPM(budget / 1e6) // nothing before the first Rebalance: a token rate
 	}
 	fc := FleetConfig{Replica: m.cfg.Replica, Budget: budget, Limiter: lim, Tick: m.cfg.Tick, Lease: m.cfg.Lease,
-		Margin: m.cfg.Margin, Logger: m.cfg.Logger.With("workspace", ws), Clock: m.cfg.Clock}
+		Margin: m.cfg.Margin, Logger: quiet, Clock: m.cfg.Clock} // Rebalance logs an unknown total once, not once a workspace
 	if m.cfg.Board != nil {
 		fc.Board = wsBoard{m: m, ws: ws}
 	}
@@ -230,6 +234,10 @@ func (m *Fleets) Rebalance(gen int64, assigned, total int) float64 {
 	m.mu.Unlock()
 	for _, st := range states {
 		st.f.Rebalance(gen, assigned, total)
+	}
+	if !(total > 0 && total >= assigned) {
+		m.cfg.Logger.Warn("the partition total is unknown: in every workspace this replica keeps the share of the last known total, or the smallest, and lends nothing this generation",
+			"assigned", assigned, "workspaces", len(states))
 	}
 	select {
 	case m.wake <- struct{}{}:
