@@ -2,6 +2,7 @@ package ratelimit_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -287,6 +288,46 @@ func TestFleetsRollingUpgrade(t *testing.T) {
 		}
 		if d := time.Since(start); d < 25*time.Second {
 			t.Errorf("B waited %v: the old version's pause must hold every workspace", d)
+		}
+	})
+}
+
+// TestFleetsRecordHoldsTheActiveWorkspaces: with 1,000 workspaces in the
+// registry and 200 busy, a replica's record has an entry for the 200 only,
+// and stays small (bench (h''); the board reads messages of up to 1 MiB).
+func TestFleetsRecordHoldsTheActiveWorkspaces(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ids := make([]string, 1000)
+		for i := range ids {
+			ids[i] = fmt.Sprintf("WS%022d", i) // 24 characters, like a MoEngage ID
+		}
+		b := &scriptBoard{}
+		m := ratelimit.NewFleets(ratelimit.FleetsConfig{Replica: "host-1-0123456789abcdef", Budget: 300, Board: b,
+			Registry: func() []string { return ids }, Logger: slog.New(slog.DiscardHandler)})
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		var wg sync.WaitGroup
+		defer wg.Wait()
+		defer cancel()
+		wg.Go(func() { m.Run(ctx) })
+		m.Rebalance(1, 2, 6)
+		for _, ws := range ids[:200] {
+			wg.Go(func() {
+				for m.Limiter(ws).Wait(ctx) == nil {
+				}
+			})
+		}
+		time.Sleep(30 * time.Second)
+		b.mu.Lock()
+		last := b.published[len(b.published)-1]
+		b.mu.Unlock()
+		raw, err := json.Marshal(last)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%d states, %d entries, %d bytes", len(m.Workspaces()), len(last.Workspaces), len(raw))
+		if len(last.Workspaces) != 200 || len(raw) > 32<<10 {
+			t.Errorf("the record has %d entries in %d bytes, want the 200 busy workspaces in at most 32 KiB", len(last.Workspaces), len(raw))
 		}
 	})
 }
