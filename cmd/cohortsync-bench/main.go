@@ -26,7 +26,7 @@
 // Files: main.go (flags, the order of the phases), setup.go (Kafka, the
 // emulator, the producer, in-process workers), phase_ab.go, phase_a.go,
 // phase_b.go, rate.go (c), memory.go (d, dl), latency.go (e),
-// workspaces.go (h, h”), report.go
+// workspaces.go (h, h″), report.go
 // (the results, the table and the JSON).
 package main
 

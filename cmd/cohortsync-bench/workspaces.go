@@ -243,7 +243,7 @@ func sortedWorkspaces(fs []wsFigure) []wsFigure {
 	return out
 }
 
-// printWorkspaces adds the rows of (h) and (h”) to the table.
+// printWorkspaces adds the rows of (h) and (h″) to the table.
 func printWorkspaces(row func(k, v string), r *results) {
 	for _, wr := range r.Workspaces {
 		p := fmt.Sprintf("(h) %d replica(s), %d workspaces", wr.Replicas, len(wr.Workspaces))

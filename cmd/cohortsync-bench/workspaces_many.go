@@ -49,7 +49,7 @@ type manyResult struct {
 	Rejected429  int           `json:"answered_429"`
 }
 
-// phaseH2 runs (h”).
+// phaseH2 runs (h″).
 func (b *bench) phaseH2(ctx context.Context) error {
 	m, err := b.manyWorkspaces(ctx)
 	if err != nil {

@@ -294,7 +294,7 @@ func TestFleetsRollingUpgrade(t *testing.T) {
 
 // TestFleetsRecordHoldsTheActiveWorkspaces: with 1,000 workspaces in the
 // registry and 200 busy, a replica's record has an entry for the 200 only,
-// and stays small (bench (h”); the board reads messages of up to 1 MiB).
+// and stays small (bench (h″); the board reads messages of up to 1 MiB).
 func TestFleetsRecordHoldsTheActiveWorkspaces(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		ids := make([]string, 1000)
