@@ -411,7 +411,7 @@ func (c *Client) probeWorkspace(ws string) bool {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.AttemptTimeout)
 	defer cancel()
-	if lim := c.cfg.Limiter; lim != nil {
+	if lim := c.limiterFor(ws); lim != nil {
 		if err := lim.Wait(ctx); err != nil {
 			return false
 		}

@@ -96,6 +96,11 @@ type Config struct {
 	// (a *ratelimit.Limiter: the replica's share of the fleet budget). nil
 	// means unlimited (a 429 then only delays the Send that got it).
 	Limiter Limiter
+	// Limiters, when set, gives the Limiter of each workspace (its ID; a
+	// budget per workspace, internal/ratelimit.Fleets): an attempt takes
+	// its permit from its batch's workspace's, and a 429 or a spent window
+	// pauses that one only. A nil result falls back to Limiter.
+	Limiters func(workspace string) Limiter
 	// Logger receives the client's logs, with component=sink. nil means
 	// slog.Default().
 	Logger *slog.Logger

@@ -19,12 +19,12 @@ const permitMaxAge = 500 * time.Millisecond
 
 // freshen takes a new permit when the one taken at *at is older than
 // permitMaxAge, and moves *at to it.
-func (c *Client) freshen(ctx context.Context, at *time.Time) error {
-	if c.cfg.Limiter == nil || time.Since(*at) <= permitMaxAge {
+func (c *Client) freshen(ctx context.Context, lim Limiter, at *time.Time) error {
+	if lim == nil || time.Since(*at) <= permitMaxAge {
 		return nil
 	}
 	start := time.Now()
-	err := c.cfg.Limiter.Wait(ctx)
+	err := lim.Wait(ctx)
 	c.m.RateLimitWait.Add(time.Since(start).Seconds())
 	if err == nil {
 		*at = time.Now()
@@ -40,6 +40,7 @@ type attemptState struct {
 	c        *Client
 	ctx      context.Context // the attempt's: ends at AttemptTimeout or a lease lapse
 	permitAt time.Time       // set before Do; then used by the writing goroutine only
+	lim      Limiter         // the Limiter of the request's workspace (nil: none)
 	armed    atomic.Bool     // a fencedConn carries the request
 	sent     atomic.Bool     // a write of the request passed the fence: it may reach the API
 	done     atomic.Bool     // the attempt returned: a gate left on a connection does nothing
@@ -68,7 +69,7 @@ func (st *attemptState) beforeWrite() error {
 	if st.done.Load() {
 		return nil
 	}
-	return st.c.freshen(st.ctx, &st.permitAt)
+	return st.c.freshen(st.ctx, st.lim, &st.permitAt)
 }
 
 // mayHaveSent reports whether the request may have reached the API: a write

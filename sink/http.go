@@ -107,7 +107,7 @@ func (c *Client) attempt(ctx context.Context, req wire.Request, to *dest, body [
 	if !lease.IsZero() && c.cfg.Lease != nil {
 		defer c.watchLease(actx, func() { lapse(errLeaseExpired) }, lease)()
 	}
-	st := &attemptState{c: c, ctx: actx, permitAt: permitAt}
+	st := &attemptState{c: c, ctx: actx, permitAt: permitAt, lim: c.limiterFor(req.Workspace)}
 	defer st.done.Store(true)
 	hreq, err := c.newRequest(st.trace(actx), to, body)
 	if err != nil {
@@ -115,7 +115,7 @@ func (c *Client) attempt(ctx context.Context, req wire.Request, to *dest, body [
 	}
 	// The last checks for a caller's HTTP client; the default one checks
 	// again right before each write (fencedConn).
-	if err := c.freshen(actx, &st.permitAt); err != nil {
+	if err := c.freshen(actx, st.lim, &st.permitAt); err != nil {
 		c.countRequest(req, to, "0")
 		return nil, fmt.Errorf("sink: waiting for a fresh permit: %w", err)
 	}
@@ -141,7 +141,7 @@ func (c *Client) attempt(ctx context.Context, req wire.Request, to *dest, body [
 		case accepted:
 			c.countRequest(req, to, code)
 			c.m.WorkspaceChanges.WithLabelValues(to.ws, "accepted").Add(float64(len(req.UIDs)))
-			c.windowSpent(resp.Header)
+			c.windowSpent(resp.Header, st.lim)
 			return nil, nil
 		case saysFail:
 			code = metrics.CodeFail(resp.StatusCode)
@@ -206,13 +206,13 @@ func (c *Client) noAnswer(req wire.Request, to *dest, st *attemptState, start ti
 // other users of the workspace spent it, and the next request would get a
 // 429 (which counts too). The pause reaches the whole fleet (package
 // ratelimit's board).
-func (c *Client) windowSpent(h http.Header) {
-	if c.cfg.Limiter == nil || strings.TrimSpace(h.Get("X-Ratelimit-Remaining")) != "0" {
+func (c *Client) windowSpent(h http.Header, lim Limiter) {
+	if lim == nil || strings.TrimSpace(h.Get("X-Ratelimit-Remaining")) != "0" {
 		return
 	}
 	now := time.Now()
 	if d := min(rateLimitReset(h, now), maxServerDelay); d > 0 {
-		c.cfg.Limiter.PauseUntil(now.Add(d))
+		lim.PauseUntil(now.Add(d))
 	}
 }
 

@@ -55,7 +55,7 @@ func (s *sender) post(ctx context.Context, req wire.Request, retry RetryReason) 
 		if d.kind == stopLine {
 			err = sleepWake(ctx, delay, wake)
 		} else {
-			err = s.wait(ctx, delay, d.kind == retryPause)
+			err = s.wait(ctx, req.Workspace, delay, d.kind == retryPause)
 		}
 		if err != nil {
 			return nil, decision{}, s.stopped(req, attempt, err, last)
@@ -80,7 +80,7 @@ func (s *sender) next(ctx context.Context, req wire.Request, reload bool) (*dest
 	if err != nil {
 		return nil, time.Time{}, time.Time{}, err
 	}
-	lease, permitAt, err := s.ready(ctx)
+	lease, permitAt, err := s.ready(ctx, req.Workspace)
 	if err != nil {
 		return nil, time.Time{}, time.Time{}, err
 	}
@@ -196,13 +196,13 @@ func (s *sender) retrying(f failure, req wire.Request, attempt int, delay time.D
 // would be spent when the lease comes back, together with the permits the
 // Limiter grants then, so that a 60-second window of arrivals would hold
 // more than the Limiter's rate allows for (issue 18: 302 in a 300 window).
-func (s *sender) ready(ctx context.Context) (lease, permitAt time.Time, err error) {
+func (s *sender) ready(ctx context.Context, ws string) (lease, permitAt time.Time, err error) {
 	for {
 		if lease, err = s.lease(ctx); err != nil {
 			return time.Time{}, time.Time{}, err
 		}
 		if permitAt.IsZero() || time.Since(permitAt) > permitMaxAge {
-			if err = s.permit(ctx); err != nil {
+			if err = s.permit(ctx, ws); err != nil {
 				return time.Time{}, time.Time{}, err
 			}
 			permitAt = time.Now()
@@ -260,11 +260,11 @@ func (s *sender) accepted(req wire.Request, attempt int) {
 // permit takes a rate-limit permit for the next attempt. It fails once ctx
 // has ended, even without a Limiter: no new attempt starts after
 // cancellation.
-func (s *sender) permit(ctx context.Context) error {
+func (s *sender) permit(ctx context.Context, ws string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	lim := s.c.cfg.Limiter
+	lim := s.c.limiterFor(ws)
 	if lim == nil {
 		return nil
 	}
@@ -275,11 +275,11 @@ func (s *sender) permit(ctx context.Context) error {
 }
 
 // wait spends the delay before the next attempt. A 429's delay pauses the
-// shared Limiter (the next permit then waits it out); without a Limiter it
-// is slept here, and counted as rate-limit wait.
-func (s *sender) wait(ctx context.Context, d time.Duration, pause bool) error {
+// Limiter of workspace ws (the next permit then waits it out); without a
+// Limiter it is slept here, and counted as rate-limit wait.
+func (s *sender) wait(ctx context.Context, ws string, d time.Duration, pause bool) error {
 	if pause {
-		if lim := s.c.cfg.Limiter; lim != nil {
+		if lim := s.c.limiterFor(ws); lim != nil {
 			lim.PauseUntil(time.Now().Add(d))
 			return ctx.Err()
 		}

@@ -14,13 +14,19 @@
 //	d. the worker's peak RSS with MAX_PENDING_MEMBERS members pending;
 //	dl. its peak RSS with the API down and every partition full of 900 KB
 //	   records (the consumer's byte bound, not the member bound, holds it);
-//	e. under a light steady load, p50/p99 time from produce to acceptance.
+//	e. under a light steady load, p50/p99 time from produce to acceptance;
+//	h. 20 workspaces with budgets of their own, 1 and 3 replicas: each
+//	   workspace's use of its budget, its busiest 60 s, and packing;
+//	   (h') is a TODO (it needs the parking of issue 21 item 4);
+//	h''. 1,000 workspaces in the registry, 200 active: per-replica RSS and
+//	   CPU, and the registry's reload time.
 //
 // It prints a table and writes the same figures as JSON.
 //
 // Files: main.go (flags, the order of the phases), setup.go (Kafka, the
 // emulator, the producer, in-process workers), phase_ab.go, phase_a.go,
-// phase_b.go, rate.go (c), memory.go (d, dl), latency.go (e), report.go
+// phase_b.go, rate.go (c), memory.go (d, dl), latency.go (e),
+// workspaces.go (h, h″), report.go
 // (the results, the table and the JSON).
 package main
 
@@ -92,7 +98,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.largeRecords, "large-records", 150, "records of 900 KB per partition for (dl)")
 	fs.DurationVar(&o.window, "window", time.Second, "BATCH_WINDOW for (e)")
 	fs.StringVar(&o.out, "out", "bench-results/bench.json", "where the JSON goes")
-	fs.StringVar(&o.phases, "phases", "a,b,c,d,dl,e,f,g", "which phases to run (f' alone: only the (f') runs of f)")
+	fs.StringVar(&o.phases, "phases", "a,b,c,d,dl,e,f,g,h,h''", "which phases to run (f' alone: only the (f') runs of f; h' is not built: TODO, issue 21 parking)")
 	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of phase (b) to this file (its first run)")
 	fs.IntVar(&o.repeat, "repeat", 3, "runs of (a) and (b), alternating over the same topic; the figures are the medians, the ratio the median of the runs' ratios")
 	if err := fs.Parse(args); err != nil {
@@ -155,6 +161,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		{[]string{"e"}, b.phaseE},
 		{[]string{"f", "f'"}, b.phaseF},
 		{[]string{"g"}, b.phaseG},
+		{[]string{"h"}, b.phaseH},
+		// TODO(issue 21 item 4): (h'), one workspace's key revoked for 2
+		// minutes mid-run, needs the parking of a stuck workspace's changes.
+		{[]string{"h''"}, b.phaseH2},
 	} {
 		if slices.ContainsFunc(p.names, b.phase) {
 			if err := p.run(ctx); err != nil {

@@ -37,6 +37,8 @@ type results struct {
 	PeakRSSLimited   *rssResult          `json:"peak_rss_with_gomemlimit,omitempty"`
 	LargeRecords     *largeRecordsResult `json:"peak_rss_large_records,omitempty"`
 	Latency          *latencyResult      `json:"latency,omitempty"`
+	Workspaces       []wsResult          `json:"workspaces,omitempty"`      // (h)
+	ManyWorkspaces   *manyResult         `json:"many_workspaces,omitempty"` // (h'')
 	Targets          map[string]verdict  `json:"targets"`
 }
 
@@ -103,6 +105,7 @@ func printTable(w io.Writer, r *results) {
 	if r.Latency != nil {
 		row("(e) produce→accept latency", fmt.Sprintf("p50 %.3fs, p99 %.3fs (%d samples at %d/s over %d cohorts, BATCH_WINDOW=%.1fs)", r.Latency.P50, r.Latency.P99, r.Latency.Samples, r.Latency.Rate, r.Latency.Cohorts, r.Latency.Window))
 	}
+	printWorkspaces(row, r)
 	if len(r.Targets) > 0 {
 		fmt.Fprintf(w, "\n%-20s %-36s %-22s %s\n", "target", "goal", "measured", "met")
 		keys := make([]string, 0, len(r.Targets))

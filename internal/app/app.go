@@ -78,9 +78,10 @@ type worker struct {
 	dlq       *deadletter.DLQ
 	batcher   *batcher.Batcher
 	consumer  *consumer.Consumer
-	fleet     *ratelimit.Fleet
-	board     *board.Board // nil: RATE_LIMIT_SHARING off (or no limit)
-	ws        *workspaces  // the registry (MOENGAGE_WORKSPACES_DIR) and the default workspace
+	fleet     *ratelimit.Fleets // a budget per workspace
+	budgetM   *metrics.Budget   // its metrics by workspace
+	board     *board.Board      // nil: RATE_LIMIT_SHARING off (or no limit)
+	ws        *workspaces       // the registry (MOENGAGE_WORKSPACES_DIR) and the default workspace
 }
 
 // build validates the configuration and makes every component, starting
@@ -119,13 +120,12 @@ func build(opts Options) (_ *worker, err error) {
 			w.close()
 		}
 	}()
-	limiter := ratelimit.NewLimiter(cfg.RateLimitRPM)
 	w.m.RateLimitRPM.Set(cfg.RateLimitRPM)
-	w.newFleet(replica, dialer, limiter)
+	w.newFleet(replica, dialer)
 	// The consumer proves this replica's group membership to the lease;
 	// the sink sends nothing without it (DESIGN.md invariant 4).
 	membership := lease.New()
-	if w.client, err = w.newSink(replica, limiter, membership); err != nil {
+	if w.client, err = w.newSink(replica, membership); err != nil {
 		return nil, err
 	}
 	w.dlq = deadletter.New(deadletter.NewWriter(cfg.KafkaBrokers, cfg.KafkaDLQTopic, transport, w.log),
@@ -161,22 +161,24 @@ func (w *worker) openRegistry() (err error) {
 	return nil
 }
 
-// newFleet makes what shares the budget: the Fleet, and with
-// RATE_LIMIT_SHARING its board on KAFKA_BUDGET_TOPIC.
-func (w *worker) newFleet(replica string, dialer *kafka.Dialer, limiter *ratelimit.Limiter) {
+// newFleet makes what shares the budgets: a Fleet per workspace (each at
+// its own budget, the registry's .rate_limit_rpm or RATE_LIMIT_RPM), and
+// with RATE_LIMIT_SHARING their board on KAFKA_BUDGET_TOPIC.
+func (w *worker) newFleet(replica string, dialer *kafka.Dialer) {
 	cfg := w.cfg
-	fc := ratelimit.FleetConfig{Replica: replica, Budget: cfg.RateLimitRPM, Limiter: limiter, Logger: w.log,
-		OnRate: func(own, borrowed float64) { w.m.RateLimitRPM.Set(own + borrowed) }}
-	if cfg.RateLimitSharing && cfg.RateLimitRPM > 0 {
+	fc := ratelimit.FleetsConfig{Replica: replica, Budget: cfg.RateLimitRPM, BudgetOf: w.ws.budgetOf, Registry: w.ws.ids, Logger: w.log,
+		OnRate: w.onRate}
+	if cfg.RateLimitSharing && (cfg.RateLimitRPM > 0 || w.ws.reg != nil) {
 		w.board = board.New(board.Config{Brokers: cfg.KafkaBrokers, Topic: cfg.KafkaBudgetTopic, Replica: replica,
 			Dialer: dialer, Transport: w.transport, Logger: w.log, OnDuplicate: w.m.BoardDuplicates.Inc})
 		fc.Board = w.board
 	}
-	w.fleet = ratelimit.NewFleet(fc)
+	w.fleet, w.budgetM = ratelimit.NewFleets(fc), metrics.NewBudget(w.reg)
+	w.ws.budgetsChanged = w.budgetsChanged // a workspace removed, or its budget changed
 }
 
 // newSink makes the Cohort Sync API client.
-func (w *worker) newSink(replica string, limiter *ratelimit.Limiter, membership *lease.Lease) (*sink.Client, error) {
+func (w *worker) newSink(replica string, membership *lease.Lease) (*sink.Client, error) {
 	cfg := w.cfg
 	reloadKey := w.ws.defaultKey(cfg.MoEngageDataAPIKeyFile)
 	key := cfg.MoEngageDataAPIKey.Reveal()
@@ -195,7 +197,7 @@ func (w *worker) newSink(replica string, limiter *ratelimit.Limiter, membership 
 		ReplicaID:       replica,
 		UserAgent:       "cohortsync-worker/" + w.opts.Version,
 		HTTPClient:      w.opts.HTTPClient,
-		Limiter:         limiter,
+		Limiters:        w.limiterFor, // the batch's workspace's budget
 		Logger:          w.log,
 		Metrics:         w.m,
 

@@ -3,7 +3,7 @@ package app
 import (
 	"fmt"
 	"log/slog"
-	"strconv"
+	"slices"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -13,10 +13,10 @@ import (
 )
 
 // This file is the worker's side of the workspace registry
-// (MOENGAGE_WORKSPACES_DIR, issue 21 stage 1): opening it, what it serves,
-// the targets it gives the sink, its metrics. Stage 1 builds no parking and
-// no per-workspace budgets: the one RATE_LIMIT_RPM budget is shared by all
-// workspaces together.
+// (MOENGAGE_WORKSPACES_DIR, issue 21): opening it, what it serves, the
+// targets it gives the sink, the budgets it gives the Fleets (each
+// workspace its own: its .rate_limit_rpm, else RATE_LIMIT_RPM), its
+// metrics.
 
 // registryTarget is where and how a workspace's requests go, in plain types
 // (the sink's Target is made from it): the Basic-auth user and MOE-APPKEY,
@@ -42,7 +42,8 @@ type workspaces struct {
 	// override is MOENGAGE_BASE_URL when it overrides every data center
 	// ("": each workspace's data center; config.BaseURLOverride).
 	override string
-	// budget is RATE_LIMIT_RPM, the one budget every workspace shares.
+	// budget is RATE_LIMIT_RPM: the default workspace's budget when the
+	// registry does not name it.
 	budget float64
 	log    *slog.Logger
 	// targetsChanged, when set, is called after each registry change
@@ -50,6 +51,9 @@ type workspaces struct {
 	// newSink points it at sink.Client.TargetsChanged. Registry.Run's
 	// goroutine calls it, never concurrently.
 	targetsChanged func()
+	// budgetsChanged, when set, is called after each registry change too:
+	// newFleet points it at ratelimit.Fleets.Sync.
+	budgetsChanged func()
 }
 
 // openWorkspaces opens the registry when MOENGAGE_WORKSPACES_DIR is set (a
@@ -69,13 +73,6 @@ func openWorkspaces(cfg config.Config, log *slog.Logger, reg prometheus.Register
 			return nil, fmt.Errorf("MOENGAGE_WORKSPACES_DIR: %w", err)
 		}
 		ws.reg = r
-		for _, id := range r.IDs() { // Open announced the first generation before ws.reg was set
-			if w, ok := r.Lookup(id); ok && id != ws.def {
-				if err := ws.honoured(w); err != nil {
-					log.Error("workspace not served", "workspace", id, "err", err)
-				}
-			}
-		}
 	}
 	reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "cohortsync_workspaces",
@@ -100,7 +97,7 @@ func staticKey(key, file string) func() (string, error) {
 // MOENGAGE_WORKSPACE_ID / MOENGAGE_DATA_API_KEY when that key is set, else
 // the registry's (base URL MOENGAGE_BASE_URL when set, else its data
 // center's; key the registry's KeyFunc). It fails for a workspace the worker
-// does not serve: not in the registry, or whose budget it cannot honour.
+// does not serve: not in the registry, or with no data center.
 func (ws *workspaces) registryTargets(id string) (registryTarget, error) {
 	if id == ws.def && ws.defKey != nil {
 		return registryTarget{ID: id, BaseURL: ws.defURL, Key: ws.defKey}, nil
@@ -117,7 +114,8 @@ func (ws *workspaces) registryTargets(id string) (registryTarget, error) {
 }
 
 // served returns registry workspace id when the worker sends to it, else
-// why not: not in the registry, a budget it cannot honour, no data center.
+// why not: not in the registry, no data center. Every budget is honoured:
+// each workspace has its own (ratelimit.Fleets).
 // It builds nothing: the consumer asks it for every event naming a
 // workspace (serves).
 func (ws *workspaces) served(id string) (workspace.Workspace, error) {
@@ -131,25 +129,33 @@ func (ws *workspaces) served(id string) (workspace.Workspace, error) {
 	case ws.override == "" && w.DC == "": // config requires MOENGAGE_DC without MOENGAGE_BASE_URL
 		return w, fmt.Errorf("workspace %s has no data center (%s.dc, MOENGAGE_DC)", id, id)
 	}
-	return w, ws.honoured(w)
+	return w, nil
 }
 
-// honoured reports why w's budget cannot be kept, or nil. Per-workspace
-// budgets are not built: RATE_LIMIT_RPM is shared by every workspace
-// together, so a workspace may be sent up to all of it. One whose own
-// budget is lower is not served (its changes are dead-lettered, never sent
-// over its budget). RATE_LIMIT_RPM 0 (no client-side limit) honours only
-// workspaces without a budget of their own.
-func (ws *workspaces) honoured(w workspace.Workspace) error {
-	if config.SharedBudgetHonoured(w.RateLimitRPM, ws.budget) {
-		return nil
+// ids lists the workspaces served: the registry's, and the default.
+func (ws *workspaces) ids() []string {
+	var out []string
+	if ws.reg != nil {
+		out = ws.reg.IDs()
 	}
-	return fmt.Errorf("workspace %s is not served: its budget %s.rate_limit_rpm (%s/min) is below RATE_LIMIT_RPM (%s/min), "+
-		"which every workspace shares until per-workspace budgets are built; lower RATE_LIMIT_RPM to %s or remove the file",
-		w.ID, w.ID, rpmText(w.RateLimitRPM), rpmText(ws.budget), rpmText(w.RateLimitRPM))
+	if ws.def != "" && !slices.Contains(out, ws.def) {
+		out = append(out, ws.def)
+	}
+	return out
 }
 
-func rpmText(f float64) string { return strconv.FormatFloat(f, 'f', -1, 64) }
+// budgetOf is ratelimit.FleetsConfig.BudgetOf: workspace id's budget (its
+// .rate_limit_rpm, which defaults to RATE_LIMIT_RPM), and whether the
+// worker serves it; the default workspace without a registry entry has
+// RATE_LIMIT_RPM.
+func (ws *workspaces) budgetOf(id string) (float64, bool) {
+	if ws.reg != nil {
+		if w, ok := ws.reg.Lookup(id); ok {
+			return w.RateLimitRPM, true
+		}
+	}
+	return ws.budget, id == ws.def && (ws.defKey != nil || ws.reg == nil)
+}
 
 // serves reports whether the worker sends to workspace id (the consumer's
 // accept rule for events naming a workspace other than the default).
@@ -210,18 +216,11 @@ func (ws *workspaces) problems() int {
 	return len(ws.reg.Problems())
 }
 
-// changed is the registry's OnChange: it logs the workspaces that changed
-// and are not served (their budget), then tells the sink.
-func (ws *workspaces) changed(u workspace.Update) {
-	for _, c := range u.Changes {
-		if c.What&workspace.Removed != 0 || ws.reg == nil { // nil: the first generation, from Open
-			continue
-		}
-		if w, ok := ws.reg.Lookup(c.ID); ok {
-			if err := ws.honoured(w); err != nil {
-				ws.log.Error("workspace not served", "workspace", c.ID, "err", err)
-			}
-		}
+// changed is the registry's OnChange: it tells the budgets (a workspace
+// removed, or its budget changed) and the sink.
+func (ws *workspaces) changed(workspace.Update) {
+	if ws.budgetsChanged != nil {
+		ws.budgetsChanged()
 	}
 	if ws.targetsChanged != nil {
 		ws.targetsChanged()

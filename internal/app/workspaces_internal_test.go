@@ -48,9 +48,10 @@ func mustOpen(t *testing.T, cfg config.Config) *workspaces {
 // TestRegistryTargets (issue 21 stage 1): a workspace's target is its ID,
 // the base URL of its data center (its .dc, else MOENGAGE_DC; MOENGAGE_BASE_URL
 // overrides all) and the registry's key; the default keeps MOENGAGE_DATA_API_KEY
-// when set. A workspace outside the registry, or whose .rate_limit_rpm is
-// below the RATE_LIMIT_RPM every workspace shares, has none (not served),
-// with an error naming the file and the fix.
+// when set. A workspace outside the registry has none (not served), with
+// an error naming the file. Every budget is served, below RATE_LIMIT_RPM
+// or above it, and with RATE_LIMIT_RPM 0: each workspace has its own
+// (ratelimit.Fleets), which budgetOf gives.
 func TestRegistryTargets(t *testing.T) {
 	dir := rig.Dir(t, map[string]string{"WA.key": "key-a\n", "WA.dc": "02", "WB.key": "key-b",
 		"WLOW.key": "key-low", "WLOW.rate_limit_rpm": "100", "WHIGH.key": "key-high", "WHIGH.rate_limit_rpm": "600",
@@ -61,6 +62,7 @@ func TestRegistryTargets(t *testing.T) {
 		{"WA", "https://api-02.moengage.com", "key-a"},
 		{"WB", "https://api-01.moengage.com", "key-b"}, // MOENGAGE_DC
 		{"WHIGH", "https://api-01.moengage.com", "key-high"},
+		{"WLOW", "https://api-01.moengage.com", "key-low"},
 		{"DEF", "https://api-01.moengage.com", "env-key"}, // MOENGAGE_DATA_API_KEY wins for the default
 	} {
 		got, err := ws.registryTargets(tc.id)
@@ -76,7 +78,6 @@ func TestRegistryTargets(t *testing.T) {
 		}
 	}
 	for id, want := range map[string][]string{
-		"WLOW":  {"WLOW.rate_limit_rpm", "below RATE_LIMIT_RPM (300/min)", "lower RATE_LIMIT_RPM to 100"},
 		"WNONE": {"not in MOENGAGE_WORKSPACES_DIR", "WNONE.key"},
 	} {
 		_, err := ws.registryTargets(id)
@@ -98,12 +99,24 @@ func TestRegistryTargets(t *testing.T) {
 		t.Errorf("WA with MOENGAGE_BASE_URL: %+v, %v", got, err)
 	}
 
-	// RATE_LIMIT_RPM 0 (no client-side limit, the emulator): only
-	// workspaces without a budget of their own are honoured.
+	for id, want := range map[string]float64{"WLOW": 100, "WHIGH": 600, "WB": 300} {
+		if b, in := ws.budgetOf(id); !in || b != want {
+			t.Errorf("budgetOf(%s) = %v, %v; want %v, true", id, b, in, want)
+		}
+	}
+	if _, in := ws.budgetOf("WNONE"); in {
+		t.Error("budgetOf(WNONE): in the registry")
+	}
+
+	// RATE_LIMIT_RPM 0 (no client-side limit, the emulator): a workspace
+	// with a budget of its own is served at it.
 	cfg.RateLimitRPM = 0
 	ws = mustOpen(t, cfg)
-	if !ws.serves("WB") || ws.serves("WHIGH") {
-		t.Errorf("RATE_LIMIT_RPM 0: WB served %v (want true), WHIGH served %v (want false)", ws.serves("WB"), ws.serves("WHIGH"))
+	if !ws.serves("WB") || !ws.serves("WHIGH") {
+		t.Errorf("RATE_LIMIT_RPM 0: WB served %v, WHIGH served %v (want both)", ws.serves("WB"), ws.serves("WHIGH"))
+	}
+	if b, in := ws.budgetOf("WHIGH"); !in || b != 600 {
+		t.Errorf("RATE_LIMIT_RPM 0: budgetOf(WHIGH) = %v, %v; want 600, true", b, in)
 	}
 }
 
@@ -149,7 +162,9 @@ func TestOpenRegistryUnlistable(t *testing.T) {
 // from it when MOENGAGE_DATA_API_KEY is not set, lets the consumer take
 // every workspace the registry serves, gives the sink every workspace's
 // target (the default's too, from its own data center) and its
-// TargetsChanged, and exports the gauges. A default the registry cannot key
+// TargetsChanged, gives the Fleets every workspace's budget (WLOW's 1/min
+// is served at it: a budget per workspace) and the registry's changes,
+// and exports the gauges. A default the registry cannot key
 // fails the start with a message naming the variables; a registry without
 // a default starts.
 func TestBuildWithRegistry(t *testing.T) {
@@ -163,8 +178,14 @@ func TestBuildWithRegistry(t *testing.T) {
 	}
 	t.Cleanup(w.close)
 	cc := w.consumerConfig(nil, lease.New())
-	if cc.Workspace != "DEF" || cc.Serves == nil || !cc.Serves("WA") || cc.Serves("WLOW") || cc.Serves("NOPE") {
-		t.Errorf("consumer: Workspace %q, Serves set %v: want DEF, serving WA and not WLOW or NOPE", cc.Workspace, cc.Serves != nil)
+	if cc.Workspace != "DEF" || cc.Serves == nil || !cc.Serves("WA") || !cc.Serves("WLOW") || cc.Serves("NOPE") {
+		t.Errorf("consumer: Workspace %q, Serves set %v: want DEF, serving WA and WLOW and not NOPE", cc.Workspace, cc.Serves != nil)
+	}
+	if w.ws.budgetsChanged == nil {
+		t.Error("the registry's changes are not passed to the budgets (Fleets.Sync)")
+	}
+	if r := w.fleet.Limiter("WLOW").RPM(); r <= 0 || r > 1 {
+		t.Errorf("WLOW's Limiter runs at %v/min before any generation, want at most its budget 1/min", r)
 	}
 	if k, err := w.ws.defaultKey("")(); err != nil || k != "def-key" {
 		t.Errorf("default key %q, %v; want the registry's DEF.key", k, err)
@@ -179,14 +200,11 @@ func TestBuildWithRegistry(t *testing.T) {
 	if _, err := targets("NOPE"); !errors.Is(err, sink.ErrUnknownWorkspace) {
 		t.Errorf("NOPE's target: err = %v, want sink.ErrUnknownWorkspace", err)
 	}
-	if n := gauge(t, w.reg, "cohortsync_workspaces"); n != 3 { // DEF, WA, WDC; not WLOW
-		t.Errorf("cohortsync_workspaces = %v, want 3", n)
+	if n := gauge(t, w.reg, "cohortsync_workspaces"); n != 4 { // DEF, WA, WDC, WLOW
+		t.Errorf("cohortsync_workspaces = %v, want 4", n)
 	}
 	if n := gauge(t, w.reg, "cohortsync_workspace_registry_problems"); n != 2 { // "bad name.key", WBAD.rate_limit_rpm
 		t.Errorf("cohortsync_workspace_registry_problems = %v, want 2", n)
-	}
-	if !strings.Contains(logs.String(), "WLOW.rate_limit_rpm") {
-		t.Errorf("no error logged for WLOW's budget:\n%s", logs.String())
 	}
 
 	_, err = build(Options{Config: registryConfig(dir, "NOKEY", ""), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})

@@ -6,10 +6,11 @@
 // by demand over a Board (fleet.go says how, and why the fleet stays
 // within the budget).
 //
-// Ownership: internal/app builds one Limiter and one Fleet per replica and
-// calls Fleet.Rebalance at every partition assignment; the Fleet's
-// goroutine alone sets the Limiter's rates after that. The sink is the
-// Limiter's only user, taking one permit before every attempt (the first
-// one included) and pausing it on a 429 or a spent window. Nothing else
-// grants or holds permits.
+// Ownership: internal/app builds one Fleets per replica (a Fleet and a
+// Limiter per workspace, each at the workspace's own budget: fleets.go) and
+// calls Fleets.Rebalance at every partition assignment; the Fleets'
+// goroutine alone sets the Limiters' rates after that. The sink is the
+// Limiters' only user, taking one permit of the batch's workspace before
+// every attempt (the first one included) and pausing that workspace's on a
+// 429 or a spent window. Nothing else grants or holds permits.
 package ratelimit

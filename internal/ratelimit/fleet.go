@@ -219,6 +219,12 @@ type Record struct {
 	PrevGeneration int64 `json:"prev_generation,omitempty"`
 	PrevAssigned   int   `json:"prev_assigned,omitempty"`
 	PrevTotal      int   `json:"prev_total,omitempty"`
+	// V is RecordVersion for a record of Fleets (a budget per workspace,
+	// fleets.go), 0 for one of the version before. Workspaces holds its
+	// entries; the fields above are then the replica's and what a replica
+	// of the version before reads.
+	V          int                       `json:"v,omitempty"`
+	Workspaces map[string]WorkspaceEntry `json:"ws,omitempty"`
 }
 
 // Board is what the replicas coordinate over.
