@@ -203,17 +203,6 @@ func (c *Config) BaseURLOverride() string {
 	return u
 }
 
-// SharedBudgetHonoured reports whether a workspace whose own budget is rpm
-// (its <id>.rate_limit_rpm, else RATE_LIMIT_RPM) can be served under the
-// one RATE_LIMIT_RPM budget all workspaces share until per-workspace
-// budgets are built (issue 21 stage 1): only when its budget is not below
-// the shared one, so that its requests never exceed it. RATE_LIMIT_RPM 0
-// (no client-side limit) honours only workspaces without a budget of
-// their own (rpm 0 too).
-func SharedBudgetHonoured(rpm, rateLimitRPM float64) bool {
-	return rpm == rateLimitRPM || rateLimitRPM > 0 && rpm >= rateLimitRPM
-}
-
 // checkLimits checks batching, the rate, retries and the process settings.
 func (c *Config) checkLimits(h hider) error {
 	switch {

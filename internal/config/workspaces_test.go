@@ -74,12 +74,4 @@ func TestBaseURLOverride(t *testing.T) {
 			t.Errorf("MOENGAGE_DC %q, MOENGAGE_BASE_URL %q: override %q, want %q", tc.dc, tc.url, got, tc.want)
 		}
 	}
-	for _, tc := range []struct {
-		rpm, budget float64
-		want        bool
-	}{{300, 300, true}, {600, 300, true}, {100, 300, false}, {0, 0, true}, {100, 0, false}} {
-		if got := config.SharedBudgetHonoured(tc.rpm, tc.budget); got != tc.want {
-			t.Errorf("SharedBudgetHonoured(%v, %v) = %v", tc.rpm, tc.budget, got)
-		}
-	}
 }

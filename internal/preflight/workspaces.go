@@ -44,11 +44,7 @@ func checkWorkspaces(cfg config.Config) ([]Result, []wsTarget, *wsTarget) {
 		if url == "" {
 			url = config.BaseURLFor(w.DC)
 		}
-		switch {
-		case !config.SharedBudgetHonoured(w.RateLimitRPM, cfg.RateLimitRPM):
-			out = append(out, fail("workspace %s will not be served: its budget %s.rate_limit_rpm (%v/min) is below RATE_LIMIT_RPM (%v/min), "+
-				"which every workspace shares until per-workspace budgets are built; lower RATE_LIMIT_RPM or remove the file", id, id, w.RateLimitRPM, cfg.RateLimitRPM))
-		case id != def:
+		if id != def {
 			targets = append(targets, wsTarget{id: id, baseURL: url, key: w.Key()})
 		}
 	}
@@ -66,7 +62,7 @@ func checkWorkspaces(cfg config.Config) ([]Result, []wsTarget, *wsTarget) {
 // checkDefaultWorkspace checks that the worker can send to the default
 // workspace, when there is one, with the registry as it is (app:
 // workspaces.checkDefault): without MOENGAGE_DATA_API_KEY the registry
-// holds its key, with a budget the worker honours. It returns the
+// holds its key. It returns the
 // default's target when the registry gives its key.
 func checkDefaultWorkspace(cfg config.Config, reg *workspace.Registry) (*wsTarget, *Result) {
 	fail := func(format string, a ...any) (*wsTarget, *Result) {
@@ -77,11 +73,8 @@ func checkDefaultWorkspace(cfg config.Config, reg *workspace.Registry) (*wsTarge
 		return nil, nil
 	}
 	w, ok := reg.Lookup(def)
-	switch {
-	case !ok:
+	if !ok {
 		return fail("MOENGAGE_WORKSPACE_ID %s: no MOENGAGE_DATA_API_KEY and no usable %s.key in MOENGAGE_WORKSPACES_DIR", def, def)
-	case !config.SharedBudgetHonoured(w.RateLimitRPM, cfg.RateLimitRPM):
-		return fail("MOENGAGE_WORKSPACE_ID %s: its budget in MOENGAGE_WORKSPACES_DIR is below RATE_LIMIT_RPM", def)
 	}
 	url := cfg.BaseURLOverride()
 	if url == "" {

@@ -57,7 +57,7 @@ import (
 // nobody of the old version), and the latest pause of any workspace (an
 // old replica holds all its sends then, and may be sending to that
 // workspace). The old version serves only workspaces whose budget is at
-// least RATE_LIMIT_RPM (config.SharedBudgetHonoured), so its share is
+// least RATE_LIMIT_RPM (it refused the others), so its share is
 // within each of their budgets' shares.
 
 // quiet is the Logger of each workspace's Fleet: what it would log, Fleets
