@@ -572,6 +572,11 @@ type replicaOpts struct {
 	lagInterval   time.Duration     // consumer.Config.LagInterval (0: its default)
 	workspace     string            // consumer.Config.Workspace
 	serves        func(string) bool // consumer.Config.Serves
+	// parking, blocked, blockedChanged: consumer.Config.Parking, .Blocked,
+	// .BlockedChanged (parking_kfake_test.go).
+	parking        *consumer.Parking
+	blocked        func(string) bool
+	blockedChanged func() <-chan struct{}
 }
 
 // assignment is one OnAssign call, with the batcher's state at that moment
@@ -633,6 +638,7 @@ func (h *harness) startReplica(name string, o replicaOpts) *replica {
 		SessionTimeout: 6 * time.Second, HeartbeatInterval: 200 * time.Millisecond,
 		RebalanceTimeout: 10 * time.Second, DrainTimeout: o.drain, MaxProcessingTime: o.maxProcessing,
 		LagInterval: o.lagInterval, Workspace: o.workspace, Serves: o.serves, Logger: log, Metrics: r.m,
+		Parking: o.parking, Blocked: o.blocked, BlockedChanged: o.blockedChanged,
 	})
 	if err != nil {
 		h.t.Fatal(err)

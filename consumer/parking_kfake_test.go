@@ -1,0 +1,233 @@
+package consumer_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/cohortsync/cohortsync-worker/consumer"
+	"github.com/cohortsync/cohortsync-worker/internal/event"
+	"github.com/cohortsync/cohortsync-worker/internal/parking"
+	"github.com/cohortsync/cohortsync-worker/internal/parking/parkio"
+	"github.com/cohortsync/cohortsync-worker/internal/wire"
+)
+
+// Isolation by parking (issue 21 item 4, DESIGN.md invariant 8), on kfake.
+
+const parkParts = 3
+
+// blockedSet is a fake of the sink's per-workspace blocked view
+// (consumer.Config.Blocked, BlockedChanged).
+type blockedSet struct {
+	mu      sync.Mutex
+	ws      map[string]bool
+	changed chan struct{}
+}
+
+func newBlockedSet(ws ...string) *blockedSet {
+	b := &blockedSet{ws: map[string]bool{}, changed: make(chan struct{})}
+	for _, w := range ws {
+		b.ws[w] = true
+	}
+	return b
+}
+
+func (b *blockedSet) Blocked(w string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.ws[w]
+}
+
+func (b *blockedSet) Changed() <-chan struct{} {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.changed
+}
+
+func (b *blockedSet) set(w string, blocked bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.ws[w] = blocked
+	close(b.changed)
+	b.changed = make(chan struct{})
+}
+
+// parkingOpts returns replica options with parking on the group's parking
+// topic (created here), bl as the blocked view, and a sink that holds (never
+// accepts) a request of a blocked workspace until it is cancelled or the
+// workspace is unblocked (unblock releases them).
+func (h *harness) parkingOpts(bl *blockedSet, def string, served ...string) replicaOpts {
+	h.t.Helper()
+	io := parkio.Config{Brokers: h.brokers, Topic: parkio.TopicName(h.group), Partitions: parkParts, Replication: 1}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	k, err := parkio.Ensure(ctx, io)
+	if err != nil || k != parkParts {
+		h.t.Fatalf("parking topic: %d partitions, %v", k, err)
+	}
+	pk := consumer.NewParking(io, h.group, k)
+	pk.UndetourInterval = 200 * time.Millisecond
+	return replicaOpts{workspace: def, serves: func(w string) bool { return slices.Contains(served, w) },
+		parking: pk, blocked: bl.Blocked, blockedChanged: bl.Changed,
+		hold: func(req wire.Request) bool { return bl.Blocked(req.Workspace) }}
+}
+
+// parkedRecords reads the parking topic: every parked record (markers
+// left out), in offset order per parking partition.
+func (h *harness) parkedRecords() []parkio.Parked {
+	h.t.Helper()
+	var out []parkio.Parked
+	for _, m := range h.readTopic(parkio.TopicName(h.group), parkParts) {
+		p, err := parkio.Decode(m)
+		if err != nil {
+			h.t.Fatalf("parking record %d/%d: %v", m.Partition, m.Offset, err)
+		}
+		if !p.Marker {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// sourceMeta returns the committed metadata of the input topic's
+// partition p.
+func (h *harness) sourceMeta(p int) string {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cl := &kafka.Client{Addr: kafka.TCP(h.brokers...), Transport: h.tr}
+	res, err := cl.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: h.group, Topics: map[string][]int{topic: {p}}})
+	if err != nil {
+		h.t.Fatalf("offset fetch: %v", err)
+	}
+	for _, po := range res.Topics[topic] {
+		if po.Partition == p {
+			return po.Metadata
+		}
+	}
+	return ""
+}
+
+func detouredAt(h *harness, p int) []string {
+	ws, err := parking.ParseDetoured(h.sourceMeta(p))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return ws
+}
+
+// wsEvents returns, for workspaces a and b alternating, n single-member
+// changes each in partition p: uids cycle over 3 per workspace (the same
+// in every call) and the action alternates per uid every 3, starting with a
+// remove when flip, so that calls can end with opposite actions and a
+// reordering across calls changes the fold.
+func wsEvents(p, n int, flip bool, a, b string) []rec {
+	var out []rec
+	for i := range n {
+		act := event.Add
+		if (i/3)%2 == 1 != flip {
+			act = event.Remove
+		}
+		for _, w := range []string{a, b} {
+			out = append(out, wsRecord(change{p, act, "c" + fmt.Sprint(i%3), fmt.Sprintf("%s-u%d", w, i%3)}, w))
+		}
+	}
+	return out
+}
+
+func ofWorkspace(w string) func(event.Event) bool {
+	return func(ev event.Event) bool { return ev.Workspace == w }
+}
+
+func reqOf(w string) func(wire.Request) bool {
+	return func(r wire.Request) bool { return r.Workspace == w }
+}
+
+// G1: two workspaces in one partition, WS_B blocked from the start. WS_A's
+// changes flow and the partition's commit passes WS_B's records; WS_B's
+// records are in the parking topic in log order and nothing of WS_B is
+// accepted; once WS_B is unblocked, its parked records are delivered, and
+// its later records follow them (still parked while the detour lasts, then
+// direct once it ended); the API's membership per workspace is the log's.
+func TestParkingIsolatesABlockedWorkspace(t *testing.T) {
+	h := newHarness(t)
+	bl := newBlockedSet("WS_B")
+	a := h.startReplica("a", h.parkingOpts(bl, "WS_A", "WS_B"))
+	a.waitAssigned(t, partitions)
+
+	h.produce(wsEvents(0, 30, false, "WS_A", "WS_B")...)
+	h.waitCommittedToEnd(30 * time.Second)
+	log := h.readTopic(topic, partitions)
+	checkFold(t, h.rec.foldAccepted(reqOf("WS_A")), foldLog(log, ofWorkspace("WS_A")))
+	if got := h.rec.foldAccepted(reqOf("WS_B")); len(got) != 0 {
+		t.Fatalf("accepted for the blocked WS_B: %s", fmtFold(got))
+	}
+	if d := detouredAt(h, 0); !slices.Equal(d, []string{"WS_B"}) {
+		t.Errorf("partition 0 committed with d=%v, want WS_B", d)
+	}
+	checkParkedInOrder(t, h.parkedRecords(), log, "WS_B")
+
+	bl.set("WS_B", false)
+	a.sink.setHold(func(wire.Request) bool { return false })
+	h.produce(wsEvents(0, 12, true, "WS_A", "WS_B")...) // races the parked records' delivery
+	log = h.readTopic(topic, partitions)
+	waitFor(t, 30*time.Second, "WS_B delivered", func() bool {
+		return fmtFold(h.rec.foldAccepted(reqOf("WS_B"))) == fmtFold(foldLog(log, ofWorkspace("WS_B")))
+	})
+	waitFor(t, 30*time.Second, "the detour of WS_B ended", func() bool { return len(detouredAt(h, 0)) == 0 })
+	parked := len(h.parkedRecords())
+	h.produce(wsEvents(0, 6, false, "WS_A", "WS_B")...)
+	h.waitCommittedToEnd(30 * time.Second)
+	log = h.readTopic(topic, partitions)
+	waitFor(t, 30*time.Second, "everything delivered", func() bool {
+		return fmtFold(h.rec.foldAccepted(reqOf("WS_B"))) == fmtFold(foldLog(log, ofWorkspace("WS_B")))
+	})
+	checkFold(t, h.rec.foldAccepted(reqOf("WS_A")), foldLog(log, ofWorkspace("WS_A")))
+	checkFold(t, h.rec.foldAccepted(reqOf("WS_B")), foldLog(log, ofWorkspace("WS_B")))
+	if n := len(h.parkedRecords()); n != parked {
+		t.Errorf("%d records parked after the detour ended, want none (direct sends)", n-parked)
+	}
+	h.rec.checkNoViolations(t)
+}
+
+// checkParkedInOrder checks that every record of workspace w in log is in
+// the parking topic, and that per parking partition w's records are in
+// source order (duplicates allowed only as repeats of a later record's
+// predecessors).
+func checkParkedInOrder(t *testing.T, parked []parkio.Parked, log []kafka.Message, w string) {
+	t.Helper()
+	want := map[int64]bool{}
+	for _, m := range log {
+		if ev, err := event.Decode(m.Value, ""); err == nil && ev.Workspace == w {
+			want[m.Offset] = true
+		}
+	}
+	last := map[int]int64{}
+	seen := map[int64]bool{}
+	for _, p := range parked {
+		if p.Workspace != w {
+			continue
+		}
+		if l, ok := last[p.Partition]; ok && p.SourceOffset < l && !seen[p.SourceOffset] {
+			t.Errorf("parking partition %d: source offset %d after %d, never seen before", p.Partition, p.SourceOffset, l)
+		}
+		last[p.Partition] = p.SourceOffset
+		seen[p.SourceOffset] = true
+		if p.Workspace != w || p.SourceTopic != topic {
+			t.Errorf("parked record %+v", p.Record)
+		}
+	}
+	for off := range want {
+		if !seen[off] {
+			t.Errorf("%s's record at offset %d was not parked", w, off)
+		}
+	}
+	if len(want) == 0 {
+		t.Fatal("test bug: nothing of the workspace in the log")
+	}
+}
