@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/segmentio/kafka-go"
 
 	"github.com/cohortsync/cohortsync-worker/consumer"
@@ -230,4 +231,106 @@ func checkParkedInOrder(t *testing.T, parked []parkio.Parked, log []kafka.Messag
 	if len(want) == 0 {
 		t.Fatal("test bug: nothing of the workspace in the log")
 	}
+}
+
+// G2: WS_B becomes blocked while its requests are stuck in the sink (sent,
+// no answer) and more of its changes wait in the batcher: the replan
+// revokes them, detours WS_B and parks everything of it that was not
+// settled, in order; WS_A goes on; once WS_B is unblocked, the membership
+// per workspace is the log's.
+func TestParkingReplanTakesABlockedWorkspaceOut(t *testing.T) {
+	h := newHarness(t)
+	bl := newBlockedSet()
+	var stuck sync.Mutex // held: WS_B's requests get no answer
+	stuckOn := true
+	o := h.parkingOpts(bl, "WS_A", "WS_B")
+	o.hold = func(req wire.Request) bool {
+		stuck.Lock()
+		defer stuck.Unlock()
+		return bl.Blocked(req.Workspace) || req.Workspace == "WS_B" && stuckOn
+	}
+	a := h.startReplica("a", o)
+	a.waitAssigned(t, partitions)
+
+	h.produce(wsEvents(0, 30, false, "WS_A", "WS_B")...)
+	log := h.readTopic(topic, partitions)
+	waitFor(t, 20*time.Second, "WS_A sent, WS_B stuck", func() bool {
+		return fmtFold(h.rec.foldAccepted(reqOf("WS_A"))) == fmtFold(foldLog(log, ofWorkspace("WS_A"))) &&
+			h.rec.count("a", "held") > 0
+	})
+	if c := h.committed()[0]; c > 2 {
+		t.Fatalf("partition 0 committed at %d past WS_B's first unsent record", c)
+	}
+	bl.set("WS_B", true)
+	h.waitCommittedToEnd(30 * time.Second)
+	h.produce(wsEvents(0, 12, true, "WS_A", "WS_B")...)
+	h.waitCommittedToEnd(30 * time.Second)
+	log = h.readTopic(topic, partitions)
+	if got := h.rec.foldAccepted(reqOf("WS_B")); len(got) != 0 {
+		t.Fatalf("accepted for WS_B while stuck or blocked: %s", fmtFold(got))
+	}
+	checkParkedInOrder(t, h.parkedRecords(), log, "WS_B")
+
+	stuck.Lock()
+	stuckOn = false
+	stuck.Unlock()
+	bl.set("WS_B", false)
+	a.sink.setHold(func(wire.Request) bool { return false })
+	waitFor(t, 30*time.Second, "WS_B delivered", func() bool {
+		return fmtFold(h.rec.foldAccepted(reqOf("WS_B"))) == fmtFold(foldLog(log, ofWorkspace("WS_B")))
+	})
+	h.waitCommittedToEnd(30 * time.Second)
+	checkFold(t, h.rec.foldAccepted(reqOf("WS_A")), foldLog(log, ofWorkspace("WS_A")))
+	checkFold(t, h.rec.foldAccepted(reqOf("WS_B")), foldLog(log, ofWorkspace("WS_B")))
+	if n := testutil.ToFloat64(a.m.Replans.WithLabelValues("blocked_changed")); n < 1 {
+		t.Errorf("replans_total{reason=blocked_changed} = %v", n)
+	}
+	h.rec.checkNoViolations(t)
+}
+
+// G3: the owner stops while WS_B is parked (its successor starts from the
+// commits alone: the source's d=WS_B and the parking partitions' state),
+// and WS_B is unblocked before the successor starts, with records of WS_B
+// in the source that the old owner never read. The successor must park
+// those behind the parked ones (d= from the metadata, positions from the
+// ends) until those are delivered, then send directly. WS_B's removes are
+// slow at the API, so a direct send that overtook the parked ones would
+// be accepted first and lose to them.
+func TestParkingSuccessorRebuildsFromTheCommits(t *testing.T) {
+	h := newHarness(t)
+	bl := newBlockedSet("WS_B")
+	a := h.startReplica("a", h.parkingOpts(bl, "WS_A", "WS_B"))
+	a.waitAssigned(t, partitions)
+	h.produce(wsEvents(0, 30, false, "WS_A", "WS_B")...)
+	h.waitCommittedToEnd(30 * time.Second)
+	if err := a.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.rec.foldAccepted(reqOf("WS_B")); len(got) != 0 {
+		t.Fatalf("accepted for the blocked WS_B: %s", fmtFold(got))
+	}
+	h.produce(wsEvents(0, 12, true, "WS_A", "WS_B")...)
+	log := h.readTopic(topic, partitions)
+
+	bl.set("WS_B", false)
+	o := h.parkingOpts(bl, "WS_A", "WS_B")
+	slow := make(chan struct{})
+	o.hold = func(req wire.Request) bool {
+		select {
+		case <-slow:
+			return false
+		default:
+			return req.Workspace == "WS_B" && req.Action == event.Remove
+		}
+	}
+	b := h.startReplica("b", o)
+	time.AfterFunc(time.Second, func() { close(slow); b.sink.setHold(func(wire.Request) bool { return false }) })
+	waitFor(t, 30*time.Second, "WS_B delivered", func() bool {
+		return fmtFold(h.rec.foldAccepted(reqOf("WS_B"))) == fmtFold(foldLog(log, ofWorkspace("WS_B")))
+	})
+	h.waitCommittedToEnd(30 * time.Second)
+	waitFor(t, 30*time.Second, "the detour of WS_B ended", func() bool { return len(detouredAt(h, 0)) == 0 })
+	checkFold(t, h.rec.foldAccepted(reqOf("WS_A")), foldLog(log, ofWorkspace("WS_A")))
+	checkFold(t, h.rec.foldAccepted(reqOf("WS_B")), foldLog(log, ofWorkspace("WS_B")))
+	h.rec.checkNoViolations(t)
 }
