@@ -577,6 +577,7 @@ type replicaOpts struct {
 	parking        *consumer.Parking
 	blocked        func(string) bool
 	blockedChanged func() <-chan struct{}
+	wrapReaders    func(tp consumer.TopicPartition, open func() (consumer.PartitionReader, error)) (consumer.PartitionReader, error)
 }
 
 // assignment is one OnAssign call, with the batcher's state at that moment
@@ -642,6 +643,9 @@ func (h *harness) startReplica(name string, o replicaOpts) *replica {
 	})
 	if err != nil {
 		h.t.Fatal(err)
+	}
+	if o.wrapReaders != nil {
+		r.c.WrapReaders(o.wrapReaders)
 	}
 	bctx, bcancel := context.WithCancel(context.Background())
 	r.cancelBg = bcancel

@@ -114,6 +114,29 @@ func (h *harness) sourceMeta(p int) string {
 	return ""
 }
 
+// waitParkingSettled waits until the group's commit of every parking
+// partition is at its end: every parked record delivered.
+func (h *harness) waitParkingSettled(timeout time.Duration) {
+	h.t.Helper()
+	pt := parkio.TopicName(h.group)
+	var end, got map[int]int64
+	waitFor(h.t, timeout, "the parking partitions committed to their end", func() bool {
+		end = h.endOffsets(pt, parkParts)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		var err error
+		if got, err = h.admin.Committed(ctx, pt, h.group, seq(parkParts)); err != nil {
+			h.t.Fatal(err)
+		}
+		for p, e := range end {
+			if got[p] != e {
+				return false
+			}
+		}
+		return true
+	})
+}
+
 func detouredAt(h *harness, p int) []string {
 	ws, err := parking.ParseDetoured(h.sourceMeta(p))
 	if err != nil {
@@ -188,6 +211,7 @@ func TestParkingIsolatesABlockedWorkspace(t *testing.T) {
 	waitFor(t, 30*time.Second, "everything delivered", func() bool {
 		return fmtFold(h.rec.foldAccepted(reqOf("WS_B"))) == fmtFold(foldLog(log, ofWorkspace("WS_B")))
 	})
+	h.waitParkingSettled(30 * time.Second)
 	checkFold(t, h.rec.foldAccepted(reqOf("WS_A")), foldLog(log, ofWorkspace("WS_A")))
 	checkFold(t, h.rec.foldAccepted(reqOf("WS_B")), foldLog(log, ofWorkspace("WS_B")))
 	if n := len(h.parkedRecords()); n != parked {
@@ -280,6 +304,7 @@ func TestParkingReplanTakesABlockedWorkspaceOut(t *testing.T) {
 		return fmtFold(h.rec.foldAccepted(reqOf("WS_B"))) == fmtFold(foldLog(log, ofWorkspace("WS_B")))
 	})
 	h.waitCommittedToEnd(30 * time.Second)
+	h.waitParkingSettled(30 * time.Second)
 	checkFold(t, h.rec.foldAccepted(reqOf("WS_A")), foldLog(log, ofWorkspace("WS_A")))
 	checkFold(t, h.rec.foldAccepted(reqOf("WS_B")), foldLog(log, ofWorkspace("WS_B")))
 	if n := testutil.ToFloat64(a.m.Replans.WithLabelValues("blocked_changed")); n < 1 {
@@ -293,9 +318,9 @@ func TestParkingReplanTakesABlockedWorkspaceOut(t *testing.T) {
 // and WS_B is unblocked before the successor starts, with records of WS_B
 // in the source that the old owner never read. The successor must park
 // those behind the parked ones (d= from the metadata, positions from the
-// ends) until those are delivered, then send directly. WS_B's removes are
-// slow at the API, so a direct send that overtook the parked ones would
-// be accepted first and lose to them.
+// ends) until those are delivered, then send directly. The successor's
+// parking readers start late, so a direct send that overtook the parked
+// records would be accepted first and lose to them.
 func TestParkingSuccessorRebuildsFromTheCommits(t *testing.T) {
 	h := newHarness(t)
 	bl := newBlockedSet("WS_B")
@@ -314,22 +339,20 @@ func TestParkingSuccessorRebuildsFromTheCommits(t *testing.T) {
 
 	bl.set("WS_B", false)
 	o := h.parkingOpts(bl, "WS_A", "WS_B")
-	slow := make(chan struct{})
-	o.hold = func(req wire.Request) bool {
-		select {
-		case <-slow:
-			return false
-		default:
-			return req.Workspace == "WS_B" && req.Action == event.Remove
+	parkTopic := parkio.TopicName(h.group)
+	o.wrapReaders = func(tp consumer.TopicPartition, open func() (consumer.PartitionReader, error)) (consumer.PartitionReader, error) {
+		if tp.Topic == parkTopic {
+			time.Sleep(1500 * time.Millisecond)
 		}
+		return open()
 	}
-	b := h.startReplica("b", o)
-	time.AfterFunc(time.Second, func() { close(slow); b.sink.setHold(func(wire.Request) bool { return false }) })
+	h.startReplica("b", o)
 	waitFor(t, 30*time.Second, "WS_B delivered", func() bool {
 		return fmtFold(h.rec.foldAccepted(reqOf("WS_B"))) == fmtFold(foldLog(log, ofWorkspace("WS_B")))
 	})
 	h.waitCommittedToEnd(30 * time.Second)
 	waitFor(t, 30*time.Second, "the detour of WS_B ended", func() bool { return len(detouredAt(h, 0)) == 0 })
+	h.waitParkingSettled(30 * time.Second)
 	checkFold(t, h.rec.foldAccepted(reqOf("WS_A")), foldLog(log, ofWorkspace("WS_A")))
 	checkFold(t, h.rec.foldAccepted(reqOf("WS_B")), foldLog(log, ofWorkspace("WS_B")))
 	h.rec.checkNoViolations(t)
