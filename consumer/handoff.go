@@ -198,9 +198,14 @@ func (c *Consumer) commitClean(gen *kafka.Generation, parts []*partitionState, l
 		if rest := p.holdUntil.Sub(now); rest > 0 {
 			meta += waitSuffix + strconv.FormatInt(int64((rest+time.Millisecond-1)/time.Millisecond), 10)
 		}
-		var pmeta string
-		off, pmeta = c.parkMeta(p, off) // parking.go: d= or the parking partition's state
-		offs[p], meta = off, joinMeta(meta, pmeta)
+		if c.cfg.Parking != nil { // parking.go: d= or the parking partition's state beside the mark
+			var pmeta string
+			if off, pmeta = c.parkMeta(p, off); off < 0 {
+				delete(offs, p) // not set up: its commit stays as it is
+				continue
+			}
+			offs[p], meta = off, joinMeta(meta, pmeta)
+		}
 		commits[p.topic] = append(commits[p.topic], kafka.OffsetCommit{Partition: p.partition, Offset: off, Metadata: meta})
 	}
 	if len(commits) == 0 {

@@ -306,7 +306,9 @@ func (pl *plumb) setup(ctx context.Context) error {
 			if err != nil {
 				return fmt.Errorf("%s/%d: %w", p.topic, p.partition, err)
 			}
+			pl.c.commitMu.Lock() // the commits read it
 			p.src = &sourcePark{pl: pl, src: src}
+			pl.c.commitMu.Unlock()
 			ws, _ := parking.ParseDetoured(meta) // NewSource parsed it
 			for _, w := range ws {
 				pl.see(w)
@@ -321,7 +323,9 @@ func (pl *plumb) setup(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("%s/%d: %w", p.topic, p.partition, err)
 		}
+		pl.c.commitMu.Lock()
 		p.pk = newParkedPart(pl, p, parking.NewPartition(cm))
+		pl.c.commitMu.Unlock()
 		for w := range cm.Held {
 			pl.see(w)
 		}
@@ -369,7 +373,9 @@ func sourceOffset(p *partitionState) int64 {
 
 // parkMeta returns the parking tokens of p's commit metadata and the offset
 // to commit with them (for a parking partition, its Partition's commit
-// offset; for a source partition, off). Call it under commitMu.
+// offset; for a source partition, off). Before the set-up (neither src nor
+// pk) it returns -1: nothing may be committed then, a commit without d=
+// would erase the detours. Call it under commitMu.
 func (c *Consumer) parkMeta(p *partitionState, off int64) (int64, string) {
 	switch {
 	case p.src != nil:
@@ -380,7 +386,7 @@ func (c *Consumer) parkMeta(p *partitionState, off int64) (int64, string) {
 		cm := p.pk.commit(c.cfg.Parking.hold())
 		return cm.Offset, cm.Encode()
 	}
-	return off, ""
+	return -1, ""
 }
 
 // joinMeta joins metadata tokens with ';', leaving out empty ones.

@@ -287,6 +287,12 @@ func TestParkingReplanTakesABlockedWorkspaceOut(t *testing.T) {
 	}
 	bl.set("WS_B", true)
 	h.waitCommittedToEnd(30 * time.Second)
+	// WS_B's stuck requests were abandoned (revoked): nothing of it is in
+	// flight or pending in the batcher any more, it is all parked.
+	waitFor(t, 10*time.Second, "the batcher empty", func() bool { return a.b.InFlight() == 0 && a.b.Pending() == 0 })
+	if n := h.rec.count("a", "cancelled"); n == 0 {
+		t.Errorf("no request of WS_B was cancelled by the replan")
+	}
 	h.produce(wsEvents(0, 12, true, "WS_A", "WS_B")...)
 	h.waitCommittedToEnd(30 * time.Second)
 	log = h.readTopic(topic, partitions)
