@@ -5,11 +5,14 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/cohortsync/cohortsync-worker/consumer"
 	"github.com/cohortsync/cohortsync-worker/internal/event"
@@ -361,5 +364,83 @@ func TestParkingSuccessorRebuildsFromTheCommits(t *testing.T) {
 	h.waitParkingSettled(30 * time.Second)
 	checkFold(t, h.rec.foldAccepted(reqOf("WS_A")), foldLog(log, ofWorkspace("WS_A")))
 	checkFold(t, h.rec.foldAccepted(reqOf("WS_B")), foldLog(log, ofWorkspace("WS_B")))
+	h.rec.checkNoViolations(t)
+}
+
+// failCommits makes the broker refuse every offset commit of the group
+// while down is true: a replica that stops then loses its last commits,
+// as if it had crashed.
+func (h *harness) failCommits(down *atomic.Bool) {
+	h.cluster.ControlKey(int16(kmsg.OffsetCommit), func(kr kmsg.Request) (kmsg.Response, error, bool) {
+		h.cluster.KeepControl()
+		if !down.Load() {
+			return nil, nil, false
+		}
+		req := kr.(*kmsg.OffsetCommitRequest)
+		resp := req.ResponseKind().(*kmsg.OffsetCommitResponse)
+		for _, rt := range req.Topics {
+			t := kmsg.NewOffsetCommitResponseTopic()
+			t.Topic = rt.Topic
+			for _, rp := range rt.Partitions {
+				p := kmsg.NewOffsetCommitResponseTopicPartition()
+				p.Partition = rp.Partition
+				p.ErrorCode = kerr.CoordinatorLoadInProgress.Code
+				t.Partitions = append(t.Partitions, p)
+			}
+			resp.Topics = append(resp.Topics, t)
+		}
+		return resp, nil, true
+	})
+}
+
+// G3, a crash: the owner parks WS_B's records, then parks more of them (and
+// delivers WS_A's) with every commit refused, and stops: its successor
+// starts from older commits (d=WS_B and parking partitions' state from
+// before the refused ones), with WS_B unblocked. It re-reads and parks
+// again what the owner had parked after its last commit (duplicates after
+// their originals), delivers the parked records in order before any direct
+// send of WS_B, and ends the detour. Its parking readers start late, so a
+// direct send that overtook them would lose to them.
+func TestParkingCrashedOwnerSuccessor(t *testing.T) {
+	h := newHarness(t)
+	var down atomic.Bool
+	h.failCommits(&down)
+	bl := newBlockedSet("WS_B")
+	a := h.startReplica("a", h.parkingOpts(bl, "WS_A", "WS_B"))
+	a.waitAssigned(t, partitions)
+	h.produce(wsEvents(0, 30, false, "WS_A", "WS_B")...)
+	h.waitCommittedToEnd(30 * time.Second)
+	committed := h.committed()[0]
+	down.Store(true)
+	h.produce(wsEvents(0, 12, true, "WS_A", "WS_B")...)
+	log := h.readTopic(topic, partitions)
+	waitFor(t, 20*time.Second, "a parked and sent the second round", func() bool {
+		return len(h.parkedRecords()) >= 42 &&
+			fmtFold(h.rec.foldAccepted(reqOf("WS_A"))) == fmtFold(foldLog(log, ofWorkspace("WS_A")))
+	})
+	_ = a.stop()
+	down.Store(false)
+	if c := h.committed()[0]; c != committed {
+		t.Fatalf("test bug: partition 0 committed at %d, want the commit before the refused ones, %d", c, committed)
+	}
+
+	bl.set("WS_B", false)
+	o := h.parkingOpts(bl, "WS_A", "WS_B")
+	parkTopic := parkio.TopicName(h.group)
+	o.wrapReaders = func(tp consumer.TopicPartition, open func() (consumer.PartitionReader, error)) (consumer.PartitionReader, error) {
+		if tp.Topic == parkTopic {
+			time.Sleep(1500 * time.Millisecond)
+		}
+		return open()
+	}
+	h.startReplica("b", o)
+	h.waitCommittedToEnd(30 * time.Second)
+	waitFor(t, 30*time.Second, "the detour of WS_B ended", func() bool { return len(detouredAt(h, 0)) == 0 })
+	h.waitParkingSettled(30 * time.Second)
+	checkFold(t, h.rec.foldAccepted(reqOf("WS_A")), foldLog(log, ofWorkspace("WS_A")))
+	checkFold(t, h.rec.foldAccepted(reqOf("WS_B")), foldLog(log, ofWorkspace("WS_B")))
+	if n := len(h.parkedRecords()); n <= 42 {
+		t.Errorf("%d records parked: b parked nothing again after the lost commits", n)
+	}
 	h.rec.checkNoViolations(t)
 }
