@@ -367,6 +367,32 @@ func TestParkingSuccessorRebuildsFromTheCommits(t *testing.T) {
 	h.rec.checkNoViolations(t)
 }
 
+// lateReaders wraps the readers of topic tp so that they return nothing
+// before at (a stop or a replan still ends their wait).
+func lateReaders(tp string, at time.Time) func(consumer.TopicPartition, func() (consumer.PartitionReader, error)) (consumer.PartitionReader, error) {
+	return func(p consumer.TopicPartition, open func() (consumer.PartitionReader, error)) (consumer.PartitionReader, error) {
+		r, err := open()
+		if err != nil || p.Topic != tp {
+			return r, err
+		}
+		return lateReader{r, at}, nil
+	}
+}
+
+type lateReader struct {
+	consumer.PartitionReader
+	at time.Time
+}
+
+func (r lateReader) FetchMessage(ctx context.Context) (kafka.Message, error) {
+	select {
+	case <-time.After(time.Until(r.at)):
+	case <-ctx.Done():
+		return kafka.Message{}, ctx.Err()
+	}
+	return r.PartitionReader.FetchMessage(ctx)
+}
+
 // failCommits makes the broker refuse every offset commit of the group
 // while down is true: a replica that stops then loses its last commits,
 // as if it had crashed.
@@ -400,7 +426,8 @@ func (h *harness) failCommits(down *atomic.Bool) {
 // again what the owner had parked after its last commit (duplicates after
 // their originals), delivers the parked records in order before any direct
 // send of WS_B, and ends the detour. Its parking readers start late, so a
-// direct send that overtook them would lose to them.
+// direct send that overtook them (the detour ignored, or ended before the
+// parked records were settled) would lose to them.
 func TestParkingCrashedOwnerSuccessor(t *testing.T) {
 	h := newHarness(t)
 	var down atomic.Bool
@@ -427,13 +454,14 @@ func TestParkingCrashedOwnerSuccessor(t *testing.T) {
 	bl.set("WS_B", false)
 	o := h.parkingOpts(bl, "WS_A", "WS_B")
 	parkTopic := parkio.TopicName(h.group)
-	o.wrapReaders = func(tp consumer.TopicPartition, open func() (consumer.PartitionReader, error)) (consumer.PartitionReader, error) {
-		if tp.Topic == parkTopic {
-			time.Sleep(1500 * time.Millisecond)
-		}
-		return open()
-	}
-	h.startReplica("b", o)
+	o.wrapReaders = lateReaders(parkTopic, time.Now().Add(3*time.Second))
+	b := h.startReplica("b", o)
+	b.waitAssigned(t, partitions)
+	// A third round while the parked records wait for b's slow readers: an
+	// early un-detour would send it directly, before them.
+	time.Sleep(500 * time.Millisecond)
+	h.produce(wsEvents(0, 6, false, "WS_A", "WS_B")...)
+	log = h.readTopic(topic, partitions)
 	h.waitCommittedToEnd(30 * time.Second)
 	waitFor(t, 30*time.Second, "the detour of WS_B ended", func() bool { return len(detouredAt(h, 0)) == 0 })
 	h.waitParkingSettled(30 * time.Second)
