@@ -49,6 +49,13 @@ type Parking struct {
 	// Hold is this replica's longest unknown-outcome hold (the hold= of a
 	// parking partition's commit, protocol 3). nil: 0.
 	Hold func() time.Duration
+	// Revoke is what a replan revokes the batcher with: the batcher's own
+	// Revoke (drop what is pending, wait for the attempts under way), not
+	// one that also waits for unknown outcomes to settle (the app's
+	// settlingBatcher): the sink holds those cohorts within the replica,
+	// and a parked record carries its cohort's hold (HoldOf). nil:
+	// Config.Batcher.Revoke.
+	Revoke func(ctx context.Context) error
 	// UndetourInterval is how often a detour of a workspace that is no
 	// longer blocked is checked (protocol 5). Default 2s.
 	UndetourInterval time.Duration
@@ -186,8 +193,11 @@ func (sp *sourcePark) runParkQueue(gctx context.Context, q <-chan parkItem, log 
 		}
 		pos, err := w.Write(gctx, recs)
 		if err != nil {
-			log.Warn("parking write did not complete; its records are read again", "err", err, "records", len(recs))
-			for range q { // the loop is stopping (gctx ended): drop the rest, they are unsettled
+			if gctx.Err() == nil {
+				log.Error("parking write failed for good: these records stay unsettled in their source partition, whose commit stops there",
+					"err", err, "records", len(recs))
+			}
+			for range q { // the rest is dropped, unsettled: read again after the next replan or rebalance
 			}
 			return
 		}

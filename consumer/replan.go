@@ -178,7 +178,11 @@ func (pl *plumb) doReplan(gctx context.Context, reason string) bool {
 	pl.log.Info("replanning: every loop stopped, the batcher revoked, the detours and holds redone", "reason", reason)
 	rctx, cancel := context.WithTimeout(gctx, c.cfg.RebalanceTimeout)
 	defer cancel()
-	if err := c.cfg.Batcher.Revoke(rctx); err != nil {
+	revoke := c.cfg.Batcher.Revoke
+	if c.cfg.Parking.Revoke != nil {
+		revoke = c.cfg.Parking.Revoke
+	}
+	if err := revoke(rctx); err != nil {
 		pl.log.Error("replan: in-flight requests outlived the rebalance timeout; ending the generation", "err", err)
 		return false
 	}
