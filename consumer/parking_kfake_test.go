@@ -472,3 +472,27 @@ func TestParkingCrashedOwnerSuccessor(t *testing.T) {
 	}
 	h.rec.checkNoViolations(t)
 }
+
+// A replan whose write-ahead commit keeps failing (the broker refuses every
+// commit) retries until the commit is accepted, and parks nothing
+// meanwhile; a shutdown that begins then is not held up by it.
+func TestParkingReplanDoesNotHoldTheDrain(t *testing.T) {
+	h := newHarness(t)
+	var down atomic.Bool
+	down.Store(true)
+	h.failCommits(&down)
+	bl := newBlockedSet("WS_B")
+	a := h.startReplica("a", h.parkingOpts(bl, "WS_A", "WS_B"))
+	a.waitAssigned(t, partitions)
+	h.produce(wsEvents(0, 10, false, "WS_A", "WS_B")...)
+	waitFor(t, 20*time.Second, "a replan", func() bool { return testutil.ToFloat64(a.m.Replans.WithLabelValues("blocked")) >= 1 })
+	time.Sleep(500 * time.Millisecond)
+	if n := len(h.parkedRecords()); n != 0 {
+		t.Errorf("%d records parked before the detour's commit was accepted (write-ahead)", n)
+	}
+	start := time.Now()
+	_ = a.stop()
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("the drain took %v behind a replan retrying its commit", took)
+	}
+}

@@ -85,10 +85,35 @@ func (pl *plumb) run(gctx context.Context, stop <-chan struct{}, fetchers *sync.
 		if end || err != nil {
 			return err
 		}
-		if !pl.doReplan(gctx, reason) {
-			return nil
+		rctx, cancel := stopCtx(gctx, stop)
+		ok := pl.doReplan(rctx, reason)
+		ended := rctx.Err() != nil
+		cancel()
+		switch {
+		case ended:
+			return nil // the generation or the drain ends anyway
+		case !ok:
+			return errReplanFailed // end the generation: the fence and a rejoin start afresh
 		}
 	}
+}
+
+// errReplanFailed ends the generation: a replan could not revoke the
+// batcher or wait for the parking writes in time.
+var errReplanFailed = errors.New("consumer: replan failed")
+
+// stopCtx is gctx, also cancelled when stop closes (the drain began): a
+// replan does not hold the drain up.
+func stopCtx(gctx context.Context, stop <-chan struct{}) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(gctx)
+	go func() {
+		select {
+		case <-stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
 }
 
 // startEpoch starts every owned partition's loops.
@@ -170,13 +195,14 @@ func (pl *plumb) blockedChan() <-chan struct{} {
 }
 
 // doReplan runs steps 2–6 once the loops stopped. False: the generation
-// ended, or the batcher could not be revoked in time (the supervisor then
-// ends the generation: the fence and a rejoin start everything afresh).
-func (pl *plumb) doReplan(gctx context.Context, reason string) bool {
+// ended or the drain began (ctx), or the batcher could not be revoked in
+// time (the supervisor then ends the generation: the fence and a rejoin
+// start everything afresh).
+func (pl *plumb) doReplan(ctx context.Context, reason string) bool {
 	c := pl.c
 	c.m.Replans.WithLabelValues(reason).Inc()
 	pl.log.Info("replanning: every loop stopped, the batcher revoked, the detours and holds redone", "reason", reason)
-	rctx, cancel := context.WithTimeout(gctx, c.cfg.RebalanceTimeout)
+	rctx, cancel := context.WithTimeout(ctx, c.cfg.RebalanceTimeout)
 	defer cancel()
 	revoke := c.cfg.Batcher.Revoke
 	if c.cfg.Parking.Revoke != nil {
@@ -200,20 +226,20 @@ func (pl *plumb) doReplan(gctx context.Context, reason string) bool {
 		}
 	}
 	c.commitMu.Unlock()
-	wait := pl.replanDetours(gctx)
+	wait := pl.replanDetours(ctx)
 	for {
 		err := c.commitParking(pl.gen, pl.parts, pl.log, nil, true)
 		if err == nil {
 			break
 		}
 		pl.log.Warn("replan: the commit with the new metadata failed; retrying (nothing is parked before it is accepted)", "err", err)
-		if !sleepCtx(gctx, time.Second) {
+		if !sleepCtx(ctx, time.Second) {
 			return false
 		}
 	}
 	if wait > 0 {
 		pl.log.Info("un-detour: waiting for the parking replicas' holds before direct sends", "wait", wait)
-		if !sleepCtx(gctx, wait) {
+		if !sleepCtx(ctx, wait) {
 			return false
 		}
 	}
