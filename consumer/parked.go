@@ -55,10 +55,14 @@ type parkedPart struct {
 	mainGen  int64
 	resStart map[string]int64
 	resGen   map[string]int64
+	// oldest: per workspace held or resuming here, the write time of its
+	// oldest record not delivered, as far as the reader has seen it
+	// (cohortsync_parked_oldest_age_seconds).
+	oldest map[string]time.Time
 }
 
 func newParkedPart(pl *plumb, ps *partitionState, p *parking.Partition) *parkedPart {
-	return &parkedPart{pl: pl, ps: ps, p: p}
+	return &parkedPart{pl: pl, ps: ps, p: p, oldest: map[string]time.Time{}}
 }
 
 // begin starts an epoch once the previous one's loops stopped (and the
@@ -80,6 +84,11 @@ func (pk *parkedPart) begin() int64 {
 		}
 	}
 	pk.tr, pk.gens = newTracker(pk.ps.topic, pk.ps.partition, start), nil
+	for x := range pk.oldest {
+		if _, held := cm.Held[x]; !held {
+			delete(pk.oldest, x)
+		}
+	}
 	return start
 }
 
@@ -110,7 +119,9 @@ func (pk *parkedPart) apply() {
 		}
 		for x := range pk.resStart {
 			if _, held := pk.p.Held(x); held {
-				pk.p.Resume(x) // releases x once o_x reached m
+				if _, still := pk.p.Resume(x); !still { // released: o_x reached m
+					delete(pk.oldest, x)
+				}
 			}
 		}
 	}
@@ -175,7 +186,7 @@ var errHoldFull = errors.New("consumer: parking partition's metadata full")
 
 // holdAt holds x at off once every record before off is settled and
 // applied (so that o_x's generation is that of the records before it).
-func (pk *parkedPart) holdAt(ctx context.Context, x string, off int64) error {
+func (pk *parkedPart) holdAt(ctx context.Context, x string, off int64, at time.Time) error {
 	for {
 		pk.mu.Lock()
 		pk.apply()
@@ -184,6 +195,9 @@ func (pk *parkedPart) holdAt(ctx context.Context, x string, off int64) error {
 				pk.p.Done(o, 0)
 			}
 			ok := pk.p.Hold(x, off)
+			if _, seen := pk.oldest[x]; ok && !seen {
+				pk.oldest[x] = at
+			}
 			pk.mu.Unlock()
 			if !ok {
 				return errHoldFull
@@ -261,6 +275,9 @@ func (pk *parkedPart) handle(ctx context.Context, dec *event.Decoder, m kafka.Me
 			x = ""
 		}
 		d = pk.classify(m.Offset, x, rec.Generation)
+		if _, seen := pk.oldest[x]; d == deliver && !seen && m.Offset < pk.m0 {
+			pk.oldest[x] = m.Time // a resuming workspace's first record
+		}
 	}
 	pk.mu.Unlock()
 	if derr != nil {
@@ -273,7 +290,7 @@ func (pk *parkedPart) handle(ctx context.Context, dec *event.Decoder, m kafka.Me
 		tr.release(seq)
 		return nil
 	case hold:
-		if err := pk.holdAt(ctx, rec.Workspace, m.Offset); err != nil {
+		if err := pk.holdAt(ctx, rec.Workspace, m.Offset, m.Time); err != nil {
 			return err
 		}
 		pk.pl.log.Info("parked records of a blocked workspace held", "workspace", rec.Workspace,
@@ -337,5 +354,17 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 		return true
 	case <-ctx.Done():
 		return false
+	}
+}
+
+// ages adds, to oldest, the write time of the oldest record not delivered
+// of every workspace held or resuming here.
+func (pk *parkedPart) ages(oldest map[string]time.Time) {
+	pk.mu.Lock()
+	defer pk.mu.Unlock()
+	for x, t := range pk.oldest {
+		if o, ok := oldest[x]; !ok || t.Before(o) {
+			oldest[x] = t
+		}
 	}
 }

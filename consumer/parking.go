@@ -228,10 +228,13 @@ type plumb struct {
 
 	mu   sync.Mutex
 	seen map[string]bool // workspace → blocked when last looked at
+
+	aged map[string]bool // the workspaces of cohortsync_parked_oldest_age_seconds (supervisor only)
 }
 
 func newPlumb(c *Consumer, gen *kafka.Generation, parts []*partitionState, log *slog.Logger) *plumb {
-	return &plumb{c: c, gen: gen, parts: parts, log: log, replan: make(chan string, 1), seen: map[string]bool{}}
+	return &plumb{c: c, gen: gen, parts: parts, log: log, replan: make(chan string, 1), seen: map[string]bool{},
+		aged: map[string]bool{}}
 }
 
 func (pl *plumb) isParking(p *partitionState) bool { return p.topic == pl.c.cfg.Parking.Topic }

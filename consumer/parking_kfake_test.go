@@ -198,6 +198,15 @@ func TestParkingIsolatesABlockedWorkspace(t *testing.T) {
 		t.Errorf("partition 0 committed with d=%v, want WS_B", d)
 	}
 	checkParkedInOrder(t, h.parkedRecords(), log, "WS_B")
+	if n := testutil.ToFloat64(a.m.ParkingWrites); n < 30 {
+		t.Errorf("parking_writes_total = %v, want at least WS_B's 30 records", n)
+	}
+	if n := testutil.ToFloat64(a.m.ParkedChanges.WithLabelValues("WS_B")); n < 30 {
+		t.Errorf("parked_changes{WS_B} = %v, want at least 30", n)
+	}
+	waitFor(t, 5*time.Second, "parked_oldest_age_seconds{WS_B} > 0", func() bool {
+		return testutil.CollectAndCount(a.m.ParkedOldestAge) == 1 && testutil.ToFloat64(a.m.ParkedOldestAge.WithLabelValues("WS_B")) > 0
+	})
 
 	bl.set("WS_B", false)
 	a.sink.setHold(func(wire.Request) bool { return false })
@@ -220,6 +229,9 @@ func TestParkingIsolatesABlockedWorkspace(t *testing.T) {
 	if n := len(h.parkedRecords()); n != parked {
 		t.Errorf("%d records parked after the detour ended, want none (direct sends)", n-parked)
 	}
+	waitFor(t, 5*time.Second, "no parked_oldest_age_seconds series once delivered", func() bool {
+		return testutil.CollectAndCount(a.m.ParkedOldestAge) == 0
+	})
 	h.rec.checkNoViolations(t)
 }
 

@@ -63,6 +63,7 @@ type epoch struct {
 
 func (pl *plumb) run(gctx context.Context, stop <-chan struct{}, fetchers *sync.WaitGroup) error {
 	defer fetchers.Done()
+	defer pl.forgetAges()
 	for {
 		err := pl.setup(gctx)
 		if err == nil {
@@ -177,6 +178,7 @@ func (pl *plumb) await(gctx context.Context, stop <-chan struct{}, ep *epoch) (r
 				return "blocked_changed", false, nil
 			}
 		case <-tick.C:
+			pl.publishAges()
 			if pl.blockedChanged() {
 				return "blocked_changed", false, nil
 			}
@@ -297,4 +299,34 @@ func (pl *plumb) replanDetours(ctx context.Context) (wait time.Duration) {
 		sp.mu.Unlock()
 	}
 	return wait
+}
+
+// publishAges sets cohortsync_parked_oldest_age_seconds for the workspaces
+// held or resuming in the owned parking partitions, and deletes the series
+// of those no longer (and all of them when the generation ends: forgetAges).
+func (pl *plumb) publishAges() {
+	oldest := map[string]time.Time{}
+	for _, p := range pl.parts {
+		if p.pk != nil {
+			p.pk.ages(oldest)
+		}
+	}
+	g := pl.c.m.ParkedOldestAge
+	for w := range pl.aged {
+		if _, ok := oldest[w]; !ok {
+			g.DeleteLabelValues(w)
+			delete(pl.aged, w)
+		}
+	}
+	for w, t := range oldest {
+		g.WithLabelValues(w).Set(time.Since(t).Seconds())
+		pl.aged[w] = true
+	}
+}
+
+func (pl *plumb) forgetAges() {
+	for w := range pl.aged {
+		pl.c.m.ParkedOldestAge.DeleteLabelValues(w)
+	}
+	clear(pl.aged)
 }

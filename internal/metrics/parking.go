@@ -12,9 +12,14 @@ type Parking struct {
 	// (a replan or a rebalance re-reads it) is subtracted twice, so one
 	// replica's series may go below zero.
 	ParkedChanges *prometheus.GaugeVec
-	ParkingWrites prometheus.Counter     // records written to the parking topic
-	Replans       *prometheus.CounterVec // reason: blocked, blocked_changed, undetour
-	ParkingFull   *prometheus.CounterVec // side: source (ErrFull at StartDetour), parking (Hold refused)
+	// ParkedOldestAge{workspace}: how long ago the oldest parked record of
+	// a workspace that this replica holds (or is resuming) in its parking
+	// partitions was written, as far as its readers have seen (a
+	// predecessor's hold counts once the record is read again).
+	ParkedOldestAge *prometheus.GaugeVec
+	ParkingWrites   prometheus.Counter     // records written to the parking topic
+	Replans         *prometheus.CounterVec // reason: blocked, blocked_changed, undetour
+	ParkingFull     *prometheus.CounterVec // side: source (ErrFull at StartDetour), parking (Hold refused)
 }
 
 // ReplanReasons are the values of the replans_total reason label.
@@ -24,6 +29,8 @@ func newParking() Parking {
 	p := Parking{
 		ParkedChanges: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "parked_changes",
 			Help: "Records this replica parked minus the parked records it delivered, by workspace (sum over replicas: parked and not yet delivered)."}, []string{"workspace"}),
+		ParkedOldestAge: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "parked_oldest_age_seconds",
+			Help: "Age of the oldest parked record of a workspace held or resuming in this replica's parking partitions, by workspace."}, []string{"workspace"}),
 		ParkingWrites: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "parking_writes_total",
 			Help: "Records written to the parking topic and acknowledged."}),
 		Replans: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "replans_total",
@@ -41,5 +48,5 @@ func newParking() Parking {
 }
 
 func (p Parking) collectors() []prometheus.Collector {
-	return []prometheus.Collector{p.ParkedChanges, p.ParkingWrites, p.Replans, p.ParkingFull}
+	return []prometheus.Collector{p.ParkedChanges, p.ParkedOldestAge, p.ParkingWrites, p.Replans, p.ParkingFull}
 }
