@@ -182,7 +182,10 @@ func reqOf(w string) func(wire.Request) bool {
 // its later records follow them (still parked while the detour lasts, then
 // direct once it ended); the API's membership per workspace is the log's.
 func TestParkingIsolatesABlockedWorkspace(t *testing.T) {
-	h := newHarness(t)
+	isolationScenario(t, newHarness(t))
+}
+
+func isolationScenario(t *testing.T, h *harness) {
 	bl := newBlockedSet("WS_B")
 	a := h.startReplica("a", h.parkingOpts(bl, "WS_A", "WS_B"))
 	a.waitAssigned(t, partitions)
