@@ -48,6 +48,9 @@ type Consumer struct {
 	// assigned from the last time it led a join (see countingBalancer); a
 	// generation takes it (nil when this member did not lead).
 	leaderCounts atomic.Pointer[map[string]int]
+	// park is the parking topic's I/O once opened (parking.go; nil before,
+	// and without Config.Parking).
+	park atomic.Pointer[parkIO]
 }
 
 // New validates cfg and returns a Consumer.
@@ -340,7 +343,7 @@ func (c *Consumer) fence(gctx context.Context, term lease.Term, fetchers *sync.W
 	}
 	if c.cfg.Parking != nil { // protocol 6 (a): nothing of this generation is parked after it
 		select {
-		case <-c.cfg.Parking.Writer.Idle():
+		case <-c.parkIdle():
 		case <-rctx.Done():
 			log.Error("parking writes outlived the rebalance timeout")
 			return false

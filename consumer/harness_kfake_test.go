@@ -110,6 +110,8 @@ type harness struct {
 
 	mu      sync.Mutex
 	uidPart map[string]int // every produced uid lives in one partition
+
+	lazyParking bool // parkingOpts leaves the parking topic to the consumer (parking_kfake_test.go)
 }
 
 func newHarness(t *testing.T) *harness {

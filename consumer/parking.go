@@ -34,14 +34,20 @@ type ParkWriter interface {
 
 var _ ParkWriter = (*parkio.Writer)(nil)
 
-// Parking configures parking (Config.Parking).
+// Parking configures parking (Config.Parking): the parking topic, and
+// either IO (the first generation's set-up creates the topic if missing,
+// parkio.Ensure, retrying until it succeeds, and opens a parkio.Writer on
+// it: nothing of it at start-up, DESIGN.md invariant 10) or the topic's
+// partition count, Writer and Committed given (NewParking, tests).
 type Parking struct {
-	Topic      string // the parking topic (parkio.TopicName of the group)
-	Partitions int    // its partition count K (parkio.Ensure)
+	Topic string // the parking topic (parkio.TopicName of the group)
+	IO    *parkio.Config
+	// Partitions is the topic's partition count K (parkio.Ensure), Writer
+	// its writer, Committed reads the group's commits of its partitions
+	// (parkio.Committed), for the un-detour check. Without IO.
+	Partitions int
 	Writer     ParkWriter
-	// Committed reads the group's commits of the parking partitions
-	// (parkio.Committed), for the un-detour check.
-	Committed func(ctx context.Context) ([]parking.Commit, error)
+	Committed  func(ctx context.Context) ([]parking.Commit, error)
 	// HoldOf is how long the cohort of h is still held in this replica by
 	// requests whose outcome is unknown (the not-before of a record parked
 	// now, protocol 2). nil: 0.
@@ -78,10 +84,54 @@ func (p *Parking) setDefaults(topics []string) error {
 	switch {
 	case p.Topic == "" || slices.Contains(topics, p.Topic):
 		return fmt.Errorf("consumer: parking topic %q is empty or an input topic", p.Topic)
-	case p.Partitions <= 0 || p.Writer == nil || p.Committed == nil:
-		return errors.New("consumer: Parking needs Partitions, Writer and Committed")
+	case p.IO == nil && (p.Partitions <= 0 || p.Writer == nil || p.Committed == nil):
+		return errors.New("consumer: Parking needs IO, or Partitions, Writer and Committed")
+	case p.IO != nil && p.IO.Topic != p.Topic:
+		return fmt.Errorf("consumer: Parking.IO's topic %q is not Parking.Topic %q", p.IO.Topic, p.Topic)
 	}
 	return nil
+}
+
+// parkIO is the parking topic's I/O in use: Parking's own, or what the
+// set-up opened from Parking.IO (Consumer.park, kept across generations).
+type parkIO struct {
+	k         int
+	writer    ParkWriter
+	committed func(ctx context.Context) ([]parking.Commit, error)
+}
+
+// openPark returns the parking topic's I/O, opening it at the first call
+// with Parking.IO (create the topic if missing, count its partitions).
+func (c *Consumer) openPark(ctx context.Context, group string) (*parkIO, error) {
+	if io := c.park.Load(); io != nil {
+		return io, nil
+	}
+	pk := c.cfg.Parking
+	if pk.IO == nil {
+		io := &parkIO{k: pk.Partitions, writer: pk.Writer, committed: pk.Committed}
+		c.park.Store(io)
+		return io, nil
+	}
+	k, err := parkio.Ensure(ctx, *pk.IO)
+	if err != nil {
+		return nil, fmt.Errorf("creating or reading the parking topic %s: %w", pk.Topic, err)
+	}
+	cfg := *pk.IO
+	io := &parkIO{k: k, writer: parkio.NewWriter(cfg, k),
+		committed: func(ctx context.Context) ([]parking.Commit, error) { return parkio.Committed(ctx, cfg, group, k) }}
+	c.park.Store(io)
+	return io, nil
+}
+
+// parkIdle is the parking writer's Idle, or a closed channel before it was
+// opened (nothing was written).
+func (c *Consumer) parkIdle() <-chan struct{} {
+	if io := c.park.Load(); io != nil {
+		return io.writer.Idle()
+	}
+	done := make(chan struct{})
+	close(done)
+	return done
 }
 
 func (p *Parking) holdOf(h wire.Header) time.Duration {
@@ -174,7 +224,7 @@ func (sp *sourcePark) route(ctx context.Context, tr *tracker, seq int64, m *kafk
 // acknowledged rather than leave one in flight. Each acknowledged record is
 // settled (protocol "Settled (e)") after Source.Parked.
 func (sp *sourcePark) runParkQueue(gctx context.Context, q <-chan parkItem, log *slog.Logger) {
-	w := sp.pl.c.cfg.Parking.Writer
+	w := sp.pl.io.writer
 	batch := make([]parkItem, 0, 256)
 	recs := make([]parkio.Record, 0, 256)
 	for it := range q {
@@ -225,6 +275,7 @@ type plumb struct {
 	log   *slog.Logger
 
 	replan chan string // a reason; capacity 1: one request pending is enough
+	io     *parkIO     // set by setup
 
 	mu   sync.Mutex
 	seen map[string]bool // workspace → blocked when last looked at
@@ -299,8 +350,12 @@ func (pl *plumb) requestReplan(reason string) {
 // committed metadata and those ends, and each parking partition's
 // Partition from its commit.
 func (pl *plumb) setup(ctx context.Context) error {
-	pk := pl.c.cfg.Parking
-	ends, err := pk.Writer.MarkAndEnds(ctx, int64(pl.gen.ID))
+	io, err := pl.c.openPark(ctx, pl.gen.GroupID)
+	if err != nil {
+		return err
+	}
+	pl.io = io
+	ends, err := io.writer.MarkAndEnds(ctx, int64(pl.gen.ID))
 	if err != nil {
 		return fmt.Errorf("writing the generation's markers: %w", err)
 	}

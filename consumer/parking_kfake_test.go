@@ -68,13 +68,16 @@ func (b *blockedSet) set(w string, blocked bool) {
 func (h *harness) parkingOpts(bl *blockedSet, def string, served ...string) replicaOpts {
 	h.t.Helper()
 	io := parkio.Config{Brokers: h.brokers, Topic: parkio.TopicName(h.group), Partitions: parkParts, Replication: 1}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	k, err := parkio.Ensure(ctx, io)
-	if err != nil || k != parkParts {
-		h.t.Fatalf("parking topic: %d partitions, %v", k, err)
+	pk := &consumer.Parking{Topic: io.Topic, IO: &io} // the consumer creates the topic
+	if !h.lazyParking {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		k, err := parkio.Ensure(ctx, io)
+		if err != nil || k != parkParts {
+			h.t.Fatalf("parking topic: %d partitions, %v", k, err)
+		}
+		pk = consumer.NewParking(io, h.group, k)
 	}
-	pk := consumer.NewParking(io, h.group, k)
 	pk.UndetourInterval = 200 * time.Millisecond
 	return replicaOpts{workspace: def, serves: func(w string) bool { return slices.Contains(served, w) },
 		parking: pk, blocked: bl.Blocked, blockedChanged: bl.Changed,
@@ -195,6 +198,19 @@ func reqOf(w string) func(wire.Request) bool {
 // direct once it ended); the API's membership per workspace is the log's.
 func TestParkingIsolatesABlockedWorkspace(t *testing.T) {
 	isolationScenario(t, newHarness(t))
+}
+
+// The same with the parking topic missing at the start: the consumer's
+// set-up creates it (Parking.IO), and the group takes its partitions once
+// the partition watch sees it.
+func TestParkingCreatesItsTopic(t *testing.T) {
+	h := newHarness(t)
+	h.lazyParking = true
+	isolationScenario(t, h)
+	parts, err := h.admin.Partitions(context.Background(), parkio.TopicName(h.group))
+	if err != nil || len(parts) != parkParts {
+		t.Errorf("parking topic partitions %v, %v; want %d", parts, err, parkParts)
+	}
 }
 
 func isolationScenario(t *testing.T, h *harness) {

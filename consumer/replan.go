@@ -215,7 +215,7 @@ func (pl *plumb) doReplan(ctx context.Context, reason string) bool {
 		return false
 	}
 	select {
-	case <-c.cfg.Parking.Writer.Idle():
+	case <-pl.io.writer.Idle():
 	case <-rctx.Done():
 		pl.log.Error("replan: parking writes outlived the rebalance timeout; ending the generation")
 		return false
@@ -258,7 +258,7 @@ func (pl *plumb) replanDetours(ctx context.Context) (wait time.Duration) {
 	var commits []parking.Commit
 	if pl.undetourCandidates(blocked) {
 		var err error
-		if commits, err = pl.c.cfg.Parking.Committed(ctx); err != nil {
+		if commits, err = pl.io.committed(ctx); err != nil {
 			pl.log.Warn("reading the parking partitions' commits failed; no un-detour this time", "err", err)
 		}
 	}

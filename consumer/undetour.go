@@ -40,7 +40,7 @@ func (pl *plumb) undetourDue(ctx context.Context) bool {
 	if !pl.undetourCandidates(blocked) {
 		return false
 	}
-	commits, err := pl.c.cfg.Parking.Committed(ctx)
+	commits, err := pl.io.committed(ctx)
 	if err != nil {
 		pl.log.Warn("reading the parking partitions' commits failed", "err", err)
 		return false
