@@ -9,10 +9,11 @@ import (
 )
 
 // TestParkingIsolatesARevokedKey (invariant 8, issue 21 item 4): two worker
-// processes with a registry; WS_B's key is revoked in the emulator (401)
-// while events of every workspace keep coming. The others flow meanwhile
-// and the input's commits pass WS_B's events (lag 0: they are parked);
-// once the key is valid again, WS_B's parked events are delivered by
+// processes with a registry; WS_B's key is revoked in the emulator (its key
+// rotated there: the registry's is refused, 401) while events of every
+// workspace keep coming. The others flow meanwhile and the input's commits
+// pass WS_B's events (lag 0: they are parked); once the registry has the
+// new key (the key fixed), WS_B's parked events are delivered by
 // themselves, with no restart, and every workspace ends as the fold of its
 // events. Skipped while the sink reports no blocked workspace (the app
 // wires parking only then).
@@ -42,7 +43,8 @@ func TestParkingIsolatesARevokedKey(t *testing.T) {
 	}
 
 	revokedAt := lastSeq(a)
-	if err := a.AddWorkspace(wsB, emulator.Workspace{Key: "revoked"}); err != nil {
+	keys[wsB] = "key-ws-b-2"
+	if err := a.AddWorkspace(wsB, emulator.Workspace{Key: keys[wsB]}); err != nil {
 		t.Fatal(err)
 	}
 	p.sendMixed(t, g, 400, served, true)
@@ -57,12 +59,10 @@ func TestParkingIsolatesARevokedKey(t *testing.T) {
 		t.Errorf("nothing parked (cohortsync_parking_writes_total %v)", n)
 	}
 
-	if err := a.AddWorkspace(wsB, emulator.Workspace{Key: keys[wsB]}); err != nil {
-		t.Fatal(err)
-	}
+	writeRegistryKey(t, dir, wsB, keys[wsB])
 	restored := time.Now()
 	waitWorkspace(t, a, p, wsB, 3*time.Minute)
-	t.Logf("%s converged %s after its key was valid again", wsB, time.Since(restored).Round(time.Millisecond))
+	t.Logf("%s converged %s after its key was fixed in the registry", wsB, time.Since(restored).Round(time.Millisecond))
 
 	p.sendMixed(t, g, 200, served, true)
 	for _, ws := range []string{workspace, wsA, wsB} {
