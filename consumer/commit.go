@@ -31,6 +31,10 @@ func (c *Consumer) commitEvery(gctx context.Context, gen *kafka.Generation, part
 
 // commit commits every partition whose watermark moved.
 func (c *Consumer) commit(gen *kafka.Generation, parts []*partitionState, log *slog.Logger, hb *metrics.Loop) {
+	if c.cfg.Parking != nil {
+		_ = c.commitParking(gen, parts, log, hb, false) // logged; the next tick retries
+		return
+	}
 	c.commitMu.Lock()
 	defer c.commitMu.Unlock()
 	offsets := map[string]map[int]int64{}

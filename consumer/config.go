@@ -60,6 +60,19 @@ type Config struct {
 	// counts could not be read: unknown).
 	OnAssign func(assigned []TopicPartition, total int)
 
+	// Parking, when set, isolates a workspace that cannot take changes by
+	// parking its records (DESIGN.md invariant 8, parking.go). nil: no
+	// parking, nothing is ever detoured (Blocked is not asked).
+	Parking *Parking
+	// Blocked reports whether a workspace cannot take changes now (its own
+	// trouble: no key, 401/403, its stopped line, its own outage; never a
+	// global outage). Called from the fetch loops concurrently: cheap and
+	// safe for concurrent use. nil: nothing is ever blocked.
+	Blocked func(workspace string) bool
+	// BlockedChanged returns a channel closed at the next change of what
+	// Blocked reports. nil: never.
+	BlockedChanged func() <-chan struct{}
+
 	CommitInterval    time.Duration // default 1s
 	MaxWait           time.Duration // fetch long-poll: the broker answers a partition's fetch within it; default 500ms
 	SessionTimeout    time.Duration // default 10s (brokers reject < 6s)
@@ -153,7 +166,7 @@ func (c *Config) setDefaults() error {
 	case c.FetchBufferBytes < 0:
 		return fmt.Errorf("consumer: FetchBufferBytes %d is negative", c.FetchBufferBytes)
 	}
-	return nil
+	return c.Parking.setDefaults(c.Topics)
 }
 
 // TopicPartition names one partition.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -47,6 +48,9 @@ type Consumer struct {
 	// assigned from the last time it led a join (see countingBalancer); a
 	// generation takes it (nil when this member did not lead).
 	leaderCounts atomic.Pointer[map[string]int]
+	// park is the parking topic's I/O once opened (parking.go; nil before,
+	// and without Config.Parking).
+	park atomic.Pointer[parkIO]
 }
 
 // New validates cfg and returns a Consumer.
@@ -58,6 +62,9 @@ func New(cfg Config) (*Consumer, error) {
 	// partition: an invalid one fails here, not in a generation.
 	if rc := cfg.readerConfig(cfg.Topics[0], 0); rc.Validate() != nil {
 		return nil, fmt.Errorf("consumer: invalid reader configuration: %w", rc.Validate())
+	}
+	if cfg.Parking != nil { // the group reads the parking topic too
+		cfg.Topics = append(slices.Clone(cfg.Topics), cfg.Parking.Topic)
 	}
 	c := &Consumer{cfg: cfg, log: cfg.Logger.With("component", "consumer"), m: cfg.Metrics, lease: cfg.Lease}
 	c.openReader = c.openCommittedReader
@@ -175,6 +182,13 @@ type partitionState struct {
 	// hand-over, nothing more is committed (under commitMu).
 	holdUntil time.Time
 	sealed    bool
+	// With Config.Parking (parking.go): the source partition's parking
+	// state (src) or the parking partition's (pk), set before the loops
+	// start; committedMeta is the parking metadata last committed (under
+	// commitMu).
+	src           *sourcePark
+	pk            *parkedPart
+	committedMeta string
 }
 
 // runGeneration runs one generation. It returns true when ctx ended and the
@@ -203,7 +217,11 @@ func (c *Consumer) runGeneration(ctx context.Context, group *kafka.ConsumerGroup
 	stopFetch := make(chan struct{})
 	var fetchers sync.WaitGroup // fetch loops that may still call Add
 	fenced := make(chan struct{})
-	c.startFetches(gen, parts, stopFetch, &fetchers, log)
+	if c.cfg.Parking != nil {
+		c.startParked(gen, parts, stopFetch, &fetchers, log) // replan.go
+	} else {
+		c.startFetches(gen, parts, stopFetch, &fetchers, log)
+	}
 	// New partitions or a new topic end the generation (watchPartitions).
 	gen.Start(func(gctx context.Context) { c.watchPartitions(gctx, baseline, log) })
 	gen.Start(func(gctx context.Context) { c.watchLag(gctx, parts, log) }) // lag.go
@@ -322,6 +340,14 @@ func (c *Consumer) fence(gctx context.Context, term lease.Term, fetchers *sync.W
 	if err := c.cfg.Batcher.Revoke(rctx); err != nil {
 		log.Error("in-flight requests outlived the rebalance timeout", "err", err)
 		return false
+	}
+	if c.cfg.Parking != nil { // protocol 6 (a): nothing of this generation is parked after it
+		select {
+		case <-c.parkIdle():
+		case <-rctx.Done():
+			log.Error("parking writes outlived the rebalance timeout")
+			return false
+		}
 	}
 	log.Info("fenced generation: nothing of it is pending or in flight", "assigned", names)
 	return true

@@ -32,4 +32,9 @@
 //   - lag.go: cohortsync_consumer_lag.
 //   - dlq.go: Locate, where a rejected member's record was read, for the
 //     dead-letter writer (internal/deadletter).
+//   - parking.go, parked.go, replan.go, undetour.go, parkcommit.go: with
+//     Config.Parking, isolation by parking (DESIGN.md invariant 8, "The
+//     plumbing"): the detour of a blocked workspace's records to the
+//     parking topic, the parking partitions' reader, the replan within a
+//     generation, the end of a detour, commits with metadata.
 package consumer

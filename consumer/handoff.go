@@ -99,6 +99,7 @@ func (c *Consumer) proveDrain(ctx context.Context, gen *kafka.Generation, parts 
 // wait, when want is the mark that proves a clean hand-over: 0 for want, the
 // wait it carries for want;wait=<ms> (at most max), max for anything else.
 func handOffWait(meta, want string, max time.Duration) time.Duration {
+	meta = handOffTokens(meta)
 	if meta == want {
 		return 0
 	}
@@ -111,6 +112,18 @@ func handOffWait(meta, want string, max time.Duration) time.Duration {
 		return max
 	}
 	return time.Duration(ms) * time.Millisecond
+}
+
+// handOffTokens returns the hand-off mark's tokens of a commit's metadata
+// (clean:<gen> and wait=<ms>), without the parking tokens beside them.
+func handOffTokens(meta string) string {
+	var keep []string
+	for _, t := range strings.Split(meta, ";") {
+		if strings.HasPrefix(t, "clean:") || strings.HasPrefix(t, "wait=") {
+			keep = append(keep, t)
+		}
+	}
+	return strings.Join(keep, ";")
 }
 
 // waitSuffix introduces, in a mark, the rest of the partition's own wait.
@@ -184,6 +197,14 @@ func (c *Consumer) commitClean(gen *kafka.Generation, parts []*partitionState, l
 		meta := cleanMark(int(gen.ID))
 		if rest := p.holdUntil.Sub(now); rest > 0 {
 			meta += waitSuffix + strconv.FormatInt(int64((rest+time.Millisecond-1)/time.Millisecond), 10)
+		}
+		if c.cfg.Parking != nil { // parking.go: d= or the parking partition's state beside the mark
+			var pmeta string
+			if off, pmeta = c.parkMeta(p, off); off < 0 {
+				delete(offs, p) // not set up: its commit stays as it is
+				continue
+			}
+			offs[p], meta = off, joinMeta(meta, pmeta)
 		}
 		commits[p.topic] = append(commits[p.topic], kafka.OffsetCommit{Partition: p.partition, Offset: off, Metadata: meta})
 	}

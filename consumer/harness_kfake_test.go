@@ -110,6 +110,8 @@ type harness struct {
 
 	mu      sync.Mutex
 	uidPart map[string]int // every produced uid lives in one partition
+
+	lazyParking bool // parkingOpts leaves the parking topic to the consumer (parking_kfake_test.go)
 }
 
 func newHarness(t *testing.T) *harness {
@@ -572,6 +574,12 @@ type replicaOpts struct {
 	lagInterval   time.Duration     // consumer.Config.LagInterval (0: its default)
 	workspace     string            // consumer.Config.Workspace
 	serves        func(string) bool // consumer.Config.Serves
+	// parking, blocked, blockedChanged: consumer.Config.Parking, .Blocked,
+	// .BlockedChanged (parking_kfake_test.go).
+	parking        *consumer.Parking
+	blocked        func(string) bool
+	blockedChanged func() <-chan struct{}
+	wrapReaders    func(tp consumer.TopicPartition, open func() (consumer.PartitionReader, error)) (consumer.PartitionReader, error)
 }
 
 // assignment is one OnAssign call, with the batcher's state at that moment
@@ -633,9 +641,13 @@ func (h *harness) startReplica(name string, o replicaOpts) *replica {
 		SessionTimeout: 6 * time.Second, HeartbeatInterval: 200 * time.Millisecond,
 		RebalanceTimeout: 10 * time.Second, DrainTimeout: o.drain, MaxProcessingTime: o.maxProcessing,
 		LagInterval: o.lagInterval, Workspace: o.workspace, Serves: o.serves, Logger: log, Metrics: r.m,
+		Parking: o.parking, Blocked: o.blocked, BlockedChanged: o.blockedChanged,
 	})
 	if err != nil {
 		h.t.Fatal(err)
+	}
+	if o.wrapReaders != nil {
+		r.c.WrapReaders(o.wrapReaders)
 	}
 	bctx, bcancel := context.WithCancel(context.Background())
 	r.cancelBg = bcancel

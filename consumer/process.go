@@ -47,7 +47,7 @@ func (c *Consumer) process(ctx context.Context, p *partitionState, msgs <-chan k
 				tr = newTracker(p.topic, p.partition, start)
 				p.tr.Store(tr)
 			}
-			if buf, err = c.handle(ctx, tr, dec, m, buf); err != nil {
+			if buf, err = c.handleIn(ctx, p.src, tr, dec, m, buf); err != nil {
 				break
 			}
 			if len(buf) >= maxAdd {
@@ -84,6 +84,13 @@ func (c *Consumer) process(ctx context.Context, p *partitionState, msgs <-chan k
 // (deadLetterTooLarge). It fails only when ctx ended while a dead-letter
 // write was being queued.
 func (c *Consumer) handle(ctx context.Context, tr *tracker, dec *event.Decoder, m kafka.Message, buf []batcher.Change) ([]batcher.Change, error) {
+	return c.handleIn(ctx, nil, tr, dec, m, buf)
+}
+
+// handleIn is handle for a partition whose parking state is sp (nil:
+// none): a record of a detoured workspace is parked, one of a blocked
+// workspace asks for a replan (errReplan, parking.go).
+func (c *Consumer) handleIn(ctx context.Context, sp *sourcePark, tr *tracker, dec *event.Decoder, m kafka.Message, buf []batcher.Change) ([]batcher.Change, error) {
 	seq, ok := tr.track(m.Offset)
 	if !ok {
 		return buf, nil // delivered twice after a reader restart: already tracked
@@ -113,6 +120,11 @@ func (c *Consumer) handle(ctx context.Context, tr *tracker, dec *event.Decoder, 
 	}
 	h := wire.Header{Workspace: c.workspaceOf(&ev), Action: ev.Action, Partner: ev.Partner, CohortID: ev.CohortID,
 		CohortName: ev.CohortName, CohortDescription: ev.CohortDescription}
+	if sp != nil {
+		if parked, err := sp.route(ctx, tr, seq, &m, h); parked || err != nil {
+			return buf, err
+		}
+	}
 	if fit, big := splitFit(c.cfg.Fits, h, ev.UIDs); big != nil {
 		return c.deadLetterTooLarge(ctx, tr, seq, m, &ev, h, fit, big, buf)
 	}

@@ -219,7 +219,7 @@ func (w *worker) newConsumer(dialer *kafka.Dialer, membership *lease.Lease) (*co
 // it sets the replica's share of the budget.
 func (w *worker) consumerConfig(dialer *kafka.Dialer, membership *lease.Lease) consumer.Config {
 	cfg := w.cfg
-	return consumer.Config{
+	cc := consumer.Config{
 		Brokers:        cfg.KafkaBrokers,
 		Topics:         cfg.KafkaTopics,
 		GroupID:        cfg.KafkaGroupID,
@@ -248,6 +248,8 @@ func (w *worker) consumerConfig(dialer *kafka.Dialer, membership *lease.Lease) c
 		Logger:  w.log,
 		Metrics: w.m,
 	}
+	w.withParking(&cc, dialer) // parking.go
+	return cc
 }
 
 // settlingBatcher is the batcher as the consumer sees it. Its Revoke, which

@@ -50,6 +50,7 @@ type Metrics struct {
 	PerWorkspace                              // workspace.go
 	Ready              prometheus.Gauge
 	BuildInfo          *prometheus.GaugeVec
+	Parking            // parking.go
 	// Loops is the progress heartbeat of the process's own loops, behind
 	// /healthz (not a Prometheus metric).
 	Loops *Loops
@@ -143,7 +144,8 @@ func New(reg prometheus.Registerer) *Metrics {
 			Help: "1 when the replica is ready (/readyz): started, and joined or joining the consumer group. A stopped line or failing dead letters do not change it (see line_stopped, dead_letter_failing)."}),
 		BuildInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "build_info",
 			Help: "Build information; always 1."}, []string{"version", "goversion"}),
-		Loops: newLoops(),
+		Loops:   newLoops(),
+		Parking: newParking(),
 	}
 	for _, r := range event.Reasons {
 		m.EventsInvalid.WithLabelValues(string(r))
@@ -179,6 +181,7 @@ func New(reg prometheus.Registerer) *Metrics {
 			m.RequestDuration, m.Retries, m.RateLimitWait, m.RateLimitRPM, m.BoardDuplicates, m.PendingMembers, m.InFlight,
 			m.CommittedOffset, m.Lag, m.Commits, m.AssignedPartitions, m.Rebalances, m.LeaseRenewals, m.LeaseValid, m.AuthFailing,
 			m.LineStopped, m.LineStoppedProbes, m.Ready, m.BuildInfo)
+		reg.MustRegister(m.Parking.collectors()...)
 	}
 	return m
 }
