@@ -19,8 +19,8 @@ type blockedView interface {
 // workspaces (MOENGAGE_WORKSPACES_DIR) and a sink that reports which
 // workspace is blocked. The parking topic is the group's
 // (parkio.TopicName); the consumer's first generation creates it when
-// missing, with parkio's defaults (12 partitions, replication min(3,
-// brokers), retention 7 days). Without a registry nothing is parked, as
+// missing, with PARKING_TOPIC_PARTITIONS, PARKING_TOPIC_REPLICATION (capped
+// at the broker count) and PARKING_TOPIC_RETENTION. Without a registry nothing is parked, as
 // before: a single workspace has no other to keep flowing.
 func (w *worker) withParking(cc *consumer.Config, dialer *kafka.Dialer) {
 	bv, ok := any(w.client).(blockedView)
@@ -28,7 +28,9 @@ func (w *worker) withParking(cc *consumer.Config, dialer *kafka.Dialer) {
 		return
 	}
 	cfg := w.cfg
-	io := parkio.Config{Brokers: cfg.KafkaBrokers, Dialer: dialer, Topic: parkio.TopicName(cfg.KafkaGroupID)}
+	io := parkio.Config{Brokers: cfg.KafkaBrokers, Dialer: dialer, Topic: parkio.TopicName(cfg.KafkaGroupID),
+		Partitions: cfg.ParkingTopicPartitions, Replication: cfg.ParkingTopicReplication,
+		Retention: cfg.ParkingTopicRetention, Logger: w.log.With("component", "parking")}
 	if w.transport != nil {
 		io.Transport = w.transport
 	}
