@@ -296,7 +296,16 @@ func chaos(t *testing.T, byUID bool) {
 	rng := rand.New(rand.NewPCG(seed, 1))
 
 	topic, dlq := newTopic(t, 6)
-	a := startAPI(t, func(c *emulator.Config) { c.RateWindow = 10 * time.Second; c.RateLimit = 1000 })
+	// Three workspaces: the default (events naming it or none) and two in
+	// the registry, whose keys are revoked, removed and rotated, and whose
+	// API has outages of its own, among the faults (chaosWorkspaces).
+	cw := newChaosWorkspaces(t)
+	a := startAPI(t, func(c *emulator.Config) {
+		c.RateWindow = 10 * time.Second
+		c.RateLimit = 1000
+		c.Credentials = cw.credentials()
+	})
+	cw.a = a
 	px := startProxy(t, a.URL[len("http://"):])
 	p := newProducer(t, topic)
 	p.byUID = byUID
@@ -309,6 +318,7 @@ func chaos(t *testing.T, byUID bool) {
 	env["KAFKA_BROKERS"] = kp.addr()
 	env["SHUTDOWN_TIMEOUT"] = "10s"
 	env["MOENGAGE_MAX_PROCESSING_TIME"] = "30s" // the default: the late fault holds a request up to 20.5 s
+	env["MOENGAGE_WORKSPACES_DIR"] = cw.dir
 	group := env["KAFKA_GROUP_ID"]
 
 	var poison atomic.Int64
@@ -321,7 +331,9 @@ func chaos(t *testing.T, byUID bool) {
 		for ctx.Err() == nil {
 			evs := make([]kafkaEvent, 0, 20)
 			for range 20 {
-				evs = append(evs, kafkaEvent{ev: g.next()})
+				ev := g.next()
+				ev.Workspace = chaosNames[prng.IntN(len(chaosNames))]
+				evs = append(evs, kafkaEvent{ev: ev})
 			}
 			if prng.IntN(10) == 0 {
 				evs = append(evs, kafkaEvent{poison: fmt.Sprintf(`{"action":"add","cohort_id":"x","cohort_name":"bad|name","uid":"p%d"}`, poison.Load())})
@@ -370,7 +382,8 @@ func chaos(t *testing.T, byUID bool) {
 	end := time.Now().Add(duration)
 	for time.Now().Before(end) {
 		time.Sleep(time.Duration(1000+rng.IntN(3000)) * time.Millisecond)
-		switch k := rng.IntN(13); {
+		cw.restoreDue(t, false)
+		switch k := rng.IntN(16); {
 		case k == 0 && len(replicas) > 0: // crash one and bring it back
 			i := rng.IntN(len(replicas))
 			replicas[i].kill()
@@ -465,6 +478,8 @@ func chaos(t *testing.T, byUID bool) {
 			time.Sleep(time.Duration(3000+rng.IntN(5000)) * time.Millisecond)
 			kp.failMeta.Store(false)
 			counts["metadata-errors"]++
+		case k >= 13: // one workspace's own trouble, or a key rotation
+			counts[cw.fault(t, rng, k-13)]++
 		}
 		if rng.IntN(3) == 0 { // faults come and go
 			_ = a.SetFaults(emulator.Faults{})
@@ -476,10 +491,14 @@ func chaos(t *testing.T, byUID bool) {
 	<-watchDone
 	_ = a.SetFaults(emulator.Faults{})
 	px.latency.Store(0)
+	cw.restoreDue(t, true)
 	if len(replicas) == 0 {
 		spawn()
 	}
 	waitConverged(t, a, p.model(), 3*time.Minute)
+	for _, ws := range cw.ids {
+		waitState(t, func() model { return wsState(a, ws) }, p.modelOf(ws), time.Minute)
+	}
 	waitNoLag(t, topic, group, 2*time.Minute)
 
 	// The dead-letter topic holds the poison records: each one at least

@@ -190,10 +190,13 @@ func (g *gen) next() event.Event {
 
 // producer writes events keyed by cohort_id (or uid) and folds them.
 type producer struct {
-	t       *testing.T
-	w       *kafka.Writer
-	mu      sync.Mutex
-	want    model
+	t    *testing.T
+	w    *kafka.Writer
+	mu   sync.Mutex
+	want model
+	// others holds the expected membership of each workspace other than
+	// the default that events name (TestChaos with workspaces).
+	others  map[string]model
 	count   int // events
 	changes int // member changes (a bulk event carries several)
 	byUID   bool
@@ -225,11 +228,27 @@ func (p *producer) send(ctx context.Context, evs ...event.Event) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, ev := range evs {
-		p.want.apply(ev)
+		p.fold(ev)
 		p.changes += len(ev.UIDs)
 	}
 	p.count += len(evs)
 	return nil
+}
+
+// fold applies ev to the model of its workspace (the default when it names
+// none). Call it with p.mu held.
+func (p *producer) fold(ev event.Event) {
+	if ev.Workspace == "" || ev.Workspace == workspace {
+		p.want.apply(ev)
+		return
+	}
+	if p.others == nil {
+		p.others = map[string]model{}
+	}
+	if p.others[ev.Workspace] == nil {
+		p.others[ev.Workspace] = model{}
+	}
+	p.others[ev.Workspace].apply(ev)
 }
 
 // raw produces records as they are (poison).
@@ -291,11 +310,18 @@ func (p *producer) background(t *testing.T, g *gen, rate int) (stop func()) {
 	return stop
 }
 
-func (p *producer) model() model {
+func (p *producer) model() model { return p.modelOf(workspace) }
+
+// modelOf returns a copy of workspace ws's expected membership.
+func (p *producer) modelOf(ws string) model {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	src := p.want
+	if ws != workspace {
+		src = p.others[ws]
+	}
 	out := model{}
-	for k, v := range p.want {
+	for k, v := range src {
 		out[k] = map[string]bool{}
 		for u := range v {
 			out[k][u] = true
