@@ -399,8 +399,8 @@ func (c *Client) workspaceLabel(ws string) string {
 // preflight.APIProbe, a JSON object without any required field.
 var probeBody = []byte("{}")
 
-// probeWorkspace sends probeBody once for workspace ws, after a rate-limit
-// permit (waited for at most AttemptTimeout), and reports whether the
+// probeWorkspace sends probeBody once for workspace ws, under the lease
+// and after a rate-limit permit (waited for at most AttemptTimeout), and reports whether the
 // answer lets ws take requests again: a 2xx with the API's body, or a 400.
 // Anything else, or no target, no permit or no answer, is false. Counted
 // in workspace_requests_total, not in requests_total (it carries no change).
@@ -411,6 +411,9 @@ func (c *Client) probeWorkspace(ws string) bool {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.AttemptTimeout)
 	defer cancel()
+	if _, err := c.waitLease(ctx); err != nil {
+		return false
+	}
 	if lim := c.limiterFor(ws); lim != nil {
 		if err := lim.Wait(ctx); err != nil {
 			return false

@@ -177,3 +177,63 @@ func TestBlockedProbeAgainstEmulator(t *testing.T) {
 		t.Fatalf("%d requests of WS_A changed a segment", empty)
 	}
 }
+
+// TestBlockedProbeAfterAQuietSpell: the worker's case of
+// TestBlockedProbeAgainstEmulator. WS_A is parked, nothing else is sent for
+// longer than a lease, and the lease is renewed meanwhile (as the
+// consumer's heartbeats renew it): the fence's last deadline is the one of
+// the last request, long past. The probe must wait for the lease (and move
+// the fence) like any request; refused at the socket by the stale fence,
+// it would never be answered and WS_A would stay blocked for ever.
+func TestBlockedProbeAfterAQuietSpell(t *testing.T) {
+	t.Parallel()
+	cfg := emulator.DefaultConfig()
+	cfg.Workspaces = map[string]emulator.Workspace{"WS_A": {Key: "key-a"}, "WS_B": {Key: "key-b"}}
+	emu, err := emulator.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(emu)
+	t.Cleanup(srv.Close)
+	const term = 50 * time.Millisecond // each Wait grants a lease this long
+	lease := &fakeLease{next: func(int) time.Time { return time.Now().Add(term) }}
+	m := metrics.New(nil)
+	c, err := sink.New(sink.Config{
+		Targets: func(ws string) (sink.Target, error) {
+			k := map[string]string{"WS_A": "key-a", "WS_B": "key-b"}[ws]
+			return sink.Target{ID: ws, BaseURL: srv.URL, Key: func() (string, error) { return k, nil }}, nil
+		},
+		Lease:                lease,
+		AuthRetryInterval:    300 * time.Millisecond,
+		AuthRetryMaxInterval: 300 * time.Millisecond,
+		Metrics:              m,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.CloseIdleConnections)
+	if err := emu.RevokeKey("WS_A"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	changed := c.BlockedChanged()
+	res := make(chan error, 1)
+	go func() { _, err := c.Send(ctx, wsRequest("WS_A", "c1", event.Add, 1)); res <- err }()
+	<-changed
+	cancel() // parked: only the probes ask the API about WS_A now
+	<-res
+	if err := emu.RestoreKey("WS_A"); err != nil {
+		t.Fatal(err)
+	}
+	changed = c.BlockedChanged()
+	select {
+	case <-changed:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("WS_A still blocked 5s after its key was restored (probes answered 400: %v, unanswered: %v)",
+			testutil.ToFloat64(m.WorkspaceRequests.WithLabelValues("WS_A", "400")),
+			testutil.ToFloat64(m.WorkspaceRequests.WithLabelValues("WS_A", "0")))
+	}
+	if c.Blocked("WS_A") {
+		t.Fatal("BlockedChanged closed but WS_A is blocked")
+	}
+}

@@ -225,8 +225,15 @@ func (c *Client) leaseHolds(d time.Time) bool {
 
 // lease waits for a valid lease and returns its deadline (zero: none, or no
 // Lease).
-func (s *sender) lease(ctx context.Context) (time.Time, error) {
-	l := s.c.cfg.Lease
+func (s *sender) lease(ctx context.Context) (time.Time, error) { return s.c.waitLease(ctx) }
+
+// waitLease waits for a valid lease, moves the fence to its deadline and
+// returns it (zero: none, or no Lease). Every request waits for it, the
+// probe of a blocked workspace included: the fence refuses a write past
+// the last deadline it was given, which is stale once nothing has been
+// sent for a lease's length.
+func (c *Client) waitLease(ctx context.Context) (time.Time, error) {
+	l := c.cfg.Lease
 	if l == nil {
 		return time.Time{}, nil
 	}
@@ -235,7 +242,7 @@ func (s *sender) lease(ctx context.Context) (time.Time, error) {
 		if err != nil {
 			return time.Time{}, fmt.Errorf("lease: %w", err)
 		}
-		s.c.fence.extend(d)
+		c.fence.extend(d)
 		if d.IsZero() || time.Now().Before(d) {
 			return d, nil
 		}
