@@ -113,7 +113,7 @@ func (b *bench) manyWorkspaces(ctx context.Context) (*manyResult, error) {
 			"KAFKA_BROKERS="+strings.Join(b.brokers, ","), "KAFKA_TOPIC="+topic, "KAFKA_GROUP_ID=group-"+topic,
 			"MOENGAGE_BASE_URL="+a.URL, "MOENGAGE_WORKSPACE_ID="+wsID(0), "MOENGAGE_WORKSPACES_DIR="+dir,
 			fmt.Sprint("RATE_LIMIT_RPM=", manyBudget), fmt.Sprint("BATCH_MAX_BYTES=", wsMaxBytes),
-			"MAX_IN_FLIGHT="+strconv.Itoa(wsInFlight), "HTTP_ADDR=127.0.0.1:0", "LOG_LEVEL=warn", "LOG_FORMAT=text")
+			"HTTP_ADDR=127.0.0.1:0", "LOG_LEVEL=warn", "LOG_FORMAT=text")
 		cmd.Stderr = os.Stderr
 		if err := cmd.Start(); err != nil {
 			return nil, err
