@@ -250,9 +250,8 @@ func (c *Core) forgetIfIdle(co *cohort) {
 }
 
 // NextDue returns when Next will next have a batch to give, if it can: ok
-// is false when nothing is pending for a workspace with fewer than
-// MaxInFlight batches out, or MaxOut batches are out. The time may be in
-// the past (a batch is due now).
+// is false when nothing is pending for a workspace with a slot free, or
+// MaxOut batches are out. The time may be in the past (due now).
 func (c *Core) NextDue() (at time.Time, ok bool) {
 	c.holdCapped()
 	if c.ready.Len() == 0 || c.inFlight >= c.lim.MaxOut {

@@ -27,8 +27,9 @@ const (
 	manyBudget   = 30 // per workspace (each replica's share: 8.8/min)
 	manyRun      = 90 * time.Second
 	// manyEvents keeps the 200 workspaces busy for the run: about 3,000
-	// changes each (the MAX_IN_FLIGHT slots, not the budgets, bound the
-	// requests here: 40 a replica, each waiting for its workspace's permit).
+	// changes each (each workspace's budget bounds its requests; a replica
+	// has MAX_IN_FLIGHT batches out per workspace, waiting for their
+	// workspace's permits, and MAX_IN_FLIGHT requests on the wire).
 	manyEvents = 600_000
 )
 
