@@ -48,8 +48,10 @@ type DeadLetterFunc func(ctx context.Context, rejected []Rejected) error
 // Config configures a Batcher. Zero values take the documented defaults.
 type Config struct {
 	// Limits bound the batches. In a Batcher, MaxInFlight is the number of
-	// concurrent requests, and MaxPending the member changes read but not
-	// acknowledged before Add blocks.
+	// sends in progress per workspace (the sink bounds the concurrent
+	// requests; see slots.go), MaxOut the sends in progress in all, and
+	// MaxPending the member changes read but not acknowledged before Add
+	// blocks.
 	Limits
 
 	Sink       Sink           // required

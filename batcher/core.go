@@ -21,7 +21,8 @@ type Limits struct {
 	MaxBytes    int           // request body cap; default wire.DefaultMaxBodyBytes (128000)
 	MaxMembers  int           // members per request; 0 = only MaxBytes limits
 	Window      time.Duration // longest an open batch waits before it is due; default 5s
-	MaxInFlight int           // batches taken by Next and not yet settled; default 4
+	MaxInFlight int           // batches of one workspace taken by Next and not yet settled; default 4
+	MaxOut      int           // batches of all workspaces taken by Next and not yet settled; default 1024 (slots.go)
 	MaxPending  int           // member changes held (pending or in flight) before Room is 0; default 1000000
 	MaxSlots    int           // members a batch's table holds before it is sealed; default and most: the table's bound (tests lower it)
 }
@@ -36,6 +37,9 @@ func (l *Limits) setDefaults() error {
 	if l.MaxInFlight == 0 {
 		l.MaxInFlight = 4
 	}
+	if l.MaxOut == 0 {
+		l.MaxOut = defaultMaxOut
+	}
 	if l.MaxPending == 0 {
 		l.MaxPending = 1000000
 	}
@@ -45,7 +49,7 @@ func (l *Limits) setDefaults() error {
 	switch {
 	case l.MaxBytes < 64:
 		return fmt.Errorf("batcher: MaxBytes %d is too small", l.MaxBytes)
-	case l.MaxMembers < 0, l.Window < 0, l.MaxInFlight < 0, l.MaxPending < 0, l.MaxSlots < 0:
+	case l.MaxMembers < 0, l.Window < 0, l.MaxInFlight < 0, l.MaxOut < 0, l.MaxPending < 0, l.MaxSlots < 0:
 		return errors.New("batcher: negative limit")
 	}
 	return nil
@@ -63,8 +67,9 @@ var minMember = wire.MemberSize("x")
 type Core struct {
 	lim       Limits
 	cohorts   map[cohortKey]*cohort
-	ready     cohortHeap // cohorts with pending batches and nothing in flight
-	pending   int        // live members in pending and in-flight batches
+	ready     cohortHeap          // cohorts with pending batches and nothing in flight, but for the held ones
+	ws        map[string]*wsSlots // workspaces with batches out (slots.go)
+	pending   int                 // live members in pending and in-flight batches
 	inFlight  int
 	flushAll  bool  // shutdown: everything is due now
 	compacted int64 // changes that superseded or repeated a pending one
@@ -75,7 +80,7 @@ func NewCore(l Limits) (*Core, error) {
 	if err := l.setDefaults(); err != nil {
 		return nil, err
 	}
-	return &Core{lim: l, cohorts: make(map[cohortKey]*cohort)}, nil
+	return &Core{lim: l, cohorts: make(map[cohortKey]*cohort), ws: make(map[string]*wsSlots)}, nil
 }
 
 // Pending returns the member changes held, pending or in flight.
@@ -214,16 +219,14 @@ func (c *Core) updateDue(co *cohort, t time.Time) {
 	}
 	if t.Before(co.dueAt) {
 		co.dueAt = t
-		heap.Fix(&c.ready, co.heapIdx)
+		heap.Fix(c.heapOf(co), co.heapIdx)
 	}
 }
 
 // recomputeDue sets co's due time from its queue and its place in the heap.
 func (c *Core) recomputeDue(co *cohort) {
 	if co.inFlight != nil || len(co.queue) == 0 {
-		if co.heapIdx >= 0 {
-			heap.Remove(&c.ready, co.heapIdx)
-		}
+		c.unqueue(co)
 		return
 	}
 	due := co.queue[0].dueAt
@@ -236,7 +239,7 @@ func (c *Core) recomputeDue(co *cohort) {
 	if co.heapIdx < 0 {
 		heap.Push(&c.ready, co)
 	} else {
-		heap.Fix(&c.ready, co.heapIdx)
+		heap.Fix(c.heapOf(co), co.heapIdx)
 	}
 }
 
@@ -247,30 +250,33 @@ func (c *Core) forgetIfIdle(co *cohort) {
 }
 
 // NextDue returns when Next will next have a batch to give, if it can: ok
-// is false when nothing is pending or MaxInFlight batches are out. The time
-// may be in the past (a batch is due now).
+// is false when nothing is pending for a workspace with a slot free, or
+// MaxOut batches are out. The time may be in the past (due now).
 func (c *Core) NextDue() (at time.Time, ok bool) {
-	if c.ready.Len() == 0 || c.inFlight >= c.lim.MaxInFlight {
+	c.holdCapped()
+	if c.ready.Len() == 0 || c.inFlight >= c.lim.MaxOut {
 		return time.Time{}, false
 	}
 	return c.ready[0].dueAt, true
 }
 
-// Next takes the head batch of the cohort due the longest, if one is due at
-// now and fewer than MaxInFlight are out; else it returns nil. The cohort
-// sends nothing else until the batch is settled. The caller owns the Batch
-// until it gives it to Settle.
+// Next takes the head batch of the cohort due the longest whose workspace
+// has fewer than MaxInFlight batches out, if one is due at now and fewer
+// than MaxOut are out in all; else it returns nil. The cohort sends nothing
+// else until the batch is settled. The caller owns the Batch until it gives
+// it to Settle.
 func (c *Core) Next(now time.Time) *Batch {
-	if c.ready.Len() == 0 || c.inFlight >= c.lim.MaxInFlight || c.ready[0].dueAt.After(now) {
+	c.holdCapped()
+	if c.ready.Len() == 0 || c.inFlight >= c.lim.MaxOut || c.ready[0].dueAt.After(now) {
 		return nil
 	}
 	co := heap.Pop(&c.ready).(*cohort)
+	c.taken(co.key.workspace)
 	bt := co.queue[0]
 	co.queue[0] = nil
 	co.queue = co.queue[1:]
 	co.close(bt)
 	co.inFlight = bt
-	c.inFlight++
 	bt.m.table = nil // no longer looked up
 	return &Batch{Header: bt.hdr, Members: bt.live, Trigger: c.trigger(bt, now),
 		BodyBytes: wire.BodySize(bt.env, bt.live, bt.memberBytes), co: co, bt: bt}
@@ -303,6 +309,7 @@ func (c *Core) Settle(b *Batch) {
 	c.inFlight--
 	c.pending -= bt.live
 	c.recomputeDue(co)
+	c.released(co.key.workspace)
 	c.forgetIfIdle(co)
 }
 
@@ -315,9 +322,7 @@ func (c *Core) Revoke() (dropped int) {
 			dropped += bt.live
 		}
 		co.queue, co.open = nil, [2]*batch{}
-		if co.heapIdx >= 0 {
-			heap.Remove(&c.ready, co.heapIdx)
-		}
+		c.unqueue(co)
 		c.forgetIfIdle(co)
 	}
 	c.pending -= dropped
@@ -425,7 +430,8 @@ type cohort struct {
 	open     [2]*batch // the batch taking new members, per action
 	inFlight *batch
 	dueAt    time.Time // earliest due time in queue
-	heapIdx  int       // index in Core.ready, -1 when absent
+	heapIdx  int       // index in Core.ready, or in its workspace's held when held; -1 when in neither
+	held     bool      // set aside in its workspace's held: MaxInFlight of the workspace's batches are out
 }
 
 // close makes bt no longer the batch that takes new members, if it was.

@@ -414,10 +414,19 @@ func (c *Client) probeWorkspace(ws string) bool {
 	if _, err := c.waitLease(ctx); err != nil {
 		return false
 	}
-	if lim := c.limiterFor(ws); lim != nil {
+	lim := c.limiterFor(ws)
+	if lim != nil {
 		if err := lim.Wait(ctx); err != nil {
 			return false
 		}
+	}
+	permitAt := time.Now()
+	if err := c.slots.take(ctx); err != nil {
+		return false
+	}
+	defer c.slots.give()
+	if err := c.freshen(ctx, lim, &permitAt); err != nil { // the slot took long
+		return false
 	}
 	hreq, err := c.newRequest(ctx, d, probeBody)
 	if err != nil {

@@ -101,6 +101,10 @@ type Config struct {
 	// its permit from its batch's workspace's, and a 429 or a spent window
 	// pauses that one only. A nil result falls back to Limiter.
 	Limiters func(workspace string) Limiter
+	// MaxConcurrent is the most attempts on the wire at once (MAX_IN_FLIGHT),
+	// over all workspaces: each takes a slot after its permit (slots.go).
+	// 0 means no bound.
+	MaxConcurrent int
 	// Logger receives the client's logs, with component=sink. nil means
 	// slog.Default().
 	Logger *slog.Logger
@@ -130,6 +134,8 @@ func (c Config) Validate() error {
 		return errors.New("sink: APIKey is required")
 	case c.MaxBodyBytes < 0:
 		return errors.New("sink: MaxBodyBytes is negative")
+	case c.MaxConcurrent < 0:
+		return errors.New("sink: MaxConcurrent is negative")
 	case c.AttemptTimeout < 0, c.BlockedAfter < 0, c.InitialInterval < 0, c.MaxInterval < 0, c.MaxElapsed < 0, c.AuthRetryInterval < 0,
 		c.AuthRetryMaxInterval < 0, c.MaxProcessingTime < 0:
 		return errors.New("sink: a timeout or interval is negative")
@@ -232,6 +238,7 @@ func New(cfg Config) (*Client, error) {
 		hvAppKey:    []string{cfg.WorkspaceID},
 		hvUserAgent: []string{cfg.UserAgent},
 		unknown:     map[cohortKey]map[string]time.Time{},
+		slots:       newHTTPSlots(cfg.MaxConcurrent),
 	}
 	c.line = c.newStoppedLine()
 	c.creds.Store(newCreds(cfg.WorkspaceID, cfg.APIKey, nil))

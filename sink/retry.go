@@ -22,6 +22,9 @@ func (s *sender) post(ctx context.Context, req wire.Request, retry RetryReason) 
 	)
 	for attempt := 1; ; attempt++ {
 		to, lease, permitAt, err := s.next(ctx, req, reload)
+		if err == nil {
+			err = c.slots.take(ctx) // after the permit: given back when the attempt ends
+		}
 		if err != nil {
 			return nil, decision{}, s.stopped(req, attempt-1, err, last)
 		}
@@ -32,6 +35,7 @@ func (s *sender) post(ctx context.Context, req wire.Request, retry RetryReason) 
 		wake := c.wakeChan() // before the attempt: a change during it wakes a stop after it
 		sent := time.Now()
 		serr, err := c.attempt(ctx, req, to, body, lease, permitAt)
+		c.slots.give()
 		if serr == nil && err == nil {
 			s.accepted(req, attempt)
 			return nil, decision{}, nil

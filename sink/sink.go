@@ -30,8 +30,9 @@ type Client struct {
 
 	hvAppKey, hvUserAgent, hvReplica []string // header values, read-only
 
-	line *stoppedLine // per workspace: LineStopped, Blocked (blocked.go)
-	wake waker        // TargetsChanged wakes the stopped Sends
+	line  *stoppedLine // per workspace: LineStopped, Blocked (blocked.go)
+	slots httpSlots    // MaxConcurrent attempts on the wire (slots.go)
+	wake  waker        // TargetsChanged wakes the stopped Sends
 
 	unkMu       sync.Mutex                         // guards the two fields below (unknown.go)
 	unknown     map[cohortKey]map[string]time.Time // per cohort and action: until when an unknown request may be processed

@@ -34,15 +34,9 @@ import (
 const (
 	wsCount    = 20   // (h)
 	wsMaxBytes = 2048 // (h): small bodies, so that a few minutes need a small backlog
-	// wsInFlight is MAX_IN_FLIGHT of (h) and (h''): one slot for every
-	// (workspace, cohort) of the backlog (6 cohorts, one in flight each).
-	// A batch waiting for its workspace's permit holds a slot, and the
-	// batcher hands batches out in the order they are due, so with fewer
-	// slots the workspaces with small budgets hold them and every workspace
-	// gets about the same request rate (DESIGN.md Non-obvious 16). At one
-	// replica: MAX_IN_FLIGHT 4 sent 0.35 of the budgets; 40 sent 0.98 of
-	// the 60/min budgets and 0.51 of the 120/min ones.
-	wsInFlight = 6 * wsCount
+	// MAX_IN_FLIGHT of (h) and (h'') is the default: the batcher's slots
+	// are per workspace and the sink's are taken after the permit
+	// (DESIGN.md Non-obvious 16).
 )
 
 // wsBudget is the budget of (h)'s workspace i: 60 and 120 in turn.
@@ -110,7 +104,7 @@ func (b *bench) workspacesRun(ctx context.Context, replicas int) (*wsResult, err
 	defer a.Close()
 	cfg := workerConfig(b.brokers, topic, "bench-ws-"+topic, a.URL)
 	cfg.MoEngageWorkspaceID, cfg.MoEngageDataAPIKey, cfg.MoEngageWorkspacesDir = ids[0], config.NewSecret(""), dir
-	cfg.RateLimitRPM, cfg.BatchMaxBytes, cfg.MaxInFlight = 60, wsMaxBytes, wsInFlight
+	cfg.RateLimitRPM, cfg.BatchMaxBytes = 60, wsMaxBytes
 	var ws []*inproc
 	for i := range replicas {
 		ws = append(ws, startWorker(ctx, cfg, fmt.Sprint("r", i), b.log))

@@ -285,8 +285,8 @@ func printRevocation(w io.Writer, a *api, figs map[string]*wsFigures, rev *revoc
 	fmt.Fprintf(w, "  The group committed %d source records meanwhile, and its lag was %d at the restore.\n", rev.committed, rev.lag)
 	fmt.Fprintf(w, "  (This worker does not park a stopped workspace's changes yet. Offsets commit in order per partition,\n"+
 		"  so a partition holding %s's unsent changes commits nothing past them, and the events are keyed by\n"+
-		"  cohort_id with every workspace's cohorts in every partition. And each of %s's stopped batches keeps\n"+
-		"  one of the replica's %d request slots (MAX_IN_FLIGHT) until it goes through, so the others may be\n"+
-		"  held back in this replica too: compare the gaps above with the batch window, %s.)\n",
+		"  cohort_id with every workspace's cohorts in every partition. Each of %s's stopped batches keeps\n"+
+		"  one of its own workspace's %d batch slots (MAX_IN_FLIGHT), not another's, and no request slot while\n"+
+		"  it waits: compare the gaps above with the batch window, %s.)\n",
 		rev.victim, rev.victim, rev.maxInFlight, rev.window)
 }

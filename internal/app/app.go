@@ -197,7 +197,8 @@ func (w *worker) newSink(replica string, membership *lease.Lease) (*sink.Client,
 		ReplicaID:       replica,
 		UserAgent:       "cohortsync-worker/" + w.opts.Version,
 		HTTPClient:      w.opts.HTTPClient,
-		Limiters:        w.limiterFor, // the batch's workspace's budget
+		Limiters:        w.limiterFor,    // the batch's workspace's budget
+		MaxConcurrent:   cfg.MaxInFlight, // requests on the wire, taken after the permit
 		Logger:          w.log,
 		Metrics:         w.m,
 

@@ -140,8 +140,8 @@ type Config struct {
 	// KafkaBudgetTopic (RATE_LIMIT_SHARING, default true); false keeps each
 	// replica to its static share.
 	RateLimitSharing bool
-	// MaxInFlight is the number of concurrent requests per replica
-	// (MAX_IN_FLIGHT), >= 1.
+	// MaxInFlight is the number of concurrent requests per replica, and of
+	// batches being sent per workspace (MAX_IN_FLIGHT), >= 1.
 	MaxInFlight int
 	// MaxPendingMembers is the backpressure threshold: member changes read
 	// but not yet settled before fetching stops (MAX_PENDING_MEMBERS), >= 1.

@@ -244,7 +244,7 @@ func settings() []setting {
 			func(c *Config) *time.Duration { return &c.BatchWindow }),
 		rpm,
 		sharing,
-		intVar("MAX_IN_FLIGHT", "4", "concurrent requests per replica",
+		intVar("MAX_IN_FLIGHT", "4", "concurrent requests per replica, and batches being sent per workspace",
 			func(c *Config) *int { return &c.MaxInFlight }),
 		intVar("MAX_PENDING_MEMBERS", "1000000", "backpressure threshold: unsettled member changes before fetching stops",
 			func(c *Config) *int { return &c.MaxPendingMembers }),
