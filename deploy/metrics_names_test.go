@@ -18,6 +18,8 @@ func exportedMetrics(t *testing.T) map[string]bool {
 	m.Lag.WithLabelValues("t", "0")
 	m.WorkspaceBlocked.WithLabelValues("WS")
 	m.WorkspaceStopped.WithLabelValues("WS", "auth")
+	m.ParkedChanges.WithLabelValues("WS")
+	m.ParkedOldestAge.WithLabelValues("WS")
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
