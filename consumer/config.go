@@ -23,11 +23,13 @@ type Config struct {
 	// Workspace is the default MoEngage workspace (MOENGAGE_WORKSPACE_ID):
 	// events naming none in workspace_id go to it. An event naming a
 	// workspace is handled only when it names Workspace or Serves accepts
-	// it; otherwise it is never sent: it is dead-lettered as
-	// unknown_workspace, for `dlq replay` once a worker serves that
-	// workspace (the interim until parking, DESIGN.md invariant 8). Empty
-	// means no default, not "any": every event naming a workspace that
-	// Serves does not accept is dead-lettered. Events naming none are sent
+	// it; otherwise it is never sent to another: without Parking it is
+	// dead-lettered as unknown_workspace, for `dlq replay` once a worker
+	// serves that workspace; with Parking it is parked like a workspace
+	// without a key (the sink stops its line: no_key), and flows by itself
+	// once the registry serves it (DESIGN.md invariant 8), unless its
+	// source partition's detours are full (then dead-lettered). Empty
+	// means no default, not "any". Events naming none are sent
 	// when Serves is nil (one workspace, as before the registry) and are
 	// dead-lettered as invalid_field when Serves is set (a registry with no
 	// default: they have nowhere to go).
@@ -38,6 +40,9 @@ type Config struct {
 	// such a workspace, from the consumer's fetch loops concurrently: it
 	// must be cheap and safe for concurrent use. nil: only Workspace.
 	Serves func(workspace string) bool
+	// WorkspaceLabel maps a workspace to its metric label, bounded by the
+	// registry (the parked gauges; nil: the workspace itself).
+	WorkspaceLabel func(workspace string) string
 
 	Dialer    *kafka.Dialer      // TLS/SASL for the group and readers; nil = plain TCP
 	Transport kafka.RoundTripper // TLS/SASL for metadata requests; nil = kafka.DefaultTransport

@@ -307,7 +307,7 @@ func (pk *parkedPart) handle(ctx context.Context, dec *event.Decoder, m kafka.Me
 		err = c.cfg.Batcher.Add(ctx, buf)
 	}
 	if err == nil {
-		c.m.ParkedChanges.WithLabelValues(rec.Workspace).Dec()
+		c.m.ParkedChanges.WithLabelValues(c.label(rec.Workspace)).Dec()
 	}
 	return err
 }

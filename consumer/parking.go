@@ -259,7 +259,7 @@ func (sp *sourcePark) runParkQueue(gctx context.Context, q <-chan parkItem, log 
 		m := sp.pl.c.m
 		m.ParkingWrites.Add(float64(len(batch)))
 		for _, it := range batch {
-			m.ParkedChanges.WithLabelValues(it.rec.Workspace).Inc()
+			m.ParkedChanges.WithLabelValues(sp.pl.c.label(it.rec.Workspace)).Inc()
 			it.tr.release(it.seq)
 		}
 	}

@@ -596,3 +596,36 @@ func TestParkingResumesOneOfTwoHeld(t *testing.T) {
 	}
 	h.rec.checkNoViolations(t)
 }
+
+// A workspace outside the registry, with parking: its events are parked
+// like those of a workspace without a key (the sink stops its line,
+// no_key: blocked here from the start), not dead-lettered as
+// unknown_workspace; once the registry serves it and the sink unblocks
+// it, they are delivered by themselves, in log order, with no replay.
+func TestParkingUnknownWorkspaceUntilServed(t *testing.T) {
+	h := newHarness(t)
+	bl := newBlockedSet("WS_C")
+	var served atomic.Bool
+	opts := h.parkingOpts(bl, "WS_A")
+	opts.serves = func(w string) bool { return w == "WS_C" && served.Load() }
+	a := h.startReplica("a", opts)
+	a.waitAssigned(t, partitions)
+
+	h.produce(wsEvents(0, 20, false, "WS_A", "WS_C")...)
+	h.waitCommittedToEnd(30 * time.Second)
+	log := h.readTopic(topic, partitions)
+	checkFold(t, h.rec.foldAccepted(reqOf("WS_A")), foldLog(log, ofWorkspace("WS_A")))
+	if n := len(h.readTopic(dlqTopic, dlqParts)); n != 0 {
+		t.Fatalf("%d dead letters: WS_C's events were dead-lettered, not parked", n)
+	}
+	checkParkedInOrder(t, h.parkedRecords(), log, "WS_C")
+
+	served.Store(true) // the registry gains WS_C; the sink's no_key hold ends
+	bl.set("WS_C", false)
+	a.sink.setHold(func(wire.Request) bool { return false })
+	waitFor(t, 30*time.Second, "WS_C delivered", func() bool {
+		return fmtFold(h.rec.foldAccepted(reqOf("WS_C"))) == fmtFold(foldLog(log, ofWorkspace("WS_C")))
+	})
+	h.waitParkingSettled(30 * time.Second)
+	h.rec.checkNoViolations(t)
+}

@@ -109,6 +109,9 @@ func (c *Consumer) handleIn(ctx context.Context, sp *sourcePark, tr *tracker, de
 	var inv *event.InvalidError
 	if err == nil {
 		inv = c.misrouted(&ev) // decoded, but not for this worker to send
+		if c.parkUnknown(inv, sp, ev.Workspace) {
+			inv = nil // the sink stops its line (no_key): parked until the registry serves it
+		}
 	} else {
 		errors.As(err, &inv)
 	}
@@ -133,6 +136,28 @@ func (c *Consumer) handleIn(ctx context.Context, sp *sourcePark, tr *tracker, de
 		buf = append(buf, batcher.Change{Header: h, UID: u, Ack: ack})
 	}
 	return buf, nil
+}
+
+// parkUnknown reports whether an event of workspace w that misrouted
+// refused as unknown_workspace is to be parked instead: with Parking, a
+// workspace outside the registry is a workspace without a key, whose
+// changes flow by themselves once it is added (issue 21 item 4). Not when
+// its source partition (sp; nil for a parked record) could not detour it
+// (the commit metadata is full): dead-lettered then, as without parking,
+// rather than holding the partition for a workspace nobody may ever add.
+func (c *Consumer) parkUnknown(inv *event.InvalidError, sp *sourcePark, w string) bool {
+	if inv == nil || inv.Reason != event.ReasonUnknownWorkspace || c.cfg.Parking == nil {
+		return false
+	}
+	return sp == nil || !sp.isFull(w)
+}
+
+// label is workspace w's metric label (Config.WorkspaceLabel).
+func (c *Consumer) label(w string) string {
+	if c.cfg.WorkspaceLabel == nil {
+		return w
+	}
+	return c.cfg.WorkspaceLabel(w)
 }
 
 // workspaceOf is the workspace an accepted event's changes go to: the one

@@ -305,10 +305,17 @@ func (pl *plumb) replanDetours(ctx context.Context) (wait time.Duration) {
 // held or resuming in the owned parking partitions, and deletes the series
 // of those no longer (and all of them when the generation ends: forgetAges).
 func (pl *plumb) publishAges() {
-	oldest := map[string]time.Time{}
+	byWS := map[string]time.Time{}
 	for _, p := range pl.parts {
 		if p.pk != nil {
-			p.pk.ages(oldest)
+			p.pk.ages(byWS)
+		}
+	}
+	oldest := map[string]time.Time{} // by label: the oldest of the workspaces counted under it
+	for w, t := range byWS {
+		l := pl.c.label(w)
+		if o, ok := oldest[l]; !ok || t.Before(o) {
+			oldest[l] = t
 		}
 	}
 	g := pl.c.m.ParkedOldestAge

@@ -225,8 +225,9 @@ func (w *worker) consumerConfig(dialer *kafka.Dialer, membership *lease.Lease) c
 		Topics:         cfg.KafkaTopics,
 		GroupID:        cfg.KafkaGroupID,
 		DefaultPartner: cfg.CohortsyncPartner,
-		Workspace:      cfg.MoEngageWorkspaceID, // events naming another are dead-lettered, never sent here
+		Workspace:      cfg.MoEngageWorkspaceID, // events naming another are dead-lettered (parked with a registry), never sent elsewhere
 		Serves:         w.ws.consumerServes(),   // ... unless the registry serves it (workspaces.go)
+		WorkspaceLabel: w.ws.label,              // the parked gauges' label, bounded by the registry
 		Dialer:         dialer,
 		Transport:      w.transport,
 		Batcher:        settlingBatcher{w.batcher, w.client},
