@@ -119,6 +119,12 @@ func TestCheck(t *testing.T) {
 		wantLine(t, r, "kafka.topic", "ok", topic+" exists: 3 partitions")
 		wantLine(t, r, "kafka.dlq", "ok", dlq+" exists", "max.message.bytes")
 		wantLine(t, r, "kafka.group", "ok", group+" does not exist yet", "joins no group and commits nothing")
+		wantLine(t, r, "kafka.parking", "skip", "without MOENGAGE_WORKSPACES_DIR")
+		wantLine(t, r, "kafka.acls", "ok", "READ on topic "+topic, "READ on group "+group, "WRITE on topic "+dlq)
+		if strings.Contains(r.line("kafka.acls"), ".parked") {
+			t.Errorf("kafka.acls asks for the parking topic without a registry: %s", r.line("kafka.acls"))
+		}
+		r = runCheck(t, env("MOENGAGE_WORKSPACES_DIR", t.TempDir()))
 		wantLine(t, r, "kafka.parking", "ok", group+".parked does not exist yet; the worker creates it with 12 partitions",
 			"replication factor 1 (PARKING_TOPIC_REPLICATION 3, capped at the 1 broker)", "the controller validated this creation")
 		wantLine(t, r, "kafka.acls", "ok", "READ on topic "+topic, "READ on group "+group, "WRITE on topic "+dlq, "CREATE on topic "+group+".parked")
@@ -376,6 +382,9 @@ func TestCheckACLs(t *testing.T) {
 	env["KAFKA_SASL_MECHANISM"] = "PLAIN"
 	env["KAFKA_SASL_USERNAME"] = aclUser
 	env["KAFKA_SASL_PASSWORD"] = aclPassword
+	// A registry (empty: the default workspace's key is MOENGAGE_DATA_API_KEY):
+	// with one, the worker parks, and the check asks for the parking topic's ACLs.
+	env["MOENGAGE_WORKSPACES_DIR"] = t.TempDir()
 
 	grant := func(resType kafka.ResourceType, name string, ops ...kafka.ACLOperationType) {
 		t.Helper()

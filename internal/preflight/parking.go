@@ -35,9 +35,13 @@ func parkingTopic(cfg config.Config) parkio.Config {
 // which a validate-only CreateTopics of exactly the worker's request proves
 // allowed (it creates nothing). It also returns what kafka.acls checks on
 // the topic: DESCRIBE, READ and WRITE on an existing topic, CREATE on a
-// missing one.
+// missing one. Without a registry there is nothing to park: skipped.
 func checkParking(ctx context.Context, tr *kafka.Transport, cl *kafka.Client, cfg config.Config, md *metadataAPI.Response,
 	maxBytes map[string]string, to time.Duration) (Result, []need) {
+	if cfg.MoEngageWorkspacesDir == "" {
+		return Result{Check: "kafka.parking", Status: Skip, Detail: "skipped: without MOENGAGE_WORKSPACES_DIR (one workspace) nothing is parked, and the worker neither creates nor reads " +
+			parkio.TopicName(cfg.KafkaGroupID)}, nil
+	}
 	pc := parkingTopic(cfg)
 	t := findTopic(md, pc.Topic)
 	needs := func(ops int32, missing bool, what ...kafka.ACLOperationType) []need {

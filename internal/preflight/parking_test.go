@@ -17,7 +17,8 @@ import (
 // topic is reported with its own partitions and configs, and kafka.acls
 // asks DESCRIBE, READ and WRITE on it; a compacted one, or one whose
 // max.message.bytes a large input record plus headers exceeds, is a
-// warning.
+// warning. Without a registry (one workspace, nothing parked) the line is
+// skipped and kafka.acls asks nothing of the topic.
 func TestKafkaParking(t *testing.T) {
 	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(3, "in"), kfake.SeedTopics(1, "in.dlq"), kfake.AllowAutoTopicCreation())
 	if err != nil {
@@ -25,6 +26,12 @@ func TestKafkaParking(t *testing.T) {
 	}
 	defer c.Close()
 	cfg := kafkaConfig(t, c.ListenAddrs(), "in", "in.dlq") // group g: the parking topic g.parked
+	res := checkKafka(t.Context(), cfg, 5*time.Second)
+	want(t, res, "kafka.parking", Skip, "without MOENGAGE_WORKSPACES_DIR")
+	if r := find(t, res, "kafka.acls"); strings.Contains(r.Detail, "parked") {
+		t.Errorf("kafka.acls names the parking topic without a registry: %s", r.Detail)
+	}
+	cfg.MoEngageWorkspacesDir = t.TempDir() // checkKafka reads no registry: only that there is one
 	for range 2 {
 		res := checkKafka(t.Context(), cfg, 5*time.Second)
 		want(t, res, "kafka.parking", OK, "g.parked does not exist yet; the worker creates it with 12 partitions (PARKING_TOPIC_PARTITIONS), "+
@@ -38,7 +45,7 @@ func TestKafkaParking(t *testing.T) {
 
 	create(t, c.ListenAddrs(), kafka.TopicConfig{Topic: "g.parked", NumPartitions: 4, ReplicationFactor: 1,
 		ConfigEntries: []kafka.ConfigEntry{{ConfigName: "retention.ms", ConfigValue: "259200000"}, {ConfigName: "max.message.bytes", ConfigValue: "1114112"}}})
-	res := checkKafka(t.Context(), cfg, 5*time.Second)
+	res = checkKafka(t.Context(), cfg, 5*time.Second)
 	want(t, res, "kafka.parking", OK, "g.parked exists: 4 partitions, replication factor 1, every partition has a leader "+
 		"(PARKING_TOPIC_PARTITIONS 12 applies only to a topic the worker creates); retention 72h, cleanup.policy delete")
 	want(t, res, "kafka.acls", OK, "DESCRIBE on topic g.parked, READ on topic g.parked, WRITE on topic g.parked")
