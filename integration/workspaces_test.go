@@ -274,6 +274,9 @@ func checkWorkspaceRequests(t *testing.T, a *api, p *wsProducer, since uint64, a
 		if r.Status == 401 && allow401[r.Workspace] && r.Seq > since {
 			continue
 		}
+		if r.Action == "" && len(r.Members) == 0 && (r.Status == 400 || r.Status == 401 && allow401[r.Workspace]) {
+			continue // the probe of a blocked workspace: the body {}
+		}
 		if r.Status != 200 || !r.AuthOK {
 			if bad++; bad <= 5 {
 				t.Errorf("request %d (workspace %q) answered %d %s: %s", r.Seq, r.Workspace, r.Status, r.ErrorType, r.ErrorMessage)

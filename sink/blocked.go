@@ -45,7 +45,12 @@ import (
 //     follows without a 2xx between, up to AuthRetryMaxInterval (5 min),
 //     unless a request of the workspace failed or stopped during the hold
 //     (a Send still at work), or the probe says it is still refused or
-//     failing: the hold is then renewed, twice as long.
+//     failing: the hold is then renewed for AuthRetryInterval, so that a
+//     workspace fixed on the API's side (a key restored, an outage over)
+//     is found within that, at one {} per AuthRetryInterval. Only a hold
+//     that comes back after a probe ended one (the API answered {} with a
+//     400 but refuses the workspace's requests) doubles: that churn (an
+//     un-detour, a replan) is what the doubling bounds.
 //
 // The probe (probeWorkspace) is `check`'s (preflight.APIProbe): the body
 // {}, with the workspace's credentials and a rate-limit permit. It names no
@@ -55,7 +60,8 @@ import (
 // before the body) or a 2xx ends it, and the workspace's resumed traffic
 // is the proof: its first request that fails the same way holds it again
 // at once (a stop, or a failure while its failingSince is still
-// BlockedAfter old and another workspace still flows), for twice as long.
+// BlockedAfter old and another workspace still flows), for twice as long
+// as the hold before.
 //
 // Without Config.Targets (the single-workspace configuration) nothing is
 // ever blocked: there is no other workspace to keep flowing, and the line
@@ -73,6 +79,7 @@ type wsLine struct {
 	failedAt     time.Time // when the last failed attempt started
 	okSince      time.Time // the start of the current healthy streak (a 2xx, no failure since); zero: none
 	lastOK       time.Time // the last 2xx
+	probedOK     time.Time // when a probe last ended a hold: failures before it hold nothing
 
 	label  string        // the workspace label of its metrics (Client.workspaceLabel)
 	held   string        // why the workspace is blocked ("": it is not)
@@ -193,10 +200,8 @@ func (l *stoppedLine) hold(ws string, w *wsLine, why string) {
 		w.held = why // the latest reason: TargetsChanged ends a hold for the credentials
 		return
 	}
-	d := w.pause
-	if d == 0 {
-		d = l.pause0
-	}
+	d := cmp.Or(w.pause, l.pause0)
+	w.pause = min(2*d, l.max) // the next hold, unless a 2xx comes between
 	w.held = why
 	l.limit(ws, w, d)
 	l.publish()
@@ -205,10 +210,8 @@ func (l *stoppedLine) hold(ws string, w *wsLine, why string) {
 	l.notify()
 }
 
-// limit starts w's hold's time limit d (and doubles the next one); mu is
-// held.
+// limit starts w's hold's time limit d; mu is held.
 func (l *stoppedLine) limit(ws string, w *wsLine, d time.Duration) {
-	w.pause = min(2*d, l.max)
 	w.heldAt = time.Now()
 	w.gen++
 	gen := w.gen
@@ -238,7 +241,7 @@ func (l *stoppedLine) unhold(ws string, w *wsLine, why string) {
 // expire ends hold gen of ws at its time limit, unless a request of ws
 // failed or stopped during the hold (a Send still at work probed it), or
 // the probe (probeWorkspace) shows ws still refused or failing: the hold is
-// then renewed, for twice as long, without a change of Blocked. The probe
+// then renewed, for AuthRetryInterval, without a change of Blocked. The probe
 // is sent without the lock.
 func (l *stoppedLine) expire(ws string, gen uint64) {
 	l.mu.Lock()
@@ -248,7 +251,7 @@ func (l *stoppedLine) expire(ws string, gen uint64) {
 		return
 	}
 	if w.badAt.After(w.heldAt) {
-		l.limit(ws, w, cmp.Or(w.pause, l.pause0))
+		l.limit(ws, w, l.pause0)
 		l.mu.Unlock()
 		return
 	}
@@ -263,9 +266,10 @@ func (l *stoppedLine) expire(ws string, gen uint64) {
 	switch {
 	case w.gen != gen || w.held == "": // ended meanwhile (a 2xx, TargetsChanged)
 	case ok:
+		w.probedOK = time.Now()
 		l.unhold(ws, w, "its probe was answered without a refusal after its stop pause: its next request tells")
 	default:
-		l.limit(ws, w, cmp.Or(w.pause, l.pause0))
+		l.limit(ws, w, l.pause0)
 	}
 }
 
@@ -328,7 +332,10 @@ func (l *stoppedLine) failsAlone(w *wsLine) bool {
 func (l *stoppedLine) othersFailAlone(ws string, ok *wsLine) {
 	for id := range l.failing {
 		w := l.ws[id]
-		if id != ws && l.failsAlone(w) && ok.okSince.Before(w.failedAt) {
+		// A failure from before the probe that ended w's hold holds nothing:
+		// w (parked) may send nothing for a while, and another workspace's
+		// 2xx would hold it again at once, for ever.
+		if id != ws && l.failsAlone(w) && ok.okSince.Before(w.failedAt) && w.failedAt.After(w.probedOK) {
 			l.hold(id, w, blockUnavailable)
 		}
 	}

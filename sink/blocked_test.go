@@ -205,8 +205,10 @@ func TestRateLimitedIsNotBlocked(t *testing.T) {
 // Send (the consumer abandons it to park A's changes), and B's 2xx does not
 // end it. At its time limit (the stop pause, 30 s) the hold sends one probe,
 // the body {} with A's credentials: answered 401, the hold is renewed for
-// twice as long; answered 400 (the API no longer refuses A), it ends. A new
-// 401 holds A again, for twice as long again, and TargetsChanged (the
+// the stop pause again (a key restored on the API's side is found within
+// it); answered 400 (the API no longer refuses A), it ends. A new 401
+// right after holds A again for twice as long (the churn of a {} answered
+// 400 for a workspace still refused is bounded), and TargetsChanged (the
 // registry changed) ends a hold for the credentials at once.
 func TestBlockedHoldOutlivesItsSend(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
@@ -270,20 +272,21 @@ func TestBlockedHoldOutlivesItsSend(t *testing.T) {
 			t.Fatalf("after its stop pause, the key still revoked: Blocked(A) %v, %d probes; want true, 1", e.client.Blocked("WS_A"), probes())
 		}
 		fixed.Store(true)
-		at(3*sink.DefaultAuthRetryInterval - time.Second)
+		at(2*sink.DefaultAuthRetryInterval - time.Second)
 		if !e.client.Blocked("WS_A") || probes() != 1 {
-			t.Fatalf("before the renewed hold's end (twice the pause): Blocked(A) %v, %d probes", e.client.Blocked("WS_A"), probes())
+			t.Fatalf("before the renewed hold's end (the pause again): Blocked(A) %v, %d probes", e.client.Blocked("WS_A"), probes())
 		}
-		at(3*sink.DefaultAuthRetryInterval + time.Second)
+		at(2*sink.DefaultAuthRetryInterval + time.Second)
 		if e.client.Blocked("WS_A") || probes() != 2 {
-			t.Fatalf("after the renewed hold, the probe answered 400: Blocked(A) %v, %d probes; want false, 2", e.client.Blocked("WS_A"), probes())
+			t.Fatalf("after the renewed hold, the probe answered 400: Blocked(A) %v, %d probes; want false, 2 (renewed for twice the pause?)",
+				e.client.Blocked("WS_A"), probes())
 		}
 		fixed.Store(false)
 		sendA() // 401 again
 		held := time.Now()
-		time.Sleep(4*sink.DefaultAuthRetryInterval - time.Second)
-		if !e.client.Blocked("WS_A") {
-			t.Fatal("A's third hold did not last twice the second one")
+		time.Sleep(2*sink.DefaultAuthRetryInterval - time.Second)
+		if !e.client.Blocked("WS_A") || probes() != 2 {
+			t.Fatalf("A's hold after a probe ended one: Blocked(A) %v, %d probes before twice the pause; want true, 2", e.client.Blocked("WS_A"), probes())
 		}
 		e.client.TargetsChanged()
 		if e.client.Blocked("WS_A") {
@@ -417,5 +420,44 @@ func TestOutageEndDoesNotBlockASlowFailure(t *testing.T) {
 		if events := w.end(); len(events) != 0 {
 			t.Fatalf("the end of a global outage changed Blocked: %+v\n%s", events, e.logs)
 		}
+	})
+}
+
+// TestBlockedOutageEndsByProbe: A fails alone (500s while B flows) and is
+// blocked; its Send is abandoned (parked: nothing of A in flight). A's API
+// recovers. The hold's probe ends the hold, and B's 2xx that keep coming
+// do not hold A again for its failures from before the probe: A stays
+// unblocked until a request of its own fails.
+func TestBlockedOutageEndsByProbe(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var aDown atomic.Bool
+		aDown.Store(true)
+		e := twoWorkspaces(t, func(ws string) reply {
+			if ws == "WS_A" && aDown.Load() {
+				return fail(500, "Server Error", "An unexpected error", "")
+			}
+			return ok()
+		})
+		ctx, cancel := context.WithCancel(e.ctx())
+		defer cancel()
+		flowing := flow(ctx, t, e.client, "WS_B")
+		actx, acancel := context.WithCancel(ctx)
+		a := e.goSend(actx, wsRequest("WS_A", "c1", event.Add, 2))
+		for !e.client.Blocked("WS_A") {
+			time.Sleep(time.Second)
+		}
+		acancel() // parked
+		<-a
+		aDown.Store(false)
+		time.Sleep(3 * sink.DefaultAuthRetryInterval) // a probe (or two) after the recovery
+		if e.client.Blocked("WS_A") {
+			t.Fatal("A still blocked after its API recovered and its probe was answered; B's 2xx held it again?")
+		}
+		time.Sleep(time.Minute) // B flows on
+		if e.client.Blocked("WS_A") {
+			t.Fatal("A blocked again by B's 2xx, for failures from before its probe")
+		}
+		cancel()
+		<-flowing
 	})
 }
