@@ -44,6 +44,7 @@ import (
 	"github.com/cohortsync/cohortsync-worker/internal/harness/kafkaadmin"
 	"github.com/cohortsync/cohortsync-worker/internal/harness/localkafka"
 	"github.com/cohortsync/cohortsync-worker/internal/harness/rig"
+	"github.com/cohortsync/cohortsync-worker/internal/parking/parkio"
 )
 
 func main() {
@@ -249,6 +250,9 @@ func runWorker(ctx context.Context, cfg config.Config, log *slog.Logger,
 	if err == nil {
 		err = rig.WaitNoLag(ctx, admin, cfg.KafkaTopics[0], cfg.KafkaGroupID, w.Done())
 	}
+	if err == nil && cfg.MoEngageWorkspacesDir != "" { // and every parked change delivered
+		err = rig.WaitNoLag(ctx, admin, parkio.TopicName(cfg.KafkaGroupID), cfg.KafkaGroupID, w.Done())
+	}
 	if err != nil {
 		if werr := w.Stop(); werr != nil {
 			err = fmt.Errorf("%w: %w", err, werr)
@@ -400,7 +404,9 @@ func report(ctx context.Context, w io.Writer, reg *prometheus.Registry, a *api,
 	} else {
 		bad = printWorkspaces(w, a, want, got, rev)
 	}
-	if bad > 0 || int(dead) != o.poison {
+	// A malformed record is dead-lettered at least once: again when it is
+	// read again after a replan (a workspace parked) before its commit.
+	if bad > 0 || int(dead) < o.poison {
 		return fmt.Errorf("%d cohorts differ from the fold of the log; %0.f dead-lettered of %d malformed", bad, dead, o.poison)
 	}
 	fmt.Fprintf(w, "\nEvery cohort's membership equals the fold of the event log.\n")
@@ -422,7 +428,11 @@ func printFigures(w io.Writer, m rig.Metrics, o options) (dead float64) {
 	}
 	dead = m.Sum("cohortsync_events_dead_lettered_total")
 	fmt.Fprintf(w, "  events consumed        %8.0f\n", m.Sum("cohortsync_events_consumed_total"))
-	fmt.Fprintf(w, "  dead-lettered          %8.0f   (malformed events produced: %d)\n", dead, o.poison)
+	note := ""
+	if int(dead) > o.poison {
+		note = "; at least once each: a record read again after a replan (a workspace parked) before its commit is dead-lettered again"
+	}
+	fmt.Fprintf(w, "  dead-lettered          %8.0f   (malformed events produced: %d%s)\n", dead, o.poison, note)
 	fmt.Fprintf(w, "  changes compacted      %8.0f   (superseded before sending)\n", m.Sum("cohortsync_events_compacted_total"))
 	fmt.Fprintf(w, "  requests sent          %8.0f   (%0.f accepted, %.0f retries)\n",
 		m.Sum("cohortsync_requests_total"), accepted, m.Sum("cohortsync_retries_total"))

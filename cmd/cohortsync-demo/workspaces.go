@@ -19,6 +19,7 @@ import (
 	"github.com/cohortsync/cohortsync-worker/internal/emulator"
 	"github.com/cohortsync/cohortsync-worker/internal/harness/kafkaadmin"
 	"github.com/cohortsync/cohortsync-worker/internal/harness/rig"
+	"github.com/cohortsync/cohortsync-worker/internal/parking/parkio"
 )
 
 // demoWorkspaces names n workspaces, gives each a key, and returns them as
@@ -79,6 +80,7 @@ type revocation struct {
 	revokedAt, restoredAt time.Time
 	committed             int64         // source records committed by the group during the revocation
 	lag                   int64         // the group's lag when the key was restored
+	parked                int64         // the parking topic's lag then: records parked, not yet delivered
 	maxInFlight           int           // MAX_IN_FLIGHT
 	window                time.Duration // BATCH_WINDOW
 }
@@ -125,6 +127,9 @@ func revokeMidRun(ctx context.Context, say func(string, ...any), a *api, w *kafk
 	}
 	r.committed = after - before
 	if r.lag, err = kadmin.GroupLag(ctx, cfg.KafkaTopics[0], cfg.KafkaGroupID); err != nil {
+		return nil, err
+	}
+	if r.parked, err = kadmin.GroupLag(ctx, parkio.TopicName(cfg.KafkaGroupID), cfg.KafkaGroupID); err != nil {
 		return nil, err
 	}
 	key := a.keys[r.victim] + "-rotated"
@@ -282,11 +287,8 @@ func printRevocation(w io.Writer, a *api, figs map[string]*wsFigures, rev *revoc
 		fmt.Fprintf(w, "    %-10s %d requests and %d changes accepted meanwhile; the longest time without an acceptance %s of %s\n",
 			ws, f.duringRequests, f.during, f.longestGap.Round(10*time.Millisecond), window.Round(100*time.Millisecond))
 	}
-	fmt.Fprintf(w, "  The group committed %d source records meanwhile, and its lag was %d at the restore.\n", rev.committed, rev.lag)
-	fmt.Fprintf(w, "  (This worker does not park a stopped workspace's changes yet. Offsets commit in order per partition,\n"+
-		"  so a partition holding %s's unsent changes commits nothing past them, and the events are keyed by\n"+
-		"  cohort_id with every workspace's cohorts in every partition. Each of %s's stopped batches keeps\n"+
-		"  one of its own workspace's %d batch slots (MAX_IN_FLIGHT), not another's, and no request slot while\n"+
-		"  it waits: compare the gaps above with the batch window, %s.)\n",
-		rev.victim, rev.victim, rev.maxInFlight, rev.window)
+	fmt.Fprintf(w, "  The group committed %d source records meanwhile, and its lag was %d at the restore: %s's\n"+
+		"  changes were parked (%d records waiting in the parking topic at the restore), so the partitions they\n"+
+		"  share with the others went on committing; they were delivered, in log order, once %s took changes again.\n",
+		rev.committed, rev.lag, rev.victim, rev.parked, rev.victim)
 }
