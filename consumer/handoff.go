@@ -2,7 +2,6 @@ package consumer
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -211,19 +210,7 @@ func (c *Consumer) commitClean(gen *kafka.Generation, parts []*partitionState, l
 	if len(commits) == 0 {
 		return
 	}
-	res, err := cl.OffsetCommit(ctx, &kafka.OffsetCommitRequest{GroupID: gen.GroupID, GenerationID: int(gen.ID),
-		MemberID: gen.MemberID, Topics: commits})
-	failed := map[TopicPartition]bool{}
-	if err == nil {
-		for t, ps := range res.Topics {
-			for _, p := range ps {
-				if p.Error != nil {
-					failed[TopicPartition{t, p.Partition}] = true
-					err = errors.Join(err, p.Error)
-				}
-			}
-		}
-	}
+	res, failed, err := offsetCommit(ctx, cl, gen, commits)
 	if err != nil {
 		c.m.Commits.WithLabelValues("error").Inc()
 		log.Warn("could not prove a clean hand-over (offset commit with metadata failed): the next owner of these partitions waits MOENGAGE_MAX_PROCESSING_TIME",

@@ -47,19 +47,7 @@ func (c *Consumer) commitParking(gen *kafka.Generation, parts []*partitionState,
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	cl := &kafka.Client{Addr: kafka.TCP(c.cfg.Brokers...), Transport: c.cfg.Transport}
-	res, err := cl.OffsetCommit(ctx, &kafka.OffsetCommitRequest{GroupID: gen.GroupID, GenerationID: int(gen.ID),
-		MemberID: gen.MemberID, Topics: commits})
-	failed := map[TopicPartition]bool{}
-	if err == nil {
-		for t, ps := range res.Topics {
-			for _, p := range ps {
-				if p.Error != nil {
-					failed[TopicPartition{t, p.Partition}] = true
-					err = errors.Join(err, p.Error)
-				}
-			}
-		}
-	}
+	res, failed, err := offsetCommit(ctx, cl, gen, commits)
 	if err != nil {
 		c.m.Commits.WithLabelValues("error").Inc()
 		log.Warn("offset commit failed", "err", err)
@@ -74,4 +62,25 @@ func (c *Consumer) commitParking(gen *kafka.Generation, parts []*partitionState,
 		c.m.CommittedOffset.WithLabelValues(p.topic, strconv.Itoa(p.partition)).Set(float64(u.off))
 	}
 	return err
+}
+
+// offsetCommit commits in gen and returns the response, the partitions the
+// brokers refused (each one's error joined into err) and err (nil: every
+// partition committed). res is nil when the request itself failed.
+func offsetCommit(ctx context.Context, cl *kafka.Client, gen *kafka.Generation, commits map[string][]kafka.OffsetCommit) (res *kafka.OffsetCommitResponse, failed map[TopicPartition]bool, err error) {
+	res, err = cl.OffsetCommit(ctx, &kafka.OffsetCommitRequest{GroupID: gen.GroupID, GenerationID: int(gen.ID),
+		MemberID: gen.MemberID, Topics: commits})
+	failed = map[TopicPartition]bool{}
+	if err != nil {
+		return nil, failed, err
+	}
+	for t, ps := range res.Topics {
+		for _, p := range ps {
+			if p.Error != nil {
+				failed[TopicPartition{t, p.Partition}] = true
+				err = errors.Join(err, p.Error)
+			}
+		}
+	}
+	return res, failed, err
 }
