@@ -383,7 +383,7 @@ func chaos(t *testing.T, byUID bool) {
 	for time.Now().Before(end) {
 		time.Sleep(time.Duration(1000+rng.IntN(3000)) * time.Millisecond)
 		cw.restoreDue(t, false)
-		switch k := rng.IntN(16); {
+		switch k := rng.IntN(17); {
 		case k == 0 && len(replicas) > 0: // crash one and bring it back
 			i := rng.IntN(len(replicas))
 			replicas[i].kill()
