@@ -46,7 +46,7 @@ const (
 	hpBefore     = 30 * time.Second
 	hpRevocation = 2 * time.Minute
 	hpConverge   = 60 * time.Second  // the target: converged within this of the restore
-	hpWaitMax    = 150 * time.Second // how long a run waits for convergence after the restore
+	hpWaitMax    = 240 * time.Second // how long a run waits for convergence after the restore
 	hpGapBound   = 30 * time.Second  // the stated bound on a lagging partition's time without a commit
 	hpChunks     = 12                // chunks of the revoked workspace's events during the revocation
 	hpChunk      = 400
@@ -73,6 +73,13 @@ type hpResult struct {
 	// ConvergedS: seconds from the restore to membership == fold; -1: not
 	// within hpWaitMax.
 	ConvergedS float64 `json:"converged_seconds_after_restore"`
+	// FirstOKS: seconds from the restore to the revoked workspace's first
+	// 2xx (the worker found out); -1: none.
+	FirstOKS float64 `json:"first_2xx_seconds_after_restore"`
+	// The revoked workspace's 2xx from the restore to the end of the run,
+	// and their mean members (how the parked changes were delivered).
+	AfterRequests    int     `json:"revoked_2xx_after_restore"`
+	AfterMeanMembers float64 `json:"revoked_mean_members_after_restore"`
 }
 
 // phaseHPrime runs (h'): with the probe for 1 and 3 replicas, and with the
@@ -109,8 +116,9 @@ func (b *bench) hprimeTargets(hr *hpResult) {
 	if hr.ConvergedS < 0 {
 		conv = fmt.Sprintf("not within %s", hpWaitMax)
 	}
-	b.say("(h') %d replica(s), restore by %s: others' lowest use %.3f, lag %d at the revocation, max %d (+%d produced), longest without a commit %.1fs, parked %d records, converged %s",
-		hr.Replicas, hr.Restore, hr.MinUse, hr.LagAtRevoke, hr.MaxLag, hr.Produced, hr.MaxNoCommitS, hr.MaxParked, conv)
+	b.say("(h') %d replica(s), restore by %s: others' lowest use %.3f, lag %d at the revocation, max %d (+%d produced), longest without a commit %.1fs, parked %d records, first 2xx %.1fs after the restore (then %d 2xx of %.1f members on average), converged %s",
+		hr.Replicas, hr.Restore, hr.MinUse, hr.LagAtRevoke, hr.MaxLag, hr.Produced, hr.MaxNoCommitS, hr.MaxParked, hr.FirstOKS,
+		hr.AfterRequests, hr.AfterMeanMembers, conv)
 	k := fmt.Sprintf("h'/%d %s", hr.Replicas, hr.Restore)
 	b.res.Targets[k+" use"] = verdict{"others >= 0.9 of each budget", fmt.Sprintf("lowest %.3f", hr.MinUse), hr.MinUse >= 0.9}
 	b.res.Targets[k+" lag"] = verdict{fmt.Sprintf("no commit gap > %s; lag <= start+produced", hpGapBound),
@@ -245,9 +253,17 @@ func restoreKey(a *rig.API, dir, id, how string, rateLimit int) error {
 // workspace's 401s.
 func hprimeFigures(hr *hpResult, recs []emulator.RequestRecord, from, to time.Time) {
 	count, r429 := map[string]int{}, map[string]int{}
+	hr.FirstOKS = -1
 	for _, r := range recs {
 		if r.Workspace == wsID(hpRevoked) && r.Status == 401 {
 			hr.Revoked401++
+		}
+		if r.Workspace == wsID(hpRevoked) && r.Status/100 == 2 && !r.Time.Before(to) {
+			if hr.FirstOKS < 0 {
+				hr.FirstOKS = r.Time.Sub(to).Seconds()
+			}
+			hr.AfterRequests++
+			hr.AfterMeanMembers += float64(len(r.Members))
 		}
 		if r.Time.Before(from) || !r.Time.Before(to) {
 			continue
@@ -256,6 +272,9 @@ func hprimeFigures(hr *hpResult, recs []emulator.RequestRecord, from, to time.Ti
 		if r.Status == 429 {
 			r429[r.Workspace]++
 		}
+	}
+	if hr.AfterRequests > 0 {
+		hr.AfterMeanMembers /= float64(hr.AfterRequests)
 	}
 	hr.MinUse = -1
 	for i := range wsCount {

@@ -70,7 +70,8 @@ func TestLagWatchGap(t *testing.T) {
 
 // The figures during the revocation count only requests in [from, to), of
 // the other workspaces, over the window's minutes and each budget; the
-// revoked workspace's 401s are counted whenever they came.
+// revoked workspace's 401s are counted whenever they came, and its first
+// 2xx from to (the restore) on is timed.
 func TestHPrimeFigures(t *testing.T) {
 	from := time.Unix(6000, 0)
 	to := from.Add(2 * time.Minute)
@@ -92,10 +93,17 @@ func TestHPrimeFigures(t *testing.T) {
 	add(wsID(1), from, 429, 12)                    // 429s count as requests (as (h))
 	add(wsID(hpRevoked), from.Add(-time.Minute), 401, 3)
 	add(wsID(hpRevoked), from.Add(time.Minute), 401, 4)
+	add(wsID(hpRevoked), from.Add(-time.Second), 200, 1) // before the restore (to): not its first 2xx after it
+	add(wsID(hpRevoked), to.Add(5*time.Second), 200, 1)
+	add(wsID(hpRevoked), to.Add(9*time.Second), 200, 1)
+	recs[len(recs)-2].Members, recs[len(recs)-1].Members = []string{"a", "b", "c"}, []string{"d"}
 	hr := &hpResult{}
 	hprimeFigures(hr, recs, from, to)
 	if len(hr.Others) != wsCount-1 {
 		t.Fatalf("%d others, want %d", len(hr.Others), wsCount-1)
+	}
+	if hr.FirstOKS != 5 || hr.AfterRequests != 2 || hr.AfterMeanMembers != 2 {
+		t.Errorf("after the restore: first 2xx %.1fs, %d 2xx of %.1f members; want 5s, 2 of 2", hr.FirstOKS, hr.AfterRequests, hr.AfterMeanMembers)
 	}
 	if hr.Revoked401 != 7 {
 		t.Errorf("401s %d, want 7", hr.Revoked401)
