@@ -80,6 +80,8 @@ type hpResult struct {
 	// and their mean members (how the parked changes were delivered).
 	AfterRequests    int     `json:"revoked_2xx_after_restore"`
 	AfterMeanMembers float64 `json:"revoked_mean_members_after_restore"`
+	// Replans: cohortsync_replans_total over the replicas at the end.
+	Replans float64 `json:"replans"`
 }
 
 // phaseHPrime runs (h'): with the probe for 1 and 3 replicas, and with the
@@ -116,9 +118,9 @@ func (b *bench) hprimeTargets(hr *hpResult) {
 	if hr.ConvergedS < 0 {
 		conv = fmt.Sprintf("not within %s", hpWaitMax)
 	}
-	b.say("(h') %d replica(s), restore by %s: others' lowest use %.3f, lag %d at the revocation, max %d (+%d produced), longest without a commit %.1fs, parked %d records, first 2xx %.1fs after the restore (then %d 2xx of %.1f members on average), converged %s",
+	b.say("(h') %d replica(s), restore by %s: others' lowest use %.3f, lag %d at the revocation, max %d (+%d produced), longest without a commit %.1fs, parked %d records, first 2xx %.1fs after the restore (then %d 2xx of %.1f members on average), %.0f replans, converged %s",
 		hr.Replicas, hr.Restore, hr.MinUse, hr.LagAtRevoke, hr.MaxLag, hr.Produced, hr.MaxNoCommitS, hr.MaxParked, hr.FirstOKS,
-		hr.AfterRequests, hr.AfterMeanMembers, conv)
+		hr.AfterRequests, hr.AfterMeanMembers, hr.Replans, conv)
 	k := fmt.Sprintf("h'/%d %s", hr.Replicas, hr.Restore)
 	b.res.Targets[k+" use"] = verdict{"others >= 0.9 of each budget", fmt.Sprintf("lowest %.3f", hr.MinUse), hr.MinUse >= 0.9}
 	b.res.Targets[k+" lag"] = verdict{fmt.Sprintf("no commit gap > %s; lag <= start+produced", hpGapBound),
@@ -180,6 +182,11 @@ func (b *bench) hprimeRun(ctx context.Context, replicas int, restore string) (*h
 	}
 	hr := &hpResult{Replicas: replicas, Restore: restore, Produced: produced, RevokedEvts: len(rev.events)}
 	hr.ConvergedS = rev.converge(ctx, a, restoreAt)
+	for _, w := range ws {
+		if m, err := rig.Gather(w.reg); err == nil {
+			hr.Replans += m.Sum("cohortsync_replans_total")
+		}
+	}
 	lw := <-lagc
 	hr.LagAtRevoke, hr.MaxLag, hr.MaxNoCommitS, hr.MaxParked = lw.atStart, lw.maxLag, lw.maxGap.Seconds(), lw.maxParked
 	hprimeFigures(hr, a.Requests(), revokeAt, restoreAt)

@@ -299,8 +299,8 @@ func printRevoked(row func(k, v string), r *results) {
 		if hr.ConvergedS < 0 {
 			conv = fmt.Sprintf("not within %s of the restore", hpWaitMax)
 		}
-		row(p+": revoked workspace", fmt.Sprintf("fold == membership %s; its first 2xx %.1fs after it, then %d 2xx of %.1f members on average (%d events, %d 401s; parking topic %d records)",
-			conv, hr.FirstOKS, hr.AfterRequests, hr.AfterMeanMembers, hr.RevokedEvts, hr.Revoked401, hr.MaxParked))
+		row(p+": revoked workspace", fmt.Sprintf("fold == membership %s; its first 2xx %.1fs after it, then %d 2xx of %.1f members on average (%d events, %d 401s; parking topic %d records; %.0f replans)",
+			conv, hr.FirstOKS, hr.AfterRequests, hr.AfterMeanMembers, hr.RevokedEvts, hr.Revoked401, hr.MaxParked, hr.Replans))
 		for _, f := range sortedWorkspaces(hr.Others) {
 			row(fmt.Sprintf("(h') %d %s: %s, budget %d/min", hr.Replicas, hr.Restore, f.Workspace, f.Budget),
 				fmt.Sprintf("%.3f of it during the revocation; %d requests, %d 429s", f.PerMinOverBudget, f.Requests, f.Rejected429))
