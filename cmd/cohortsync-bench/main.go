@@ -17,7 +17,10 @@
 //	e. under a light steady load, p50/p99 time from produce to acceptance;
 //	h. 20 workspaces with budgets of their own, 1 and 3 replicas: each
 //	   workspace's use of its budget, its busiest 60 s, and packing;
-//	   (h') is a TODO (it needs the parking of issue 21 item 4);
+//	h'. the same with one workspace's key revoked for 2 minutes mid-run:
+//	   the others' use of their budgets and the source topic's commit lag
+//	   during the revocation, the revoked workspace's convergence after the
+//	   restore, and the worker's peak RSS with 1 M changes parked;
 //	h''. 1,000 workspaces in the registry, 200 active: per-replica RSS and
 //	   CPU, and the registry's reload time.
 //
@@ -26,7 +29,8 @@
 // Files: main.go (flags, the order of the phases), setup.go (Kafka, the
 // emulator, the producer, in-process workers), phase_ab.go, phase_a.go,
 // phase_b.go, rate.go (c), memory.go (d, dl), latency.go (e),
-// workspaces.go (h, h″), report.go
+// workspaces.go (h, h″), workspaces_parked.go and
+// workspaces_parked_rss.go (h'), report.go
 // (the results, the table and the JSON).
 package main
 
@@ -67,6 +71,7 @@ type options struct {
 	phases       string
 	cpuprofile   string
 	repeat       int
+	hprimeRuns   string
 }
 
 func main() {
@@ -98,7 +103,8 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.largeRecords, "large-records", 150, "records of 900 KB per partition for (dl)")
 	fs.DurationVar(&o.window, "window", time.Second, "BATCH_WINDOW for (e)")
 	fs.StringVar(&o.out, "out", "bench-results/bench.json", "where the JSON goes")
-	fs.StringVar(&o.phases, "phases", "a,b,c,d,dl,e,f,g,h,h''", "which phases to run (f' alone: only the (f') runs of f; h' is not built: TODO, issue 21 parking)")
+	fs.StringVar(&o.phases, "phases", "a,b,c,d,dl,e,f,g,h,h',h''", "which phases to run (f' alone: only the (f') runs of f)")
+	fs.StringVar(&o.hprimeRuns, "hprime-runs", "1/probe,1/registry,3/probe,rss", "the sub-runs of (h'): replicas/how the key comes back (probe: the emulator's RestoreKey, found by the worker's probe; registry: a new key in the emulator and the key file), and rss (1 M changes parked, one worker process)")
 	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of phase (b) to this file (its first run)")
 	fs.IntVar(&o.repeat, "repeat", 3, "runs of (a) and (b), alternating over the same topic; the figures are the medians, the ratio the median of the runs' ratios")
 	if err := fs.Parse(args); err != nil {
@@ -127,7 +133,16 @@ type bench struct {
 func (b *bench) say(format string, a ...any) { fmt.Fprintf(b.stderr, "bench: "+format+"\n", a...) }
 
 // phase reports whether -phases names p.
-func (b *bench) phase(p string) bool { return slices.Contains(strings.Split(b.o.phases, ","), p) }
+func (b *bench) phase(p string) bool { return slices.Contains(splitList(b.o.phases), p) }
+
+// splitList splits a comma-separated flag value, trimming spaces.
+func splitList(s string) []string {
+	parts := strings.Split(s, ",")
+	for i, p := range parts {
+		parts[i] = strings.TrimSpace(p)
+	}
+	return parts
+}
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	o, err := parseOptions(args, stderr)
@@ -162,8 +177,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		{[]string{"f", "f'"}, b.phaseF},
 		{[]string{"g"}, b.phaseG},
 		{[]string{"h"}, b.phaseH},
-		// TODO(issue 21 item 4): (h'), one workspace's key revoked for 2
-		// minutes mid-run, needs the parking of a stuck workspace's changes.
+		{[]string{"h'"}, b.phaseHPrime},
 		{[]string{"h''"}, b.phaseH2},
 	} {
 		if slices.ContainsFunc(p.names, b.phase) {

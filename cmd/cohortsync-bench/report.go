@@ -37,8 +37,10 @@ type results struct {
 	PeakRSSLimited   *rssResult          `json:"peak_rss_with_gomemlimit,omitempty"`
 	LargeRecords     *largeRecordsResult `json:"peak_rss_large_records,omitempty"`
 	Latency          *latencyResult      `json:"latency,omitempty"`
-	Workspaces       []wsResult          `json:"workspaces,omitempty"`      // (h)
-	ManyWorkspaces   *manyResult         `json:"many_workspaces,omitempty"` // (h'')
+	Workspaces       []wsResult          `json:"workspaces,omitempty"`            // (h)
+	Revoked          []hpResult          `json:"revoked_workspace,omitempty"`     // (h')
+	RevokedRSS       *hpRSSResult        `json:"revoked_workspace_rss,omitempty"` // (h'), 1 M changes parked
+	ManyWorkspaces   *manyResult         `json:"many_workspaces,omitempty"`       // (h'')
 	Targets          map[string]verdict  `json:"targets"`
 }
 

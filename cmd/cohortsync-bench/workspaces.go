@@ -1,8 +1,7 @@
 package main
 
 // Phases (h) and (h''): many workspaces, each with a budget of its own
-// (issue 21). (h') needs the parking of a stuck workspace's changes
-// (issue 21 item 4), not built yet: TODO, no phase.
+// (issue 21). (h'), the same with a key revoked, is workspaces_parked.go.
 //
 //	h.   20 workspaces, budgets 60 and 120/min in turn, a uniform backlog,
 //	     1 and 3 in-process replicas: each workspace's requests/min (from
@@ -96,7 +95,7 @@ func (b *bench) workspacesRun(ctx context.Context, replicas int) (*wsResult, err
 	if err := produceWS(ctx, b.brokers, topic, events, ids, balancedCohortIDs(o.partitions, o.partitions), uint64(replicas)+20); err != nil {
 		return nil, err
 	}
-	dir, a, err := workspacesFixture(wsCount, wsBudget)
+	dir, a, err := workspacesFixture(wsCount, wsBudget, false)
 	if err != nil {
 		return nil, err
 	}
@@ -164,14 +163,14 @@ func wsFigures(in []emulator.RequestRecord, replicas int, end time.Time, batchMa
 
 // workspacesFixture writes a registry of n workspaces (wsID(i).key,
 // .rate_limit_rpm budget(i)) and starts an emulator that serves them, each
-// enforcing its budget, keeping no segment membership.
-func workspacesFixture(n int, budget func(int) int) (string, *rig.API, error) {
+// enforcing its budget, keeping segment membership only if keep.
+func workspacesFixture(n int, budget func(int) int, keep bool) (string, *rig.API, error) {
 	dir, err := os.MkdirTemp("", "cohortsync-bench-ws-")
 	if err != nil {
 		return "", nil, err
 	}
 	cfg := emulator.DefaultConfig()
-	cfg.DiscardMembers = true
+	cfg.DiscardMembers = !keep
 	cfg.RequestLogMaxMembers = -1
 	cfg.Workspaces = map[string]emulator.Workspace{}
 	for i := range n {
@@ -252,6 +251,7 @@ func printWorkspaces(row func(k, v string), r *results) {
 				fmt.Sprintf("%.3f of it; busiest 60 s %d; %d requests, %d 429s", f.PerMinOverBudget, f.Busiest60s, f.Requests, f.Rejected429))
 		}
 	}
+	printRevoked(row, r)
 	if m := r.ManyWorkspaces; m != nil {
 		p := fmt.Sprintf("(h'') %d workspaces, %d active, %d replicas", m.Registry, m.Active, len(m.Replicas))
 		for i, rep := range m.Replicas {

@@ -83,7 +83,7 @@ func (b *bench) manyWorkspaces(ctx context.Context) (*manyResult, error) {
 	if err := produceWS(ctx, b.brokers, topic, events, active, balancedCohortIDs(o.partitions, o.partitions), 77); err != nil {
 		return nil, err
 	}
-	dir, a, err := workspacesFixture(manyRegistry, func(int) int { return manyBudget })
+	dir, a, err := workspacesFixture(manyRegistry, func(int) int { return manyBudget }, false)
 	if err != nil {
 		return nil, err
 	}
