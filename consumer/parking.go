@@ -162,12 +162,6 @@ type sourcePark struct {
 	full map[string]bool
 }
 
-// detoured lists the detoured workspaces. Call it under mu.
-func (sp *sourcePark) detoured() []string {
-	ws, _ := parking.ParseDetoured(sp.src.Metadata()) // our own encoding
-	return ws
-}
-
 func (sp *sourcePark) isFull(w string) bool {
 	sp.mu.Lock()
 	defer sp.mu.Unlock()
@@ -377,8 +371,7 @@ func (pl *plumb) setup(ctx context.Context) error {
 			pl.c.commitMu.Lock() // the commits read it
 			p.src = &sourcePark{pl: pl, src: src}
 			pl.c.commitMu.Unlock()
-			ws, _ := parking.ParseDetoured(meta) // NewSource parsed it
-			for _, w := range ws {
+			for _, w := range src.Workspaces() {
 				pl.see(w)
 			}
 			continue

@@ -285,7 +285,7 @@ func (pl *plumb) replanDetours(ctx context.Context) (wait time.Duration) {
 			pl.log.Info("detouring a blocked workspace to the parking topic", "workspace", w, "partition", partName(p), "offset", p.start)
 		}
 		if commits != nil {
-			for _, w := range sp.detoured() {
+			for _, w := range sp.src.Workspaces() {
 				if blocked[w] {
 					continue
 				}

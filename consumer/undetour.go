@@ -22,7 +22,7 @@ func (pl *plumb) undetourCandidates(blocked map[string]bool) bool {
 			continue
 		}
 		p.src.mu.Lock()
-		ws := p.src.detoured()
+		ws := p.src.src.Workspaces()
 		p.src.mu.Unlock()
 		for _, w := range ws {
 			if !blocked[w] {
@@ -51,8 +51,8 @@ func (pl *plumb) undetourDue(ctx context.Context) bool {
 			continue
 		}
 		p.src.mu.Lock()
-		for _, w := range p.src.detoured() {
-			if ok, _ := p.src.src.CanUndetour(w, blocked[w], commit); ok && !blocked[w] {
+		for _, w := range p.src.src.Workspaces() {
+			if ok, _ := p.src.src.CanUndetour(w, blocked[w], commit); ok {
 				p.src.mu.Unlock()
 				return true
 			}

@@ -202,7 +202,7 @@ func (s *sender) retrying(f failure, req wire.Request, attempt int, delay time.D
 // more than the Limiter's rate allows for (issue 18: 302 in a 300 window).
 func (s *sender) ready(ctx context.Context, ws string) (lease, permitAt time.Time, err error) {
 	for {
-		if lease, err = s.lease(ctx); err != nil {
+		if lease, err = s.c.waitLease(ctx); err != nil {
 			return time.Time{}, time.Time{}, err
 		}
 		if permitAt.IsZero() || time.Since(permitAt) > permitMaxAge {
@@ -226,10 +226,6 @@ func (c *Client) leaseHolds(d time.Time) bool {
 	_, ok := c.cfg.Lease.Deadline()
 	return ok
 }
-
-// lease waits for a valid lease and returns its deadline (zero: none, or no
-// Lease).
-func (s *sender) lease(ctx context.Context) (time.Time, error) { return s.c.waitLease(ctx) }
 
 // waitLease waits for a valid lease, moves the fence to its deadline and
 // returns it (zero: none, or no Lease). Every request waits for it, the

@@ -124,6 +124,9 @@ func (s *Source) CanUndetour(w string, blocked bool, commit func(k int) Commit) 
 	return true, wait
 }
 
+// Workspaces lists the detoured workspaces, sorted.
+func (s *Source) Workspaces() []string { return sortedKeys(s.detour) }
+
 // Undetour sends w's records directly again; the caller checked
 // CanUndetour. The next commit's metadata drops w.
 func (s *Source) Undetour(w string) { delete(s.detour, w) }

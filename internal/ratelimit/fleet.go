@@ -292,20 +292,26 @@ type commitment struct {
 	until time.Time          // the lender honours it until this (Until + Margin), monotonic
 }
 
+// boardDefaults fills the board timing and the logger a Fleet and Fleets
+// share: a record every second, honoured for 4 s, with a second's margin.
+func boardDefaults(tick, lease, margin *time.Duration, log **slog.Logger) {
+	if *tick <= 0 {
+		*tick = time.Second
+	}
+	if *lease <= 0 {
+		*lease = 4 * time.Second
+	}
+	if *margin <= 0 {
+		*margin = time.Second
+	}
+	if *log == nil {
+		*log = slog.Default()
+	}
+}
+
 // NewFleet returns a Fleet.
 func NewFleet(cfg FleetConfig) *Fleet {
-	if cfg.Tick <= 0 {
-		cfg.Tick = time.Second
-	}
-	if cfg.Lease <= 0 {
-		cfg.Lease = 4 * time.Second
-	}
-	if cfg.Margin <= 0 {
-		cfg.Margin = time.Second
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
+	boardDefaults(&cfg.Tick, &cfg.Lease, &cfg.Margin, &cfg.Logger)
 	return &Fleet{cfg: cfg, wake: make(chan struct{}, 1)}
 }
 

@@ -129,18 +129,7 @@ type wsState struct {
 
 // NewFleets returns Fleets.
 func NewFleets(cfg FleetsConfig) *Fleets {
-	if cfg.Tick <= 0 {
-		cfg.Tick = time.Second
-	}
-	if cfg.Lease <= 0 {
-		cfg.Lease = 4 * time.Second
-	}
-	if cfg.Margin <= 0 {
-		cfg.Margin = time.Second
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
+	boardDefaults(&cfg.Tick, &cfg.Lease, &cfg.Margin, &cfg.Logger)
 	return &Fleets{cfg: cfg, wake: make(chan struct{}, 1), paused: make(chan struct{}, 1),
 		states: map[string]*wsState{}}
 }
