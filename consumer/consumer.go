@@ -189,6 +189,10 @@ type partitionState struct {
 	src           *sourcePark
 	pk            *parkedPart
 	committedMeta string
+	// carried: the offsets past start of the records settled in an earlier
+	// epoch (a replan, replan.go); the next tracker does not handle them
+	// again (tracker.done).
+	carried []int64
 }
 
 // runGeneration runs one generation. It returns true when ctx ended and the

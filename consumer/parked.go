@@ -35,8 +35,12 @@ import (
 // whose o_V it is, Done when it is the main cursor's next), then releases a
 // resuming V whose o_V reached m (Partition.Resume).
 
-// offGen is a record read from k: its offset and writer generation.
-type offGen struct{ off, gen int64 }
+// offGen is a record read from k: its offset and writer generation, and
+// whether it was delivered (to the batcher) in this epoch or an earlier one.
+type offGen struct {
+	off, gen  int64
+	delivered bool
+}
 
 // parkedPart is one owned parking partition in a generation.
 type parkedPart struct {
@@ -70,8 +74,10 @@ func newParkedPart(pl *plumb, ps *partitionState, p *parking.Partition) *parkedP
 func (pk *parkedPart) begin() int64 {
 	pk.mu.Lock()
 	defer pk.mu.Unlock()
+	var carried []int64
 	if pk.tr != nil {
 		pk.apply()
+		carried = pk.carry()
 	}
 	cm := pk.p.Commit(0)
 	pk.m0, pk.mainGen = pk.p.Next(), cm.Gen
@@ -84,12 +90,28 @@ func (pk *parkedPart) begin() int64 {
 		}
 	}
 	pk.tr, pk.gens = newTracker(pk.ps.topic, pk.ps.partition, start), nil
+	pk.tr.done = carried
 	for x := range pk.oldest {
 		if _, held := cm.Held[x]; !held {
 			delete(pk.oldest, x)
 		}
 	}
 	return start
+}
+
+// carry returns the offsets of the records delivered and settled (accepted
+// or dead-lettered) and not yet applied: the next epoch's reader settles
+// them at once where it would deliver them again. Not the records settled
+// otherwise (passed over, held): a workspace passed over now may resume
+// next. Call it under mu.
+func (pk *parkedPart) carry() []int64 {
+	delivered := map[int64]bool{}
+	for _, e := range pk.gens {
+		if e.delivered {
+			delivered[e.off] = true
+		}
+	}
+	return pk.tr.carry(func(off int64) bool { return delivered[off] })
 }
 
 // apply reports the settled prefix of the records read to the Partition,
@@ -267,7 +289,7 @@ func (pk *parkedPart) handle(ctx context.Context, dec *event.Decoder, m kafka.Me
 	}
 	rec, derr := parkio.Decode(m)
 	pk.mu.Lock()
-	pk.gens = append(pk.gens, offGen{m.Offset, rec.Generation})
+	pk.gens = append(pk.gens, offGen{off: m.Offset, gen: rec.Generation})
 	d := skip
 	if derr == nil {
 		x := rec.Workspace
@@ -275,6 +297,7 @@ func (pk *parkedPart) handle(ctx context.Context, dec *event.Decoder, m kafka.Me
 			x = ""
 		}
 		d = pk.classify(m.Offset, x, rec.Generation)
+		pk.gens[len(pk.gens)-1].delivered = d == deliver
 		if _, seen := pk.oldest[x]; d == deliver && !seen && m.Offset < pk.m0 {
 			pk.oldest[x] = m.Time // a resuming workspace's first record
 		}
@@ -285,11 +308,14 @@ func (pk *parkedPart) handle(ctx context.Context, dec *event.Decoder, m kafka.Me
 		c.m.EventsInvalid.WithLabelValues(string(inv.Reason)).Inc()
 		return c.cfg.DLQ.Invalid(ctx, m, inv, newRecordAck(tr, seq, m.Key, nil, 1))
 	}
-	switch d {
-	case skip:
+	switch {
+	case d == skip:
 		tr.release(seq)
 		return nil
-	case hold:
+	case d == deliver && tr.settledDone(m.Offset): // delivered and settled before a replan
+		tr.release(seq)
+		return nil
+	case d == hold:
 		if err := pk.holdAt(ctx, rec.Workspace, m.Offset, m.Time); err != nil {
 			return err
 		}

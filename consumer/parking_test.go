@@ -59,7 +59,7 @@ func TestParkedReaderResumes(t *testing.T) {
 		seq, _ := pk.tr.track(r.off)
 		seqs[r.off] = seq
 		pk.mu.Lock()
-		pk.gens = append(pk.gens, offGen{r.off, r.gen})
+		pk.gens = append(pk.gens, offGen{off: r.off, gen: r.gen})
 		d := pk.classify(r.off, r.ws, r.gen)
 		pk.mu.Unlock()
 		if d != r.want {

@@ -45,6 +45,7 @@ func (c *Consumer) process(ctx context.Context, p *partitionState, msgs <-chan k
 					start = m.Offset
 				}
 				tr = newTracker(p.topic, p.partition, start)
+				tr.done, p.carried = p.carried, nil
 				p.tr.Store(tr)
 			}
 			if buf, err = c.handleIn(ctx, p.src, tr, dec, m, buf); err != nil {
@@ -94,6 +95,10 @@ func (c *Consumer) handleIn(ctx context.Context, sp *sourcePark, tr *tracker, de
 	seq, ok := tr.track(m.Offset)
 	if !ok {
 		return buf, nil // delivered twice after a reader restart: already tracked
+	}
+	if tr.settledDone(m.Offset) { // settled before a replan: sent, parked or dead-lettered already
+		tr.release(seq)
+		return buf, nil
 	}
 	if isHidden(&m) { // control or aborted records (txn.go): settled, never delivered
 		tr.release(seq)

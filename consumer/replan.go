@@ -35,7 +35,8 @@ import (
 //
 // What was read and not settled is read again: the other workspaces'
 // changes are sent again (duplicates in log order), the blocked one's are
-// parked. This realises the protocol's "take W's records out of the batcher
+// parked. What settled past a watermark is not handled again (the new
+// tracker's done, from the old one's carry; DESIGN.md, "The plumbing"). This realises the protocol's "take W's records out of the batcher
 // and park them in order". A replan is asked for by a process loop that
 // meets a record of a blocked workspace not detoured (errReplan), by a
 // change of what Blocked reports for a workspace met (BlockedChanged, and
@@ -224,6 +225,9 @@ func (pl *plumb) doReplan(ctx context.Context, reason string) bool {
 	for _, p := range pl.parts {
 		if p.src != nil {
 			p.start = sourceOffset(p)
+			if tr := p.tr.Load(); tr != nil {
+				p.carried = tr.carry(nil)
+			}
 			p.tr.Store(nil)
 		}
 	}

@@ -30,6 +30,10 @@ type tracker struct {
 	pending []int64
 	next    int64 // commit offset: every record below it is settled
 	last    int64 // highest offset tracked, -1 before the first
+	// done: offsets at or past next, in order, of records settled in an
+	// earlier epoch of this generation (carried over a replan: settledDone);
+	// consumed as the reader passes them.
+	done []int64
 }
 
 // newTracker starts at the first offset to be read (the committed offset).
@@ -78,6 +82,41 @@ func (t *tracker) release(seq int64) {
 	} else {
 		t.pending = t.pending[n:]
 	}
+}
+
+// settledDone reports whether the record at offset, just tracked, was
+// settled in an earlier epoch of the generation (done): it is then not
+// handled again. Offsets are asked in increasing order, as tracked.
+func (t *tracker) settledDone(offset int64) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	i := 0
+	for i < len(t.done) && t.done[i] < offset {
+		i++
+	}
+	t.done = t.done[i:]
+	return len(t.done) > 0 && t.done[0] == offset
+}
+
+// carry returns, in order, the offsets at or past the watermark whose
+// records are settled (keep, if not nil, chooses among them), and the
+// offsets carried into t that its reader has not reached: what the next
+// epoch's tracker, started at the watermark, is not to handle again.
+func (t *tracker) carry(keep func(offset int64) bool) []int64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var out []int64
+	for _, o := range t.pending {
+		if o < 0 && (keep == nil || keep(^o)) {
+			out = append(out, ^o)
+		}
+	}
+	for _, o := range t.done {
+		if o > t.last {
+			out = append(out, o)
+		}
+	}
+	return out
 }
 
 // offset returns the offset of the tracked, not yet settled record seq.
