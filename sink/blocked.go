@@ -45,9 +45,10 @@ import (
 //     follows without a 2xx between, up to AuthRetryMaxInterval (5 min),
 //     unless a request of the workspace failed or stopped during the hold
 //     (a Send still at work), or the probe says it is still refused or
-//     failing: the hold is then renewed for AuthRetryInterval, so that a
-//     workspace fixed on the API's side (a key restored, an outage over)
-//     is found within that, at one {} per AuthRetryInterval. Only a hold
+//     failing: the hold is then renewed for AuthRetryInterval or 10 s
+//     (blockedProbeEvery), whichever is shorter, so that a workspace fixed
+//     on the API's side (a key restored, an outage over) is found within
+//     that, at one {} per renewal. Only a hold
 //     that comes back after a probe ended one (the API answered {} with a
 //     400 but refuses the workspace's requests) doubles: that churn (an
 //     un-detour, a replan) is what the doubling bounds.
@@ -172,6 +173,7 @@ type stoppedLine struct {
 	single       bool   // no Config.Targets: any stop stops the line, nothing is blocked
 	blockedAfter time.Duration
 	pause0, max  time.Duration          // the first and the longest hold
+	renew        time.Duration          // a hold renewed (still refused or failing): blockedProbeEvery at most
 	label        func(ws string) string // the workspace label (Client.workspaceLabel)
 	probe        func(ws string) bool   // Client.probeWorkspace
 	shown        map[string]bool        // the workspace labels publish has set
@@ -241,7 +243,7 @@ func (l *stoppedLine) unhold(ws string, w *wsLine, why string) {
 // expire ends hold gen of ws at its time limit, unless a request of ws
 // failed or stopped during the hold (a Send still at work probed it), or
 // the probe (probeWorkspace) shows ws still refused or failing: the hold is
-// then renewed, for AuthRetryInterval, without a change of Blocked. The probe
+// then renewed, for l.renew, without a change of Blocked. The probe
 // is sent without the lock.
 func (l *stoppedLine) expire(ws string, gen uint64) {
 	l.mu.Lock()
@@ -251,7 +253,7 @@ func (l *stoppedLine) expire(ws string, gen uint64) {
 		return
 	}
 	if w.badAt.After(w.heldAt) {
-		l.limit(ws, w, l.pause0)
+		l.limit(ws, w, l.renew)
 		l.mu.Unlock()
 		return
 	}
@@ -269,7 +271,7 @@ func (l *stoppedLine) expire(ws string, gen uint64) {
 		w.probedOK = time.Now()
 		l.unhold(ws, w, "its probe was answered without a refusal after its stop pause: its next request tells")
 	default:
-		l.limit(ws, w, l.pause0)
+		l.limit(ws, w, l.renew)
 	}
 }
 
@@ -372,12 +374,20 @@ func (c *Client) noteFailure(ws string, d decision, sent time.Time) {
 	}
 }
 
+// blockedProbeEvery bounds how long a blocked workspace that is still
+// refused or failing waits for its next probe: a key restored on the API's
+// side is found within it. One {} per 10 s of a workspace's own budget,
+// which it does not use while parked; a hold for 30 s found a restore up to
+// 30 s late, half of the 60 s the issue gives a parked workspace to
+// converge after its key is back.
+const blockedProbeEvery = 10 * time.Second
+
 // newStoppedLine makes the Client's stopped lines; c.cfg has its defaults.
 func (c *Client) newStoppedLine() *stoppedLine {
 	return &stoppedLine{
 		ws: map[string]*wsLine{}, failing: map[string]bool{}, changed: make(chan struct{}),
 		def: c.cfg.WorkspaceID, single: c.cfg.Targets == nil, blockedAfter: c.cfg.BlockedAfter,
-		pause0: c.cfg.AuthRetryInterval, max: c.cfg.AuthRetryMaxInterval,
+		pause0: c.cfg.AuthRetryInterval, max: c.cfg.AuthRetryMaxInterval, renew: min(c.cfg.AuthRetryInterval, blockedProbeEvery),
 		label: c.workspaceLabel, probe: c.probeWorkspace, log: c.log.Warn, m: c.m,
 	}
 }

@@ -271,22 +271,37 @@ func TestBlockedHoldOutlivesItsSend(t *testing.T) {
 		if !e.client.Blocked("WS_A") || probes() != 1 {
 			t.Fatalf("after its stop pause, the key still revoked: Blocked(A) %v, %d probes; want true, 1", e.client.Blocked("WS_A"), probes())
 		}
-		fixed.Store(true)
-		at(2*sink.DefaultAuthRetryInterval - time.Second)
-		if !e.client.Blocked("WS_A") || probes() != 1 {
-			t.Fatalf("before the renewed hold's end (the pause again): Blocked(A) %v, %d probes", e.client.Blocked("WS_A"), probes())
+		// Renewed every 10 s while refused (blockedProbeEvery): a key
+		// restored on the API's side is found within 10 s.
+		const renew = 10 * time.Second
+		first := sink.DefaultAuthRetryInterval
+		for i := 1; i <= 2; i++ {
+			at(first + time.Duration(i)*renew - time.Second)
+			if !e.client.Blocked("WS_A") || probes() != i {
+				t.Fatalf("%v into the hold, still refused: Blocked(A) %v, %d probes; want true, %d", time.Since(start), e.client.Blocked("WS_A"), probes(), i)
+			}
+			at(first + time.Duration(i)*renew + time.Second)
+			if !e.client.Blocked("WS_A") || probes() != i+1 {
+				t.Fatalf("%v into the hold, still refused: Blocked(A) %v, %d probes; want true, %d (renewed for more than 10 s?)",
+					time.Since(start), e.client.Blocked("WS_A"), probes(), i+1)
+			}
 		}
-		at(2*sink.DefaultAuthRetryInterval + time.Second)
-		if e.client.Blocked("WS_A") || probes() != 2 {
-			t.Fatalf("after the renewed hold, the probe answered 400: Blocked(A) %v, %d probes; want false, 2 (renewed for twice the pause?)",
+		fixed.Store(true)
+		at(first + 3*renew - time.Second)
+		if !e.client.Blocked("WS_A") || probes() != 3 {
+			t.Fatalf("before the renewed hold's end: Blocked(A) %v, %d probes", e.client.Blocked("WS_A"), probes())
+		}
+		at(first + 3*renew + time.Second)
+		if e.client.Blocked("WS_A") || probes() != 4 {
+			t.Fatalf("after the renewed hold, the probe answered 400: Blocked(A) %v, %d probes; want false, 4 (renewed for more than 10 s?)",
 				e.client.Blocked("WS_A"), probes())
 		}
 		fixed.Store(false)
 		sendA() // 401 again
 		held := time.Now()
 		time.Sleep(2*sink.DefaultAuthRetryInterval - time.Second)
-		if !e.client.Blocked("WS_A") || probes() != 2 {
-			t.Fatalf("A's hold after a probe ended one: Blocked(A) %v, %d probes before twice the pause; want true, 2", e.client.Blocked("WS_A"), probes())
+		if !e.client.Blocked("WS_A") || probes() != 4 {
+			t.Fatalf("A's hold after a probe ended one: Blocked(A) %v, %d probes before twice the pause; want true, 4", e.client.Blocked("WS_A"), probes())
 		}
 		e.client.TargetsChanged()
 		if e.client.Blocked("WS_A") {
