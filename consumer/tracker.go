@@ -34,6 +34,9 @@ type tracker struct {
 	// earlier epoch of this generation (carried over a replan: settledDone);
 	// consumed as the reader passes them.
 	done []int64
+	// multi: offsets, in order, of the records tracked with more than one
+	// member (markMulti); entries below next are dropped as they pass.
+	multi []int64
 }
 
 // newTracker starts at the first offset to be read (the committed offset).
@@ -98,16 +101,58 @@ func (t *tracker) settledDone(offset int64) bool {
 	return len(t.done) > 0 && t.done[0] == offset
 }
 
+// markMulti notes that record seq has more than one member: it can be
+// settled in part (carry).
+func (t *tracker) markMulti(seq int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	i := seq - t.base
+	if i < 0 || i >= int64(len(t.pending)) || t.pending[i] < 0 {
+		return
+	}
+	n := 0
+	for n < len(t.multi) && t.multi[n] < t.next {
+		n++
+	}
+	t.multi = append(t.multi[n:], t.pending[i])
+}
+
 // carry returns, in order, the offsets at or past the watermark whose
 // records are settled (keep, if not nil, chooses among them), and the
 // offsets carried into t that its reader has not reached: what the next
 // epoch's tracker, started at the watermark, is not to handle again.
+//
+// It stops at the first record not settled that has more than one member
+// (markMulti): such a record may be settled in part, a member's change
+// superseded by a later record's that was accepted while another member
+// waits, and read again it sends that member's stale change. The records
+// after it are then read again too, so that the later change follows it
+// (duplicates in log order), as without a carry.
 func (t *tracker) carry(keep func(offset int64) bool) []int64 {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	barrier, mi := int64(-1), 0
+	for _, o := range t.pending {
+		if o < 0 {
+			continue
+		}
+		for mi < len(t.multi) && t.multi[mi] < o {
+			mi++
+		}
+		if mi < len(t.multi) && t.multi[mi] == o {
+			barrier = o
+			break
+		}
+	}
 	var out []int64
 	for _, o := range t.pending {
-		if o < 0 && (keep == nil || keep(^o)) {
+		if o >= 0 {
+			if o == barrier {
+				return out
+			}
+			continue
+		}
+		if keep == nil || keep(^o) {
 			out = append(out, ^o)
 		}
 	}
@@ -201,6 +246,9 @@ func newRecordAck(t *tracker, seq int64, key []byte, ev *event.Event, members in
 func (a *recordAck) init(t *tracker, seq int64, kind keyKind, members int) {
 	a.t, a.seq, a.key = t, seq, kind
 	a.n.Store(int32(members))
+	if members > 1 {
+		t.markMulti(seq)
+	}
 }
 
 // Done settles one member of the record.

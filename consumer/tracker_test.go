@@ -2,6 +2,7 @@ package consumer
 
 import (
 	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"github.com/cohortsync/cohortsync-worker/internal/event"
@@ -195,3 +196,48 @@ func TestRecordAckSource(t *testing.T) {
 type nopAck struct{}
 
 func (nopAck) Done() {}
+
+// TestTrackerCarry: a replan carries the offsets settled past the
+// watermark, up to the first record not settled that has several members
+// (it may be settled in part: the records after it must be read again), and
+// the carried offsets the reader did not reach.
+func TestTrackerCarry(t *testing.T) {
+	tr := newTracker("t", 0, 10)
+	seqs := map[int64]int64{}
+	for _, off := range []int64{10, 11, 12, 13, 14, 15} {
+		seqs[off], _ = tr.track(off)
+	}
+	for _, off := range []int64{11, 12, 14, 15} {
+		tr.release(seqs[off])
+	}
+	if got := tr.carry(nil); !slices.Equal(got, []int64{11, 12, 14, 15}) {
+		t.Fatalf("carry = %v, want [11 12 14 15]", got)
+	}
+	if got := tr.carry(func(o int64) bool { return o != 12 }); !slices.Equal(got, []int64{11, 14, 15}) {
+		t.Fatalf("carry(keep) = %v, want [11 14 15]", got)
+	}
+	tr.markMulti(seqs[13]) // unsettled, two members: the carry stops there
+	if got := tr.carry(nil); !slices.Equal(got, []int64{11, 12}) {
+		t.Fatalf("carry past a record with several members not settled = %v, want [11 12]", got)
+	}
+	tr.release(seqs[13]) // settled: no stop any more
+	if got := tr.carry(nil); !slices.Equal(got, []int64{11, 12, 13, 14, 15}) {
+		t.Fatalf("carry once it settled = %v, want [11 12 13 14 15]", got)
+	}
+
+	// The next epoch: a reader that stops before 15 hands 15 on again.
+	next := newTracker("t", 0, 10)
+	next.done = []int64{11, 12, 14, 15}
+	for _, off := range []int64{10, 11, 12, 13} {
+		seq, _ := next.track(off)
+		if d := next.settledDone(off); d != (off == 11 || off == 12) {
+			t.Fatalf("settledDone(%d) = %v", off, d)
+		}
+		if off != 10 {
+			next.release(seq)
+		}
+	}
+	if got := next.carry(nil); !slices.Equal(got, []int64{11, 12, 13, 14, 15}) {
+		t.Fatalf("next epoch's carry = %v, want [11 12 13 14 15]", got)
+	}
+}
