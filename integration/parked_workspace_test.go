@@ -80,6 +80,7 @@ func testParkedWorkspace(t *testing.T, byUID bool) {
 	waitNoLag(t, topic, group, time.Minute)
 	checkWorkspaceRequests(t, a, p, 0, map[string]bool{wsA: true})
 	checkOnlyWorkspaces(t, a, workspace, wsA, wsB)
+	checkLogOrder(t, a, topic, workspace, workspace, wsA, wsB)
 	if n := len(readAll(t, dlq)); n != 0 {
 		t.Errorf("dead-letter topic holds %d records; a revoked key dead-letters nothing", n)
 	}

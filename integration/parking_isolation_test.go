@@ -71,6 +71,7 @@ func TestParkingIsolatesARevokedKey(t *testing.T) {
 	waitNoLag(t, topic, env["KAFKA_GROUP_ID"], time.Minute)
 	checkWorkspaceRequests(t, a, p, revokedAt, map[string]bool{wsB: true})
 	checkOnlyWorkspaces(t, a, workspace, wsA, wsB)
+	checkLogOrder(t, a, topic, workspace, workspace, wsA, wsB)
 	for _, w := range []*worker{w1, w2} {
 		if err := w.stop(30 * time.Second); err != nil {
 			t.Errorf("SIGTERM: %v", err)

@@ -67,6 +67,7 @@ func testWorkspacesRouted(t *testing.T, byUID bool) {
 	waitNoLag(t, topic, env["KAFKA_GROUP_ID"], time.Minute) // WS_C's events parked: the commits pass them
 	checkWorkspaceRequests(t, a, p, 0, nil)
 	checkOnlyWorkspaces(t, a, workspace, wsA, wsB)
+	checkLogOrder(t, a, topic, workspace, workspace, wsA, wsB)
 	for _, w := range []*worker{w1, w2} { // both processes took part
 		if n := w.metric("cohortsync_events_consumed_total"); n <= 0 {
 			t.Errorf("worker %s consumed %v events", w.name, n)
@@ -125,6 +126,7 @@ func testWorkspacesRouted(t *testing.T, byUID bool) {
 	waitNoLag(t, topic, env["KAFKA_GROUP_ID"], time.Minute)
 	checkWorkspaceRequests(t, a, p, rotatedAt, map[string]bool{wsA: true})
 	checkOnlyWorkspaces(t, a, workspace, wsA, wsB, wsC)
+	checkLogOrder(t, a, topic, workspace, workspace, wsA, wsB, wsC)
 	if n := len(readAll(t, dlq)); n != 0 {
 		t.Errorf("dead-letter topic holds %d records; %s's events before it was served were to be parked", n, wsC)
 	}
@@ -148,6 +150,7 @@ type wsProducer struct {
 	mu    sync.Mutex
 	want  map[string]model
 	asked map[wsChange]bool
+	marks int // markers given (checkLogOrder)
 }
 
 func newWSProducer(t *testing.T, topic string, byUID bool) *wsProducer {
@@ -158,7 +161,8 @@ func newWSProducer(t *testing.T, topic string, byUID bool) *wsProducer {
 }
 
 // sendMixed produces n events of g, each naming one of names in turn ("":
-// none); fold says whether they are to be delivered.
+// none) and carrying a marker (checkLogOrder); fold says whether they are
+// to be delivered.
 func (p *wsProducer) sendMixed(t *testing.T, g *gen, n int, names []string, fold bool) {
 	t.Helper()
 	evs := make([]event.Event, n)
@@ -170,6 +174,8 @@ func (p *wsProducer) sendMixed(t *testing.T, g *gen, n int, names []string, fold
 		if p.byUID {
 			key = []byte(ev.UIDs[0]) // g.bulk is off: one uid per event
 		}
+		p.marks++
+		markEvent(&ev, p.marks)
 		evs[i], msgs[i] = ev, kafka.Message{Key: key, Value: event.Encode(ev)}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
