@@ -186,6 +186,16 @@ func (r *recorder) attempts(w string) int {
 	return n
 }
 
+// checkFolds checks each workspace's membership at the API against the
+// fold of its events in log, and that no send broke the recorder's rules.
+func (h *harness) checkFolds(t *testing.T, log []kafka.Message, ws ...string) {
+	t.Helper()
+	for _, w := range ws {
+		checkFold(t, h.rec.foldAccepted(reqOf(w)), foldLog(log, ofWorkspace(w)))
+	}
+	h.rec.checkNoViolations(t)
+}
+
 func reqOf(w string) func(wire.Request) bool {
 	return func(r wire.Request) bool { return r.Workspace == w }
 }
@@ -591,10 +601,7 @@ func TestParkingResumesOneOfTwoHeld(t *testing.T) {
 		return fmtFold(h.rec.foldAccepted(reqOf("WS_B"))) == fmtFold(foldLog(log, ofWorkspace("WS_B")))
 	})
 	h.waitParkingSettled(30 * time.Second)
-	for _, w := range []string{"WS_A", "WS_B", "WS_C"} {
-		checkFold(t, h.rec.foldAccepted(reqOf(w)), foldLog(log, ofWorkspace(w)))
-	}
-	h.rec.checkNoViolations(t)
+	h.checkFolds(t, log, "WS_A", "WS_B", "WS_C")
 }
 
 // A workspace outside the registry, with parking: its events are parked

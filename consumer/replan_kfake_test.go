@@ -132,10 +132,7 @@ func TestReplanSendsNothingTwice(t *testing.T) {
 	a.sink.setHold(func(wire.Request) bool { return false })
 	h.waitCommittedToEnd(30 * time.Second)
 	h.waitParkingSettled(30 * time.Second)
-	for _, w := range []string{"WS_A", "WS_B", "WS_C"} {
-		checkFold(t, h.rec.foldAccepted(reqOf(w)), foldLog(log, ofWorkspace(w)))
-	}
-	h.rec.checkNoViolations(t)
+	h.checkFolds(t, log, "WS_A", "WS_B", "WS_C")
 }
 
 // A record with several members can be settled in part: here the record
