@@ -36,8 +36,9 @@ import (
 // What was read and not settled is read again: the other workspaces'
 // changes are sent again (duplicates in log order), the blocked one's are
 // parked. What settled past a watermark is not handled again (the new
-// tracker's done, from the old one's carry; DESIGN.md, "The plumbing"). This realises the protocol's "take W's records out of the batcher
-// and park them in order". A replan is asked for by a process loop that
+// tracker's done, from the old one's carry; DESIGN.md, "The plumbing").
+// This realises the protocol's "take W's records out of the batcher and
+// park them in order". A replan is asked for by a process loop that
 // meets a record of a blocked workspace not detoured (errReplan), by a
 // change of what Blocked reports for a workspace met (BlockedChanged, and
 // every UndetourInterval), and by an un-detour that became possible.

@@ -131,29 +131,20 @@ func (t *tracker) markMulti(seq int64) {
 func (t *tracker) carry(keep func(offset int64) bool) []int64 {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	barrier, mi := int64(-1), 0
+	var out []int64
+	mi := 0
 	for _, o := range t.pending {
 		if o < 0 {
+			if keep == nil || keep(^o) {
+				out = append(out, ^o)
+			}
 			continue
 		}
 		for mi < len(t.multi) && t.multi[mi] < o {
 			mi++
 		}
 		if mi < len(t.multi) && t.multi[mi] == o {
-			barrier = o
-			break
-		}
-	}
-	var out []int64
-	for _, o := range t.pending {
-		if o >= 0 {
-			if o == barrier {
-				return out
-			}
-			continue
-		}
-		if keep == nil || keep(^o) {
-			out = append(out, ^o)
+			return out // the first unsettled record with several members
 		}
 	}
 	for _, o := range t.done {
