@@ -52,6 +52,12 @@ type Parking struct {
 	// requests whose outcome is unknown (the not-before of a record parked
 	// now, protocol 2). nil: 0.
 	HoldOf func(h wire.Header) time.Duration
+	// HoldCohort holds the cohort of h in this replica until the time
+	// given: the not-before of a parked record, from its reading (protocol
+	// 2). Its requests wait, while the partition's other records and
+	// cohorts flow. nil: the parking reader itself waits out each record's
+	// not-before before handing it on (every record after it waits too).
+	HoldCohort func(h wire.Header, until time.Time)
 	// Hold is this replica's longest unknown-outcome hold (the hold= of a
 	// parking partition's commit, protocol 3). nil: 0.
 	Hold func() time.Duration

@@ -636,3 +636,67 @@ func TestParkingUnknownWorkspaceUntilServed(t *testing.T) {
 	h.waitParkingSettled(30 * time.Second)
 	h.rec.checkNoViolations(t)
 }
+
+// A parked record's not-before holds its cohort, not the parking partition
+// (DESIGN.md protocol 2): WS_B's records are parked while their cohorts are
+// held for an hour (HoldOf), and once WS_B is unblocked every one of them
+// is handed on at once, each with its cohort's hold (HoldCohort, from its
+// reading), in log order. A reader that waited out each record's
+// not-before itself would deliver one record an hour.
+func TestParkedNotBeforeHoldsTheCohortNotThePartition(t *testing.T) {
+	h := newHarness(t)
+	bl := newBlockedSet("WS_B")
+	o := h.parkingOpts(bl, "WS_A", "WS_B")
+	const nb = time.Hour
+	o.parking.HoldOf = func(hd wire.Header) time.Duration {
+		if hd.Workspace == "WS_B" {
+			return nb
+		}
+		return 0
+	}
+	type held struct {
+		h     wire.Header
+		until time.Time
+		at    time.Time
+	}
+	var mu sync.Mutex
+	var holds []held
+	o.parking.HoldCohort = func(hd wire.Header, until time.Time) {
+		mu.Lock()
+		defer mu.Unlock()
+		holds = append(holds, held{hd, until, time.Now()})
+	}
+	a := h.startReplica("a", o)
+	a.waitAssigned(t, partitions)
+	h.produce(wsEvents(0, 12, false, "WS_A", "WS_B")...)
+	h.waitCommittedToEnd(30 * time.Second)
+	log := h.readTopic(topic, partitions)
+	if n := h.rec.attempts("WS_B"); n != 0 {
+		t.Fatalf("%d requests of the blocked WS_B were sent", n)
+	}
+	for _, p := range h.parkedRecords() {
+		if p.Workspace == "WS_B" && p.NotBefore < nb-time.Second {
+			t.Fatalf("test bug: WS_B's record at %d/%d parked with not-before %s, want %s", p.Partition, p.Offset, p.NotBefore, nb)
+		}
+	}
+
+	bl.set("WS_B", false)
+	a.sink.setHold(func(wire.Request) bool { return false })
+	waitFor(t, 30*time.Second, "WS_B delivered", func() bool {
+		return fmtFold(h.rec.foldAccepted(reqOf("WS_B"))) == fmtFold(foldLog(log, ofWorkspace("WS_B")))
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if len(holds) < 12 {
+		t.Fatalf("%d cohort holds taken for WS_B's 12 parked records", len(holds))
+	}
+	for _, x := range holds {
+		if x.h.Workspace != "WS_B" {
+			t.Errorf("a hold for %s's cohort %s: only WS_B's records carry a not-before", x.h.Workspace, x.h.CohortID)
+		}
+		if d := x.until.Sub(x.at); d < nb-time.Second || d > nb {
+			t.Errorf("cohort %s held %s from its reading, want %s", x.h.CohortID, d, nb)
+		}
+	}
+	h.checkFolds(t, log, "WS_A", "WS_B")
+}

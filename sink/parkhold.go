@@ -24,6 +24,32 @@ func (c *Client) CohortHold(h wire.Header) time.Duration {
 	return max(0, time.Until(until))
 }
 
+// HoldCohort holds the cohort of h until until: the not-before of a parked
+// record, taken over by the replica that reads it (consumer.Parking's
+// HoldCohort; DESIGN.md "Workspaces and parking", protocol 2). No request
+// of the cohort, of either action, starts an attempt before then (sender.hold),
+// as for an unknown outcome of this Client's; the cohort's other records and
+// every other cohort flow meanwhile. The hold is another replica's request,
+// not one of this Client's: it counts neither in UnknownHold nor in Settle.
+func (c *Client) HoldCohort(h wire.Header, until time.Time) {
+	c.unkMu.Lock()
+	defer c.unkMu.Unlock()
+	k := c.cohortOf(wire.Request{Header: h})
+	m := c.unknown[k]
+	if m == nil {
+		m = map[string]time.Time{}
+		c.unknown[k] = m
+	}
+	if until.After(m[parkedHold]) {
+		m[parkedHold] = until
+	}
+}
+
+// parkedHold is the key of a parked record's hold among a cohort's unknown
+// holds (by action): it is not an action, so every request of the cohort
+// waits for it (heldUntil).
+const parkedHold = "parked"
+
 // UnknownHold is how long a request of this Client whose outcome is unknown
 // may still be processed: the hold= of a parking partition's commit
 // (consumer.Parking.Hold).

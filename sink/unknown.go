@@ -85,7 +85,7 @@ func (s *sender) hold(ctx context.Context, req wire.Request) error {
 		if until.IsZero() {
 			return nil
 		}
-		s.log().Warn("waiting for an earlier request of the other action, whose outcome is unknown, to be past processing",
+		s.log().Warn("waiting for an earlier request of the cohort whose outcome is unknown (of the other action, or one a parked record's not-before stands for) to be past processing",
 			"members", len(req.UIDs), "until", until, "max_processing_time", s.c.cfg.MaxProcessingTime)
 		if err := sleep(ctx, time.Until(until)); err != nil {
 			return err

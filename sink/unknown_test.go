@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/cohortsync/cohortsync-worker/internal/event"
+	"github.com/cohortsync/cohortsync-worker/internal/wire"
 	"github.com/cohortsync/cohortsync-worker/sink"
 )
 
@@ -175,4 +176,43 @@ func TestMaxProcessingTimeValidated(t *testing.T) {
 			t.Errorf("attempt %v, max processing %v: Validate = %v, want ok %v", tc.attempt, tc.max, err, tc.ok)
 		}
 	}
+}
+
+// TestHoldCohort: a parked record's not-before, taken over with HoldCohort,
+// holds every Send of its cohort (either action) until then, and no other
+// cohort; it is not one of this Client's requests, so CohortHold reports it
+// (a record of the cohort parked again carries it) but UnknownHold and
+// Settle do not wait for it.
+func TestHoldCohort(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t, "mem", func(int, call) reply { return ok() }, nil)
+		add := request(1)
+		remove := request(1)
+		remove.Action = event.Remove
+		other := request(1)
+		other.CohortID = "another"
+		start := time.Now()
+		e.client.HoldCohort(add.Header, start.Add(20*time.Second))
+		e.client.HoldCohort(add.Header, start.Add(5*time.Second)) // an earlier end does not shorten it
+		if h := e.client.CohortHold(add.Header); h != 20*time.Second {
+			t.Errorf("CohortHold = %v, want the 20s hold taken over", h)
+		}
+		if h := e.client.UnknownHold(); h != 0 {
+			t.Errorf("UnknownHold = %v, want 0: the hold is not this Client's request", h)
+		}
+		if err := e.client.Settle(t.Context()); err != nil || time.Since(start) != 0 {
+			t.Fatalf("Settle: %v after %v, want no wait", err, time.Since(start))
+		}
+		if _, err := e.client.Send(t.Context(), other); err != nil || time.Since(start) != 0 {
+			t.Fatalf("Send for another cohort: %v after %v, want no wait", err, time.Since(start))
+		}
+		for _, req := range []wire.Request{add, remove} {
+			if _, err := e.client.Send(t.Context(), req); err != nil {
+				t.Fatal(err)
+			}
+			if got := time.Since(start); got != 20*time.Second {
+				t.Errorf("Send %s returned %v after the hold was taken, want 20s", req.Action, got)
+			}
+		}
+	})
 }

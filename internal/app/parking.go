@@ -27,7 +27,7 @@ func (w *worker) withParking(cc *consumer.Config, dialer *kafka.Dialer) {
 		io.Transport = w.transport
 	}
 	cc.Parking = &consumer.Parking{Topic: io.Topic, IO: &io,
-		HoldOf: w.client.CohortHold, Hold: w.client.UnknownHold, // not-before and hold= (sink/parkhold.go)
+		HoldOf: w.client.CohortHold, HoldCohort: w.client.HoldCohort, Hold: w.client.UnknownHold, // not-before and hold= (sink/parkhold.go)
 		Revoke: w.batcher.Revoke} // a replan does not wait for the unknown outcomes to settle: the sink holds them
 	cc.Blocked, cc.BlockedChanged = w.client.Blocked, w.client.BlockedChanged
 }
