@@ -19,6 +19,7 @@ import (
 
 	"github.com/cohortsync/cohortsync-worker/internal/deadletter"
 	"github.com/cohortsync/cohortsync-worker/internal/emulator"
+	"github.com/cohortsync/cohortsync-worker/internal/harness/rig"
 	"github.com/cohortsync/cohortsync-worker/sink"
 )
 
@@ -495,9 +496,19 @@ func chaos(t *testing.T, byUID bool) {
 	if len(replicas) == 0 {
 		spawn()
 	}
-	waitConverged(t, a, p.model(), 3*time.Minute)
-	for _, ws := range cw.ids {
-		waitState(t, func() model { return wsState(a, ws) }, p.modelOf(ws), time.Minute)
+	for i, ws := range append([]string{workspace}, cw.ids...) {
+		want, timeout := p.modelOf(ws), time.Minute
+		if i == 0 {
+			timeout = 3 * time.Minute
+		}
+		wctx, wcancel := context.WithTimeout(context.Background(), timeout)
+		var d string
+		err := rig.Wait(wctx, func() bool { d = diff(want, wsState(a, ws)); return d == "" })
+		wcancel()
+		if err != nil {
+			t.Fatalf("%s: membership did not converge in %s: %s%s", ws, timeout, d,
+				explainDiff(t, a, topic, group, ws, want, wsState(a, ws), replicas))
+		}
 	}
 	waitNoLag(t, topic, group, 2*time.Minute)
 

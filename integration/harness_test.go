@@ -661,17 +661,21 @@ func tail(s string, lines int) string {
 // eventT names the event type for helpers in other files.
 type eventT = event.Event
 
-// readAll reads every record of a single-partition topic up to its end offset.
+// readAll reads every record of topic up to its end offsets, partition
+// by partition (in partition, then offset order).
 func readAll(t *testing.T, topic string) []kafka.Message {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	ends, _, err := offsets(ctx, topic, "none")
 	if err != nil {
-		t.Fatalf("end offset of %s: %v", topic, err)
+		t.Fatalf("end offsets of %s: %v", topic, err)
 	}
-	if ends[0] == 0 {
-		return nil
+	var out []kafka.Message
+	for k := range len(ends) {
+		if ends[k] > 0 {
+			out = append(out, readPartition(ctx, t, topic, k, ends[k])...)
+		}
 	}
-	return readTopic(t, topic, int(ends[0]), time.Minute)
+	return out
 }
