@@ -326,14 +326,14 @@ func (pk *parkedPart) handle(ctx context.Context, dec *event.Decoder, m kafka.Me
 	}
 	pk.pl.see(rec.Workspace)
 	buf, err := pk.changes(ctx, dec, tr, seq, m, &rec)
-	if err == nil && len(buf) > 0 && rec.NotBefore > 0 { // protocol 2, from our reading
-		if hc := c.cfg.Parking.HoldCohort; hc != nil {
-			hc(buf[0].Header, readAt.Add(rec.NotBefore))
-		} else if !sleepCtx(ctx, time.Until(readAt.Add(rec.NotBefore))) {
-			return ctx.Err()
-		}
-	}
 	if err == nil && len(buf) > 0 {
+		if rec.NotBefore > 0 { // protocol 2, from our reading
+			if hc := c.cfg.Parking.HoldCohort; hc != nil {
+				hc(buf[0].Header, readAt.Add(rec.NotBefore))
+			} else if !sleepCtx(ctx, time.Until(readAt.Add(rec.NotBefore))) {
+				return ctx.Err()
+			}
+		}
 		err = c.cfg.Batcher.Add(ctx, buf)
 	}
 	if err == nil {

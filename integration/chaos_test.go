@@ -19,7 +19,6 @@ import (
 
 	"github.com/cohortsync/cohortsync-worker/internal/deadletter"
 	"github.com/cohortsync/cohortsync-worker/internal/emulator"
-	"github.com/cohortsync/cohortsync-worker/internal/harness/rig"
 	"github.com/cohortsync/cohortsync-worker/sink"
 )
 
@@ -501,14 +500,9 @@ func chaos(t *testing.T, byUID bool) {
 		if i == 0 {
 			timeout = 3 * time.Minute
 		}
-		wctx, wcancel := context.WithTimeout(context.Background(), timeout)
-		var d string
-		err := rig.Wait(wctx, func() bool { d = diff(want, wsState(a, ws)); return d == "" })
-		wcancel()
-		if err != nil {
-			t.Fatalf("%s: membership did not converge in %s: %s%s", ws, timeout, d,
-				explainDiff(t, a, topic, group, ws, want, wsState(a, ws), replicas))
-		}
+		waitStateExplained(t, ws+": ", func() model { return wsState(a, ws) }, want, timeout, func(got model) string {
+			return explainDiff(t, a, topic, group, ws, want, got, replicas)
+		})
 	}
 	waitNoLag(t, topic, group, 2*time.Minute)
 

@@ -371,14 +371,7 @@ func (a *api) state() model {
 func diff(want, got model) string {
 	var b strings.Builder
 	n := 0
-	keys := map[cohortKey]bool{}
-	for k := range want {
-		keys[k] = true
-	}
-	for k := range got {
-		keys[k] = true
-	}
-	for k := range keys {
+	for k := range keysOf(want, got) {
 		for u := range want[k] {
 			if !got[k][u] {
 				n++
@@ -411,11 +404,22 @@ func waitConverged(t *testing.T, a *api, want model, timeout time.Duration) {
 // waitState waits until state() equals want.
 func waitState(t *testing.T, state func() model, want model, timeout time.Duration) {
 	t.Helper()
+	waitStateExplained(t, "", state, want, timeout, nil)
+}
+
+// waitStateExplained is waitState for what (named in the failure), adding
+// explain's report, if any, to the failure.
+func waitStateExplained(t *testing.T, what string, state func() model, want model, timeout time.Duration, explain func(got model) string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	var d string
 	if rig.Wait(ctx, func() bool { d = diff(want, state()); return d == "" }) != nil {
-		t.Fatalf("membership did not converge in %s: %s", timeout, d)
+		var more string
+		if explain != nil {
+			more = explain(state())
+		}
+		t.Fatalf("%smembership did not converge in %s: %s%s", what, timeout, d, more)
 	}
 }
 

@@ -34,15 +34,7 @@ func (c *Client) CohortHold(h wire.Header) time.Duration {
 func (c *Client) HoldCohort(h wire.Header, until time.Time) {
 	c.unkMu.Lock()
 	defer c.unkMu.Unlock()
-	k := c.cohortOf(wire.Request{Header: h})
-	m := c.unknown[k]
-	if m == nil {
-		m = map[string]time.Time{}
-		c.unknown[k] = m
-	}
-	if until.After(m[parkedHold]) {
-		m[parkedHold] = until
-	}
+	c.raiseLocked(c.cohortOf(wire.Request{Header: h}), parkedHold, until)
 }
 
 // parkedHold is the key of a parked record's hold among a cohort's unknown

@@ -40,17 +40,22 @@ func (c *Client) noteUnknown(req wire.Request, sentAt time.Time) {
 	until := sentAt.Add(c.cfg.MaxProcessingTime)
 	c.unkMu.Lock()
 	defer c.unkMu.Unlock()
-	k := c.cohortOf(req)
+	c.raiseLocked(c.cohortOf(req), string(req.Action), until)
+	if until.After(c.unknownLast) {
+		c.unknownLast = until
+	}
+}
+
+// raiseLocked extends cohort k's hold named a (an action, or parkedHold)
+// to until, if that is later. c.unkMu must be held.
+func (c *Client) raiseLocked(k cohortKey, a string, until time.Time) {
 	m := c.unknown[k]
 	if m == nil {
 		m = map[string]time.Time{}
 		c.unknown[k] = m
 	}
-	if a := string(req.Action); until.After(m[a]) {
+	if until.After(m[a]) {
 		m[a] = until
-	}
-	if until.After(c.unknownLast) {
-		c.unknownLast = until
 	}
 }
 
