@@ -193,9 +193,10 @@ func TestHiddenRecordsSettle(t *testing.T) {
 }
 
 // TestDecodeEmitsInChunks: with emit, decodePartition hands the messages on
-// a batch or more at a time (at least decodeChunk), and what it emitted
-// followed by what it returns is what it returns without emit; an emit
-// that reports false stops it.
+// decodeChunk at a time, in chunks allocated at that size (not grown by
+// append: chunks), across batches' bounds, and what it emitted followed by
+// what it returns is what it returns without emit; an emit that reports
+// false stops it.
 func TestDecodeEmitsInChunks(t *testing.T) {
 	var batches []tBatch
 	off := int64(0)
@@ -223,8 +224,8 @@ func TestDecodeEmitsInChunks(t *testing.T) {
 	}
 	var all []int64
 	for i, c := range chunks {
-		if len(c) < decodeChunk {
-			t.Fatalf("chunk %d has %d messages, fewer than %d", i, len(c), decodeChunk)
+		if len(c) != decodeChunk || cap(c) != decodeChunk {
+			t.Fatalf("chunk %d has %d messages in a slice of capacity %d, want %d in %d", i, len(c), cap(c), decodeChunk, decodeChunk)
 		}
 		for _, m := range c {
 			all = append(all, m.Offset)
