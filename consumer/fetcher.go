@@ -121,16 +121,16 @@ func (r *committedReader) FetchMessage(ctx context.Context) (kafka.Message, erro
 // connection.
 func (r *committedReader) run(ctx context.Context) {
 	defer close(r.done)
-	emit := func(msgs []kafka.Message) bool {
+	out := &chunks{emit: func(msgs []kafka.Message) bool {
 		select {
 		case r.ready <- fetched{msgs: msgs}:
 			return true
 		case <-ctx.Done():
 			return false
 		}
-	}
+	}}
 	for {
-		msgs, err := r.fill(ctx, emit)
+		msgs, err := r.fill(ctx, out)
 		if ctx.Err() != nil {
 			return
 		}
@@ -170,11 +170,11 @@ func (r *committedReader) closeTransport() {
 }
 
 // fill fetches and decodes the next records (possibly none: the
-// long-poll ended empty). It hands them to emit as they are decoded, so
+// long-poll ended empty). It hands them to out's emit as they are decoded, so
 // that the first are processed while the rest are decoded, and returns
 // those left. (After an error, records emitted already come again: process
 // skips offsets it tracked.)
-func (r *committedReader) fill(ctx context.Context, emit func([]kafka.Message) bool) ([]kafka.Message, error) {
+func (r *committedReader) fill(ctx context.Context, out *chunks) ([]kafka.Message, error) {
 	if r.offset < 0 {
 		if err := r.resolve(ctx, r.offset); err != nil {
 			return nil, err
@@ -187,7 +187,7 @@ func (r *committedReader) fill(ctx context.Context, emit func([]kafka.Message) b
 	if err != nil {
 		return nil, err
 	}
-	d, err := decodePartition(r.topic, r.partition, r.offset, p, emit)
+	d, err := decodePartition(r.topic, r.partition, r.offset, p, out)
 	if err != nil {
 		return nil, fmt.Errorf("decoding the records at offset %d: %w", r.offset, err)
 	}

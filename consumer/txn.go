@@ -102,12 +102,16 @@ type decoded struct {
 // package does not expose) moves next one past from, with a hiddenRecords
 // for from: no record exists there.
 //
-// With emit, the messages go to emit as they are decoded, decodeChunk at
-// a time, and those left at the end are in msgs; when emit reports false,
-// decoding stops with errStopped.
-func decodePartition(topic string, partition int, from int64, p *fetch.ResponsePartition, emit func([]kafka.Message) bool) (decoded, error) {
+// With out (its emit), the messages go to emit as they are decoded,
+// decodeChunk at a time, and those left at the end are in msgs; when emit
+// reports false, decoding stops with errStopped. Without, they are all in
+// msgs.
+func decodePartition(topic string, partition int, from int64, p *fetch.ResponsePartition, out *chunks) (decoded, error) {
 	d := decoded{next: from}
-	out := chunks{emit: emit}
+	if out == nil {
+		out = &chunks{}
+	}
+	out.begin()
 	batches := recordBatches(p.RecordSet.Records)
 	f := newAbortFilter(p.AbortedTransactions)
 	lastSeen, lastShown := int64(-1), int64(-1)
@@ -126,11 +130,11 @@ func decodePartition(topic string, partition int, from int64, p *fetch.ResponseP
 		case *protocol.RecordBatch:
 			show = f.data(b.BaseOffset, b.ProducerID, b.Attributes.Transactional())
 		}
-		if lastSeen, lastShown, err = readBatch(&out, b, show, topic, partition, p.HighWatermark, from, lastSeen, lastShown); err != nil {
+		if lastSeen, lastShown, err = readBatch(out, b, show, topic, partition, p.HighWatermark, from, lastSeen, lastShown); err != nil {
 			return d, err
 		}
 	}
-	d.msgs = out.msgs
+	d.msgs = out.end()
 	switch {
 	case lastSeen >= from:
 		d.next = lastSeen + 1
@@ -148,28 +152,42 @@ func decodePartition(topic string, partition int, from int64, p *fetch.ResponseP
 const decodeChunk = 256
 
 // chunks collects decoded messages and, with emit, hands them on
-// decodeChunk at a time. Each chunk is allocated once at its full size: a
+// decodeChunk at a time. A chunk is allocated at the size it will have: a
 // kafka.Message is about 150 bytes, and a slice grown by append to a
 // batch's thousands of records allocated four to five times its final
 // size on the way. That garbage, per record read, is what the worker's
 // heap grew by between collections while members piled up: it raised the
 // live heap a collection saw, and so the next collection's goal (the
 // peak RSS of cohortsync-bench (d) went from 207 to about 400 MiB when
-// this reader replaced kafka-go's).
+// this reader replaced kafka-go's). The size a chunk will have is
+// decodeChunk within a response past its first chunk, and for the first,
+// what the partition's last response held (a long-poll answered with a
+// record or two at a time allocates for that, not for decodeChunk); a
+// chunk that outgrows its guess doubles, up to decodeChunk.
 type chunks struct {
+	emit func([]kafka.Message) bool // nil: everything goes to end's caller
 	msgs []kafka.Message
-	emit func([]kafka.Message) bool
+	n    int // messages of the current response so far
+	last int // messages of the last response
 }
 
 // add appends m, and hands a full chunk to emit; errStopped when emit
 // refuses it.
 func (c *chunks) add(m kafka.Message) error {
+	c.n++
 	if c.emit == nil {
 		c.msgs = append(c.msgs, m)
 		return nil
 	}
-	if c.msgs == nil {
-		c.msgs = make([]kafka.Message, 0, decodeChunk)
+	if len(c.msgs) == cap(c.msgs) {
+		size := decodeChunk
+		switch {
+		case len(c.msgs) > 0:
+			size = min(2*len(c.msgs), decodeChunk)
+		case c.n == 1:
+			size = min(max(c.last, minChunk), decodeChunk)
+		}
+		c.msgs = append(make([]kafka.Message, 0, size), c.msgs...)
 	}
 	c.msgs = append(c.msgs, m)
 	if len(c.msgs) < decodeChunk {
@@ -181,6 +199,19 @@ func (c *chunks) add(m kafka.Message) error {
 	c.msgs = nil
 	return nil
 }
+
+// begin starts a response (dropping what an earlier one that failed left).
+func (c *chunks) begin() { c.msgs, c.n = nil, 0 }
+
+// end returns the messages of the response not handed to emit.
+func (c *chunks) end() []kafka.Message {
+	msgs := c.msgs
+	c.msgs, c.last, c.n = nil, c.n, 0
+	return msgs
+}
+
+// minChunk is the smallest chunk allocated.
+const minChunk = 8
 
 // errStopped is decodePartition's error when emit stopped it.
 var errStopped = errors.New("consumer: decoding stopped")

@@ -214,16 +214,16 @@ func TestDecodeEmitsInChunks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var chunks [][]kafka.Message
-	d, err := decodePartition("t", 0, 0, response(aborted, batches...), func(msgs []kafka.Message) bool {
-		chunks = append(chunks, msgs)
+	var emitted [][]kafka.Message
+	d, err := decodePartition("t", 0, 0, response(aborted, batches...), &chunks{emit: func(msgs []kafka.Message) bool {
+		emitted = append(emitted, msgs)
 		return true
-	})
+	}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var all []int64
-	for i, c := range chunks {
+	for i, c := range emitted {
 		if len(c) != decodeChunk || cap(c) != decodeChunk {
 			t.Fatalf("chunk %d has %d messages in a slice of capacity %d, want %d in %d", i, len(c), cap(c), decodeChunk, decodeChunk)
 		}
@@ -238,10 +238,86 @@ func TestDecodeEmitsInChunks(t *testing.T) {
 	for _, m := range whole.msgs {
 		want = append(want, m.Offset)
 	}
-	if len(chunks) < 2 || !slices.Equal(all, want) || d.next != whole.next || !isHidden(&d.msgs[len(d.msgs)-1]) {
-		t.Fatalf("%d chunks; offsets %v…, next %d; want %v…, next %d", len(chunks), all[max(0, len(all)-3):], d.next, want[max(0, len(want)-3):], whole.next)
+	if len(emitted) < 2 || !slices.Equal(all, want) || d.next != whole.next || !isHidden(&d.msgs[len(d.msgs)-1]) {
+		t.Fatalf("%d chunks; offsets %v…, next %d; want %v…, next %d", len(emitted), all[max(0, len(all)-3):], d.next, want[max(0, len(want)-3):], whole.next)
 	}
-	if _, err := decodePartition("t", 0, 0, response(aborted, batches...), func([]kafka.Message) bool { return false }); err != errStopped {
+	if _, err := decodePartition("t", 0, 0, response(aborted, batches...), &chunks{emit: func([]kafka.Message) bool { return false }}); err != errStopped {
 		t.Fatalf("a refusing emit: %v, want errStopped", err)
+	}
+}
+
+// TestDecodeChunkSizes: a response of a few records allocates for a few
+// (a long-poll answered a record at a time must not allocate decodeChunk
+// messages each time), the size guessed from the last response; a chunk
+// that outgrows the guess still goes out at decodeChunk; and what a
+// stopped response left is not handed out with the next one.
+func TestDecodeChunkSizes(t *testing.T) {
+	var emitted [][]kafka.Message
+	refuse := false
+	out := &chunks{emit: func(msgs []kafka.Message) bool {
+		if refuse {
+			return false
+		}
+		emitted = append(emitted, msgs)
+		return true
+	}}
+	off := int64(0)
+	resp := func(n int) *fetch.ResponsePartition {
+		var offs []int64
+		for range n {
+			offs = append(offs, off)
+			off++
+		}
+		return response(nil, plain(offs...))
+	}
+	for i, tc := range []struct{ records, wantCap int }{
+		{3, minChunk},  // nothing known yet: the smallest chunk
+		{3, minChunk},  // the last response held 3
+		{20, minChunk}, // guessed 3 (minChunk): doubled to 16, then 32
+		{20, 20},       // the last held 20
+	} {
+		from := off
+		d, err := decodePartition("t", 0, from, resp(tc.records), out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(d.msgs) != tc.records || d.msgs[0].Offset != from {
+			t.Fatalf("response %d: %d messages from %d, want %d from %d", i, len(d.msgs), d.msgs[0].Offset, tc.records, from)
+		}
+		if i != 2 && cap(d.msgs) != tc.wantCap {
+			t.Fatalf("response %d of %d records: a slice of capacity %d, want %d", i, tc.records, cap(d.msgs), tc.wantCap)
+		}
+		if i == 2 && cap(d.msgs) != 4*minChunk {
+			t.Fatalf("response %d of %d records after one of 3: capacity %d, want %d (doubled twice)", i, tc.records, cap(d.msgs), 4*minChunk)
+		}
+	}
+	// A long response after short ones: every chunk handed out is whole.
+	// (resp moves off: from is read before it.)
+	from := off
+	if _, err := decodePartition("t", 0, from, resp(3*decodeChunk+5), out); err != nil {
+		t.Fatal(err)
+	}
+	if len(emitted) != 3 {
+		t.Fatalf("%d chunks emitted, want 3", len(emitted))
+	}
+	for i, c := range emitted {
+		if len(c) != decodeChunk || cap(c) > decodeChunk {
+			t.Fatalf("chunk %d: %d messages, capacity %d; want %d, at most %d", i, len(c), cap(c), decodeChunk, decodeChunk)
+		}
+	}
+	// A refused emit stops the response; the next one starts clean.
+	refuse = true
+	from = off
+	if _, err := decodePartition("t", 0, from, resp(decodeChunk+1), out); err != errStopped {
+		t.Fatalf("refused: %v, want errStopped", err)
+	}
+	refuse = false
+	from = off
+	d, err := decodePartition("t", 0, from, resp(2), out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(d.msgs) != 2 || d.msgs[0].Offset != from {
+		t.Fatalf("after a stopped response: %d messages from offset %d, want 2 from %d", len(d.msgs), d.msgs[0].Offset, from)
 	}
 }
