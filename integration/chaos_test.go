@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"math/rand/v2"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -33,7 +35,9 @@ import (
 // TCP faults between worker and API (latency, resets, black holes) through
 // an in-process proxy, and emulator 5xx, 429 and outages — while a
 // producer writes throughout, poison included. At the end the emulator's
-// membership must equal the fold of the log and the dead-letter topic must
+// membership must equal the fold of the log in every workspace, the API
+// must have seen every uid's changes in log order (checkLogOrder: the
+// events of half the uids carry a marker) and the dead-letter topic must
 // hold exactly the poison records.
 //
 // The emulator's late fault (on by default; CHAOS_LATE=0 turns it off): a
@@ -304,6 +308,7 @@ func chaos(t *testing.T, byUID bool) {
 		c.RateWindow = 10 * time.Second
 		c.RateLimit = 1000
 		c.Credentials = cw.credentials()
+		c.RequestLogSize, c.RequestLogMaxMembers = 1_000_000, -1 // checkLogOrder reads every request of the run
 	})
 	cw.a = a
 	px := startProxy(t, a.URL[len("http://"):])
@@ -328,11 +333,20 @@ func chaos(t *testing.T, byUID bool) {
 	go func() { // the producer: valid events throughout, a poison record now and then
 		defer close(prodDone)
 		prng := rand.New(rand.NewPCG(seed, 2))
+		marks := 0
 		for ctx.Err() == nil {
 			evs := make([]kafkaEvent, 0, 20)
 			for range 20 {
 				ev := g.next()
 				ev.Workspace = chaosNames[prng.IntN(len(chaosNames))]
+				// The events of half the uids carry a marker, for
+				// checkLogOrder (which judges a key only when every change
+				// of it has one); the others keep the worker's single-uid
+				// path (an event keyed by its one uid) in the run.
+				if slices.ContainsFunc(ev.UIDs, markedUID) {
+					marks++
+					markEvent(&ev, marks)
+				}
 				evs = append(evs, kafkaEvent{ev: ev})
 			}
 			if prng.IntN(10) == 0 {
@@ -505,6 +519,9 @@ func chaos(t *testing.T, byUID bool) {
 		})
 	}
 	waitNoLag(t, topic, group, 2*time.Minute)
+	// The API saw every uid's changes in log order, in every workspace,
+	// through the crashes, pauses, rebalances, parking and late answers.
+	checkLogOrder(t, a, topic, workspace, append([]string{workspace}, cw.ids...)...)
 
 	// The dead-letter topic holds the poison records: each one at least
 	// once (a crash between the dead-letter write and the commit repeats one).
@@ -551,6 +568,14 @@ func chaos(t *testing.T, byUID bool) {
 			t.Errorf("stopping %s: %v", w.name, err)
 		}
 	}
+}
+
+// markedUID reports whether the events naming uid carry a marker in
+// TestChaos: for half the uids, by a hash.
+func markedUID(uid string) bool {
+	h := fnv.New32a()
+	h.Write([]byte(uid))
+	return h.Sum32()%2 == 0
 }
 
 type kafkaEvent struct {

@@ -209,9 +209,15 @@ func newProducer(t *testing.T, topic string) *producer {
 	return &producer{t: t, w: w, want: model{}}
 }
 
+// key is ev's record key: its cohort, or with byUID its uid when it
+// carries one (a marker, checkLogOrder's, aside).
 func (p *producer) key(ev event.Event) []byte {
-	if p.byUID && len(ev.UIDs) == 1 {
-		return []byte(ev.UIDs[0])
+	if !p.byUID {
+		return []byte(ev.CohortID)
+	}
+	uids := slices.DeleteFunc(slices.Clone(ev.UIDs), func(u string) bool { return strings.HasPrefix(u, markerPrefix) })
+	if len(uids) == 1 {
+		return []byte(uids[0])
 	}
 	return []byte(ev.CohortID)
 }
