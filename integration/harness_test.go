@@ -215,8 +215,7 @@ func (p *producer) key(ev event.Event) []byte {
 	if !p.byUID {
 		return []byte(ev.CohortID)
 	}
-	uids := slices.DeleteFunc(slices.Clone(ev.UIDs), func(u string) bool { return strings.HasPrefix(u, markerPrefix) })
-	if len(uids) == 1 {
+	if _, uids := splitMarker(ev.UIDs); len(uids) == 1 {
 		return []byte(uids[0])
 	}
 	return []byte(ev.CohortID)

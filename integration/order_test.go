@@ -102,15 +102,7 @@ func orderViolations(t *testing.T, log []kafka.Message, reqs []emulator.RequestR
 			continue // dead-lettered: not the API's
 		}
 		ws := cmp.Or(ev.Workspace, def)
-		var marker string
-		var tracked []string
-		for _, u := range ev.UIDs {
-			if strings.HasPrefix(u, markerPrefix) {
-				marker = u
-			} else {
-				tracked = append(tracked, u)
-			}
-		}
+		marker, tracked := splitMarker(ev.UIDs)
 		if marker == "" {
 			for _, u := range tracked {
 				unmarked[orderKey{ws, ev.Partner, ev.CohortID, u}] = true
@@ -193,6 +185,18 @@ func orderViolations(t *testing.T, log []kafka.Message, reqs []emulator.RequestR
 		}
 	}
 	return oc
+}
+
+// splitMarker returns an event's marker ("": none) and its tracked uids.
+func splitMarker(uids []string) (marker string, tracked []string) {
+	for _, u := range uids {
+		if strings.HasPrefix(u, markerPrefix) {
+			marker = u
+		} else {
+			tracked = append(tracked, u)
+		}
+	}
+	return marker, tracked
 }
 
 // markEvent adds a marker to ev (checkLogOrder): a member no other event
