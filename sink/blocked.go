@@ -437,14 +437,13 @@ func (c *Client) probeWorkspace(ws string) bool {
 			return false
 		}
 	}
-	permitAt := time.Now()
-	if err := c.slots.take(ctx); err != nil {
+	if _, err := c.takeSlot(ctx, lim, time.Now(), func() (time.Time, error) {
+		err := lim.Wait(ctx)
+		return time.Now(), err
+	}); err != nil {
 		return false
 	}
 	defer c.slots.give()
-	if err := c.freshen(ctx, lim, &permitAt); err != nil { // the slot took long
-		return false
-	}
 	hreq, err := c.newRequest(ctx, d, probeBody)
 	if err != nil {
 		return false

@@ -23,7 +23,7 @@ func (s *sender) post(ctx context.Context, req wire.Request, retry RetryReason) 
 	for attempt := 1; ; attempt++ {
 		to, lease, permitAt, err := s.next(ctx, req, reload)
 		if err == nil {
-			err = c.slots.take(ctx) // after the permit: given back when the attempt ends
+			lease, permitAt, err = s.slot(ctx, req.Workspace, lease, permitAt) // after the permit: given back when the attempt ends
 		}
 		if err != nil {
 			return nil, decision{}, s.stopped(req, attempt-1, err, last)
@@ -215,6 +215,19 @@ func (s *sender) ready(ctx context.Context, ws string) (lease, permitAt time.Tim
 			return lease, permitAt, nil
 		}
 	}
+}
+
+// slot takes an HTTP slot for an attempt whose lease deadline and permit
+// ready gave, and returns the ones the attempt goes with: a permit that grew
+// stale while the slot was waited for is taken anew, with a new lease,
+// without the slot (Client.takeSlot).
+func (s *sender) slot(ctx context.Context, ws string, lease, permitAt time.Time) (time.Time, time.Time, error) {
+	permitAt, err := s.c.takeSlot(ctx, s.c.limiterFor(ws), permitAt, func() (time.Time, error) {
+		var err error
+		lease, permitAt, err = s.ready(ctx, ws)
+		return permitAt, err
+	})
+	return lease, permitAt, err
 }
 
 // leaseHolds reports whether the lease that gave deadline d is still valid

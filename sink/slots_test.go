@@ -6,6 +6,7 @@ package sink_test
 
 import (
 	"context"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -111,6 +112,96 @@ func TestHTTPSlotWaitFreshensThePermit(t *testing.T) {
 		}
 		if n := lim.permits.Load(); n != 3 {
 			t.Errorf("%d permits taken, want 3 (the second Send's first went stale waiting for the slot)", n)
+		}
+	})
+}
+
+// scheduledLimiter gives its first permits at once (now), then one every
+// spacing from next; it counts the permits it gave.
+type scheduledLimiter struct {
+	mu      sync.Mutex
+	now     int           // permits at once
+	spacing time.Duration // then one every spacing
+	next    time.Time     // the last permit's time; the next one is due a spacing later
+	permits int
+}
+
+func (l *scheduledLimiter) Wait(ctx context.Context) error {
+	l.mu.Lock()
+	l.permits++
+	if l.permits <= l.now {
+		l.mu.Unlock()
+		return nil
+	}
+	l.next = l.next.Add(l.spacing)
+	at := l.next
+	l.mu.Unlock()
+
+	select {
+	case <-time.After(time.Until(at)):
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (l *scheduledLimiter) PauseUntil(time.Time) {}
+
+// TestStalePermitRetakenWithoutTheSlot: a request whose permit went stale
+// waiting for the HTTP slot waits for its new permit without the slot.
+// One slot; the API answers in 2 s. WS_A (a small budget: two permits at
+// once, then one every 10 s) sends a1 and a2, then WS_B (an open budget)
+// sends b1: a2 and b1 wait for a1's slot with their permits, and find them
+// 2 s old when it frees. a2's next permit is 10 s away; b1 must not wait
+// for it: it takes a new permit at once and goes at 2 s, done at 4 s. Were
+// a2 to wait for its permit with the slot held, b1 would go at 12 s (the
+// convoy that held bench (h) at half its budgets).
+func TestStalePermitRetakenWithoutTheSlot(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		reg := newTargets("WS_A", "key-a", "WS_B", "key-b")
+		limA := &scheduledLimiter{now: 2, spacing: 10 * time.Second}
+		limB := &countingLimiter{open: true}
+		e := newEnv(t, "mem", func(int, call) reply {
+			return reply{status: 200, body: okBody, sleep: 2 * time.Second}
+		}, func(c *sink.Config) {
+			c.Targets = reg.lookup
+			c.Limiters = func(ws string) sink.Limiter {
+				if ws == "WS_A" {
+					return limA
+				}
+				return limB
+			}
+			c.MaxConcurrent = 1
+		})
+		start := time.Now()
+		limA.next = start
+		a1 := e.goSend(e.ctx(), wsRequest("WS_A", "a1", event.Add, 2))
+		synctest.Wait() // a1 holds the slot
+		a2 := e.goSend(e.ctx(), wsRequest("WS_A", "a2", event.Add, 2))
+		synctest.Wait() // a2 waits for the slot, its permit taken
+		b1 := e.goSend(e.ctx(), wsRequest("WS_B", "b1", event.Add, 2))
+		got := map[string]sendResult{}
+		for name, r := range map[string]<-chan sendResult{"a1": a1, "a2": a2, "b1": b1} {
+			got[name] = <-r
+			if got[name].err != nil {
+				t.Fatalf("%s: %v", name, got[name].err)
+			}
+		}
+		if d := got["b1"].at.Sub(start); d != 4*time.Second {
+			t.Errorf("b1 done %v after the start, want 4s: it waited behind a2's permit", d)
+		}
+		if d := got["a2"].at.Sub(start); d != 12*time.Second {
+			t.Errorf("a2 done %v after the start, want 12s (its new permit at 10 s, then 2 s on the wire)", d)
+		}
+		if n := limB.permits.Load(); n != 2 {
+			t.Errorf("WS_B took %d permits, want 2 (its first went stale waiting for the slot)", n)
+		}
+		for _, c := range e.api.got() {
+			if c.req.CohortID == "a2" {
+				if d := c.at.Sub(start); d < 10*time.Second {
+					t.Errorf("a2 reached the API %v after the start, before its new permit (10 s)", d)
+				}
+			}
 		}
 	})
 }
