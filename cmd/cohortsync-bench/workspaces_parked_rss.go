@@ -293,8 +293,8 @@ func printRevoked(row func(k, v string), r *results) {
 	for _, hr := range r.Revoked {
 		p := fmt.Sprintf("(h') %d replica(s), %s revoked %s, restore by %s", hr.Replicas, wsID(hpRevoked), hpRevocation, hr.Restore)
 		row(p+": others' req/min ÷ budget", fmt.Sprintf("lowest %.3f during the revocation", hr.MinUse))
-		row(p+": source lag", fmt.Sprintf("%d at the revocation, max %d during it (%d records produced); longest without a commit %.1fs",
-			hr.LagAtRevoke, hr.MaxLag, hr.Produced, hr.MaxNoCommitS))
+		row(p+": source lag", fmt.Sprintf("%d at the revocation, max %d during it (%d records produced); longest without a commit %.1fs (%.1fs before the revocation)",
+			hr.LagAtRevoke, hr.MaxLag, hr.Produced, hr.MaxNoCommitS, hr.MaxNoCommitBeforeS))
 		conv := fmt.Sprintf("%.1fs after the restore", hr.ConvergedS)
 		if hr.ConvergedS < 0 {
 			conv = fmt.Sprintf("not within %s of the restore", hpWaitMax)

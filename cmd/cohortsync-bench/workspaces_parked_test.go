@@ -46,6 +46,9 @@ func TestLagWatchGap(t *testing.T) {
 	if lw.maxGap != 0 || lw.atStart != -1 || lw.maxLag != 0 {
 		t.Fatalf("before from: %+v", lw)
 	}
+	if lw.maxGapBefore != 5*time.Second {
+		t.Errorf("max gap before from %s, want 5s (p1 stuck since t0)", lw.maxGapBefore)
+	}
 	// From 10 s: p0 keeps committing, p1 is stuck since t0 (its first poll).
 	lw.observe(t0.Add(10*time.Second), map[int]int64{0: 100, 1: 100}, map[int]int64{0: 30, 1: 50})
 	if lw.atStart != 70+50 {
@@ -54,6 +57,9 @@ func TestLagWatchGap(t *testing.T) {
 	lw.observe(t0.Add(40*time.Second), map[int]int64{0: 100, 1: 100}, map[int]int64{0: 40, 1: 50})
 	if lw.maxGap != 40*time.Second {
 		t.Errorf("max gap %s, want 40s (p1 stuck since t0)", lw.maxGap)
+	}
+	if lw.maxGapBefore != 5*time.Second {
+		t.Errorf("max gap before from %s after from, want 5s still", lw.maxGapBefore)
 	}
 	// p1 commits everything, then stays without lag for a minute: no gap.
 	lw.observe(t0.Add(41*time.Second), map[int]int64{0: 100, 1: 100}, map[int]int64{0: 100, 1: 100})
