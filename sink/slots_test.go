@@ -6,6 +6,7 @@ package sink_test
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -145,18 +146,39 @@ func (l *scheduledLimiter) Wait(ctx context.Context) error {
 	}
 }
 
+// WaitWithin takes the next permit if it is due within d.
+func (l *scheduledLimiter) WaitWithin(ctx context.Context, d time.Duration) (bool, error) {
+	l.mu.Lock()
+	if l.permits >= l.now && time.Until(l.next.Add(l.spacing)) > d {
+		l.mu.Unlock()
+		return false, nil
+	}
+	l.mu.Unlock()
+	return true, l.Wait(ctx)
+}
+
 func (l *scheduledLimiter) PauseUntil(time.Time) {}
 
+// plainLimiter hides a Limiter's WaitWithin.
+type plainLimiter struct{ sink.Limiter }
+
 // TestStalePermitRetakenWithoutTheSlot: a request whose permit went stale
-// waiting for the HTTP slot waits for its new permit without the slot.
-// One slot; the API answers in 2 s. WS_A (a small budget: two permits at
-// once, then one every 10 s) sends a1 and a2, then WS_B (an open budget)
+// waiting for the HTTP slot does not wait for a far permit with the slot
+// held. One slot; the API answers in 2 s. WS_A (a small budget: two permits
+// at once, then one every 10 s) sends a1 and a2, then WS_B (an open budget)
 // sends b1: a2 and b1 wait for a1's slot with their permits, and find them
-// 2 s old when it frees. a2's next permit is 10 s away; b1 must not wait
-// for it: it takes a new permit at once and goes at 2 s, done at 4 s. Were
-// a2 to wait for its permit with the slot held, b1 would go at 12 s (the
-// convoy that held bench (h) at half its budgets).
+// 2 s old when it frees. a2's next permit is 10 s away: it gives the slot
+// back (its Limiter's WaitWithin says no, or it has none), and b1 takes a
+// new permit at once and goes at 2 s, done at 4 s. Were a2 to wait for its
+// permit with the slot held, b1 would go at 12 s (the convoy that held
+// bench (h) at half its budgets).
 func TestStalePermitRetakenWithoutTheSlot(t *testing.T) {
+	for _, within := range []bool{false, true} {
+		t.Run(fmt.Sprintf("WaitWithin=%v", within), func(t *testing.T) { staleRetakenWithoutTheSlot(t, within) })
+	}
+}
+
+func staleRetakenWithoutTheSlot(t *testing.T, within bool) {
 	synctest.Test(t, func(t *testing.T) {
 		reg := newTargets("WS_A", "key-a", "WS_B", "key-b")
 		limA := &scheduledLimiter{now: 2, spacing: 10 * time.Second}
@@ -167,7 +189,10 @@ func TestStalePermitRetakenWithoutTheSlot(t *testing.T) {
 			c.Targets = reg.lookup
 			c.Limiters = func(ws string) sink.Limiter {
 				if ws == "WS_A" {
-					return limA
+					if within {
+						return limA
+					}
+					return plainLimiter{limA}
 				}
 				return limB
 			}
@@ -204,4 +229,81 @@ func TestStalePermitRetakenWithoutTheSlot(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestSmallBudgetNotStarvedBySlots: when the slots are the bottleneck, a
+// request of a small budget still goes. One slot, answers in 1.4 s; four
+// senders of WS_B (an open budget) send without a pause; WS_S has one
+// permit at once, then one every 3 s, so the permits it takes are stale
+// by the time the slot frees (1.2, 1.0, 0.8, 0.6 s after them). Its one
+// Send is done within 10 s: after one renewal it waits for its next permit
+// with the slot held (done at 8.4 s). Giving the slot back every time, it
+// went only when a permit happened to come within permitMaxAge of a free
+// slot (at 15 s, done at 16.8 s); with slower permits, never.
+func TestSmallBudgetNotStarvedBySlots(t *testing.T) {
+	for _, within := range []bool{false, true} {
+		t.Run(fmt.Sprintf("WaitWithin=%v", within), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				reg := newTargets("WS_S", "key-s", "WS_B", "key-b")
+				limS := &scheduledLimiter{now: 1, spacing: 3 * time.Second}
+				limB := &countingLimiter{open: true}
+				e := newEnv(t, "mem", func(int, call) reply {
+					return reply{status: 200, body: okBody, sleep: 1400 * time.Millisecond}
+				}, func(c *sink.Config) {
+					c.Targets = reg.lookup
+					c.Limiters = func(ws string) sink.Limiter {
+						if ws != "WS_S" {
+							return limB
+						}
+						if within {
+							return limS
+						}
+						return plainLimiter{limS}
+					}
+					c.MaxConcurrent = 1
+				})
+				start := time.Now()
+				limS.next = start
+				stop := make(chan struct{})
+				var senders sync.WaitGroup
+				for i := range 4 {
+					senders.Add(1)
+					go func() {
+						defer senders.Done()
+						for n := 0; ; n++ {
+							select {
+							case <-stop:
+								return
+							default:
+							}
+							if _, err := e.client.Send(e.ctx(), wsRequest("WS_B", fmt.Sprintf("b%d-%d", i, n), event.Add, 2)); err != nil {
+								t.Error(err)
+								return
+							}
+						}
+					}()
+				}
+				synctest.Wait() // WS_B's four Sends hold and queue for the slot
+				rs := e.goSend(e.ctx(), wsRequest("WS_S", "s1", event.Add, 2))
+				var got sendResult
+				select {
+				case got = <-rs:
+				case <-time.After(60 * time.Second):
+					close(stop)
+					got = <-rs
+					stop = nil
+				}
+				if stop != nil {
+					close(stop)
+				}
+				senders.Wait()
+				if got.err != nil {
+					t.Fatal(got.err)
+				}
+				if d := got.at.Sub(start); d > 10*time.Second {
+					t.Errorf("WS_S's Send done %v after the start, want within 10s: starved behind WS_B's", d)
+				}
+			})
+		})
+	}
 }

@@ -27,6 +27,15 @@ func (w wsLimiter) Wait(ctx context.Context) error {
 	return err
 }
 
+var _ sink.WithinWaiter = wsLimiter{}
+
+func (w wsLimiter) WaitWithin(ctx context.Context, d time.Duration) (bool, error) {
+	start := time.Now()
+	got, err := w.l.WaitWithin(ctx, d)
+	w.m.Wait.WithLabelValues(w.label).Add(time.Since(start).Seconds())
+	return got, err
+}
+
 func (w wsLimiter) PauseUntil(t time.Time) {
 	w.m.Pauses.WithLabelValues(w.label).Inc()
 	w.l.PauseUntil(t)

@@ -271,8 +271,28 @@ func (l *Limiter) Demand() (granted uint64, blocked bool) {
 // when ctx ends first (also when it has already ended); a Wait that returns
 // an error consumes nothing. Waiters are not served in FIFO order.
 func (l *Limiter) Wait(ctx context.Context) error {
+	_, err := l.wait(ctx, -1)
+	return err
+}
+
+// WaitWithin is Wait for a caller that would rather not wait long: it
+// returns false at once, consuming nothing, when the next permit is not due
+// within d (by the rates in force; a later change may push a permit it
+// waits for past d, and it then gives up too). The sink uses it for a
+// request that holds an HTTP slot: it may wait a little with the slot, not
+// a whole spacing.
+func (l *Limiter) WaitWithin(ctx context.Context, d time.Duration) (bool, error) {
+	return l.wait(ctx, d)
+}
+
+// wait is Wait, bounded by within when within >= 0 (WaitWithin).
+func (l *Limiter) wait(ctx context.Context, within time.Duration) (bool, error) {
 	if err := ctx.Err(); err != nil {
-		return err
+		return false, err
+	}
+	var deadline time.Time
+	if within >= 0 {
+		deadline = time.Now().Add(within)
 	}
 	var (
 		timer *time.Timer
@@ -297,9 +317,13 @@ func (l *Limiter) Wait(ctx context.Context) error {
 			l.next = now.Add(Spacing(l.rateAt(now)))
 			l.granted++
 			l.mu.Unlock()
-			return nil
+			return true, nil
 		}
 		l.blocked = true
+		if !deadline.IsZero() && at.After(deadline) {
+			l.mu.Unlock()
+			return false, nil
+		}
 		// Register for a SetRPM wake-up. The channel is made here, by the
 		// waiter, so that it belongs to the waiter's synctest bubble. One
 		// that is no longer registered was closed by SetRPM (even if the
@@ -323,7 +347,7 @@ func (l *Limiter) Wait(ctx context.Context) error {
 		case <-timer.C:
 		case <-wake: // closed and unregistered by SetRPM: re-check
 		case <-ctx.Done():
-			return ctx.Err()
+			return false, ctx.Err()
 		}
 	}
 }

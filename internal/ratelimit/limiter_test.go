@@ -523,3 +523,51 @@ func TestLimiterDemandWhileAsleep(t *testing.T) {
 		}
 	})
 }
+
+// TestLimiterWaitWithin: WaitWithin takes a permit due within its bound,
+// waiting for it, and refuses at once, consuming nothing, one due later
+// (also when the rate falls while it waits).
+func TestLimiterWaitWithin(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		l := ratelimit.NewLimiter(60) // one a second
+		start := time.Now()
+		if got, err := l.WaitWithin(ctx, 0); !got || err != nil {
+			t.Fatalf("first permit: %v, %v; want it at once", got, err)
+		}
+		if got, err := l.WaitWithin(ctx, 500*time.Millisecond); got || err != nil {
+			t.Fatalf("a permit due in 1 s within 500 ms: %v, %v; want false", got, err)
+		}
+		if d := time.Since(start); d != 0 {
+			t.Errorf("the refusal took %v, want 0", d)
+		}
+		if granted, _ := l.Demand(); granted != 1 {
+			t.Errorf("%d permits granted, want 1: a refusal consumes nothing", granted)
+		}
+		time.Sleep(600 * time.Millisecond)
+		if got, err := l.WaitWithin(ctx, 500*time.Millisecond); !got || err != nil {
+			t.Fatalf("a permit due in 400 ms within 500 ms: %v, %v", got, err)
+		}
+		if d := time.Since(start); d != time.Second {
+			t.Errorf("granted %v after the first, want 1s", d)
+		}
+		// Due in 1 s at first; the rate halves while it waits: due in 2 s.
+		done := make(chan bool)
+		go func() {
+			got, _ := l.WaitWithin(ctx, 1500*time.Millisecond)
+			done <- got
+		}()
+		time.Sleep(100 * time.Millisecond)
+		synctest.Wait()
+		l.SetRPM(30)
+		if got := <-done; got {
+			t.Error("granted a permit pushed past the bound by a slower rate")
+		}
+		if d := time.Since(start); d != 1100*time.Millisecond {
+			t.Errorf("gave up %v after the start, want at the rate change (1.1s)", d)
+		}
+		if granted, _ := l.Demand(); granted != 2 {
+			t.Errorf("%d permits granted, want 2", granted)
+		}
+	})
+}
