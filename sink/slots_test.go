@@ -62,7 +62,7 @@ func TestHTTPSlotsAfterThePermit(t *testing.T) {
 			c.MaxConcurrent = 1
 		})
 		ctxA, cancelA := context.WithCancel(e.ctx())
-		resA := e.goSend(ctxA, wsRequest("WS_A", "a1", event.Add, 2))
+		resA := e.goSend(ctxA, wsRequest("WS_S", "a1", event.Add, 2))
 		synctest.Wait() // WS_A's Send waits for its permit
 		start := time.Now()
 		var res []<-chan sendResult
@@ -162,9 +162,33 @@ func (l *scheduledLimiter) PauseUntil(time.Time) {}
 // plainLimiter hides a Limiter's WaitWithin.
 type plainLimiter struct{ sink.Limiter }
 
+// smallAndOpen returns an env with one HTTP slot whose API answers after
+// answer: WS_S takes its permits from small (its WaitWithin hidden unless
+// within), WS_B from an open Limiter, which it returns too.
+func smallAndOpen(t *testing.T, small *scheduledLimiter, within bool, answer time.Duration) (*env, *countingLimiter) {
+	reg := newTargets("WS_S", "key-s", "WS_B", "key-b")
+	open := &countingLimiter{open: true}
+	e := newEnv(t, "mem", func(int, call) reply {
+		return reply{status: 200, body: okBody, sleep: answer}
+	}, func(c *sink.Config) {
+		c.Targets = reg.lookup
+		c.Limiters = func(ws string) sink.Limiter {
+			switch {
+			case ws != "WS_S":
+				return open
+			case within:
+				return small
+			}
+			return plainLimiter{small}
+		}
+		c.MaxConcurrent = 1
+	})
+	return e, open
+}
+
 // TestStalePermitRetakenWithoutTheSlot: a request whose permit went stale
 // waiting for the HTTP slot does not wait for a far permit with the slot
-// held. One slot; the API answers in 2 s. WS_A (a small budget: two permits
+// held. One slot; the API answers in 2 s. WS_S (a small budget: two permits
 // at once, then one every 10 s) sends a1 and a2, then WS_B (an open budget)
 // sends b1: a2 and b1 wait for a1's slot with their permits, and find them
 // 2 s old when it frees. a2's next permit is 10 s away: it gives the slot
@@ -180,29 +204,13 @@ func TestStalePermitRetakenWithoutTheSlot(t *testing.T) {
 
 func staleRetakenWithoutTheSlot(t *testing.T, within bool) {
 	synctest.Test(t, func(t *testing.T) {
-		reg := newTargets("WS_A", "key-a", "WS_B", "key-b")
 		limA := &scheduledLimiter{now: 2, spacing: 10 * time.Second}
-		limB := &countingLimiter{open: true}
-		e := newEnv(t, "mem", func(int, call) reply {
-			return reply{status: 200, body: okBody, sleep: 2 * time.Second}
-		}, func(c *sink.Config) {
-			c.Targets = reg.lookup
-			c.Limiters = func(ws string) sink.Limiter {
-				if ws == "WS_A" {
-					if within {
-						return limA
-					}
-					return plainLimiter{limA}
-				}
-				return limB
-			}
-			c.MaxConcurrent = 1
-		})
+		e, limB := smallAndOpen(t, limA, within, 2*time.Second)
 		start := time.Now()
 		limA.next = start
-		a1 := e.goSend(e.ctx(), wsRequest("WS_A", "a1", event.Add, 2))
+		a1 := e.goSend(e.ctx(), wsRequest("WS_S", "a1", event.Add, 2))
 		synctest.Wait() // a1 holds the slot
-		a2 := e.goSend(e.ctx(), wsRequest("WS_A", "a2", event.Add, 2))
+		a2 := e.goSend(e.ctx(), wsRequest("WS_S", "a2", event.Add, 2))
 		synctest.Wait() // a2 waits for the slot, its permit taken
 		b1 := e.goSend(e.ctx(), wsRequest("WS_B", "b1", event.Add, 2))
 		got := map[string]sendResult{}
@@ -244,24 +252,8 @@ func TestSmallBudgetNotStarvedBySlots(t *testing.T) {
 	for _, within := range []bool{false, true} {
 		t.Run(fmt.Sprintf("WaitWithin=%v", within), func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				reg := newTargets("WS_S", "key-s", "WS_B", "key-b")
 				limS := &scheduledLimiter{now: 1, spacing: 3 * time.Second}
-				limB := &countingLimiter{open: true}
-				e := newEnv(t, "mem", func(int, call) reply {
-					return reply{status: 200, body: okBody, sleep: 1400 * time.Millisecond}
-				}, func(c *sink.Config) {
-					c.Targets = reg.lookup
-					c.Limiters = func(ws string) sink.Limiter {
-						if ws != "WS_S" {
-							return limB
-						}
-						if within {
-							return limS
-						}
-						return plainLimiter{limS}
-					}
-					c.MaxConcurrent = 1
-				})
+				e, _ := smallAndOpen(t, limS, within, 1400*time.Millisecond)
 				start := time.Now()
 				limS.next = start
 				stop := make(chan struct{})
