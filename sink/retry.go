@@ -219,8 +219,9 @@ func (s *sender) ready(ctx context.Context, ws string) (lease, permitAt time.Tim
 
 // slot takes an HTTP slot for an attempt whose lease deadline and permit
 // ready gave, and returns the ones the attempt goes with: a permit that grew
-// stale while the slot was waited for is taken anew, with a new lease,
-// without the slot (Client.takeSlot).
+// stale while the slot was waited for is replaced as Client.takeSlot says,
+// and when the slot is given back for it, the lease is waited for again
+// with the new permit (ready).
 func (s *sender) slot(ctx context.Context, ws string, lease, permitAt time.Time) (time.Time, time.Time, error) {
 	permitAt, err := s.c.takeSlot(ctx, s.c.limiterFor(ws), permitAt, func() (time.Time, error) {
 		var err error
