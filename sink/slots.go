@@ -12,11 +12,10 @@ import (
 // budget (or one whose Limiter gives nothing) never keeps another's
 // requests off the wire; the batcher hands out batches per workspace
 // (batcher/slots.go), and this bounds what they send together. A permit
-// that grew older than permitMaxAge while its slot was waited for is taken
-// anew with the slot given back (sender.slot), so that no request holds a
-// slot while it waits for a permit; one that grew old during the dial or
-// TLS handshake is taken anew before the request is written (freshen).
-// nil: no bound.
+// that grew older than permitMaxAge while its slot was waited for is
+// replaced without a long wait with the slot held (takeSlot); one that grew
+// old during the dial or TLS handshake is taken anew before the request is
+// written (freshen). nil: no bound.
 type httpSlots chan struct{}
 
 func newHTTPSlots(n int) httpSlots {

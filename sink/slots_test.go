@@ -62,7 +62,7 @@ func TestHTTPSlotsAfterThePermit(t *testing.T) {
 			c.MaxConcurrent = 1
 		})
 		ctxA, cancelA := context.WithCancel(e.ctx())
-		resA := e.goSend(ctxA, wsRequest("WS_S", "a1", event.Add, 2))
+		resA := e.goSend(ctxA, wsRequest("WS_A", "a1", event.Add, 2))
 		synctest.Wait() // WS_A's Send waits for its permit
 		start := time.Now()
 		var res []<-chan sendResult

@@ -319,7 +319,7 @@ func (l *Limiter) wait(ctx context.Context, within time.Duration) (bool, error) 
 			l.mu.Unlock()
 			return true, nil
 		}
-		l.blocked = true
+		l.blocked = true // a refusal by WaitWithin counts as demand too: its caller waits next
 		if !deadline.IsZero() && at.After(deadline) {
 			l.mu.Unlock()
 			return false, nil
